@@ -1,0 +1,162 @@
+"""The ``sandpit`` command: parse arguments, call one function, map the result to an exit status.
+
+Exit statuses of ``sandpit exec``: the command's own (128+N when killed by signal N), 125 when the
+sandbox itself could not be made (bad request, unbuilt image, no runtime, infra failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from worker.errors import SandpitError
+from worker.settings import Settings
+
+SANDBOX_FAILED = 125
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K=V")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sandpit", description="CI jobs in ephemeral, locked-down containers.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what sandpit does to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("exec", help="run one command in a fresh sandbox (like docker run --rm)")
+    ex.add_argument("--image", default="debian")
+    ex.add_argument("--memory", default="256M")
+    ex.add_argument("--cpus", default="1")
+    ex.add_argument("--pids", default="128")
+    ex.add_argument("--disk", default="1G")
+    ex.add_argument("--timeout", default="30s")
+    ex.add_argument("--log-limit", default="4M", help="stop the job once its output exceeds this")
+    ex.add_argument("--network", default="none", choices=["none", "egress"])
+    ex.add_argument("--runtime", choices=["crun", "runc", "runsc"])
+    ex.add_argument("--profile", default="default", choices=["default", "strict"])
+    ex.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V")
+    ex.add_argument("--workdir", default="/workspace")
+    ex.add_argument("--artifact", action="append", default=[], metavar="GLOB")
+    ex.add_argument("--json", action="store_true", help="print the job result record on stdout")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+
+    lint = sub.add_parser("lint", help="validate a pipeline file", add_help=False)
+    lint.add_argument("rest", nargs=argparse.REMAINDER)
+
+    img = sub.add_parser("images", help="manage the image store")
+    isub = img.add_subparsers(dest="images_command", required=True)
+    b = isub.add_parser("build", help="build image recipes from images/")
+    b.add_argument("names", nargs="*")
+    b.add_argument("--all", action="store_true")
+    isub.add_parser("list", help="list built images")
+    rm = isub.add_parser("rm", help="remove a built image")
+    rm.add_argument("names", nargs="+")
+
+    sub.add_parser("reap", help="remove what dead sandpit processes left behind")
+    sub.add_parser("host-prep", help="prepare this host once per boot (cgroups, scratch disk)")
+    sub.add_parser("doctor", help="say which runtimes work here and why not")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="sandpit: %(message)s", stream=sys.stderr)
+    settings = Settings.from_env(os.environ)
+    try:
+        if args.command == "exec":
+            from worker.cli_exec import exec_command
+
+            return exec_command(args, settings)
+        if args.command == "lint":
+            return _lint(args.rest)
+        if args.command == "images":
+            return _images(args, settings)
+        if args.command == "reap":
+            from worker.sandbox.reaper import reap
+
+            for line in reap(settings):
+                print(f"reaped {line}")
+            return 0
+        if args.command == "host-prep":
+            return _host_prep(settings)
+        if args.command == "doctor":
+            return _doctor()
+    except SandpitError as exc:
+        print(f"sandpit: {exc}", file=sys.stderr)
+        return SANDBOX_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _lint(rest: list[str]) -> int:
+    try:
+        from pipelines.language.cli import lint_main
+    except ImportError:
+        print("sandpit: lint is not available in this build", file=sys.stderr)
+        return 2
+    return lint_main(rest, sys.stdout, sys.stderr)
+
+
+def _images(args: Any, settings: Settings) -> int:
+    from worker.sandbox.images import ImageStore, print_progress
+
+    store = ImageStore(settings.state_dir, settings.images_dir)
+    if args.images_command == "build":
+        names = store.recipe_names() if args.all else args.names
+        if not names:
+            print("sandpit: name an image to build, or --all", file=sys.stderr)
+            return 2
+        for name in names:
+            image, built = store.build(name, print_progress)
+            state = "built" if built else "up to date"
+            print(f"{name}\t{image.key[:12]}\t{state}")
+        return 0
+    if args.images_command == "list":
+        print("NAME\tKEY\tSIZE\tCURRENT")
+        for image in store.list():
+            current = "yes" if store.is_current(image.name) else "stale (recipe changed)"
+            print(f"{image.name}\t{image.key[:12]}\t{image.size / 1e6:.0f}MB\t{current}")
+        return 0
+    for name in args.names:
+        store.remove(name)
+        print(f"removed {name}")
+    return 0
+
+
+def _host_prep(settings: Settings) -> int:
+    from worker.sandbox.disk import ensure_scratch
+    from worker.sandbox.runtime import fix_hybrid_cgroups
+
+    for ctrl in fix_hybrid_cgroups():
+        print(f"moved cgroup controller {ctrl} to a v1 hierarchy (crun needs an empty v2 hierarchy here)")
+    print(f"job disks on {ensure_scratch(settings.state_dir, settings.scratch_bytes)}")
+    return _doctor()
+
+
+def _doctor() -> int:
+    from worker.sandbox.runtime import PREFERENCE, runtime_problem
+
+    usable = 0
+    for name in PREFERENCE:
+        problem = runtime_problem(name)
+        usable += problem is None
+        print(f"{name}: {'ok' if problem is None else problem}")
+    return 0 if usable else 1
+
+
+def print_json(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, indent=None) + "\n")
+    sys.stdout.flush()
+
+

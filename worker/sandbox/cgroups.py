@@ -1,0 +1,232 @@
+"""The job's own cgroup: sandpit makes it, sets every limit on it, watches it, reads usage from it.
+
+The OCI runtime puts the container in a child ``ctr`` of this cgroup, so limits hold for every
+runtime alike (crun, runc, runsc) and usage can still be read after the runtime has removed its
+child. Works on cgroup v2 and on v1/hybrid hosts (one directory per mounted v1 hierarchy).
+
+OOM is "whole job together": v2 sets ``memory.oom.group``; on v1 the kernel only kills one
+task, so the supervisor gets an eventfd from ``cgroup.event_control`` and kills the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import SandboxError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PARENT = "sandpit"
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_s: float
+    memory_peak_bytes: int
+    pids_peak: int
+    oom_kills: int
+    pids_limit_hits: int
+
+
+def is_v2(root: Path = CGROUP_ROOT) -> bool:
+    return (root / "cgroup.controllers").exists()
+
+
+def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every mounted v1 hierarchy (and the v2 one of a hybrid host), where the runtime may mkdir."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[4]
+            fstype = fields[fields.index("-") + 1]
+            if fstype in ("cgroup", "cgroup2") and mnt.startswith(str(root)):
+                found.append(Path(mnt))
+    return found
+
+
+class JobCgroup:
+    """Context manager for ``<hierarchy>/sandpit/<name>``; ``close()`` removes it everywhere."""
+
+    def __init__(self, name: str, *, memory_bytes: int, cpus: float, pids: int,
+                 root: Path = CGROUP_ROOT, cpu_period_us: int = 100_000) -> None:
+        self.name = name
+        self.root = root
+        self.v2 = is_v2(root)
+        self.oom_eventfd: int | None = None
+        self._closed = False
+        self.dirs: dict[str, Path] = {}
+        try:
+            if self.v2:
+                self._make_v2(memory_bytes, cpus, pids, cpu_period_us)
+            else:
+                self._make_v1(memory_bytes, cpus, pids, cpu_period_us)
+        except OSError as exc:
+            self.close()
+            raise SandboxError(f"cannot create the job's cgroup {name}: {exc}") from exc
+
+    @property
+    def runtime_path(self) -> str:
+        """``cgroupsPath`` for the OCI spec: a child of this cgroup."""
+        return f"/{PARENT}/{self.name}/ctr"
+
+    # -- creation ------------------------------------------------------------------------
+    def _make_v2(self, memory_bytes: int, cpus: float, pids: int, period: int) -> None:
+        parent = self.root / PARENT
+        if not parent.exists():
+            parent.mkdir(exist_ok=True)
+        _enable_controllers(self.root)
+        _enable_controllers(parent)
+        d = parent / self.name
+        d.mkdir()
+        self.dirs["unified"] = d
+        _write(d / "memory.max", memory_bytes)
+        _write(d / "memory.swap.max", 0)
+        _write(d / "memory.oom.group", 1)
+        _write(d / "pids.max", pids)
+        _write(d / "cpu.max", f"{max(1000, int(cpus * period))} {period}")
+        _enable_controllers(d)
+
+    def _make_v1(self, memory_bytes: int, cpus: float, pids: int, period: int) -> None:
+        for ctrl in V1_CONTROLLERS:
+            d = self.root / ctrl / PARENT / self.name
+            d.mkdir(parents=True)
+            self.dirs[ctrl] = d
+        mem = self.dirs["memory"]
+        _write(mem / "memory.limit_in_bytes", memory_bytes)
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            _write(mem / "memory.memsw.limit_in_bytes", memory_bytes)
+        _write(mem / "memory.swappiness", 0)
+        _write(self.dirs["pids"] / "pids.max", pids)
+        _write(self.dirs["cpu"] / "cpu.cfs_period_us", period)
+        _write(self.dirs["cpu"] / "cpu.cfs_quota_us", max(1000, int(cpus * period)))
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        ctl = os.open(mem / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _write(mem / "cgroup.event_control", f"{efd} {ctl}")
+        finally:
+            os.close(ctl)
+        self.oom_eventfd = efd
+
+    # -- reading -------------------------------------------------------------------------
+    def pids_limit_hits(self) -> int:
+        d = self.dirs.get("unified") or self.dirs["pids"]
+        return _kv(d / "pids.events").get("max", 0)
+
+    def oom_kills(self) -> int:
+        if self.v2:
+            return _kv(self.dirs["unified"] / "memory.events").get("oom_kill", 0)
+        return _kv(self.dirs["memory"] / "memory.oom_control").get("oom_kill", 0)
+
+    def usage(self) -> Usage:
+        try:
+            if self.v2:
+                d = self.dirs["unified"]
+                cpu_s = _kv(d / "cpu.stat").get("usage_usec", 0) / 1e6
+                peak = _int(d / "memory.peak")
+                pids_peak = _int(d / "pids.peak")
+            else:
+                cpu_s = _int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+                peak = _int(self.dirs["memory"] / "memory.max_usage_in_bytes")
+                pids_peak = _int(self.dirs["pids"] / "pids.peak")
+            return Usage(cpu_s=round(cpu_s, 6), memory_peak_bytes=peak, pids_peak=pids_peak,
+                         oom_kills=self.oom_kills(), pids_limit_hits=self.pids_limit_hits())
+        except OSError:
+            return Usage(0.0, 0, 0, 0, 0)
+
+    def pids(self) -> list[int]:
+        """Every process in the job (all descendants), from the host's pid namespace."""
+        base = self.dirs.get("unified") or self.dirs["pids"]
+        found: list[int] = []
+        for dirpath, _dirs, _files in os.walk(base):
+            with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+                found.extend(int(p) for p in f.read().split())
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the job, without asking the runtime."""
+        unified = self.dirs.get("unified")
+        if unified is not None and (unified / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                _write(unified / "cgroup.kill", 1)
+                return
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    # -- teardown ------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.oom_eventfd is not None:
+            os.close(self.oom_eventfd)
+            self.oom_eventfd = None
+        remove_job_cgroups(self.name, self.root)
+
+
+def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path]:
+    """rmdir ``sandpit/<name>`` (deepest first) in every hierarchy; returns what was removed."""
+    removed = []
+    for hierarchy in v1_hierarchies(root) or [root]:
+        top = hierarchy / PARENT / name
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            with contextlib.suppress(FileNotFoundError):
+                _rmdir_retry(Path(dirpath))
+        removed.append(top)
+    return removed
+
+
+def _rmdir_retry(path: Path) -> None:
+    for _ in range(100):
+        try:
+            path.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno != 16:  # EBUSY: the last task is still exiting
+                raise
+            os.sched_yield()
+    path.rmdir()
+
+
+def _enable_controllers(d: Path) -> None:
+    wanted = {"memory", "pids", "cpu"}
+    have = set((d / "cgroup.controllers").read_text().split())
+    enabled = set((d / "cgroup.subtree_control").read_text().split())
+    missing = (wanted & have) - enabled
+    if missing:
+        _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+
+
+def _write(path: Path, value: object) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
+
+
+def _kv(path: Path) -> dict[str, int]:
+    out = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().lstrip("-").isdigit():
+                out[key] = int(value)
+    except FileNotFoundError:
+        pass
+    return out

@@ -1,0 +1,236 @@
+"""Running one command in a fresh sandbox, start to finish: the engine behind ``sandpit exec``.
+
+    validate → image → runtime → job dir + leases → disk → cgroup → rootfs → config.json
+    → runtime run (pipes) → supervise (logs, limits, timeout) → usage → artifacts → teardown
+
+Every kernel object is owned by a context manager on one ExitStack, so teardown runs on every
+path: success, failure, limit, exception, Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ImageError, InvalidRequest, SandboxError
+from worker.sandbox import spec as oci
+from worker.sandbox.artifacts import Artifact, Caps, Rejected, collect_artifacts
+from worker.sandbox.cgroups import JobCgroup, Usage
+from worker.sandbox.disk import JobDisk, ensure_scratch
+from worker.sandbox.images import ImageStore
+from worker.sandbox.leases import lease_uid_slot, try_lock, write_owner
+from worker.sandbox.logs import JobLog, OutputSink
+from worker.sandbox.request import SandboxRequest, validate_request
+from worker.sandbox.rootfs import JobRootfs
+from worker.sandbox.runtime import Runtime, choose_runtime
+from worker.sandbox.supervise import Outcome, supervise
+from worker.settings import Settings
+
+log = logging.getLogger("sandpit.engine")
+
+
+@dataclass
+class JobResult:
+    name: str
+    status: str
+    reason: str | None
+    exit_code: int | None = None
+    signal: int | None = None
+    attempt: int = 1
+    duration_s: float = 0.0
+    started_at: str | None = None
+    finished_at: str | None = None
+    usage: dict[str, Any] = field(default_factory=lambda: {"cpu_s": 0.0, "memory_peak_bytes": 0, "pids_peak": 0})
+    artifacts: list[Artifact] = field(default_factory=list)
+    rejected_artifacts: list[Rejected] = field(default_factory=list)
+    job_id: str | None = None
+    runtime: str | None = None
+    log_path: str | None = None
+    message: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "status": self.status, "reason": self.reason,
+            "exit_code": self.exit_code, "signal": self.signal, "attempt": self.attempt,
+            "duration_s": self.duration_s, "started_at": self.started_at,
+            "finished_at": self.finished_at, "usage": self.usage,
+            "artifacts": [a.as_dict() for a in self.artifacts],
+            "rejected_artifacts": [r.as_dict() for r in self.rejected_artifacts],
+            "job_id": self.job_id, "runtime": self.runtime, "log": self.log_path,
+            "message": self.message,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Engine:
+    """One per process; ``run()`` may be called from several threads at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.images = ImageStore(settings.state_dir, settings.images_dir)
+        self._seccomp = oci.load_seccomp()
+        self._scratch: Path | None = None
+        self._runtimes: dict[str | None, Runtime] = {}
+        self._lock = threading.Lock()
+
+    # -- host preparation ----------------------------------------------------------------
+    def scratch(self) -> Path:
+        with self._lock:
+            if self._scratch is None:
+                self._scratch = ensure_scratch(self.settings.state_dir, self.settings.scratch_bytes)
+            return self._scratch
+
+    def runtime(self, requested: str | None) -> Runtime:
+        name = requested or self.settings.runtime
+        with self._lock:
+            if name not in self._runtimes:
+                rt = choose_runtime(name, self.settings.run_dir)
+                log.info("runtime %s (%s) chosen%s", rt.name, rt.binary, "" if name else " automatically")
+                self._runtimes[name] = rt
+            return self._runtimes[name]
+
+    @property
+    def artifact_store(self) -> Path:
+        return self.settings.state_dir / "artifacts"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.settings.state_dir / "logs"
+
+    # -- one job -------------------------------------------------------------------------
+    def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
+            cancel: threading.Event | None = None, job_id: str | None = None) -> JobResult:
+        job_id = job_id or secrets.token_hex(6)
+        result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
+                           started_at=_now())
+        t0 = time.monotonic()
+        problems = validate_request(req)
+        if problems:
+            result.status, result.reason, result.message = "failed", "invalid_spec", "; ".join(problems)
+            result.finished_at = _now()
+            return result
+        try:
+            self._run(req, job_id, result, sink, cancel or threading.Event())
+        except (ImageError, InvalidRequest) as exc:
+            result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
+        except SandboxError as exc:
+            result.status, result.reason, result.message = "error", "infra_error", str(exc)
+        result.duration_s = round(time.monotonic() - t0, 6)
+        result.finished_at = _now()
+        return result
+
+    def _run(self, req: SandboxRequest, job_id: str, result: JobResult, sink: OutputSink | None,
+             cancel: threading.Event) -> None:
+        s = self.settings
+        image = self.images.get(req.image)
+        runtime = self.runtime(req.runtime)
+        result.runtime = runtime.name
+        scratch = self.scratch()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs_dir / f"{job_id}.jsonl"
+        result.log_path = str(log_path)
+        container_id = f"sandpit-{job_id}"
+        job_dir = s.jobs_dir / job_id
+        with contextlib.ExitStack() as stack:
+            # the owner lease comes first: the reaper treats a job dir whose lease is free as dead
+            s.locks_dir.mkdir(parents=True, exist_ok=True)
+            owner = try_lock(s.locks_dir / f"job-{job_id}.lock")
+            if owner is None:
+                raise SandboxError(f"job id {job_id} is already in use")
+            write_owner(owner)
+            stack.callback(owner.release)
+            stack.callback(_unlink, owner.path)
+            s.jobs_dir.mkdir(parents=True, exist_ok=True)
+            job_dir.mkdir(mode=0o711)
+            stack.callback(shutil.rmtree, job_dir, True)
+            slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots, start=secrets.randbelow(s.uid_slots))
+            stack.callback(slot_lease.release)
+            uid_base = s.uid_base + slot * oci.ID_RANGE
+            (job_dir / "slot").write_text(str(slot))
+            disk = JobDisk(scratch, job_id, req.limits.disk_bytes)
+            stack.callback(disk.close)
+            cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
+                           pids=req.limits.pids)
+            stack.callback(cg.close)
+            rootfs = JobRootfs(job_dir, [image.rootfs], disk.path, uid_base, oci.ID_RANGE,
+                               owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
+            stack.callback(rootfs.close)
+            config = oci.build_spec(oci.SpecInputs(
+                request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
+                uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
+                image_env=image.env, hostname="sandpit", nofile=_nofile(),
+            ))
+            (job_dir / "config.json").write_text(json.dumps(config))
+            stack.callback(_delete_container, runtime, container_id)
+            joblog = JobLog(log_path, req.limits.log_bytes, sink)
+            stack.callback(joblog.close)
+            outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
+            self._finish(result, outcome, cg.usage(), disk, req)
+            if req.artifacts:
+                cg.kill_all()  # artifacts are read only once nothing of the job can still write
+                kept, rejected = collect_artifacts(
+                    rootfs.workspace, req.artifacts, self.artifact_store,
+                    Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
+                         req.limits.artifact_total_bytes))
+                result.artifacts, result.rejected_artifacts = kept, rejected
+
+    def _finish(self, result: JobResult, outcome: Outcome, usage: Usage, disk: JobDisk,
+                req: SandboxRequest) -> None:
+        result.usage = {"cpu_s": usage.cpu_s, "memory_peak_bytes": usage.memory_peak_bytes,
+                        "pids_peak": usage.pids_peak}
+        if outcome.runtime_error:
+            result.status, result.reason, result.message = "error", "infra_error", outcome.runtime_error
+            return
+        result.exit_code, result.signal = outcome.exit_code, outcome.signal
+        reason = outcome.reason
+        if reason is None and usage.oom_kills > 0:
+            reason = "oom"
+        if reason is None and outcome.exit_code != 0 and disk.at_limit():
+            reason = "disk_quota"
+        if reason is None:
+            result.status = "succeeded" if outcome.exit_code == 0 else "failed"
+            result.reason = None if outcome.exit_code == 0 else "exit_code"
+        else:
+            result.status = "cancelled" if reason == "cancelled" else "failed"
+            result.reason = reason
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _nofile() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return oci.NOFILE if hard == resource.RLIM_INFINITY else min(oci.NOFILE, hard)
+
+
+def _delete_container(runtime: Runtime, container_id: str) -> None:
+    if (runtime.root / container_id).exists():
+        runtime.delete(container_id)
+
+
+def install_signal_cancel(cancel: threading.Event) -> None:
+    """Ctrl-C / SIGTERM / SIGHUP stop the job (and so tear it down) instead of killing sandpit."""
+    def handler(signum: int, _frame: object) -> None:
+        cancel.set()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+

@@ -1,0 +1,39 @@
+"""Errors of the network layer.
+
+Tree::
+
+    NetworkError                 root: anything the job network layer could not do
+    ├── NetlinkError             the kernel refused a netlink request (``errno`` set)
+    ├── HostNetworkError         the host side (bridge, subnet, nft ruleset) could not be prepared
+    │   └── NoFreeSubnet         every candidate subnet collides with a route on the host
+    ├── AddressesExhausted       every address of the subnet is leased by a live job
+    └── CleanupBacklog           too many job networks are still being freed by the kernel
+
+The runtime maps any ``NetworkError`` to an ``infra_error`` job result.
+"""
+
+from __future__ import annotations
+
+
+class NetworkError(Exception):
+    """Root of the network layer's errors."""
+
+
+class NetlinkError(NetworkError, OSError):
+    """The kernel answered a netlink request with an error; ``errno`` holds it."""
+
+
+class HostNetworkError(NetworkError):
+    """The bridge, the subnet or the nft ruleset of the host could not be set up."""
+
+
+class NoFreeSubnet(HostNetworkError):
+    """No candidate subnet is free of the host's routes; configure ``subnet`` explicitly."""
+
+
+class AddressesExhausted(NetworkError):
+    """Every job address is leased by a live job."""
+
+
+class CleanupBacklog(NetworkError):
+    """The kernel has not yet freed enough torn-down job networks; try again later."""

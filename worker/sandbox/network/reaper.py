@@ -1,0 +1,67 @@
+"""Clean up after job networks whose owner process died (SIGKILLed worker, crash).
+
+What a dead worker can leave: its lease files (the kernel dropped their locks when it died) and, if
+some process still holds its job's namespace (a container that outlived the worker), the job's veth
+pair. Namespaces themselves need nothing: sandpit never bind-mounts them, so they die with the last
+holder. The reaper takes ``reap.lock`` (one reaper at a time), and for every lease it can lock deletes
+the slot's veth, then the lease. Finally it deletes sandpit veths on the bridge that have no lease file
+at all (by index, so a new job's veth of the same name is never hit). Live jobs hold their lease
+locks, so nothing of theirs is touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from worker.sandbox.network.addresses import slot_of_veth, veth_name
+from worker.sandbox.network.host import delete_link, open_host
+from worker.sandbox.network.leases import ReapLock, remove_stale, stale_leases
+from worker.sandbox.network.rtnl import Rtnl
+from worker.sandbox.network.settings import NetworkSettings
+
+
+def reap_networks(settings: NetworkSettings) -> list[str]:
+    """Remove what dead owners left; return a line per removed object (``"lease ..."``, ``"veth ..."``)."""
+    leases_root = settings.net_dir / "leases"
+    removed: list[str] = []
+    ns_fd, rtnl = open_host(settings)
+    try:
+        with ReapLock(settings.net_dir / "reap.lock"):
+            subnet_dirs = sorted(leases_root.iterdir()) if leases_root.is_dir() else []
+            for subnet_dir in subnet_dirs:
+                for stale, fd in stale_leases(subnet_dir):
+                    try:
+                        if stale.slot >= 0:
+                            veth = veth_name(settings.veth_prefix, stale.slot)
+                            if delete_link(rtnl, veth):
+                                removed.append(f"veth {veth}")
+                    finally:
+                        remove_stale(stale, fd)
+                    removed.append(f"lease {subnet_dir.name}/{stale.path.name} (owner {stale.owner or '?'})")
+            removed += _reap_unleased_veths(settings, rtnl)
+    finally:
+        rtnl.close()
+        if ns_fd is not None:
+            os.close(ns_fd)
+    return removed
+
+
+def _reap_unleased_veths(settings: NetworkSettings, rtnl: Rtnl) -> list[str]:
+    links = rtnl.links()
+    bridge = next((link.index for link in links if link.name == settings.bridge), None)
+    if bridge is None:
+        return []
+    subnets = [ipaddress.IPv4Interface(f"{a}/{p}").network
+               for i, a, p in rtnl.ipv4_addresses() if i == bridge]
+    if not subnets:
+        return []
+    lease_dir = settings.net_dir / "leases" / f"{subnets[0].network_address}_{subnets[0].prefixlen}"
+    removed = []
+    for link in links:
+        slot = slot_of_veth(settings.veth_prefix, link.name)
+        if link.master != bridge or link.kind != "veth" or slot is None:
+            continue
+        if not (lease_dir / str(slot)).exists() and delete_link(rtnl, index=link.index):
+            removed.append(f"veth {link.name} (no lease)")
+    return removed

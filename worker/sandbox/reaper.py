@@ -1,0 +1,123 @@
+"""Cleaning up after sandpit processes that died without tearing down (SIGKILL, power loss).
+
+Only sandpit's own objects are touched, and only those of dead owners: a job directory under
+``<state>/jobs`` whose owner lease (``<run>/locks/job-<id>.lock``) no process holds, containers
+named ``sandpit-*`` in sandpit's own runtime roots, cgroups under ``sandpit/``, subvolumes in
+the scratch filesystem, and mounts under the job directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from worker.sandbox.cgroups import PARENT, remove_job_cgroups, v1_hierarchies
+from worker.sandbox.disk import destroy_subvolume, is_mounted
+from worker.sandbox.leases import is_locked
+from worker.sandbox.rootfs import unmount_all
+from worker.sandbox.runtime import PREFERENCE, Runtime
+from worker.settings import Settings
+
+log = logging.getLogger("sandpit.reaper")
+
+
+def _runtimes(settings: Settings) -> list[Runtime]:
+    found = []
+    for name in PREFERENCE:
+        root = settings.run_dir / "runtime" / name
+        binary = shutil.which(name)
+        if binary and root.is_dir():
+            found.append(Runtime(name=name, binary=binary, root=root))
+    return found
+
+
+def live_job_ids(settings: Settings) -> set[str]:
+    ids = set()
+    if settings.jobs_dir.is_dir():
+        for d in settings.jobs_dir.iterdir():
+            if is_locked(settings.locks_dir / f"job-{d.name}.lock"):
+                ids.add(d.name)
+    return ids
+
+
+def reap(settings: Settings) -> list[str]:
+    """Remove everything dead sandpit processes left behind; returns a line per object removed."""
+    done: list[str] = []
+    live = live_job_ids(settings)
+    for rt in _runtimes(settings):
+        for cid in rt.containers():
+            if cid.removeprefix("sandpit-") not in live:
+                rt.kill(cid, "KILL")
+                rt.delete(cid)
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(rt.root / cid)
+                done.append(f"container {cid} ({rt.name})")
+    for name in _cgroup_job_names():
+        if name not in live:
+            _kill_cgroup_tasks(name)
+            for path in remove_job_cgroups(name):
+                done.append(f"cgroup {path}")
+    if settings.jobs_dir.is_dir():
+        for job_dir in sorted(settings.jobs_dir.iterdir()):
+            if job_dir.name in live:
+                continue
+            for point in unmount_all(job_dir):
+                done.append(f"mount {point}")
+            shutil.rmtree(job_dir, ignore_errors=True)
+            done.append(f"job dir {job_dir}")
+    scratch = settings.scratch_dir
+    if is_mounted(scratch):
+        for sub in sorted(scratch.iterdir()):
+            if sub.name not in live and not sub.name.startswith("."):
+                destroy_subvolume(scratch, sub.name)
+                done.append(f"disk {sub}")
+        subprocess.run(["btrfs", "qgroup", "clear-stale", str(scratch)], capture_output=True, check=False)
+    if settings.locks_dir.is_dir():
+        for lock in settings.locks_dir.glob("job-*.lock"):
+            job_id = lock.name[4:-5]
+            if job_id not in live and not is_locked(lock):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+    for line in done:
+        log.info("reaped %s", line)
+    return done
+
+
+def _cgroup_job_names() -> set[str]:
+    names: set[str] = set()
+    for hierarchy in v1_hierarchies():
+        parent = hierarchy / PARENT
+        if parent.is_dir():
+            names.update(p.name for p in parent.iterdir() if p.is_dir())
+    return names
+
+
+def _kill_cgroup_tasks(name: str) -> None:
+    for hierarchy in v1_hierarchies():
+        top = hierarchy / PARENT / name
+        for dirpath, _dirs, _files in os.walk(top):
+            with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+
+
+def leftovers(settings: Settings) -> list[str]:
+    """What of sandpit's is still on the host (used by tests: must be empty between jobs)."""
+    found = []
+    for rt in _runtimes(settings):
+        found += [f"container {c}" for c in rt.containers()]
+    found += [f"cgroup {n}" for n in _cgroup_job_names()]
+    if settings.jobs_dir.is_dir():
+        found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir()]
+    with open("/proc/self/mountinfo") as f:
+        prefix = str(settings.jobs_dir) + "/"
+        found += [f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(prefix)]
+    if is_mounted(settings.scratch_dir):
+        found += [f"disk {p.name}" for p in settings.scratch_dir.iterdir()]
+    return found

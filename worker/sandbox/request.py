@@ -1,0 +1,130 @@
+"""What a job asks of its sandbox, validated before anything is created (pure).
+
+>>> req = SandboxRequest(argv=("true",))
+>>> req.limits.memory_bytes
+268435456
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from worker.errors import InvalidRequest
+
+Network = Literal["none", "egress"]
+Profile = Literal["default", "strict"]
+RUNTIMES = ("crun", "runc", "runsc")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int = 256 * MiB
+    cpus: float = 1.0
+    pids: int = 128
+    disk_bytes: int = 1024 * MiB
+    timeout_s: float = 30.0
+    grace_s: float = 2.0
+    log_bytes: int = 4 * MiB
+    # artifact caps
+    artifact_file_bytes: int = 64 * MiB
+    artifact_count: int = 1000
+    artifact_total_bytes: int = 256 * MiB
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    argv: tuple[str, ...]
+    image: str = "debian"
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/workspace"
+    network: Network = "none"
+    runtime: str | None = None
+    profile: Profile = "default"
+    limits: Limits = field(default_factory=Limits)
+    artifacts: tuple[str, ...] = ()
+
+
+def validate_request(req: SandboxRequest) -> list[str]:
+    """Every reason the request is refused, as sentences (empty when it is fine).
+
+    >>> validate_request(SandboxRequest(argv=()))
+    ['no command given: put the command after --']
+    """
+    problems: list[str] = []
+    if not req.argv:
+        problems.append("no command given: put the command after --")
+    if any("\0" in arg for arg in req.argv):
+        problems.append("the command contains a NUL byte")
+    for name, value in req.env:
+        if not _ENV_NAME.match(name):
+            problems.append(f"environment name {name!r} is not valid: use letters, digits and _")
+        if "\0" in value:
+            problems.append(f"environment value of {name} contains a NUL byte")
+    problems.extend(workdir_problems(req.workdir))
+    if req.network not in ("none", "egress"):
+        problems.append(f"network {req.network!r} is not one of none, egress")
+    if req.profile not in ("default", "strict"):
+        problems.append(f"profile {req.profile!r} is not one of default, strict")
+    if req.runtime is not None and req.runtime not in RUNTIMES:
+        problems.append(f"runtime {req.runtime!r} is not one of {', '.join(RUNTIMES)}")
+    lim = req.limits
+    if lim.memory_bytes < 8 * MiB:
+        problems.append("memory must be at least 8M")
+    if lim.pids < 4:
+        problems.append("pids must be at least 4")
+    if lim.disk_bytes < 16 * MiB:
+        problems.append("disk must be at least 16M")
+    if lim.timeout_s <= 0:
+        problems.append("timeout must be positive")
+    problems.extend(artifact_pattern_problems(req.artifacts))
+    return problems
+
+
+def workdir_problems(workdir: str) -> list[str]:
+    """A working directory must be absolute, normal, and never under /proc, /sys or /dev.
+
+    >>> workdir_problems("/proc/self")
+    ['workdir /proc/self is under /proc: choose a directory such as /workspace']
+    """
+    if not workdir.startswith("/"):
+        return [f"workdir {workdir!r} must be an absolute path such as /workspace"]
+    if "\0" in workdir:
+        return ["workdir contains a NUL byte"]
+    parts = workdir.split("/")
+    if ".." in parts:
+        return [f"workdir {workdir!r} must not contain '..'"]
+    normal = posixpath.normpath(workdir)
+    for banned in ("/proc", "/sys", "/dev"):
+        if normal == banned or normal.startswith(banned + "/"):
+            return [f"workdir {workdir} is under {banned}: choose a directory such as /workspace"]
+    return []
+
+
+def artifact_pattern_problems(patterns: tuple[str, ...]) -> list[str]:
+    """Artifact globs are relative to the workspace and never climb out of it.
+
+    >>> artifact_pattern_problems(("dist/*", "../etc/passwd", "/etc/shadow"))
+    ["artifact pattern '../etc/passwd' contains '..': name files inside the workspace", \
+"artifact pattern '/etc/shadow' is absolute: write it relative to the workspace"]
+    """
+    problems = []
+    for pattern in patterns:
+        if not pattern or "\0" in pattern:
+            problems.append(f"artifact pattern {pattern!r} is empty or contains a NUL byte")
+        elif pattern.startswith("/"):
+            problems.append(f"artifact pattern {pattern!r} is absolute: write it relative to the workspace")
+        elif ".." in pattern.split("/"):
+            problems.append(f"artifact pattern {pattern!r} contains '..': name files inside the workspace")
+    return problems
+
+
+def require_valid(req: SandboxRequest) -> None:
+    problems = validate_request(req)
+    if problems:
+        raise InvalidRequest("; ".join(problems))

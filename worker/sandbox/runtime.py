@@ -1,0 +1,130 @@
+"""Driving an OCI runtime (crun, runc, runsc) directly: no daemon, no shim.
+
+Each runtime keeps its container state under a root of sandpit's own
+(``<run_dir>/runtime/<name>``), so ``sandpit reap`` sees sandpit's containers and nothing else.
+The runtime process is started with posix_spawn; it runs the container in the foreground and
+its stdout/stderr are the pipes sandpit reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import RuntimeUnavailable
+
+log = logging.getLogger("sandpit.runtime")
+PREFERENCE = ("crun", "runc", "runsc")
+HYBRID_FIX = (
+    "crun 1.8 refuses a cgroup-v1 'hybrid' host whose v2 hierarchy still has controllers ({ctrls}). "
+    "Move them to v1 once per boot with `sandpit host-prep` (it mounts the hugetlb v1 hierarchy), "
+    "or choose --runtime runc"
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    binary: str
+    root: Path
+
+    def base(self) -> list[str]:
+        cmd = [self.binary, f"--root={self.root}"]
+        if self.name == "runsc":
+            # gVisor's own network stack is not used: the job's netns is made by sandpit
+            cmd += ["--network=host", "--ignore-cgroups"]
+        return cmd
+
+    def run_argv(self, bundle: Path, container_id: str, log_file: Path) -> list[str]:
+        # the runtime's own errors go to log_file, so the job's stderr carries only the job's output
+        if self.name == "runsc":
+            logging_opts = [f"--log={log_file}", "--log-format=json"]
+            return [self.binary, *logging_opts, *self.base()[1:], "run", "--bundle", str(bundle), container_id]
+        logging_opts = [f"--log={log_file}", "--log-format=json"]
+        return [self.binary, *logging_opts, *self.base()[1:], "run", "--bundle", str(bundle), container_id]
+
+    def kill(self, container_id: str, signal_name: str) -> None:
+        subprocess.run([*self.base(), "kill", "--all", container_id, signal_name],
+                       capture_output=True, check=False, timeout=30)
+
+    def delete(self, container_id: str) -> None:
+        subprocess.run([*self.base(), "delete", "--force", container_id],
+                       capture_output=True, check=False, timeout=30)
+
+    def containers(self) -> list[str]:
+        """Ids of the containers this runtime still has state for under sandpit's root."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name.startswith("sandpit-"))
+
+
+def hybrid_v2_controllers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Controllers still on the v2 hierarchy of a hybrid host (empty on pure v1 or v2 hosts)."""
+    unified = cgroup_root / "unified" / "cgroup.controllers"
+    if (cgroup_root / "cgroup.controllers").exists() or not unified.exists():
+        return []
+    return unified.read_text().split()
+
+
+def runtime_problem(name: str) -> str | None:
+    """Why ``name`` cannot run jobs on this host, or None when it can."""
+    if name not in PREFERENCE:
+        return f"unknown runtime {name!r}: choose one of {', '.join(PREFERENCE)}"
+    if shutil.which(name) is None:
+        return f"{name} is not installed: apt-get install {name}"
+    if name == "crun":
+        ctrls = hybrid_v2_controllers()
+        if ctrls:
+            return HYBRID_FIX.format(ctrls=", ".join(ctrls))
+    return None
+
+
+def choose_runtime(requested: str | None, run_dir: Path) -> Runtime:
+    """The requested runtime if it works here, else the first that does; a clear error if none."""
+    names = [requested] if requested else list(PREFERENCE)
+    problems = []
+    for name in names:
+        problem = runtime_problem(name)
+        if problem is None:
+            binary = shutil.which(name)
+            assert binary is not None
+            root = run_dir / "runtime" / name
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return Runtime(name=name, binary=binary, root=root)
+        problems.append(f"{name}: {problem}")
+    raise RuntimeUnavailable("no OCI runtime works on this host:\n  " + "\n  ".join(problems))
+
+
+def fix_hybrid_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Mount v1 hierarchies for controllers stuck on v2 of a hybrid host (only hugetlb/misc here)."""
+    moved = []
+    for ctrl in hybrid_v2_controllers(cgroup_root):
+        target = cgroup_root / ctrl
+        target.mkdir(exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "cgroup", "-o", ctrl, "cgroup", str(target)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            moved.append(ctrl)
+            log.info("moved cgroup controller %s from v2 to v1 so crun can run", ctrl)
+        else:
+            log.warning("could not move cgroup controller %s: %s", ctrl, proc.stderr.strip())
+    return moved
+
+
+def spawn(argv: list[str], stdout_fd: int, stderr_fd: int) -> int:
+    """posix_spawn the runtime with stdin /dev/null and the given output fds; returns its pid."""
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+            (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
+        ]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsigdef=(2, 15))
+    finally:
+        os.close(devnull)
