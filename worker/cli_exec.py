@@ -68,4 +68,7 @@ def exit_status(result: JobResult, args: argparse.Namespace) -> int:
               file=sys.stderr)
     for rej in result.rejected_artifacts:
         print(f"sandpit: artifact {rej.path} not kept: {rej.why}", file=sys.stderr)
-    return result.exit_code if result.exit_code is not None else SANDBOX_FAILED
+    if result.exit_code is None:
+        return SANDBOX_FAILED
+    # a job stopped by a limit never looks successful, even if its main process exited 0
+    return 1 if result.status != "succeeded" and result.exit_code == 0 else result.exit_code

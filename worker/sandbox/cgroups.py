@@ -114,8 +114,12 @@ class JobCgroup:
 
     # -- reading -------------------------------------------------------------------------
     def pids_limit_hits(self) -> int:
-        d = self.dirs.get("unified") or self.dirs["pids"]
-        return _kv(d / "pids.events").get("max", 0)
+        """Forks refused by the pids limit anywhere in the job (v1 counts them where they happen)."""
+        base = self.dirs.get("unified") or self.dirs["pids"]
+        hits = _kv(base / "pids.events").get("max", 0)
+        for child in ("ctr",):
+            hits += _kv(base / child / "pids.events").get("max", 0)
+        return hits
 
     def oom_kills(self) -> int:
         if self.v2:

@@ -159,7 +159,8 @@ class Engine:
             stack.callback(shutil.rmtree, job_dir, True)
             slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots, start=secrets.randbelow(s.uid_slots))
             stack.callback(slot_lease.release)
-            uid_base = s.uid_base + slot * oci.ID_RANGE
+            userns = runtime.name != "runsc"
+            uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
             (job_dir / "slot").write_text(str(slot))
             disk = JobDisk(scratch, job_id, req.limits.disk_bytes)
             stack.callback(disk.close)
@@ -172,7 +173,7 @@ class Engine:
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
                 uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
-                image_env=image.env, hostname="sandpit", nofile=_nofile(),
+                image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
             ))
             (job_dir / "config.json").write_text(json.dumps(config))
             stack.callback(_delete_container, runtime, container_id)
@@ -199,6 +200,8 @@ class Engine:
         reason = outcome.reason
         if reason is None and usage.oom_kills > 0:
             reason = "oom"
+        if reason is None and usage.pids_limit_hits > 0:
+            reason = "pids_limit"
         if reason is None and outcome.exit_code != 0 and disk.at_limit():
             reason = "disk_quota"
         if reason is None:

@@ -33,13 +33,16 @@ class JobRootfs:
             os.chown(upper, uid_base, uid_base)
             ws_owner = uid_base + (owner_uid or 0)
             os.chown(self.workspace, ws_owner, ws_owner)
-            fd = userns_fd(uid_base, id_range)
             lowers = []
-            for i, layer in enumerate(layers):
-                target = job_dir / f"lower{i}"
-                target.mkdir()
-                idmapped_clone(str(layer), str(target), fd)
-                lowers.append(str(target))
+            if uid_base == 0:  # no user namespace (runsc): the layers are used as they are
+                lowers = [str(layer) for layer in layers]
+            else:
+                fd = userns_fd(uid_base, id_range)
+                for i, layer in enumerate(layers):
+                    target = job_dir / f"lower{i}"
+                    target.mkdir()
+                    idmapped_clone(str(layer), str(target), fd)
+                    lowers.append(str(target))
             # overlay lists the top layer first
             options = f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"
             mount("overlay", str(self.path), "overlay", MS_NODEV, options)

@@ -61,6 +61,7 @@ class SpecInputs:
     resolv_conf: str | None = None  # host file bind-mounted read-only at /etc/resolv.conf
     hostname: str = "sandpit"
     cpu_period_us: int = 100_000
+    userns: bool = True  # False only for runsc, whose own kernel is the boundary (no host userns)
     nofile: int = 1024  # the engine passes min(NOFILE, its own hard limit)
 
 
@@ -134,13 +135,11 @@ def _mounts(inputs: SpecInputs) -> list[dict[str, Any]]:
 
 
 def _resources(inputs: SpecInputs) -> dict[str, Any]:
-    lim = inputs.request.limits
-    return {
-        "memory": {"limit": lim.memory_bytes, "swap": lim.memory_bytes, "disableOOMKiller": False},
-        "cpu": {"quota": max(1000, int(lim.cpus * inputs.cpu_period_us)), "period": inputs.cpu_period_us},
-        "pids": {"limit": lim.pids},
-        "devices": [{"allow": False, "access": "rwm"}],
-    }
+    # Memory, cpu and pids limits are set by sandpit on the job's parent cgroup (cgroups.py), so
+    # they hold for every runtime and the OOM/pids events are seen there; the runtime's own
+    # child cgroup only gets the device policy.
+    del inputs
+    return {"devices": [{"allow": False, "access": "rwm"}]}
 
 
 def build_spec(inputs: SpecInputs) -> dict[str, Any]:
@@ -153,13 +152,25 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     caps: tuple[str, ...] = () if strict else DEFAULT_CAPS
     uid = STRICT_UID if strict else 0
     id_map = [{"containerID": 0, "hostID": inputs.uid_base, "size": ID_RANGE}]
-    namespaces: list[dict[str, str]] = [
-        {"type": t} for t in ("pid", "ipc", "uts", "mount", "user", "cgroup")
-    ]
+    kinds = ("pid", "ipc", "uts", "mount", "user", "cgroup") if inputs.userns else ("pid", "ipc", "uts", "mount")
+    namespaces: list[dict[str, str]] = [{"type": t} for t in kinds]
     net: dict[str, str] = {"type": "network"}
     if inputs.netns_path is not None:
         net["path"] = inputs.netns_path
     namespaces.append(net)
+    linux: dict[str, Any] = {
+        "uidMappings": id_map,
+        "gidMappings": id_map,
+        "namespaces": namespaces,
+        "cgroupsPath": inputs.cgroups_path,
+        "resources": _resources(inputs),
+        "seccomp": seccomp_for(inputs.seccomp, caps),
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+        "rootfsPropagation": "private",
+    }
+    if not inputs.userns:
+        del linux["uidMappings"], linux["gidMappings"]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -182,15 +193,5 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "root": {"path": inputs.rootfs, "readonly": False},
         "hostname": inputs.hostname,
         "mounts": _mounts(inputs),
-        "linux": {
-            "uidMappings": id_map,
-            "gidMappings": id_map,
-            "namespaces": namespaces,
-            "cgroupsPath": inputs.cgroups_path,
-            "resources": _resources(inputs),
-            "seccomp": seccomp_for(inputs.seccomp, caps),
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-            "rootfsPropagation": "private",
-        },
+        "linux": linux,
     }

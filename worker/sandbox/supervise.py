@@ -64,6 +64,8 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     try:
         while open_pipes or status is None:
             now = time.monotonic()
+            if exited_at is not None:
+                deadline = float("inf")
             wait = max(0.0, min(next_poll, deadline, kill_at or deadline) - now)
             for key, _mask in sel.select(wait):
                 if key.data == "pipe":
@@ -102,6 +104,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                     cg.kill_all()
             if reason is None and now >= deadline and status is None:
                 reason = "timeout"
+                deadline = float("inf")
                 runtime.kill(container_id, "TERM")
                 kill_at = now + limits.grace_s
             if kill_at is not None and now >= kill_at:

@@ -196,9 +196,12 @@ def _bridge_state(rtnl: Rtnl, bridge: str) -> tuple[int | None, ipaddress.IPv4In
 
 def _create_bridge(rtnl: Rtnl, bridge: str) -> int:
     mac = bytes([0x02]) + os.urandom(5)  # fixed, locally administered: ports joining never change it
+    # The kernel refuses IFLA_AF_SPEC on creation (EAFNOSUPPORT), so IPv6 is switched off by a second
+    # message, while the bridge is still down and has no link-local address yet.
     rtnl.request((RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                  ifinfomsg() + name(IFLA_IFNAME, bridge) + attr(IFLA_ADDRESS, mac) + no_ipv6_addresses()
-                  + nested(IFLA_LINKINFO, name(IFLA_INFO_KIND, "bridge"))))
+                  ifinfomsg() + name(IFLA_IFNAME, bridge) + attr(IFLA_ADDRESS, mac)
+                  + nested(IFLA_LINKINFO, name(IFLA_INFO_KIND, "bridge"))),
+                 (RTM_NEWLINK, 0, ifinfomsg() + name(IFLA_IFNAME, bridge) + no_ipv6_addresses()))
     index = rtnl.link_index(bridge)
     if index is None:
         raise HostNetworkError(f"bridge {bridge} vanished right after it was created")
