@@ -12,7 +12,8 @@ Order of the forward decision for a packet from a job (first match wins):
 7. anything else (the public internet)          → accept
 
 Packets from a job to the host itself (any of its addresses, any port) are dropped on input, except
-port 53 of a resolver that is a host address.
+port 53 of a resolver that is a host address and replies to connections the host opened (a job can
+answer the host, never call it).
 """
 
 from __future__ import annotations

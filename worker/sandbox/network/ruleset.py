@@ -65,6 +65,7 @@ def render_ruleset(policy: Policy) -> str:
         *_set("resolvers_v4", "ipv4_addr", policy.resolvers, interval=False),
         "\tchain input {",
         "\t\ttype filter hook input priority filter - 10; policy accept;",
+        f"\t\tiifname {br} ct state established,related accept",
         f"\t\tiifname {br} ip daddr @resolvers_v4 {dns} accept",
         f"\t\tiifname {br} drop",
         "\t}",

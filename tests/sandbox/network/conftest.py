@@ -1,0 +1,71 @@
+"""Fixtures of the network tests: the isolated stand-in world (see world.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.sandbox.network import NetworkSettings, prepare_host, teardown_host
+
+from .world import (
+    HERE,
+    HOST_TCP_PORTS,
+    HOST_UDP_PORTS,
+    OTHER_RESOLVER,
+    REDIS_PORT,
+    RESOLVER,
+    WEB,
+    World,
+    build_world,
+    require_network_tools,
+    start_server,
+    stop,
+    wait_for_redis,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    require_network_tools()
+    state_dir = tmp_path_factory.mktemp("sandpit-state")
+    host, internet = build_world()
+    settings = NetworkSettings(state_dir=state_dir, host_netns=Path(host.path), resolvers=(RESOLVER,))
+    servers: list[subprocess.Popen[str]] = []
+    world: World | None = None
+    try:
+        world = World(host, internet, settings, prepare_host(settings), servers)
+        servers.append(start_server(internet.path, [sys.executable, str(HERE / "servers.py"),
+                                                    "--tcp", "80", "--tcp", "8080", "--udp", "5353",
+                                                    "--dns", f"{RESOLVER}:53={WEB}",
+                                                    "--dns", f"{OTHER_RESOLVER}:53=203.0.113.99"]))
+        host_server = [sys.executable, str(HERE / "servers.py")]
+        for port in HOST_TCP_PORTS:
+            host_server += ["--tcp", str(port)]
+        for port in HOST_UDP_PORTS:
+            host_server += ["--udp", str(port)]
+        servers.append(start_server(host.path, host_server))
+        for server in servers:
+            assert server.stdout is not None
+            assert server.stdout.readline().strip() == "ready", server.stderr
+        if shutil.which("redis-server"):
+            servers.append(start_server(host.path, ["redis-server", "--port", str(REDIS_PORT),
+                                                    "--bind", "0.0.0.0",  # noqa: S104 - test netns
+                                                    "--protected-mode", "no",
+                                                    "--save", "", "--appendonly", "no"]))
+            wait_for_redis(host.path)
+        yield world
+    finally:
+        for server in servers:
+            stop(server)
+        if world is not None:
+            world.network.close()  # a test may have replaced it
+        teardown_host(settings)
+        host.close()
+        internet.close()
+
+

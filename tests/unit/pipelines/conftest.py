@@ -1,0 +1,18 @@
+"""Shared helpers for the pipeline-language tests (pure: no services, no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "gitlab-ci"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    require(CORPUS.is_dir(), f"the GitLab CI corpus is not at {CORPUS} (shared/ must sit beside the repo)")
+    return CORPUS
