@@ -225,8 +225,9 @@ def _nofile() -> int:
 
 
 def _delete_container(runtime: Runtime, container_id: str) -> None:
-    if (runtime.root / container_id).exists():
+    if runtime.has_state(container_id):
         runtime.delete(container_id)
+        runtime.forget(container_id)
 
 
 def install_signal_cancel(cancel: threading.Event) -> None:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from worker.errors import SandboxError
 from worker.sandbox.cgroups import PARENT, remove_job_cgroups, v1_hierarchies
 from worker.sandbox.disk import destroy_subvolume, is_mounted
 from worker.sandbox.leases import is_locked
@@ -54,27 +55,37 @@ def reap(settings: Settings) -> list[str]:
             if cid.removeprefix("sandpit-") not in live:
                 rt.kill(cid, "KILL")
                 rt.delete(cid)
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(rt.root / cid)
+                rt.forget(cid)
                 done.append(f"container {cid} ({rt.name})")
     for name in _cgroup_job_names():
         if name not in live:
             _kill_cgroup_tasks(name)
-            for path in remove_job_cgroups(name):
-                done.append(f"cgroup {path}")
+            try:
+                removed = remove_job_cgroups(name)
+            except OSError as exc:
+                log.warning("could not remove cgroup %s yet: %s", name, exc)
+                continue
+            done.extend(f"cgroup {path}" for path in removed)
     if settings.jobs_dir.is_dir():
         for job_dir in sorted(settings.jobs_dir.iterdir()):
             if job_dir.name in live:
                 continue
-            for point in unmount_all(job_dir):
-                done.append(f"mount {point}")
+            try:
+                done.extend(f"mount {point}" for point in unmount_all(job_dir))
+            except SandboxError as exc:
+                log.warning("%s", exc)
+                continue
             shutil.rmtree(job_dir, ignore_errors=True)
             done.append(f"job dir {job_dir}")
     scratch = settings.scratch_dir
     if is_mounted(scratch):
         for sub in sorted(scratch.iterdir()):
             if sub.name not in live and not sub.name.startswith("."):
-                destroy_subvolume(scratch, sub.name)
+                try:
+                    destroy_subvolume(scratch, sub.name)
+                except SandboxError as exc:
+                    log.warning("%s", exc)
+                    continue
                 done.append(f"disk {sub}")
         subprocess.run(["btrfs", "qgroup", "clear-stale", str(scratch)], capture_output=True, check=False)
     if settings.locks_dir.is_dir():

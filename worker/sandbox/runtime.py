@@ -8,6 +8,7 @@ its stdout/stderr are the pipes sandpit reads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,7 +37,7 @@ class Runtime:
         cmd = [self.binary, f"--root={self.root}"]
         if self.name == "runsc":
             # gVisor's own network stack is not used: the job's netns is made by sandpit
-            cmd += ["--network=host", "--ignore-cgroups"]
+            cmd += ["--network=host"]
         return cmd
 
     def run_argv(self, bundle: Path, container_id: str, log_file: Path) -> list[str]:
@@ -59,7 +60,28 @@ class Runtime:
         """Ids of the containers this runtime still has state for under sandpit's root."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.name.startswith("sandpit-"))
+        ids = set()
+        for entry in self.root.iterdir():
+            # crun/runc keep a directory per container; runsc keeps "<sandbox>_sandbox:<id>.state" files
+            name = entry.name.split("_sandbox:", 1)[0]
+            if name.startswith("sandpit-"):
+                ids.add(name)
+        return sorted(ids)
+
+    def has_state(self, container_id: str) -> bool:
+        if self.name == "runsc":
+            return any(p.name.startswith(container_id + "_sandbox:") for p in self.root.iterdir())
+        return (self.root / container_id).exists()
+
+    def forget(self, container_id: str) -> None:
+        """Remove state files the runtime left after a crash (never following links)."""
+        for entry in self.root.iterdir():
+            if entry.name == container_id or entry.name.startswith(container_id + "_sandbox:"):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        entry.unlink()
 
 
 def hybrid_v2_controllers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:

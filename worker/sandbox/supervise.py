@@ -109,6 +109,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                 kill_at = now + limits.grace_s
             if kill_at is not None and now >= kill_at:
                 cg.kill_all()
+                runtime.kill(container_id, "KILL")  # also reaches processes outside the cgroup
                 kill_at = None
             if exited_at is not None and open_pipes and now - exited_at > DRAIN_S:
                 break  # something still holds the pipes open; the cgroup kill below ends it

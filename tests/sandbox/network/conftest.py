@@ -29,6 +29,12 @@ from .world import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _network_tools() -> None:
+    """Every test here needs root, nft and iproute2: skip (or fail under SANDPIT_REQUIRE_ALL=1)."""
+    require_network_tools()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require_network_tools()

@@ -28,8 +28,9 @@ def ok(text: str, inputs: PipelineInputs | None = None, **files: str) -> Plan:
     return result
 
 
-def bad(text: str, inputs: PipelineInputs | None = None, policy: SandboxPolicy | None = None,
-        **files: str) -> Problems:
+def bad(
+    text: str, inputs: PipelineInputs | None = None, policy: SandboxPolicy | None = None, **files: str
+) -> Problems:
     result = plan({".gitlab-ci.yml": text, **files}, inputs, policy=policy)
     assert isinstance(result, Problems), f"expected problems, planned {result.names()}"
     return result
@@ -44,7 +45,9 @@ class NamesCase:
 
 
 NAMES_CASES = [
-    NamesCase("parallel: N names jobs `name i/N`", "t: {script: [x], parallel: 3}", ["t 1/3", "t 2/3", "t 3/3"]),
+    NamesCase(
+        "parallel: N names jobs `name i/N`", "t: {script: [x], parallel: 3}", ["t 1/3", "t 2/3", "t 3/3"]
+    ),
     NamesCase(
         "parallel:matrix names jobs by their values, in key order, product of each entry",
         "t:\n  script: [x]\n  parallel:\n    matrix:\n      - PY: ['3.11', '3.12']\n        OS: debian\n"
@@ -65,7 +68,8 @@ NAMES_CASES = [
     ),
     NamesCase(
         "rules:changes evaluated against the changed files (** spans folders)",
-        "a: {script: [x], rules: [{changes: ['src/**/*.py']}]}\nb: {script: [x], rules: [{changes: [docs/*]}]}",
+        "a: {script: [x], rules: [{changes: ['src/**/*.py']}]}\n"
+        "b: {script: [x], rules: [{changes: [docs/*]}]}",
         ["a"],
         PipelineInputs(changed_files=("src/pkg/mod.py",)),
     ),
@@ -108,7 +112,7 @@ NAMES_CASES = [
     NamesCase(
         "rules can use the job's and the matrix's variables",
         "t:\n  script: [x]\n  variables: {KIND: unit}\n  parallel: {matrix: [{PY: ['3.11', '3.12']}]}\n"
-        "  rules: [{if: '$PY == \"3.12\" && $KIND == \"unit\"'}]",
+        '  rules: [{if: \'$PY == "3.12" && $KIND == "unit"\'}]',
         ["t: [3.12]"],
     ),
     NamesCase(
@@ -141,7 +145,8 @@ EDGE_CASES = [
     ),
     EdgeCase(
         "needs: [] starts at once; needs: [x] waits for x only",
-        "b: {stage: build, script: [x]}\nt: {script: [x], needs: []}\nd: {stage: deploy, script: [x], needs: [b]}",
+        "b: {stage: build, script: [x]}\nt: {script: [x], needs: []}\n"
+        "d: {stage: deploy, script: [x], needs: [b]}",
         {"b": [], "t": [], "d": ["b"]},
     ),
     EdgeCase(
@@ -158,7 +163,8 @@ EDGE_CASES = [
     ),
     EdgeCase(
         "an optional need on a job left out by rules is dropped",
-        "b: {stage: build, script: [x], rules: [{if: '$NOPE'}]}\nt: {script: [x], needs: [{job: b, optional: true}]}",
+        "b: {stage: build, script: [x], rules: [{if: '$NOPE'}]}\n"
+        "t: {script: [x], needs: [{job: b, optional: true}]}",
         {"t": []},
     ),
     EdgeCase(
@@ -188,7 +194,12 @@ def test_needs_flags_are_kept() -> None:
 def test_default_stages_and_declared_stages() -> None:
     """Without `stages` GitLab's defaults apply; declared stages get .pre first and .post last."""
     assert ok("t: {script: [x]}").stages == (".pre", "build", "test", "deploy", ".post")
-    assert ok("stages: [lint, .post, ship]\nt: {stage: lint, script: [x]}").stages == (".pre", "lint", "ship", ".post")
+    assert ok("stages: [lint, .post, ship]\nt: {stage: lint, script: [x]}").stages == (
+        ".pre",
+        "lint",
+        "ship",
+        ".post",
+    )
 
 
 def test_every_field_resolved() -> None:
@@ -231,12 +242,18 @@ build:
     assert job.image == Image("registry/img:g", ("",))
     assert job.script == ("echo before", "make", "make check", "make install")
     assert job.after_script == ("echo done",)
-    assert (env["REF"], env["RAW"], env["JOB"], env["CI_JOB_NAME"]) == ("feature-x-g", "$GLOBAL", "j", "build")
+    assert (env["REF"], env["RAW"], env["JOB"], env["CI_JOB_NAME"]) == (
+        "feature-x-g",
+        "$GLOBAL",
+        "j",
+        "build",
+    )
     assert job.timeout_seconds == 5400
     assert job.retry == Retry(2, ("script_failure",), (137,))
     assert job.allow_failure == AllowFailure(False, (42,))
-    assert job.artifacts == Artifacts(("dist/j",), ("dist/*.tmp",), 7 * 86400, False, "always", "art-feature-x",
-                                      ("report.xml",))
+    assert job.artifacts == Artifacts(
+        ("dist/j",), ("dist/*.tmp",), 7 * 86400, False, "always", "art-feature-x", ("report.xml",)
+    )
     assert job.caches == (Cache("default", ("poetry.lock",), "j", (".cache/",), "pull", "always"),)
     assert job.sandbox == SandboxSpec(1024**3, None, 256, 2 * 1024**3, "egress", "runsc", "strict")
 
@@ -251,32 +268,71 @@ class JobFieldCase:
 
 
 FIELD_CASES = [
-    JobFieldCase("job-level when: manual may fail by default", "t: {script: [x], when: manual}",
-                 "allow_failure", AllowFailure(True)),
-    JobFieldCase("a manual rule may not fail by default", "t: {script: [x], rules: [{when: manual}]}",
-                 "allow_failure", AllowFailure(False)),
-    JobFieldCase("rules:allow_failure overrides", "t: {script: [x], rules: [{when: manual, allow_failure: true}]}",
-                 "allow_failure", AllowFailure(True)),
-    JobFieldCase("a rule without when takes the job's when", "t: {script: [x], when: always, rules: [{if: $CI}]}",
-                 "when", "always"),
-    JobFieldCase("delayed jobs keep start_in seconds", "t: {script: [x], when: delayed, start_in: 5 minutes}",
-                 "start_in_seconds", 300),
-    JobFieldCase("rules:start_in", "t: {script: [x], rules: [{when: delayed, start_in: 1 hour}]}",
-                 "start_in_seconds", 3600),
+    JobFieldCase(
+        "job-level when: manual may fail by default",
+        "t: {script: [x], when: manual}",
+        "allow_failure",
+        AllowFailure(True),
+    ),
+    JobFieldCase(
+        "a manual rule may not fail by default",
+        "t: {script: [x], rules: [{when: manual}]}",
+        "allow_failure",
+        AllowFailure(False),
+    ),
+    JobFieldCase(
+        "rules:allow_failure overrides",
+        "t: {script: [x], rules: [{when: manual, allow_failure: true}]}",
+        "allow_failure",
+        AllowFailure(True),
+    ),
+    JobFieldCase(
+        "a rule without when takes the job's when",
+        "t: {script: [x], when: always, rules: [{if: $CI}]}",
+        "when",
+        "always",
+    ),
+    JobFieldCase(
+        "delayed jobs keep start_in seconds",
+        "t: {script: [x], when: delayed, start_in: 5 minutes}",
+        "start_in_seconds",
+        300,
+    ),
+    JobFieldCase(
+        "rules:start_in",
+        "t: {script: [x], rules: [{when: delayed, start_in: 1 hour}]}",
+        "start_in_seconds",
+        3600,
+    ),
     JobFieldCase("retry as a number", "t: {script: [x], retry: 1}", "retry", Retry(1)),
-    JobFieldCase("timeout in GitLab's words", "t: {script: [x], timeout: 3 hours 30 minutes}",
-                 "timeout_seconds", 12600),
+    JobFieldCase(
+        "timeout in GitLab's words", "t: {script: [x], timeout: 3 hours 30 minutes}", "timeout_seconds", 12600
+    ),
     JobFieldCase("image as a string", "t: {script: [x], image: 'alpine:3'}", "image", Image("alpine:3")),
     JobFieldCase("script as a single string", "t: {script: make}", "script", ("make",)),
-    JobFieldCase("expire_in: never", "t: {script: [x], artifacts: {paths: [a], expire_in: never}}",
-                 "artifacts", Artifacts(("a",), expire_never=True)),
-    JobFieldCase("cache: [] overrides a default cache", "default: {cache: {paths: [c]}}\nt: {script: [x], cache: []}",
-                 "caches", ()),
+    JobFieldCase(
+        "expire_in: never",
+        "t: {script: [x], artifacts: {paths: [a], expire_in: never}}",
+        "artifacts",
+        Artifacts(("a",), expire_never=True),
+    ),
+    JobFieldCase(
+        "cache: [] overrides a default cache",
+        "default: {cache: {paths: [c]}}\nt: {script: [x], cache: []}",
+        "caches",
+        (),
+    ),
     JobFieldCase("parallel jobs know their index", "t: {script: [x], parallel: 2}", "node_total", None),
-    JobFieldCase("matrix variables are carried", "t: {script: [x], parallel: {matrix: [{A: '1', B: two}]}}",
-                 "matrix", None),
+    JobFieldCase(
+        "matrix variables are carried",
+        "t: {script: [x], parallel: {matrix: [{A: '1', B: two}]}}",
+        "matrix",
+        None,
+    ),
     JobFieldCase("sandbox unset means None everywhere", "t: {script: [x]}", "sandbox", SandboxSpec()),
-    JobFieldCase("dependencies: [] downloads nothing", "t: {script: [x], dependencies: []}", "dependencies", ()),
+    JobFieldCase(
+        "dependencies: [] downloads nothing", "t: {script: [x], dependencies: []}", "dependencies", ()
+    ),
 ]
 
 
@@ -302,25 +358,52 @@ class VariableCase:
 
 
 VARIABLE_CASES = [
-    VariableCase("job variables override global ones", "variables: {A: g, B: g}\nt: {script: [x], variables: {A: j}}",
-                 {"A": "j", "B": "g"}),
-    VariableCase("rules variables override job ones",
-                 "t: {script: [x], variables: {A: j}, rules: [{if: $CI, variables: {A: r}}]}", {"A": "r"}),
-    VariableCase("run variables (--var) override everything", "variables: {A: g}\nt: {script: [x], variables: {A: j}}",
-                 {"A": "cli"}, PipelineInputs(variables={"A": "cli"})),
-    VariableCase("workflow:rules:variables become global",
-                 "workflow: {rules: [{if: $CI, variables: {W: w}}]}\nt: {script: [x]}", {"W": "w"}),
-    VariableCase("inherit: variables: false drops globals",
-                 "variables: {A: g}\nt: {script: [x], inherit: {variables: false}}", {"CI": "true"}),
-    VariableCase("inherit: variables: [list] keeps only those",
-                 "variables: {A: g, B: g}\nt: {script: [x], inherit: {variables: [B]}}", {"B": "g"}),
-    VariableCase("predefined CI_* variables for a merge request",
-                 "t: {script: [x], rules: [{if: $CI_MERGE_REQUEST_TARGET_BRANCH_NAME}]}",
-                 {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feat",
-                  "CI_COMMIT_REF_NAME": "feat"},
-                 PipelineInputs(trigger="merge_request", ref="feat", merge_request_target="main")),
-    VariableCase("numbers become strings as Ruby prints them", "variables: {V: 3.10, N: 42}\nt: {script: [x]}",
-                 {"V": "3.1", "N": "42"}),
+    VariableCase(
+        "job variables override global ones",
+        "variables: {A: g, B: g}\nt: {script: [x], variables: {A: j}}",
+        {"A": "j", "B": "g"},
+    ),
+    VariableCase(
+        "rules variables override job ones",
+        "t: {script: [x], variables: {A: j}, rules: [{if: $CI, variables: {A: r}}]}",
+        {"A": "r"},
+    ),
+    VariableCase(
+        "run variables (--var) override everything",
+        "variables: {A: g}\nt: {script: [x], variables: {A: j}}",
+        {"A": "cli"},
+        PipelineInputs(variables={"A": "cli"}),
+    ),
+    VariableCase(
+        "workflow:rules:variables become global",
+        "workflow: {rules: [{if: $CI, variables: {W: w}}]}\nt: {script: [x]}",
+        {"W": "w"},
+    ),
+    VariableCase(
+        "inherit: variables: false drops globals",
+        "variables: {A: g}\nt: {script: [x], inherit: {variables: false}}",
+        {"CI": "true"},
+    ),
+    VariableCase(
+        "inherit: variables: [list] keeps only those",
+        "variables: {A: g, B: g}\nt: {script: [x], inherit: {variables: [B]}}",
+        {"B": "g"},
+    ),
+    VariableCase(
+        "predefined CI_* variables for a merge request",
+        "t: {script: [x], rules: [{if: $CI_MERGE_REQUEST_TARGET_BRANCH_NAME}]}",
+        {
+            "CI_PIPELINE_SOURCE": "merge_request_event",
+            "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feat",
+            "CI_COMMIT_REF_NAME": "feat",
+        },
+        PipelineInputs(trigger="merge_request", ref="feat", merge_request_target="main"),
+    ),
+    VariableCase(
+        "numbers become strings as Ruby prints them",
+        "variables: {V: 3.10, N: 42}\nt: {script: [x]}",
+        {"V": "3.1", "N": "42"},
+    ),
     VariableCase("$$ escapes a dollar", "variables: {A: 'x$$y'}\nt: {script: [x]}", {"A": "x$y"}),
 ]
 
@@ -415,48 +498,95 @@ class ProblemCase:
 
 
 PROBLEM_CASES = [
-    ProblemCase("a typo is an unknown key, with a suggestion", "t:\n  scrpit: [x]\n  script: [x]",
-                ["unknown-key"], [(2, 3)]),
-    ProblemCase("every problem at once, sorted by place",
-                "t:\n  script: [x]\n  timeout: soon\n  retry: 5\n  when: sometimes\nu: {stage: nope, script: [x]}",
-                ["invalid-duration", "invalid-value", "invalid-value", "unknown-stage"],
-                [(3, 12), (4, 10), (5, 9), (6, 12)]),
+    ProblemCase(
+        "a typo is an unknown key, with a suggestion",
+        "t:\n  scrpit: [x]\n  script: [x]",
+        ["unknown-key"],
+        [(2, 3)],
+    ),
+    ProblemCase(
+        "every problem at once, sorted by place",
+        "t:\n  script: [x]\n  timeout: soon\n  retry: 5\n  when: sometimes\nu: {stage: nope, script: [x]}",
+        ["invalid-duration", "invalid-value", "invalid-value", "unknown-stage"],
+        [(3, 12), (4, 10), (5, 9), (6, 12)],
+    ),
     ProblemCase("YAML syntax errors have a place", "t: {script: [x]\n", ["yaml-syntax"]),
     ProblemCase("refused keys are errors", "t: {script: [x], services: [postgres]}", ["unsupported"]),
-    ProblemCase("remote include is refused by name", "include: 'https://example.com/ci.yml'\nt: {script: [x]}",
-                ["unsupported"], [(1, 10)]),
-    ProblemCase("project/template/component includes are refused",
-                "include: [{project: a/b, file: x.yml}, {template: Auto-DevOps.gitlab-ci.yml}, {component: c@1}]\n"
-                "t: {script: [x]}", ["unsupported", "unsupported", "unsupported", "unsupported"]),
-    ProblemCase("include traversal is refused", "include: {local: ../../etc/passwd}\nt: {script: [x]}",
-                ["include-outside-repo"]),
-    ProblemCase("a missing local include is named", "include: nope.yml\nt: {script: [x]}", ["include-not-found"]),
+    ProblemCase(
+        "remote include is refused by name",
+        "include: 'https://example.com/ci.yml'\nt: {script: [x]}",
+        ["unsupported"],
+        [(1, 10)],
+    ),
+    ProblemCase(
+        "project/template/component includes are refused",
+        "include: [{project: a/b, file: x.yml}, {template: Auto-DevOps.gitlab-ci.yml}, {component: c@1}]\n"
+        "t: {script: [x]}",
+        ["unsupported", "unsupported", "unsupported"],
+    ),
+    ProblemCase(
+        "include traversal is refused",
+        "include: {local: ../../etc/passwd}\nt: {script: [x]}",
+        ["include-outside-repo"],
+    ),
+    ProblemCase(
+        "a missing local include is named", "include: nope.yml\nt: {script: [x]}", ["include-not-found"]
+    ),
     ProblemCase("extends of an unknown template", "t: {extends: .nope, script: [x]}", ["unknown-extends"]),
-    ProblemCase("extends loops are named", ".a: {extends: .b}\n.b: {extends: .a}\nt: {extends: .a, script: [x]}",
-                ["extends-cycle"]),
+    ProblemCase(
+        "extends loops are named",
+        ".a: {extends: .b}\n.b: {extends: .a}\nt: {extends: .a, script: [x]}",
+        ["extends-cycle"],
+    ),
     ProblemCase("unknown !reference", "t: {script: [a, !reference [.nope, script]]}", ["unknown-reference"]),
     ProblemCase("needs on an unknown job", "t: {script: [x], needs: [ghost]}", ["unknown-need"]),
-    ProblemCase("needs on a job rules left out",
-                "b: {script: [x], rules: [{if: $NOPE}]}\nt: {script: [x], needs: [b]}", ["need-not-planned"]),
-    ProblemCase("needs cycles name the cycle",
-                "a: {script: [x], needs: [b]}\nb: {script: [x], needs: [a]}", ["needs-cycle"]),
-    ProblemCase("dependencies must be in needs",
-                "b: {stage: build, script: [x]}\nc: {stage: build, script: [x]}\n"
-                "t: {script: [x], needs: [b], dependencies: [c]}", ["dependency-not-needed"]),
-    ProblemCase("dependencies must be in an earlier stage",
-                "a: {script: [x]}\nt: {script: [x], dependencies: [a]}", ["dependency-later-stage"]),
-    ProblemCase("rules with only is a conflict", "t: {script: [x], rules: [{when: always}], only: [main]}",
-                ["conflicting-keys"]),
+    ProblemCase(
+        "needs on a job rules left out",
+        "b: {script: [x], rules: [{if: $NOPE}]}\nt: {script: [x], needs: [b]}",
+        ["need-not-planned"],
+    ),
+    ProblemCase(
+        "needs cycles name the cycle",
+        "a: {script: [x], needs: [b]}\nb: {script: [x], needs: [a]}",
+        ["needs-cycle"],
+    ),
+    ProblemCase(
+        "dependencies must be in needs",
+        "b: {stage: build, script: [x]}\nc: {stage: build, script: [x]}\n"
+        "t: {script: [x], needs: [b], dependencies: [c]}",
+        ["dependency-not-needed"],
+    ),
+    ProblemCase(
+        "dependencies must be in an earlier stage",
+        "a: {script: [x]}\nt: {script: [x], dependencies: [a]}",
+        ["dependency-later-stage"],
+    ),
+    ProblemCase(
+        "rules with only is a conflict",
+        "t: {script: [x], rules: [{when: always}], only: [main]}",
+        ["conflicting-keys"],
+    ),
     ProblemCase("a bad expression", "t: {script: [x], rules: [{if: '$A == '}]}", ["invalid-expression"]),
     ProblemCase("a bad regex", "t: {script: [x], rules: [{if: '$A =~ /(/'}]}", ["invalid-expression"]),
     ProblemCase("a job without script", "t: {stage: test}", ["missing-script"]),
     ProblemCase("no visible job", ".hidden: {script: [x]}", ["no-jobs"]),
-    ProblemCase("matrix over 200 jobs", "t: {script: [x], parallel: {matrix: [{A: " + str(list(range(15)))
-                + ", B: " + str(list(range(15))) + "}]}}", ["invalid-parallel"]),
-    ProblemCase("duplicate matrix names", "t: {script: [x], parallel: {matrix: [{A: [x, x]}]}}", ["duplicate-job"]),
-    ProblemCase("sandbox units are validated",
-                "t: {script: [x], sandbox: {memory: lots, cpus: -1, pids: 0, network: host, runtime: docker}}",
-                ["invalid-size", "invalid-size", "invalid-size", "invalid-value", "invalid-value"]),
+    ProblemCase(
+        "matrix over 200 jobs",
+        "t: {script: [x], parallel: {matrix: [{A: "
+        + str(list(range(15)))
+        + ", B: "
+        + str(list(range(15)))
+        + "}]}}",
+        ["invalid-parallel"],
+    ),
+    ProblemCase(
+        "duplicate matrix names", "t: {script: [x], parallel: {matrix: [{A: [x, x]}]}}", ["duplicate-job"]
+    ),
+    ProblemCase(
+        "sandbox units are validated",
+        "t: {script: [x], sandbox: {memory: lots, cpus: -1, pids: 0, network: host, runtime: docker}}",
+        ["invalid-size", "invalid-size", "invalid-size", "invalid-value", "invalid-value"],
+    ),
     ProblemCase("a job that is not a mapping", "t: [x]", ["invalid-type", "no-jobs"]),
     ProblemCase("when: never is for rules only", "t: {script: [x], when: never}", ["invalid-value"]),
 ]
@@ -476,20 +606,32 @@ def test_problems(case: ProblemCase) -> None:
 def test_unknown_key_suggests_the_right_key() -> None:
     """An unknown key's hint names the closest valid key."""
     problem = bad("t:\n  scrpit: [x]\n  script: [x]").errors[0]
-    assert "`script`" in problem.hint and problem.render().startswith(".gitlab-ci.yml:2:3: error[unknown-key]")
+    assert "`script`" in problem.hint and problem.render().startswith(
+        ".gitlab-ci.yml:2:3: error[unknown-key]"
+    )
 
 
 def test_needs_cycle_message_names_the_cycle() -> None:
     """A cycle in needs is named job by job."""
-    problem = bad("a: {script: [x], needs: [c]}\nb: {script: [x], needs: [a]}\nc: {script: [x], needs: [b]}").errors[0]
+    problem = bad(
+        "a: {script: [x], needs: [c]}\nb: {script: [x], needs: [a]}\nc: {script: [x], needs: [b]}"
+    ).errors[0]
     assert "a -> c -> b -> a" in problem.message
 
 
 @pytest.mark.parametrize(
     ("key", "severity"),
-    [("tags: [docker]", "warning"), ("environment: prod", "warning"), ("coverage: '/x/'", "warning"),
-     ("interruptible: true", "warning"), ("resource_group: r", "warning"), ("trigger: {project: a/b}", "error"),
-     ("services: [redis]", "error"), ("secrets: {A: {vault: x}}", "error"), ("id_tokens: {T: {aud: x}}", "error")],
+    [
+        ("tags: [docker]", "warning"),
+        ("environment: prod", "warning"),
+        ("coverage: '/x/'", "warning"),
+        ("interruptible: true", "warning"),
+        ("resource_group: r", "warning"),
+        ("trigger: {project: a/b}", "error"),
+        ("services: [redis]", "error"),
+        ("secrets: {A: {vault: x}}", "error"),
+        ("id_tokens: {T: {aud: x}}", "error"),
+    ],
 )
 def test_unsupported_key_severity(key: str, severity: str) -> None:
     """Unsupported keys that do not change what runs warn; those that would change the result are errors."""
@@ -501,7 +643,9 @@ def test_unsupported_key_severity(key: str, severity: str) -> None:
 def test_policy_caps_sandbox_requests() -> None:
     """A request above the server policy is a problem, not a silent clamp."""
     policy = SandboxPolicy(max_memory_bytes=1024**3, max_cpus=2.0, max_pids=100, runtimes=("crun",))
-    problems = bad("t: {script: [x], sandbox: {memory: 2G, cpus: 4, pids: 50, runtime: runsc}}", policy=policy)
+    problems = bad(
+        "t: {script: [x], sandbox: {memory: 2G, cpus: 4, pids: 50, runtime: runsc}}", policy=policy
+    )
     assert [p.code for p in problems.errors] == ["over-policy", "over-policy", "over-policy"]
     assert ok("t: {script: [x], sandbox: {memory: 1Gi, cpus: 2}}").job("t").sandbox.cpus == 2.0
 

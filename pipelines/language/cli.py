@@ -1,0 +1,139 @@
+"""``sandpit lint FILE [--var K=V]... [--json]``: print every problem like a compiler, and the plan.
+
+Exit status: 0 when the pipeline plans (warnings allowed), 1 when it has errors, 2 when the file
+cannot be read or the arguments are wrong. Runnable alone as ``python -m pipelines.language.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from pipelines.language.loader import load_pipeline
+from pipelines.language.model import TRIGGERS, Job, PipelineInputs, Plan
+from pipelines.language.planner import plan
+from pipelines.language.problems import Problem, Problems
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="sandpit lint", description="Validate a pipeline file and show its plan.")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--var", action="append", default=[], metavar="K=V", help="a pipeline variable")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--trigger", choices=TRIGGERS, default="push")
+    parser.add_argument("--ref", default="main", help="branch (or tag with --tag) being built")
+    parser.add_argument("--tag", action="store_true", help="the ref is a tag")
+    parser.add_argument("--sha", default="0" * 40)
+    parser.add_argument("--changed", action="append", default=None, metavar="PATH", help="a changed file")
+    return parser
+
+
+def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO) -> int:
+    """Entry point; ``argv`` excludes the word ``lint``."""
+    try:
+        args = _parser().parse_args(argv)
+        variables = dict(_split_var(text) for text in args.var)
+    except _UsageError as exc:
+        stderr.write(f"sandpit lint: {exc}\n")
+        return 2
+    try:
+        loaded = load_pipeline(args.file)
+    except OSError as exc:
+        stderr.write(f"sandpit lint: cannot read {args.file}: {exc.strerror or exc}\n")
+        return 2
+    inputs = PipelineInputs(
+        trigger=args.trigger,
+        ref=args.ref,
+        ref_kind="tag" if args.tag else "branch",
+        sha=args.sha,
+        variables=variables,
+        changed_files=None if args.changed is None else tuple(args.changed),
+        existing_files=loaded.existing,
+    )
+    result = plan(loaded.files, inputs, entry=loaded.entry)
+    problems = result.items if isinstance(result, Problems) else result.warnings
+    if args.json:
+        document = {
+            "ok": isinstance(result, Plan),
+            "problems": [p.as_dict() for p in problems],
+            "plan": plan_summary(result) if isinstance(result, Plan) else None,
+        }
+        stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        for problem in problems:
+            stdout.write(problem.render() + "\n")
+        if isinstance(result, Plan):
+            stdout.write(render_plan(result))
+        stdout.write(_summary(problems) + "\n")
+    return 0 if isinstance(result, Plan) else 1
+
+
+def _split_var(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise _UsageError(f"--var wants NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _summary(problems: tuple[Problem, ...]) -> str:
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
+    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+
+
+def render_plan(result: Plan) -> str:
+    """The planned stages and jobs, one line per job with what it waits for."""
+    if not result.created:
+        return "workflow:rules: no pipeline is created for this trigger and ref\n"
+    lines = [f"stages: {', '.join(result.stages)}", f"jobs ({len(result.jobs)}):"]
+    for job in result.jobs:
+        waits = (
+            "needs: " + (", ".join(n.job for n in job.needs) or "[]")
+            if job.needs is not None
+            else (
+                f"after {len(job.depends_on)} job(s) of earlier stages"
+                if job.depends_on
+                else "starts at once"
+            )
+        )
+        extra = "" if job.when == "on_success" else f" [{job.when}]"
+        lines.append(f"  {job.stage:>12} | {job.name}{extra} ({waits})")
+    return "\n".join(lines) + "\n"
+
+
+def _job_summary(job: Job) -> dict[str, object]:
+    return {
+        "name": job.name,
+        "stage": job.stage,
+        "when": job.when,
+        "image": None if job.image is None else job.image.name,
+        "needs": None if job.needs is None else [n.job for n in job.needs],
+        "depends_on": list(job.depends_on),
+        "allow_failure": job.allow_failure.allowed,
+        "timeout_seconds": job.timeout_seconds,
+        "matrix": dict(job.matrix),
+    }
+
+
+def plan_summary(result: Plan) -> dict[str, object]:
+    return {
+        "created": result.created,
+        "stages": list(result.stages),
+        "jobs": [_job_summary(job) for job in result.jobs],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(lint_main(sys.argv[1:], sys.stdout, sys.stderr))

@@ -1,0 +1,214 @@
+"""``include:`` — merge the entry file with the local files it includes (pure: files come as text).
+
+Included files are deep-merged in order, nested includes first, and the including file goes last so
+its keys win, as in GitLab. Paths are relative to the repository root (a leading ``/`` is allowed);
+``..`` that leaves the repository is refused; ``*`` and ``**`` pick every matching given file.
+Remote, project, template and component includes are reported as unsupported by name and place.
+
+>>> sink = ProblemSink()
+>>> files = {"ci.yml": "include: lib.yml\\na: {script: x}\\n", "lib.yml": ".t: {image: alpine}\\n"}
+>>> composed = compose_sources(files, "ci.yml", CTX, sink)
+>>> sorted(composed.config.entries) if composed else None
+['.t', 'a']
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pipelines.language.globs import compile_glob
+from pipelines.language.problems import Loc, ProblemSink
+from pipelines.language.reader import flatten_items, read_str, wrong_type
+from pipelines.language.rules import RuleContext, first_match, read_rules
+from pipelines.language.schema import check_keys
+from pipelines.language.yamltree import YItem, YMap, YNode, YScalar, YSeq, parse_yaml
+
+CTX = RuleContext({}, None, frozenset(), "push", "main", "branch")
+_MAX_INCLUDES = 150
+_MAX_DEPTH = 100
+_REFUSED_KINDS = ("remote", "project", "template", "component")
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    config: YMap
+    unresolved: tuple[Loc, ...]  # includes that were refused or not found
+
+
+def deep_merge(base: YMap, over: YMap) -> YMap:
+    """GitLab's deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    entries = dict(base.entries)
+    for key, item in over.entries.items():
+        old = entries.get(key)
+        if old is not None and isinstance(old.value, YMap) and isinstance(item.value, YMap):
+            entries[key] = YItem(item.key_loc, deep_merge(old.value, item.value))
+        else:
+            entries[key] = item
+    return YMap(entries, over.loc)
+
+
+def normalize_local_path(path: str) -> str | None:
+    """The repository-relative path, or None when it would leave the repository.
+
+    >>> normalize_local_path("/ci/../ci/a.yml"), normalize_local_path("../etc/passwd")
+    ('ci/a.yml', None)
+    """
+    text = path.strip()
+    if not text or "\\" in text or "\x00" in text:
+        return None
+    relative = posixpath.normpath(text.lstrip("/"))
+    if relative in (".", "..") or relative.startswith("../"):
+        return None
+    return relative
+
+
+class _Composer:
+    def __init__(self, files: Mapping[str, str], ctx: RuleContext, sink: ProblemSink) -> None:
+        self.files = files
+        self.ctx = ctx
+        self.sink = sink
+        self.unresolved: list[Loc] = []
+        self.loaded: set[str] = set()
+        self.count = 0
+
+    def load(self, path: str, depth: int) -> YMap | None:
+        tree = parse_yaml(self.files[path], path, self.sink)
+        if tree is None:
+            return None
+        if not isinstance(tree, YMap):
+            self.sink.error(
+                tree.loc,
+                "yaml-structure",
+                f"{path} must be a mapping of keys to jobs",
+                "start the file with `stages:`, `variables:` or a job name",
+            )
+            return None
+        include = tree.get("include")
+        if include is None:
+            return tree
+        merged = YMap({}, tree.loc)
+        for included in self._includes(include, depth):
+            merged = deep_merge(merged, included)
+        own = YMap({k: v for k, v in tree.entries.items() if k != "include"}, tree.loc)
+        return deep_merge(merged, own)
+
+    def _includes(self, node: YNode, depth: int) -> list[YMap]:
+        items = flatten_items(node, "include", self.sink) if isinstance(node, YSeq) else [node]
+        out: list[YMap] = []
+        for item in items:
+            for path in self._paths(item):
+                if path in self.loaded:
+                    continue  # GitLab loads a file once however often it is named
+                self.loaded.add(path)
+                self.count += 1
+                if self.count > _MAX_INCLUDES or depth >= _MAX_DEPTH:
+                    self.sink.error(
+                        item.loc,
+                        "invalid-value",
+                        "more than 150 included files or 100 levels",
+                        "include fewer files",
+                    )
+                    return out
+                tree = self.load(path, depth + 1)
+                if tree is not None:
+                    out.append(tree)
+        return out
+
+    def _paths(self, item: YNode) -> list[str]:
+        if isinstance(item, YScalar) and isinstance(item.value, str):
+            text = item.value
+            if text.startswith(("http://", "https://")):
+                self.sink.error(
+                    item.loc,
+                    "unsupported",
+                    f"`remote` include ({text}) is GitLab syntax sandpit cannot run",
+                    "download the file into this repository and use `include: local`",
+                )
+                self.unresolved.append(item.loc)
+                return []
+            return self._local(text, item)
+        if not isinstance(item, YMap):
+            wrong_type(item, "an include", "a path or a mapping", self.sink, "include: {local: ci/build.yml}")
+            return []
+        check_keys(item, "include", self.sink)
+        rules_node = item.get("rules")
+        if rules_node is not None:
+            rules = read_rules(rules_node, "include:rules", self.sink, "rule")
+            if first_match(rules, self.ctx).when == "never":
+                return []
+        for kind in _REFUSED_KINDS:
+            if item.get(kind) is not None:
+                self.unresolved.append(item.loc)  # check_keys already reported it by name
+                return []
+        local = item.get("local")
+        if local is None:
+            self.sink.error(
+                item.loc,
+                "invalid-value",
+                "an include needs `local:` (or an unsupported kind)",
+                "write include: {local: path/in/repo.yml}",
+            )
+            return []
+        local_text = read_str(local, "include:local", self.sink)
+        return [] if local_text is None else self._local(local_text, local)
+
+    def _local(self, text: str, node: YNode) -> list[str]:
+        path = normalize_local_path(text)
+        if path is None:
+            self.sink.error(
+                node.loc,
+                "include-outside-repo",
+                f"include `{text}` leaves the repository",
+                "name a file inside the repository, relative to its root",
+            )
+            self.unresolved.append(node.loc)
+            return []
+        if any(char in path for char in "*?[{"):
+            regex = compile_glob(path)
+            found = sorted(p for p in self.files if regex.match(p))
+        else:
+            found = [path] if path in self.files else []
+        if not found:
+            self.sink.error(
+                node.loc,
+                "include-not-found",
+                f"included file `{text}` is not in the repository",
+                "check the path (relative to the repository root) and that the file is committed",
+            )
+            self.unresolved.append(node.loc)
+        return found
+
+
+def local_include_patterns(text: str, file: str) -> list[str]:
+    """The ``include: local`` paths (maybe globs) a file names, for a loader that reads them from disk.
+
+    >>> local_include_patterns("include: [a.yml, {local: /ci/*.yml}, {remote: http://x}]", "ci.yml")
+    ['a.yml', 'ci/*.yml']
+    """
+    tree = parse_yaml(text, file, ProblemSink())
+    include = tree.get("include") if isinstance(tree, YMap) else None
+    if include is None:
+        return []
+    items = include.items if isinstance(include, YSeq) else (include,)
+    found: list[str] = []
+    for item in items:
+        node = item.get("local") if isinstance(item, YMap) else item
+        if isinstance(node, YScalar) and isinstance(node.value, str) and "://" not in node.value:
+            path = normalize_local_path(node.value)
+            if path is not None:
+                found.append(path)
+    return found
+
+
+def compose_sources(
+    files: Mapping[str, str], entry: str, ctx: RuleContext, sink: ProblemSink
+) -> Composed | None:
+    """The merged configuration of ``entry`` and its local includes; None if the entry is unusable."""
+    composer = _Composer(files, ctx, sink)
+    composer.loaded.add(entry)
+    config = composer.load(entry, 0)
+    if config is None:
+        return None
+    return Composed(config, tuple(composer.unresolved))

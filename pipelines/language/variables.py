@@ -1,0 +1,154 @@
+"""Variables: the ``CI_*`` values sandpit predefines, and ``$VAR`` / ``${VAR}`` expansion (pure).
+
+Expansion follows the runner: ``$$`` is a literal dollar, an undefined variable expands to the
+empty string, a variable whose value names other variables is expanded recursively (a cycle is
+left unexpanded), and a variable declared with ``expand: false`` is used exactly as written.
+
+>>> expand("${CI_COMMIT_REF_SLUG}-$$HOME-$NOPE", {"CI_COMMIT_REF_SLUG": "main"})
+'main-$HOME-'
+>>> resolve_variables({"A": ("$B/x", True), "B": ("b", True), "C": ("$B", False)})
+{'A': 'b/x', 'B': 'b', 'C': '$B'}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from pipelines.language.model import PipelineInputs
+
+_REFERENCE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_SLUG_DROP = re.compile(r"[^a-z0-9]+")
+
+PIPELINE_SOURCES: dict[str, str] = {
+    "push": "push",
+    "merge_request": "merge_request_event",
+    "web": "web",
+    "api": "api",
+    "schedule": "schedule",
+}
+
+# The predefined variables sandpit provides, with a sentence each; docs/pipeline-language.md lists them.
+PREDEFINED: dict[str, str] = {
+    "CI": "always `true`",
+    "SANDPIT": "always `true` (lets a script tell sandpit from GitLab)",
+    "CI_PIPELINE_SOURCE": "push, merge_request_event, web, api or schedule",
+    "CI_PIPELINE_ID": "the run's number",
+    "CI_COMMIT_SHA": "the commit being built",
+    "CI_COMMIT_SHORT_SHA": "its first 8 characters",
+    "CI_COMMIT_REF_NAME": "the branch or tag name",
+    "CI_COMMIT_REF_SLUG": "the ref name lowercased, non-alphanumerics as `-`, at most 63 characters",
+    "CI_COMMIT_BRANCH": "the branch name (branch pipelines only, not merge requests or tags)",
+    "CI_COMMIT_TAG": "the tag name (tag pipelines only)",
+    "CI_DEFAULT_BRANCH": "the project's default branch (`main` unless told)",
+    "CI_PROJECT_DIR": "where the source is in the job (`/workspace`)",
+    "CI_PROJECT_PATH": "namespace/name of the project",
+    "CI_PROJECT_NAME": "the last part of CI_PROJECT_PATH",
+    "CI_PROJECT_NAMESPACE": "CI_PROJECT_PATH without its last part",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "merge request pipelines: the source branch",
+    "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "merge request pipelines: the target branch",
+    "CI_JOB_NAME": "the job's full name (with `1/3` or `[matrix, values]`)",
+    "CI_JOB_NAME_SLUG": "the job name as a slug",
+    "CI_JOB_STAGE": "the job's stage",
+    "CI_NODE_INDEX": "parallel jobs: this job's index, from 1",
+    "CI_NODE_TOTAL": "parallel jobs: how many there are (1 otherwise)",
+}
+
+
+def slug(text: str) -> str:
+    """GitLab's ref slug: lowercase, ``[^a-z0-9]`` runs as ``-``, 63 characters, no edge dashes.
+
+    >>> slug("Feature/New_UI")
+    'feature-new-ui'
+    """
+    return _SLUG_DROP.sub("-", text.lower())[:63].strip("-")
+
+
+def pipeline_variables(inputs: PipelineInputs) -> dict[str, str]:
+    """The pipeline-wide predefined variables for these inputs."""
+    path = inputs.project_path
+    values = {
+        "CI": "true",
+        "SANDPIT": "true",
+        "CI_PIPELINE_SOURCE": PIPELINE_SOURCES.get(inputs.trigger, inputs.trigger),
+        "CI_PIPELINE_ID": str(inputs.pipeline_id),
+        "CI_COMMIT_SHA": inputs.sha,
+        "CI_COMMIT_SHORT_SHA": inputs.sha[:8],
+        "CI_COMMIT_REF_NAME": inputs.ref,
+        "CI_COMMIT_REF_SLUG": slug(inputs.ref),
+        "CI_DEFAULT_BRANCH": inputs.default_branch,
+        "CI_PROJECT_DIR": inputs.project_dir,
+        "CI_PROJECT_PATH": path,
+        "CI_PROJECT_NAME": path.rsplit("/", 1)[-1],
+        "CI_PROJECT_NAMESPACE": path.rsplit("/", 1)[0] if "/" in path else "",
+    }
+    if inputs.ref_kind == "tag":
+        values["CI_COMMIT_TAG"] = inputs.ref
+    elif inputs.trigger == "merge_request":
+        values["CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"] = inputs.ref
+        values["CI_MERGE_REQUEST_TARGET_BRANCH_NAME"] = inputs.merge_request_target or inputs.default_branch
+    else:
+        values["CI_COMMIT_BRANCH"] = inputs.ref
+    return values
+
+
+def job_variables(name: str, stage: str, node_index: int | None, node_total: int | None) -> dict[str, str]:
+    """The per-job predefined variables."""
+    values = {
+        "CI_JOB_NAME": name,
+        "CI_JOB_NAME_SLUG": slug(name),
+        "CI_JOB_STAGE": stage,
+        "CI_NODE_TOTAL": str(node_total or 1),
+    }
+    if node_index is not None:
+        values["CI_NODE_INDEX"] = str(node_index)
+    return values
+
+
+def expand(text: str, lookup: Mapping[str, str]) -> str:
+    """``text`` with ``$VAR``, ``${VAR}`` and ``$$`` replaced (undefined names become empty)."""
+    if "$" not in text:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name is None:
+            return "$"
+        return lookup.get(name, "")
+
+    return _REFERENCE.sub(replace, text)
+
+
+def resolve_variables(raw: Mapping[str, tuple[str, bool]]) -> dict[str, str]:
+    """Every variable expanded against the others; ``raw`` maps a name to (value, expand)."""
+    resolved: dict[str, str] = {}
+    visiting: set[str] = set()
+
+    def resolve(name: str) -> str:
+        done = resolved.get(name)
+        if done is not None:
+            return done
+        value, expandable = raw[name]
+        if not expandable or "$" not in value:
+            resolved[name] = value
+            return value
+        if name in visiting:
+            return value  # a cycle: the runner leaves such a reference as written
+        visiting.add(name)
+
+        def replace(match: re.Match[str]) -> str:
+            ref = match.group(1) or match.group(2)
+            if ref is None:
+                return "$"
+            return resolve(ref) if ref in raw else ""
+
+        # re.sub does not rescan what it inserts, so resolved values are never expanded twice.
+        result = _REFERENCE.sub(replace, value)
+        visiting.discard(name)
+        resolved[name] = result
+        return result
+
+    return {
+        name: value if not expandable or "$" not in value else resolve(name)
+        for name, (value, expandable) in raw.items()
+    }
