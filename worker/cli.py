@@ -128,7 +128,10 @@ def _images(args: Any, settings: Settings) -> int:
             current = "yes" if store.is_current(image.name) else "stale (recipe changed)"
             print(f"{image.name}\t{image.key[:12]}\t{image.size / 1e6:.0f}MB\t{current}")
         return 0
+    from worker.sandbox.rootfs import drop_layer_views
+
     for name in args.names:
+        drop_layer_views(settings.run_dir, store.get(name).key)
         store.remove(name)
         print(f"removed {name}")
     return 0

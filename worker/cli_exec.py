@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
@@ -56,7 +57,11 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     result = Engine(settings).run(req, sink=sink, cancel=cancel)
     if args.json:
         print_json(result.as_record())
-    return exit_status(result, args)
+    status = exit_status(result, args)
+    # everything is torn down and flushed: skip the interpreter's slow finalisation
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def exit_status(result: JobResult, args: argparse.Namespace) -> int:

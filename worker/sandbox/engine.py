@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import threading
@@ -114,7 +113,7 @@ class Engine:
     # -- one job -------------------------------------------------------------------------
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None) -> JobResult:
-        job_id = job_id or secrets.token_hex(6)
+        job_id = job_id or os.urandom(6).hex()
         result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
                            started_at=_now())
         t0 = time.monotonic()
@@ -157,7 +156,8 @@ class Engine:
             s.jobs_dir.mkdir(parents=True, exist_ok=True)
             job_dir.mkdir(mode=0o711)
             stack.callback(shutil.rmtree, job_dir, True)
-            slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots, start=secrets.randbelow(s.uid_slots))
+            # lowest free slot first: its user namespace (for idmapping) is then usually cached
+            slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots)
             stack.callback(slot_lease.release)
             userns = runtime.name != "runsc"
             uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
@@ -167,8 +167,8 @@ class Engine:
             cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
                            pids=req.limits.pids)
             stack.callback(cg.close)
-            rootfs = JobRootfs(job_dir, [image.rootfs], disk.path, uid_base, oci.ID_RANGE,
-                               owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
+            rootfs = JobRootfs(job_dir, [(image.key, image.rootfs)], disk.path, uid_base, oci.ID_RANGE,
+                               s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
             stack.callback(rootfs.close)
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import platform
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -29,6 +28,7 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 MS_NOSUID = 0x2
+MS_BIND = 0x1000
 MS_NODEV = 0x4
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
@@ -41,7 +41,7 @@ class MountAttr(ctypes.Structure):
 
 
 def _nr(name: str) -> int:
-    return _SYSCALLS[platform.machine()][name]
+    return _SYSCALLS[os.uname().machine][name]
 
 
 def _check(ret: int, what: str) -> int:

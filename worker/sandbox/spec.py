@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import copy
 import json
 import posixpath
 from dataclasses import dataclass
@@ -95,7 +94,8 @@ def seccomp_for(profile: dict[str, Any], caps: tuple[str, ...]) -> dict[str, Any
         needed = rule.get("includes", {}).get("caps", [])
         if any(cap not in caps for cap in needed):
             continue
-        rules.append({k: copy.deepcopy(v) for k, v in rule.items() if k not in ("includes", "comment")})
+        # shallow: the document is serialised, never mutated, so rule values are shared with the profile
+        rules.append({k: v for k, v in rule.items() if k not in ("includes", "comment")})
     return {
         "defaultAction": profile["defaultAction"],
         "defaultErrnoRet": profile.get("defaultErrnoRet", 1),

@@ -1,36 +1,65 @@
 """User namespaces that carry a job's id mapping, used to idmap image layers.
 
-A user namespace lives as long as a file descriptor refers to it, so a short-lived child
-unshares one, the parent writes its maps and opens ``/proc/<child>/ns/user``, and the child
-exits. The fd is cached per uid base for the life of the process (jobs reuse slots).
+A user namespace lives as long as something refers to it. sandpit pins one per uid slot by
+bind-mounting its nsfs file at ``<run_dir>/userns/<uid_base>`` (made once per boot by a
+short-lived child that unshares it), so every later process opens a file instead of forking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-import threading
+from pathlib import Path
 
 from worker.errors import SandboxError
-from worker.sandbox.mounts import CLONE_NEWUSER, unshare
+from worker.sandbox.mounts import CLONE_NEWUSER, MS_BIND, mount, unshare
 
-_cache: dict[tuple[int, int], int] = {}
-_lock = threading.Lock()
+_fds: dict[str, int] = {}
 
 
-def userns_fd(uid_base: int, size: int) -> int:
+def userns_fd(run_dir: Path, uid_base: int, size: int) -> int:
     """An fd of a user namespace mapping 0..size-1 to uid_base.. (uids and gids alike)."""
-    key = (uid_base, size)
-    with _lock:
-        if key not in _cache:
-            _cache[key] = _make_userns(uid_base, size)
-        return _cache[key]
+    pin = run_dir / "userns" / f"{uid_base}-{size}"
+    key = str(pin)
+    if key in _fds:
+        return _fds[key]
+    fd = _open_pinned(pin)
+    if fd is None:
+        pin.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(pin.parent / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fd = _open_pinned(pin)
+            if fd is None:
+                _make_pinned(pin, uid_base, size)
+                fd = _open_pinned(pin)
+        if fd is None:
+            raise SandboxError(f"could not pin a user namespace at {pin}")
+    _fds[key] = fd
+    return fd
 
 
-def _make_userns(uid_base: int, size: int) -> int:
+def _open_pinned(pin: Path) -> int | None:
+    try:
+        fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    if _is_nsfs(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _is_nsfs(fd: int) -> bool:
+    # every namespace file lives on the one nsfs device; the placeholder file under it does not
+    return os.fstat(fd).st_dev == os.stat("/proc/self/ns/user").st_dev
+
+
+def _make_pinned(pin: Path, uid_base: int, size: int) -> None:
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: only async-signal-safe work until _exit
+    if pid == 0:  # child: unshare, report, wait to be released, exit
         try:
             os.close(ready_r)
             os.close(done_w)
@@ -51,7 +80,9 @@ def _make_userns(uid_base: int, size: int) -> int:
             f.write("deny")
         with open(f"/proc/{pid}/gid_map", "w") as f:
             f.write(mapping)
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        with contextlib.suppress(FileExistsError):
+            pin.touch(mode=0o600, exist_ok=False)
+        mount(f"/proc/{pid}/ns/user", str(pin), "", MS_BIND, "")
     finally:
         os.close(ready_r)
         os.close(done_w)
