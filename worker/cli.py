@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -69,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="sandpit: %(message)s", stream=sys.stderr)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="sandpit: %(message)s", stream=sys.stderr)
     settings = Settings.from_env(os.environ)
     try:
         if args.command == "exec":

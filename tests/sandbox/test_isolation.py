@@ -203,7 +203,7 @@ def test_job_cannot_see_host_processes_or_files(run):
 def test_workspace_writes_are_private_to_the_job(run):
     """A second job does not see the first job's files (fresh upper dir and workspace)."""
     run.sh("echo one > /workspace/f; echo one > /etc/f")
-    res, out, _ = run.sh("ls /workspace /etc/f 2>&1 || true")
+    _res, out, _ = run.sh("ls /workspace /etc/f 2>&1 || true")
     assert "f" not in out.split()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -177,6 +176,8 @@ def _copy_one(dir_fd: int, name: str, rel: str, store: Path, caps: Caps,
         if total + st.st_size > caps.total_bytes:
             return None, f"total artifact size cap ({caps.total_bytes} bytes) reached"
         tmp = store / f".tmp-{os.getpid()}-{abs(hash(rel))}"
+        import hashlib
+
         digest = hashlib.sha256()
         size = 0
         with open(tmp, "wb") as out:

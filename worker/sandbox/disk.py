@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import subprocess
 from pathlib import Path
 
 from worker.errors import ConfigError, SandboxError
@@ -71,6 +70,8 @@ def ensure_scratch(state_dir: Path, size_bytes: int) -> Path:
 
 
 def _run(cmd: list[str]) -> None:
+    import subprocess
+
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ConfigError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
@@ -99,6 +100,8 @@ class JobDisk:
 
     def at_limit(self) -> bool:
         """True when the subvolume has (nearly) used up its quota."""
+        import subprocess
+
         try:
             out = subprocess.run(
                 ["btrfs", "qgroup", "show", "-r", "--raw", "--sync", "-f", str(self.path)],

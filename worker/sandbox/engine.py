@@ -10,9 +10,7 @@ path: success, failure, limit, exception, Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import logging
 import os
 import shutil
 import signal
@@ -20,11 +18,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import ImageError, InvalidRequest, SandboxError
 from worker.sandbox import spec as oci
-from worker.sandbox.artifacts import Artifact, Caps, Rejected, collect_artifacts
 from worker.sandbox.cgroups import JobCgroup, Usage
 from worker.sandbox.disk import JobDisk, ensure_scratch
 from worker.sandbox.images import ImageStore
@@ -36,7 +33,8 @@ from worker.sandbox.runtime import Runtime, choose_runtime
 from worker.sandbox.supervise import Outcome, supervise
 from worker.settings import Settings
 
-log = logging.getLogger("sandpit.engine")
+if TYPE_CHECKING:
+    from worker.sandbox.artifacts import Artifact, Rejected
 
 
 @dataclass
@@ -72,7 +70,15 @@ class JobResult:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    # time.strftime rather than datetime: this module is on the start-up path of every exec
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
+
+
+def _log_info(message: str, *args: object) -> None:
+    import logging
+
+    logging.getLogger("sandpit.engine").info(message, *args)
 
 
 class Engine:
@@ -98,7 +104,7 @@ class Engine:
         with self._lock:
             if name not in self._runtimes:
                 rt = choose_runtime(name, self.settings.run_dir)
-                log.info("runtime %s (%s) chosen%s", rt.name, rt.binary, "" if name else " automatically")
+                _log_info("runtime %s (%s) chosen%s", rt.name, rt.binary, "" if name else " automatically")
                 self._runtimes[name] = rt
             return self._runtimes[name]
 
@@ -183,6 +189,8 @@ class Engine:
             self._finish(result, outcome, cg.usage(), disk, req)
             if req.artifacts:
                 cg.kill_all()  # artifacts are read only once nothing of the job can still write
+                from worker.sandbox.artifacts import Caps, collect_artifacts
+
                 kept, rejected = collect_artifacts(
                     rootfs.workspace, req.artifacts, self.artifact_store,
                     Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,

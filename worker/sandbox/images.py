@@ -14,14 +14,11 @@ renamed into place, so a crash never leaves a half image under a key.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +47,8 @@ class Recipe:
              "customize": list(self.customize), "mirror": self.mirror},
             sort_keys=True,
         )
+        import hashlib
+
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -65,6 +64,8 @@ class Image:
 
 def parse_recipe(name: str, text: str) -> Recipe:
     """A recipe from its TOML text; every problem is reported at once."""
+    import tomllib
+
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -187,6 +188,8 @@ class ImageStore:
         progress(f"building image {recipe.name} ({recipe.suite}/{recipe.variant}"
                  f"{', ' + ' '.join(recipe.packages) if recipe.packages else ''}) ...")
         started = time.monotonic()
+        import subprocess
+
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ class JobLog:
         self.started = time.monotonic()
         self.bytes = 0
         self.over_limit = False
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._file: BinaryIO = open(path, "ab")
 
     def write(self, stream: str, data: bytes) -> None:
         if self.over_limit:

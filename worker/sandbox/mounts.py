@@ -7,10 +7,10 @@ number because glibc 2.36 has no wrappers for the last one.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# the process's own symbols include libc; ctypes.util.find_library would exec ldconfig
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 _SYSCALLS = {

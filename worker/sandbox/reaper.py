@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import PARENT, remove_job_cgroups, v1_hierarchies

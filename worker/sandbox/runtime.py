@@ -9,16 +9,13 @@ its stdout/stderr are the pipes sandpit reads.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import RuntimeUnavailable
 
-log = logging.getLogger("sandpit.runtime")
 PREFERENCE = ("crun", "runc", "runsc")
 HYBRID_FIX = (
     "crun 1.8 refuses a cgroup-v1 'hybrid' host whose v2 hierarchy still has controllers ({ctrls}). "
@@ -49,10 +46,14 @@ class Runtime:
         return [self.binary, *logging_opts, *self.base()[1:], "run", "--bundle", str(bundle), container_id]
 
     def kill(self, container_id: str, signal_name: str) -> None:
+        import subprocess
+
         subprocess.run([*self.base(), "kill", "--all", container_id, signal_name],
                        capture_output=True, check=False, timeout=30)
 
     def delete(self, container_id: str) -> None:
+        import subprocess
+
         subprocess.run([*self.base(), "delete", "--force", container_id],
                        capture_output=True, check=False, timeout=30)
 
@@ -123,6 +124,10 @@ def choose_runtime(requested: str | None, run_dir: Path) -> Runtime:
 
 def fix_hybrid_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
     """Mount v1 hierarchies for controllers stuck on v2 of a hybrid host (only hugetlb/misc here)."""
+    import logging
+    import subprocess
+
+    log = logging.getLogger("sandpit.runtime")
     moved = []
     for ctrl in hybrid_v2_controllers(cgroup_root):
         target = cgroup_root / ctrl

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from worker.sandbox.request import SandboxRequest, workdir_problems
@@ -66,7 +66,7 @@ class SpecInputs:
 
 def load_seccomp() -> dict[str, Any]:
     """The seccomp profile kept as data beside this module (Docker-format rules)."""
-    text = resources.files("worker.sandbox").joinpath("seccomp.json").read_text()
+    text = (Path(__file__).parent / "seccomp.json").read_text()
     data: dict[str, Any] = json.loads(text)
     return data
 

@@ -1,0 +1,170 @@
+"""Start-up cost of one job, side by side in one run (rounds interleaved; medians).
+
+    (a) `sandpit exec -- /bin/true` as a whole process
+    (b) the engine's own time for the same job (Engine.run in a warm process)
+    (c) bare `crun run` of a prepared bundle: the same config.json and rootfs the engine makes
+    (d) `docker run --rm --network none` of the same rootfs (with --docker; starts dockerd itself)
+
+Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker]
+Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from worker.sandbox import spec as oci  # noqa: E402
+from worker.sandbox.cgroups import JobCgroup  # noqa: E402
+from worker.sandbox.disk import JobDisk  # noqa: E402
+from worker.sandbox.engine import Engine, _nofile  # noqa: E402
+from worker.sandbox.request import SandboxRequest  # noqa: E402
+from worker.sandbox.rootfs import JobRootfs  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+SANDPIT = str(REPO / ".venv" / "bin" / "sandpit")
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+class BareBundle:
+    """A bundle prepared exactly as the engine would, run again and again by crun itself."""
+
+    def __init__(self, engine: Engine) -> None:
+        s = engine.settings
+        image = engine.images.get("debian")
+        self.dir = s.jobs_dir / "bench-bare"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk = JobDisk(engine.scratch(), "bench-bare", 1 << 30)
+        self.cg = JobCgroup("bench-bare", memory_bytes=256 << 20, cpus=1, pids=128)
+        uid_base = s.uid_base + (s.uid_slots - 1) * oci.ID_RANGE
+        self.rootfs = JobRootfs(self.dir, [(image.key, image.rootfs)], self.disk.path, uid_base,
+                                oci.ID_RANGE, s.run_dir)
+        config = oci.build_spec(oci.SpecInputs(
+            request=SandboxRequest(argv=("/bin/true",)), rootfs=str(self.rootfs.path),
+            workspace=str(self.rootfs.workspace), uid_base=uid_base, cgroups_path=self.cg.runtime_path,
+            seccomp=oci.load_seccomp(), image_env=image.env, nofile=_nofile()))
+        (self.dir / "config.json").write_text(json.dumps(config))
+        self.state = Path(tempfile.mkdtemp(prefix="sandpit-bench-crun-"))
+        self.n = 0
+
+    def run(self) -> None:
+        self.n += 1
+        subprocess.run(["crun", f"--root={self.state}", "run", "--bundle", str(self.dir), f"bare{self.n}"],
+                       stdin=subprocess.DEVNULL, check=True)
+
+    def close(self) -> None:
+        self.rootfs.close()
+        self.cg.close()
+        self.disk.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+class Docker:
+    """dockerd started by the bench (no bridge, no iptables changes), stopped by pid at the end."""
+
+    def __init__(self, rootfs: Path) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+            if shutil.which("dockerd") is None:
+                raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
+            self.proc = subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(150):
+                if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                self.close()
+                raise RuntimeError("dockerd did not start")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-", "sandpit-bench-debian"], stdin=tar.stdout, check=True,
+                       capture_output=True)
+        tar.wait()
+
+    def run(self) -> None:
+        subprocess.run(["docker", "run", "--rm", "--network", "none", "sandpit-bench-debian", "/bin/true"],
+                       check=True, stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        subprocess.run(["docker", "rmi", "-f", "sandpit-bench-debian"], capture_output=True)
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--docker", action="store_true")
+    ap.add_argument("--runtime", default=None)
+    args = ap.parse_args()
+    settings = Settings.from_env(os.environ)
+    engine = Engine(settings)
+    req = SandboxRequest(argv=("/bin/true",), runtime=args.runtime)
+    env = {**os.environ, "SANDPIT_RUNTIME": args.runtime or ""}
+
+    def cli() -> None:
+        subprocess.run([SANDPIT, "exec", "--", "/bin/true"], check=True, env=env)
+
+    def eng() -> None:
+        assert engine.run(req).status == "succeeded"
+
+    bare = BareBundle(engine)
+    docker = None
+    docker_note = "not run (pass --docker)"
+    if args.docker:
+        try:
+            docker = Docker(engine.images.get("debian").rootfs)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            docker_note = f"unavailable: {exc}"
+    cases = {"(a) sandpit exec, whole process": cli, "(b) engine only": eng, "(c) bare crun run": bare.run}
+    if docker is not None:
+        cases["(d) docker run --rm --network none"] = docker.run
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    try:
+        for fn in cases.values():  # warm up
+            fn()
+        for _ in range(args.runs):
+            for name, fn in cases.items():
+                times[name].append(timed(fn))
+    finally:
+        bare.close()
+        if docker is not None:
+            docker.close()
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    print(f"\n{args.runs} rounds, interleaved; runtime {engine.runtime(args.runtime).name}\n")
+    print("| case | median ms | p90 ms |")
+    print("|---|---:|---:|")
+    for k, v in times.items():
+        p90 = sorted(v)[int(0.9 * (len(v) - 1))] * 1000
+        print(f"| {k} | {med[k]:.1f} | {p90:.1f} |")
+    b_over_c = med["(b) engine only"] / med["(c) bare crun run"]
+    print(f"\n(b)/(c) = {b_over_c:.2f} (goal <= 1.5)")
+    d = med.get("(d) docker run --rm --network none")
+    if d:
+        print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.2f} (goal <= 0.3)")
+    else:
+        print(f"(d) docker: {docker_note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""What happens next in a run, as pure functions of its jobs' states (GitLab semantics).
+
+- :func:`decide_advance`: which waiting (``created``) jobs become ``queued``, ``manual`` or
+  ``skipped`` now that some job reached a final state.
+- :func:`derive_run_status`: a run's status from its jobs.
+- :func:`should_retry`: whether a failed attempt is retried (``retry: max / when / exit_codes``).
+
+A predecessor (an entry of the job's ``depends_on``: its ``needs``, else every job of earlier
+stages) counts as *ok* when it succeeded, failed with ``allow_failure``, was skipped because its
+``when`` did not apply, or is a manual job that may fail (GitLab's non-blocking manual job). It
+counts as *failed* when it failed, errored or was cancelled without ``allow_failure``, or was
+itself skipped with ``dependency_failed``, so failure propagates down the whole graph.
+
+>>> jobs = [JobState("build", "failed", "on_success", False, ()),
+...         JobState("test", "created", "on_success", False, ("build",)),
+...         JobState("notify", "created", "on_failure", False, ("build",))]
+>>> [(d.name, d.status, d.reason) for d in decide_advance(jobs, run_cancelled=False)]
+[('test', 'skipped', 'dependency_failed'), ('notify', 'queued', None)]
+>>> derive_run_status(jobs, run_cancelled=False)
+'failed'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pipelines.language.model import Retry
+
+JobStatus = Literal[
+    "created", "queued", "running", "succeeded", "failed", "cancelled", "error", "skipped", "manual"
+]
+RunStatus = Literal["created", "running", "manual", "succeeded", "failed", "cancelled"]
+Outcome = Literal["pending", "ok", "failed"]
+
+JOB_STATUSES: tuple[str, ...] = (
+    "created",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "error",
+    "skipped",
+    "manual",
+)
+FINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled", "error", "skipped"})
+ACTIVE_JOB_STATUSES = frozenset({"queued", "running"})
+FAILED_JOB_STATUSES = frozenset({"failed", "error"})
+
+# Our record reasons as GitLab's failure kinds, the words `retry: when` speaks.
+FAILURE_KINDS: dict[str, str] = {
+    "exit_code": "script_failure",
+    "oom": "script_failure",
+    "pids_limit": "script_failure",
+    "disk_quota": "script_failure",
+    "log_limit": "script_failure",
+    "timeout": "job_execution_timeout",
+    "worker_lost": "runner_system_failure",
+    "infra_error": "runner_system_failure",
+    "invalid_spec": "unmet_prerequisites",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What the advance rules need to know about one job of a run."""
+
+    name: str
+    status: str
+    when: str
+    allow_failure: bool
+    depends_on: tuple[str, ...]
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A waiting job's next state."""
+
+    name: str
+    status: Literal["queued", "manual", "skipped", "cancelled"]
+    reason: str | None = None
+
+
+def outcome(job: JobState) -> Outcome:
+    """How ``job`` counts for the jobs that depend on it.
+
+    >>> outcome(JobState("lint", "failed", "on_success", True, ()))
+    'ok'
+    """
+    if job.status in ("created", "queued", "running"):
+        return "pending"
+    if job.status == "manual":
+        return "ok" if job.allow_failure else "pending"
+    if job.status in ("failed", "error", "cancelled"):
+        return "ok" if job.allow_failure else "failed"
+    if job.status == "skipped":
+        return "failed" if job.reason == "dependency_failed" else "ok"
+    return "ok"
+
+
+def _decide(job: JobState, states: dict[str, JobState]) -> Decision | None:
+    outcomes = [outcome(states[name]) for name in job.depends_on if name in states]
+    if "pending" in outcomes:
+        return None
+    upstream_failed = "failed" in outcomes
+    when = job.when
+    if when == "always":
+        return Decision(job.name, "queued")
+    if when == "on_failure":
+        # Skipped with no reason: its condition did not apply, which is not a failure.
+        return Decision(job.name, "queued") if upstream_failed else Decision(job.name, "skipped")
+    if upstream_failed:
+        return Decision(job.name, "skipped", "dependency_failed")
+    if when == "manual":
+        return Decision(job.name, "manual")
+    return Decision(job.name, "queued")  # on_success, and delayed (start_in is not honoured yet)
+
+
+def decide_advance(jobs: Sequence[JobState], *, run_cancelled: bool) -> tuple[Decision, ...]:
+    """Every decision the current states allow, in the order of ``jobs``.
+
+    A job that becomes skipped or non-blocking manual can unblock its own dependents, so this
+    iterates to a fixed point. In a cancelled run nothing new starts: waiting jobs are cancelled.
+
+    >>> jobs = [JobState("a", "succeeded", "on_success", False, ()),
+    ...         JobState("b", "created", "manual", True, ("a",)),
+    ...         JobState("c", "created", "on_success", False, ("b",))]
+    >>> [(d.name, d.status) for d in decide_advance(jobs, run_cancelled=False)]
+    [('b', 'manual'), ('c', 'queued')]
+    """
+    if run_cancelled:
+        return tuple(
+            Decision(j.name, "cancelled", "cancelled") for j in jobs if j.status in ("created", "manual")
+        )
+    states = {job.name: job for job in jobs}
+    decided: dict[str, Decision] = {}
+    changed = True
+    while changed:
+        changed = False
+        for job in jobs:
+            if job.name in decided or states[job.name].status != "created":
+                continue
+            decision = _decide(job, states)
+            if decision is None:
+                continue
+            decided[job.name] = decision
+            states[job.name] = JobState(
+                job.name, decision.status, job.when, job.allow_failure, job.depends_on, decision.reason
+            )
+            changed = True
+    return tuple(decided[job.name] for job in jobs if job.name in decided)
+
+
+def derive_run_status(jobs: Sequence[JobState], *, run_cancelled: bool) -> RunStatus:
+    """A run's status from its jobs: cancelled > running > manual (blocked) > failed > cancelled
+    job > succeeded. Allowed failures and skipped jobs do not fail a run.
+
+    >>> derive_run_status([JobState("a", "failed", "on_success", True, ())], run_cancelled=False)
+    'succeeded'
+    """
+    if run_cancelled:
+        return "cancelled"
+    if not jobs:
+        return "succeeded"
+    statuses = {job.status for job in jobs}
+    if statuses <= {"created"}:
+        return "created"
+    if statuses & ACTIVE_JOB_STATUSES:
+        return "running"
+    if "created" in statuses or any(j.status == "manual" and not j.allow_failure for j in jobs):
+        return "manual"  # nothing can move until someone plays a blocking manual job
+    if any(j.status in FAILED_JOB_STATUSES and not j.allow_failure for j in jobs):
+        return "failed"
+    if any(j.status == "cancelled" and not j.allow_failure for j in jobs):
+        return "cancelled"
+    return "succeeded"
+
+
+def failure_kind(reason: str | None) -> str:
+    """A record ``reason`` as the failure kind ``retry: when`` names.
+
+    >>> failure_kind("timeout")
+    'job_execution_timeout'
+    """
+    return FAILURE_KINDS.get(reason or "", "unknown_failure")
+
+
+def should_retry(
+    retry: Retry, *, status: str, reason: str | None, exit_code: int | None, attempt: int
+) -> bool:
+    """Whether attempt number ``attempt`` (from 1), which ended ``status``, is tried again.
+
+    As GitLab: at most ``retry.max`` retries; the failure kind must be listed in ``retry.when``
+    (or ``always`` be), and when ``exit_codes`` is given the exit code must be one of them too.
+
+    >>> should_retry(Retry(1, ("script_failure",), (137,)), status="failed", reason="exit_code",
+    ...              exit_code=137, attempt=1)
+    True
+    """
+    if status not in FAILED_JOB_STATUSES or attempt > retry.max:
+        return False
+    if "always" not in retry.when and failure_kind(reason) not in retry.when:
+        return False
+    return not retry.exit_codes or exit_code in retry.exit_codes

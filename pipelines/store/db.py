@@ -1,0 +1,110 @@
+"""Engines, sessions and migrations: the one place that connects to the database.
+
+SQLite (the default, ``sqlite:///<state_dir>/sandpit.db``) is opened in WAL mode with foreign
+keys on and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: SQLite has
+one writer at a time anyway, and taking the write lock up front means a transaction never fails
+half-way with "database is locked" when its snapshot turns out to be stale (it waits instead).
+PostgreSQL comes through ``SANDPIT_DATABASE_URL`` (read by the entry point, passed in here);
+a plain ``postgresql://`` URL is given the psycopg 3 driver.
+
+>>> make_engine("sqlite://").dialect.name
+'sqlite'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from pipelines.store.errors import MigrationFailed
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def default_url(state_dir: Path) -> str:
+    """The database sandpit uses when ``SANDPIT_DATABASE_URL`` is not set."""
+    return f"sqlite:///{state_dir / 'sandpit.db'}"
+
+
+def normalise_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3; other URLs are used as given."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine for ``url`` set up for the store's transactions (see the module docstring)."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True, **options)
+    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    engine = sa.create_engine(url, connect_args=connect_args, **options)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to the "begin" hook below (pysqlite would BEGIN lazily).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if url not in ("sqlite://", "sqlite:///:memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises.
+
+    Objects stay readable after the commit (``expire_on_commit=False``), so a caller can use
+    what a transition returned once the session is gone.
+    """
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # Passed as an attribute, not an option: configparser would read `%` in a password.
+    config.attributes["sandpit_url"] = normalise_url(url)
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision``; running it again changes nothing."""
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except sa.exc.SQLAlchemyError as exc:
+        raise MigrationFailed(f"migrating {sa.make_url(normalise_url(url))!r} failed: {exc}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

@@ -1,0 +1,146 @@
+"""The run store's tables (SQLModel ``table=True`` lives only here).
+
+- ``run``: one pipeline run: its source text, inputs, trust level and derived status.
+- ``job``: one row per concrete planned job; ``spec`` is the planner's job as JSON
+  (see :mod:`pipelines.store.spec`); the latest attempt's result is on the row.
+- ``job_attempt``: one row per finished attempt (the history ``retry`` builds).
+- ``artifact``: files a job kept, with their expiry.
+- ``cache_entry``: caches keyed by (key, trust) so untrusted runs never feed trusted ones.
+- ``outbox``: job ids to publish to the broker, written in the transaction that queues them.
+
+Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
+Schema changes go through an Alembic revision in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database, on every backend."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the store takes aware datetimes only (use datetime.now(UTC))")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def _time(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=lambda: default() if callable(default) else default, sa_type=sa.JSON)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+
+    id: str = Field(primary_key=True, max_length=36)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    finished_at: dt.datetime | None = _time()
+    status: str = Field(default="created", max_length=16, index=True)
+    cancelled: bool = Field(default=False)
+    trust: str = Field(max_length=16)  # trusted | untrusted
+    source: str = Field(max_length=16)  # cli | api | webhook
+    pipeline: str = Field(default="", sa_type=sa.Text)
+    variables: dict[str, str] = _json(dict)
+    stages: list[str] = _json(list)
+    ref: str = Field(default="", max_length=255)
+    sha: str = Field(default="", max_length=64)
+    message: str = Field(default="", sa_type=sa.Text)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (sa.UniqueConstraint("run_id", "name", name="uq_job_run_name"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=36, ondelete="CASCADE")
+    position: int = Field(default=0)  # order in the plan (stage order)
+    name: str = Field(max_length=255)
+    stage: str = Field(max_length=255)
+    spec: dict[str, Any] = _json(dict)
+    needs: list[str] = _json(list)  # DAG predecessors (the planner's depends_on)
+    when: str = Field(default="on_success", max_length=16)
+    allow_failure: bool = Field(default=False)  # after a failure: whether *this* failure is allowed
+    status: str = Field(default="created", max_length=16, index=True)
+    reason: str | None = Field(default=None, max_length=32)
+    exit_code: int | None = None
+    signal: int | None = None
+    attempt: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: dt.datetime | None = _time(index=True)
+    deadline_at: dt.datetime | None = _time()  # started_at + timeout + grace: a backstop
+    cancel_requested: bool = Field(default=False)
+    queued_at: dt.datetime | None = _time()
+    started_at: dt.datetime | None = _time()
+    finished_at: dt.datetime | None = _time()
+    duration_s: float | None = None
+    usage: dict[str, Any] = _json(dict)
+    log_path: str | None = Field(default=None, sa_type=sa.Text)
+    result: dict[str, Any] = _json(dict)  # the last job result record, as the worker sent it
+
+
+class JobAttempt(SQLModel, table=True):
+    __tablename__ = "job_attempt"
+    __table_args__ = (sa.UniqueConstraint("job_id", "attempt", name="uq_attempt_job_attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
+    attempt: int
+    worker_id: str | None = Field(default=None, max_length=255)
+    status: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=32)
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: dt.datetime | None = _time()
+    finished_at: dt.datetime | None = _time()
+    duration_s: float | None = None
+    retried: bool = Field(default=False)
+    record: dict[str, Any] = _json(dict)
+
+
+class Artifact(SQLModel, table=True):
+    __tablename__ = "artifact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
+    path: str = Field(sa_type=sa.Text)
+    size: int = Field(default=0, sa_type=sa.BigInteger)
+    sha256: str = Field(default="", max_length=64)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    expires_at: dt.datetime | None = _time(index=True)  # None: kept until deleted
+
+
+class CacheEntry(SQLModel, table=True):
+    __tablename__ = "cache_entry"
+
+    key: str = Field(primary_key=True, max_length=512)
+    trust: str = Field(primary_key=True, max_length=16)
+    sha256: str = Field(max_length=64)
+    size: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Outbox(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    published_at: dt.datetime | None = _time(index=True)

@@ -1,0 +1,73 @@
+"""A concrete planned job as JSON and back, so a worker rebuilds exactly what to run (pure).
+
+The job row's ``spec`` column holds :func:`job_to_spec` of the planner's :class:`Job`;
+:func:`job_from_spec` turns it back into an equal frozen value. Conversion is driven by the
+dataclasses' type hints, so a field added to the language model needs no change here.
+
+>>> from pipelines.language.model import Loc
+>>> job = Job(name="lint", stage="test", loc=Loc("ci.yml", 1, 1), script=("ruff check",))
+>>> job_from_spec(job_to_spec(job)) == job
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from functools import cache
+from typing import Any, Union
+
+from pipelines.language.model import Job
+
+JsonValue = Any  # a value json.dumps accepts
+
+
+def job_to_spec(job: Job) -> dict[str, JsonValue]:
+    """The job as plain JSON data (tuples become lists, dataclasses become objects)."""
+    spec = _dump(job)
+    assert isinstance(spec, dict)
+    return spec
+
+
+def job_from_spec(spec: dict[str, JsonValue]) -> Job:
+    """The job :func:`job_to_spec` wrote; unknown keys (from a newer writer) are ignored."""
+    job = _load(Job, spec)
+    assert isinstance(job, Job)
+    return job
+
+
+def _dump(value: object) -> JsonValue:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _dump(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_dump(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _dump(v) for k, v in value.items()}
+    return value
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _load(hint: Any, data: JsonValue) -> object:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if data is None:
+            return None
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _load(options[0], data)
+    if origin is typing.Literal:
+        return data
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_load(args[0], item) for item in data)
+        return tuple(_load(arg, item) for arg, item in zip(args, data, strict=True))
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = _hints(hint)
+        names = {f.name for f in dataclasses.fields(hint) if f.init}
+        return hint(**{k: _load(hints[k], v) for k, v in data.items() if k in names})
+    return data
