@@ -105,7 +105,8 @@ def test_ctrl_c_tears_everything_down(settings, runtime, no_leftovers):
 
 def test_sigkilled_exec_is_cleaned_by_reap(settings, runtime, no_leftovers):
     """A SIGKILLed sandpit leaves objects behind; `sandpit reap` removes them, and only them."""
-    proc = _spawn_exec(settings, runtime, "sh", "-c", "sleep 60 & sleep 60")
+    marker = f"60.{os.getpid()}"  # a sleep duration no other process on the host uses
+    proc = _spawn_exec(settings, runtime, "sh", "-c", f"sleep {marker} & sleep {marker}")
     _wait_for_job(settings)
     live = subprocess.Popen([*SANDPIT, "exec", "--timeout", "60s", "--", "sleep", "5"],
                             env=cli_env(settings, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -122,7 +123,7 @@ def test_sigkilled_exec_is_cleaned_by_reap(settings, runtime, no_leftovers):
     assert live.returncode == 0
     assert leftovers(settings) == []
     # the SIGKILLed job's processes are gone too
-    ps = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True)
+    ps = subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
 
 
