@@ -5,8 +5,12 @@
     (c) bare `crun run` of a prepared bundle: the same config.json and rootfs the engine makes
     (d) `docker run --rm --network none` of the same rootfs (with --docker; starts dockerd itself)
 
-Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker]
-Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d).
+    (e) the engine with `--network egress`, (f) `sandpit exec --network egress` (with --network)
+
+Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker] [--network]
+Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d); egress adds <= 8 ms over none.
+With --network, sandpit's bridge and rules live in a namespace the bench makes (`ip netns add
+sandpit-bench`, deleted at the end), which has no uplink: nothing can leave it.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--docker", action="store_true")
     ap.add_argument("--runtime", default=None)
+    ap.add_argument("--network", action="store_true")
     args = ap.parse_args()
     settings = Settings.from_env(os.environ)
     engine = Engine(settings)
@@ -128,6 +133,23 @@ def main() -> int:
         assert engine.run(req).status == "succeeded"
 
     bare = BareBundle(engine)
+    netns = None
+    if args.network:
+        from dataclasses import replace
+
+        netns = Path("/run/netns/sandpit-bench")
+        subprocess.run(["ip", "netns", "add", "sandpit-bench"], check=True)
+        net_settings = replace(settings, net_host_netns=netns)
+        net_engine = Engine(net_settings)
+        net_env = {**env, "SANDPIT_NET_HOST_NETNS": str(netns)}
+        egress_req = SandboxRequest(argv=("/bin/true",), runtime=args.runtime, network="egress")
+
+        def eng_egress() -> None:
+            assert net_engine.run(egress_req).status == "succeeded"
+
+        def cli_egress() -> None:
+            subprocess.run([SANDPIT, "exec", "--network", "egress", "--", "/bin/true"], check=True, env=net_env)
+
     docker = None
     docker_note = "not run (pass --docker)"
     if args.docker:
@@ -138,6 +160,9 @@ def main() -> int:
     cases = {"(a) sandpit exec, whole process": cli, "(b) engine only": eng, "(c) bare crun run": bare.run}
     if docker is not None:
         cases["(d) docker run --rm --network none"] = docker.run
+    if netns is not None:
+        cases["(e) engine only, --network egress"] = eng_egress
+        cases["(f) sandpit exec --network egress"] = cli_egress
     times: dict[str, list[float]] = {k: [] for k in cases}
     try:
         for fn in cases.values():  # warm up
@@ -149,6 +174,9 @@ def main() -> int:
         bare.close()
         if docker is not None:
             docker.close()
+        if netns is not None:
+            net_engine.close()
+            subprocess.run(["ip", "netns", "del", "sandpit-bench"], check=False)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(f"\n{args.runs} rounds, interleaved; runtime {engine.runtime(args.runtime).name}\n")
     print("| case | median ms | p90 ms |")
@@ -158,6 +186,9 @@ def main() -> int:
         print(f"| {k} | {med[k]:.1f} | {p90:.1f} |")
     b_over_c = med["(b) engine only"] / med["(c) bare crun run"]
     print(f"\n(b)/(c) = {b_over_c:.2f} (goal <= 1.5)")
+    e = med.get("(e) engine only, --network egress")
+    if e:
+        print(f"egress adds {e - med['(b) engine only']:.1f} ms to a job over none (goal <= 8)")
     d = med.get("(d) docker run --rm --network none")
     if d:
         print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.2f} (goal <= 0.3)")

@@ -8,6 +8,10 @@ Recognised variables: ``SANDPIT_STATE_DIR`` (default /var/lib/sandpit), ``SANDPI
 ``SANDPIT_RUNTIME`` (crun|runc|runsc; default: the first that works here),
 ``SANDPIT_SCRATCH_SIZE`` (size of the btrfs scratch file holding job disks; default 20G),
 ``SANDPIT_UID_BASE`` (first host uid given to jobs; default 100000000), ``SANDPIT_UID_SLOTS``.
+Networking (``--network egress``): ``SANDPIT_RESOLVERS`` (comma-separated DNS servers for jobs),
+``SANDPIT_SUBNET`` (job subnet; default: the first candidate colliding with no host route),
+``SANDPIT_NET_ALLOW`` (comma-separated extra CIDRs jobs may reach), ``SANDPIT_NET_HOST_NETNS``
+(a network namespace file that plays "host" for the bridge and rules; default this process's own).
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.sandbox.units import parse_size
+
+if TYPE_CHECKING:
+    from worker.sandbox.network.settings import NetworkSettings
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -30,6 +38,10 @@ class Settings:
     scratch_bytes: int = 20 * 1024**3
     uid_base: int = 100_000_000
     uid_slots: int = 256
+    resolvers: tuple[str, ...] = ()
+    subnet: str | None = None
+    net_allow: tuple[str, ...] = ()
+    net_host_netns: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -42,6 +54,22 @@ class Settings:
             scratch_bytes=parse_size(env.get("SANDPIT_SCRATCH_SIZE", "20G")),
             uid_base=int(env.get("SANDPIT_UID_BASE", "100000000")),
             uid_slots=int(env.get("SANDPIT_UID_SLOTS", "256")),
+            resolvers=_csv(env.get("SANDPIT_RESOLVERS", "")),
+            subnet=env.get("SANDPIT_SUBNET") or None,
+            net_allow=_csv(env.get("SANDPIT_NET_ALLOW", "")),
+            net_host_netns=Path(env["SANDPIT_NET_HOST_NETNS"]) if env.get("SANDPIT_NET_HOST_NETNS") else None,
+        )
+
+    def network(self) -> NetworkSettings:
+        """Settings of the network layer (imported lazily: only egress jobs need it)."""
+        import ipaddress
+
+        from worker.sandbox.network.settings import NetworkSettings
+
+        return NetworkSettings(
+            state_dir=self.state_dir, resolvers=self.resolvers, allow=self.net_allow,
+            subnet=ipaddress.IPv4Network(self.subnet) if self.subnet else None,
+            host_netns=self.net_host_netns,
         )
 
     @property
@@ -55,3 +83,7 @@ class Settings:
     @property
     def locks_dir(self) -> Path:
         return self.run_dir / "locks"
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

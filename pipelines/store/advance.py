@@ -16,7 +16,8 @@ itself skipped with ``dependency_failed``, so failure propagates down the whole 
 ...         JobState("notify", "created", "on_failure", False, ("build",))]
 >>> [(d.name, d.status, d.reason) for d in decide_advance(jobs, run_cancelled=False)]
 [('test', 'skipped', 'dependency_failed'), ('notify', 'queued', None)]
->>> derive_run_status(jobs, run_cancelled=False)
+>>> derive_run_status([jobs[0], JobState("test", "skipped", "on_success", False, ("build",),
+...                   "dependency_failed")], run_cancelled=False)
 'failed'
 """
 
@@ -28,9 +29,7 @@ from typing import Literal
 
 from pipelines.language.model import Retry
 
-JobStatus = Literal[
-    "created", "queued", "running", "succeeded", "failed", "cancelled", "error", "skipped", "manual"
-]
+JobStatus = Literal["created", "queued", "running", "succeeded", "failed", "cancelled", "error", "skipped", "manual"]
 RunStatus = Literal["created", "running", "manual", "succeeded", "failed", "cancelled"]
 Outcome = Literal["pending", "ok", "failed"]
 
@@ -132,9 +131,7 @@ def decide_advance(jobs: Sequence[JobState], *, run_cancelled: bool) -> tuple[De
     [('b', 'manual'), ('c', 'queued')]
     """
     if run_cancelled:
-        return tuple(
-            Decision(j.name, "cancelled", "cancelled") for j in jobs if j.status in ("created", "manual")
-        )
+        return tuple(Decision(j.name, "cancelled", "cancelled") for j in jobs if j.status in ("created", "manual"))
     states = {job.name: job for job in jobs}
     decided: dict[str, Decision] = {}
     changed = True
@@ -188,9 +185,7 @@ def failure_kind(reason: str | None) -> str:
     return FAILURE_KINDS.get(reason or "", "unknown_failure")
 
 
-def should_retry(
-    retry: Retry, *, status: str, reason: str | None, exit_code: int | None, attempt: int
-) -> bool:
+def should_retry(retry: Retry, *, status: str, reason: str | None, exit_code: int | None, attempt: int) -> bool:
     """Whether attempt number ``attempt`` (from 1), which ended ``status``, is tried again.
 
     As GitLab: at most ``retry.max`` retries; the failure kind must be listed in ``retry.when``

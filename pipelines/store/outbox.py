@@ -73,8 +73,6 @@ def requeue_stale(session: Session, now: dt.datetime, older_than_s: float, limit
 def prune_outbox(session: Session, published_before: dt.datetime) -> int:
     """Delete outbox rows published before ``published_before``; returns how many."""
     result = session.exec(
-        sa.delete(Outbox).where(
-            col(Outbox.published_at).is_not(None), col(Outbox.published_at) < published_before
-        )
+        sa.delete(Outbox).where(col(Outbox.published_at).is_not(None), col(Outbox.published_at) < published_before)
     )
     return int(result.rowcount)

@@ -48,9 +48,7 @@ def expire_artifacts(session: Session, now: dt.datetime, limit: int = 1000) -> l
 
 def artifacts_of(session: Session, job_id: str) -> list[Artifact]:
     """A job's artifacts that have not expired (rows, by path)."""
-    return list(
-        session.exec(select(Artifact).where(Artifact.job_id == job_id).order_by(col(Artifact.path))).all()
-    )
+    return list(session.exec(select(Artifact).where(Artifact.job_id == job_id).order_by(col(Artifact.path))).all())
 
 
 def cache_lookup(session: Session, key: str, trust: Trust) -> CacheEntry | None:
@@ -59,9 +57,7 @@ def cache_lookup(session: Session, key: str, trust: Trust) -> CacheEntry | None:
     return session.get(CacheEntry, (key, trust))
 
 
-def cache_store(
-    session: Session, key: str, trust: Trust, sha256: str, size: int, now: dt.datetime
-) -> CacheEntry:
+def cache_store(session: Session, key: str, trust: Trust, sha256: str, size: int, now: dt.datetime) -> CacheEntry:
     """Record (or replace) the cache archive saved under (``key``, ``trust``)."""
     _check_trust(trust)
     entry = session.get(CacheEntry, (key, trust))

@@ -177,16 +177,12 @@ def renew_lease(
     if renewed.rowcount != 1:
         return LeaseStatus(held=False, cancel_requested=True)
     row = session.exec(
-        select(Job.cancel_requested, Run.cancelled)
-        .join(Run, col(Run.id) == col(Job.run_id))
-        .where(Job.id == job_id)
+        select(Job.cancel_requested, Run.cancelled).join(Run, col(Run.id) == col(Job.run_id)).where(Job.id == job_id)
     ).one()
     return LeaseStatus(held=True, cancel_requested=bool(row[0] or row[1]))
 
 
-def finish_job(
-    session: Session, job_id: str, attempt: int, record: Mapping[str, Any], now: dt.datetime
-) -> list[str]:
+def finish_job(session: Session, job_id: str, attempt: int, record: Mapping[str, Any], now: dt.datetime) -> list[str]:
     """Record the result of attempt ``attempt`` (a job result record), retry it if its
     ``retry`` allows, and advance the run. Returns the ids newly queued (publish them after the
     commit). A stale or duplicate report (the job is not running that attempt) changes nothing."""
@@ -203,10 +199,7 @@ def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[
     allows, else final. Returns the ids newly queued."""
     overdue = sa.or_(col(Job.lease_expires_at) < now, col(Job.deadline_at) < now)
     candidates = session.exec(
-        select(Job.id)
-        .where(Job.status == "running", overdue)
-        .order_by(col(Job.lease_expires_at))
-        .limit(limit)
+        select(Job.id).where(Job.status == "running", overdue).order_by(col(Job.lease_expires_at)).limit(limit)
     ).all()
     newly: list[str] = []
     for job_id in candidates:
@@ -297,9 +290,7 @@ def _lock_run_of_job(session: Session, job_id: str) -> Run:
 
 
 def _load_job(session: Session, job_id: str) -> Job:
-    job = session.exec(
-        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-    ).one_or_none()
+    job = session.exec(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -329,9 +320,7 @@ def _settle(job: Job, status: str, reason: str | None, now: dt.datetime) -> None
     job.deadline_at = None
 
 
-def _record_result(
-    session: Session, run: Run, job: Job, record: dict[str, Any], now: dt.datetime
-) -> list[str]:
+def _record_result(session: Session, run: Run, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
     planned = job_from_spec(job.spec)
     status = record.get("status")
     reason = record.get("reason")
@@ -414,9 +403,7 @@ def _lost_record(job: Job, status: str, reason: str, now: dt.datetime) -> dict[s
         "usage": {},
         "artifacts": [],
         "rejected_artifacts": [],
-        "message": "the worker stopped renewing its lease"
-        if reason == "worker_lost"
-        else "ran past its timeout",
+        "message": "the worker stopped renewing its lease" if reason == "worker_lost" else "ran past its timeout",
     }
 
 

@@ -98,18 +98,48 @@ def postgres_server() -> Iterator[PostgresServer]:
     pid: int | None = None
     try:
         subprocess.run(
-            _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust",
-                         "-E", "UTF8", "--no-sync", "--no-instructions"),
-            check=True, capture_output=True, cwd=root,
+            _as_postgres(
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ),
+            check=True,
+            capture_output=True,
+            cwd=root,
         )
         port = _free_port()
         with open(log, "wb") as log_file:
             proc = subprocess.Popen(
-                _as_postgres(str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                             "-c", "fsync=off", "-c", "synchronous_commit=off",
-                             "-c", "full_page_writes=off", "-c", "max_connections=100"),
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
+                _as_postgres(
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=100",
+                ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=root,
             )
         pid = _wait_ready(port, data, proc, log)
         yield PostgresServer("127.0.0.1", port, pid)

@@ -35,6 +35,7 @@ from worker.settings import Settings
 
 if TYPE_CHECKING:
     from worker.sandbox.artifacts import Artifact, Rejected
+    from worker.sandbox.network import HostNetwork, NetworkSettings
 
 
 @dataclass
@@ -84,8 +85,11 @@ def _log_info(message: str, *args: object) -> None:
 class Engine:
     """One per process; ``run()`` may be called from several threads at once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, network: NetworkSettings | None = None,
+                 host_network: HostNetwork | None = None) -> None:
         self.settings = settings
+        self._network_settings = network
+        self._host_network: HostNetwork | None = host_network
         self.images = ImageStore(settings.state_dir, settings.images_dir)
         self._seccomp = oci.load_seccomp()
         self._scratch: Path | None = None
@@ -107,6 +111,20 @@ class Engine:
                 _log_info("runtime %s (%s) chosen%s", rt.name, rt.binary, "" if name else " automatically")
                 self._runtimes[name] = rt
             return self._runtimes[name]
+
+    def host_network(self) -> HostNetwork:
+        """The bridge and policy egress jobs attach to, prepared on first use (idempotent)."""
+        from worker.sandbox.network import prepare_host
+
+        with self._lock:
+            if self._host_network is None:
+                self._host_network = prepare_host(self._network_settings or self.settings.network())
+            return self._host_network
+
+    def close(self) -> None:
+        if self._host_network is not None:
+            self._host_network.close()
+            self._host_network = None
 
     @property
     def artifact_store(self) -> Path:
@@ -176,10 +194,14 @@ class Engine:
             rootfs = JobRootfs(job_dir, [(image.key, image.rootfs)], disk.path, uid_base, oci.ID_RANGE,
                                s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
             stack.callback(rootfs.close)
+            netns_path = resolv_conf = None
+            if req.network == "egress":
+                netns_path, resolv_conf = self._egress(stack, job_id, job_dir)
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
                 uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
                 image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
+                netns_path=netns_path, resolv_conf=resolv_conf,
             ))
             (job_dir / "config.json").write_text(json.dumps(config))
             stack.callback(_delete_container, runtime, container_id)
@@ -196,6 +218,21 @@ class Engine:
                     Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
                          req.limits.artifact_total_bytes))
                 result.artifacts, result.rejected_artifacts = kept, rejected
+
+    def _egress(self, stack: contextlib.ExitStack, job_id: str, job_dir: Path) -> tuple[str, str]:
+        """A network namespace with a veth on sandpit's bridge; closed after the container is gone."""
+        from worker.sandbox.network import JobNetwork, NetworkError
+
+        host = self.host_network()
+        try:
+            net = JobNetwork(host.settings, job_id, "egress", host)
+        except NetworkError as exc:
+            raise SandboxError(f"cannot give the job a network: {exc}") from exc
+        stack.callback(net.close)
+        resolv = job_dir / "resolv.conf"
+        resolv.write_bytes(net.resolv_conf or b"")
+        resolv.chmod(0o644)
+        return net.netns_path, str(resolv)
 
     def _finish(self, result: JobResult, outcome: Outcome, usage: Usage, disk: JobDisk,
                 req: SandboxRequest) -> None:

@@ -87,6 +87,10 @@ def reap(settings: Settings) -> list[str]:
                     continue
                 done.append(f"disk {sub}")
         subprocess.run(["btrfs", "qgroup", "clear-stale", str(scratch)], capture_output=True, check=False)
+    if settings.network().net_dir.is_dir():
+        from worker.sandbox.network import reap_networks
+
+        done.extend(reap_networks(settings.network()))
     if settings.locks_dir.is_dir():
         for lock in settings.locks_dir.glob("job-*.lock"):
             job_id = lock.name[4:-5]

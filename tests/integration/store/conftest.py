@@ -53,14 +53,20 @@ def jobs(engine: Engine, run_id: str) -> dict[str, Job]:
 def record(status: str = "succeeded", exit_code: int | None = 0, **extra: Any) -> dict[str, Any]:
     reason = None if status == "succeeded" else extra.pop("reason", "exit_code")
     return {
-        "name": "x", "status": status, "reason": reason, "exit_code": exit_code, "signal": None,
-        "attempt": 1, "duration_s": 0.5, "usage": {"cpu_s": 0.1}, "artifacts": [], **extra,
+        "name": "x",
+        "status": status,
+        "reason": reason,
+        "exit_code": exit_code,
+        "signal": None,
+        "attempt": 1,
+        "duration_s": 0.5,
+        "usage": {"cpu_s": 0.1},
+        "artifacts": [],
+        **extra,
     }
 
 
-def run_job(
-    engine: Engine, run_id: str, name: str, result: dict[str, Any] | None = None, now: float = 1
-) -> list[str]:
+def run_job(engine: Engine, run_id: str, name: str, result: dict[str, Any] | None = None, now: float = 1) -> list[str]:
     """Claim the named job as worker w1 and report ``result``; returns the newly queued ids."""
     job_id = jobs(engine, run_id)[name].id
     with session_scope(engine) as session:

@@ -71,8 +71,10 @@ def test_manual_job_waits_as_manual_once_its_needs_are_met(engine: Engine) -> No
 
 def test_claim_makes_the_job_running_with_a_lease(engine: Engine) -> None:
     """A claim sets running, attempt 1, the owner, the lease and a timeout deadline."""
-    run_id = start_run(engine, PIPELINE.replace("build: {stage: build, script: [make]}",
-                                                "build: {stage: build, script: [make], timeout: 1m}"))
+    run_id = start_run(
+        engine,
+        PIPELINE.replace("build: {stage: build, script: [make]}", "build: {stage: build, script: [make], timeout: 1m}"),
+    )
     job_id = jobs(engine, run_id)["build"].id
     with session_scope(engine) as session:
         job = claim_job(session, job_id, "w1", at(0), lease_s=30)

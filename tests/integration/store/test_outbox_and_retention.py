@@ -66,14 +66,14 @@ def test_artifacts_expire_after_expire_in(engine: Engine) -> None:
     artifact = {"path": "dist/app.tar", "size": 10, "sha256": "ab" * 32}
     run_job(engine, run_id, "a", record(artifacts=[artifact]), now=0)
     run_job(engine, run_id, "b", record(artifacts=[{"path": "keep", "size": 1, "sha256": ""}]), now=0)
-    job_id = jobs(engine, run_id)["a"].id
+    job_id, other_id = jobs(engine, run_id)["a"].id, jobs(engine, run_id)["b"].id
     with session_scope(engine) as session:
         assert expire_artifacts(session, at(1800)) == []
         expired = expire_artifacts(session, at(3602))
         assert [(e.run_id, e.job_id, e.path) for e in expired] == [(run_id, job_id, "dist/app.tar")]
     with session_scope(engine) as session:
         assert artifacts_of(session, job_id) == []
-        assert [a.path for a in artifacts_of(session, jobs(engine, run_id)["b"].id)] == ["keep"]
+        assert [a.path for a in artifacts_of(session, other_id)] == ["keep"]
 
 
 def test_cache_entries_never_cross_trust_levels(engine: Engine) -> None:

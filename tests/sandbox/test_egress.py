@@ -1,0 +1,71 @@
+"""`network: egress` with real containers, inside the isolated stand-in world of the network tests.
+
+The world (tests/sandbox/network/world.py) puts sandpit's bridge and rules in a "host" namespace the
+test made, whose only uplink leads to a stand-in "internet" namespace: no packet can leave it.
+"""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+from tests.sandbox.conftest import Runner
+from tests.sandbox.network.conftest import world  # noqa: F401 - the fixture, shared
+from tests.sandbox.network.world import HERE, HOST_TCP_PORTS, METADATA, PRIVATE_HOST, RESOLVER, WEB
+from worker.sandbox.engine import Engine
+
+PROBE = (HERE / "probe.py").read_text()
+
+
+@pytest.fixture()
+def net_run(settings, runtime, world, no_leftovers):  # noqa: F811
+    engine = Engine(settings, network=world.settings, host_network=world.network)
+    return Runner(engine, runtime)
+
+
+def probe(run: Runner, network: str, targets: list[dict[str, object]]) -> list[dict[str, object]]:
+    res, out, err = run("python3", "-c", PROBE, json.dumps(targets), image="python", network=network)
+    assert res.status == "succeeded", err
+    return json.loads(out)
+
+
+def test_egress_job_reaches_the_internet_by_address(net_run):
+    (result,) = probe(net_run, "egress", [{"kind": "http", "host": WEB, "port": 80}])
+    assert result["outcome"] == "reply"
+
+
+def test_none_job_cannot(net_run):
+    (result,) = probe(net_run, "none", [{"kind": "http", "host": WEB, "port": 80}])
+    assert result["outcome"] in ("timeout", "unreachable")
+
+
+def test_egress_job_cannot_reach_host_private_or_metadata(net_run, world):  # noqa: F811
+    gateway = str(world.network.plan.gateway.ip) if hasattr(world.network.plan, "gateway") else None
+    targets: list[dict[str, object]] = [{"kind": "tcp", "host": PRIVATE_HOST, "port": 80},
+                                        {"kind": "http", "host": METADATA, "port": 80}]
+    for host in filter(None, [gateway, "203.0.113.2"]):
+        targets += [{"kind": "tcp", "host": host, "port": p} for p in HOST_TCP_PORTS]
+    results = probe(net_run, "egress", targets)
+    assert {r["outcome"] for r in results} <= {"timeout", "unreachable"}, results
+
+
+def test_dns_through_the_configured_resolver(net_run):
+    res, out, _ = net_run("sh", "-c", "cat /etc/resolv.conf; getent hosts anything.example", image="python",
+                          network="egress")
+    assert res.status == "succeeded"
+    assert f"nameserver {RESOLVER}" in out
+    assert WEB in out.splitlines()[-1]
+
+
+def test_egress_leaves_no_lease_veth_or_netns(net_run, world):  # noqa: F811
+    """After egress jobs end (and the kernel frees their veths), no lease, veth or netns fd is left."""
+    from tests.sandbox.network.test_lifecycle import lease_files, open_netns_fds, sandpit_veths, wait_until_clean
+
+    before = open_netns_fds()
+    for _ in range(3):
+        res, _out, _err = net_run("true", network="egress")
+        assert res.status == "succeeded"
+    wait_until_clean(world)
+    assert sandpit_veths(world) == set()
+    assert lease_files(world.settings) == []
+    assert open_netns_fds() <= before
