@@ -7,6 +7,7 @@ test made, whose only uplink leads to a stand-in "internet" namespace: no packet
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from tests.sandbox.conftest import Runner
