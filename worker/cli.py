@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print the job result record on stdout")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
+    run = sub.add_parser("run", help="run a whole pipeline on this machine (local mode)")
+    run.add_argument("file")
+    run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
+    run.add_argument("--json", action="store_true", help="print the run record on stdout")
+
     lint = sub.add_parser("lint", help="validate a pipeline file", add_help=False)
     lint.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -78,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from worker.cli_exec import exec_command
 
             return exec_command(args, settings)
+        if args.command == "run":
+            from pathlib import Path
+
+            from worker.local_run import run_pipeline
+
+            return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json)
         if args.command == "lint":
             return _lint(args.rest)
         if args.command == "images":

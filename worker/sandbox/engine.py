@@ -36,6 +36,7 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from worker.sandbox.artifacts import Artifact, Rejected
     from worker.sandbox.network import HostNetwork, NetworkSettings
+    from worker.sandbox.seed import Seed
 
 
 @dataclass
@@ -136,7 +137,8 @@ class Engine:
 
     # -- one job -------------------------------------------------------------------------
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
-            cancel: threading.Event | None = None, job_id: str | None = None) -> JobResult:
+            cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
+            secrets: tuple[str, ...] = ()) -> JobResult:
         job_id = job_id or os.urandom(6).hex()
         result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
                            started_at=_now())
@@ -147,7 +149,7 @@ class Engine:
             result.finished_at = _now()
             return result
         try:
-            self._run(req, job_id, result, sink, cancel or threading.Event())
+            self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets)
         except (ImageError, InvalidRequest) as exc:
             result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
         except SandboxError as exc:
@@ -157,7 +159,7 @@ class Engine:
         return result
 
     def _run(self, req: SandboxRequest, job_id: str, result: JobResult, sink: OutputSink | None,
-             cancel: threading.Event) -> None:
+             cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...]) -> None:
         s = self.settings
         image = self.images.get(req.image)
         runtime = self.runtime(req.runtime)
@@ -194,6 +196,13 @@ class Engine:
             rootfs = JobRootfs(job_dir, [(image.key, image.rootfs)], disk.path, uid_base, oci.ID_RANGE,
                                s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
             stack.callback(rootfs.close)
+            if seed is not None:
+                from worker.sandbox.seed import plant_seed
+
+                try:
+                    plant_seed(seed, rootfs.workspace, uid_base + (oci.STRICT_UID if req.profile == "strict" else 0))
+                except OSError as exc:
+                    raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
             netns_path = resolv_conf = None
             if req.network == "egress":
                 netns_path, resolv_conf = self._egress(stack, job_id, job_dir)
@@ -205,7 +214,7 @@ class Engine:
             ))
             (job_dir / "config.json").write_text(json.dumps(config))
             stack.callback(_delete_container, runtime, container_id)
-            joblog = JobLog(log_path, req.limits.log_bytes, sink)
+            joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
             outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
             self._finish(result, outcome, cg.usage(), disk, req)

@@ -8,9 +8,10 @@ Use::
     reap_networks(settings)                        # periodically and at worker start
     host.close()
 
-Modules: ``settings`` (NetworkSettings), ``addresses`` / ``policy`` / ``ruleset`` (pure), ``rtnl``
-(netlink), ``namespace`` (netns by unshare in a thread), ``leases`` (cross-process address leases),
-``host`` (bridge, nft, pending cleanups), ``job`` (JobNetwork), ``reaper``. Errors: ``errors``.
+Modules: ``settings`` (NetworkSettings), ``addresses`` / ``policy`` / ``ruleset`` (pure), ``netlink``
+(pyroute2, thread-confined sockets), ``namespace`` (netns by unshare in a thread), ``leases``
+(cross-process address leases), ``host`` (bridge, nft, pending cleanups), ``job`` (JobNetwork),
+``reaper``. Errors: ``errors``.
 """
 
 from worker.sandbox.network.errors import (

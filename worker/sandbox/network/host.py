@@ -8,15 +8,15 @@ the bridge's subnet. Everything happens in ``settings.host_netns`` (tests) or th
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import random
-import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worker.sandbox.network.addresses import (
     AddressPlan,
@@ -25,50 +25,35 @@ from worker.sandbox.network.addresses import (
     parse_nameservers,
     render_resolv_conf,
 )
-from worker.sandbox.network.errors import CleanupBacklog, HostNetworkError, NetlinkError
+from worker.sandbox.network.errors import CleanupBacklog, HostNetworkError
 from worker.sandbox.network.leases import Lease, LeaseStore, ReapLock
 from worker.sandbox.network.namespace import open_netns, run_in_netns, write_sysctl
-from worker.sandbox.network.policy import Policy, build_policy, pick_resolvers
-from worker.sandbox.network.rtnl import (
-    IFA_ADDRESS,
-    IFA_LOCAL,
-    IFF_UP,
-    IFLA_ADDRESS,
-    IFLA_AF_SPEC,
-    IFLA_IFNAME,
-    IFLA_INET6_ADDR_GEN_MODE,
-    IFLA_INFO_KIND,
-    IFLA_LINKINFO,
-    IN6_ADDR_GEN_MODE_NONE,
-    NLM_F_CREATE,
-    NLM_F_EXCL,
-    RTM_DELLINK,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    Rtnl,
-    attr,
-    ifaddrmsg,
-    ifinfomsg,
-    name,
-    nested,
-    u8,
+from worker.sandbox.network.netlink import (
+    NO_IPV6_ADDRESSES,
+    NetlinkThread,
+    delete_link,
+    ipv4_addresses,
+    ipv4_routes,
+    link_index,
+    links,
+    netlink_session,
 )
+from worker.sandbox.network.policy import Policy, build_policy, pick_resolvers
 from worker.sandbox.network.ruleset import render_ruleset, render_teardown
 from worker.sandbox.network.settings import CANDIDATE_SUBNETS, FALLBACK_RESOLVERS, NetworkSettings
 
 
-def no_ipv6_addresses() -> bytes:
-    """IFLA_AF_SPEC asking for no IPv6 address generation on a link: no link-local, so no DAD."""
-    return nested(IFLA_AF_SPEC, nested(socket.AF_INET6, u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE)))
-
-
 class HostNetwork:
-    """A process's handle on the prepared host side; ``close()`` is idempotent."""
+    """A process's handle on the prepared host side; ``close()`` is idempotent; threads may share it.
 
-    def __init__(self, settings: NetworkSettings, ns_fd: int | None, rtnl: Rtnl, bridge_index: int,
-                 plan: AddressPlan, policy: Policy, resolvers: tuple[str, ...]) -> None:
+    ``netlink`` is the process's one host-side pyroute2 socket, owned by a thread in the host
+    namespace (see ``netlink.NetlinkThread``): ``host.netlink.call(lambda ipr: ...)``.
+    """
+
+    def __init__(self, settings: NetworkSettings, ns_fd: int | None, netlink: NetlinkThread,
+                 bridge_index: int, plan: AddressPlan, policy: Policy, resolvers: tuple[str, ...]) -> None:
         self.settings = settings
-        self.rtnl = rtnl
+        self.netlink = netlink
         self.bridge_index = bridge_index
         self.plan = plan
         self.policy = policy
@@ -98,12 +83,16 @@ class HostNetwork:
     def settle(self) -> int:
         """Release the leases whose veth is gone; return how many are still pending."""
         with self._lock:
+            if not self._pending:
+                return 0
+            names = [veth for _, veth in self._pending]
+            present = self.netlink.call(lambda ipr: [link_index(ipr, name) is not None for name in names])
             still = []
-            for lease, veth in self._pending:
-                if self.rtnl.link_index(veth) is None:
-                    lease.release()
-                else:
+            for (lease, veth), alive in zip(self._pending, present, strict=True):
+                if alive:
                     still.append((lease, veth))
+                else:
+                    lease.release()
             self._pending = still
             return len(still)
 
@@ -133,37 +122,22 @@ class HostNetwork:
         while self.settle() and time.monotonic() < deadline:
             time.sleep(0.005)
         with self._lock:
-            for lease, veth in self._pending:
-                delete_link(self.rtnl, veth)
-                lease.release()
-            self._pending = []
-        self.rtnl.close()
+            leftovers = [veth for _, veth in self._pending]
+            try:
+                self.netlink.call(lambda ipr: [delete_link(ipr, veth) for veth in leftovers])
+            finally:
+                for lease, _ in self._pending:
+                    lease.release()
+                self._pending = []
+        self.netlink.close()
         if self._ns_fd is not None:
             os.close(self._ns_fd)
         self._ns_fd = -2
 
 
-def delete_link(rtnl: Rtnl, ifname: str | None = None, index: int = 0) -> bool:
-    """Delete a link by name or index; False when it did not exist."""
-    body = ifinfomsg(index=index) + (name(IFLA_IFNAME, ifname) if ifname else b"")
-    try:
-        rtnl.request((RTM_DELLINK, 0, body))
-    except NetlinkError as exc:
-        if exc.errno in (errno.ENODEV, errno.EINVAL):  # EINVAL: a by-name link missing, older kernels
-            return False
-        raise
-    return True
-
-
-def open_host(settings: NetworkSettings) -> tuple[int | None, Rtnl]:
-    """The host namespace's fd (None: our own) and a netlink socket in it."""
-    ns_fd = open_netns(settings.host_netns) if settings.host_netns is not None else None
-    try:
-        return ns_fd, run_in_netns(ns_fd, Rtnl.open_here)
-    except BaseException:
-        if ns_fd is not None:
-            os.close(ns_fd)
-        raise
+def host_netns_fd(settings: NetworkSettings) -> int | None:
+    """An fd of ``settings.host_netns`` (None: the caller's own namespace)."""
+    return open_netns(settings.host_netns) if settings.host_netns is not None else None
 
 
 def run_nft(ns_fd: int | None, document: str) -> None:
@@ -179,76 +153,86 @@ def run_nft(ns_fd: int | None, document: str) -> None:
     run_in_netns(ns_fd, load)
 
 
-def _bridge_state(rtnl: Rtnl, bridge: str) -> tuple[int | None, ipaddress.IPv4Interface | None]:
+def _bridge_state(ipr: Any, bridge: str) -> tuple[int | None, ipaddress.IPv4Interface | None]:
     index = None
-    for link in rtnl.links():
+    for link in links(ipr):
         if link.name == bridge:
             if link.kind != "bridge":
                 raise HostNetworkError(f"interface {bridge} exists and is a {link.kind}, not a bridge")
             index = link.index
     address = None
     if index is not None:
-        for link_index, addr, prefixlen in rtnl.ipv4_addresses():
-            if link_index == index:
-                address = ipaddress.IPv4Interface(f"{addr}/{prefixlen}")
+        for link_index_, iface in ipv4_addresses(ipr):
+            if link_index_ == index:
+                address = iface
     return index, address
 
 
-def _create_bridge(rtnl: Rtnl, bridge: str) -> int:
-    mac = bytes([0x02]) + os.urandom(5)  # fixed, locally administered: ports joining never change it
-    # The kernel refuses IFLA_AF_SPEC on creation (EAFNOSUPPORT), so IPv6 is switched off by a second
-    # message, while the bridge is still down and has no link-local address yet.
-    rtnl.request((RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                  ifinfomsg() + name(IFLA_IFNAME, bridge) + attr(IFLA_ADDRESS, mac)
-                  + nested(IFLA_LINKINFO, name(IFLA_INFO_KIND, "bridge"))),
-                 (RTM_NEWLINK, 0, ifinfomsg() + name(IFLA_IFNAME, bridge) + no_ipv6_addresses()))
-    index = rtnl.link_index(bridge)
+def _create_bridge(ipr: Any, bridge: str) -> int:
+    mac = ":".join(f"{b:02x}" for b in bytes([0x02]) + os.urandom(5))  # fixed, locally administered:
+    # ports joining never change it. The kernel refuses IFLA_AF_SPEC on creation (EAFNOSUPPORT), so
+    # IPv6 is switched off by a second message, while the bridge is still down and has no link-local.
+    ipr.link("add", ifname=bridge, kind="bridge", address=mac)
+    index = link_index(ipr, bridge)
     if index is None:
         raise HostNetworkError(f"bridge {bridge} vanished right after it was created")
+    ipr.link("set", index=index, af_spec=NO_IPV6_ADDRESSES)
     return index
+
+
+@dataclass(frozen=True)
+class _HostState:
+    bridge_index: int
+    subnet: ipaddress.IPv4Network
+    host_lans: list[ipaddress.IPv4Network]
+
+
+def _prepare_bridge(ipr: Any, settings: NetworkSettings) -> _HostState:
+    """Find or make the bridge, choose or adopt the subnet, give the bridge its gateway address, up."""
+    index, gateway = _bridge_state(ipr, settings.bridge)
+    host_addresses = ipv4_addresses(ipr)
+    taken = [net for net, oif in ipv4_routes(ipr) if (oif is None or oif != index) and not net.is_loopback]
+    taken += [iface.network for i, iface in host_addresses if i != index and not iface.is_loopback]
+    if gateway is not None:
+        subnet = gateway.network
+        if settings.subnet is not None and settings.subnet != subnet:
+            raise HostNetworkError(f"bridge {settings.bridge} already uses {subnet}, not the "
+                                   f"configured {settings.subnet}; run teardown_host first")
+    elif settings.subnet is not None:
+        check_subnet(settings.subnet, taken)
+        subnet = settings.subnet
+    else:
+        subnet = choose_subnet(CANDIDATE_SUBNETS, taken)
+    check_subnet(subnet, [])
+    plan = AddressPlan(subnet)
+    if index is None:
+        index = _create_bridge(ipr, settings.bridge)
+    if gateway is None:
+        ipr.addr("add", index=index, address=str(plan.gateway.ip), prefixlen=subnet.prefixlen)
+    ipr.link("set", index=index, state="up")
+    host_lans = [iface.network for i, iface in host_addresses if i != index and not iface.is_loopback]
+    return _HostState(index, subnet, host_lans)
 
 
 def prepare_host(settings: NetworkSettings) -> HostNetwork:
     """Bridge up with the gateway address, IPv4 forwarding on, the nft tables loaded. Idempotent."""
-    ns_fd, rtnl = open_host(settings)
+    ns_fd = host_netns_fd(settings)
+    netlink: NetlinkThread | None = None
     try:
+        netlink = NetlinkThread(ns_fd, name="sandpit-host-netlink")
         with ReapLock(settings.net_dir / "host.lock"):
-            index, gateway = _bridge_state(rtnl, settings.bridge)
-            host_addresses = [(i, ipaddress.IPv4Interface(f"{a}/{p}")) for i, a, p in rtnl.ipv4_addresses()]
-            taken = [ipaddress.IPv4Network(f"{dst}/{plen}") for dst, plen, oif in rtnl.ipv4_routes()
-                     if oif is None or oif != index]
-            taken = [net for net in taken if not net.is_loopback]
-            taken += [iface.network for i, iface in host_addresses if i != index and not iface.is_loopback]
-            if gateway is not None:
-                subnet = gateway.network
-                if settings.subnet is not None and settings.subnet != subnet:
-                    raise HostNetworkError(f"bridge {settings.bridge} already uses {subnet}, not the "
-                                           f"configured {settings.subnet}; run teardown_host first")
-            elif settings.subnet is not None:
-                check_subnet(settings.subnet, taken)
-                subnet = settings.subnet
-            else:
-                subnet = choose_subnet(CANDIDATE_SUBNETS, taken)
-            check_subnet(subnet, [])
-            plan = AddressPlan(subnet)
-            if index is None:
-                index = _create_bridge(rtnl, settings.bridge)
-            if gateway is None:
-                ip = plan.gateway.ip.packed
-                body = ifaddrmsg(index, subnet.prefixlen) + attr(IFA_LOCAL, ip) + attr(IFA_ADDRESS, ip)
-                rtnl.request((RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body))
-            rtnl.request((RTM_NEWLINK, 0, ifinfomsg(index=index, flags=IFF_UP, change=IFF_UP)))
-            host_lans = [iface.network for i, iface in host_addresses
-                         if i != index and not iface.is_loopback]
+            state = netlink.call(lambda ipr: _prepare_bridge(ipr, settings))
+            plan = AddressPlan(state.subnet)
             resolvers = pick_resolvers(settings.resolvers, _host_nameservers(), FALLBACK_RESOLVERS)
-            policy = build_policy(table=settings.table, bridge=settings.bridge, subnet=subnet,
-                                  allow=settings.allow, resolvers=resolvers, host_networks=host_lans,
+            policy = build_policy(table=settings.table, bridge=settings.bridge, subnet=state.subnet,
+                                  allow=settings.allow, resolvers=resolvers, host_networks=state.host_lans,
                                   uplink=settings.uplink, veth_prefix=settings.veth_prefix)
             run_in_netns(ns_fd, lambda: write_sysctl("/proc/sys/net/ipv4/ip_forward", "1"))
             run_nft(ns_fd, render_ruleset(policy))
-        return HostNetwork(settings, ns_fd, rtnl, index, plan, policy, resolvers)
+        return HostNetwork(settings, ns_fd, netlink, state.bridge_index, plan, policy, resolvers)
     except BaseException:
-        rtnl.close()
+        if netlink is not None:
+            netlink.close()
         if ns_fd is not None:
             os.close(ns_fd)
         raise
@@ -266,20 +250,22 @@ def teardown_host(settings: NetworkSettings) -> None:
     ``sandpit reap --all``). Live jobs lose their network; their leases stay until they close."""
     from worker.sandbox.network.reaper import reap_networks
 
-    ns_fd, rtnl = open_host(settings)
+    def remove_links(ipr: Any) -> None:
+        found = links(ipr)
+        bridge = next((link.index for link in found if link.name == settings.bridge), None)
+        for link in found:
+            ours = link.name.startswith(settings.veth_prefix)
+            if bridge is not None and link.master == bridge and ours:
+                delete_link(ipr, index=link.index)
+        if bridge is not None:
+            delete_link(ipr, index=bridge)
+
+    ns_fd = host_netns_fd(settings)
     try:
         with ReapLock(settings.net_dir / "host.lock"):
             run_nft(ns_fd, render_teardown(settings.table))
-            links = rtnl.links()
-            bridge = next((link.index for link in links if link.name == settings.bridge), None)
-            for link in links:
-                ours = link.name.startswith(settings.veth_prefix)
-                if bridge is not None and link.master == bridge and ours:
-                    delete_link(rtnl, index=link.index)
-            if bridge is not None:
-                delete_link(rtnl, index=bridge)
+            netlink_session(ns_fd, remove_links)
     finally:
-        rtnl.close()
         if ns_fd is not None:
             os.close(ns_fd)
     reap_networks(settings)

@@ -1,11 +1,12 @@
 """One job's network namespace: ``none`` (loopback only) or ``egress`` (veth to the sandpit bridge).
 
-Setup, egress (≈2 ms): lease an address → ``unshare`` a namespace in a thread (IPv6 off, lo up) → one
-netlink request in the host namespace creates the veth pair with its job end (``eth0``, ifindex 2)
-created directly inside the job namespace and its host end enslaved to the bridge, isolated, without
-IPv6 → one request in the job namespace brings ``eth0`` up with its address and default route.
+Setup, egress: lease an address → in one short-lived thread, ``unshare`` a namespace (IPv6 off) and
+open a pyroute2 socket there (lo up) → hand the host's netlink thread the veth: the pair created with
+its job end (``eth0``, ifindex 2) directly inside the job namespace and its host end up and enslaved
+to the bridge, then made an isolated port without IPv6 → back in the job thread, ``eth0`` up, its
+address, the default route → the job socket is closed; the thread exits.
 
-Teardown is closing two fds (≈0.02 ms): the kernel frees the namespace and the veth pair
+Teardown is closing the namespace fd (≈0.01 ms): the kernel frees the namespace and the veth pair
 asynchronously. Until it has, the address lease stays held (``HostNetwork.retire``) so the address and
 the veth name cannot be reused early; ``HostNetwork.wait_for_room`` bounds that backlog.
 """
@@ -14,43 +15,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import socket
-from typing import Literal
+from typing import Any, Literal
 
 from worker.sandbox.network.addresses import veth_name
 from worker.sandbox.network.errors import NetlinkError, NetworkError
-from worker.sandbox.network.host import HostNetwork, delete_link, no_ipv6_addresses, prepare_host
+from worker.sandbox.network.host import HostNetwork, prepare_host
 from worker.sandbox.network.leases import Lease
 from worker.sandbox.network.namespace import FreshNetns, create_netns
-from worker.sandbox.network.rtnl import (
-    IFA_ADDRESS,
-    IFA_LOCAL,
-    IFF_UP,
-    IFLA_BRPORT_ISOLATED,
-    IFLA_IFNAME,
-    IFLA_INFO_DATA,
-    IFLA_INFO_KIND,
-    IFLA_INFO_SLAVE_DATA,
-    IFLA_LINKINFO,
-    IFLA_MASTER,
-    IFLA_NET_NS_FD,
-    NLM_F_CREATE,
-    NLM_F_EXCL,
-    RTA_GATEWAY,
-    RTA_OIF,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTM_NEWROUTE,
-    VETH_INFO_PEER,
-    attr,
-    ifaddrmsg,
-    ifinfomsg,
-    name,
-    nested,
-    rtmsg,
-    u8,
-    u32,
-)
+from worker.sandbox.network.netlink import NO_IPV6_ADDRESSES, delete_link, kernel_errors
 from worker.sandbox.network.settings import NetworkSettings
 
 NetworkMode = Literal["none", "egress"]
@@ -97,24 +69,20 @@ class JobNetwork:
         host.wait_for_room()
         lease = host.leases.acquire(self.job_id, start=host.random.randrange(host.plan.slots))
         veth = veth_name(self.settings.veth_prefix, lease.slot)
+        address = host.plan.address(lease.slot)
+        gateway = host.plan.gateway.ip
+        bridge_index = host.bridge_index
+
+        def inside(job_ipr: Any, job_ns_fd: int) -> None:
+            # runs in the thread that unshared the job namespace; job_ipr is a socket in there
+            host.netlink.call(lambda host_ipr: _create_veth(host_ipr, veth, bridge_index, job_ns_fd))
+            _configure_job_side(job_ipr, address, gateway)
+
         try:
-            netns = create_netns()
+            netns = create_netns(inside=inside)
         except BaseException:
-            lease.release()
-            raise
-        try:
-            try:
-                _create_veth(host, veth, netns.fd)
-            except NetlinkError as exc:
-                if exc.errno != errno.EEXIST:
-                    raise
-                # A pair left by a dead worker whose namespace outlived it; we hold the lease now.
-                delete_link(host.rtnl, veth)
-                _create_veth(host, veth, netns.fd)
-            address = host.plan.address(lease.slot)
-            _configure_job_side(netns, address, host.plan.gateway.ip)
-        except BaseException:
-            netns.close()
+            # the namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
+            # lease until the host end has vanished too
             host.retire(lease, veth)
             raise
         self._lease, self.veth, self.address = lease, veth, address
@@ -152,27 +120,28 @@ class JobNetwork:
             self._owns_host = False
 
 
-def _create_veth(host: HostNetwork, veth: str, job_ns_fd: int) -> None:
-    """One request: the pair, its job end made inside the job namespace as eth0 (index 2), its host end
-    up, enslaved to the bridge; then the host end made an isolated port without IPv6 (before the job
-    end comes up, so no link-local address and no DAD ever start)."""
-    peer = ifinfomsg(index=JOB_IFINDEX) + name(IFLA_IFNAME, JOB_IFNAME) + u32(IFLA_NET_NS_FD, job_ns_fd)
-    create = (ifinfomsg(flags=IFF_UP, change=IFF_UP) + name(IFLA_IFNAME, veth)
-              + u32(IFLA_MASTER, host.bridge_index)
-              + nested(IFLA_LINKINFO, name(IFLA_INFO_KIND, "veth"),
-                       nested(IFLA_INFO_DATA, nested(VETH_INFO_PEER, peer))))
-    isolate = (ifinfomsg() + name(IFLA_IFNAME, veth) + no_ipv6_addresses()
-               + nested(IFLA_LINKINFO, nested(IFLA_INFO_SLAVE_DATA, u8(IFLA_BRPORT_ISOLATED, 1))))
-    host.rtnl.request((RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create), (RTM_NEWLINK, 0, isolate))
+def _create_veth(ipr: Any, veth: str, bridge_index: int, job_ns_fd: int) -> None:
+    """In the host namespace: the pair, its job end made inside the job namespace as eth0 (index 2, lo
+    being 1), its host end up and enslaved to the bridge; then the host end made an isolated port
+    without IPv6 (before the job end comes up, so no link-local address and no DAD ever start)."""
+    def create() -> None:
+        ipr.link("add", ifname=veth, kind="veth", state="up", master=bridge_index,
+                 peer={"ifname": JOB_IFNAME, "net_ns_fd": job_ns_fd})
+
+    try:
+        with kernel_errors("creating the veth pair"):
+            create()
+    except NetlinkError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        # A pair left by a dead worker whose namespace outlived it; we hold the lease now.
+        delete_link(ipr, veth)
+        create()
+    ipr.brport("set", ifname=veth, isolated=1, af_spec=NO_IPV6_ADDRESSES)
 
 
-def _configure_job_side(netns: FreshNetns, address: ipaddress.IPv4Interface,
-                        gateway: ipaddress.IPv4Address) -> None:
-    ip = address.ip.packed
-    netns.rtnl.request(
-        (RTM_NEWLINK, 0, ifinfomsg(index=JOB_IFINDEX, flags=IFF_UP, change=IFF_UP)),
-        (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL,
-         ifaddrmsg(JOB_IFINDEX, address.network.prefixlen) + attr(IFA_LOCAL, ip) + attr(IFA_ADDRESS, ip)),
-        (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL,
-         rtmsg() + attr(RTA_GATEWAY, socket.inet_aton(str(gateway))) + u32(RTA_OIF, JOB_IFINDEX)),
-    )
+def _configure_job_side(ipr: Any, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address) -> None:
+    """In the job namespace: eth0 up, its address, the default route via the bridge."""
+    ipr.link("set", index=JOB_IFINDEX, state="up")
+    ipr.addr("add", index=JOB_IFINDEX, address=str(address.ip), prefixlen=address.network.prefixlen)
+    ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=JOB_IFINDEX)

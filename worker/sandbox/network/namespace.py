@@ -1,10 +1,10 @@
 """Network namespaces without processes: made by ``unshare`` in a short-lived thread, held by an fd.
 
 Namespaces are per *thread* on Linux, so a helper thread can ``unshare(CLONE_NEWNET)`` (or ``setns``
-into an existing namespace), open what it needs there (the namespace fd, netlink and /proc/sys
-files) and exit; the process keeps using those fds from any thread. No ``ip netns`` bind mounts, no
-forked helper, nothing in the file system to clean up: closing the last fd frees the namespace (the
-kernel then destroys its interfaces asynchronously).
+into an existing namespace), do its work there (the namespace fd, /proc/sys files, a pyroute2 socket
+that configures the namespace) and exit; the process keeps only the namespace fd. No ``ip netns``
+bind mounts, no forked helper (pyroute2's ``NetNS``), nothing in the file system to clean up: closing
+the last fd frees the namespace (the kernel then destroys its interfaces asynchronously).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from worker.sandbox.network.errors import NetworkError
-from worker.sandbox.network.rtnl import IFF_UP, RTM_NEWLINK, Rtnl, ifinfomsg
+from worker.sandbox.network.netlink import kernel_errors, open_iproute
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -31,7 +31,8 @@ def _unshare_net() -> None:
         raise NetworkError(f"unshare(CLONE_NEWNET) failed: {os.strerror(code)}")
 
 
-def _setns(fd: int) -> None:
+def setns_net(fd: int) -> None:
+    """Move the calling thread into the network namespace ``fd``."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
         raise NetworkError(f"setns(CLONE_NEWNET) failed: {os.strerror(code)}")
@@ -65,7 +66,7 @@ def run_in_netns(ns_fd: int | None, body: Callable[[], T]) -> T:
         return body()
 
     def entered() -> T:
-        _setns(ns_fd)
+        setns_net(ns_fd)
         return body()
 
     return _in_thread(entered)
@@ -86,10 +87,9 @@ def open_netns(path: str | os.PathLike[str]) -> int:
 
 @dataclass
 class FreshNetns:
-    """A new namespace: its fd and a netlink socket inside it."""
+    """A new namespace, held by ``fd`` (no socket of this process stays inside it)."""
 
     fd: int
-    rtnl: Rtnl
 
     @property
     def path(self) -> str:
@@ -97,18 +97,20 @@ class FreshNetns:
         return f"/proc/{os.getpid()}/fd/{self.fd}"
 
     def close(self) -> None:
-        """Drop this process's references; the kernel frees the namespace when no one else holds it."""
+        """Drop this process's reference; the kernel frees the namespace when no one else holds it."""
         if self.fd >= 0:
-            self.rtnl.close()
             os.close(self.fd)
             self.fd = -1
 
 
-def create_netns(*, ipv6: bool = False, loopback_up: bool = True) -> FreshNetns:
+def create_netns(*, ipv6: bool = False, loopback_up: bool = True,
+                 inside: Callable[[Any, int], None] | None = None) -> FreshNetns:
     """Make a namespace with only loopback (up), IPv6 off unless asked; ≈1 ms.
 
     IPv6 is switched off through the namespace's ``all``/``default`` sysctls before any interface is
-    moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD).
+    moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD). ``inside``,
+    if given, runs in the namespace's thread as ``inside(ipr, fd)`` with a pyroute2 ``IPRoute`` of the
+    new namespace (closed afterwards) and the namespace fd; if it raises, the namespace is dropped.
     """
 
     def body() -> FreshNetns:
@@ -118,17 +120,19 @@ def create_netns(*, ipv6: bool = False, loopback_up: bool = True) -> FreshNetns:
             if not ipv6:
                 write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
-            rtnl = Rtnl.open_here()
+            if loopback_up or inside is not None:
+                ipr = open_iproute()
+                try:
+                    with kernel_errors():
+                        if loopback_up:
+                            ipr.link("set", index=1, state="up")
+                        if inside is not None:
+                            inside(ipr, fd)
+                finally:
+                    ipr.close()
         except BaseException:
             os.close(fd)
             raise
-        if loopback_up:
-            try:
-                rtnl.request((RTM_NEWLINK, 0, ifinfomsg(index=1, flags=IFF_UP, change=IFF_UP)))
-            except BaseException:
-                rtnl.close()
-                os.close(fd)
-                raise
-        return FreshNetns(fd, rtnl)
+        return FreshNetns(fd)
 
     return _in_thread(body)

@@ -11,22 +11,22 @@ locks, so nothing of theirs is touched.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+from typing import Any
 
 from worker.sandbox.network.addresses import slot_of_veth, veth_name
-from worker.sandbox.network.host import delete_link, open_host
+from worker.sandbox.network.host import host_netns_fd
 from worker.sandbox.network.leases import ReapLock, remove_stale, stale_leases
-from worker.sandbox.network.rtnl import Rtnl
+from worker.sandbox.network.netlink import delete_link, ipv4_addresses, links, netlink_session
 from worker.sandbox.network.settings import NetworkSettings
 
 
 def reap_networks(settings: NetworkSettings) -> list[str]:
     """Remove what dead owners left; return a line per removed object (``"lease ..."``, ``"veth ..."``)."""
     leases_root = settings.net_dir / "leases"
-    removed: list[str] = []
-    ns_fd, rtnl = open_host(settings)
-    try:
+
+    def reap(ipr: Any) -> list[str]:
+        removed: list[str] = []
         with ReapLock(settings.net_dir / "reap.lock"):
             subnet_dirs = sorted(leases_root.iterdir()) if leases_root.is_dir() else []
             for subnet_dir in subnet_dirs:
@@ -34,34 +34,36 @@ def reap_networks(settings: NetworkSettings) -> list[str]:
                     try:
                         if stale.slot >= 0:
                             veth = veth_name(settings.veth_prefix, stale.slot)
-                            if delete_link(rtnl, veth):
+                            if delete_link(ipr, veth):
                                 removed.append(f"veth {veth}")
                     finally:
                         remove_stale(stale, fd)
                     removed.append(f"lease {subnet_dir.name}/{stale.path.name} (owner {stale.owner or '?'})")
-            removed += _reap_unleased_veths(settings, rtnl)
+            removed += _reap_unleased_veths(settings, ipr)
+        return removed
+
+    ns_fd = host_netns_fd(settings)
+    try:
+        return netlink_session(ns_fd, reap)
     finally:
-        rtnl.close()
         if ns_fd is not None:
             os.close(ns_fd)
-    return removed
 
 
-def _reap_unleased_veths(settings: NetworkSettings, rtnl: Rtnl) -> list[str]:
-    links = rtnl.links()
-    bridge = next((link.index for link in links if link.name == settings.bridge), None)
+def _reap_unleased_veths(settings: NetworkSettings, ipr: Any) -> list[str]:
+    found = links(ipr)
+    bridge = next((link.index for link in found if link.name == settings.bridge), None)
     if bridge is None:
         return []
-    subnets = [ipaddress.IPv4Interface(f"{a}/{p}").network
-               for i, a, p in rtnl.ipv4_addresses() if i == bridge]
+    subnets = [iface.network for i, iface in ipv4_addresses(ipr) if i == bridge]
     if not subnets:
         return []
     lease_dir = settings.net_dir / "leases" / f"{subnets[0].network_address}_{subnets[0].prefixlen}"
     removed = []
-    for link in links:
+    for link in found:
         slot = slot_of_veth(settings.veth_prefix, link.name)
         if link.master != bridge or link.kind != "veth" or slot is None:
             continue
-        if not (lease_dir / str(slot)).exists() and delete_link(rtnl, index=link.index):
+        if not (lease_dir / str(slot)).exists() and delete_link(ipr, index=link.index):
             removed.append(f"veth {link.name} (no lease)")
     return removed

@@ -1,0 +1,137 @@
+"""Running one stored job: claim → sandbox → record → advance. Shared by ``sandpit run`` (local mode)
+and the Celery task, so both follow exactly the same rules.
+
+The database owns the job: the claim is a compare-and-set, a lease is renewed while the job runs
+(losing it, or a cancel request, stops the sandbox), and the result is recorded only for the attempt
+that was claimed. The caller publishes the job ids this returns (newly queued), after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine as DbEngine
+from sqlmodel import Session, select
+
+from pipelines.language.model import Job as PlannedJob
+from pipelines.store.db import session_scope
+from pipelines.store.models import Artifact, Job, Run
+from pipelines.store.spec import job_from_spec
+from pipelines.store.transitions import claim_job, finish_job, renew_lease
+from worker.jobs import JobDefaults, request_for
+from worker.sandbox.artifacts import artifact_path
+from worker.sandbox.engine import Engine
+from worker.sandbox.logs import OutputSink
+from worker.sandbox.seed import Seed
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Source:
+    """The project files every job of a run starts with (local mode: the git work tree)."""
+
+    root: Path
+    files: tuple[str, ...] | None = None
+
+
+@dataclass
+class WorkerContext:
+    engine: Engine
+    db: DbEngine
+    worker_id: str
+    lease_s: float = 30.0
+    defaults: JobDefaults = field(default_factory=JobDefaults)
+    source_for: Callable[[Run], Source | None] = lambda _run: None
+    sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
+    on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _record: None
+    now: Callable[[], dt.datetime] = utcnow
+
+
+def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
+    """Names of the jobs whose artifacts this job starts with (GitLab: dependencies, else needs
+    with ``artifacts: true``, else every job of earlier stages)."""
+    if planned.dependencies is not None:
+        wanted = planned.dependencies
+    elif planned.needs is not None:
+        wanted = tuple(n.job for n in planned.needs if n.artifacts)
+    else:
+        return planned.depends_on
+    # a parallel/matrix job is named by its base name: "test" takes "test 1/2" and "test: [a]"
+    return tuple(name for name in planned.depends_on
+                 if any(name == w or name.startswith((w + " ", w + ":")) for w in wanted))
+
+
+def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...], store: Path) -> tuple[tuple[str, Path], ...]:
+    """Artifacts of the named jobs of this run, as (path in workspace, stored file)."""
+    if not dependencies:
+        return ()
+    rows = session.exec(
+        select(Artifact).join(Job, Job.id == Artifact.job_id)  # type: ignore[arg-type]
+        .where(Job.run_id == run_id, Job.name.in_(dependencies))  # type: ignore[attr-defined]
+    ).all()
+    return tuple((a.path, artifact_path(store, a.sha256)) for a in rows)
+
+
+def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
+    """Run job ``job_id`` if this worker wins the claim; returns the ids it made ready."""
+    with session_scope(ctx.db) as s:
+        job = claim_job(s, job_id, ctx.worker_id, ctx.now(), ctx.lease_s)
+        if job is None:
+            return []  # already claimed, finished, cancelled, or a forged id: nothing to do
+        run = s.get(Run, job.run_id)
+        assert run is not None
+        attempt = job.attempt
+        planned = job_from_spec(job.spec)
+        files = _inputs(s, run.id, artifact_sources(planned), ctx.engine.artifact_store)
+        source = ctx.source_for(run)
+        secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
+        secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
+        s.expunge(job)
+    req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
+                      extra_env=secret_env)
+    seed = Seed(source_dir=source.root if source else None, source_files=source.files if source else None,
+                files=files)
+    cancel = threading.Event()
+    lost = threading.Event()
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(ctx, job_id, attempt, cancel, lost, stop), daemon=True)
+    renewer.start()
+    try:
+        result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=cancel, seed=seed,
+                                secrets=secrets)
+    finally:
+        stop.set()
+        renewer.join()
+    if lost.is_set():
+        return []  # the lease went to someone else; their record counts, not ours
+    record = result.as_record()
+    record["attempt"] = attempt
+    with session_scope(ctx.db) as s:
+        newly = finish_job(s, job_id, attempt, record, ctx.now())
+    ctx.on_done(job, record)
+    return newly
+
+
+def _renew(ctx: WorkerContext, job_id: str, attempt: int, cancel: threading.Event, lost: threading.Event,
+           stop: threading.Event) -> None:
+    interval = max(0.05, ctx.lease_s / 3)
+    while not stop.wait(interval):
+        try:
+            with session_scope(ctx.db) as s:
+                status = renew_lease(s, job_id, ctx.worker_id, attempt, ctx.now(), ctx.lease_s)
+        except Exception:  # noqa: BLE001 - a DB hiccup must not kill the job; the next renewal retries
+            continue
+        if not status.held:
+            lost.set()
+            cancel.set()
+            return
+        if status.cancel_requested:
+            cancel.set()

@@ -1,0 +1,103 @@
+"""From a planned pipeline job to what the sandbox runs: command, image, limits, environment (pure).
+
+The job's script runs under ``/bin/sh`` as GitLab runs it: every command echoed as ``$ command``,
+the first failing command fails the job, ``after_script`` runs afterwards in a fresh shell whatever
+happened (its own failures do not change the result).
+
+>>> from pipelines.language.model import Job, Loc
+>>> "$ make" in job_script(Job(name="b", stage="build", loc=Loc("f", 1, 1), script=("make",)))
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.language.model import Job
+from worker.sandbox.request import Limits, SandboxRequest
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """What a pipeline job gets when its ``sandbox:`` block does not say."""
+
+    memory_bytes: int = 2048 * MiB
+    cpus: float = 1.0
+    pids: int = 1024
+    disk_bytes: int = 4096 * MiB
+    timeout_s: float = 3600.0
+    log_bytes: int = 16 * MiB
+    image: str = "debian"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _commands(lines: tuple[str, ...]) -> str:
+    out = []
+    for line in lines:
+        shown = line.splitlines()[0] if line.strip() else line
+        if len(line.splitlines()) > 1:
+            shown += " # collapsed multi-line command"
+        out.append(f"printf '%s\\n' {_quote('$ ' + shown)}")
+        out.append(line)
+    return "\n".join(out)
+
+
+def job_script(job: Job) -> str:
+    """The shell program for ``job``: before_script + script, then after_script."""
+    main = _commands(job.script) or ":"
+    script = (
+        "set -e\n(set -o pipefail) 2>/dev/null && set -o pipefail\n"
+        f"( set -e\n{main}\n)\n"
+    )
+    if not job.after_script:
+        return script
+    after = _commands(job.after_script)
+    return (
+        "set +e\n"
+        f"( {script} )\n__sandpit_rc=$?\n"
+        "printf '%s\\n' 'Running after_script'\n"
+        f"( {after}\n) || printf '%s\\n' 'after_script failed (ignored)'\n"
+        "exit $__sandpit_rc\n"
+    )
+
+
+def image_name(job: Job, known: list[str], default: str) -> str:
+    """The image-store name for a job's ``image:`` (``python:3.12-slim`` → ``python`` if there is one).
+
+    >>> image_name(Job(name="j", stage="s", loc=__import__("pipelines.language.model",
+    ...     fromlist=["Loc"]).Loc("f", 1, 1)), ["debian"], "debian")
+    'debian'
+    """
+    if job.image is None:
+        return default
+    name = job.image.name.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    return name if name in known else job.image.name
+
+
+def request_for(job: Job, *, known_images: list[str], defaults: JobDefaults = JobDefaults(),
+                extra_env: tuple[tuple[str, str], ...] = ()) -> SandboxRequest:
+    sb = job.sandbox
+    limits = Limits(
+        memory_bytes=sb.memory_bytes or defaults.memory_bytes,
+        cpus=sb.cpus or defaults.cpus,
+        pids=sb.pids or defaults.pids,
+        disk_bytes=sb.disk_bytes or defaults.disk_bytes,
+        timeout_s=float(job.timeout_seconds or defaults.timeout_s),
+        log_bytes=defaults.log_bytes,
+    )
+    artifacts = job.artifacts.paths if job.artifacts is not None else ()
+    return SandboxRequest(
+        argv=("/bin/sh", "-c", job_script(job)),
+        image=image_name(job, known_images, defaults.image),
+        env=tuple(job.variables) + extra_env,
+        network="egress" if sb.network == "egress" else "none",
+        runtime=sb.runtime,
+        profile="strict" if sb.profile == "strict" else "default",
+        limits=limits,
+        artifacts=artifacts,
+    )

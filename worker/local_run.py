@@ -1,0 +1,196 @@
+"""``sandpit run PIPELINE.yml``: a whole pipeline on this machine, through the same planner, executor
+and advance rules as the service (a private SQLite store per run), jobs in parallel as the DAG allows.
+
+Every job starts with the repository the file lives in (its git work tree: tracked and untracked
+but not ignored files; the file's folder outside git) in ``/workspace``, each job its own copy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlmodel import select
+
+from pipelines.language.loader import load_pipeline
+from pipelines.language.model import PipelineInputs, Plan
+from pipelines.language.planner import plan
+from pipelines.store.db import make_engine, migrate, session_scope
+from pipelines.store.models import Job, Run
+from pipelines.store.transitions import cancel_run, create_run, queued_job_ids, run_status
+from worker.executor import Source, WorkerContext, execute_job, utcnow
+from worker.sandbox.engine import Engine
+from worker.settings import Settings
+
+
+def git(root: Path, *args: str) -> str | None:
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def project_source(root: Path) -> Source:
+    listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listed is None:
+        return Source(root=root)
+    files = tuple(sorted({f for f in listed.split("\0") if f and (root / f).exists() or (root / f).is_symlink()}))
+    return Source(root=root, files=files)
+
+
+class PrefixedOutput:
+    """Job output, line by line, prefixed with the job's name (lines of parallel jobs never mix)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.width = 12
+        self._flushers: dict[str, Callable[[], None]] = {}
+
+    def sink(self, name: str) -> Callable[[str, bytes], None]:
+        pending: dict[str, bytes] = {}
+
+        def write(stream: str, data: bytes) -> None:
+            buf = pending.get(stream, b"") + data
+            *lines, pending[stream] = buf.split(b"\n")
+            for line in lines:
+                self.line(name, line.decode("utf-8", "replace"))
+
+        def flush() -> None:
+            for rest in pending.values():
+                if rest:
+                    self.line(name, rest.decode("utf-8", "replace"))
+            pending.clear()
+
+        self._flushers[name] = flush
+        return write
+
+    def flush(self, name: str) -> None:
+        flusher = self._flushers.pop(name, None)
+        if flusher is not None:
+            flusher()
+
+    def line(self, name: str, text: str) -> None:
+        with self.lock:
+            self.out.write(f"{name:>{self.width}} | {text}\n")
+            self.out.flush()
+
+
+def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
+                 out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        loaded = load_pipeline(path)
+    except OSError as exc:
+        print(f"sandpit: cannot read {path}: {exc.strerror}", file=err)
+        return 2
+    root = Path(loaded.root)
+    inputs = PipelineInputs(
+        trigger="push", ref=git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main",
+        sha=git(root, "rev-parse", "HEAD") or "0" * 40, variables=variables,
+        existing_files=frozenset(loaded.existing), project_path=root.name, project_dir="/workspace",
+    )
+    planned = plan(loaded.files, inputs, entry=loaded.entry)
+    if not isinstance(planned, Plan):
+        for problem in planned.items:
+            print(problem.render(), file=err)
+        return 1
+    for warning in planned.warnings:
+        print(warning.render(), file=err)
+    if not planned.created or not planned.jobs:
+        print("sandpit: the pipeline's workflow rules create no run for this ref", file=err)
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
+    try:
+        return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _local_dir(settings: Settings) -> Path:
+    d = settings.state_dir / "local"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, variables: dict[str, str],
+             text: str, as_json: bool, out: TextIO) -> int:
+    url = f"sqlite:///{scratch / 'run.db'}"
+    migrate(url)
+    db = make_engine(url)
+    engine = Engine(settings)
+    printer = PrefixedOutput(sys.stderr if as_json else out)
+    printer.width = min(40, max(len(j.name) for j in planned.jobs))
+    source = project_source(root)
+    done_lock = threading.Lock()
+
+    def on_done(job: Job, record: dict[str, Any]) -> None:
+        printer.flush(job.name)
+        with done_lock:
+            reason = f" ({record['reason']})" if record.get("reason") not in (None, "exit_code") else ""
+            printer.line(job.name, f"── {record['status']}{reason} in {record['duration_s']:.2f}s")
+
+    ctx = WorkerContext(engine=engine, db=db, worker_id=f"local-{os.getpid()}", lease_s=3.0,
+                        source_for=lambda _run: source, sink_for=lambda job: printer.sink(job.name),
+                        on_done=on_done)
+    with session_scope(db) as s:
+        run = create_run(s, planned, trust="trusted", source="cli", variables=variables, now=utcnow(),
+                         pipeline=text)
+        run_id = run.id
+    with session_scope(db) as s:
+        ready = queued_job_ids(s, run_id)
+    stop = threading.Event()
+
+    def cancel(_sig: int, _frame: object) -> None:
+        stop.set()
+        with session_scope(db) as s:
+            cancel_run(s, run_id, utcnow())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, cancel)
+    try:
+        with cf.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            running = {pool.submit(execute_job, ctx, job_id) for job_id in ready}
+            while running:
+                finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    running |= {pool.submit(execute_job, ctx, job_id) for job_id in future.result()}
+    finally:
+        engine.close()
+    with session_scope(db) as s:
+        status = run_status(s, run_id)
+        jobs = list(s.exec(select(Job).where(Job.run_id == run_id).order_by(Job.position)).all())
+        records = [_job_record(j) for j in jobs]
+        stored = s.get(Run, run_id)
+        assert stored is not None
+    db.dispose()
+    _summary(printer, records, str(status))
+    if as_json:
+        json.dump({"id": run_id, "status": str(status), "jobs": records}, sys.stdout)
+        sys.stdout.write("\n")
+    return 0 if str(status) == "succeeded" else 1
+
+
+def _job_record(job: Job) -> dict[str, Any]:
+    record = dict(job.result or {})
+    record.update({"name": job.name, "stage": job.stage, "status": job.status, "reason": job.reason,
+                   "attempt": job.attempt})
+    record.setdefault("exit_code", job.exit_code)
+    return record
+
+
+def _summary(printer: PrefixedOutput, records: list[dict[str, Any]], status: str) -> None:
+    with printer.lock:
+        printer.out.write("\n")
+        for r in records:
+            reason = f" ({r['reason']})" if r.get("reason") else ""
+            printer.out.write(f"  {r['status']:<10} {r['name']}{reason}\n")
+        printer.out.write(f"pipeline {status}\n")
+        printer.out.flush()

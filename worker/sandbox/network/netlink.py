@@ -1,0 +1,199 @@
+"""Netlink through pyroute2: sockets confined to one thread, errors mapped to ``NetlinkError``.
+
+pyroute2 0.9's ``IPRoute`` keeps its socket and asyncio loop *per thread*: an ``IPRoute`` used from a
+thread other than the one that made it silently opens a second socket there, in *that* thread's network
+namespace. Sharing one ``IPRoute`` behind a lock would therefore talk to whatever namespace the calling
+thread happens to be in (a job thread that has just unshared, or the machine's own). So every
+``IPRoute`` here is used only by the thread that created it:
+
+* a job's socket is made, used and closed by the short-lived thread that unshared the job namespace
+  (``namespace.create_netns``);
+* the host side has one long-lived ``NetlinkThread`` per ``HostNetwork``: a thread that entered the
+  host namespace, owns the process's host ``IPRoute`` and runs the calls other threads hand it, one at a
+  time (that queue is the lock);
+* one-off work (prepare, teardown, reaper) uses ``netlink_session``.
+
+No ``NetNS`` (it forks a helper), no ``ip`` exec. Sockets join no multicast group (``groups=0``), so
+the kernel never queues link/address events on them. pyroute2 is imported on first use (≈150 ms), not
+when this package is imported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from worker.sandbox.network.errors import NetlinkError
+
+T = TypeVar("T")
+
+#: IFLA_AF_SPEC asking for no IPv6 address generation on a link (``addrgenmode none``): no link-local
+#: address, so no DAD and no IPv6 traffic from a veth end.
+NO_IPV6_ADDRESSES: dict[str, Any] = {
+    "attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})],  # IN6_ADDR_GEN_MODE_NONE
+}
+
+
+@contextmanager
+def kernel_errors(what: str = "netlink request") -> Iterator[None]:
+    """Re-raise pyroute2's ``NetlinkError`` as ours (a ``NetworkError`` and ``OSError`` with errno)."""
+    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2NetlinkError
+
+    try:
+        yield
+    except Pyroute2NetlinkError as exc:
+        code = int(exc.code or 0)
+        raise NetlinkError(code, f"{what} failed: {os.strerror(code)}") from exc
+
+
+def open_iproute() -> Any:
+    """An ``IPRoute`` in the calling thread's network namespace; use it only from this thread."""
+    from pyroute2 import IPRoute
+
+    return IPRoute(groups=0)
+
+
+def netlink_session(ns_fd: int | None, body: Callable[[Any], T]) -> T:
+    """Run ``body(ipr)`` with a fresh ``IPRoute`` in namespace ``ns_fd`` (None: the caller's own)."""
+    from worker.sandbox.network.namespace import run_in_netns
+
+    def session() -> T:
+        ipr = open_iproute()
+        try:
+            with kernel_errors():
+                return body(ipr)
+        finally:
+            ipr.close()
+
+    return run_in_netns(ns_fd, session)
+
+
+class NetlinkThread:
+    """A thread in one network namespace that owns an ``IPRoute`` and runs calls for other threads.
+
+    ``call(fn)`` runs ``fn(ipr)`` there and returns its result (or raises its error), so any thread, in
+    any namespace, may use it. Calls are serialised. ``close()`` is idempotent.
+    """
+
+    def __init__(self, ns_fd: int | None, name: str = "sandpit-netlink") -> None:
+        self._requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = queue.SimpleQueue()
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(ns_fd, ready), name=name, daemon=True)
+        self._closed = False
+        self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            self._closed = True
+            raise
+
+    def _serve(self, ns_fd: int | None, ready: Future[None]) -> None:
+        from worker.sandbox.network.namespace import setns_net
+
+        try:
+            if ns_fd is not None:
+                setns_net(ns_fd)
+            ipr = open_iproute()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            while (item := self._requests.get()) is not None:
+                fn, future = item
+                try:
+                    with kernel_errors():
+                        result = fn(ipr)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            ipr.close()
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        if self._closed:
+            raise NetlinkError(9, "netlink thread is closed")  # EBADF
+        future: Future[T] = Future()
+        self._requests.put((fn, future))
+        return future.result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._requests.put(None)
+            self._thread.join()
+
+
+# ---- the few operations sandpit needs, on an IPRoute of the calling thread -------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    master: int | None
+    kind: str | None
+
+
+def links(ipr: Any) -> list[Link]:
+    return [Link(msg["index"], msg.get("ifname"), msg.get("master") or None, msg.get(("linkinfo", "kind")))
+            for msg in ipr.link("dump")]
+
+
+def link_index(ipr: Any, ifname: str) -> int | None:
+    """The index of ``ifname``, or None when no such link exists (one GETLINK by name)."""
+    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2NetlinkError
+
+    try:
+        found = ipr.link("get", ifname=ifname)
+    except Pyroute2NetlinkError as exc:
+        if exc.code == 19:  # ENODEV
+            return None
+        raise
+    return int(found[0]["index"])
+
+
+def delete_link(ipr: Any, ifname: str | None = None, index: int = 0) -> bool:
+    """Delete a link by name or index; False when it did not exist."""
+    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2NetlinkError
+
+    try:
+        if ifname is not None:
+            ipr.link("del", ifname=ifname)
+        else:
+            ipr.link("del", index=index)
+    except Pyroute2NetlinkError as exc:
+        if exc.code in (19, 22):  # ENODEV; EINVAL: a by-name link missing, older kernels
+            return False
+        raise
+    return True
+
+
+def ipv4_addresses(ipr: Any) -> list[tuple[int, ipaddress.IPv4Interface]]:
+    """(link index, address with prefix) of every IPv4 address."""
+    found = []
+    for msg in ipr.addr("dump", family=2):  # AF_INET
+        local = msg.get("local") or msg.get("address")
+        if local:
+            found.append((int(msg["index"]), ipaddress.IPv4Interface(f"{local}/{msg['prefixlen']}")))
+    return found
+
+
+def ipv4_routes(ipr: Any) -> list[tuple[ipaddress.IPv4Network, int | None]]:
+    """(destination, output link index) of every IPv4 route in every table."""
+    found = []
+    for msg in ipr.route("dump", family=2):  # AF_INET; a route dump covers every table
+        if msg["family"] != 2:
+            continue
+        dst = msg.get("dst") or "0.0.0.0"  # noqa: S104 - a route's destination, not a bind
+        found.append((ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}", strict=False), msg.get("oif")))
+    return found
