@@ -9,6 +9,7 @@ that was claimed. The caller publishes the job ids this returns (newly queued), 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ def _renew(ctx: WorkerContext, job_id: str, attempt: int, cancel: threading.Even
         try:
             with session_scope(ctx.db) as s:
                 status = renew_lease(s, job_id, ctx.worker_id, attempt, ctx.now(), ctx.lease_s)
-        except Exception:  # noqa: BLE001 - a DB hiccup must not kill the job; the next renewal retries
+        except Exception as exc:  # a DB hiccup must not kill the job; the next renewal retries
+            logging.getLogger("sandpit.worker").warning("renewing the lease of job %s failed: %s", job_id, exc)
             continue
         if not status.held:
             lost.set()

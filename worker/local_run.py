@@ -42,7 +42,7 @@ def project_source(root: Path) -> Source:
     listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     if listed is None:
         return Source(root=root)
-    files = tuple(sorted({f for f in listed.split("\0") if f and (root / f).exists() or (root / f).is_symlink()}))
+    files = tuple(sorted({f for f in listed.split("\0") if (f and (root / f).exists()) or (root / f).is_symlink()}))
     return Source(root=root, files=files)
 
 

@@ -58,7 +58,7 @@ class JobLog:
         self.over_limit = False
         self._forms = secret_forms(secrets)
         self._held: dict[str, bytes] = {}
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._file: BinaryIO = open(path, "ab")
 
     def write(self, stream: str, data: bytes) -> None:
         """Take a chunk the job wrote; counts toward the limit at once, is emitted masked."""
