@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm = isub.add_parser("rm", help="remove a built image")
     rm.add_argument("names", nargs="+")
 
+    wk = sub.add_parser("worker", help="start a worker (Celery, threads pool) for the service")
+    wk.add_argument("--concurrency", type=int, default=None, help="jobs at once (default: the host's cores)")
+
     sub.add_parser("reap", help="remove what dead sandpit processes left behind")
     sub.add_parser("host-prep", help="prepare this host once per boot (cgroups, scratch disk)")
     sub.add_parser("doctor", help="say which runtimes work here and why not")
@@ -93,6 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lint(args.rest)
         if args.command == "images":
             return _images(args, settings)
+        if args.command == "worker":
+            from worker.celery_app import app
+
+            concurrency = args.concurrency or os.cpu_count() or 1
+            app.worker_main(["worker", "-P", "threads", "-c", str(concurrency), "-Q", "sandpit.jobs",
+                             "--without-gossip", "--without-mingle", "--without-heartbeat",
+                             "-l", "INFO" if args.verbose else "WARNING"])
+            return 0
         if args.command == "reap":
             from worker.sandbox.reaper import reap
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from concurrent.futures import Future
 from typing import Any, Literal
 
 from worker.sandbox.network.addresses import veth_name
@@ -73,13 +74,15 @@ class JobNetwork:
         gateway = host.plan.gateway.ip
         bridge_index = host.bridge_index
 
+        def begin(job_ns_fd: int) -> Future[None]:
+            # the host's netlink thread makes the pair while this thread opens the job's socket
+            return host.netlink.submit(lambda host_ipr: _create_veth(host_ipr, veth, bridge_index, job_ns_fd))
+
         def inside(job_ipr: Any, job_ns_fd: int) -> None:
-            # runs in the thread that unshared the job namespace; job_ipr is a socket in there
-            host.netlink.call(lambda host_ipr: _create_veth(host_ipr, veth, bridge_index, job_ns_fd))
             _configure_job_side(job_ipr, address, gateway)
 
         try:
-            netns = create_netns(inside=inside)
+            netns = create_netns(begin=begin, inside=inside)
         except BaseException:
             # the namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
             # lease until the host end has vanished too

@@ -13,6 +13,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -104,33 +105,47 @@ class FreshNetns:
 
 
 def create_netns(*, ipv6: bool = False, loopback_up: bool = True,
+                 begin: Callable[[int], Future[Any]] | None = None,
                  inside: Callable[[Any, int], None] | None = None) -> FreshNetns:
     """Make a namespace with only loopback (up), IPv6 off unless asked; ≈1 ms.
 
     IPv6 is switched off through the namespace's ``all``/``default`` sysctls before any interface is
-    moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD). ``inside``,
-    if given, runs in the namespace's thread as ``inside(ipr, fd)`` with a pyroute2 ``IPRoute`` of the
-    new namespace (closed afterwards) and the namespace fd; if it raises, the namespace is dropped.
+    moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD).
+
+    Both hooks run in the namespace's thread. ``begin(fd)`` runs as soon as IPv6 is off and returns a
+    future of work it started elsewhere with the namespace fd (the host side of a veth), which then
+    overlaps with opening this namespace's socket; it is always waited for, and the fd is only closed
+    after it. ``inside(ipr, fd)`` runs after that with a pyroute2 ``IPRoute`` of the new namespace
+    (closed afterwards). If anything fails, the namespace is dropped and the first error raised.
     """
 
     def body() -> FreshNetns:
         _unshare_net()
         fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        started: Future[Any] | None = None
         try:
             if not ipv6:
                 write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+            if begin is not None:
+                started = begin(fd)
             if loopback_up or inside is not None:
                 ipr = open_iproute()
                 try:
                     with kernel_errors():
                         if loopback_up:
                             ipr.link("set", index=1, state="up")
+                        if started is not None:
+                            started.result()
                         if inside is not None:
                             inside(ipr, fd)
                 finally:
                     ipr.close()
+            elif started is not None:
+                started.result()
         except BaseException:
+            if started is not None:
+                wait([started])  # it may still be using fd: never close it under a running request
             os.close(fd)
             raise
         return FreshNetns(fd)

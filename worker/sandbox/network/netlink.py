@@ -119,12 +119,16 @@ class NetlinkThread:
         finally:
             ipr.close()
 
-    def call(self, fn: Callable[[Any], T]) -> T:
+    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
+        """Queue ``fn(ipr)``; the returned future holds its result or error."""
         if self._closed:
             raise NetlinkError(9, "netlink thread is closed")  # EBADF
         future: Future[T] = Future()
         self._requests.put((fn, future))
-        return future.result()
+        return future
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        return self.submit(fn).result()
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,61 @@
+"""The Celery app: JSON only, late acks, reject on worker loss, prefetch 1, one queue.
+
+``celery -A worker.celery_app worker -P threads`` and ``sandpit worker`` start the same thing.
+Nothing connects on import: the app is configured from the environment when Celery first reads
+its configuration (at the entry point), and the worker's context (engine, database, Redis,
+sweeper) is built when the worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, signals
+
+from pipelines.names import QUEUE
+
+app = Celery("sandpit", include=["worker.tasks"])
+
+
+def celery_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Celery settings for a broker URL from ``SANDPIT_REDIS_URL`` (pure)."""
+    broker = env.get("SANDPIT_REDIS_URL", "redis://127.0.0.1:6379/0")
+    return {
+        "broker_url": broker,
+        "task_serializer": "json",
+        "accept_content": ["json"],  # pickle is refused
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": QUEUE,
+        "task_create_missing_queues": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # keep trying through a Redis restart
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "broker_transport_options": {"visibility_timeout": 3600},
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_kw: Any) -> None:
+    sender.conf.update(celery_config(os.environ))
+
+
+@signals.worker_init.connect
+def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
+    from worker.service import start_service_context
+
+    start_service_context(os.environ)
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_context(sender: Any = None, **_kw: Any) -> None:
+    from worker.service import stop_service_context
+
+    stop_service_context()

@@ -1,0 +1,207 @@
+"""The worker's long-lived context: sandbox engine, database, Redis, publisher, admission, sweeper.
+
+Built once when a worker starts (``start_service_context``), from the environment mapping passed in:
+``SANDPIT_DATABASE_URL`` (default SQLite in the state dir), ``SANDPIT_REDIS_URL``,
+``SANDPIT_LEASE_S`` (default 20), ``SANDPIT_SWEEP_S`` (default 5), plus the engine's settings.
+
+Admission: a job runs only once its memory and CPUs fit in this worker's budget (80 % of the
+host's memory, all its CPUs), so a worker never admits more than the host can hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy.engine import Engine as DbEngine
+
+from pipelines.names import QUEUE, TASK_RUN_JOB
+from pipelines.store.db import default_url, make_engine, migrate, session_scope
+from pipelines.store.models import Job
+from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
+from pipelines.store.retention import expire_artifacts
+from pipelines.store.spec import job_from_spec
+from pipelines.store.transitions import expire_leases
+from worker.executor import WorkerContext, execute_job, utcnow
+from worker.jobs import JobDefaults
+from worker.logstream import RedisLog
+from worker.sandbox.engine import Engine
+from worker.settings import Settings
+
+log = logging.getLogger("sandpit.worker")
+
+
+class Budget:
+    """Memory and CPU this worker may hand out; ``take`` blocks until a job fits."""
+
+    def __init__(self, memory_bytes: int, cpus: float) -> None:
+        self.memory_bytes, self.cpus = memory_bytes, cpus
+        self.free_memory, self.free_cpus = memory_bytes, cpus
+        self.cond = threading.Condition()
+
+    def take(self, memory: int, cpus: float) -> tuple[int, float]:
+        memory, cpus = min(memory, self.memory_bytes), min(cpus, self.cpus)  # a huge job still runs alone
+        with self.cond:
+            self.cond.wait_for(lambda: self.free_memory >= memory and self.free_cpus >= cpus - 1e-9)
+            self.free_memory -= memory
+            self.free_cpus -= cpus
+        return memory, cpus
+
+    def give(self, memory: int, cpus: float) -> None:
+        with self.cond:
+            self.free_memory += memory
+            self.free_cpus += cpus
+            self.cond.notify_all()
+
+
+def host_budget() -> Budget:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return Budget(int(pages * 0.8), float(os.cpu_count() or 1))
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    engine: Engine
+    db: DbEngine
+    redis: redis.Redis
+    worker_id: str
+    lease_s: float
+    sweep_s: float
+    budget: Budget = field(default_factory=host_budget)
+    defaults: JobDefaults = field(default_factory=JobDefaults)
+    stop: threading.Event = field(default_factory=threading.Event)
+    sweeper: threading.Thread | None = None
+
+    def publish(self, job_ids: list[str]) -> None:
+        """Send each job id to the queue, then mark it published (the outbox keeps what failed)."""
+        if not job_ids:
+            return
+        from worker.celery_app import app
+
+        sent = []
+        for job_id in job_ids:
+            try:
+                app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
+                sent.append(job_id)
+            except Exception as exc:  # the broker is away; the sweeper publishes from the outbox later
+                log.warning("could not publish job %s: %s", job_id, exc)
+                break
+        if sent:
+            with session_scope(self.db) as s:
+                mark_published(s, sent, utcnow())
+
+    def worker_context(self) -> WorkerContext:
+        def sink_for(job: Job) -> Any:
+            stream = RedisLog(self.redis, job.id)
+            self._streams[job.id] = stream
+            return stream.sink()
+
+        def on_done(job: Job, record: dict[str, Any]) -> None:
+            stream = self._streams.pop(job.id, None)
+            if stream is not None:
+                stream.end(str(record.get("status")))
+
+        return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.lease_s,
+                             defaults=self.defaults, sink_for=sink_for, on_done=on_done)
+
+    def __post_init__(self) -> None:
+        self._streams: dict[str, RedisLog] = {}
+
+    def sweep_once(self, now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+        with session_scope(self.db) as s:
+            ready = expire_leases(s, now)
+        self.publish(ready)
+        with session_scope(self.db) as s:
+            ready = requeue_stale(s, now, older_than_s=max(30.0, 3 * self.sweep_s))
+            ready += [j for j in pending_outbox(s) if j not in ready]
+        self.publish(ready)
+        with session_scope(self.db) as s:
+            expired = expire_artifacts(s, now)
+        for item in expired:
+            _remove_unreferenced(self, getattr(item, "sha256", ""))
+
+    def _sweep_loop(self) -> None:
+        while not self.stop.wait(self.sweep_s):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # keep sweeping through database or broker outages
+                log.warning("sweep failed: %s", exc)
+
+
+def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
+    from sqlmodel import select
+
+    from pipelines.store.models import Artifact
+    from worker.sandbox.artifacts import artifact_path
+
+    if not sha256:
+        return
+    with session_scope(ctx.db) as s:
+        if s.exec(select(Artifact).where(Artifact.sha256 == sha256)).first() is not None:
+            return
+    with contextlib.suppress(FileNotFoundError):
+        artifact_path(ctx.engine.artifact_store, sha256).unlink()
+
+
+_ctx: ServiceContext | None = None
+
+
+def start_service_context(env: Mapping[str, str]) -> ServiceContext:
+    global _ctx
+    if _ctx is not None:
+        return _ctx
+    from worker.sandbox.reaper import reap
+
+    settings = Settings.from_env(env)
+    for line in reap(settings):
+        log.info("reaped %s", line)
+    url = env.get("SANDPIT_DATABASE_URL") or default_url(settings.state_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    migrate(url)
+    ctx = ServiceContext(
+        settings=settings, engine=Engine(settings), db=make_engine(url),
+        redis=redis.Redis.from_url(env.get("SANDPIT_REDIS_URL", "redis://127.0.0.1:6379/0")),
+        worker_id=f"{socket.gethostname()}-{os.getpid()}",
+        lease_s=float(env.get("SANDPIT_LEASE_S", "20")), sweep_s=float(env.get("SANDPIT_SWEEP_S", "5")),
+    )
+    ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
+    ctx.sweeper.start()
+    _ctx = ctx
+    log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
+    return ctx
+
+
+def stop_service_context() -> None:
+    global _ctx
+    if _ctx is not None:
+        _ctx.stop.set()
+        _ctx.engine.close()
+        _ctx = None
+
+
+def handle_job(job_id: str) -> None:
+    """The task body: wait for room in the budget, run the job, publish what became ready."""
+    ctx = _ctx or start_service_context(os.environ)
+    with session_scope(ctx.db) as s:
+        row = s.get(Job, job_id)
+        if row is None or row.status != "queued":
+            return
+        planned = job_from_spec(row.spec)
+    memory = planned.sandbox.memory_bytes or ctx.defaults.memory_bytes
+    cpus = planned.sandbox.cpus or ctx.defaults.cpus
+    taken = ctx.budget.take(memory, cpus)
+    try:
+        ready = execute_job(ctx.worker_context(), job_id)
+    finally:
+        ctx.budget.give(*taken)
+    ctx.publish(ready)
