@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="start a worker (Celery, threads pool) for the service")
     wk.add_argument("--concurrency", type=int, default=None, help="jobs at once (default: the host's cores)")
 
+    upp = sub.add_parser("up", help="start the service here: redis (unless configured), a worker, the API")
+    upp.add_argument("--host", default="127.0.0.1")
+    upp.add_argument("--port", type=int, default=8000)
+    upp.add_argument("--concurrency", type=int, default=None)
+    sb = sub.add_parser("submit", help="send a pipeline to a running service")
+    sb.add_argument("file")
+    sb.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
+    sb.add_argument("--follow", action="store_true", help="stream the jobs' logs until the run ends")
+    lg = sub.add_parser("logs", help="print (or follow) a job's log from a running service")
+    lg.add_argument("job")
+    lg.add_argument("--follow", action="store_true")
+    cn = sub.add_parser("cancel", help="cancel a run on a running service")
+    cn.add_argument("run")
+
     sub.add_parser("reap", help="remove what dead sandpit processes left behind")
     sub.add_parser("host-prep", help="prepare this host once per boot (cgroups, scratch disk)")
     sub.add_parser("doctor", help="say which runtimes work here and why not")
@@ -97,13 +111,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "images":
             return _images(args, settings)
         if args.command == "worker":
+            import warnings
+
+            from celery.platforms import SecurityWarning
+
             from worker.celery_app import app
+
+            # root is required: jobs need user namespaces, cgroups, mounts and network namespaces
+            warnings.filterwarnings("ignore", category=SecurityWarning)
 
             concurrency = args.concurrency or os.cpu_count() or 1
             app.worker_main(["worker", "-P", "threads", "-c", str(concurrency), "-Q", "sandpit.jobs",
                              "--without-gossip", "--without-mingle", "--without-heartbeat",
                              "-l", "INFO" if args.verbose else "WARNING"])
             return 0
+        if args.command in ("up", "submit", "logs", "cancel"):
+            from pathlib import Path
+
+            from worker import cli_service
+
+            if args.command == "up":
+                return cli_service.up(settings, args.host, args.port, args.concurrency)
+            if args.command == "submit":
+                return cli_service.submit(settings, Path(args.file), dict(args.var), args.follow)
+            if args.command == "logs":
+                return cli_service.logs(settings, args.job, args.follow)
+            return cli_service.cancel(settings, args.run)
         if args.command == "reap":
             from worker.sandbox.reaper import reap
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from concurrent.futures import Future
 from typing import Any, Literal
 
 from worker.sandbox.network.addresses import veth_name
 from worker.sandbox.network.errors import NetlinkError, NetworkError
 from worker.sandbox.network.host import HostNetwork, prepare_host
 from worker.sandbox.network.leases import Lease
-from worker.sandbox.network.namespace import FreshNetns, create_netns
+from worker.sandbox.network.namespace import FreshNetns, create_netns, new_netns_here
 from worker.sandbox.network.netlink import NO_IPV6_ADDRESSES, delete_link, kernel_errors
 from worker.sandbox.network.settings import NetworkSettings
 
@@ -74,15 +73,17 @@ class JobNetwork:
         gateway = host.plan.gateway.ip
         bridge_index = host.bridge_index
 
-        def begin(job_ns_fd: int) -> Future[None]:
-            # the host's netlink thread makes the pair while this thread opens the job's socket
-            return host.netlink.submit(lambda host_ipr: _create_veth(host_ipr, veth, bridge_index, job_ns_fd))
+        def build(host_ipr: Any) -> FreshNetns:
+            # runs in the host's netlink thread: host_ipr is the host socket; the thread makes the job
+            # namespace, opens job_ipr in it and comes back to the host namespace
+            def inside(job_ipr: Any, job_ns_fd: int) -> None:
+                _create_veth(host_ipr, veth, bridge_index, job_ns_fd)
+                _configure_job_side(job_ipr, address, gateway)
 
-        def inside(job_ipr: Any, job_ns_fd: int) -> None:
-            _configure_job_side(job_ipr, address, gateway)
+            return new_netns_here(inside=inside, home_fd=host.netlink.home_fd)
 
         try:
-            netns = create_netns(begin=begin, inside=inside)
+            netns = host.netlink.call(build)
         except BaseException:
             # the namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
             # lease until the host end has vanished too

@@ -13,7 +13,6 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -105,49 +104,54 @@ class FreshNetns:
 
 
 def create_netns(*, ipv6: bool = False, loopback_up: bool = True,
-                 begin: Callable[[int], Future[Any]] | None = None,
                  inside: Callable[[Any, int], None] | None = None) -> FreshNetns:
-    """Make a namespace with only loopback (up), IPv6 off unless asked; ≈1 ms.
+    """Make a namespace with only loopback (up), IPv6 off unless asked, in a short-lived thread; ≈1 ms.
+
+    See ``new_netns_here`` for ``inside``.
+    """
+    return _in_thread(lambda: new_netns_here(ipv6=ipv6, loopback_up=loopback_up, inside=inside))
+
+
+def new_netns_here(*, ipv6: bool = False, loopback_up: bool = True,
+                   inside: Callable[[Any, int], None] | None = None,
+                   home_fd: int | None = None) -> FreshNetns:
+    """Make a namespace from the calling thread: ``unshare``, IPv6 off, a pyroute2 ``IPRoute`` opened
+    inside it, lo up, then ``inside(ipr, fd)`` with that socket and the namespace fd; the socket is
+    closed afterwards. If anything fails, the namespace is dropped and the error raised.
 
     IPv6 is switched off through the namespace's ``all``/``default`` sysctls before any interface is
     moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD).
 
-    Both hooks run in the namespace's thread. ``begin(fd)`` runs as soon as IPv6 is off and returns a
-    future of work it started elsewhere with the namespace fd (the host side of a veth), which then
-    overlaps with opening this namespace's socket; it is always waited for, and the fd is only closed
-    after it. ``inside(ipr, fd)`` runs after that with a pyroute2 ``IPRoute`` of the new namespace
-    (closed afterwards). If anything fails, the namespace is dropped and the first error raised.
+    With ``home_fd`` the thread goes back to that namespace as soon as the socket is open (a socket
+    stays in the namespace it was made in), so a long-lived thread can make many namespaces (the host's
+    ``NetlinkThread`` does); without it the thread stays in the new namespace, which is only right for a
+    thread about to exit.
     """
-
-    def body() -> FreshNetns:
-        _unshare_net()
+    _unshare_net()
+    try:
         fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        started: Future[Any] | None = None
         try:
             if not ipv6:
                 write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
-            if begin is not None:
-                started = begin(fd)
-            if loopback_up or inside is not None:
-                ipr = open_iproute()
-                try:
-                    with kernel_errors():
-                        if loopback_up:
-                            ipr.link("set", index=1, state="up")
-                        if started is not None:
-                            started.result()
-                        if inside is not None:
-                            inside(ipr, fd)
-                finally:
-                    ipr.close()
-            elif started is not None:
-                started.result()
+            ipr = open_iproute() if loopback_up or inside is not None else None
         except BaseException:
-            if started is not None:
-                wait([started])  # it may still be using fd: never close it under a running request
             os.close(fd)
             raise
+    finally:
+        if home_fd is not None:
+            setns_net(home_fd)
+    if ipr is None:
         return FreshNetns(fd)
-
-    return _in_thread(body)
+    try:
+        with kernel_errors():
+            if loopback_up:
+                ipr.link("set", index=1, state="up")
+            if inside is not None:
+                inside(ipr, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        ipr.close()
+    return FreshNetns(fd)

@@ -79,8 +79,12 @@ class NetlinkThread:
     """A thread in one network namespace that owns an ``IPRoute`` and runs calls for other threads.
 
     ``call(fn)`` runs ``fn(ipr)`` there and returns its result (or raises its error), so any thread, in
-    any namespace, may use it. Calls are serialised. ``close()`` is idempotent.
+    any namespace, may use it. Calls are serialised. ``home_fd`` (valid inside calls) is the thread's
+    namespace: a call that leaves it (``namespace.new_netns_here``) must come back to it. ``close()``
+    is idempotent.
     """
+
+    home_fd: int
 
     def __init__(self, ns_fd: int | None, name: str = "sandpit-netlink") -> None:
         self._requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = queue.SimpleQueue()
@@ -101,8 +105,14 @@ class NetlinkThread:
         try:
             if ns_fd is not None:
                 setns_net(ns_fd)
+            self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        try:
             ipr = open_iproute()
         except BaseException as exc:
+            os.close(self.home_fd)
             ready.set_exception(exc)
             return
         ready.set_result(None)
@@ -118,17 +128,15 @@ class NetlinkThread:
                     future.set_result(result)
         finally:
             ipr.close()
+            os.close(self.home_fd)
 
-    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
-        """Queue ``fn(ipr)``; the returned future holds its result or error."""
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(ipr)`` in this thread and return its result (or raise its error)."""
         if self._closed:
             raise NetlinkError(9, "netlink thread is closed")  # EBADF
         future: Future[T] = Future()
         self._requests.put((fn, future))
-        return future
-
-    def call(self, fn: Callable[[Any], T]) -> T:
-        return self.submit(fn).result()
+        return future.result()
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,193 @@
+"""``sandpit up`` (the whole service on this machine) and the client commands ``submit``, ``logs``,
+``cancel`` that talk to a running service over its REST API.
+
+Client settings: ``SANDPIT_API_URL`` (default http://127.0.0.1:8000) and ``SANDPIT_TOKEN`` (default:
+the token ``sandpit up`` generated, read from ``<state>/api-token``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.settings import Settings
+
+DEFAULT_API = "http://127.0.0.1:8000"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"sandpit: {what} exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"sandpit: {what} did not start within {timeout:.0f}s")
+
+
+def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int:
+    """Start redis-server (unless SANDPIT_REDIS_URL is set), a worker and the API; stop them on Ctrl-C."""
+    env = dict(os.environ)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop_all(*_args: object) -> None:
+        for proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(children):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if not env.get("SANDPIT_REDIS_URL"):
+            redis_dir = settings.state_dir / "redis"
+            redis_dir.mkdir(exist_ok=True, mode=0o700)
+            redis_port = _free_port()
+            proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                     "--dir", str(redis_dir), "--appendonly", "yes", "--save", "",
+                                     "--protected-mode", "yes"], stdout=subprocess.DEVNULL)
+            children.append(proc)
+            _wait_port(redis_port, proc, "redis-server")
+            env["SANDPIT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        token = "(one of SANDPIT_API_TOKENS)"
+        if not env.get("SANDPIT_API_TOKENS"):
+            token_file = settings.state_dir / "api-token"
+            if not token_file.exists():
+                token_file.touch(mode=0o600)
+                token_file.write_text(secrets.token_urlsafe(24))
+            token = token_file.read_text().strip()
+            env["SANDPIT_API_TOKENS"] = f"local:{token}:trusted"
+        worker_cmd = [sys.executable, "-m", "worker", "worker"]
+        if concurrency:
+            worker_cmd += ["--concurrency", str(concurrency)]
+        children.append(subprocess.Popen(worker_cmd, env=env))
+        api = subprocess.Popen([sys.executable, "-m", "api", "--host", host, "--port", str(port),
+                                "--log-level", "warning"], env=env)
+        children.append(api)
+        _wait_port(port, api, "the API")
+        print(f"sandpit is up: API http://{host}:{port}/api/v1 (docs: /api/v1/openapi.json)")
+        print(f"  token: {token}")
+        print(f"  try:   SANDPIT_TOKEN={token} sandpit submit pipelines/examples/demo.yml --follow")
+        print("  Ctrl-C stops everything.", flush=True)
+        while all(p.poll() is None for p in children):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_all()
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        import httpx
+
+        self.base = os.environ.get("SANDPIT_API_URL", DEFAULT_API).rstrip("/")
+        token = os.environ.get("SANDPIT_TOKEN")
+        if not token:
+            try:
+                token = (settings.state_dir / "api-token").read_text().strip()
+            except OSError:
+                raise SystemExit("sandpit: set SANDPIT_TOKEN (the token `sandpit up` printed)") from None
+        self.http = httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=httpx.Timeout(30, read=None))
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise SystemExit(f"sandpit: cannot reach the API at {self.base}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = json.dumps(response.json(), indent=2)
+            except ValueError:
+                detail = response.text
+            raise SystemExit(f"sandpit: {method} {path} → {response.status_code}\n{detail}")
+        return response.json()
+
+    def stream_log(self, job_id: str, prefix: str = "") -> None:
+        with self.http.stream("GET", f"/api/v1/jobs/{job_id}/log", params={"follow": "1"}) as response:
+            pending = ""
+            for chunk in response.iter_text():
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    print(f"{prefix}{line}", flush=True)
+            if pending:
+                print(f"{prefix}{pending}", flush=True)
+
+
+def submit(settings: Settings, file: Path, variables: dict[str, str], follow: bool) -> int:
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        print(f"sandpit: cannot read {file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    client = Client(settings)
+    run = client.call("POST", "/api/v1/runs", json={"pipeline": text, "variables": variables})
+    print(f"run {run['id']}: {run['status']}")
+    for job in run.get("jobs", []):
+        print(f"  {job['id']}  {job['name']}")
+    if not follow:
+        return 0
+    import threading
+
+    followed: set[str] = set()
+    threads = []
+    while True:
+        run = client.call("GET", f"/api/v1/runs/{run['id']}")
+        for job in run.get("jobs", []):
+            if job["id"] not in followed and job["status"] not in ("created", "queued", "manual", "skipped"):
+                followed.add(job["id"])
+                t = threading.Thread(target=client.stream_log, args=(job["id"], f"{job['name']} | "), daemon=True)
+                t.start()
+                threads.append(t)
+        if run["status"] not in ("created", "running"):
+            break
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=10)
+    print(f"pipeline {run['status']}")
+    return 0 if run["status"] == "succeeded" else 1
+
+
+def logs(settings: Settings, job_id: str, follow: bool) -> int:
+    client = Client(settings)
+    if follow:
+        client.stream_log(job_id)
+    else:
+        response = client.http.get(f"/api/v1/jobs/{job_id}/log")
+        if response.status_code >= 400:
+            print(f"sandpit: {response.status_code} {response.text}", file=sys.stderr)
+            return 1
+        sys.stdout.write(response.text)
+    return 0
+
+
+def cancel(settings: Settings, run_id: str) -> int:
+    result = Client(settings).call("POST", f"/api/v1/runs/{run_id}/cancel")
+    print(f"run {run_id}: {result.get('status')}")
+    return 0
