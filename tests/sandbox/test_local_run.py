@@ -50,7 +50,7 @@ def test_workspace_holds_the_work_tree_but_not_ignored_files(sandpit_run, tmp_pa
     })
     p = sandpit_run(str(tmp_path / ".gitlab-ci.yml"), cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    listing = [line for line in p.stdout.splitlines() if "tracked.txt" in line and "ls -a" not in line][0]
+    listing = next(line for line in p.stdout.splitlines() if "tracked.txt" in line and "ls -a" not in line)
     assert "untracked.txt" in listing and ".gitlab-ci.yml" in listing
     assert "secret.env" not in listing and ".git " not in listing
     assert "look | feature/x" in p.stdout
