@@ -70,7 +70,7 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
             children.append(proc)
             _wait_port(redis_port, proc, "redis-server")
             env["SANDPIT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-        token = "(one of SANDPIT_API_TOKENS)"
+        token = "(one of SANDPIT_API_TOKENS)"  # noqa: S105 - a label shown to the user, not a secret
         if not env.get("SANDPIT_API_TOKENS"):
             token_file = settings.state_dir / "api-token"
             if not token_file.exists():
