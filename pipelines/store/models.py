@@ -59,6 +59,8 @@ class Run(SQLModel, table=True):
     source: str = Field(max_length=16)  # cli | api | webhook
     pipeline: str = Field(default="", sa_type=sa.Text)
     variables: dict[str, str] = _json(dict)
+    # Handed to the worker to inject and mask; the API never returns them (revision 0002).
+    secrets: dict[str, str] = _json(dict)
     stages: list[str] = _json(list)
     ref: str = Field(default="", max_length=255)
     sha: str = Field(default="", max_length=64)

@@ -74,11 +74,13 @@ def create_run(
     ref: str = "",
     sha: str = "",
     message: str = "",
+    secrets: Mapping[str, str] | None = None,
     new_id: Callable[[], str] = _new_id,
 ) -> Run:
     """Store a run and one job per planned job; jobs with nothing to wait for are queued
     (with outbox rows) and manual ones wait as ``manual``. Publish the run's queued jobs
-    (``queued_job_ids``) after the commit."""
+    (``queued_job_ids``) after the commit. ``secrets`` are stored for the worker to inject
+    and mask; nothing that shows a run may return them."""
     if trust not in TRUST_LEVELS:
         raise ValueError(f"trust must be one of {TRUST_LEVELS}, not {trust!r}")
     if source not in SOURCES:
@@ -90,6 +92,7 @@ def create_run(
         source=source,
         pipeline=pipeline,
         variables=dict(variables),
+        secrets=dict(secrets or {}),
         stages=list(plan.stages),
         ref=ref,
         sha=sha,

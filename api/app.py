@@ -1,0 +1,70 @@
+"""The FastAPI application factory: ``create_app(settings)`` wires routers, errors and services.
+
+Nothing connects at import or in ``create_app``: the lifespan builds the engine, the Redis
+client and the publisher when the server starts and closes them when it stops. Tests pass a
+settings object of their own (and may pass a publisher).
+
+Routes: ``/api/v1/runs``, ``/api/v1/jobs`` (+ ``/log``, ``/artifacts``) behind a bearer token;
+``/healthz`` and ``/metrics`` open; OpenAPI at ``/api/v1/openapi.json`` (docs at ``/api/v1/docs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI
+
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.publish import CeleryPublisher, Publisher
+from api.routes import artifacts, health, jobs, logs, runs
+from api.settings import ApiSettings
+from pipelines.store.db import make_engine
+
+API_PREFIX = "/api/v1"
+REDIS_CONNECT_TIMEOUT_S = 2.0
+
+
+def create_app(settings: ApiSettings, *, publisher: Publisher | None = None) -> FastAPI:
+    """The API for ``settings``; ``publisher`` defaults to Celery on ``settings.redis_url``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = _start_services(settings, lambda: publisher or CeleryPublisher(settings.redis_url))
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.redis.aclose()
+            if publisher is None:
+                services.publisher.close()
+            services.engine.dispose()
+
+    app = FastAPI(
+        title="sandpit",
+        summary="Self-hosted CI / test sandbox executor",
+        version="1",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (runs, jobs, logs, artifacts):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    return app
+
+
+def _start_services(settings: ApiSettings, make_publisher: Callable[[], Publisher]) -> Services:
+    redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        health_check_interval=30,
+    )
+    return Services(settings, make_engine(settings.database_url), make_publisher(), redis)

@@ -1,0 +1,100 @@
+"""What a route may ask for (FastAPI dependencies): settings, engine, publisher, Redis, caller.
+
+Everything is built once per process by the app's lifespan (see :mod:`api.app`) and read from
+``app.state`` here, so a route never builds a connection itself and tests inject their own.
+Routes that only read may take a ``SessionDep``; routes that change state use the engine and
+commit before they publish (see :mod:`api.runs`), which a request-scoped session cannot promise.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, TypeVar, cast
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from api.errors import NotAuthenticated
+from api.publish import Publisher
+from api.settings import ApiSettings, ApiToken
+from pipelines.store.db import session_scope
+
+
+@dataclass(slots=True)
+class Services:
+    """The process-wide objects every request shares (made in the lifespan, closed at exit)."""
+
+    settings: ApiSettings
+    engine: Engine
+    publisher: Publisher
+    redis: aioredis.Redis
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_settings(services: Annotated[Services, Depends(get_services)]) -> ApiSettings:
+    return services.settings
+
+
+def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
+    return services.engine
+
+
+def get_publisher(services: Annotated[Services, Depends(get_services)]) -> Publisher:
+    return services.publisher
+
+
+def get_redis(services: Annotated[Services, Depends(get_services)]) -> aioredis.Redis:
+    return services.redis
+
+
+def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    with session_scope(engine) as session:
+        yield session
+
+
+T = TypeVar("T")
+
+
+async def resolved(value: Awaitable[T] | T) -> T:
+    """The result of an asyncio Redis call (redis-py types them as "awaitable or value")."""
+    if inspect.isawaitable(value):
+        return await cast(Awaitable[T], value)
+    return value
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token listed in SANDPIT_API_TOKENS")
+
+
+def authenticate(
+    settings: Annotated[ApiSettings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiToken:
+    """The configured token the caller presented (compared in constant time), or 401."""
+    if credentials is None:
+        raise NotAuthenticated("send `Authorization: Bearer <token>`")
+    offered = credentials.credentials.encode()
+    found: ApiToken | None = None
+    for token in settings.tokens:  # no early exit: the time taken does not say which token matched
+        if hmac.compare_digest(offered, token.secret.encode()):
+            found = token
+    if found is None:
+        raise NotAuthenticated("the bearer token is not valid")
+    return found
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+SessionDep = Annotated[Session, Depends(get_session)]
+CallerDep = Annotated[ApiToken, Depends(authenticate)]

@@ -1,0 +1,143 @@
+"""The API's error tree and the one place where errors become HTTP responses.
+
+::
+
+    ApiError                    anything the API itself reports (a JSON body, never a traceback)
+    ├── BadRequest          400 a body or parameter the API cannot read
+    ├── BodyTooLarge        413 a body over ``SANDPIT_API_MAX_BODY``
+    ├── NotAuthenticated    401 no bearer token, or one that is not configured
+    ├── NotFound            404 an artifact path the job did not keep (unknown ids are store errors)
+    ├── UnsupportedMedia    415 a run body that is neither YAML nor JSON
+    ├── PipelineInvalid     422 the pipeline has problems; each with file, line, col, code, hint
+    ├── NothingToRun        422 the pipeline is valid but its workflow:rules create no run
+    └── Unavailable         503 the database or Redis cannot be reached
+
+Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, other ``StoreError`` →
+500), as are FastAPI's own parameter errors (→ 400) and anything unexpected (→ 500 with no detail;
+the traceback goes to the server log only). Every error body is ``{"error": code, "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.language.problems import Problem
+from pipelines.store.errors import JobNotFound, RunNotFound, StoreError
+
+log = logging.getLogger("sandpit.api")
+
+
+class ApiError(Exception):
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class BodyTooLarge(ApiError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class NotAuthenticated(ApiError):
+    status_code = 401
+    code = "unauthenticated"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class UnsupportedMedia(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class NothingToRun(ApiError):
+    status_code = 422
+    code = "no_pipeline_created"
+
+
+class PipelineInvalid(ApiError):
+    status_code = 422
+    code = "invalid_pipeline"
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        errors = sum(1 for p in problems if p.severity == "error")
+        super().__init__(f"the pipeline has {errors} error(s); see `problems`")
+        self.problems = tuple(problems)
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "problems": [p.as_dict() for p in self.problems]}
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _json(exc.status_code, exc.body(), exc.headers)
+
+
+async def _store_error(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, RunNotFound | JobNotFound):
+        return _json(404, {"error": "not_found", "message": str(exc)})
+    log.error("store error", exc_info=exc)
+    return _json(500, {"error": "internal", "message": "the run store failed; see the server log"})
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    return _json(exc.status_code, {"error": code, "message": str(exc.detail)}, headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": [str(part) for part in e.get("loc", ())], "message": str(e.get("msg", ""))} for e in exc.errors()
+    ]
+    return _json(400, {"error": "bad_request", "message": "invalid request parameters", "details": details})
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    return _json(500, {"error": "internal", "message": "internal error; see the server log"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every mapping above on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

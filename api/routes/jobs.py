@@ -1,0 +1,21 @@
+"""``/api/v1/jobs/{id}``: the job result record, and cancel."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import runs
+from api.deps import CallerDep, EngineDep, PublisherDep, SessionDep
+from api.schemas import JobPublic
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, _caller: CallerDep, session: SessionDep) -> JobPublic:
+    return runs.read_job(session, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, _caller: CallerDep, engine: EngineDep, publisher: PublisherDep) -> JobPublic:
+    return runs.cancel_job_now(engine, publisher, job_id)

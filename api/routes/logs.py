@@ -1,0 +1,42 @@
+"""``/api/v1/jobs/{id}/log``: plain text, followed live, or Server-Sent Events (resumable)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import CallerDep, EngineDep, RedisDep, SettingsDep
+from api.logs import Cursor, LogReader, sse_stream, text_stream
+from api.runs import load_job
+
+router = APIRouter(prefix="/jobs", tags=["logs"])
+
+
+@router.get(
+    "/{job_id}/log",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+)
+async def get_log(
+    job_id: str,
+    _caller: CallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    redis: RedisDep,
+    follow: Annotated[bool | None, Query(description="keep streaming until the job ends (SSE: default on)")] = None,
+    accept: Annotated[str, Header()] = "",
+    last_event_id: Annotated[str | None, Header(description="resume after this event id (SSE)")] = None,
+    after: Annotated[str | None, Query(description="same as Last-Event-ID, for clients that cannot set it")] = None,
+) -> StreamingResponse:
+    job = await to_thread.run_sync(load_job, engine, job_id)
+    sse = "text/event-stream" in accept
+    cursor = Cursor.parse(last_event_id or after)
+    reader = LogReader(job, engine, redis, settings.state_dir, cursor, sse if follow is None else follow)
+    await reader.prepare()
+    if sse:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(sse_stream(reader.entries()), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(text_stream(reader.entries()), media_type="text/plain; charset=utf-8")

@@ -1,0 +1,69 @@
+"""``/api/v1/runs``: create (YAML or JSON body, optionally waiting for the end), read, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+
+from api import runs
+from api.deps import CallerDep, EngineDep, PublisherDep, SettingsDep
+from api.intake import parse_run_body, read_capped_body
+from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
+from api.settings import MAX_WAIT_S
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+WAIT_POLL_S = 0.05
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/yaml": {"schema": {"type": "string", "description": "the pipeline file"}},
+            "application/json": {"schema": RunCreate.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunCreated,
+    openapi_extra=_BODY_DOC,
+    responses={422: {"model": ProblemList, "description": "the pipeline has problems"}},
+)
+async def create_run(
+    request: Request,
+    caller: CallerDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    publisher: PublisherDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer until the run ends")] = 0,
+) -> RunCreated:
+    body = await read_capped_body(request, settings.max_body_bytes)
+    wanted = parse_run_body(request.headers.get("content-type", ""), body)
+    created = await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller)
+    if wait <= 0 or created.finished_at is not None:
+        return created
+    deadline = time.monotonic() + min(wait, settings.max_wait_s)
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        await asyncio.sleep(WAIT_POLL_S)
+        if await to_thread.run_sync(runs.run_settled, engine, created.id):
+            break
+    latest = await to_thread.run_sync(runs.read_run, engine, created.id)
+    return RunCreated(**latest.model_dump(), warnings=created.warnings)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+def get_run(run_id: str, _caller: CallerDep, engine: EngineDep) -> RunPublic:
+    return runs.read_run(engine, run_id)
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic)
+def cancel_run(run_id: str, _caller: CallerDep, engine: EngineDep) -> RunPublic:
+    return runs.cancel_run_now(engine, run_id)

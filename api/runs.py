@@ -1,0 +1,142 @@
+"""Runs and jobs as the API sees them: plan and store a run, read, cancel, publish (adapter).
+
+Every change commits first and publishes afterwards (the worker must find the job queued when
+the message arrives). If the broker is down the request still succeeds: the outbox row stays
+unpublished and the worker's sweeper sends it later, which is why a failed publish is logged,
+not returned. The functions are synchronous (SQLModel); async routes call them in a thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from api.errors import NothingToRun, PipelineInvalid
+from api.publish import Publisher, PublishFailed
+from api.schemas import JobPublic, ProblemPublic, RunCreate, RunCreated, RunPublic, job_public, run_public
+from api.settings import ApiToken
+from pipelines.language.model import PipelineInputs, Plan
+from pipelines.language.planner import plan
+from pipelines.language.problems import Problems
+from pipelines.store.db import session_scope
+from pipelines.store.errors import JobNotFound, RunNotFound
+from pipelines.store.models import Artifact, Job, Run
+from pipelines.store.outbox import mark_published
+from pipelines.store.transitions import cancel_job, cancel_run, create_run, queued_job_ids
+
+PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
+log = logging.getLogger("sandpit.api")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def plan_request(request: RunCreate) -> Plan:
+    """The plan of an API-triggered run, or :class:`PipelineInvalid` with every problem."""
+    inputs = PipelineInputs(trigger="api", ref=request.ref, sha=request.sha or "0" * 40, variables=request.variables)
+    result = plan({PIPELINE_FILE: request.pipeline}, inputs)
+    if isinstance(result, Problems):
+        raise PipelineInvalid(result.items)
+    if not result.created:
+        raise NothingToRun("workflow:rules create no pipeline for an API trigger on this ref")
+    return result
+
+
+def submit_run(engine: Engine, publisher: Publisher, request: RunCreate, caller: ApiToken) -> RunCreated:
+    """Plan, store (trusted only for a trusted token), publish the queued jobs; the new run."""
+    planned = plan_request(request)
+    with session_scope(engine) as session:
+        run = create_run(
+            session,
+            planned,
+            trust="trusted" if caller.trusted else "untrusted",
+            source="api",
+            variables=request.variables,
+            secrets=request.secrets,
+            now=utcnow(),
+            pipeline=request.pipeline,
+            ref=request.ref,
+            sha=request.sha,
+            message=request.message,
+        )
+        queued = queued_job_ids(session, run.id)
+    publish_committed(engine, publisher, queued)
+    created = read_run(engine, run.id)
+    warnings = [ProblemPublic.model_validate(p.as_dict()) for p in planned.warnings]
+    return RunCreated(**created.model_dump(), warnings=warnings)
+
+
+def publish_committed(engine: Engine, publisher: Publisher, job_ids: Sequence[str]) -> None:
+    """Announce committed queued jobs, then mark their outbox rows published."""
+    if not job_ids:
+        return
+    try:
+        publisher.publish(job_ids)
+    except PublishFailed:
+        log.warning("publishing %d job(s) failed; the outbox sweeper will retry", len(job_ids), exc_info=True)
+        return
+    with session_scope(engine) as session:
+        mark_published(session, list(job_ids), utcnow())
+
+
+def read_run(engine: Engine, run_id: str) -> RunPublic:
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        jobs = list(session.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.position))).all())
+        return run_public(run, _with_artifacts(session, jobs))
+
+
+def read_job(session: Session, job_id: str) -> JobPublic:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return _with_artifacts(session, [job])[0]
+
+
+def load_job(engine: Engine, job_id: str) -> Job:
+    """The job row, detached (its attributes stay readable after the session)."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+
+def run_settled(engine: Engine, run_id: str) -> bool:
+    """Whether the run has ended (nothing of it will run any more)."""
+    with session_scope(engine) as session:
+        finished = session.exec(select(Run.finished_at).where(Run.id == run_id)).one_or_none()
+    return finished is not None
+
+
+def cancel_run_now(engine: Engine, run_id: str) -> RunPublic:
+    """Cancel the run (running jobs are asked to stop) and return its new state."""
+    with session_scope(engine) as session:
+        cancel_run(session, run_id, utcnow())
+    return read_run(engine, run_id)
+
+
+def cancel_job_now(engine: Engine, publisher: Publisher, job_id: str) -> JobPublic:
+    """Cancel one job, publish the jobs that start because of it, return its new state."""
+    with session_scope(engine) as session:
+        newly = cancel_job(session, job_id, utcnow())
+    publish_committed(engine, publisher, newly)
+    with session_scope(engine) as session:
+        return read_job(session, job_id)
+
+
+def _with_artifacts(session: Session, jobs: list[Job]) -> list[JobPublic]:
+    rows = session.exec(
+        select(Artifact).where(col(Artifact.job_id).in_([j.id for j in jobs])).order_by(col(Artifact.path))
+    ).all()
+    by_job: dict[str, list[Artifact]] = {}
+    for row in rows:
+        by_job.setdefault(row.job_id, []).append(row)
+    return [job_public(job, by_job.get(job.id, [])) for job in jobs]

@@ -1,0 +1,155 @@
+"""The API's request and response shapes (pydantic, at the border), separate from the tables.
+
+``JobPublic`` is the job result record of ARCHITECTURE.md plus ``id``, ``run_id`` and ``stage``;
+``RunPublic`` has no field for secrets, so no endpoint can return them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.store.models import Artifact, Job, Run
+
+
+class RunCreate(BaseModel):
+    """The JSON form of ``POST /api/v1/runs`` (the YAML form is the pipeline text alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(description="the pipeline file's text (.gitlab-ci.yml dialect)")
+    variables: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, description="injected and masked; never returned")
+    ref: str = Field(default="main", max_length=255)
+    sha: str = Field(default="", max_length=64)
+    message: str = Field(default="", max_length=10_000)
+
+
+class ArtifactPublic(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class RejectedArtifact(BaseModel):
+    path: str
+    why: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    run_id: str
+    stage: str
+    name: str
+    status: str
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    attempt: int
+    duration_s: float | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    usage: dict[str, Any]
+    artifacts: list[ArtifactPublic]
+    rejected_artifacts: list[RejectedArtifact]
+
+
+class RunPublic(BaseModel):
+    id: str
+    status: str
+    cancelled: bool
+    trust: str
+    source: str
+    ref: str
+    sha: str
+    message: str
+    variables: dict[str, str]
+    stages: list[str]
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    jobs: list[JobPublic]
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    artifacts: list[ArtifactPublic]
+
+
+class Health(BaseModel):
+    ok: bool
+    database: str
+    redis: str
+
+
+def artifact_public(row: Artifact) -> ArtifactPublic:
+    return ArtifactPublic(path=row.path, size=row.size, sha256=row.sha256)
+
+
+def job_public(job: Job, artifacts: list[Artifact]) -> JobPublic:
+    rejected = job.result.get("rejected_artifacts") if isinstance(job.result, dict) else None
+    return JobPublic(
+        id=job.id,
+        run_id=job.run_id,
+        stage=job.stage,
+        name=job.name,
+        status=job.status,
+        reason=job.reason,
+        exit_code=job.exit_code,
+        signal=job.signal,
+        attempt=job.attempt,
+        duration_s=job.duration_s,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        usage=dict(job.usage or {}),
+        artifacts=[artifact_public(a) for a in artifacts],
+        rejected_artifacts=[
+            RejectedArtifact(path=str(r.get("path", "")), why=str(r.get("why", "")))
+            for r in (rejected or [])
+            if isinstance(r, dict)
+        ],
+    )
+
+
+def run_public(run: Run, jobs: list[JobPublic]) -> RunPublic:
+    return RunPublic(
+        id=run.id,
+        status=run.status,
+        cancelled=run.cancelled,
+        trust=run.trust,
+        source=run.source,
+        ref=run.ref,
+        sha=run.sha,
+        message=run.message,
+        variables=dict(run.variables or {}),
+        stages=list(run.stages or []),
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        jobs=jobs,
+    )
+
+
+class ProblemPublic(BaseModel):
+    file: str
+    line: int
+    col: int
+    severity: str
+    code: str
+    message: str
+    hint: str
+    caused_by: str | None = None
+
+
+class RunCreated(RunPublic):
+    """A new run, with the planner's warnings (a run with errors is never created)."""
+
+    warnings: list[ProblemPublic] = Field(default_factory=list)
+
+
+class ProblemList(BaseModel):
+    """The 422 body of a pipeline that cannot be planned."""
+
+    error: str
+    message: str
+    problems: list[ProblemPublic]

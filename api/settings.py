@@ -1,0 +1,98 @@
+"""The API process's settings, built once at the entry point from a mapping (never at import).
+
+Recognised variables:
+
+- ``SANDPIT_STATE_DIR`` (default ``/var/lib/sandpit``): artifacts live under ``<state_dir>/artifacts``.
+- ``SANDPIT_DATABASE_URL`` (default ``sqlite:///<state_dir>/sandpit.db``).
+- ``SANDPIT_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``): the broker and the live log streams.
+- ``SANDPIT_API_TOKENS``: comma-separated bearer tokens, each ``token``, ``name:token``, or either
+  with a ``:trusted`` suffix (``ci:s3cret:trusted``). Runs created with a trusted token are stored
+  with ``trust="trusted"``, every other API run is ``untrusted``. A token may contain neither ``,``
+  nor ``:``. With no token configured every ``/api/v1`` request is refused.
+- ``SANDPIT_API_MAX_BODY`` (bytes, default 1 MiB): the largest request body accepted.
+
+>>> s = ApiSettings.from_env({"SANDPIT_STATE_DIR": "/tmp/sp", "SANDPIT_API_TOKENS": "ci:abc:trusted,xyz"})
+>>> s.database_url, [(t.name, t.trusted) for t in s.tokens]
+('sqlite:////tmp/sp/sandpit.db', [('ci', True), ('token-2', False)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.store.db import default_url
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MAX_BODY = 1024 * 1024
+MAX_WAIT_S = 3600.0
+
+
+class SettingsError(ValueError):
+    """A configuration value the API cannot use (raised at start-up, never per request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One configured bearer token; ``name`` is what logs and run records may show."""
+
+    name: str
+    secret: str = field(repr=False)
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    database_url: str
+    redis_url: str = DEFAULT_REDIS_URL
+    state_dir: Path = Path("/var/lib/sandpit")
+    tokens: tuple[ApiToken, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_wait_s: float = MAX_WAIT_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
+        state_dir = Path(env.get("SANDPIT_STATE_DIR") or "/var/lib/sandpit")
+        max_body = env.get("SANDPIT_API_MAX_BODY") or str(DEFAULT_MAX_BODY)
+        if not max_body.isdigit() or int(max_body) <= 0:
+            raise SettingsError(f"SANDPIT_API_MAX_BODY must be a positive number of bytes, not {max_body!r}")
+        return cls(
+            database_url=env.get("SANDPIT_DATABASE_URL") or default_url(state_dir),
+            redis_url=env.get("SANDPIT_REDIS_URL") or DEFAULT_REDIS_URL,
+            state_dir=state_dir,
+            tokens=parse_tokens(env.get("SANDPIT_API_TOKENS", "")),
+            max_body_bytes=int(max_body),
+        )
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+
+def parse_tokens(text: str) -> tuple[ApiToken, ...]:
+    """Read ``SANDPIT_API_TOKENS`` (see the module docstring).
+
+    >>> parse_tokens("alice:t1, t2:trusted")
+    (ApiToken(name='alice', trusted=False), ApiToken(name='token-2', trusted=True))
+    """
+    tokens: list[ApiToken] = []
+    for position, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue
+        parts = entry.split(":")
+        trusted = len(parts) > 1 and parts[-1] == "trusted"
+        if trusted:
+            parts = parts[:-1]
+        if len(parts) == 1:
+            name, secret = f"token-{position}", parts[0]
+        elif len(parts) == 2:
+            name, secret = parts
+        else:
+            raise SettingsError(f"SANDPIT_API_TOKENS entry {position} is not `token`, `name:token` (+ `:trusted`)")
+        if not name or not secret:
+            raise SettingsError(f"SANDPIT_API_TOKENS entry {position} has an empty name or token")
+        tokens.append(ApiToken(name, secret, trusted))
+    if len({t.secret for t in tokens}) != len(tokens):
+        raise SettingsError("SANDPIT_API_TOKENS lists the same token twice")
+    return tuple(tokens)
