@@ -24,6 +24,7 @@ from pipelines.store.db import session_scope
 from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, renew_lease
+from worker import cache
 from worker.jobs import JobDefaults, request_for
 from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine
@@ -91,8 +92,13 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         assert run is not None
         attempt = job.attempt
         planned = job_from_spec(job.spec)
-        files = _inputs(s, run.id, artifact_sources(planned), ctx.engine.artifact_store)
         source = ctx.source_for(run)
+        trust = run.trust
+        source_root = source.root if source else None
+        store = ctx.engine.artifact_store
+        # cache first, then the dependencies' artifacts (which win where both name a file)
+        files = cache.restore(s, planned.caches, trust, store, source_root) + _inputs(
+            s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
         s.expunge(job)
@@ -107,7 +113,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     renewer.start()
     try:
         result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=cancel, seed=seed,
-                                secrets=secrets)
+                                secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
     finally:
         stop.set()
         renewer.join()
@@ -116,6 +122,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     record = result.as_record()
     record["attempt"] = attempt
     with session_scope(ctx.db) as s:
+        if planned.caches and result.status in ("succeeded", "failed"):
+            cache.save(s, planned.caches, trust, store, result.cache_files, result.status, source_root, ctx.now())
         newly = finish_job(s, job_id, attempt, record, ctx.now())
     ctx.on_done(job, record)
     return newly

@@ -53,6 +53,7 @@ class JobResult:
     usage: dict[str, Any] = field(default_factory=lambda: {"cpu_s": 0.0, "memory_peak_bytes": 0, "pids_peak": 0})
     artifacts: list[Artifact] = field(default_factory=list)
     rejected_artifacts: list[Rejected] = field(default_factory=list)
+    cache_files: list[Artifact] = field(default_factory=list)  # what `cache: paths` named, for the cache
     job_id: str | None = None
     runtime: str | None = None
     log_path: str | None = None
@@ -138,7 +139,7 @@ class Engine:
     # -- one job -------------------------------------------------------------------------
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
-            secrets: tuple[str, ...] = ()) -> JobResult:
+            secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = ()) -> JobResult:
         job_id = job_id or os.urandom(6).hex()
         result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
                            started_at=_now())
@@ -149,7 +150,7 @@ class Engine:
             result.finished_at = _now()
             return result
         try:
-            self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets)
+            self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths)
         except (ImageError, InvalidRequest) as exc:
             result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
         except SandboxError as exc:
@@ -159,7 +160,8 @@ class Engine:
         return result
 
     def _run(self, req: SandboxRequest, job_id: str, result: JobResult, sink: OutputSink | None,
-             cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...]) -> None:
+             cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
+             cache_paths: tuple[str, ...]) -> None:
         s = self.settings
         image = self.images.get(req.image)
         runtime = self.runtime(req.runtime)
@@ -218,15 +220,18 @@ class Engine:
             stack.callback(joblog.close)
             outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
             self._finish(result, outcome, cg.usage(), disk, req)
-            if req.artifacts:
-                cg.kill_all()  # artifacts are read only once nothing of the job can still write
+            if req.artifacts or cache_paths:
+                cg.kill_all()  # files are read only once nothing of the job can still write
                 from worker.sandbox.artifacts import Caps, collect_artifacts
 
-                kept, rejected = collect_artifacts(
-                    rootfs.workspace, req.artifacts, self.artifact_store,
-                    Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
-                         req.limits.artifact_total_bytes))
-                result.artifacts, result.rejected_artifacts = kept, rejected
+                caps = Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
+                            req.limits.artifact_total_bytes)
+                if req.artifacts:
+                    result.artifacts, result.rejected_artifacts = collect_artifacts(
+                        rootfs.workspace, req.artifacts, self.artifact_store, caps)
+                if cache_paths:
+                    result.cache_files, _refused = collect_artifacts(
+                        rootfs.workspace, cache_paths, self.artifact_store, caps)
 
     def _egress(self, stack: contextlib.ExitStack, job_id: str, job_dir: Path) -> tuple[str, str]:
         """A network namespace with a veth on sandpit's bridge; closed after the container is gone."""

@@ -82,15 +82,16 @@ class Service:
         return app
 
     def submit(self, yaml_text: str, *, variables: dict[str, str] | None = None,
-               secrets: dict[str, str] | None = None) -> str:
+               secrets: dict[str, str] | None = None, trust: str = "untrusted") -> str:
         planned = plan({".gitlab-ci.yml": yaml_text}, PipelineInputs(trigger="api", variables=variables or {}))
         assert isinstance(planned, Plan), planned
         engine = make_engine(self.db_url)
         try:
             with session_scope(engine) as s:
                 kwargs: dict[str, Any] = {"secrets": secrets} if secrets else {}
-                run = create_run(s, planned, trust="untrusted", source="api", variables=variables or {},
-                                 now=dt.datetime.now(dt.UTC), pipeline=yaml_text, **kwargs)
+                run = create_run(s, planned, trust=trust, source="api",  # type: ignore[arg-type]
+                                 variables=variables or {}, now=dt.datetime.now(dt.UTC), pipeline=yaml_text,
+                                 **kwargs)
                 run_id = run.id
             with session_scope(engine) as s:
                 ready = queued_job_ids(s, run_id)

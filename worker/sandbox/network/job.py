@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from concurrent.futures import Future
 from typing import Any, Literal
 
 from worker.sandbox.network.addresses import veth_name
 from worker.sandbox.network.errors import NetlinkError, NetworkError
 from worker.sandbox.network.host import HostNetwork, prepare_host
 from worker.sandbox.network.leases import Lease
-from worker.sandbox.network.namespace import FreshNetns, create_netns, new_netns_here
+from worker.sandbox.network.namespace import FreshNetns, NetnsInTheMaking, begin_netns_here, create_netns
 from worker.sandbox.network.netlink import NO_IPV6_ADDRESSES, delete_link, kernel_errors
 from worker.sandbox.network.settings import NetworkSettings
 
@@ -67,23 +68,28 @@ class JobNetwork:
 
     def _open_egress(self, host: HostNetwork) -> FreshNetns:
         host.wait_for_room()
-        lease = host.leases.acquire(self.job_id, start=host.random.randrange(host.plan.slots))
+        # The host's netlink thread makes the namespace (and its socket) while this thread leases the
+        # address; then the same thread adds the veth and configures the job side. Its calls run in order.
+        making = host.netlink.submit(lambda _: begin_netns_here(home_fd=host.netlink.home_fd))
+        try:
+            lease = host.leases.acquire(self.job_id, start=host.random.randrange(host.plan.slots))
+        except BaseException:
+            host.netlink.call(lambda _: _abandon(making))
+            raise
         veth = veth_name(self.settings.veth_prefix, lease.slot)
         address = host.plan.address(lease.slot)
         gateway = host.plan.gateway.ip
         bridge_index = host.bridge_index
 
-        def build(host_ipr: Any) -> FreshNetns:
-            # runs in the host's netlink thread: host_ipr is the host socket; the thread makes the job
-            # namespace, opens job_ipr in it and comes back to the host namespace
+        def finish(host_ipr: Any) -> FreshNetns:
             def inside(job_ipr: Any, job_ns_fd: int) -> None:
                 _create_veth(host_ipr, veth, bridge_index, job_ns_fd)
                 _configure_job_side(job_ipr, address, gateway)
 
-            return new_netns_here(inside=inside, home_fd=host.netlink.home_fd)
+            return making.result().finish(inside)
 
         try:
-            netns = host.netlink.call(build)
+            netns = host.netlink.call(finish)
         except BaseException:
             # the namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
             # lease until the host end has vanished too
@@ -122,6 +128,11 @@ class JobNetwork:
         if self._owns_host and self._host is not None:
             self._host.close()
             self._owns_host = False
+
+
+def _abandon(making: Future[NetnsInTheMaking]) -> None:
+    if making.exception() is None:
+        making.result().abandon()
 
 
 def _create_veth(ipr: Any, veth: str, bridge_index: int, job_ns_fd: int) -> None:

@@ -103,21 +103,43 @@ class FreshNetns:
             self.fd = -1
 
 
+@dataclass
+class NetnsInTheMaking:
+    """A new namespace (``fd``) and a pyroute2 ``IPRoute`` inside it (``ipr``), which only the thread
+    that made it may use; ``finish`` or ``abandon`` it from that thread."""
+
+    fd: int
+    ipr: Any
+
+    def finish(self, inside: Callable[[Any, int], None] | None = None) -> FreshNetns:
+        """Run ``inside(ipr, fd)``, close the socket; on failure drop the namespace and raise."""
+        try:
+            if inside is not None:
+                with kernel_errors():
+                    inside(self.ipr, self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        finally:
+            self.ipr.close()
+        return FreshNetns(self.fd)
+
+    def abandon(self) -> None:
+        self.ipr.close()
+        os.close(self.fd)
+
+
 def create_netns(*, ipv6: bool = False, loopback_up: bool = True,
                  inside: Callable[[Any, int], None] | None = None) -> FreshNetns:
     """Make a namespace with only loopback (up), IPv6 off unless asked, in a short-lived thread; ≈1 ms.
-
-    See ``new_netns_here`` for ``inside``.
-    """
-    return _in_thread(lambda: new_netns_here(ipv6=ipv6, loopback_up=loopback_up, inside=inside))
+    ``inside(ipr, fd)`` runs there with a socket in the namespace (see ``NetnsInTheMaking.finish``)."""
+    return _in_thread(lambda: begin_netns_here(ipv6=ipv6, loopback_up=loopback_up).finish(inside))
 
 
-def new_netns_here(*, ipv6: bool = False, loopback_up: bool = True,
-                   inside: Callable[[Any, int], None] | None = None,
-                   home_fd: int | None = None) -> FreshNetns:
+def begin_netns_here(*, ipv6: bool = False, loopback_up: bool = True,
+                     home_fd: int | None = None) -> NetnsInTheMaking:
     """Make a namespace from the calling thread: ``unshare``, IPv6 off, a pyroute2 ``IPRoute`` opened
-    inside it, lo up, then ``inside(ipr, fd)`` with that socket and the namespace fd; the socket is
-    closed afterwards. If anything fails, the namespace is dropped and the error raised.
+    inside it, lo up.
 
     IPv6 is switched off through the namespace's ``all``/``default`` sysctls before any interface is
     moved in, so no interface of a job ever gets an IPv6 address (no link-local, no DAD).
@@ -134,24 +156,19 @@ def new_netns_here(*, ipv6: bool = False, loopback_up: bool = True,
             if not ipv6:
                 write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
-            ipr = open_iproute() if loopback_up or inside is not None else None
+            ipr = open_iproute()
         except BaseException:
             os.close(fd)
             raise
     finally:
         if home_fd is not None:
             setns_net(home_fd)
-    if ipr is None:
-        return FreshNetns(fd)
     try:
-        with kernel_errors():
-            if loopback_up:
+        if loopback_up:
+            with kernel_errors("bringing lo up"):
                 ipr.link("set", index=1, state="up")
-            if inside is not None:
-                inside(ipr, fd)
     except BaseException:
+        ipr.close()
         os.close(fd)
         raise
-    finally:
-        ipr.close()
-    return FreshNetns(fd)
+    return NetnsInTheMaking(fd, ipr)

@@ -20,6 +20,7 @@ when this package is imported.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import queue
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from worker.sandbox.network.errors import NetlinkError
+from worker.sandbox.network.errors import NetlinkError, NetworkError
 
 T = TypeVar("T")
 
@@ -91,6 +92,8 @@ class NetlinkThread:
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._serve, args=(ns_fd, ready), name=name, daemon=True)
         self._closed = False
+        self._pid = os.getpid()
+        self._ipr: Any = None
         self._thread.start()
         try:
             ready.result()
@@ -115,6 +118,7 @@ class NetlinkThread:
             os.close(self.home_fd)
             ready.set_exception(exc)
             return
+        self._ipr = ipr
         ready.set_result(None)
         try:
             while (item := self._requests.get()) is not None:
@@ -130,13 +134,27 @@ class NetlinkThread:
             ipr.close()
             os.close(self.home_fd)
 
+    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
+        """Queue ``fn(ipr)`` (calls run in order); the future holds its result or error."""
+        if self._closed:
+            raise NetlinkError(errno.EBADF, "the host netlink thread is closed")
+        if os.getpid() != self._pid:
+            # the thread did not survive a fork: prepare the host again in this process
+            raise NetworkError("this HostNetwork was prepared in a parent process; call prepare_host here")
+        future: Future[T] = Future()
+        if threading.current_thread() is self._thread:  # a call from a call: run it now, not after us
+            try:
+                with kernel_errors():
+                    future.set_result(fn(self._ipr))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
+        self._requests.put((fn, future))
+        return future
+
     def call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(ipr)`` in this thread and return its result (or raise its error)."""
-        if self._closed:
-            raise NetlinkError(9, "netlink thread is closed")  # EBADF
-        future: Future[T] = Future()
-        self._requests.put((fn, future))
-        return future.result()
+        return self.submit(fn).result()
 
     def close(self) -> None:
         if not self._closed:
@@ -168,7 +186,7 @@ def link_index(ipr: Any, ifname: str) -> int | None:
     try:
         found = ipr.link("get", ifname=ifname)
     except Pyroute2NetlinkError as exc:
-        if exc.code == 19:  # ENODEV
+        if exc.code == errno.ENODEV:
             return None
         raise
     return int(found[0]["index"])
@@ -184,7 +202,7 @@ def delete_link(ipr: Any, ifname: str | None = None, index: int = 0) -> bool:
         else:
             ipr.link("del", index=index)
     except Pyroute2NetlinkError as exc:
-        if exc.code in (19, 22):  # ENODEV; EINVAL: a by-name link missing, older kernels
+        if exc.code in (errno.ENODEV, errno.EINVAL):  # EINVAL: a by-name link missing, older kernels
             return False
         raise
     return True
