@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="+")
 
     wk = sub.add_parser("worker", help="start a worker (Celery, threads pool) for the service")
-    wk.add_argument("--concurrency", type=int, default=None, help="jobs at once (default: the host's cores)")
+    wk.add_argument("--concurrency", type=int, default=None,
+                    help="jobs at once (default: the host's cores; the memory/cpu budget still applies)")
 
     upp = sub.add_parser("up", help="start the service here: redis (unless configured), a worker, the API")
     upp.add_argument("--host", default="127.0.0.1")

@@ -48,18 +48,18 @@ def _commands(lines: tuple[str, ...]) -> str:
 
 
 def job_script(job: Job) -> str:
-    """The shell program for ``job``: before_script + script, then after_script."""
+    """The shell program for ``job``: before_script + script, then after_script.
+
+    ``command set`` keeps dash (no pipefail) from exiting on the unknown option; bash gets pipefail.
+    Without after_script everything runs in one shell: no extra fork on the hot path.
+    """
     main = _commands(job.script) or ":"
-    script = (
-        "set -e\n(set -o pipefail) 2>/dev/null && set -o pipefail\n"
-        f"( set -e\n{main}\n)\n"
-    )
+    prologue = "command set -o pipefail 2>/dev/null\n"
     if not job.after_script:
-        return script
+        return f"{prologue}set -e\n{main}\n"
     after = _commands(job.after_script)
     return (
-        "set +e\n"
-        f"( {script} )\n__sandpit_rc=$?\n"
+        f"{prologue}( set -e\n{main}\n)\n__sandpit_rc=$?\n"
         "printf '%s\\n' 'Running after_script'\n"
         f"( {after}\n) || printf '%s\\n' 'after_script failed (ignored)'\n"
         "exit $__sandpit_rc\n"

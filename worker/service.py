@@ -5,7 +5,7 @@ Built once when a worker starts (``start_service_context``), from the environmen
 ``SANDPIT_LEASE_S`` (default 20), ``SANDPIT_SWEEP_S`` (default 5), plus the engine's settings.
 
 Admission: a job runs only once its memory and CPUs fit in this worker's budget (80 % of the
-host's memory, all its CPUs), so a worker never admits more than the host can hold.
+host's memory, twice its CPUs), so a worker never admits more than the host can hold.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ class Budget:
 
 
 def host_budget() -> Budget:
+    """80 % of memory (never over-committed: memory is not compressible) and twice the cores (CPU
+    is: an over-subscribed job runs slower, it does not fail)."""
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return Budget(int(pages * 0.8), float(os.cpu_count() or 1))
+    return Budget(int(pages * 0.8), 2.0 * (os.cpu_count() or 1))
 
 
 @dataclass

@@ -17,7 +17,9 @@ from api.settings import MAX_WAIT_S
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
-WAIT_POLL_S = 0.05
+# ?wait polls the database: quickly at first (a short job ends within tens of ms), then backing off
+WAIT_POLL_FIRST_S = 0.004
+WAIT_POLL_MAX_S = 0.05
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -51,8 +53,10 @@ async def create_run(
     if wait <= 0 or created.finished_at is not None:
         return created
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
+    interval = WAIT_POLL_FIRST_S
     while time.monotonic() < deadline and not await request.is_disconnected():
-        await asyncio.sleep(WAIT_POLL_S)
+        await asyncio.sleep(interval)
+        interval = min(WAIT_POLL_MAX_S, interval * 1.5)
         if await to_thread.run_sync(runs.run_settled, engine, created.id):
             break
     latest = await to_thread.run_sync(runs.read_run, engine, created.id)

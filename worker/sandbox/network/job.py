@@ -88,11 +88,14 @@ class JobNetwork:
 
             return making.result().finish(inside)
 
+        made = host.netlink.submit(finish)
         try:
-            netns = host.netlink.call(finish)
+            netns = made.result()
         except BaseException:
-            # the namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
-            # lease until the host end has vanished too
+            # Interrupted while waiting (KeyboardInterrupt): drop the namespace once it is made.
+            made.add_done_callback(_close_if_made)
+            # The namespace is gone, so is any pair made for it (the kernel is freeing it): keep the
+            # lease until the host end has vanished too.
             host.retire(lease, veth)
             raise
         self._lease, self.veth, self.address = lease, veth, address
@@ -133,6 +136,11 @@ class JobNetwork:
 def _abandon(making: Future[NetnsInTheMaking]) -> None:
     if making.exception() is None:
         making.result().abandon()
+
+
+def _close_if_made(made: Future[FreshNetns]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
 
 
 def _create_veth(ipr: Any, veth: str, bridge_index: int, job_ns_fd: int) -> None:

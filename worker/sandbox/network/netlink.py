@@ -81,7 +81,7 @@ class NetlinkThread:
 
     ``call(fn)`` runs ``fn(ipr)`` there and returns its result (or raises its error), so any thread, in
     any namespace, may use it. Calls are serialised. ``home_fd`` (valid inside calls) is the thread's
-    namespace: a call that leaves it (``namespace.new_netns_here``) must come back to it. ``close()``
+    namespace: a call that leaves it (``namespace.begin_netns_here``) must come back to it. ``close()``
     is idempotent.
     """
 
