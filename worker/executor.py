@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,19 +130,38 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     return newly
 
 
+CANCEL_POLL_S = 0.5  # how often a running job looks for a cancel request (cheap read)
+
+
 def _renew(ctx: WorkerContext, job_id: str, attempt: int, cancel: threading.Event, lost: threading.Event,
            stop: threading.Event) -> None:
-    interval = max(0.05, ctx.lease_s / 3)
-    while not stop.wait(interval):
+    """Renew the lease every lease_s/3; between renewals, look for a cancel request twice a second."""
+    renew_every = max(0.05, ctx.lease_s / 3)
+    next_renewal = time.monotonic() + renew_every
+    while not stop.wait(min(CANCEL_POLL_S, renew_every)):
         try:
-            with session_scope(ctx.db) as s:
-                status = renew_lease(s, job_id, ctx.worker_id, attempt, ctx.now(), ctx.lease_s)
-        except Exception as exc:  # a DB hiccup must not kill the job; the next renewal retries
-            logging.getLogger("sandpit.worker").warning("renewing the lease of job %s failed: %s", job_id, exc)
+            if time.monotonic() >= next_renewal:
+                next_renewal = time.monotonic() + renew_every
+                with session_scope(ctx.db) as s:
+                    status = renew_lease(s, job_id, ctx.worker_id, attempt, ctx.now(), ctx.lease_s)
+                held, cancelled = status.held, status.cancel_requested
+            else:
+                held, cancelled = True, _cancel_requested(ctx, job_id)
+        except Exception as exc:  # a DB hiccup must not kill the job; the next round retries
+            logging.getLogger("sandpit.worker").warning("lease/cancel check of job %s failed: %s", job_id, exc)
             continue
-        if not status.held:
+        if not held:
             lost.set()
             cancel.set()
             return
-        if status.cancel_requested:
+        if cancelled:
             cancel.set()
+
+
+def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
+    with ctx.db.connect() as conn:
+        row = conn.execute(
+            select(Job.cancel_requested, Run.cancelled).join(Run, Run.id == Job.run_id)  # type: ignore[arg-type]
+            .where(Job.id == job_id)
+        ).first()
+    return bool(row and (row[0] or row[1]))

@@ -58,10 +58,10 @@ class Service:
                 "SANDPIT_DATABASE_URL": self.db_url, "SANDPIT_REDIS_URL": self.redis.url,
                 "SANDPIT_LEASE_S": "2", "SANDPIT_SWEEP_S": "0.5", "SANDPIT_SCRATCH_SIZE": str(8 * 1024**3)}
 
-    def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
         with open(self.tmp / f"worker-{len(self.workers)}.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)],
-                                    env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                                    env={**self.env(), **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.workers.append(proc)
         return proc
 
