@@ -1,0 +1,94 @@
+"""`sandpit up`, then `submit --follow`, `logs` and `cancel` against it, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root, require_tools
+from tests.integration.redis_server import free_port
+from tests.sandbox.conftest import TEST_RUN, TEST_STATE
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture()
+def running_service(tmp_path: Path):
+    require_root()
+    require_tools("redis-server")
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(TEST_STATE), "SANDPIT_RUN_DIR": str(TEST_RUN),
+           "SANDPIT_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "SANDPIT_LEASE_S": "30"}
+    up = subprocess.Popen([sys.executable, "-m", "worker", "up", "--port", str(port)], env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    token = ""
+    assert up.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = up.stdout.readline()
+        if line.strip().startswith("token:"):
+            token = line.split(":", 1)[1].strip()
+            break
+        assert line, "sandpit up exited"
+    assert token
+    client_env = {**env, "SANDPIT_API_URL": f"http://127.0.0.1:{port}", "SANDPIT_TOKEN": token}
+    try:
+        yield client_env, port
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+
+
+def sandpit(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_up_submit_follow_logs_and_cancel(running_service, tmp_path):
+    env, port = running_service
+    pipeline = tmp_path / "p.yml"
+    pipeline.write_text("stages: [a, b]\nhello:\n  stage: a\n  script: ['echo hello from the service']\n"
+                        "after:\n  stage: b\n  script: ['echo second']\n")
+    p = sandpit(env, "submit", str(pipeline), "--follow")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "hello | hello from the service" in p.stdout and "pipeline succeeded" in p.stdout
+    job_id = next(line.split()[0] for line in p.stdout.splitlines() if line.strip().endswith(" hello"))
+    logs = sandpit(env, "logs", job_id)
+    assert "hello from the service" in logs.stdout
+
+    pipeline.write_text("long:\n  script: ['sleep 60']\n")
+    p = sandpit(env, "submit", str(pipeline))
+    run_id = p.stdout.split()[1].rstrip(":")
+    time.sleep(1.0)
+    c = sandpit(env, "cancel", run_id)
+    assert c.returncode == 0 and "cancelled" in c.stdout
+    bad = sandpit({**env, "SANDPIT_TOKEN": "wrong"}, "cancel", run_id)
+    assert bad.returncode != 0 and "401" in bad.stderr
+
+
+def test_up_stops_everything_it_started(tmp_path):
+    require_root()
+    require_tools("redis-server")
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(TEST_STATE), "SANDPIT_RUN_DIR": str(TEST_RUN),
+           "SANDPIT_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    up = subprocess.Popen([sys.executable, "-m", "worker", "up", "--port", str(port)], env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert up.stdout is not None
+    while "Ctrl-C" not in (line := up.stdout.readline()):
+        assert line
+    children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 3  # redis-server, worker, API
+    up.send_signal(signal.SIGINT)
+    up.communicate(timeout=60)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        pass
