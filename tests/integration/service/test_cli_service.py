@@ -52,7 +52,7 @@ def sandpit(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 
 
 def test_up_submit_follow_logs_and_cancel(running_service, tmp_path):
-    env, port = running_service
+    env, _port = running_service
     pipeline = tmp_path / "p.yml"
     pipeline.write_text("stages: [a, b]\nhello:\n  stage: a\n  script: ['echo hello from the service']\n"
                         "after:\n  stage: b\n  script: ['echo second']\n")
