@@ -142,6 +142,9 @@ def main() -> int:
                         proc.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     print("\n| measure | value |\n|---|---:|")
     for k, v in results.items():
         print(f"| {k} | {v} |")

@@ -6,9 +6,11 @@ address and veth, optionally start a process inside the job namespace, then wait
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from worker.sandbox.network import JobNetwork, NetworkSettings, prepare_host
@@ -24,6 +26,20 @@ def main() -> None:
     if "--hold-netns" in sys.argv:
         # like a container that outlives its worker: keeps the job namespace (and its veth) alive
         holder = subprocess.Popen(["nsenter", f"--net={job.netns_path}", "sleep", "600"])
+        # report only once the holder is inside: killed earlier, this worker would take the namespace
+        # (and the veth the test expects the reaper to find) with it
+        wanted = os.readlink(job.netns_path)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.readlink(f"/proc/{holder.pid}/ns/net") == wanted:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        else:
+            holder.kill()
+            raise SystemExit("the holder did not enter the job namespace")
     print(job.address, job.veth, holder.pid if holder else 0, flush=True)
     threading.Event().wait()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -207,3 +209,44 @@ def test_teardown_host_removes_bridge_and_tables(world: World) -> None:
     assert json.loads(in_netns(world.host_path, "nft", "-j", "list", "tables").stdout)["nftables"][1:] == []
     world.network = prepare_host(world.settings)
     assert "sandpit0" in link_names(world.host_path)
+
+
+def test_jobs_from_many_threads_in_any_namespace_use_the_host_namespace(world: World) -> None:
+    """A HostNetwork is shared by threads, and its netlink work lands in the host namespace whatever
+    namespace the calling thread is in (pyroute2 sockets are per thread: a socket shared behind a lock
+    would follow the caller into its namespace). Four threads, two of them in a throwaway namespace
+    of their own, open and close egress jobs at once: every veth appears on the host's bridge, no two
+    live jobs share an address, and nothing is left."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    errors: list[BaseException] = []
+    live: list[str] = []
+    lock = threading.Lock()
+    host_veths: set[str] = set()
+
+    def run(worker: int, elsewhere: bool) -> None:
+        try:
+            if elsewhere:
+                assert libc.unshare(0x40000000) == 0  # CLONE_NEWNET, this thread only
+            for i in range(15):
+                with JobNetwork(world.settings, f"thread-{worker}-{i}", "egress", world.network) as job:
+                    assert job.address is not None and job.veth is not None
+                    with lock:
+                        assert str(job.address.ip) not in live
+                        live.append(str(job.address.ip))
+                        host_veths.add(job.veth)
+                    assert job.veth in sandpit_veths(world)
+                    with lock:
+                        live.remove(str(job.address.ip))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n, n % 2 == 1)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(host_veths) > 1
+    wait_until_clean(world)
+    assert sandpit_veths(world) == set()
+    assert lease_files(world.settings) == []

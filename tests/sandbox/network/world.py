@@ -29,21 +29,7 @@ import pytest
 
 from worker.sandbox.network import HostNetwork, NetworkSettings
 from worker.sandbox.network.namespace import FreshNetns, create_netns
-from worker.sandbox.network.rtnl import (
-    IFLA_IFNAME,
-    IFLA_INFO_DATA,
-    IFLA_INFO_KIND,
-    IFLA_LINKINFO,
-    IFLA_NET_NS_FD,
-    NLM_F_CREATE,
-    NLM_F_EXCL,
-    RTM_NEWLINK,
-    VETH_INFO_PEER,
-    ifinfomsg,
-    name,
-    nested,
-    u32,
-)
+from worker.sandbox.network.netlink import netlink_session
 
 HERE = Path(__file__).parent
 WEB = "198.51.100.10"
@@ -138,10 +124,8 @@ def build_world() -> tuple[FreshNetns, FreshNetns]:
     host = create_netns(ipv6=True)
     internet = create_netns(ipv6=True)
     try:
-        peer = ifinfomsg() + name(IFLA_IFNAME, "inet0") + u32(IFLA_NET_NS_FD, internet.fd)
-        host.rtnl.request((RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifinfomsg() + name(IFLA_IFNAME, "uplink0")
-                           + nested(IFLA_LINKINFO, name(IFLA_INFO_KIND, "veth"),
-                                    nested(IFLA_INFO_DATA, nested(VETH_INFO_PEER, peer)))))
+        netlink_session(host.fd, lambda ipr: ipr.link("add", ifname="uplink0", kind="veth",
+                                                      peer={"ifname": "inet0", "net_ns_fd": internet.fd}))
         assert_isolated(host, internet)
         script = [
             (host.path, f"ip addr add {HOST_UPLINK}/24 dev uplink0"),

@@ -1,10 +1,11 @@
 """One job's network namespace: ``none`` (loopback only) or ``egress`` (veth to the sandpit bridge).
 
-Setup, egress: lease an address → in one short-lived thread, ``unshare`` a namespace (IPv6 off) and
-open a pyroute2 socket there (lo up) → hand the host's netlink thread the veth: the pair created with
-its job end (``eth0``, ifindex 2) directly inside the job namespace and its host end up and enslaved
-to the bridge, then made an isolated port without IPv6 → back in the job thread, ``eth0`` up, its
-address, the default route → the job socket is closed; the thread exits.
+Setup, egress (all netlink work in the host's ``NetlinkThread``, see ``netlink``): that thread
+``unshare``s a namespace (IPv6 off), opens a pyroute2 socket inside it, returns to the host namespace
+and brings lo up, while the calling thread leases an address → the same thread creates the veth pair
+with its job end (``eth0``, ifindex 2) directly inside the job namespace and its host end up and
+enslaved to the bridge, then makes the host end an isolated port without IPv6 → through the job
+socket, ``eth0`` up, its address, the default route → the job socket is closed.
 
 Teardown is closing the namespace fd (≈0.01 ms): the kernel frees the namespace and the veth pair
 asynchronously. Until it has, the address lease stays held (``HostNetwork.retire``) so the address and
@@ -167,4 +168,4 @@ def _configure_job_side(ipr: Any, address: ipaddress.IPv4Interface, gateway: ipa
     """In the job namespace: eth0 up, its address, the default route via the bridge."""
     ipr.link("set", index=JOB_IFINDEX, state="up")
     ipr.addr("add", index=JOB_IFINDEX, address=str(address.ip), prefixlen=address.network.prefixlen)
-    ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=JOB_IFINDEX)
+    ipr.route("add", gateway=str(gateway), oif=JOB_IFINDEX)  # no dst: the default route
