@@ -195,12 +195,15 @@ def _images(args: Any, settings: Settings) -> int:
 
 
 def _host_prep(settings: Settings) -> int:
-    from worker.sandbox.disk import ensure_scratch
+    from worker.sandbox.disk import ensure_quota_consistent, ensure_scratch
     from worker.sandbox.runtime import fix_hybrid_cgroups
 
     for ctrl in fix_hybrid_cgroups():
         print(f"moved cgroup controller {ctrl} to a v1 hierarchy (crun needs an empty v2 hierarchy here)")
-    print(f"job disks on {ensure_scratch(settings.state_dir, settings.scratch_bytes)}")
+    scratch = ensure_scratch(settings.state_dir, settings.scratch_bytes)
+    if ensure_quota_consistent(scratch):
+        print("rescanned the job-disk quotas (they were inconsistent, so limits were not enforced)")
+    print(f"job disks on {scratch}")
     return _doctor()
 
 

@@ -101,3 +101,15 @@ def test_host_stays_healthy_after_hostile_jobs(run):
     run.sh("f(){ f|f& }; f", limits=Limits(pids=16))
     res, out, _ = run("echo", "fine")
     assert res.status == "succeeded" and out == "fine\n"
+
+
+def test_quota_accounting_stays_consistent_across_jobs(run, settings):
+    """Job disks come and go without leaving btrfs qgroups inconsistent (limits would stop holding)."""
+    import subprocess
+
+    for _ in range(8):
+        run.sh("head -c 3000000 /dev/zero > /workspace/f; sync")
+    shown = subprocess.run(["btrfs", "qgroup", "show", str(settings.scratch_dir)], capture_output=True, text=True)
+    assert "inconsistent" not in shown.stdout + shown.stderr
+    res, _out, _err = run.sh("dd if=/dev/zero of=/workspace/fill bs=1M count=100", limits=Limits(disk_bytes=16 * MiB))
+    assert res.reason == "disk_quota"

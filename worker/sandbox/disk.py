@@ -149,21 +149,15 @@ def limit_subvolume(path: Path, limit_bytes: int) -> None:
 
 
 def destroy_subvolume(parent: Path, name: str) -> None:
-    """Delete the subvolume and its qgroup; a missing subvolume is not an error."""
-    try:
-        qgroup = subvolume_id(parent / name)
-    except FileNotFoundError:
-        return
-    except OSError:
-        qgroup = 0
+    """Delete the subvolume; a missing one is not an error.
+
+    Its qgroup is left to the kernel, which removes it once the cleaner has dropped the subvolume:
+    deleting a qgroup that still has numbers marks all qgroup data inconsistent, and inconsistent
+    qgroups stop enforcing limits.
+    """
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.ioctl(fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
-        if qgroup:
-            try:
-                fcntl.ioctl(fd, BTRFS_IOC_QGROUP_CREATE, bytearray(struct.pack("QQ", 0, qgroup)))
-            except OSError:
-                pass  # newer kernels drop the qgroup themselves once the subvolume is cleaned
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -172,3 +166,15 @@ def destroy_subvolume(parent: Path, name: str) -> None:
         os.close(fd)
 
 
+def ensure_quota_consistent(mnt: Path) -> bool:
+    """Rescan the qgroups if the kernel marked them inconsistent (limits are not enforced then).
+
+    Returns True when a rescan was needed.
+    """
+    import subprocess
+
+    shown = subprocess.run(["btrfs", "qgroup", "show", str(mnt)], capture_output=True, text=True, check=False)
+    if "inconsistent" not in (shown.stdout + shown.stderr):
+        return False
+    _run(["btrfs", "quota", "rescan", "-w", str(mnt)])
+    return True

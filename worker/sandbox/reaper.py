@@ -13,11 +13,10 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import PARENT, remove_job_cgroups, v1_hierarchies
-from worker.sandbox.disk import destroy_subvolume, is_mounted
+from worker.sandbox.disk import destroy_subvolume, ensure_quota_consistent, is_mounted
 from worker.sandbox.leases import is_locked
 from worker.sandbox.rootfs import unmount_all
 from worker.sandbox.runtime import PREFERENCE, Runtime
@@ -86,7 +85,8 @@ def reap(settings: Settings) -> list[str]:
                     log.warning("%s", exc)
                     continue
                 done.append(f"disk {sub}")
-        subprocess.run(["btrfs", "qgroup", "clear-stale", str(scratch)], capture_output=True, check=False)
+        if ensure_quota_consistent(scratch):
+            done.append(f"quota rescan of {scratch} (qgroups were inconsistent)")
     if settings.network().net_dir.is_dir():
         from worker.sandbox.network import reap_networks
 
