@@ -34,8 +34,10 @@ from worker.sandbox.supervise import Outcome, supervise
 from worker.settings import Settings
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from worker.sandbox.artifacts import Artifact, Rejected
-    from worker.sandbox.network import HostNetwork, NetworkSettings
+    from worker.sandbox.network import HostNetwork, JobNetwork, NetworkSettings
     from worker.sandbox.seed import Seed
 
 
@@ -184,6 +186,8 @@ class Engine:
             s.jobs_dir.mkdir(parents=True, exist_ok=True)
             job_dir.mkdir(mode=0o711)
             stack.callback(shutil.rmtree, job_dir, True)
+            # the job's network is made on another thread while disk, cgroup and rootfs are made here
+            net_future = self._start_egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
             slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots)
             stack.callback(slot_lease.release)
@@ -206,8 +210,8 @@ class Engine:
                 except OSError as exc:
                     raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
             netns_path = resolv_conf = None
-            if req.network == "egress":
-                netns_path, resolv_conf = self._egress(stack, job_id, job_dir)
+            if net_future is not None:
+                netns_path, resolv_conf = self._egress_ready(net_future, job_dir)
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
                 uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
@@ -233,16 +237,23 @@ class Engine:
                     result.cache_files, _refused = collect_artifacts(
                         rootfs.workspace, cache_paths, self.artifact_store, caps)
 
-    def _egress(self, stack: contextlib.ExitStack, job_id: str, job_dir: Path) -> tuple[str, str]:
-        """A network namespace with a veth on sandpit's bridge; closed after the container is gone."""
-        from worker.sandbox.network import JobNetwork, NetworkError
+    def _start_egress(self, stack: contextlib.ExitStack, job_id: str) -> Future[JobNetwork]:
+        """Begin making a network namespace with a veth on sandpit's bridge; it is closed (after the
+        container is gone) by the stack, whatever happens in between."""
+        from worker.sandbox.network import JobNetwork
 
         host = self.host_network()
+        future = _network_pool().submit(JobNetwork, host.settings, job_id, "egress", host)
+        stack.callback(_close_network, future)
+        return future
+
+    def _egress_ready(self, future: Future[JobNetwork], job_dir: Path) -> tuple[str, str]:
+        from worker.sandbox.network import NetworkError
+
         try:
-            net = JobNetwork(host.settings, job_id, "egress", host)
+            net = future.result()
         except NetworkError as exc:
             raise SandboxError(f"cannot give the job a network: {exc}") from exc
-        stack.callback(net.close)
         resolv = job_dir / "resolv.conf"
         resolv.write_bytes(net.resolv_conf or b"")
         resolv.chmod(0o644)
@@ -269,6 +280,28 @@ class Engine:
         else:
             result.status = "cancelled" if reason == "cancelled" else "failed"
             result.reason = reason
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _network_pool() -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor  # only egress jobs pay for the import
+
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandpit-net")
+        return _pool
+
+
+def _close_network(future: Future[JobNetwork]) -> None:
+    try:
+        net = future.result()
+    except Exception:
+        return
+    net.close()
 
 
 def _unlink(path: Path) -> None:
