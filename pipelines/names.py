@@ -18,5 +18,11 @@ def log_stream_key(job_id: str) -> str:
     return f"sandpit:log:{job_id}"
 
 
+def run_events_channel(run_id: str) -> str:
+    """Pub/sub channel on which a worker announces that a job of the run has finished (the message
+    is the job id); ``?wait`` listens there instead of polling the database."""
+    return f"sandpit:run:{run_id}"
+
+
 def cancel_channel(job_id: str) -> str:
     return f"sandpit:cancel:{job_id}"

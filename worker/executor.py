@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class WorkerContext:
     source_for: Callable[[Run], Source | None] = lambda _run: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
     on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _record: None
+    # wraps the sandbox run: the service waits here for room in its memory/cpu budget
+    admit: Callable[[PlannedJob], AbstractContextManager[object]] = lambda _planned: nullcontext()
     now: Callable[[], dt.datetime] = utcnow
 
 
@@ -113,8 +116,9 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     renewer = threading.Thread(target=_renew, args=(ctx, job_id, attempt, cancel, lost, stop), daemon=True)
     renewer.start()
     try:
-        result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=cancel, seed=seed,
-                                secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
+        with ctx.admit(planned):
+            result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=cancel, seed=seed,
+                                    secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
     finally:
         stop.set()
         renewer.join()

@@ -16,19 +16,19 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from sqlalchemy.engine import Engine as DbEngine
 
-from pipelines.names import QUEUE, TASK_RUN_JOB
+from pipelines.language.model import Job as PlannedJob
+from pipelines.names import QUEUE, TASK_RUN_JOB, run_events_channel
 from pipelines.store.db import default_url, make_engine, migrate, session_scope
 from pipelines.store.models import Job
 from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
 from pipelines.store.retention import expire_artifacts
-from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import expire_leases
 from worker.executor import WorkerContext, execute_job, utcnow
 from worker.jobs import JobDefaults
@@ -111,9 +111,21 @@ class ServiceContext:
             stream = self._streams.pop(job.id, None)
             if stream is not None:
                 stream.end(str(record.get("status")))
+            with contextlib.suppress(redis.RedisError):
+                self.redis.publish(run_events_channel(job.run_id), job.id)
+
+        @contextlib.contextmanager
+        def admit(planned: PlannedJob) -> Iterator[object]:
+            memory = planned.sandbox.memory_bytes or self.defaults.memory_bytes
+            cpus = planned.sandbox.cpus or self.defaults.cpus
+            taken = self.budget.take(memory, cpus)
+            try:
+                yield taken
+            finally:
+                self.budget.give(*taken)
 
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.lease_s,
-                             defaults=self.defaults, sink_for=sink_for, on_done=on_done)
+                             defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
@@ -192,18 +204,6 @@ def stop_service_context() -> None:
 
 
 def handle_job(job_id: str) -> None:
-    """The task body: wait for room in the budget, run the job, publish what became ready."""
+    """The task body: claim and run the job (waiting for room in the budget), publish what became ready."""
     ctx = _ctx or start_service_context(os.environ)
-    with session_scope(ctx.db) as s:
-        row = s.get(Job, job_id)
-        if row is None or row.status != "queued":
-            return
-        planned = job_from_spec(row.spec)
-    memory = planned.sandbox.memory_bytes or ctx.defaults.memory_bytes
-    cpus = planned.sandbox.cpus or ctx.defaults.cpus
-    taken = ctx.budget.take(memory, cpus)
-    try:
-        ready = execute_job(ctx.worker_context(), job_id)
-    finally:
-        ctx.budget.give(*taken)
-    ctx.publish(ready)
+    ctx.publish(execute_job(ctx.worker_context(), job_id))

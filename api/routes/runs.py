@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
+from redis.exceptions import RedisError
 
 from api import runs
-from api.deps import CallerDep, EngineDep, PublisherDep, SettingsDep
+from api.deps import CallerDep, EngineDep, PublisherDep, RedisDep, SettingsDep
 from api.intake import parse_run_body, read_capped_body
 from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
 from api.settings import MAX_WAIT_S
+from pipelines.names import run_events_channel
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
-# ?wait polls the database: quickly at first (a short job ends within tens of ms), then backing off
+# ?wait listens for the workers' "job finished" messages; without Redis it polls the database,
+# quickly at first (a short job ends within tens of ms), then backing off
+WAIT_EVENT_TIMEOUT_S = 0.25
 WAIT_POLL_FIRST_S = 0.004
 WAIT_POLL_MAX_S = 0.05
 
@@ -45,6 +50,7 @@ async def create_run(
     settings: SettingsDep,
     engine: EngineDep,
     publisher: PublisherDep,
+    redis: RedisDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer until the run ends")] = 0,
 ) -> RunCreated:
     body = await read_capped_body(request, settings.max_body_bytes)
@@ -53,14 +59,39 @@ async def create_run(
     if wait <= 0 or created.finished_at is not None:
         return created
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
-    interval = WAIT_POLL_FIRST_S
-    while time.monotonic() < deadline and not await request.is_disconnected():
-        await asyncio.sleep(interval)
-        interval = min(WAIT_POLL_MAX_S, interval * 1.5)
-        if await to_thread.run_sync(runs.run_settled, engine, created.id):
-            break
+    await _wait_until_settled(request, engine, redis, created.id, deadline)
     latest = await to_thread.run_sync(runs.read_run, engine, created.id)
     return RunCreated(**latest.model_dump(), warnings=created.warnings)
+
+
+async def _wait_until_settled(request: Request, engine: Any, redis: Any, run_id: str, deadline: float) -> None:
+    """Wake on each "a job of this run finished" message from the workers (Redis pub/sub) and
+    check the database then; if Redis is away, poll the database with a backoff instead."""
+    pubsub = None
+    try:
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(run_events_channel(run_id))
+    except RedisError:
+        pubsub = None
+    interval = WAIT_POLL_FIRST_S
+    try:
+        while time.monotonic() < deadline and not await request.is_disconnected():
+            # checked after subscribing, so a job that finished in between is not missed
+            if await to_thread.run_sync(runs.run_settled, engine, run_id):
+                return
+            if pubsub is not None:
+                try:
+                    await pubsub.get_message(ignore_subscribe_messages=True,
+                                             timeout=min(WAIT_EVENT_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
+                    continue
+                except RedisError:
+                    pubsub = None
+            await asyncio.sleep(interval)
+            interval = min(WAIT_POLL_MAX_S, interval * 1.5)
+    finally:
+        if pubsub is not None:
+            with contextlib.suppress(RedisError):
+                await pubsub.aclose()
 
 
 @router.get("/{run_id}", response_model=RunPublic)
