@@ -42,9 +42,8 @@ def celery_config(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-@app.on_configure.connect
-def _configure(sender: Celery, **_kw: Any) -> None:
-    sender.conf.update(celery_config(os.environ))
+# evaluated lazily, when Celery first reads its configuration (so at the entry point, not on import)
+app.add_defaults(lambda: celery_config(os.environ))
 
 
 @signals.worker_init.connect

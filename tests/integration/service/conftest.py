@@ -58,9 +58,13 @@ class Service:
                 "SANDPIT_DATABASE_URL": self.db_url, "SANDPIT_REDIS_URL": self.redis.url,
                 "SANDPIT_LEASE_S": "2", "SANDPIT_SWEEP_S": "0.5", "SANDPIT_SCRATCH_SIZE": str(8 * 1024**3)}
 
-    def start_worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 2, *, plain_celery: bool = False, **env: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)]
+        if plain_celery:  # the documented plain form
+            argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "threads",
+                    "-c", str(concurrency), "-l", "INFO"]
         with open(self.tmp / f"worker-{len(self.workers)}.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)],
+            proc = subprocess.Popen(argv,
                                     env={**self.env(), **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.workers.append(proc)
         return proc

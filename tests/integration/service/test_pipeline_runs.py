@@ -148,3 +148,11 @@ def test_cancel_of_a_running_job(service: Service):
     jobs = service.jobs(run_id)
     assert jobs["long"].status == "cancelled"
     assert jobs["next"].status in ("cancelled", "skipped", "created")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_plain_celery_worker_form(service: Service):
+    """`celery -A worker.celery_app worker -P threads` is the same worker as `sandpit worker`."""
+    service.start_worker(plain_celery=True)
+    run_id = service.submit("hello:\n  script: ['echo hi']\n")
+    assert service.wait(run_id) == "succeeded"
