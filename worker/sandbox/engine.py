@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,9 +82,10 @@ def _now() -> str:
 
 
 def _log_info(message: str, *args: object) -> None:
-    import logging
-
-    logging.getLogger("sandpit.engine").info(message, *args)
+    # logging costs ~6 ms to import: only log when the entry point has set logging up (-v, workers)
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("sandpit.engine").info(message, *args)
 
 
 class Engine:
