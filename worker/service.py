@@ -37,6 +37,7 @@ from worker.sandbox.engine import Engine
 from worker.settings import Settings
 
 log = logging.getLogger("sandpit.worker")
+REAP_EVERY_S = 60.0
 
 
 class Budget:
@@ -145,9 +146,18 @@ class ServiceContext:
             _remove_unreferenced(self, getattr(item, "sha256", ""))
 
     def _sweep_loop(self) -> None:
+        from worker.sandbox.reaper import reap
+
+        rounds = 0
+        reap_every = max(1, int(REAP_EVERY_S / self.sweep_s))
         while not self.stop.wait(self.sweep_s):
+            rounds += 1
             try:
                 self.sweep_once()
+                if rounds % reap_every == 0:
+                    # kernel objects of another worker on this host that died (its leases are free)
+                    for line in reap(self.settings):
+                        log.info("reaped %s", line)
             except Exception as exc:  # keep sweeping through database or broker outages
                 log.warning("sweep failed: %s", exc)
 
