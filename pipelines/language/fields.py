@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pipelines.language.model import AllowFailure, Artifacts, Cache, Image, Retry, SandboxPolicy, SandboxSpec
 from pipelines.language.problems import ProblemSink
-from pipelines.language.quantities import parse_cpus, parse_duration, parse_pids, parse_size
+from pipelines.language.quantities import parse_cpus, parse_pids, parse_size
 from pipelines.language.reader import (
     flatten_items,
     read_bool,
@@ -23,6 +23,7 @@ from pipelines.language.reader import (
     read_str,
     read_str_list,
 )
+from pipelines.language.rules import read_duration
 from pipelines.language.schema import check_keys
 from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq
 
@@ -86,19 +87,8 @@ def read_retry(node: YNode, sink: ProblemSink) -> Retry | None:
     return Retry(count, whens, codes)
 
 
-def _duration(node: YNode, what: str, sink: ProblemSink) -> int | None:
-    text = read_str(node, what, sink)
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        sink.error(node.loc, "invalid-duration", f"{what}: {exc}", "write e.g. 30 minutes, 1h 30m, 2 days")
-        return None
-
-
 def read_timeout(node: YNode, sink: ProblemSink) -> int | None:
-    seconds = _duration(node, "timeout", sink)
+    seconds = read_duration(node, "timeout", sink)
     if seconds is not None and seconds < 1:
         sink.error(node.loc, "invalid-duration", "timeout must be at least one second", "write e.g. 10m")
         return None
@@ -127,7 +117,7 @@ def read_artifacts(node: YNode, sink: ProblemSink) -> Artifacts | None:
             if text is not None and text.strip().lower() == "never":
                 never = True
             elif text is not None:
-                expire = _duration(value, "artifacts:expire_in", sink)
+                expire = read_duration(value, "artifacts:expire_in", sink)
         elif key == "when":
             when = _choice(value, "artifacts:when", ARTIFACT_WHENS, sink) or when
         elif key == "name":

@@ -1,4 +1,8 @@
-"""Parsing of human sizes and durations (pure).
+"""Parsing of human sizes, CPUs and durations for the CLI and settings (pure).
+
+Sizes and CPUs are read exactly as a pipeline's ``sandbox:`` block reads them (one parser, in
+``pipelines.language.quantities``); durations here are the CLI's compact form (``30s``, ``1m30s``,
+``250ms``).
 
 >>> parse_size("256M")
 268435456
@@ -10,28 +14,12 @@ from __future__ import annotations
 
 import re
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+from pipelines.language.quantities import parse_cpus, parse_size
+
+__all__ = ["parse_cpus", "parse_duration", "parse_size"]
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"512"``, ``"64k"``, ``"256M"``, ``"1G"``, ``"1Gi"``, ``"2GB"``.
-
-    Binary multiples (1024) throughout, as Docker and Kubernetes' ``Mi`` do.
-
-    >>> parse_size("1Gi") == parse_size("1G") == 1024**3
-    True
-    """
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a size; write e.g. 512M, 1G or 64k")
-    number, unit, _suffix = match.groups()
-    value = float(number) * 1024 ** _POWERS[unit.lower()]
-    if value < 1:
-        raise ValueError(f"size {text!r} must be at least one byte")
-    return int(value)
 
 
 def parse_duration(text: str) -> float:
@@ -56,19 +44,4 @@ def parse_duration(text: str) -> float:
             raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m or 1h30m")
     if value <= 0:
         raise ValueError(f"duration {text!r} must be positive")
-    return value
-
-
-def parse_cpus(text: str) -> float:
-    """A positive number of CPUs, e.g. ``"1.5"``.
-
-    >>> parse_cpus("0.5")
-    0.5
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of CPUs; write e.g. 1 or 1.5") from None
-    if not 0.01 <= value <= 1024:
-        raise ValueError(f"cpus {text!r} must be between 0.01 and 1024")
     return value

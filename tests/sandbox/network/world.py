@@ -25,8 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import require
 from worker.sandbox.network import HostNetwork, NetworkSettings
 from worker.sandbox.network.namespace import FreshNetns, create_netns
 from worker.sandbox.network.netlink import netlink_session
@@ -43,15 +42,6 @@ REAL_NETWORKS = ("10.97.", "192.0.2.")  # the machine's own uplink: must never a
 HOST_TCP_PORTS = (22, 80, 5432, 8000)
 HOST_UDP_PORTS = (53, 161, 5353)
 REDIS_PORT = 6390
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip with ``reason``, or fail when SANDPIT_REQUIRE_ALL=1 (CI must run everything)."""
-    if condition:
-        return
-    if os.environ.get("SANDPIT_REQUIRE_ALL") == "1":
-        pytest.fail(f"SANDPIT_REQUIRE_ALL=1 but: {reason}")
-    pytest.skip(reason)
 
 
 def require_network_tools() -> None:
