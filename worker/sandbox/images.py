@@ -116,6 +116,10 @@ class ImageStore:
         try:
             ref = json.loads(self._ref_path(name).read_text())
         except FileNotFoundError:
+            if name not in self.recipe_names():
+                known = ", ".join(self.recipe_names()) or "none"
+                raise ImageError(f"there is no image named {name!r} (images: {known}; recipes live in "
+                                 f"{self.recipes_dir})") from None
             raise ImageError(
                 f"image {name!r} is not built; build it with: sandpit images build {name}"
             ) from None

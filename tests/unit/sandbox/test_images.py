@@ -44,5 +44,7 @@ def test_unknown_and_unbuilt_images(tmp_path):
         store.get("debian")
     with pytest.raises(ImageError, match="no image recipe named 'nope'"):
         store.recipe("nope")
+    with pytest.raises(ImageError, match=r"there is no image named 'node:20' \(images: debian, python"):
+        store.get("node:20")
     with pytest.raises(ImageError, match="no image recipe"):
         store.recipe("../etc")
