@@ -29,9 +29,15 @@ class RedisLog:
                 self.failed = True
         return write
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, announce: tuple[str, str] | None = None) -> None:
+        """The end marker and the stream's expiry, and (``announce`` = channel, message) a pub/sub
+        message, in one round trip."""
         try:
-            self.client.xadd(self.key, {"eof": "1", "status": status}, maxlen=LOG_STREAM_MAXLEN, approximate=True)
-            self.client.expire(self.key, LOG_STREAM_TTL_S)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xadd(self.key, {"eof": "1", "status": status}, maxlen=LOG_STREAM_MAXLEN, approximate=True)
+            pipe.expire(self.key, LOG_STREAM_TTL_S)
+            if announce is not None:
+                pipe.publish(*announce)
+            pipe.execute()
         except redis.RedisError:
             pass

@@ -109,11 +109,8 @@ class ServiceContext:
             return stream.sink()
 
         def on_done(job: Job, record: dict[str, Any]) -> None:
-            stream = self._streams.pop(job.id, None)
-            if stream is not None:
-                stream.end(str(record.get("status")))
-            with contextlib.suppress(redis.RedisError):
-                self.redis.publish(run_events_channel(job.run_id), job.id)
+            stream = self._streams.pop(job.id, None) or RedisLog(self.redis, job.id)
+            stream.end(str(record.get("status")), announce=(run_events_channel(job.run_id), job.id))
 
         @contextlib.contextmanager
         def admit(planned: PlannedJob) -> Iterator[object]:

@@ -174,14 +174,30 @@ class JobCgroup:
         if self.oom_eventfd is not None:
             os.close(self.oom_eventfd)
             self.oom_eventfd = None
-        remove_job_cgroups(self.name, self.root)
+        remove_job_cgroups(self.name, self.root, fast=True)
 
 
-def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path]:
-    """rmdir ``sandpit/<name>`` (deepest first) in every hierarchy; returns what was removed."""
+def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT, *, fast: bool = False) -> list[Path]:
+    """rmdir ``sandpit/<name>`` (deepest first) in every hierarchy; returns what was removed.
+
+    ``fast`` (a job's own teardown): the hierarchies are the ones this process saw at start, and
+    the tree is the job cgroup plus the runtime's ``ctr`` child, so no walk is needed unless
+    something else is in there.
+    """
     removed = []
-    for hierarchy in v1_hierarchies(root) or [root]:
+    for hierarchy in (_hierarchies_cached(root) if fast else v1_hierarchies(root)) or [root]:
         top = hierarchy / PARENT / name
+        if fast:
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    _rmdir_retry(top / "ctr")
+                _rmdir_retry(top)
+                removed.append(top)
+                continue
+            except FileNotFoundError:
+                continue
+            except OSError:
+                pass  # something else inside: walk it below
         if not top.is_dir():
             continue
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
@@ -189,6 +205,17 @@ def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path]:
                 _rmdir_retry(Path(dirpath))
         removed.append(top)
     return removed
+
+
+_hierarchy_cache: dict[Path, list[Path]] = {}
+
+
+def _hierarchies_cached(root: Path) -> list[Path]:
+    # cgroup hierarchies are mounted once at boot (or by host-prep); reading mountinfo per job
+    # costs more than everything else in teardown on a host with many mounts
+    if root not in _hierarchy_cache:
+        _hierarchy_cache[root] = v1_hierarchies(root)
+    return _hierarchy_cache[root]
 
 
 def _rmdir_retry(path: Path) -> None:

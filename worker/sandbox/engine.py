@@ -187,7 +187,7 @@ class Engine:
             stack.callback(_unlink, owner.path)
             s.jobs_dir.mkdir(parents=True, exist_ok=True)
             job_dir.mkdir(mode=0o711)
-            stack.callback(shutil.rmtree, job_dir, True)
+            stack.callback(_remove_job_dir, job_dir)
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
             net_future = self._start_egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
@@ -304,6 +304,23 @@ def _close_network(future: Future[JobNetwork]) -> None:
     except Exception:
         return
     net.close()
+
+
+def _remove_job_dir(job_dir: Path) -> None:
+    """The job dir holds only what sandpit wrote (config.json, logs of the runtime, the emptied
+    rootfs mount point): remove those directly; anything unexpected goes through rmtree."""
+    try:
+        with os.scandir(job_dir) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    os.rmdir(entry.path)
+                else:
+                    os.unlink(entry.path)
+        os.rmdir(job_dir)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _unlink(path: Path) -> None:

@@ -52,7 +52,11 @@ class JobRootfs:
         if self._closed:
             return
         self._closed = True
-        unmount_all(self.job_dir)
+        try:
+            # the one mount this object made; no mountinfo scan on the hot path
+            umount(str(self.path))
+        except OSError:
+            unmount_all(self.job_dir)  # not mounted, or something else is: find everything
 
 
 def layer_view(run_dir: Path, key: str, layer: Path, uid_base: int, id_range: int) -> Path:
