@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--throughput", type=int, default=500)
     ap.add_argument("--memory-jobs", type=int, default=1000)
     ap.add_argument("--docker", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=None, help="worker threads (default: the worker's own)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandpit-bench-"))
     token = secrets.token_urlsafe(16)
@@ -73,7 +74,10 @@ def main() -> int:
                                    env=env, cwd=REPO)
             procs.append(api)
             wait_http(f"http://127.0.0.1:{port}/healthz")
-            worker = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, cwd=REPO,
+            worker_cmd = [sys.executable, "-m", "worker", "worker"]
+            if args.concurrency:
+                worker_cmd += ["--concurrency", str(args.concurrency)]
+            worker = subprocess.Popen(worker_cmd, env=env, cwd=REPO,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(worker)
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
