@@ -59,14 +59,18 @@ async def create_run(
     if wait <= 0 or created.finished_at is not None:
         return created
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
-    await _wait_until_settled(request, engine, redis, created.id, deadline)
-    latest = await to_thread.run_sync(runs.read_run, engine, created.id)
+    latest = await _wait_until_settled(request, engine, redis, created.id, deadline)
+    if latest is None:
+        latest = await to_thread.run_sync(runs.read_run, engine, created.id)
     return RunCreated(**latest.model_dump(), warnings=created.warnings)
 
 
-async def _wait_until_settled(request: Request, engine: Any, redis: Any, run_id: str, deadline: float) -> None:
+async def _wait_until_settled(
+    request: Request, engine: Any, redis: Any, run_id: str, deadline: float
+) -> RunPublic | None:
     """Wake on each "a job of this run finished" message from the workers (Redis pub/sub) and
-    check the database then; if Redis is away, poll the database with a backoff instead."""
+    read the run then (returned once it has ended); if Redis is away, poll with a backoff instead.
+    None when the wait ran out or the client left."""
     pubsub = None
     try:
         pubsub = redis.pubsub()
@@ -77,8 +81,9 @@ async def _wait_until_settled(request: Request, engine: Any, redis: Any, run_id:
     try:
         while time.monotonic() < deadline and not await request.is_disconnected():
             # checked after subscribing, so a job that finished in between is not missed
-            if await to_thread.run_sync(runs.run_settled, engine, run_id):
-                return
+            latest = await to_thread.run_sync(runs.read_run, engine, run_id)
+            if latest.finished_at is not None:
+                return latest
             if pubsub is not None:
                 try:
                     await pubsub.get_message(ignore_subscribe_messages=True,
@@ -92,6 +97,7 @@ async def _wait_until_settled(request: Request, engine: Any, redis: Any, run_id:
         if pubsub is not None:
             with contextlib.suppress(RedisError):
                 await pubsub.aclose()
+    return None
 
 
 @router.get("/{run_id}", response_model=RunPublic)
