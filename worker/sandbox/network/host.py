@@ -8,6 +8,7 @@ the bridge's subnet. Everything happens in ``settings.host_netns`` (tests) or th
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import random
@@ -257,9 +258,40 @@ def _host_nameservers() -> tuple[str, ...]:
         return ()
 
 
+class RefillLock:
+    """Holds the pool's refill lock (waiting for a running refill), if the pool directory exists."""
+
+    def __init__(self, settings: NetworkSettings) -> None:
+        self.settings = settings
+        self.fd = -1
+
+    def __enter__(self) -> RefillLock:
+        from worker.sandbox.network.pool_client import REFILL_LOCK, open_private_dir
+
+        try:
+            pool_fd = open_private_dir(str(self.settings.pool_dir))
+        except FileNotFoundError:
+            return self
+        except PermissionError as exc:
+            raise HostNetworkError(f"refusing the pool directory {self.settings.pool_dir}: {exc}") from exc
+        try:
+            self.fd = os.open(REFILL_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=pool_fd)
+        finally:
+            os.close(pool_fd)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def teardown_host(settings: NetworkSettings) -> None:
-    """Remove the nft tables, sandpit's veths and the bridge, and every stale lease (tests,
-    ``sandpit reap --all``). Live jobs lose their network; their leases stay until they close."""
+    """Remove the nft tables, sandpit's veths and the bridge, the pool of ready namespaces and every
+    stale lease (tests, ``sandpit reap --all``). Live jobs lose their network; their leases stay until
+    they close. Waits for a running pool refill to finish first."""
     from worker.sandbox.network.reaper import reap_networks
 
     def remove_links(ipr: Any) -> None:
@@ -274,10 +306,10 @@ def teardown_host(settings: NetworkSettings) -> None:
 
     ns_fd = host_netns_fd(settings)
     try:
-        with ReapLock(settings.net_dir / "host.lock"):
+        with RefillLock(settings), ReapLock(settings.net_dir / "host.lock"):
             run_nft(ns_fd, render_teardown(settings.table))
             netlink_session(ns_fd, remove_links)
+            reap_networks(settings, drain_pool=True)  # the pool's veths are gone: its entries go too
     finally:
         if ns_fd is not None:
             os.close(ns_fd)
-    reap_networks(settings)

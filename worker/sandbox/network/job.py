@@ -115,6 +115,19 @@ class JobNetwork:
     def closed(self) -> bool:
         return self._netns.fd < 0
 
+    def detach(self) -> tuple[Lease, FreshNetns]:
+        """Hand the namespace and its lease over to the caller (the pool keeps them past this process);
+        ``close()`` then does nothing."""
+        if self._lease is None or self.closed:
+            raise NetworkError("only an open egress network can be detached")
+        lease, netns = self._lease, self._netns
+        self._lease = None
+        self._netns = FreshNetns(-1)
+        if self._owns_host and self._host is not None:
+            self._host.close()
+            self._owns_host = False
+        return lease, netns
+
     def __enter__(self) -> JobNetwork:
         return self
 

@@ -37,6 +37,17 @@ class Lease:
     path: Path
     fd: int = field(repr=False)
 
+    def rewrite(self, owner: str) -> None:
+        """Replace the owner line (the pool marks its entries' leases ``pool <token>``)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{owner}\n".encode(), 0)
+
+    def unlock(self) -> None:
+        """Close without unlinking: the lease stays, unlocked (a pool entry's, owned by no process)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def release(self) -> None:
         if self.fd < 0:
             return
@@ -124,9 +135,18 @@ def stale_leases(directory: Path) -> Iterator[tuple[StaleLease, int]]:
         if not same:
             os.close(fd)
             continue
-        owner = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        owner = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         slot = int(entry.name) if entry.name.isdigit() else -1
         yield StaleLease(slot, entry, owner), fd
+
+
+def unlink_if_same(path: Path, fd: int) -> None:
+    """Unlink ``path`` if it is still the file ``fd`` has open (and locked)."""
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def remove_stale(lease: StaleLease, fd: int) -> None:

@@ -2,11 +2,13 @@
 
 What a dead worker can leave: its lease files (the kernel dropped their locks when it died) and, if
 some process still holds its job's namespace (a container that outlived the worker), the job's veth
-pair. Namespaces themselves need nothing: sandpit never bind-mounts them, so they die with the last
-holder. The reaper takes ``reap.lock`` (one reaper at a time), and for every lease it can lock deletes
-the slot's veth, then the lease. Finally it deletes sandpit veths on the bridge that have no lease file
-at all (by index, so a new job's veth of the same name is never hit). Live jobs hold their lease
-locks, so nothing of theirs is touched.
+pair. Job namespaces themselves need nothing: they die with the last holder. The reaper takes
+``reap.lock`` (one reaper at a time); first it judges the pool of ready namespaces (``pool.py``: the
+only bind-mounted namespaces), keeping live entries and removing used or broken ones with their veth
+and lease; then, for every other lease it can lock, it deletes the slot's veth, then the lease (the
+lease of a job that used a pool entry is such a lease once the job is over). Finally it deletes
+sandpit veths on the bridge that have no lease file at all (by index, so a new job's veth of the same
+name is never hit). Live jobs hold their lease locks, so nothing of theirs is touched.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ from worker.sandbox.network.netlink import delete_link, ipv4_addresses, links, n
 from worker.sandbox.network.settings import NetworkSettings
 
 
-def reap_networks(settings: NetworkSettings) -> list[str]:
-    """Remove what dead owners left; return a line per removed object (``"lease ..."``, ``"veth ..."``)."""
+def reap_networks(settings: NetworkSettings, *, drain_pool: bool = False) -> list[str]:
+    """Remove what dead owners left; return a line per removed object (``"lease ..."``, ``"veth ..."``,
+    ``"pool entry ..."``). ``drain_pool``: remove every pool entry too (``pool.drain_pool``)."""
+    from worker.sandbox.network.pool import judge_entries, waiting_entry_exists
+
     leases_root = settings.net_dir / "leases"
 
     def reap(ipr: Any) -> list[str]:
-        removed: list[str] = []
         with ReapLock(settings.net_dir / "reap.lock"):
+            kept, removed = judge_entries(settings, ipr, drain=drain_pool)
             subnet_dirs = sorted(leases_root.iterdir()) if leases_root.is_dir() else []
             for subnet_dir in subnet_dirs:
                 for stale, fd in stale_leases(subnet_dir):
+                    if stale.owner.startswith("pool ") and (stale.slot in kept or (
+                            not drain_pool and waiting_entry_exists(stale.owner, stale.slot))):
+                        os.close(fd)  # a ready pool entry (or one made since the pool was judged)
+                        continue
                     try:
                         if stale.slot >= 0:
                             veth = veth_name(settings.veth_prefix, stale.slot)

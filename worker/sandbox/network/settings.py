@@ -6,6 +6,14 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.sandbox.network.pool_client import (
+    DEFAULT_BRIDGE,
+    DEFAULT_TABLE,
+    DEFAULT_VETH_PREFIX,
+    PoolRequest,
+    network_config,
+)
+
 #: Subnets tried, in order, when ``NetworkSettings.subnet`` is None; the first one that overlaps no
 #: route or address of the host namespace wins. The project's machines use 10.97/16 and 192.0.2/24.
 CANDIDATE_SUBNETS: tuple[ipaddress.IPv4Network, ...] = tuple(
@@ -31,7 +39,7 @@ class NetworkSettings:
 
     state_dir: Path
     subnet: ipaddress.IPv4Network | None = None
-    bridge: str = "sandpit0"
+    bridge: str = DEFAULT_BRIDGE
     resolvers: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
     host_netns: Path | None = None
@@ -41,9 +49,33 @@ class NetworkSettings:
     #: how long a new job waits for that backlog to drain before ``CleanupBacklog``
     pending_wait_s: float = 10.0
     #: prefix of the host-side veth names (the job side is always ``eth0``)
-    veth_prefix: str = "spv"
-    table: str = "sandpit"
+    veth_prefix: str = DEFAULT_VETH_PREFIX
+    table: str = DEFAULT_TABLE
+    #: runtime state (the pool's bind mounts); None: ``state_dir``
+    run_dir: Path | None = None
+    #: ready egress namespaces kept in the pool (0: no pool; see pool.py)
+    pool_size: int = 0
+    #: a claim that leaves fewer than this starts a refill; None: half of ``pool_size``
+    pool_low_water: int | None = None
 
     @property
     def net_dir(self) -> Path:
         return self.state_dir / "net"
+
+    @property
+    def pool_dir(self) -> Path:
+        return (self.run_dir or self.state_dir) / "net" / "pool"
+
+    def pool_config(self) -> list[object]:
+        """What pool entries depend on (see ``pool_client.network_config``)."""
+        return network_config(str(self.state_dir), str(self.subnet) if self.subnet else None, self.bridge,
+                              list(self.resolvers), list(self.allow),
+                              str(self.host_netns) if self.host_netns else None, self.uplink, self.veth_prefix,
+                              self.table)
+
+    def pool_request(self) -> PoolRequest | None:
+        """The pool to claim from, None when it is off."""
+        if self.pool_size <= 0:
+            return None
+        return PoolRequest(str(self.pool_dir), str(self.net_dir / "leases"), self.pool_config(), self.pool_size,
+                           self.pool_low_water)
