@@ -239,27 +239,45 @@ class Engine:
                     result.cache_files, _refused = collect_artifacts(
                         rootfs.workspace, cache_paths, self.artifact_store, caps)
 
-    def _start_egress(self, stack: contextlib.ExitStack, job_id: str) -> Future[JobNetwork]:
-        """Begin making a network namespace with a veth on sandpit's bridge; it is closed (after the
-        container is gone) by the stack, whatever happens in between."""
+    def _start_egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
+        """The job's network namespace with a veth on sandpit's bridge: a ready one from the pool when
+        there is one (no netlink, no pyroute2 in this process), else one begun on another thread while
+        disk, cgroup and rootfs are made here. Returns a callable that waits for it. The stack closes
+        it after the container is gone, whatever happens in between, then tops the pool up in the
+        background if it ran low (so that start-up is never on this job's wall time)."""
+        from worker.sandbox.network.pool_client import claim, pool_request, refill_if_low
+
+        request = pool_request(self.settings, self._network_settings)
+        if request is not None:
+            pooled = claim(request, job_id)
+            stack.callback(refill_if_low, request, pooled)
+            if pooled is not None:
+                stack.callback(pooled.close)
+                return lambda: pooled
         from worker.sandbox.network import JobNetwork
 
         host = self.host_network()
         future = _network_pool().submit(JobNetwork, host.settings, job_id, "egress", host)
         stack.callback(_close_network, future)
-        return future
+        return future.result
 
-    def _egress_ready(self, future: Future[JobNetwork], job_dir: Path) -> tuple[str, str]:
-        from worker.sandbox.network import NetworkError
-
+    def _egress_ready(self, ready: Any, job_dir: Path) -> tuple[str, str]:
         try:
-            net = future.result()
-        except NetworkError as exc:
-            raise SandboxError(f"cannot give the job a network: {exc}") from exc
-        resolv = job_dir / "resolv.conf"
-        resolv.write_bytes(net.resolv_conf or b"")
-        resolv.chmod(0o644)
-        return net.netns_path, str(resolv)
+            net = ready()
+        except Exception as exc:
+            from worker.sandbox.network.errors import NetworkError
+
+            if isinstance(exc, NetworkError):
+                raise SandboxError(f"cannot give the job a network: {exc}") from exc
+            raise
+        resolv = os.path.join(job_dir, "resolv.conf")
+        fd = os.open(resolv, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: the job's user must read it
+            os.write(fd, net.resolv_conf or b"")
+        finally:
+            os.close(fd)
+        return net.netns_path, resolv
 
     def _finish(self, result: JobResult, outcome: Outcome, usage: Usage, disk: JobDisk,
                 req: SandboxRequest) -> None:
