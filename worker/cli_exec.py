@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -13,6 +12,10 @@ from worker.sandbox.engine import Engine, JobResult, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 from worker.settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 LIMIT_WORDS = {
     "oom": "the job ran out of memory (--memory {memory})",

@@ -17,19 +17,19 @@ Networking (``--network egress``): ``SANDPIT_RESOLVERS`` (comma-separated DNS se
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from worker.record import field, record
 from worker.sandbox.units import parse_size
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.network.settings import NetworkSettings
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     state_dir: Path = Path("/var/lib/sandpit")
     run_dir: Path = Path("/run/sandpit")

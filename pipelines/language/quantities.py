@@ -30,11 +30,13 @@ for _names, _seconds in (
     for _name in _names:
         _UNIT_SECONDS[_name] = _seconds
 
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)")
-_CLOCK = re.compile(r"^(?:([0-9]+):)?([0-9]+):([0-9]{1,2})$")
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)(b?)$", re.IGNORECASE)
+# patterns, not compiled objects: re compiles (and caches) one on first use, so a process that
+# parses only a size never pays for the others at import
+_PART = r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)"
+_CLOCK = r"^(?:([0-9]+):)?([0-9]+):([0-9]{1,2})$"
+_SIZE = r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)(b?)$"
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-_CPUS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$|^\.[0-9]+$")
+_CPUS = r"^[0-9]+(?:\.[0-9]+)?$|^\.[0-9]+$"
 
 
 def parse_duration(text: str) -> int:
@@ -44,7 +46,7 @@ def parse_duration(text: str) -> int:
     (7500, 3630, 45)
     """
     cleaned = text.strip().lower().replace(",", " ")
-    clock = _CLOCK.match(cleaned)
+    clock = re.match(_CLOCK, cleaned)
     if clock:
         hours, minutes, seconds = (int(part) if part else 0 for part in clock.groups())
         return hours * 3600 + minutes * 60 + seconds
@@ -52,7 +54,7 @@ def parse_duration(text: str) -> int:
     total = 0.0
     pos = 0
     found = False
-    for match in _PART.finditer(cleaned):
+    for match in re.finditer(_PART, cleaned):
         if cleaned[pos : match.start()].strip():
             raise ValueError(f"{text!r} is not a duration")
         number, unit = match.groups()
@@ -75,7 +77,7 @@ def parse_size(text: str) -> int:
     >>> parse_size("1G")
     1073741824
     """
-    match = _SIZE.match(text.strip())
+    match = re.match(_SIZE, text.strip(), re.IGNORECASE)
     if match is None:
         raise ValueError(f"{text!r} is not a size")
     number, unit, _binary, _b = match.groups()
@@ -92,7 +94,7 @@ def parse_cpus(text: str) -> float:
     0.25
     """
     cleaned = text.strip()
-    if not _CPUS.match(cleaned):
+    if not re.match(_CPUS, cleaned):
         raise ValueError(f"{text!r} is not a number of CPUs")
     value = float(cleaned)
     if value <= 0:

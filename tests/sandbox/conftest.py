@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require, require_root
+from worker.record import replace
 from worker.sandbox.engine import Engine, JobResult
 from worker.sandbox.reaper import leftovers
 from worker.sandbox.request import SandboxRequest

@@ -13,17 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import SandboxError
+from worker.record import record
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandpit"
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     cpu_s: float
     memory_peak_bytes: int

@@ -12,16 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from worker.errors import ImageError, InvalidRequest, SandboxError
+from worker.record import field, record
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage
 from worker.sandbox.disk import JobDisk, ensure_scratch
@@ -34,15 +32,17 @@ from worker.sandbox.runtime import Runtime, choose_runtime
 from worker.sandbox.supervise import Outcome, supervise
 from worker.settings import Settings
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import Any
 
     from worker.sandbox.artifacts import Artifact, Rejected
     from worker.sandbox.network import HostNetwork, JobNetwork, NetworkSettings
     from worker.sandbox.seed import Seed
 
 
-@dataclass
+@record
 class JobResult:
     name: str
     status: str
@@ -338,6 +338,8 @@ def _remove_job_dir(job_dir: Path) -> None:
     except FileNotFoundError:
         return
     except OSError:
+        import shutil
+
         shutil.rmtree(job_dir, ignore_errors=True)
 
 

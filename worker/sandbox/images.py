@@ -16,21 +16,23 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from worker.errors import ImageError
+from worker.record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 BUILDER_VERSION = 1  # bump when the way recipes are built changes
 _RECIPE_KEYS = {"suite", "variant", "packages", "env", "customize", "mirror"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Recipe:
     name: str
     suite: str
@@ -52,7 +54,7 @@ class Recipe:
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     name: str
     key: str
@@ -167,6 +169,8 @@ class ImageStore:
         return self.get(name), built
 
     def remove(self, name: str) -> None:
+        import shutil
+
         image = self.get(name)
         self._ref_path(name).unlink()
         still_used = {img.key for img in self.list()}
@@ -174,6 +178,8 @@ class ImageStore:
             shutil.rmtree(self.root / "layers" / image.key, ignore_errors=True)
 
     def _mmdebstrap(self, recipe: Recipe, layer: Path, progress: Callable[[str], None]) -> None:
+        import shutil
+
         tmp = layer.with_name(f".tmp-{layer.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -37,13 +37,16 @@ def try_lock(path: Path) -> Lease | None:
 
 def is_locked(path: Path) -> bool:
     """True when a live process holds the lease at ``path``."""
-    try:
-        lease = try_lock(path)
+    try:  # never creates the file: asking about a lease must not leave one behind
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
-    if lease is None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    lease.release()
+    finally:
+        os.close(fd)
     return False
 
 

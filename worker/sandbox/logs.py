@@ -11,12 +11,14 @@ partial line waits (up to 64 KiB) for its end or for the job to finish.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 OutputSink = Callable[[str, bytes], None]
 MASK = b"[MASKED]"
@@ -29,13 +31,15 @@ def secret_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
     >>> [f.decode() for f in secret_forms(("hunter22",))]
     ['aHVudGVyMjI=', 'aHVudGVyMjI', 'hunter22']
     """
+    import binascii  # base64's core: ``import base64`` also costs re and struct
+
     forms: set[bytes] = set()
     for secret in secrets:
         raw = secret.encode()
         if len(raw) < 4:
             continue  # masking "a" or "1" would shred the log; too short to be a real secret
         forms.add(raw)
-        b64 = base64.b64encode(raw)
+        b64 = binascii.b2a_base64(raw, newline=False)
         forms.add(b64)
         forms.add(b64.rstrip(b"="))
     return tuple(sorted(forms, key=len, reverse=True))

@@ -121,17 +121,27 @@ def _kill_cgroup_tasks(name: str) -> None:
                         os.kill(int(pid), signal.SIGKILL)
 
 
+def containers(settings: Settings) -> list[str]:
+    """Every container sandpit's runtimes have state for, live or not."""
+    return [c for rt in _runtimes(settings) for c in rt.containers()]
+
+
 def leftovers(settings: Settings) -> list[str]:
-    """What of sandpit's is still on the host (used by tests: must be empty between jobs)."""
+    """What of sandpit's is still on the host and belongs to no running job (used by tests: must be
+    empty between jobs). A job whose owner lease is held is running, here or in another process, so
+    its objects are not leftovers: tests stay exact while other jobs run on the machine."""
+    def dead(job_id: str) -> bool:
+        return not is_locked(settings.locks_dir / f"job-{job_id}.lock")
+
     found = []
-    for rt in _runtimes(settings):
-        found += [f"container {c}" for c in rt.containers()]
-    found += [f"cgroup {n}" for n in _cgroup_job_names()]
+    found += [f"container {c}" for c in containers(settings) if dead(c.removeprefix("sandpit-"))]
+    found += [f"cgroup {n}" for n in _cgroup_job_names() if dead(n)]
     if settings.jobs_dir.is_dir():
-        found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir()]
+        found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir() if dead(d.name)]
     with open("/proc/self/mountinfo") as f:
         prefix = str(settings.jobs_dir) + "/"
-        found += [f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(prefix)]
+        points = [line.split()[4] for line in f]
+    found += [f"mount {p}" for p in points if p.startswith(prefix) and dead(p[len(prefix):].split("/", 1)[0])]
     if is_mounted(settings.scratch_dir):
-        found += [f"disk {p.name}" for p in settings.scratch_dir.iterdir()]
+        found += [f"disk {p.name}" for p in settings.scratch_dir.iterdir() if dead(p.name)]
     return found

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Literal
 
 from worker.errors import InvalidRequest
+from worker.record import field, record
 
-Network = Literal["none", "egress"]
-Profile = Literal["default", "strict"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Network = Literal["none", "egress"]
+    Profile = Literal["default", "strict"]
 RUNTIMES = ("crun", "runc", "runsc")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # compiled by re on first use
 
 MiB = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     memory_bytes: int = 256 * MiB
     cpus: float = 1.0
@@ -37,7 +40,7 @@ class Limits:
     artifact_total_bytes: int = 256 * MiB
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SandboxRequest:
     argv: tuple[str, ...]
     image: str = "debian"
@@ -62,7 +65,7 @@ def validate_request(req: SandboxRequest) -> list[str]:
     if any("\0" in arg for arg in req.argv):
         problems.append("the command contains a NUL byte")
     for name, value in req.env:
-        if not _ENV_NAME.match(name):
+        if not re.match(_ENV_NAME, name):
             problems.append(f"environment name {name!r} is not valid: use letters, digits and _")
         if "\0" in value:
             problems.append(f"environment value of {name} contains a NUL byte")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import RuntimeUnavailable
+from worker.record import record
 
 PREFERENCE = ("crun", "runc", "runsc")
 HYBRID_FIX = (
@@ -24,7 +23,7 @@ HYBRID_FIX = (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Runtime:
     name: str
     binary: str
@@ -79,10 +78,21 @@ class Runtime:
         for entry in self.root.iterdir():
             if entry.name == container_id or entry.name.startswith(container_id + "_sandbox:"):
                 if entry.is_dir() and not entry.is_symlink():
+                    import shutil
+
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         entry.unlink()
+
+
+def which(name: str) -> str | None:
+    """The executable ``name`` on PATH, like ``shutil.which`` (whose import costs ~5 ms of start-up)."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def hybrid_v2_controllers(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
@@ -97,7 +107,7 @@ def runtime_problem(name: str) -> str | None:
     """Why ``name`` cannot run jobs on this host, or None when it can."""
     if name not in PREFERENCE:
         return f"unknown runtime {name!r}: choose one of {', '.join(PREFERENCE)}"
-    if shutil.which(name) is None:
+    if which(name) is None:
         return f"{name} is not installed: apt-get install {name}"
     if name == "crun":
         ctrls = hybrid_v2_controllers()
@@ -113,7 +123,7 @@ def choose_runtime(requested: str | None, run_dir: Path) -> Runtime:
     for name in names:
         problem = runtime_problem(name)
         if problem is None:
-            binary = shutil.which(name)
+            binary = which(name)
             assert binary is not None
             root = run_dir / "runtime" / name
             root.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from worker.record import record
 from worker.sandbox.request import SandboxRequest, workdir_problems
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Docker's default capability set; granted inside the user namespace only.
 DEFAULT_CAPS: tuple[str, ...] = (
@@ -47,7 +50,7 @@ NOFILE = 65536
 SHM_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SpecInputs:
     request: SandboxRequest
     rootfs: str

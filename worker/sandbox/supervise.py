@@ -14,9 +14,9 @@ import os
 import selectors
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from worker.record import record
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.logs import JobLog
 from worker.sandbox.request import Limits
@@ -26,7 +26,7 @@ POLL_S = 0.05
 DRAIN_S = 2.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Outcome:
     exit_code: int | None
     signal: int | None

@@ -18,7 +18,7 @@ from pipelines.language.quantities import parse_cpus, parse_size
 
 __all__ = ["parse_cpus", "parse_duration", "parse_size"]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_DURATION_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)"  # compiled by re on first use
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -35,7 +35,7 @@ def parse_duration(text: str) -> float:
         pos = 0
         value = 0.0
         compact = stripped.replace(" ", "")
-        for match in _DURATION_PART.finditer(compact):
+        for match in re.finditer(_DURATION_PART, compact, re.IGNORECASE):
             if match.start() != pos:
                 break
             value += float(match.group(1)) * _SECONDS[match.group(2).lower()]
