@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from worker.sandbox.cgroups import cgroup2_mounts
+from worker.sandbox.mounts import MS_REMOUNT, mount
 from worker.sandbox.reaper import containers, leftovers
 
 SANDPIT = [sys.executable, "-m", "worker"]
@@ -144,3 +146,32 @@ def test_images_list_shows_built_images(cli):
     assert "debian" in names and "python" in names
 
 
+
+
+def _cgroup2_options() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [options for _point, options in cgroup2_mounts(f.read())]
+
+
+def test_host_prep_makes_cgroup_moves_cheap(settings):
+    """host-prep remounts the cgroup2 hierarchy with favordynmods (keeping its other options), once."""
+    found = _cgroup2_options()
+    assert found, "this host has no cgroup2 hierarchy"
+    with open("/proc/self/mountinfo") as f:
+        mounts = cgroup2_mounts(f.read())
+    for point, options in mounts:
+        # back to the kernel's default, as after a boot
+        before = [o for o in options.split(",") if o not in ("rw", "ro", "favordynmods")]
+        mount("none", point, "cgroup2", MS_REMOUNT, ",".join(before))
+    assert all("favordynmods" not in o.split(",") for o in _cgroup2_options())
+    first = subprocess.run([*SANDPIT, "host-prep"], env=cli_env(settings, "crun"), capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "with favordynmods" in first.stdout
+    after = _cgroup2_options()
+    assert all("favordynmods" in o.split(",") for o in after)
+    # the mount's other options are kept
+    assert [o.replace(",favordynmods", "") for o in after] == [o.replace(",favordynmods", "") for o in found]
+    again = subprocess.run([*SANDPIT, "host-prep"], env=cli_env(settings, "crun"), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "favordynmods" not in again.stdout
