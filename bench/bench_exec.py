@@ -7,8 +7,12 @@
 
     (e) the engine with `--network egress`, (f) `sandpit exec --network egress` (with --network)
 
-Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker] [--network]
-Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d); egress adds <= 8 ms over none.
+    --egress-vs-none N: afterwards, N more jobs each of (a) and (f), interleaved (which one goes first
+    alternates), with the pool of ready egress namespaces filled first and drained at the end; prints
+    both medians and what egress adds to a whole `sandpit exec` process
+
+Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker] [--network] [--egress-vs-none 200]
+Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d); egress adds <= 8 ms over none (whole process: (f) - (a)).
 With --network, sandpit's bridge and rules live in a namespace the bench makes (`ip netns add
 sandpit-bench`, deleted at the end), which has no uplink: nothing can leave it.
 """
@@ -120,7 +124,10 @@ def main() -> int:
     ap.add_argument("--docker", action="store_true")
     ap.add_argument("--runtime", default=None)
     ap.add_argument("--network", action="store_true")
+    ap.add_argument("--egress-vs-none", type=int, default=0, metavar="N",
+                    help="N interleaved whole-process jobs each of --network none and egress (implies --network)")
     args = ap.parse_args()
+    args.network = args.network or args.egress_vs_none > 0
     settings = Settings.from_env(os.environ)
     engine = Engine(settings)
     req = SandboxRequest(argv=("/bin/true",), runtime=args.runtime)
@@ -164,18 +171,22 @@ def main() -> int:
         cases["(e) engine only, --network egress"] = eng_egress
         cases["(f) sandpit exec --network egress"] = cli_egress
     times: dict[str, list[float]] = {k: [] for k in cases}
+    pair_times: dict[str, list[float]] = {}
     try:
         for fn in cases.values():  # warm up
             fn()
         for _ in range(args.runs):
             for name, fn in cases.items():
                 times[name].append(timed(fn))
+        if args.egress_vs_none:
+            pair_times = egress_vs_none(args.egress_vs_none, net_settings, cli, cli_egress)
     finally:
         bare.close()
         if docker is not None:
             docker.close()
         if netns is not None:
             net_engine.close()
+            drain_bench_pool(net_settings)
             subprocess.run(["ip", "netns", "del", "sandpit-bench"], check=False)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(f"\n{args.runs} rounds, interleaved; runtime {engine.runtime(args.runtime).name}\n")
@@ -194,7 +205,58 @@ def main() -> int:
         print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.2f} (goal <= 0.3)")
     else:
         print(f"(d) docker: {docker_note}")
+    if pair_times:
+        print_egress_vs_none(pair_times)
     return 0
+
+
+def bench_pool_settings(settings: Settings):  # -> NetworkSettings
+    """The network settings a `sandpit exec` process with ``settings`` claims its pool entries for."""
+    from worker.sandbox.network.pool import settings_from_request
+    from worker.sandbox.network.pool_client import pool_request
+
+    request = pool_request(settings)
+    if request is None:
+        raise RuntimeError("the pool of egress namespaces is off (SANDPIT_NET_POOL=0)")
+    return settings_from_request(json.loads(request.as_args())), request
+
+
+def egress_vs_none(jobs: int, settings: Settings, cli, cli_egress) -> dict[str, list[float]]:
+    """``jobs`` whole-process jobs each of `--network none` and `--network egress`, interleaved,
+    the pool filled first (as `sandpit host-prep` or an earlier job would)."""
+    from worker.sandbox.network.pool import fill_pool
+
+    pool_settings, request = bench_pool_settings(settings)
+    fill_pool(pool_settings, config=request.config)
+    found: dict[str, list[float]] = {"none": [], "egress": []}
+    for i in range(jobs):
+        pair = [("none", cli), ("egress", cli_egress)]
+        for name, fn in pair if i % 2 == 0 else reversed(pair):
+            found[name].append(timed(fn))
+    return found
+
+
+def drain_bench_pool(settings: Settings) -> None:
+    from worker.sandbox.network.pool import drain_pool
+
+    try:
+        pool_settings, _ = bench_pool_settings(settings)
+    except RuntimeError:
+        return
+    drain_pool(pool_settings)
+
+
+def print_egress_vs_none(found: dict[str, list[float]]) -> None:
+    none, egress = (statistics.median(found[k]) * 1000 for k in ("none", "egress"))
+    print(f"\nwhole process, {len(found['none'])} + {len(found['egress'])} jobs interleaved (pool on):\n")
+    print("| case | median ms | p90 ms |")
+    print("|---|---:|---:|")
+    for name, label in (("none", "`sandpit exec --network none -- /bin/true`"),
+                        ("egress", "`sandpit exec --network egress -- /bin/true`")):
+        p90 = sorted(found[name])[int(0.9 * (len(found[name]) - 1))] * 1000
+        print(f"| {label} | {statistics.median(found[name]) * 1000:.1f} | {p90:.1f} |")
+    print(f"\negress adds {egress - none:.1f} ms to a whole process over none (goal <= 8); "
+          f"ratio {egress / none:.3f}")
 
 
 if __name__ == "__main__":
