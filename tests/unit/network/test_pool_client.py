@@ -68,7 +68,8 @@ def test_request_from_settings_matches_the_network_settings() -> None:
     assert request is not None
     network = replace(settings.network(), run_dir=Path("/run/x"), pool_size=request.size)
     assert request.config == network.pool_config()
-    assert request.pool_dir == str(network.pool_dir) == "/run/x/net/pool"
+    assert request.pool_dir == str(network.pool_dir)
+    assert request.pool_dir.startswith("/run/x/net/pool/")
     assert request.lease_root == str(network.net_dir / "leases")
 
 
@@ -93,7 +94,17 @@ def test_request_round_trips_to_the_refill() -> None:
     assert request is not None
     args = json.loads(request.as_args())
     assert PoolRequest(**args).config == request.config
-    assert settings_from_request(args) == network
+    assert settings_from_request(args) == replace(network, pool_path=network.pool_dir)
+
+
+def test_each_configuration_has_a_pool_of_its_own() -> None:
+    """Two host namespaces (or resolvers, subnets...) get two pool directories: processes with
+    different settings never drain each other's pool."""
+    one = NetworkSettings(state_dir=Path("/s"), run_dir=Path("/r"), host_netns=Path("/run/netns/a"), pool_size=4)
+    other = replace(one, host_netns=Path("/run/netns/b"))
+    assert one.pool_dir != other.pool_dir
+    assert one.pool_dir.parent == other.pool_dir.parent == Path("/r/net/pool")
+    assert replace(one, pool_size=8).pool_dir == one.pool_dir
 
 
 def make_pool(tmp_path: Path, entries: dict[str, bytes]) -> PoolRequest:

@@ -35,8 +35,10 @@ from worker.sandbox.network.job import JobNetwork
 from worker.sandbox.network.pool_client import (
     META,
     is_netns,
+    make_private_dir,
     open_private_dir,
     parse_entry,
+    pool_key,
     pool_lease_text,
     read_meta,
     remove_entry,
@@ -54,9 +56,10 @@ def settings_from_request(args: dict[str, Any]) -> NetworkSettings:
     settings = NetworkSettings(
         state_dir=Path(state_dir), subnet=ipaddress.IPv4Network(subnet) if subnet else None, bridge=bridge,
         resolvers=tuple(resolvers), allow=tuple(allow), host_netns=Path(host_netns) if host_netns else None,
-        uplink=uplink, veth_prefix=veth_prefix, table=table, run_dir=pool_dir.parent.parent,
-        pool_size=int(args["size"]), pool_low_water=int(args["low_water"]))
-    if settings.pool_dir != pool_dir or str(settings.net_dir / "leases") != args["lease_root"]:
+        uplink=uplink, veth_prefix=veth_prefix, table=table, run_dir=pool_dir.parent.parent.parent,
+        pool_size=int(args["size"]), pool_low_water=int(args["low_water"]), pool_path=pool_dir)
+    if (pool_dir.parent.name != "pool" or pool_dir.name != pool_key(args["config"])
+            or str(settings.net_dir / "leases") != args["lease_root"]):
         raise HostNetworkError(f"pool request does not describe a sandpit pool: {args!r}")
     return settings
 
@@ -64,7 +67,7 @@ def settings_from_request(args: dict[str, Any]) -> NetworkSettings:
 def open_pool_dir(settings: NetworkSettings) -> int:
     """The pool directory's fd, made (0700) if missing; refused if it is a symlink or not private."""
     path = settings.pool_dir
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(str(path))
     try:
         return open_private_dir(str(path))
     except PermissionError as exc:
@@ -205,11 +208,14 @@ def judge_entries(settings: NetworkSettings, ipr: Any, *, drain: bool) -> tuple[
     return kept, removed
 
 
-def waiting_entry_exists(owner: str, slot: int) -> bool:
+def waiting_entry_exists(owner: str, slot: int, *, unless_in: Path | None = None) -> bool:
     """Whether the entry a ``pool <token> <pool dir>`` lease names is (now) in its pool directory;
-    any reaper can ask, whatever pool its own settings name."""
+    any reaper can ask, whatever pool its own settings name. ``unless_in``: a pool being drained, whose
+    entries do not count."""
     _, token, pool_dir = [*owner.split(" ", 2), "", ""][:3]
     if not token or not os.path.isabs(pool_dir) or parse_entry(f"{slot}.{token}") is None:
+        return False
+    if unless_in is not None and os.path.normpath(pool_dir) == str(unless_in):
         return False
     try:
         os.lstat(os.path.join(pool_dir, f"{slot}.{token}"))

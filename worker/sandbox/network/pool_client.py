@@ -5,7 +5,8 @@ json, errno, sys, threading and the project's ctypes mount helpers; never pyrout
 pathlib, typing, ipaddress, subprocess). The pool is made and refilled by ``pool.py`` (which has
 pyroute2 loaded); see docs/network.md, "The pool of ready namespaces".
 
-Layout of ``<run dir>/net/pool/`` (0700, root)::
+Layout of ``<run dir>/net/pool/<config key>/`` (0700, root; one pool per network configuration, so
+processes with different settings, e.g. another host namespace, never drain each other's pool)::
 
     meta.json         {"config": [...], "lease_dir": "10.213.0.0_16", "resolv_conf": "..."}
     <slot>.<token>    an nsfs bind mount: a configured egress namespace nobody has used
@@ -35,6 +36,7 @@ import json
 import os
 import sys
 import threading
+import zlib
 
 DEFAULT_BRIDGE = "sandpit0"
 DEFAULT_VETH_PREFIX = "spv"
@@ -61,6 +63,16 @@ def network_config(state_dir: str, subnet: str | None, bridge: str, resolvers: l
     """
     return [os.path.normpath(state_dir), subnet, bridge, list(resolvers), list(allow),
             os.path.normpath(host_netns) if host_netns else None, uplink, veth_prefix, table]
+
+
+def pool_key(config: list[object]) -> str:
+    """The name of the pool directory of a configuration (a collision only costs a fallback: the
+    claimer also compares the full configuration in meta.json).
+
+    >>> len(pool_key(["/s", None]))
+    8
+    """
+    return f"{zlib.crc32(json.dumps(config).encode()):08x}"
 
 
 class PoolRequest:
@@ -97,8 +109,8 @@ def pool_request(settings: object, network: object | None = None) -> PoolRequest
                             list(getattr(settings, "resolvers", ())), list(getattr(settings, "net_allow", ())),
                             os.fspath(host_netns) if host_netns else None, None, DEFAULT_VETH_PREFIX,
                             DEFAULT_TABLE)
-    return PoolRequest(os.path.join(run_dir, "net", "pool"), os.path.join(state_dir, "net", "leases"),
-                       config, size)
+    return PoolRequest(os.path.join(run_dir, "net", "pool", pool_key(config)),
+                       os.path.join(state_dir, "net", "leases"), config, size)
 
 
 class PooledNetwork:
@@ -142,6 +154,17 @@ def open_private_dir(path: str) -> int:
         os.close(fd)
         raise PermissionError(errno.EPERM, f"{path} must belong to uid {os.geteuid()} with mode 0700")
     return fd
+
+
+def make_private_dir(path: str) -> None:
+    """``mkdir -p`` with mode 0700 for the directories it makes."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        make_private_dir(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def read_meta(pool_fd: int) -> dict[str, object] | None:
@@ -290,7 +313,7 @@ def start_refill(request: PoolRequest) -> int | None:
     in ``refill.log``, in a session of its own, so Ctrl-C of the job does not stop it.
     """
     try:
-        os.makedirs(request.pool_dir, mode=0o700, exist_ok=True)
+        make_private_dir(request.pool_dir)
         pool_fd = open_private_dir(request.pool_dir)
     except OSError:
         return None

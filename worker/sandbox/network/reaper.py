@@ -36,8 +36,8 @@ def reap_networks(settings: NetworkSettings, *, drain_pool: bool = False) -> lis
             subnet_dirs = sorted(leases_root.iterdir()) if leases_root.is_dir() else []
             for subnet_dir in subnet_dirs:
                 for stale, fd in stale_leases(subnet_dir):
-                    if stale.owner.startswith("pool ") and (stale.slot in kept or (
-                            not drain_pool and waiting_entry_exists(stale.owner, stale.slot))):
+                    if stale.owner.startswith("pool ") and (stale.slot in kept or waiting_entry_exists(
+                            stale.owner, stale.slot, unless_in=settings.pool_dir if drain_pool else None)):
                         os.close(fd)  # a ready pool entry (or one made since the pool was judged)
                         continue
                     try:

@@ -12,6 +12,7 @@ from worker.sandbox.network.pool_client import (
     DEFAULT_VETH_PREFIX,
     PoolRequest,
     network_config,
+    pool_key,
 )
 
 #: Subnets tried, in order, when ``NetworkSettings.subnet`` is None; the first one that overlaps no
@@ -57,6 +58,8 @@ class NetworkSettings:
     pool_size: int = 0
     #: a claim that leaves fewer than this starts a refill; None: half of ``pool_size``
     pool_low_water: int | None = None
+    #: the pool directory as a claimer named it (a detached refill); None: derived from the settings
+    pool_path: Path | None = None
 
     @property
     def net_dir(self) -> Path:
@@ -64,7 +67,10 @@ class NetworkSettings:
 
     @property
     def pool_dir(self) -> Path:
-        return (self.run_dir or self.state_dir) / "net" / "pool"
+        """``<run dir>/net/pool/<key of pool_config()>``: one pool per network configuration."""
+        if self.pool_path is not None:
+            return self.pool_path
+        return (self.run_dir or self.state_dir) / "net" / "pool" / pool_key(self.pool_config())
 
     def pool_config(self) -> list[object]:
         """What pool entries depend on (see ``pool_client.network_config``)."""
