@@ -298,3 +298,27 @@ def test_engine_runs_egress_jobs_in_pool_namespaces(world: World, pooled: Networ
     assert f"nameserver {RESOLVER}" in out
     after = pool_entries(pooled)
     assert len(after) == len(before) - 2 and set(after) < set(before)
+
+
+def test_a_pool_abandoned_by_changed_settings_is_drained(world: World, pooled: NetworkSettings) -> None:
+    """Each configuration has its own pool; one that no claimer or refill touched for an hour (its
+    settings changed) is drained by the reaper of the same host network; a recent one is kept."""
+    from worker.sandbox.network.pool import ABANDONED_POOL_S
+
+    old = replace(pooled, resolvers=("198.51.100.54",))
+    assert old.pool_dir != pooled.pool_dir and old.pool_dir.parent == pooled.pool_dir.parent
+    try:
+        fill_pool(old, world.network)
+        fill_pool(pooled, world.network)
+        assert len(pool_entries(old)) == 4
+        reap_networks(pooled)
+        assert len(pool_entries(old)) == 4, "a pool in use is never swept"
+        past = time.time() - ABANDONED_POOL_S - 60
+        os.utime(old.pool_dir, (past, past))
+        removed = reap_networks(pooled)
+        assert sum(r.startswith("pool entry ") for r in removed) == 4, removed
+        assert pool_entries(old) == [] and pool_mounts(old) == []
+        assert len(pool_entries(pooled)) == 4
+        assert len(lease_files(pooled)) == 4
+    finally:
+        drain_pool(old)

@@ -24,6 +24,8 @@ import fcntl
 import ipaddress
 import json
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,9 @@ from worker.sandbox.network.settings import NetworkSettings
 
 #: a refill never makes more than this many entries per pool slot in one run (claims go on meanwhile)
 MAX_BATCH_FACTOR = 2
+#: a pool of another configuration of the same host network that nobody claimed from or refilled for
+#: this long (its directory's mtime) was left behind by changed settings: any reaper drains it
+ABANDONED_POOL_S = 3600.0
 
 
 def settings_from_request(args: dict[str, Any]) -> NetworkSettings:
@@ -249,6 +254,43 @@ def _port_of(ipr: Any, veth: str, bridge: int | None) -> bool:
             return False
         raise
     return bool(found) and found[0].get("master") == bridge
+
+
+def sweep_abandoned_pools(settings: NetworkSettings, ipr: Any, now: float | None = None) -> list[str]:
+    """Drain the pools next to ours that belong to the same host network (state dir, bridge, host
+    namespace, veth prefix) but to other settings, once untouched for ``ABANDONED_POOL_S``: after a
+    configuration change no claimer or refill of theirs will come back. Call under ``reap.lock``."""
+    root = settings.pool_dir.parent
+    try:
+        siblings = sorted(os.listdir(root))
+    except OSError:
+        return []
+    now = time.time() if now is None else now
+    ours = settings.pool_config()
+    removed: list[str] = []
+    for name in siblings:
+        path = root / name
+        if path == settings.pool_dir:
+            continue
+        try:
+            fd = open_private_dir(str(path))
+        except OSError:
+            continue
+        try:
+            if now - os.fstat(fd).st_mtime < ABANDONED_POOL_S:
+                continue
+            meta = read_meta(fd)
+        finally:
+            os.close(fd)
+        config = meta.get("config") if meta else None
+        if not isinstance(config, list) or len(config) != len(ours) or name != pool_key(config):
+            continue
+        if [config[i] for i in (0, 2, 5, 7)] != [ours[i] for i in (0, 2, 5, 7)]:
+            continue  # another host network: its veths are not ours to judge
+        other = replace(settings, pool_path=path)
+        with RefillLock(other):
+            removed += judge_entries(other, ipr, drain=True)[1]
+    return removed
 
 
 def drain_pool(settings: NetworkSettings) -> list[str]:

@@ -19,7 +19,7 @@ dir>`` while the entry waits. Claiming it, under that lease's ``flock`` (so one 
 1. lock the lease (non-blocking; busy → another claimer, a refill or the reaper: try the next one);
 2. it must still say ``pool <token> <pool dir>`` (anything else: the entry was used or is broken: skip it);
 3. open the entry (``O_NOFOLLOW``, relative to the pool dir's fd) and check it is a network
-   namespace, and not this process's own;
+   namespace, and neither this process's own nor the configured host namespace;
 4. rewrite the lease to ``<pid> <job id>``: from here on no one else will ever take it (single use);
 5. detach and remove the bind mount; the job holds the namespace by its fd alone.
 
@@ -234,8 +234,9 @@ def claim(request: PoolRequest, job_id: str) -> PooledNetwork | None:
             if not entries:
                 return None
             first = int.from_bytes(os.urandom(2), "little") % len(entries)  # spread concurrent claimers
+            host_netns = request.config[5] if len(request.config) > 5 else None
             for name, (slot, token) in entries[first:] + entries[:first]:
-                fds = _claim_entry(request.pool_dir, pool_fd, lease_fd, name, slot, token, job_id)
+                fds = _claim_entry(request.pool_dir, pool_fd, lease_fd, name, slot, token, job_id, host_netns)
                 if fds is not None:
                     return PooledNetwork(fds[0], fds[1], resolv_conf, slot, len(entries) - 1)
             return None
@@ -245,8 +246,19 @@ def claim(request: PoolRequest, job_id: str) -> PooledNetwork | None:
         os.close(pool_fd)
 
 
+def _host_namespaces(host_netns: object) -> set[int]:
+    """Inodes of the namespaces a job must never be given: this process's and the configured host's."""
+    found = {os.stat("/proc/self/ns/net").st_ino}
+    if isinstance(host_netns, str):
+        try:
+            found.add(os.stat(host_netns).st_ino)
+        except OSError:
+            pass
+    return found
+
+
 def _claim_entry(pool_dir: str, pool_fd: int, lease_dir_fd: int, name: str, slot: int, token: str,
-                 job_id: str) -> tuple[int, int] | None:
+                 job_id: str, host_netns: object) -> tuple[int, int] | None:
     try:
         lease = os.open(str(slot), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lease_dir_fd)
     except OSError:
@@ -263,7 +275,7 @@ def _claim_entry(pool_dir: str, pool_fd: int, lease_dir_fd: int, name: str, slot
             netns = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pool_fd)
         except OSError:
             return None
-        if not is_netns(netns) or os.fstat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        if not is_netns(netns) or os.fstat(netns).st_ino in _host_namespaces(host_netns):
             return None
         os.ftruncate(lease, 0)
         os.pwrite(lease, f"{os.getpid()} {job_id}\n".encode(), 0)

@@ -26,13 +26,14 @@ from worker.sandbox.network.settings import NetworkSettings
 def reap_networks(settings: NetworkSettings, *, drain_pool: bool = False) -> list[str]:
     """Remove what dead owners left; return a line per removed object (``"lease ..."``, ``"veth ..."``,
     ``"pool entry ..."``). ``drain_pool``: remove every pool entry too (``pool.drain_pool``)."""
-    from worker.sandbox.network.pool import judge_entries, waiting_entry_exists
+    from worker.sandbox.network.pool import judge_entries, sweep_abandoned_pools, waiting_entry_exists
 
     leases_root = settings.net_dir / "leases"
 
     def reap(ipr: Any) -> list[str]:
         with ReapLock(settings.net_dir / "reap.lock"):
             kept, removed = judge_entries(settings, ipr, drain=drain_pool)
+            removed += sweep_abandoned_pools(settings, ipr)
             subnet_dirs = sorted(leases_root.iterdir()) if leases_root.is_dir() else []
             for subnet_dir in subnet_dirs:
                 for stale, fd in stale_leases(subnet_dir):
