@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/bench_network.py [--jobs 300] [--rounds 1]
 
+A third mode, ``egress (pool)``, times taking a ready namespace from the pool (``pool_client.claim``,
+no netlink) and dropping it; the pool is refilled between batches of 16, untimed (the refill runs in
+the background in real use).
+
 Everything happens inside a "host" network namespace this script creates (bridge, nft rules, NAT),
 never in the machine's own namespace; the namespace and all state are removed at the end. Prints a
 markdown table of medians (and p95) over ``--jobs`` jobs per mode (with ``--rounds N``, N rounds of
@@ -54,6 +58,34 @@ def measure(settings: NetworkSettings, mode: NetworkMode, jobs: int) -> tuple[li
     return setups, teardowns
 
 
+def measure_pool(settings: NetworkSettings, jobs: int) -> tuple[list[float], list[float]]:
+    from dataclasses import replace
+
+    from worker.sandbox.network.pool import drain_pool, fill_pool
+    from worker.sandbox.network.pool_client import claim
+
+    pooled = replace(settings, pool_size=16)
+    request = pooled.pool_request()
+    assert request is not None
+    setups, teardowns = [], []
+    with prepare_host(pooled) as host:
+        try:
+            while len(setups) < jobs:
+                fill_pool(pooled, host)
+                for _ in range(min(16, jobs - len(setups))):
+                    t0 = time.perf_counter()
+                    job = claim(request, f"bench-pool-{len(setups)}")
+                    t1 = time.perf_counter()
+                    assert job is not None
+                    job.close()
+                    t2 = time.perf_counter()
+                    setups.append((t1 - t0) * 1000)
+                    teardowns.append((t2 - t1) * 1000)
+        finally:
+            drain_pool(pooled)
+    return setups, teardowns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=300)
@@ -67,12 +99,16 @@ def main() -> None:
             settings = NetworkSettings(state_dir=Path(state), host_netns=Path(host_ns.path),
                                        resolvers=("198.51.100.53",))
             try:
+                results["egress (pool)"] = ([], [])
                 for _ in range(args.rounds):
                     for mode in modes:
                         measure(settings, mode, 20)  # warm up
                         setups, teardowns = measure(settings, mode, args.jobs)
                         results[mode][0].extend(setups)
                         results[mode][1].extend(teardowns)
+                    setups, teardowns = measure_pool(settings, args.jobs)
+                    results["egress (pool)"][0].extend(setups)
+                    results["egress (pool)"][1].extend(teardowns)
             finally:
                 teardown_host(settings)
     finally:
@@ -86,6 +122,8 @@ def main() -> None:
           "| within goals |")
     print("|---|---|---|---|")
     for name, (setups, teardowns) in results.items():
+        if name not in RAW_NETLINK_BASELINE:
+            continue
         raw_setup, raw_teardown = RAW_NETLINK_BASELINE[name]
         setup, teardown = statistics.median(setups), statistics.median(teardowns)
         ok = setup <= GOAL_SETUP_MS and teardown <= GOAL_TEARDOWN_MS
