@@ -23,7 +23,7 @@ from sqlmodel import Session
 from api.errors import NotAuthenticated
 from api.publish import Publisher
 from api.settings import ApiSettings, ApiToken
-from pipelines.store.db import session_scope
+from pipelines.store.db import read_scope
 
 
 @dataclass(slots=True)
@@ -58,7 +58,8 @@ def get_redis(services: Annotated[Services, Depends(get_services)]) -> aioredis.
 
 
 def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
-    with session_scope(engine) as session:
+    """A read-only session (see ``read_scope``): routes that change state use the engine."""
+    with read_scope(engine) as session:
         yield session
 
 

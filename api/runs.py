@@ -3,16 +3,20 @@
 Every change commits first and publishes afterwards (the worker must find the job queued when
 the message arrives). If the broker is down the request still succeeds: the outbox row stays
 unpublished and the worker's sweeper sends it later, which is why a failed publish is logged,
-not returned. The functions are synchronous (SQLModel); async routes call them in a thread.
+not returned. A new run's outbox rows are marked sent in the transaction that creates them and
+marked pending again if sending fails: no second write races the worker's claim of the job
+(if the API dies in between, the sweeper's stale-queue check re-announces the job). The
+functions are synchronous (SQLModel); async routes call them in a thread.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from api.errors import NothingToRun, PipelineInvalid
@@ -22,13 +26,16 @@ from api.settings import ApiToken
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problems
-from pipelines.store.db import session_scope
+from pipelines.store.db import read_scope, session_scope
 from pipelines.store.errors import JobNotFound, RunNotFound
 from pipelines.store.models import Artifact, Job, Run
-from pipelines.store.outbox import mark_published
-from pipelines.store.transitions import cancel_job, cancel_run, create_run, queued_job_ids
+from pipelines.store.outbox import mark_published, mark_unpublished
+from pipelines.store.transitions import cancel_job, cancel_run, store_run
 
 PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
+# columns no answer shows: not loaded (a job's spec is the largest JSON in the database)
+_RUN_UNSHOWN = (defer(Run.pipeline), defer(Run.secrets))  # type: ignore[arg-type]
+_JOB_UNSHOWN = (defer(Job.spec), defer(Job.needs))  # type: ignore[arg-type]
 log = logging.getLogger("sandpit.api")
 
 
@@ -47,11 +54,24 @@ def plan_request(request: RunCreate) -> Plan:
     return result
 
 
-def submit_run(engine: Engine, publisher: Publisher, request: RunCreate, caller: ApiToken) -> RunCreated:
-    """Plan, store (trusted only for a trusted token), publish the queued jobs; the new run."""
+def submit_run(
+    engine: Engine,
+    publisher: Publisher,
+    request: RunCreate,
+    caller: ApiToken,
+    *,
+    run_id: str | None = None,
+    before_publish: Callable[[], object] | None = None,
+) -> RunCreated:
+    """Plan, store (trusted only for a trusted token), publish the queued jobs; the new run.
+
+    ``run_id`` (default: a fresh one) and ``before_publish`` (called after the commit, before
+    the first job is announced) let a caller listen for the run's events before any of its jobs
+    can run. The answer is built from what was stored, without reading it back.
+    """
     planned = plan_request(request)
     with session_scope(engine) as session:
-        run = create_run(
+        stored = store_run(
             session,
             planned,
             trust="trusted" if caller.trusted else "untrusted",
@@ -63,10 +83,21 @@ def submit_run(engine: Engine, publisher: Publisher, request: RunCreate, caller:
             ref=request.ref,
             sha=request.sha,
             message=request.message,
+            run_id=run_id,
         )
-        queued = queued_job_ids(session, run.id)
-    publish_committed(engine, publisher, queued)
-    created = read_run(engine, run.id)
+        # marked sent in the same transaction, undone below if sending fails (see outbox.py)
+        mark_published(session, list(stored.queued), stored.run.created_at)
+    # a new run has no artifacts; the objects stay readable after the commit
+    created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
+    if before_publish is not None:
+        before_publish()
+    if stored.queued:
+        try:
+            publisher.publish(stored.queued)
+        except PublishFailed:
+            log.warning("publishing %d job(s) failed; the outbox sweeper will retry", len(stored.queued), exc_info=True)
+            with session_scope(engine) as session:
+                mark_unpublished(session, list(stored.queued))
     warnings = [ProblemPublic.model_validate(p.as_dict()) for p in planned.warnings]
     return RunCreated(**created.model_dump(), warnings=warnings)
 
@@ -85,11 +116,14 @@ def publish_committed(engine: Engine, publisher: Publisher, job_ids: Sequence[st
 
 
 def read_run(engine: Engine, run_id: str) -> RunPublic:
-    with session_scope(engine) as session:
-        run = session.get(Run, run_id)
+    """The run and its jobs as they are now (a read-only snapshot: it never waits for a writer)."""
+    with read_scope(engine) as session:
+        run = session.exec(select(Run).where(Run.id == run_id).options(*_RUN_UNSHOWN)).one_or_none()
         if run is None:
             raise RunNotFound(run_id)
-        jobs = list(session.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.position))).all())
+        jobs = list(session.exec(
+            select(Job).where(Job.run_id == run_id).order_by(col(Job.position)).options(*_JOB_UNSHOWN)
+        ).all())
         return run_public(run, _with_artifacts(session, jobs))
 
 
@@ -102,7 +136,7 @@ def read_job(session: Session, job_id: str) -> JobPublic:
 
 def load_job(engine: Engine, job_id: str) -> Job:
     """The job row, detached (its attributes stay readable after the session)."""
-    with session_scope(engine) as session:
+    with read_scope(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(job_id)
@@ -111,7 +145,7 @@ def load_job(engine: Engine, job_id: str) -> Job:
 
 def run_settled(engine: Engine, run_id: str) -> bool:
     """Whether the run has ended (nothing of it will run any more)."""
-    with session_scope(engine) as session:
+    with read_scope(engine) as session:
         finished = session.exec(select(Run.finished_at).where(Run.id == run_id)).one_or_none()
     return finished is not None
 
@@ -128,7 +162,7 @@ def cancel_job_now(engine: Engine, publisher: Publisher, job_id: str) -> JobPubl
     with session_scope(engine) as session:
         newly = cancel_job(session, job_id, utcnow())
     publish_committed(engine, publisher, newly)
-    with session_scope(engine) as session:
+    with read_scope(engine) as session:
         return read_job(session, job_id)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from pipelines.language.model import Job as PlannedJob
@@ -59,6 +60,7 @@ class WorkerContext:
     # wraps the sandbox run: the service waits here for room in its memory/cpu budget
     admit: Callable[[PlannedJob], AbstractContextManager[object]] = lambda _planned: nullcontext()
     now: Callable[[], dt.datetime] = utcnow
+    leases: LeaseKeeper = field(default_factory=lambda: LeaseKeeper())
 
 
 def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
@@ -92,8 +94,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         job = claim_job(s, job_id, ctx.worker_id, ctx.now(), ctx.lease_s)
         if job is None:
             return []  # already claimed, finished, cancelled, or a forged id: nothing to do
-        run = s.get(Run, job.run_id)
-        assert run is not None
+        run = s.exec(select(Run).where(Run.id == job.run_id).options(defer(Run.pipeline))).one()  # type: ignore[arg-type]
         attempt = job.attempt
         planned = job_from_spec(job.spec)
         source = ctx.source_for(run)
@@ -110,19 +111,14 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
                       extra_env=secret_env)
     seed = Seed(source_dir=source.root if source else None, source_files=source.files if source else None,
                 files=files)
-    cancel = threading.Event()
-    lost = threading.Event()
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(ctx, job_id, attempt, cancel, lost, stop), daemon=True)
-    renewer.start()
+    lease = ctx.leases.watch(ctx, job_id, attempt)
     try:
         with ctx.admit(planned):
-            result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=cancel, seed=seed,
+            result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel, seed=seed,
                                     secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
     finally:
-        stop.set()
-        renewer.join()
-    if lost.is_set():
+        ctx.leases.unwatch(lease)
+    if lease.lost.is_set():
         return []  # the lease went to someone else; their record counts, not ours
     record = result.as_record()
     record["attempt"] = attempt
@@ -135,31 +131,105 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
 
 
 CANCEL_POLL_S = 0.5  # how often a running job looks for a cancel request (cheap read)
+KEEPER_IDLE_EXIT_S = 30.0  # the lease keeper's thread ends after this long with no job to watch
 
 
-def _renew(ctx: WorkerContext, job_id: str, attempt: int, cancel: threading.Event, lost: threading.Event,
-           stop: threading.Event) -> None:
-    """Renew the lease every lease_s/3; between renewals, look for a cancel request twice a second."""
-    renew_every = max(0.05, ctx.lease_s / 3)
-    next_renewal = time.monotonic() + renew_every
-    while not stop.wait(min(CANCEL_POLL_S, renew_every)):
-        try:
-            if time.monotonic() >= next_renewal:
-                next_renewal = time.monotonic() + renew_every
-                with session_scope(ctx.db) as s:
-                    status = renew_lease(s, job_id, ctx.worker_id, attempt, ctx.now(), ctx.lease_s)
-                held, cancelled = status.held, status.cancel_requested
-            else:
-                held, cancelled = True, _cancel_requested(ctx, job_id)
-        except Exception as exc:  # a DB hiccup must not kill the job; the next round retries
-            logging.getLogger("sandpit.worker").warning("lease/cancel check of job %s failed: %s", job_id, exc)
-            continue
-        if not held:
-            lost.set()
-            cancel.set()
-            return
-        if cancelled:
-            cancel.set()
+@dataclass(eq=False)
+class Lease:
+    """One running attempt the keeper watches: ``cancel`` is set when the job must stop (a cancel
+    request, or the lease is lost), ``lost`` when the attempt is no longer this worker's."""
+
+    ctx: WorkerContext
+    job_id: str
+    attempt: int
+    renew_every: float
+    next_renewal: float
+    next_check: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while it is being checked
+    watched: bool = True
+
+
+class LeaseKeeper:
+    """One thread renews the lease of every running job of this worker (every lease_s/3) and,
+    between renewals, looks for cancel requests (every CANCEL_POLL_S). A thread per job would put
+    a thread start (and its hand-shake) on every job's path; this one is started once and ends
+    after KEEPER_IDLE_EXIT_S without jobs."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._leases: set[Lease] = set()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, ctx: WorkerContext, job_id: str, attempt: int) -> Lease:
+        renew_every = max(0.05, ctx.lease_s / 3)
+        now = time.monotonic()
+        lease = Lease(ctx, job_id, attempt, renew_every, next_renewal=now + renew_every,
+                      next_check=now + min(CANCEL_POLL_S, renew_every))
+        with self._cond:
+            self._leases.add(lease)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sandpit-leases", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return lease
+
+    def unwatch(self, lease: Lease) -> None:
+        """Stop watching; returns once no renewal or check of this lease is in flight."""
+        with lease.lock:
+            lease.watched = False
+        with self._cond:
+            self._leases.discard(lease)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._leases:
+                        if not self._cond.wait(KEEPER_IDLE_EXIT_S) and not self._leases:
+                            self._thread = None
+                            return
+                        continue
+                    now = time.monotonic()
+                    due = [lease for lease in self._leases if lease.next_check <= now]
+                    if due:
+                        break
+                    self._cond.wait(min(lease.next_check for lease in self._leases) - now)
+            for lease in due:
+                self._check(lease)
+
+    def _check(self, lease: Lease) -> None:
+        with lease.lock:
+            if not lease.watched:
+                return
+            ctx = lease.ctx
+            renewing = time.monotonic() >= lease.next_renewal
+            try:
+                if renewing:
+                    with session_scope(ctx.db) as s:
+                        status = renew_lease(s, lease.job_id, ctx.worker_id, lease.attempt, ctx.now(), ctx.lease_s)
+                    held, cancelled = status.held, status.cancel_requested
+                else:
+                    held, cancelled = True, _cancel_requested(ctx, lease.job_id)
+            except Exception as exc:  # a DB hiccup must not kill the job; the next round retries
+                logging.getLogger("sandpit.worker").warning("lease/cancel check of job %s failed: %s",
+                                                            lease.job_id, exc)
+                held, cancelled = True, False
+            finally:
+                now = time.monotonic()
+                if renewing:
+                    lease.next_renewal = now + lease.renew_every
+                lease.next_check = now + min(CANCEL_POLL_S, lease.renew_every)
+            if not held:
+                lease.lost.set()
+                lease.cancel.set()
+                lease.watched = False
+            elif cancelled:
+                lease.cancel.set()
+        if not lease.watched:
+            with self._cond:
+                self._leases.discard(lease)
 
 
 def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:

@@ -83,6 +83,7 @@ class ServiceContext:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
+    _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
 
     def publish(self, job_ids: list[str]) -> None:
         """Send each job id to the queue, then mark it published (the outbox keeps what failed)."""
@@ -103,6 +104,12 @@ class ServiceContext:
                 mark_published(s, sent, utcnow())
 
     def worker_context(self) -> WorkerContext:
+        """The context every job of this worker runs with (made once: it holds the lease keeper)."""
+        if self._worker_context is None:
+            self._worker_context = self._make_worker_context()
+        return self._worker_context
+
+    def _make_worker_context(self) -> WorkerContext:
         def sink_for(job: Job) -> Any:
             stream = RedisLog(self.redis, job.id)
             self._streams[job.id] = stream

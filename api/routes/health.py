@@ -15,7 +15,7 @@ from api import metrics
 from api.deps import EngineDep, RedisDep, resolved
 from api.schemas import Health
 from pipelines.names import QUEUE
-from pipelines.store.db import session_scope
+from pipelines.store.db import read_scope
 
 router = APIRouter(tags=["health"])
 
@@ -48,7 +48,7 @@ async def healthz(engine: EngineDep, redis: RedisDep) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus_metrics(engine: EngineDep, redis: RedisDep) -> PlainTextResponse:
     def count() -> tuple[dict[str, int], dict[str, int], int]:
-        with session_scope(engine) as session:
+        with read_scope(engine) as session:
             return metrics.count_rows(session)
 
     runs, jobs, pending = await to_thread.run_sync(count)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
 import time
+import uuid
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -25,6 +28,7 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 WAIT_EVENT_TIMEOUT_S = 0.25
 WAIT_POLL_FIRST_S = 0.004
 WAIT_POLL_MAX_S = 0.05
+SUBSCRIBE_TIMEOUT_S = 2.0  # how long publishing waits for the ?wait subscription to be confirmed
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -55,48 +59,89 @@ async def create_run(
 ) -> RunCreated:
     body = await read_capped_body(request, settings.max_body_bytes)
     wanted = parse_run_body(request.headers.get("content-type", ""), body)
-    created = await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller)
-    if wait <= 0 or created.finished_at is not None:
-        return created
+    if wait <= 0:
+        return await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller)
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
-    latest = await _wait_until_settled(request, engine, redis, created.id, deadline)
+    # listen for the run's "job finished" messages before any of its jobs is published, so none
+    # is missed and nothing has to be read until one comes; subscribing overlaps planning
+    run_id = str(uuid.uuid4())
+    listener = _RunListener(redis, run_id)
+    subscribing = asyncio.create_task(listener.subscribe())
+    try:
+        submit = functools.partial(runs.submit_run, engine, publisher, wanted, caller, run_id=run_id,
+                                   before_publish=listener.wait_subscribed)
+        created = await to_thread.run_sync(submit)
+        await subscribing
+        if created.finished_at is not None:
+            return created
+        latest = await _wait_until_settled(request, engine, listener, run_id, deadline)
+    finally:
+        await listener.close(subscribing)
     if latest is None:
         latest = await to_thread.run_sync(runs.read_run, engine, created.id)
     return RunCreated(**latest.model_dump(), warnings=created.warnings)
 
 
+class _RunListener:
+    """A pub/sub subscription to one run's events; ``active`` is False when Redis is away (or
+    was too slow to confirm before the first job was published), and the wait then polls."""
+
+    def __init__(self, redis: Any, run_id: str) -> None:
+        self.pubsub = redis.pubsub()
+        self.channel = run_events_channel(run_id)
+        self.active = False
+        self._done = threading.Event()
+
+    async def subscribe(self) -> None:
+        try:
+            await self.pubsub.subscribe(self.channel)
+            self.active = True
+        except RedisError:
+            pass
+        finally:
+            self._done.set()
+
+    def wait_subscribed(self) -> None:
+        """Called on the submitting thread between the commit and the publish."""
+        if not self._done.wait(SUBSCRIBE_TIMEOUT_S):
+            self.active = False  # whatever comes later, the wait polls: nothing is missed
+
+    async def next_event(self, timeout: float) -> bool:
+        """Whether a job of the run finished within ``timeout`` (subscribe confirmations skipped)."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+                return True
+        return False
+
+    async def close(self, subscribing: asyncio.Task[None]) -> None:
+        if not subscribing.done():
+            subscribing.cancel()
+        with contextlib.suppress(RedisError, asyncio.CancelledError):
+            await subscribing
+        with contextlib.suppress(RedisError):
+            await self.pubsub.aclose()
+
+
 async def _wait_until_settled(
-    request: Request, engine: Any, redis: Any, run_id: str, deadline: float
+    request: Request, engine: Any, listener: _RunListener, run_id: str, deadline: float
 ) -> RunPublic | None:
-    """Wake on each "a job of this run finished" message from the workers (Redis pub/sub) and
-    read the run then (returned once it has ended); if Redis is away, poll with a backoff instead.
+    """Read the run each time a job of it finishes (and at least every WAIT_EVENT_TIMEOUT_S, in
+    case a message was lost) until it has ended; without Redis, poll with a backoff instead.
     None when the wait ran out or the client left."""
-    pubsub = None
-    try:
-        pubsub = redis.pubsub()
-        await pubsub.subscribe(run_events_channel(run_id))
-    except RedisError:
-        pubsub = None
     interval = WAIT_POLL_FIRST_S
-    try:
-        while time.monotonic() < deadline and not await request.is_disconnected():
-            # checked after subscribing, so a job that finished in between is not missed
-            latest = await to_thread.run_sync(runs.read_run, engine, run_id)
-            if latest.finished_at is not None:
-                return latest
-            if pubsub is not None:
-                try:
-                    await pubsub.get_message(ignore_subscribe_messages=True,
-                                             timeout=min(WAIT_EVENT_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
-                    continue
-                except RedisError:
-                    pubsub = None
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        if listener.active:
+            try:
+                await listener.next_event(min(WAIT_EVENT_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
+            except RedisError:
+                listener.active = False  # read now (a message may be lost), then poll
+        else:
             await asyncio.sleep(interval)
             interval = min(WAIT_POLL_MAX_S, interval * 1.5)
-    finally:
-        if pubsub is not None:
-            with contextlib.suppress(RedisError):
-                await pubsub.aclose()
+        latest = await to_thread.run_sync(runs.read_run, engine, run_id)
+        if latest.finished_at is not None:
+            return latest
     return None
 
 

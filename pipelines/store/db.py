@@ -1,9 +1,12 @@
 """Engines, sessions and migrations: the one place that connects to the database.
 
 SQLite (the default, ``sqlite:///<state_dir>/sandpit.db``) is opened in WAL mode with foreign
-keys on and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: SQLite has
-one writer at a time anyway, and taking the write lock up front means a transaction never fails
-half-way with "database is locked" when its snapshot turns out to be stale (it waits instead).
+keys on and a busy timeout, and every transaction of :func:`session_scope` starts with ``BEGIN
+IMMEDIATE``: SQLite has one writer at a time anyway, and taking the write lock up front means a
+transaction never fails half-way with "database is locked" when its snapshot turns out to be
+stale (it waits instead). :func:`read_scope` is for transactions that only read: a plain
+(deferred) ``BEGIN`` reads a WAL snapshot without taking the write lock, so readers (the API
+showing a run, ``?wait``) never queue behind a worker's claim or result, nor hold it up.
 PostgreSQL comes through ``SANDPIT_DATABASE_URL`` (read by the entry point, passed in here);
 a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
@@ -13,6 +16,7 @@ a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,9 +69,14 @@ def make_engine(url: str, **options: Any) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "sandpit_read_only"
+_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -84,6 +93,21 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A transaction that only reads (a consistent snapshot); nothing it changes is kept.
+
+    On SQLite it does not take the write lock (see the module docstring); elsewhere it is an
+    ordinary transaction. It ends when the block does (the pool rolls it back); what it loaded
+    stays readable.
+    """
+    reader = _readers.get(engine)
+    if reader is None:
+        reader = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
+    with Session(reader, expire_on_commit=False, autoflush=False) as session:
+        yield session
 
 
 def alembic_config(url: str) -> Config:

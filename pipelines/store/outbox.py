@@ -5,6 +5,11 @@ and the publish, or a broker that lost its messages, loses nothing: a publisher 
 :func:`pending_outbox` lists and then calls :func:`mark_published`; :func:`requeue_stale`
 re-announces jobs left ``queued`` for too long (their message was published but lost). A
 duplicate message is harmless: the claim is a compare-and-set.
+
+A publisher may also mark the rows published in the transaction that writes them, send after
+the commit, and call :func:`mark_unpublished` if sending fails (the API does: one transaction
+less per run, and no write racing the worker's claim). If it dies between the commit and the
+send, :func:`requeue_stale` re-announces the job: the job is late, not lost.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ def mark_published(session: Session, job_ids: list[str], now: dt.datetime) -> in
         update(Outbox)
         .where(col(Outbox.job_id).in_(job_ids), col(Outbox.published_at).is_(None))
         .values(published_at=now)
+    )
+    return int(result.rowcount)
+
+
+def mark_unpublished(session: Session, job_ids: list[str]) -> int:
+    """Undo :func:`mark_published` for ``job_ids`` (a publisher that marks rows in the transaction
+    that writes them, then fails to send); returns how many rows are pending again."""
+    if not job_ids:
+        return 0
+    result = session.exec(
+        update(Outbox).where(col(Outbox.job_id).in_(job_ids), col(Outbox.published_at).is_not(None))
+        .values(published_at=None)
     )
     return int(result.rowcount)
 

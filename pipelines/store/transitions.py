@@ -62,6 +62,15 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """What :func:`store_run` stored: the run, its jobs in plan order, the ids it queued."""
+
+    run: Run
+    jobs: tuple[Job, ...]
+    queued: tuple[str, ...]
+
+
 def create_run(
     session: Session,
     plan: Plan,
@@ -81,12 +90,37 @@ def create_run(
     (with outbox rows) and manual ones wait as ``manual``. Publish the run's queued jobs
     (``queued_job_ids``) after the commit. ``secrets`` are stored for the worker to inject
     and mask; nothing that shows a run may return them."""
+    return store_run(
+        session, plan, trust=trust, source=source, variables=variables, now=now, pipeline=pipeline,
+        ref=ref, sha=sha, message=message, secrets=secrets, new_id=new_id,
+    ).run
+
+
+def store_run(
+    session: Session,
+    plan: Plan,
+    *,
+    trust: Trust,
+    source: Source,
+    variables: Mapping[str, str],
+    now: dt.datetime,
+    pipeline: str = "",
+    ref: str = "",
+    sha: str = "",
+    message: str = "",
+    secrets: Mapping[str, str] | None = None,
+    new_id: Callable[[], str] = _new_id,
+    run_id: str | None = None,
+) -> StoredRun:
+    """:func:`create_run`, also returning the jobs and the queued ids (no second read), with
+    the run's id chosen by the caller if it wants (to listen for the run's events before its
+    jobs are published)."""
     if trust not in TRUST_LEVELS:
         raise ValueError(f"trust must be one of {TRUST_LEVELS}, not {trust!r}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     run = Run(
-        id=new_id(),
+        id=run_id or new_id(),
         created_at=now,
         trust=trust,
         source=source,
@@ -99,24 +133,26 @@ def create_run(
         message=message,
     )
     session.add(run)
-    session.flush()
-    for position, planned in enumerate(plan.jobs):
-        session.add(
-            Job(
-                id=new_id(),
-                run_id=run.id,
-                position=position,
-                name=planned.name,
-                stage=planned.stage,
-                spec=job_to_spec(planned),
-                needs=list(planned.depends_on),
-                when=planned.when,
-                allow_failure=planned.allow_failure.allowed,
-            )
+    session.flush()  # no relationship() between the tables: flush in foreign-key order by hand
+    jobs = [
+        Job(
+            id=new_id(),
+            run_id=run.id,
+            position=position,
+            name=planned.name,
+            stage=planned.stage,
+            spec=job_to_spec(planned),
+            needs=list(planned.depends_on),
+            when=planned.when,
+            allow_failure=planned.allow_failure.allowed,
         )
+        for position, planned in enumerate(plan.jobs)
+    ]
+    session.add_all(jobs)
     session.flush()
-    _advance(session, run, now)
-    return run
+    # the jobs are all new: the run advances from them as they are, without reading them back
+    queued = _advance(session, run, now, jobs)
+    return StoredRun(run, tuple(jobs), tuple(queued))
 
 
 def queued_job_ids(session: Session, run_id: str) -> list[str]:
@@ -133,7 +169,8 @@ def claim_job(session: Session, job_id: str, worker_id: str, now: dt.datetime, l
     ``lease_s``). None when the job is not queued (already claimed, finished, cancelled: a
     duplicate or stale message) or its run is cancelled; the caller then does nothing."""
     live_runs = select(Run.id).where(col(Run.cancelled).is_(sa.false()))
-    claimed = session.exec(
+    # one statement: the compare-and-set returns the claimed row
+    job = session.exec(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status) == "queued", col(Job.run_id).in_(live_runs))
         .values(
@@ -148,16 +185,16 @@ def claim_job(session: Session, job_id: str, worker_id: str, now: dt.datetime, l
             signal=None,
             cancel_requested=False,
         )
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalars().one_or_none()
+    if job is None:
         return None
-    job = _load_job(session, job_id)
     timeout = job_from_spec(job.spec).timeout_seconds
     if timeout is not None:
         job.deadline_at = now + dt.timedelta(seconds=timeout + DEADLINE_GRACE_S)
         session.add(job)
-    session.flush()
+        session.flush()
     return job
 
 
@@ -189,11 +226,11 @@ def finish_job(session: Session, job_id: str, attempt: int, record: Mapping[str,
     """Record the result of attempt ``attempt`` (a job result record), retry it if its
     ``retry`` allows, and advance the run. Returns the ids newly queued (publish them after the
     commit). A stale or duplicate report (the job is not running that attempt) changes nothing."""
-    run = _lock_run_of_job(session, job_id)
-    job = _load_job(session, job_id)
+    run, jobs = _lock_run_with_jobs(session, job_id)
+    job = next(j for j in jobs if j.id == job_id)
     if job.status != "running" or job.attempt != attempt:
         return []
-    return _record_result(session, run, job, dict(record), now)
+    return _record_result(session, run, job, dict(record), now, jobs)
 
 
 def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[str]:
@@ -206,14 +243,14 @@ def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[
     ).all()
     newly: list[str] = []
     for job_id in candidates:
-        run = _lock_run_of_job(session, job_id)
-        job = _load_job(session, job_id)
+        run, jobs = _lock_run_with_jobs(session, job_id)
+        job = next(j for j in jobs if j.id == job_id)
         lease_gone = job.lease_expires_at is not None and job.lease_expires_at < now
         past_deadline = job.deadline_at is not None and job.deadline_at < now
         if job.status != "running" or not (lease_gone or past_deadline):
             continue  # renewed or finished while we looked
         status, reason = ("error", "worker_lost") if lease_gone else ("failed", "timeout")
-        newly += _record_result(session, run, job, _lost_record(job, status, reason, now), now)
+        newly += _record_result(session, run, job, _lost_record(job, status, reason, now), now, jobs)
     return newly
 
 
@@ -292,6 +329,20 @@ def _lock_run_of_job(session: Session, job_id: str) -> Run:
     return _lock_run(session, run_id)
 
 
+def _lock_run_with_jobs(session: Session, job_id: str) -> tuple[Run, list[Job]]:
+    """Lock the run of ``job_id`` (one statement), then read all its jobs (as they are now)."""
+    run = session.exec(
+        select(Run)
+        .join(Job, col(Job.run_id) == col(Run.id))
+        .where(col(Job.id) == job_id)
+        .with_for_update(of=Run)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if run is None:
+        raise JobNotFound(job_id)
+    return run, _jobs(session, run.id)
+
+
 def _load_job(session: Session, job_id: str) -> Job:
     job = session.exec(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one_or_none()
     if job is None:
@@ -323,7 +374,10 @@ def _settle(job: Job, status: str, reason: str | None, now: dt.datetime) -> None
     job.deadline_at = None
 
 
-def _record_result(session: Session, run: Run, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
+def _record_result(
+    session: Session, run: Run, job: Job, record: dict[str, Any], now: dt.datetime, jobs: list[Job]
+) -> list[str]:
+    """``jobs``: every job of the run, read after the run was locked (``job`` among them)."""
     planned = job_from_spec(job.spec)
     status = record.get("status")
     reason = record.get("reason")
@@ -354,8 +408,7 @@ def _record_result(session: Session, run: Run, job: Job, record: dict[str, Any],
     )
     if retry:
         enqueue(session, job, now)
-        session.flush()
-        _refresh_run(session, run, now)
+        _refresh_run(session, run, now, jobs)
         return [job.id]
     _settle(job, status, reason, now)
     job.exit_code, job.signal = exit_code, signal
@@ -368,8 +421,7 @@ def _record_result(session: Session, run: Run, job: Job, record: dict[str, Any],
     )
     session.add(job)
     _add_artifacts(session, job.id, record.get("artifacts") or (), planned.artifacts, now)
-    session.flush()
-    return _advance(session, run, now)
+    return _advance(session, run, now, jobs)
 
 
 def _add_artifacts(
@@ -410,9 +462,11 @@ def _lost_record(job: Job, status: str, reason: str, now: dt.datetime) -> dict[s
     }
 
 
-def _advance(session: Session, run: Run, now: dt.datetime) -> list[str]:
-    """Apply every decision the jobs' states allow; returns the ids newly queued."""
-    jobs = _jobs(session, run.id)
+def _advance(session: Session, run: Run, now: dt.datetime, jobs: list[Job] | None = None) -> list[str]:
+    """Apply every decision the jobs' states allow; returns the ids newly queued. ``jobs``: all
+    of the run's jobs as this transaction has them (read after the run was locked), if the
+    caller has them already."""
+    jobs = jobs if jobs is not None else _jobs(session, run.id)
     by_name = {job.name: job for job in jobs}
     newly: list[str] = []
     for decision in decide_advance([_state(j) for j in jobs], run_cancelled=run.cancelled):
@@ -426,7 +480,6 @@ def _advance(session: Session, run: Run, now: dt.datetime) -> list[str]:
         else:
             _settle(job, decision.status, decision.reason, now)
             session.add(job)
-    session.flush()
     _refresh_run(session, run, now, jobs)
     return newly
 
