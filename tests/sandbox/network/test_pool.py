@@ -322,3 +322,36 @@ def test_a_pool_abandoned_by_changed_settings_is_drained(world: World, pooled: N
         assert len(lease_files(pooled)) == 4
     finally:
         drain_pool(old)
+
+
+def test_a_whole_sandpit_exec_process_takes_its_network_from_the_pool(world: World, settings,  # type: ignore[no-untyped-def]
+                                                                     runtime, no_leftovers) -> None:
+    """`sandpit exec --network egress` as a process of its own (settings from the environment, like a
+    user's) runs its job in a pool namespace: the pool shrinks by one, the job reaches the internet and
+    not the metadata address, and the process never imported pyroute2."""
+    from worker.sandbox.network.pool import settings_from_request
+    from worker.sandbox.network.pool_client import pool_request
+    from worker.settings import Settings
+
+    env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
+           "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime}
+    request = pool_request(Settings.from_env(env))
+    assert request is not None and request.size >= 4
+    cli_pool = settings_from_request(json.loads(request.as_args()))
+    try:
+        fill_pool(cli_pool, config=request.config)
+        before = pool_entries(cli_pool)
+        targets = [{"kind": "http", "host": WEB, "port": 80}, {"kind": "http", "host": METADATA, "port": 80}]
+        done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-X", "importtime",
+                               str(REPO / ".venv" / "bin" / "sandpit"), "exec", "--network", "egress",
+                               "--image", "python", "--", "python3", "-c", (HERE / "probe.py").read_text(),
+                               json.dumps(targets)],
+                              env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-2000:]
+        web, metadata = json.loads(done.stdout)
+        assert web["outcome"] == "reply" and metadata["outcome"] in STOPPED, (web, metadata)
+        assert "pyroute2" not in done.stderr, "the CLI loaded pyroute2: it did not use the pool"
+        assert len(pool_entries(cli_pool)) == len(before) - 1
+    finally:
+        drain_pool(cli_pool)
+    assert pool_entries(cli_pool) == [] and pool_mounts(cli_pool) == []

@@ -36,6 +36,8 @@ from worker.sandbox.network.host import HostNetwork, RefillLock, prepare_host
 from worker.sandbox.network.job import JobNetwork
 from worker.sandbox.network.pool_client import (
     META,
+    REFILL_LOCK,
+    REFILL_LOG,
     is_netns,
     make_private_dir,
     open_private_dir,
@@ -294,12 +296,37 @@ def sweep_abandoned_pools(settings: NetworkSettings, ipr: Any, now: float | None
 
 
 def drain_pool(settings: NetworkSettings) -> list[str]:
-    """Remove every pool entry (waits for a running refill first); ``teardown_host`` and
-    ``sandpit reap --all`` call it. A refill started afterwards fills the pool again."""
+    """Remove every pool entry (waits for a running refill first), then the pool's directory;
+    ``sandpit reap --all`` calls it (``teardown_host`` drains too). A refill started afterwards fills
+    the pool again."""
     from worker.sandbox.network.reaper import reap_networks
 
     with RefillLock(settings):
-        return reap_networks(settings, drain_pool=True)
+        removed = reap_networks(settings, drain_pool=True)
+        _remove_empty_pool_dir(settings.pool_dir)
+        return removed
+
+
+def _remove_empty_pool_dir(path: Path) -> None:
+    """Remove a drained pool's directory (its meta, lock and log), unless an entry appeared meanwhile."""
+    try:
+        pool_fd = open_private_dir(str(path))
+    except OSError:
+        return
+    try:
+        if entries(pool_fd):
+            return
+        for name in (META, REFILL_LOCK, REFILL_LOG):
+            try:
+                os.unlink(name, dir_fd=pool_fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(pool_fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # something new in it: a claimer started a refill; it is a pool again
 
 
 def pool_entries(settings: NetworkSettings) -> list[str]:
