@@ -210,7 +210,15 @@ def main() -> int:
     return 0
 
 
-def bench_pool_settings(settings: Settings):  # -> NetworkSettings
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from worker.sandbox.network.pool_client import PoolRequest
+    from worker.sandbox.network.settings import NetworkSettings
+
+
+def bench_pool_settings(settings: Settings) -> tuple[NetworkSettings, PoolRequest]:
     """The network settings a `sandpit exec` process with ``settings`` claims its pool entries for."""
     from worker.sandbox.network.pool import settings_from_request
     from worker.sandbox.network.pool_client import pool_request
@@ -221,7 +229,8 @@ def bench_pool_settings(settings: Settings):  # -> NetworkSettings
     return settings_from_request(json.loads(request.as_args())), request
 
 
-def egress_vs_none(jobs: int, settings: Settings, cli, cli_egress) -> dict[str, list[float]]:
+def egress_vs_none(jobs: int, settings: Settings, cli: Callable[[], None],
+                   cli_egress: Callable[[], None]) -> dict[str, list[float]]:
     """``jobs`` whole-process jobs each of `--network none` and `--network egress`, interleaved,
     the pool filled first (as `sandpit host-prep` or an earlier job would)."""
     from worker.sandbox.network.pool import fill_pool

@@ -67,7 +67,8 @@ def measure_pool(settings: NetworkSettings, jobs: int) -> tuple[list[float], lis
     pooled = replace(settings, pool_size=16)
     request = pooled.pool_request()
     assert request is not None
-    setups, teardowns = [], []
+    setups: list[float] = []
+    teardowns: list[float] = []
     with prepare_host(pooled) as host:
         try:
             while len(setups) < jobs:
