@@ -355,3 +355,43 @@ def test_a_whole_sandpit_exec_process_takes_its_network_from_the_pool(world: Wor
     finally:
         drain_pool(cli_pool)
     assert pool_entries(cli_pool) == [] and pool_mounts(cli_pool) == []
+
+
+@pytest.mark.slow
+def test_many_pooled_jobs_leave_nothing_behind(world: World, pooled: NetworkSettings) -> None:
+    """200 pooled jobs (refilled as they go, every 25th in a process SIGKILLed while it holds its
+    namespace), then a drain: no entry, bind mount, lease, sandpit veth or nft change is left, and no
+    two running jobs ever shared a namespace or an address."""
+    from .test_lifecycle import nft_ruleset
+
+    rules_before = nft_ruleset(world)
+    request = request_of(pooled)
+    running: list[PooledNetwork] = []  # up to 3 jobs at once, like a busy host
+    for i in range(200):
+        if len(pool_entries(pooled)) < request.low_water:
+            fill_pool(pooled, world.network)
+        if i % 25 == 3:
+            proc = subprocess.Popen([sys.executable, str(HERE / "claim_entry.py"), request.as_args(), f"doomed-{i}"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            got = json.loads(proc.stdout.readline())
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            proc.stdin.close()
+            proc.stdout.close()
+            assert got["slot"] is not None
+            continue
+        net = claim(request, f"job-{i}")
+        assert net is not None
+        live = {os.fstat(job.netns_fd).st_ino for job in running}
+        assert os.fstat(net.netns_fd).st_ino not in live and net.slot not in {job.slot for job in running}
+        running.append(net)
+        if len(running) > 3:
+            running.pop(0).close()
+    for net in running:
+        net.close()
+    drain_pool(pooled)
+    assert_nothing_left(world, pooled)
+    assert nft_ruleset(world) == rules_before
