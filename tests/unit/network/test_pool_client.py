@@ -16,11 +16,15 @@ import pytest
 from worker.sandbox.network.pool import settings_from_request
 from worker.sandbox.network.pool_client import (
     META,
+    REFILL_BACKOFF_S,
+    REFILL_LOG,
     PoolRequest,
+    _failed_recently,
     claim,
     parse_entry,
     pool_lease_text,
     pool_request,
+    start_refill,
 )
 from worker.sandbox.network.settings import NetworkSettings
 from worker.settings import Settings
@@ -182,3 +186,20 @@ def test_an_untrustworthy_pool_is_not_used(tmp_path: Path, flaw: str) -> None:
     else:
         request = PoolRequest(request.pool_dir, request.lease_root, ["another config"], 4)
     assert claim(request, "job") is None
+
+
+def test_no_refill_is_started_right_after_a_failed_one(tmp_path: Path) -> None:
+    """A refill that failed a moment ago (its log says so) holds off new ones for a while; an old
+    failure does not."""
+    request = make_pool(tmp_path, {})
+    log = Path(request.pool_dir) / REFILL_LOG
+    log.write_text("sandpit pool refill failed: nft is not installed\n")
+    assert start_refill(request) is None
+    fd = os.open(request.pool_dir, os.O_RDONLY)
+    try:
+        assert _failed_recently(fd)
+        past = log.stat().st_mtime - REFILL_BACKOFF_S - 1
+        os.utime(log, (past, past))
+        assert not _failed_recently(fd)
+    finally:
+        os.close(fd)

@@ -51,6 +51,10 @@ NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
 CLONE_NEWNET = 0x40000000
 #: the fd number the detached refill finds its (already locked) refill.lock on
 REFILL_LOCK_FD = 3
+#: after a failed refill, no new one is started for this long (a broken host must not make every
+#: egress job spawn a doomed refill); jobs meanwhile make their networks themselves
+REFILL_BACKOFF_S = 30.0
+REFILL_FAILED = b"refill failed"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -334,12 +338,13 @@ def start_refill(request: PoolRequest) -> int | None:
     except OSError:
         os.close(pool_fd)
         return None
-    os.close(pool_fd)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # a refill is already at work
+        if _failed_recently(pool_fd):
+            return None
         if lock == REFILL_LOCK_FD:  # posix_spawn's dup2 onto itself would keep it close-on-exec
             moved = os.dup(lock)
             os.close(lock)
@@ -363,6 +368,20 @@ def start_refill(request: PoolRequest) -> int | None:
         return pid
     finally:
         os.close(lock)
+        os.close(pool_fd)
+
+
+def _failed_recently(pool_fd: int) -> bool:
+    import time
+
+    try:
+        fd = os.open(REFILL_LOG, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pool_fd)
+    except OSError:
+        return False
+    try:
+        return time.time() - os.fstat(fd).st_mtime < REFILL_BACKOFF_S and REFILL_FAILED in os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
 
 
 def _reap_child(pid: int) -> None:

@@ -12,7 +12,7 @@ import fcntl
 import json
 import sys
 
-from worker.sandbox.network.pool_client import REFILL_LOCK_FD
+from worker.sandbox.network.pool_client import REFILL_FAILED, REFILL_LOCK_FD
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +21,6 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"sandpit pool refill: not started holding the refill lock ({exc})", file=sys.stderr)
         return 2
-    from worker.sandbox.network.errors import NetworkError
     from worker.sandbox.network.pool import fill_pool, settings_from_request
 
     request = json.loads(argv[0])
@@ -29,7 +28,7 @@ def main(argv: list[str]) -> int:
         settings = settings_from_request(request)
         for line in fill_pool(settings, lock_fd=REFILL_LOCK_FD, config=request["config"]):
             print(line)
-    except (NetworkError, OSError) as exc:
-        print(f"sandpit pool refill failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # any failure is logged as one, for the spawner's back-off
+        print(f"sandpit pool {REFILL_FAILED.decode()}: {exc}", file=sys.stderr)
         return 1
     return 0
