@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
-from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from pipelines.language.model import Job as PlannedJob
 from pipelines.store.db import session_scope
 from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.spec import job_from_spec
-from pipelines.store.transitions import claim_job, finish_job, renew_lease
+from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
 from worker import cache
 from worker.jobs import JobDefaults, request_for
 from worker.sandbox.artifacts import artifact_path
@@ -94,7 +93,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         job = claim_job(s, job_id, ctx.worker_id, ctx.now(), ctx.lease_s)
         if job is None:
             return []  # already claimed, finished, cancelled, or a forged id: nothing to do
-        run = s.exec(select(Run).where(Run.id == job.run_id).options(defer(Run.pipeline))).one()  # type: ignore[arg-type]
+        run = read_run_row(s, job.run_id)
+        assert run is not None  # the claim matched a job of a live run in this transaction
         attempt = job.attempt
         planned = job_from_spec(job.spec)
         source = ctx.source_for(run)
@@ -106,7 +106,6 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
             s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
-        s.expunge(job)
     req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
                       extra_env=secret_env)
     seed = Seed(source_dir=source.root if source else None, source_files=source.files if source else None,

@@ -103,11 +103,17 @@ def read_scope(engine: Engine) -> Iterator[Session]:
     ordinary transaction. It ends when the block does (the pool rolls it back); what it loaded
     stays readable.
     """
-    reader = _readers.get(engine)
-    if reader is None:
-        reader = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
-    with Session(reader, expire_on_commit=False, autoflush=False) as session:
+    with Session(reader(engine), expire_on_commit=False, autoflush=False) as session:
         yield session
+
+
+def reader(engine: Engine) -> Engine:
+    """``engine`` for reading only: its transactions are those of :func:`read_scope` (for Core
+    statements: ``with reader(engine).connect() as connection``)."""
+    found = _readers.get(engine)
+    if found is None:
+        found = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
+    return found
 
 
 def alembic_config(url: str) -> Config:

@@ -38,7 +38,7 @@ from pipelines.store.advance import (
     should_retry,
 )
 from pipelines.store.errors import JobNotFound, RunNotFound
-from pipelines.store.models import Artifact, Job, JobAttempt, Run
+from pipelines.store.models import Artifact, Job, JobAttempt, Run, UTCDateTime
 from pipelines.store.outbox import enqueue
 from pipelines.store.spec import job_from_spec, job_to_spec
 
@@ -167,35 +167,62 @@ def queued_job_ids(session: Session, run_id: str) -> list[str]:
 def claim_job(session: Session, job_id: str, worker_id: str, now: dt.datetime, lease_s: float) -> Job | None:
     """Compare-and-set queued → running for ``worker_id`` (attempt + 1, lease until now +
     ``lease_s``). None when the job is not queued (already claimed, finished, cancelled: a
-    duplicate or stale message) or its run is cancelled; the caller then does nothing."""
-    live_runs = select(Run.id).where(col(Run.cancelled).is_(sa.false()))
-    # one statement: the compare-and-set returns the claimed row
-    job = session.exec(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == "queued", col(Job.run_id).in_(live_runs))
-        .values(
-            status="running",
-            attempt=col(Job.attempt) + 1,
-            lease_owner=worker_id,
-            lease_expires_at=now + dt.timedelta(seconds=lease_s),
-            started_at=now,
-            finished_at=None,
-            reason=None,
-            exit_code=None,
-            signal=None,
-            cancel_requested=False,
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).scalars().one_or_none()
-    if job is None:
+    duplicate or stale message) or its run is cancelled; the caller then does nothing.
+
+    The job returned is a snapshot of the claimed row, not attached to ``session``: the claim
+    is on every job's path, so it is one prepared statement that returns the row, not ORM work.
+    """
+    connection = session.connection()
+    row = connection.execute(
+        _CLAIM, {"p_job_id": job_id, "p_owner": worker_id, "p_lease": now + dt.timedelta(seconds=lease_s), "p_now": now}
+    ).first()
+    if row is None:
         return None
+    job = Job(**row._mapping)
     timeout = job_from_spec(job.spec).timeout_seconds
     if timeout is not None:
         job.deadline_at = now + dt.timedelta(seconds=timeout + DEADLINE_GRACE_S)
-        session.add(job)
-        session.flush()
+        connection.execute(_SET_DEADLINE, {"p_job_id": job_id, "p_deadline": job.deadline_at})
     return job
+
+
+def read_run_row(session: Session, run_id: str) -> Run | None:
+    """A snapshot of the run without its pipeline text (what a worker needs to run its job)."""
+    row = session.connection().execute(_READ_RUN_FOR_WORKER, {"p_run_id": run_id}).first()
+    return None if row is None else Run(**row._mapping)
+
+
+_JOBS: Any = Job.__table__  # type: ignore[attr-defined]
+_RUNS: Any = Run.__table__  # type: ignore[attr-defined]
+_CLAIM = (
+    sa.update(_JOBS)
+    .where(
+        _JOBS.c.id == sa.bindparam("p_job_id"),
+        _JOBS.c.status == "queued",
+        _JOBS.c.run_id.in_(sa.select(_RUNS.c.id).where(_RUNS.c.cancelled.is_(sa.false()))),
+    )
+    .values(
+        status="running",
+        attempt=_JOBS.c.attempt + 1,
+        lease_owner=sa.bindparam("p_owner"),
+        lease_expires_at=sa.bindparam("p_lease", type_=UTCDateTime()),
+        started_at=sa.bindparam("p_now", type_=UTCDateTime()),
+        finished_at=None,
+        reason=None,
+        exit_code=None,
+        signal=None,
+        cancel_requested=False,
+    )
+    .returning(*_JOBS.c)
+)
+_SET_DEADLINE = (
+    sa.update(_JOBS)
+    .where(_JOBS.c.id == sa.bindparam("p_job_id"))
+    .values(deadline_at=sa.bindparam("p_deadline", type_=UTCDateTime()))
+)
+_READ_RUN_FOR_WORKER = sa.select(*(c for c in _RUNS.c if c.name != "pipeline")).where(
+    _RUNS.c.id == sa.bindparam("p_run_id")
+)
 
 
 def renew_lease(
