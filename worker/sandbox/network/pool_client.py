@@ -295,8 +295,9 @@ def _claim_entry(pool_dir: str, pool_fd: int, lease_dir_fd: int, name: str, slot
 
 
 def remove_entry(pool_fd: int, name: str) -> bool:
-    """Detach an entry's bind mount (if any) and unlink it; False if it could not be removed. The
-    path goes through the pool directory's fd, so a directory swapped meanwhile cannot redirect it."""
+    """Detach an entry's bind mount (if any) and unlink it; False if it was not there or could not be
+    removed. The path goes through the pool directory's fd, so a directory swapped meanwhile cannot
+    redirect it."""
     from worker.sandbox.mounts import MNT_DETACH, UMOUNT_NOFOLLOW, umount
 
     try:
@@ -305,8 +306,6 @@ def remove_entry(pool_fd: int, name: str) -> bool:
         pass  # not mounted: a refill died before mounting it
     try:
         os.unlink(name, dir_fd=pool_fd)
-    except FileNotFoundError:
-        pass
     except OSError:
         return False
     return True
