@@ -142,7 +142,7 @@ def main() -> int:
     bare = BareBundle(engine)
     netns = None
     if args.network:
-        from dataclasses import replace
+        from worker.record import replace
 
         netns = Path("/run/netns/sandpit-bench")
         subprocess.run(["ip", "netns", "add", "sandpit-bench"], check=True)

@@ -172,7 +172,10 @@ def _add_others(sub: Any) -> None:
     cn = sub.add_parser("cancel", help="cancel a run on a running service")
     cn.add_argument("run")
 
-    sub.add_parser("reap", help="remove what dead sandpit processes left behind")
+    rp = sub.add_parser("reap", help="remove what dead sandpit processes left behind")
+    rp.add_argument("--all", action="store_true",
+                    help="also remove the host's network side: the pool of ready egress namespaces, the "
+                         "bridge and the nft tables (running egress jobs lose their network)")
     sub.add_parser("host-prep", help="prepare this host once per boot (cgroups, scratch disk)")
     sub.add_parser("doctor", help="say which runtimes work here and why not")
 
@@ -187,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="sandpit: %(message)s", stream=sys.stderr)
-    settings = Settings.from_env(os.environ)
     try:
+        settings = Settings.from_env(os.environ)
         if args.command == "exec":
             from worker.cli_exec import exec_command
 
@@ -235,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for line in reap(settings):
                 print(f"reaped {line}")
+            if args.all:
+                from worker.sandbox.network import teardown_host
+
+                teardown_host(settings.network())
+                print("removed the network host side (pool, bridge, nft tables)")
             return 0
         if args.command == "host-prep":
             return _host_prep(settings)

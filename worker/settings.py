@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from worker.errors import ConfigError
 from worker.record import field, record
 from worker.sandbox.units import parse_size
 
@@ -42,6 +43,8 @@ class Settings:
     subnet: str | None = None
     net_allow: tuple[str, ...] = ()
     net_host_netns: Path | None = None
+    #: ready egress network namespaces kept for jobs (0: none; see docs/network.md)
+    net_pool: int = 16
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -52,12 +55,13 @@ class Settings:
             images_dir=Path(env.get("SANDPIT_IMAGES_DIR", str(REPO_IMAGES))),
             runtime=env.get("SANDPIT_RUNTIME") or None,
             scratch_bytes=parse_size(env.get("SANDPIT_SCRATCH_SIZE", "20G")),
-            uid_base=int(env.get("SANDPIT_UID_BASE", "100000000")),
-            uid_slots=int(env.get("SANDPIT_UID_SLOTS", "256")),
+            uid_base=_int(env, "SANDPIT_UID_BASE", 100_000_000),
+            uid_slots=_int(env, "SANDPIT_UID_SLOTS", 256),
             resolvers=_csv(env.get("SANDPIT_RESOLVERS", "")),
-            subnet=env.get("SANDPIT_SUBNET") or None,
+            subnet=_canonical_subnet(env.get("SANDPIT_SUBNET", "")),
             net_allow=_csv(env.get("SANDPIT_NET_ALLOW", "")),
             net_host_netns=Path(env["SANDPIT_NET_HOST_NETNS"]) if env.get("SANDPIT_NET_HOST_NETNS") else None,
+            net_pool=_int(env, "SANDPIT_NET_POOL", 16),
         )
 
     def network(self) -> NetworkSettings:
@@ -69,7 +73,7 @@ class Settings:
         return NetworkSettings(
             state_dir=self.state_dir, resolvers=self.resolvers, allow=self.net_allow,
             subnet=ipaddress.IPv4Network(self.subnet) if self.subnet else None,
-            host_netns=self.net_host_netns,
+            host_netns=self.net_host_netns, run_dir=self.run_dir, pool_size=self.net_pool,
         )
 
     @property
@@ -83,6 +87,32 @@ class Settings:
     @property
     def locks_dir(self) -> Path:
         return self.run_dir / "locks"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={text!r} is not a whole number >= 0")
+    return value
+
+
+def _canonical_subnet(text: str) -> str | None:
+    """``SANDPIT_SUBNET`` as ipaddress writes it (``10.5.0.0/16``, not ``10.5.0.0/16 `` or ``10.5.0.1/16``
+    refused), so every process names the same network the same way; None when unset."""
+    if not text.strip():
+        return None
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Network(text.strip()))
+    except ValueError as exc:
+        raise ConfigError(f"SANDPIT_SUBNET={text!r} is not an IPv4 network: {exc}") from exc
 
 
 def _csv(text: str) -> tuple[str, ...]:

@@ -357,6 +357,35 @@ def test_a_whole_sandpit_exec_process_takes_its_network_from_the_pool(world: Wor
     assert pool_entries(cli_pool) == [] and pool_mounts(cli_pool) == []
 
 
+def test_reap_all_removes_the_network_host_side(world: World, settings, runtime,  # type: ignore[no-untyped-def]
+                                                 no_leftovers) -> None:
+    """`sandpit reap --all` after egress jobs (which leave a bridge, the nft tables and a refilled pool
+    in the host namespace): no bridge, no table, no pool entry or mount, no lease is left."""
+    from worker.settings import Settings
+
+    env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
+           "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime,
+           "SANDPIT_NET_POOL": "2"}
+    sandpit = str(REPO / ".venv" / "bin" / "sandpit")
+    cli_settings = Settings.from_env(env).network()
+    try:
+        for _ in range(2):  # the first makes the host side, its teardown starts a refill of the pool
+            done = subprocess.run([sandpit, "exec", "--network", "egress", "--", "true"], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: len(pool_entries(cli_settings)) == 2)
+        assert cli_settings.bridge in link_names(world.host_path)
+        reaped = subprocess.run([sandpit, "reap", "--all"], env=env, capture_output=True, text=True, timeout=120)
+        assert reaped.returncode == 0, reaped.stderr
+        assert "removed the network host side" in reaped.stdout
+        assert cli_settings.bridge not in link_names(world.host_path)
+        tables = in_netns(world.host_path, "nft", "list", "tables").stdout
+        assert cli_settings.table not in tables
+        assert_nothing_left(world, cli_settings)
+    finally:
+        teardown_host(cli_settings)
+
+
 @pytest.mark.slow
 def test_many_pooled_jobs_leave_nothing_behind(world: World, pooled: NetworkSettings) -> None:
     """200 pooled jobs (refilled as they go, every 25th in a process SIGKILLed while it holds its
