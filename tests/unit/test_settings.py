@@ -1,0 +1,41 @@
+"""Settings from the environment: defaults, canonical forms, and a clear error for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import Settings
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.uid_base, s.uid_slots, s.net_pool, s.subnet) == (100_000_000, 256, 16, None)
+    net = s.network()
+    assert net.pool_size == 16 and net.run_dir == s.run_dir
+
+
+def test_subnet_is_canonical_and_pool_can_be_off() -> None:
+    s = Settings.from_env({"SANDPIT_SUBNET": " 10.213.0.0/16 ", "SANDPIT_NET_POOL": "0"})
+    assert s.subnet == "10.213.0.0/16" and s.net_pool == 0 and s.network().pool_size == 0
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SANDPIT_NET_POOL", "many", "SANDPIT_NET_POOL='many' is not a whole number >= 0"),
+    ("SANDPIT_UID_SLOTS", "-1", "SANDPIT_UID_SLOTS='-1' is not a whole number >= 0"),
+    ("SANDPIT_SUBNET", "10.5.0.1/16", "SANDPIT_SUBNET='10.5.0.1/16' is not an IPv4 network"),
+    ("SANDPIT_SUBNET", "fd00::/64", "is not an IPv4 network"),
+])
+def test_bad_values_are_config_errors(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        Settings.from_env({name: value})
+
+
+def test_the_cli_reports_a_bad_setting_without_a_traceback() -> None:
+    done = subprocess.run([sys.executable, "-m", "worker", "exec", "--", "true"], capture_output=True, text=True,
+                          env={"SANDPIT_NET_POOL": "x", "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert done.returncode == 125
+    assert done.stderr == "sandpit: SANDPIT_NET_POOL='x' is not a whole number >= 0\n"
