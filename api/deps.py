@@ -2,6 +2,8 @@
 
 Everything is built once per process by the app's lifespan (see :mod:`api.app`) and read from
 ``app.state`` here, so a route never builds a connection itself and tests inject their own.
+The dependencies that only look something up are ``async``: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hand-off per dependency on every request.
 Routes that only read may take a ``SessionDep``; routes that change state use the engine and
 commit before they publish (see :mod:`api.runs`), which a request-scoped session cannot promise.
 """
@@ -36,24 +38,24 @@ class Services:
     redis: aioredis.Redis
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_settings(services: Annotated[Services, Depends(get_services)]) -> ApiSettings:
+async def get_settings(services: Annotated[Services, Depends(get_services)]) -> ApiSettings:
     return services.settings
 
 
-def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
+async def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
     return services.engine
 
 
-def get_publisher(services: Annotated[Services, Depends(get_services)]) -> Publisher:
+async def get_publisher(services: Annotated[Services, Depends(get_services)]) -> Publisher:
     return services.publisher
 
 
-def get_redis(services: Annotated[Services, Depends(get_services)]) -> aioredis.Redis:
+async def get_redis(services: Annotated[Services, Depends(get_services)]) -> aioredis.Redis:
     return services.redis
 
 
@@ -76,7 +78,7 @@ async def resolved(value: Awaitable[T] | T) -> T:
 _bearer = HTTPBearer(auto_error=False, description="a token listed in SANDPIT_API_TOKENS")
 
 
-def authenticate(
+async def authenticate(
     settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:

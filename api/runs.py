@@ -101,9 +101,8 @@ def submit_run(
             sha=request.sha,
             message=request.message,
             run_id=run_id,
+            mark_sent=True,  # undone below if sending fails (see outbox.py)
         )
-        # marked sent in the same transaction, undone below if sending fails (see outbox.py)
-        mark_published(session, list(stored.queued), stored.run.created_at)
     # a new run has no artifacts; the objects stay readable after the commit
     created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
     if before_publish is not None:

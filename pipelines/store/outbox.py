@@ -24,13 +24,18 @@ from pipelines.store.models import Job, Outbox, Run
 
 def enqueue(session: Session, job: Job, now: dt.datetime) -> None:
     """Make ``job`` queued and announce it, in the caller's transaction."""
+    mark_queued(job, now)
+    session.add(job)
+    session.add(Outbox(job_id=job.id, created_at=now))
+
+
+def mark_queued(job: Job, now: dt.datetime) -> None:
+    """The fields of a queued job (the caller writes it, and its outbox row)."""
     job.status = "queued"
     job.queued_at = now
     job.lease_owner = None
     job.lease_expires_at = None
     job.deadline_at = None
-    session.add(job)
-    session.add(Outbox(job_id=job.id, created_at=now))
 
 
 def pending_outbox(session: Session, limit: int = 100) -> list[str]:

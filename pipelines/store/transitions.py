@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -38,8 +38,8 @@ from pipelines.store.advance import (
     should_retry,
 )
 from pipelines.store.errors import JobNotFound, RunNotFound
-from pipelines.store.models import Artifact, Job, JobAttempt, Run, UTCDateTime
-from pipelines.store.outbox import enqueue
+from pipelines.store.models import Artifact, Job, JobAttempt, Outbox, Run, UTCDateTime
+from pipelines.store.outbox import enqueue, mark_queued
 from pipelines.store.spec import job_from_spec, job_to_spec
 
 Trust = Literal["trusted", "untrusted"]
@@ -111,10 +111,13 @@ def store_run(
     secrets: Mapping[str, str] | None = None,
     new_id: Callable[[], str] = _new_id,
     run_id: str | None = None,
+    mark_sent: bool = False,
 ) -> StoredRun:
     """:func:`create_run`, also returning the jobs and the queued ids (no second read), with
     the run's id chosen by the caller if it wants (to listen for the run's events before its
-    jobs are published)."""
+    jobs are published). ``mark_sent``: the outbox rows are written as published (the caller
+    publishes right after the commit, and calls ``outbox.mark_unpublished`` if that fails).
+    The objects returned are snapshots, not attached to ``session``."""
     if trust not in TRUST_LEVELS:
         raise ValueError(f"trust must be one of {TRUST_LEVELS}, not {trust!r}")
     if source not in SOURCES:
@@ -132,8 +135,6 @@ def store_run(
         sha=sha,
         message=message,
     )
-    session.add(run)
-    session.flush()  # no relationship() between the tables: flush in foreign-key order by hand
     jobs = [
         Job(
             id=new_id(),
@@ -148,11 +149,24 @@ def store_run(
         )
         for position, planned in enumerate(plan.jobs)
     ]
-    session.add_all(jobs)
-    session.flush()
-    # the jobs are all new: the run advances from them as they are, without reading them back
-    queued = _advance(session, run, now, jobs)
+    # every job is new: the first advance is decided on these objects, and the rows are written
+    # once, as three INSERTs (no ORM unit of work: this is on the path of every API request)
+    queued = _apply_decisions(run, jobs, now, queue=lambda job: mark_queued(job, now))
+    _derive_run(run, jobs, now)
+    connection = session.connection()
+    connection.execute(sa.insert(_RUNS), [_columns(_RUNS, run)])
+    if jobs:
+        connection.execute(sa.insert(_JOBS), [_columns(_JOBS, job) for job in jobs])
+    if queued:
+        sent_at = now if mark_sent else None
+        connection.execute(
+            sa.insert(_OUTBOX), [{"job_id": job_id, "created_at": now, "published_at": sent_at} for job_id in queued]
+        )
     return StoredRun(run, tuple(jobs), tuple(queued))
+
+
+def _columns(table: Any, row: object) -> dict[str, Any]:
+    return {c.name: getattr(row, c.name) for c in table.columns}
 
 
 def queued_job_ids(session: Session, run_id: str) -> list[str]:
@@ -192,8 +206,15 @@ def read_run_row(session: Session, run_id: str) -> Run | None:
     return None if row is None else Run(**row._mapping)
 
 
+# the columns a transition may change (every other one is fixed when the job is created)
+_JOB_MUTABLE = (
+    "status", "reason", "exit_code", "signal", "attempt", "lease_owner", "lease_expires_at", "deadline_at",
+    "cancel_requested", "queued_at", "started_at", "finished_at", "duration_s", "usage", "log_path", "result",
+    "allow_failure",
+)
 _JOBS: Any = Job.__table__  # type: ignore[attr-defined]
 _RUNS: Any = Run.__table__  # type: ignore[attr-defined]
+_OUTBOX: Any = Outbox.__table__  # type: ignore[attr-defined]
 _CLAIM = (
     sa.update(_JOBS)
     .where(
@@ -219,6 +240,25 @@ _SET_DEADLINE = (
     sa.update(_JOBS)
     .where(_JOBS.c.id == sa.bindparam("p_job_id"))
     .values(deadline_at=sa.bindparam("p_deadline", type_=UTCDateTime()))
+)
+_ATTEMPTS: Any = JobAttempt.__table__  # type: ignore[attr-defined]
+_ARTIFACTS: Any = Artifact.__table__  # type: ignore[attr-defined]
+_LOCK_RUN_OF_JOB = (
+    sa.select(_RUNS)
+    .join(_JOBS, _JOBS.c.run_id == _RUNS.c.id)
+    .where(_JOBS.c.id == sa.bindparam("p_job_id"))
+    .with_for_update(of=_RUNS)
+)
+_JOBS_OF_RUN = sa.select(_JOBS).where(_JOBS.c.run_id == sa.bindparam("p_run_id")).order_by(_JOBS.c.position)
+_UPDATE_JOB = (
+    sa.update(_JOBS)
+    .where(_JOBS.c.id == sa.bindparam("b_id"))
+    .values({name: sa.bindparam(f"b_{name}", type_=_JOBS.c[name].type) for name in _JOB_MUTABLE})
+)
+_UPDATE_RUN = (
+    sa.update(_RUNS)
+    .where(_RUNS.c.id == sa.bindparam("b_id"))
+    .values(status=sa.bindparam("b_status"), finished_at=sa.bindparam("b_finished_at", type_=UTCDateTime()))
 )
 _READ_RUN_FOR_WORKER = sa.select(*(c for c in _RUNS.c if c.name != "pipeline")).where(
     _RUNS.c.id == sa.bindparam("p_run_id")
@@ -253,11 +293,13 @@ def finish_job(session: Session, job_id: str, attempt: int, record: Mapping[str,
     """Record the result of attempt ``attempt`` (a job result record), retry it if its
     ``retry`` allows, and advance the run. Returns the ids newly queued (publish them after the
     commit). A stale or duplicate report (the job is not running that attempt) changes nothing."""
-    run, jobs = _lock_run_with_jobs(session, job_id)
-    job = next(j for j in jobs if j.id == job_id)
+    batch = _RunBatch.load(session, job_id)
+    job = batch.job(job_id)
     if job.status != "running" or job.attempt != attempt:
         return []
-    return _record_result(session, run, job, dict(record), now, jobs)
+    newly = _record_result(batch, job, dict(record), now)
+    batch.write(session)
+    return newly
 
 
 def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[str]:
@@ -270,14 +312,15 @@ def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[
     ).all()
     newly: list[str] = []
     for job_id in candidates:
-        run, jobs = _lock_run_with_jobs(session, job_id)
-        job = next(j for j in jobs if j.id == job_id)
+        batch = _RunBatch.load(session, job_id)
+        job = batch.job(job_id)
         lease_gone = job.lease_expires_at is not None and job.lease_expires_at < now
         past_deadline = job.deadline_at is not None and job.deadline_at < now
         if job.status != "running" or not (lease_gone or past_deadline):
             continue  # renewed or finished while we looked
         status, reason = ("error", "worker_lost") if lease_gone else ("failed", "timeout")
-        newly += _record_result(session, run, job, _lost_record(job, status, reason, now), now, jobs)
+        newly += _record_result(batch, job, _lost_record(job, status, reason, now), now)
+        batch.write(session)
     return newly
 
 
@@ -331,7 +374,7 @@ def play_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
 def run_status(session: Session, run_id: str) -> RunStatus:
     """The run's status derived from its jobs right now (the stored ``run.status`` is the same
     value as of the last transition)."""
-    run = session.get(Run, run_id)
+    run = session.get(Run, run_id, populate_existing=True)
     if run is None:
         raise RunNotFound(run_id)
     return derive_run_status([_state(j) for j in _jobs(session, run_id)], run_cancelled=run.cancelled)
@@ -354,20 +397,6 @@ def _lock_run_of_job(session: Session, job_id: str) -> Run:
     if run_id is None:
         raise JobNotFound(job_id)
     return _lock_run(session, run_id)
-
-
-def _lock_run_with_jobs(session: Session, job_id: str) -> tuple[Run, list[Job]]:
-    """Lock the run of ``job_id`` (one statement), then read all its jobs (as they are now)."""
-    run = session.exec(
-        select(Run)
-        .join(Job, col(Job.run_id) == col(Run.id))
-        .where(col(Job.id) == job_id)
-        .with_for_update(of=Run)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if run is None:
-        raise JobNotFound(job_id)
-    return run, _jobs(session, run.id)
 
 
 def _load_job(session: Session, job_id: str) -> Job:
@@ -401,10 +430,70 @@ def _settle(job: Job, status: str, reason: str | None, now: dt.datetime) -> None
     job.deadline_at = None
 
 
-def _record_result(
-    session: Session, run: Run, job: Job, record: dict[str, Any], now: dt.datetime, jobs: list[Job]
-) -> list[str]:
-    """``jobs``: every job of the run, read after the run was locked (``job`` among them)."""
+@dataclass
+class _RunBatch:
+    """A locked run and all its jobs as rows (snapshots, not ORM objects), changed in memory by
+    the same rules as everywhere else (``_apply_decisions``, ``_derive_run``), then written with
+    a few prepared statements: only the jobs that changed, plus the rows the change adds. This
+    is how a worker's result is recorded, so it is on the path of every job."""
+
+    run: Run
+    jobs: list[Job]
+    run_before: tuple[Any, ...]
+    jobs_before: dict[str, dict[str, Any]]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, session: Session, job_id: str) -> _RunBatch:
+        """Lock the run of ``job_id`` (one statement), then read all its jobs (as they are now)."""
+        connection = session.connection()
+        row = connection.execute(_LOCK_RUN_OF_JOB, {"p_job_id": job_id}).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        run = Run(**row._mapping)
+        jobs = [Job(**r._mapping) for r in connection.execute(_JOBS_OF_RUN, {"p_run_id": run.id})]
+        return cls(run, jobs, _run_values(run), {job.id: _job_values(job) for job in jobs})
+
+    def job(self, job_id: str) -> Job:
+        return next(j for j in self.jobs if j.id == job_id)
+
+    def queue(self, job: Job, now: dt.datetime) -> None:
+        mark_queued(job, now)
+        self.outbox.append({"job_id": job.id, "created_at": now, "published_at": None})
+
+    def write(self, session: Session) -> None:
+        connection = session.connection()
+        changed = []
+        for job in self.jobs:
+            values = _job_values(job)
+            if values != self.jobs_before[job.id]:
+                changed.append({"b_id": job.id, **{f"b_{k}": v for k, v in values.items()}})
+                self.jobs_before[job.id] = values
+        if changed:
+            connection.execute(_UPDATE_JOB, changed)
+        for table, rows in ((_ATTEMPTS, self.attempts), (_ARTIFACTS, self.artifacts), (_OUTBOX, self.outbox)):
+            if rows:
+                connection.execute(sa.insert(table), rows)
+            rows.clear()
+        if _run_values(self.run) != self.run_before:
+            connection.execute(_UPDATE_RUN, {"b_id": self.run.id, "b_status": self.run.status,
+                                             "b_finished_at": self.run.finished_at})
+            self.run_before = _run_values(self.run)
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in _JOB_MUTABLE}
+
+
+def _run_values(run: Run) -> tuple[Any, ...]:
+    return (run.status, run.finished_at)
+
+
+def _record_result(batch: _RunBatch, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
+    """Record ``job``'s result in ``batch`` (``job`` is one of its jobs); the ids newly queued."""
+    run, jobs = batch.run, batch.jobs
     planned = job_from_spec(job.spec)
     status = record.get("status")
     reason = record.get("reason")
@@ -417,25 +506,25 @@ def _record_result(
     retry = status != "cancelled" and should_retry(
         planned.retry, status=status, reason=reason, exit_code=exit_code, attempt=job.attempt
     )
-    session.add(
-        JobAttempt(
-            job_id=job.id,
-            attempt=job.attempt,
-            worker_id=job.lease_owner,
-            status=status,
-            reason=reason,
-            exit_code=exit_code,
-            signal=signal,
-            started_at=job.started_at,
-            finished_at=now,
-            duration_s=record.get("duration_s"),
-            retried=retry,
-            record=record,
-        )
+    batch.attempts.append(
+        {
+            "job_id": job.id,
+            "attempt": job.attempt,
+            "worker_id": job.lease_owner,
+            "status": status,
+            "reason": reason,
+            "exit_code": exit_code,
+            "signal": signal,
+            "started_at": job.started_at,
+            "finished_at": now,
+            "duration_s": record.get("duration_s"),
+            "retried": retry,
+            "record": record,
+        }
     )
     if retry:
-        enqueue(session, job, now)
-        _refresh_run(session, run, now, jobs)
+        batch.queue(job, now)
+        _derive_run(run, jobs, now)
         return [job.id]
     _settle(job, status, reason, now)
     job.exit_code, job.signal = exit_code, signal
@@ -446,28 +535,29 @@ def _record_result(
     job.allow_failure = planned.allow_failure.allowed or (
         status == "failed" and exit_code is not None and exit_code in planned.allow_failure.exit_codes
     )
-    session.add(job)
-    _add_artifacts(session, job.id, record.get("artifacts") or (), planned.artifacts, now)
-    return _advance(session, run, now, jobs)
+    batch.artifacts += _artifact_rows(job.id, record.get("artifacts") or (), planned.artifacts, now)
+    newly = _apply_decisions(run, jobs, now, queue=lambda queued: batch.queue(queued, now))
+    _derive_run(run, jobs, now)
+    return newly
 
 
-def _add_artifacts(
-    session: Session, job_id: str, artifacts: Iterable[Mapping[str, Any]], rules: Any, now: dt.datetime
-) -> None:
+def _artifact_rows(
+    job_id: str, artifacts: Iterable[Mapping[str, Any]], rules: Any, now: dt.datetime
+) -> list[dict[str, Any]]:
     expires_at = None
     if rules is not None and not rules.expire_never and rules.expire_in_seconds is not None:
         expires_at = now + dt.timedelta(seconds=rules.expire_in_seconds)
-    for item in artifacts:
-        session.add(
-            Artifact(
-                job_id=job_id,
-                path=str(item["path"]),
-                size=int(item.get("size") or 0),
-                sha256=str(item.get("sha256") or ""),
-                created_at=now,
-                expires_at=expires_at,
-            )
-        )
+    return [
+        {
+            "job_id": job_id,
+            "path": str(item["path"]),
+            "size": int(item.get("size") or 0),
+            "sha256": str(item.get("sha256") or ""),
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+        for item in artifacts
+    ]
 
 
 def _lost_record(job: Job, status: str, reason: str, now: dt.datetime) -> dict[str, Any]:
@@ -494,28 +584,38 @@ def _advance(session: Session, run: Run, now: dt.datetime, jobs: list[Job] | Non
     of the run's jobs as this transaction has them (read after the run was locked), if the
     caller has them already."""
     jobs = jobs if jobs is not None else _jobs(session, run.id)
+    # the jobs are the session's own objects: their changes are flushed without session.add
+    newly = _apply_decisions(run, jobs, now, queue=lambda job: enqueue(session, job, now))
+    _refresh_run(session, run, now, jobs)
+    return newly
+
+
+def _apply_decisions(run: Run, jobs: list[Job], now: dt.datetime, queue: Callable[[Job], None]) -> list[str]:
+    """Change ``jobs`` as ``decide_advance`` says (``queue`` makes one queued); the ids queued."""
     by_name = {job.name: job for job in jobs}
     newly: list[str] = []
     for decision in decide_advance([_state(j) for j in jobs], run_cancelled=run.cancelled):
         job = by_name[decision.name]
         if decision.status == "queued":
-            enqueue(session, job, now)
+            queue(job)
             newly.append(job.id)
         elif decision.status == "manual":
             job.status = "manual"
-            session.add(job)
         else:
             _settle(job, decision.status, decision.reason, now)
-            session.add(job)
-    _refresh_run(session, run, now, jobs)
     return newly
 
 
 def _refresh_run(session: Session, run: Run, now: dt.datetime, jobs: list[Job] | None = None) -> None:
     jobs = jobs if jobs is not None else _jobs(session, run.id)
+    _derive_run(run, jobs, now)
+    session.add(run)
+    session.flush()
+
+
+def _derive_run(run: Run, jobs: list[Job], now: dt.datetime) -> None:
+    """The run's stored status and end time, from its jobs."""
     status = derive_run_status([_state(j) for j in jobs], run_cancelled=run.cancelled)
     settled = all(j.status in FINAL_JOB_STATUSES or (j.status == "manual" and j.allow_failure) for j in jobs)
     run.status = status
     run.finished_at = (run.finished_at or now) if settled else None
-    session.add(run)
-    session.flush()
