@@ -91,11 +91,12 @@ class _RunListener:
         self.channel = run_events_channel(run_id)
         self.active = False
         self._done = threading.Event()
+        self._late = False
 
     async def subscribe(self) -> None:
         try:
             await self.pubsub.subscribe(self.channel)
-            self.active = True
+            self.active = not self._late  # confirmed after the jobs went out: a message may be lost
         except RedisError:
             pass
         finally:
@@ -104,7 +105,7 @@ class _RunListener:
     def wait_subscribed(self) -> None:
         """Called on the submitting thread between the commit and the publish."""
         if not self._done.wait(SUBSCRIBE_TIMEOUT_S):
-            self.active = False  # whatever comes later, the wait polls: nothing is missed
+            self._late = True  # publish anyway; the wait then polls, so nothing is missed
 
     async def next_event(self, timeout: float) -> bool:
         """Whether a job of the run finished within ``timeout`` (subscribe confirmations skipped)."""

@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from pipelines.names import QUEUE, TASK_RUN_JOB
+from pipelines.names import QUEUE, TASK_RUN_JOB, run_events_channel
 from pipelines.store.db import session_scope
 from pipelines.store.models import Outbox, Run
 from tests.integration.api.conftest import PIPELINE, TRUSTED_TOKEN, claim, create, finish, jobs_of
@@ -144,6 +145,36 @@ def test_wait_holds_the_answer_until_the_run_ends(client: httpx.Client, engine: 
     assert run["status"] == "succeeded" and run["finished_at"] is not None
     assert run["jobs"][0]["exit_code"] == 0
     assert 0.25 < time.monotonic() - started < 5
+
+
+def test_wait_wakes_on_the_workers_message(
+    client: httpx.Client, engine: Engine, rds: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """?wait reads the run when a worker announces a finished job on the run's channel: with the
+    periodic read pushed past the wait, only the message can end it early with the ended run."""
+    monkeypatch.setattr("api.routes.runs.WAIT_EVENT_TIMEOUT_S", 60.0)
+    text = "solo:\n  script: [make]\n"
+
+    def play_worker() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with session_scope(engine) as session:
+                rows = session.exec(select(Run)).all()
+            if rows:
+                job_id = jobs_of(engine, rows[0].id)[0]
+                time.sleep(0.3)
+                finish(engine, job_id, claim(engine, job_id))
+                rds.publish(run_events_channel(rows[0].id), job_id)
+                return
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=play_worker)
+    worker.start()
+    started = time.monotonic()
+    run = create(client, text, wait=8)
+    worker.join()
+    assert run["status"] == "succeeded" and run["finished_at"] is not None
+    assert time.monotonic() - started < 6
 
 
 def test_wait_gives_up_after_the_wait(client: httpx.Client) -> None:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
 import redis
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from api.settings import ApiSettings
-from tests.integration.api.conftest import TRUSTED_TOKEN, USER_TOKEN, claim, create, free_port, serve_in_thread
+from pipelines.store.db import session_scope
+from pipelines.store.models import Job
+from tests.integration.api.conftest import (
+    TRUSTED_TOKEN,
+    USER_TOKEN,
+    claim,
+    create,
+    finish,
+    free_port,
+    serve_in_thread,
+)
 
 
 def test_api_routes_need_a_configured_bearer_token(anon: httpx.Client) -> None:
@@ -56,6 +68,38 @@ def test_redis_down_gives_503_health_but_runs_are_still_created(settings: ApiSet
     assert response.status_code == 503
     body = response.json()
     assert body["ok"] is False and body["database"] == "ok" and body["redis"].startswith("unreachable")
+
+
+def test_wait_without_redis_polls_the_database(settings: ApiSettings, engine: Engine) -> None:
+    """With Redis unreachable, ?wait cannot listen for the workers' messages: it polls the
+    database and still answers with the ended run once its job has finished."""
+    down = ApiSettings(database_url=settings.database_url, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                       state_dir=settings.state_dir, tokens=settings.tokens)
+    auth = {"Authorization": f"Bearer {USER_TOKEN}"}
+    done = threading.Event()
+
+    def play_worker() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not done.is_set():
+            with session_scope(engine) as session:
+                job_ids = session.exec(select(Job.id)).all()
+            if job_ids:
+                time.sleep(0.3)
+                finish(engine, job_ids[0], claim(engine, job_ids[0]))
+                return
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=play_worker)
+    worker.start()
+    try:
+        with serve_in_thread(down) as server, httpx.Client(base_url=server.url, headers=auth, timeout=60) as c:
+            response = c.post("/api/v1/runs", params={"wait": 20}, content="solo:\n  script: [make]\n",
+                              headers={"Content-Type": "text/yaml"})
+    finally:
+        done.set()
+        worker.join()
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "succeeded" and response.json()["finished_at"] is not None
 
 
 def test_healthz_is_503_when_the_database_is_down(settings: ApiSettings) -> None:
