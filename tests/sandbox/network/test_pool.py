@@ -386,6 +386,36 @@ def test_reap_all_removes_the_network_host_side(world: World, settings, runtime,
         teardown_host(cli_settings)
 
 
+def test_host_prep_reloads_a_flushed_policy(world: World, settings, runtime,  # type: ignore[no-untyped-def]
+                                            no_leftovers) -> None:
+    """After a firewall reload flushed sandpit's nft tables, `sandpit host-prep` loads them again
+    (pooled namespaces and running workers rely on them); a host without sandpit's bridge is left
+    alone."""
+    from worker.settings import Settings
+
+    env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
+           "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime,
+           "SANDPIT_NET_POOL": "0"}
+    sandpit = str(REPO / ".venv" / "bin" / "sandpit")
+    cli_settings = Settings.from_env(env).network()
+    try:
+        untouched = subprocess.run([sandpit, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
+        assert untouched.returncode == 0, untouched.stderr
+        assert "reloaded the network policy" not in untouched.stdout
+        assert cli_settings.bridge not in link_names(world.host_path)
+        done = subprocess.run([sandpit, "exec", "--network", "egress", "--", "true"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        in_netns(world.host_path, "nft", "delete", "table", "inet", cli_settings.table)
+        assert f"inet {cli_settings.table}" not in in_netns(world.host_path, "nft", "list", "tables").stdout
+        again = subprocess.run([sandpit, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert "reloaded the network policy" in again.stdout
+        assert f"inet {cli_settings.table}" in in_netns(world.host_path, "nft", "list", "tables").stdout
+    finally:
+        teardown_host(cli_settings)
+
+
 @pytest.mark.slow
 def test_many_pooled_jobs_leave_nothing_behind(world: World, pooled: NetworkSettings) -> None:
     """200 pooled jobs (refilled as they go, every 25th in a process SIGKILLed while it holds its

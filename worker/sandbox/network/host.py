@@ -313,3 +313,18 @@ def teardown_host(settings: NetworkSettings) -> None:
     finally:
         if ns_fd is not None:
             os.close(ns_fd)
+
+
+def reload_if_prepared(settings: NetworkSettings) -> bool:
+    """Prepare the host again (which reloads the nft ruleset) if sandpit's bridge exists there; a
+    host that never ran an egress job is left alone. For ``sandpit host-prep`` after a firewall
+    reload flushed sandpit's tables: running workers and the pool's namespaces rely on them."""
+    ns_fd = host_netns_fd(settings)
+    try:
+        present = netlink_session(ns_fd, lambda ipr: link_index(ipr, settings.bridge) is not None)
+    finally:
+        if ns_fd is not None:
+            os.close(ns_fd)
+    if present:
+        prepare_host(settings).close()
+    return present
