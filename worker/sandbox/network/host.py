@@ -313,6 +313,9 @@ def teardown_host(settings: NetworkSettings) -> None:
     finally:
         if ns_fd is not None:
             os.close(ns_fd)
+    from worker.sandbox.network.pool import drain_host_pools
+
+    drain_host_pools(settings)  # and those of other settings on this bridge, with their directories
 
 
 def reload_if_prepared(settings: NetworkSettings) -> bool:

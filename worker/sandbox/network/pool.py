@@ -295,6 +295,43 @@ def sweep_abandoned_pools(settings: NetworkSettings, ipr: Any, now: float | None
     return removed
 
 
+def drain_host_pools(settings: NetworkSettings) -> list[str]:
+    """Drain every pool hanging on this host network (same host namespace and bridge), whichever
+    settings (state dir, resolvers, ...) made it, and remove their directories: ``teardown_host``
+    removes the bridge they all use. Each is drained with the settings it was made with, so its own
+    leases are freed."""
+    root = settings.pool_dir.parent
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    ours = settings.pool_config()
+    removed: list[str] = []
+    for name in names:
+        path = root / name
+        try:
+            fd = open_private_dir(str(path))
+        except OSError:
+            continue
+        try:
+            meta = read_meta(fd)
+        finally:
+            os.close(fd)
+        config = meta.get("config") if meta else None
+        if not isinstance(config, list) or len(config) != len(ours) or name != pool_key(config):
+            continue
+        if [config[i] for i in (2, 5)] != [ours[i] for i in (2, 5)]:
+            continue  # another host network
+        state_dir, subnet, bridge, resolvers, allow, host_netns, uplink, veth_prefix, table = config
+        other = NetworkSettings(
+            state_dir=Path(state_dir), subnet=ipaddress.IPv4Network(subnet) if subnet else None, bridge=bridge,
+            resolvers=tuple(resolvers), allow=tuple(allow), host_netns=Path(host_netns) if host_netns else None,
+            uplink=uplink, veth_prefix=veth_prefix, table=table, run_dir=settings.run_dir, pool_size=1,
+            pool_path=path)
+        removed += drain_pool(other)
+    return removed
+
+
 def drain_pool(settings: NetworkSettings) -> list[str]:
     """Remove every pool entry (waits for a running refill first), then the pool's directory;
     ``sandpit reap --all`` calls it (``teardown_host`` drains too). A refill started afterwards fills
