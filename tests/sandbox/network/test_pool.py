@@ -357,25 +357,32 @@ def test_a_whole_sandpit_exec_process_takes_its_network_from_the_pool(world: Wor
     assert pool_entries(cli_pool) == [] and pool_mounts(cli_pool) == []
 
 
+SANDPIT = str(REPO / ".venv" / "bin" / "sandpit")
+
+
+def cli_env(world: World, settings, runtime: str, pool: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment of a `sandpit` process whose host side is the test world's."""
+    return {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
+            "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime,
+            "SANDPIT_NET_POOL": str(pool)}
+
+
 def test_reap_all_removes_the_network_host_side(world: World, settings, runtime,  # type: ignore[no-untyped-def]
                                                  no_leftovers) -> None:
     """`sandpit reap --all` after egress jobs (which leave a bridge, the nft tables and a refilled pool
     in the host namespace): no bridge, no table, no pool entry or mount, no lease is left."""
     from worker.settings import Settings
 
-    env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
-           "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime,
-           "SANDPIT_NET_POOL": "2"}
-    sandpit = str(REPO / ".venv" / "bin" / "sandpit")
+    env = cli_env(world, settings, runtime, pool=2)
     cli_settings = Settings.from_env(env).network()
     try:
         for _ in range(2):  # the first makes the host side, its teardown starts a refill of the pool
-            done = subprocess.run([sandpit, "exec", "--network", "egress", "--", "true"], env=env,
+            done = subprocess.run([SANDPIT, "exec", "--network", "egress", "--", "true"], env=env,
                                   capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
         assert wait_for(lambda: len(pool_entries(cli_settings)) == 2)
         assert cli_settings.bridge in link_names(world.host_path)
-        reaped = subprocess.run([sandpit, "reap", "--all"], env=env, capture_output=True, text=True, timeout=120)
+        reaped = subprocess.run([SANDPIT, "reap", "--all"], env=env, capture_output=True, text=True, timeout=120)
         assert reaped.returncode == 0, reaped.stderr
         assert "removed the network host side" in reaped.stdout
         assert cli_settings.bridge not in link_names(world.host_path)
@@ -383,7 +390,9 @@ def test_reap_all_removes_the_network_host_side(world: World, settings, runtime,
         assert cli_settings.table not in tables
         assert_nothing_left(world, cli_settings)
     finally:
+        world.network.close()  # the world's own host side goes with the bridge: make it again
         teardown_host(cli_settings)
+        world.network = prepare_host(world.settings)
 
 
 def test_host_prep_reloads_a_flushed_policy(world: World, settings, runtime,  # type: ignore[no-untyped-def]
@@ -393,27 +402,29 @@ def test_host_prep_reloads_a_flushed_policy(world: World, settings, runtime,  # 
     alone."""
     from worker.settings import Settings
 
-    env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),
-           "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_RUNTIME": runtime,
-           "SANDPIT_NET_POOL": "0"}
-    sandpit = str(REPO / ".venv" / "bin" / "sandpit")
+    env = cli_env(world, settings, runtime, pool=0)
     cli_settings = Settings.from_env(env).network()
+    world.network.close()
+    teardown_host(world.settings)  # a host that has never run an egress job: no bridge, no tables
     try:
-        untouched = subprocess.run([sandpit, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
+        untouched = subprocess.run([SANDPIT, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
         assert untouched.returncode == 0, untouched.stderr
         assert "reloaded the network policy" not in untouched.stdout
         assert cli_settings.bridge not in link_names(world.host_path)
-        done = subprocess.run([sandpit, "exec", "--network", "egress", "--", "true"], env=env,
+        assert f"inet {cli_settings.table}" not in in_netns(world.host_path, "nft", "list", "tables").stdout
+        done = subprocess.run([SANDPIT, "exec", "--network", "egress", "--", "true"], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         in_netns(world.host_path, "nft", "delete", "table", "inet", cli_settings.table)
         assert f"inet {cli_settings.table}" not in in_netns(world.host_path, "nft", "list", "tables").stdout
-        again = subprocess.run([sandpit, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run([SANDPIT, "host-prep"], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
         assert "reloaded the network policy" in again.stdout
         assert f"inet {cli_settings.table}" in in_netns(world.host_path, "nft", "list", "tables").stdout
     finally:
+        world.network.close()  # the world's own host side goes with the bridge: make it again
         teardown_host(cli_settings)
+        world.network = prepare_host(world.settings)
 
 
 @pytest.mark.slow

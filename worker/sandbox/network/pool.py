@@ -258,34 +258,44 @@ def _port_of(ipr: Any, veth: str, bridge: int | None) -> bool:
     return bool(found) and found[0].get("master") == bridge
 
 
-def sweep_abandoned_pools(settings: NetworkSettings, ipr: Any, now: float | None = None) -> list[str]:
-    """Drain the pools next to ours that belong to the same host network (state dir, bridge, host
-    namespace, veth prefix) but to other settings, once untouched for ``ABANDONED_POOL_S``: after a
-    configuration change no claimer or refill of theirs will come back. Call under ``reap.lock``."""
+def _sibling_pools(settings: NetworkSettings, min_age_s: float = 0.0,
+                   now: float | None = None) -> list[tuple[Path, list[Any]]]:
+    """(directory, configuration) of the pools next to ours whose meta is sound, untouched for at
+    least ``min_age_s``."""
     root = settings.pool_dir.parent
     try:
-        siblings = sorted(os.listdir(root))
+        names = sorted(os.listdir(root))
     except OSError:
         return []
     now = time.time() if now is None else now
-    ours = settings.pool_config()
-    removed: list[str] = []
-    for name in siblings:
+    width = len(settings.pool_config())
+    found: list[tuple[Path, list[Any]]] = []
+    for name in names:
         path = root / name
-        if path == settings.pool_dir:
-            continue
         try:
             fd = open_private_dir(str(path))
         except OSError:
             continue
         try:
-            if now - os.fstat(fd).st_mtime < ABANDONED_POOL_S:
+            if min_age_s and now - os.fstat(fd).st_mtime < min_age_s:
                 continue
             meta = read_meta(fd)
         finally:
             os.close(fd)
         config = meta.get("config") if meta else None
-        if not isinstance(config, list) or len(config) != len(ours) or name != pool_key(config):
+        if isinstance(config, list) and len(config) == width and name == pool_key(config):
+            found.append((path, config))
+    return found
+
+
+def sweep_abandoned_pools(settings: NetworkSettings, ipr: Any, now: float | None = None) -> list[str]:
+    """Drain the pools next to ours that belong to the same host network (state dir, bridge, host
+    namespace, veth prefix) but to other settings, once untouched for ``ABANDONED_POOL_S``: after a
+    configuration change no claimer or refill of theirs will come back. Call under ``reap.lock``."""
+    ours = settings.pool_config()
+    removed: list[str] = []
+    for path, config in _sibling_pools(settings, ABANDONED_POOL_S, now):
+        if path == settings.pool_dir:
             continue
         if [config[i] for i in (0, 2, 5, 7)] != [ours[i] for i in (0, 2, 5, 7)]:
             continue  # another host network: its veths are not ours to judge
@@ -300,26 +310,9 @@ def drain_host_pools(settings: NetworkSettings) -> list[str]:
     settings (state dir, resolvers, ...) made it, and remove their directories: ``teardown_host``
     removes the bridge they all use. Each is drained with the settings it was made with, so its own
     leases are freed."""
-    root = settings.pool_dir.parent
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return []
     ours = settings.pool_config()
     removed: list[str] = []
-    for name in names:
-        path = root / name
-        try:
-            fd = open_private_dir(str(path))
-        except OSError:
-            continue
-        try:
-            meta = read_meta(fd)
-        finally:
-            os.close(fd)
-        config = meta.get("config") if meta else None
-        if not isinstance(config, list) or len(config) != len(ours) or name != pool_key(config):
-            continue
+    for path, config in _sibling_pools(settings):
         if [config[i] for i in (2, 5)] != [ours[i] for i in (2, 5)]:
             continue  # another host network
         state_dir, subnet, bridge, resolvers, allow, host_netns, uplink, veth_prefix, table = config
