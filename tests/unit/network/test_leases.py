@@ -93,3 +93,20 @@ def test_a_killed_owner_leaves_a_stale_lease_the_reaper_removes(tmp_path: Path) 
         for stale, fd in found:
             remove_stale(stale, fd)
     assert store.held_slots() == []
+
+
+def test_a_dead_creators_temporary_file_is_stale_at_once(tmp_path: Path) -> None:
+    """A temporary lease file (``.new-<pid>-<n>``) of a process that no longer exists (SIGKILLed
+    while leasing) is reaped at once; a young one of a live process waits for its grace period."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead = tmp_path / f".new-{int(done.stdout)}-1"
+    dead.write_text("gone job\n")
+    live = tmp_path / f".new-{os.getpid()}-99"
+    live.write_text(f"{os.getpid()} live\n")
+    with ReapLock(tmp_path / "reap.lock"):
+        found = list(stale_leases(tmp_path))
+        assert [(s.path.name, s.slot) for s, _ in found] == [(dead.name, -1)]
+        for stale, fd in found:
+            remove_stale(stale, fd)
+    assert not dead.exists() and live.exists()

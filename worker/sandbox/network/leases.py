@@ -113,8 +113,8 @@ def stale_leases(directory: Path) -> Iterator[tuple[StaleLease, int]]:
     if not directory.is_dir():
         return
     for entry in sorted(directory.iterdir()):
-        if not entry.name.isdigit():
-            try:
+        if not entry.name.isdigit() and _creator_alive(entry.name):
+            try:  # a live creator may not have locked its temporary file yet
                 if time.time() - entry.stat().st_mtime < TEMP_GRACE_S:
                     continue
             except FileNotFoundError:
@@ -138,6 +138,19 @@ def stale_leases(directory: Path) -> Iterator[tuple[StaleLease, int]]:
         owner = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         slot = int(entry.name) if entry.name.isdigit() else -1
         yield StaleLease(slot, entry, owner), fd
+
+
+def _creator_alive(name: str) -> bool:
+    """Whether the process named by a temporary lease file (``.new-<pid>-<n>``) may still exist;
+    True when the name says nothing (then only age tells).
+
+    >>> _creator_alive(f".new-{os.getpid()}-1"), _creator_alive(".new-999999999-1"), _creator_alive("x")
+    (True, False, True)
+    """
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != ".new" or not parts[1].isdigit():
+        return True
+    return os.path.exists(f"/proc/{parts[1]}")
 
 
 def unlink_if_same(path: Path, fd: int) -> None:
