@@ -68,13 +68,24 @@ class Settings:
         """Settings of the network layer (imported lazily: only egress jobs need it)."""
         import ipaddress
 
+        from worker.sandbox.instance import instance_names
         from worker.sandbox.network.settings import NetworkSettings
 
+        names = instance_names(self.instance_id)
         return NetworkSettings(
             state_dir=self.state_dir, resolvers=self.resolvers, allow=self.net_allow,
             subnet=ipaddress.IPv4Network(self.subnet) if self.subnet else None,
             host_netns=self.net_host_netns, run_dir=self.run_dir, pool_size=self.net_pool,
+            bridge=names.bridge, table=names.table, veth_prefix=names.veth_prefix,
         )
+
+    @property
+    def instance_id(self) -> str:
+        """'' for the default instance, else 8 hex digits naming this run dir and state dir on the host
+        (cgroup parent, bridge, nft tables, veths: see ``worker/sandbox/instance.py``)."""
+        from worker.sandbox.instance import resolved_instance_id
+
+        return resolved_instance_id(self.run_dir, self.state_dir)
 
     @property
     def jobs_dir(self) -> Path:

@@ -19,7 +19,7 @@ from worker.errors import SandboxError
 from worker.record import record
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PARENT = "sandpit"
+PARENT = "sandpit"  # the default instance's; others use ``cgroup_parent(instance_id)``
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 
 
@@ -49,12 +49,26 @@ def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
     return found
 
 
+def cgroup_parent(instance_id: str) -> str:
+    """The parent cgroup of an instance's jobs: ``sandpit`` for the default instance, else
+    ``sandpit-<id>``, a sibling (not a child) so that no instance's reaper, nor an older version's,
+    ever lists another's jobs as its own (see ``worker/sandbox/instance.py``).
+
+    >>> cgroup_parent(""), cgroup_parent("9ccc3dce")
+    ('sandpit', 'sandpit-9ccc3dce')
+    """
+    from worker.sandbox.instance import instance_names
+
+    return instance_names(instance_id).cgroup_parent
+
+
 class JobCgroup:
-    """Context manager for ``<hierarchy>/sandpit/<name>``; ``close()`` removes it everywhere."""
+    """Context manager for ``<hierarchy>/<parent>/<name>``; ``close()`` removes it everywhere."""
 
     def __init__(self, name: str, *, memory_bytes: int, cpus: float, pids: int,
-                 root: Path = CGROUP_ROOT, cpu_period_us: int = 100_000) -> None:
+                 root: Path = CGROUP_ROOT, cpu_period_us: int = 100_000, parent: str = PARENT) -> None:
         self.name = name
+        self.parent = parent
         self.root = root
         self.v2 = is_v2(root)
         self.oom_eventfd: int | None = None
@@ -72,11 +86,11 @@ class JobCgroup:
     @property
     def runtime_path(self) -> str:
         """``cgroupsPath`` for the OCI spec: a child of this cgroup."""
-        return f"/{PARENT}/{self.name}/ctr"
+        return f"/{self.parent}/{self.name}/ctr"
 
     # -- creation ------------------------------------------------------------------------
     def _make_v2(self, memory_bytes: int, cpus: float, pids: int, period: int) -> None:
-        parent = self.root / PARENT
+        parent = self.root / self.parent
         if not parent.exists():
             parent.mkdir(exist_ok=True)
         _enable_controllers(self.root)
@@ -93,7 +107,7 @@ class JobCgroup:
 
     def _make_v1(self, memory_bytes: int, cpus: float, pids: int, period: int) -> None:
         for ctrl in V1_CONTROLLERS:
-            d = self.root / ctrl / PARENT / self.name
+            d = self.root / ctrl / self.parent / self.name
             d.mkdir(parents=True)
             self.dirs[ctrl] = d
         mem = self.dirs["memory"]
@@ -174,11 +188,12 @@ class JobCgroup:
         if self.oom_eventfd is not None:
             os.close(self.oom_eventfd)
             self.oom_eventfd = None
-        remove_job_cgroups(self.name, self.root, fast=True)
+        remove_job_cgroups(self.name, self.root, fast=True, parent=self.parent)
 
 
-def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT, *, fast: bool = False) -> list[Path]:
-    """rmdir ``sandpit/<name>`` (deepest first) in every hierarchy; returns what was removed.
+def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT, *, fast: bool = False,
+                       parent: str = PARENT) -> list[Path]:
+    """rmdir ``<parent>/<name>`` (deepest first) in every hierarchy; returns what was removed.
 
     ``fast`` (a job's own teardown): the hierarchies are the ones this process saw at start, and
     the tree is the job cgroup plus the runtime's ``ctr`` child, so no walk is needed unless
@@ -186,7 +201,7 @@ def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT, *, fast: bool = Fals
     """
     removed = []
     for hierarchy in (_hierarchies_cached(root) if fast else v1_hierarchies(root)) or [root]:
-        top = hierarchy / PARENT / name
+        top = hierarchy / parent / name
         if fast:
             try:
                 with contextlib.suppress(FileNotFoundError):

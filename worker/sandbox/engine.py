@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from worker.errors import ImageError, InvalidRequest, SandboxError
+from worker.errors import SandboxError, SandpitError, job_outcome
 from worker.record import field, record
 from worker.sandbox import spec as oci
-from worker.sandbox.cgroups import JobCgroup, Usage
+from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
 from worker.sandbox.images import ImageStore
 from worker.sandbox.leases import lease_uid_slot, try_lock, write_owner
@@ -79,6 +79,13 @@ def _now() -> str:
     # time.strftime rather than datetime: this module is on the start-up path of every exec
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
+
+
+def _log_exception(message: str, *args: object) -> None:
+    """The traceback of an unexpected error, when the entry point has set logging up."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("sandpit.engine").exception(message, *args)
 
 
 def _log_info(message: str, *args: object) -> None:
@@ -155,10 +162,10 @@ class Engine:
             return result
         try:
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths)
-        except (ImageError, InvalidRequest) as exc:
-            result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
-        except SandboxError as exc:
-            result.status, result.reason, result.message = "error", "infra_error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one mapping for every path (worker/errors.py); never a traceback
+            result.status, result.reason, result.message = job_outcome(exc)
+            if not isinstance(exc, SandpitError):
+                _log_exception("job %s ended by an unexpected error", job_id)
         result.duration_s = round(time.monotonic() - t0, 6)
         result.finished_at = _now()
         return result
@@ -191,7 +198,7 @@ class Engine:
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
             net_future = self._start_egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
-            slot, slot_lease = lease_uid_slot(s.locks_dir, s.uid_slots)
+            slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE)  # host-wide
             stack.callback(slot_lease.release)
             userns = runtime.name != "runsc"
             uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
@@ -199,7 +206,7 @@ class Engine:
             disk = JobDisk(scratch, job_id, req.limits.disk_bytes)
             stack.callback(disk.close)
             cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
-                           pids=req.limits.pids)
+                           pids=req.limits.pids, parent=cgroup_parent(s.instance_id))
             stack.callback(cg.close)
             rootfs = JobRootfs(job_dir, [(image.key, image.rootfs)], disk.path, uid_base, oci.ID_RANGE,
                                s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)

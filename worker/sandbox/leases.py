@@ -1,7 +1,7 @@
 """Leases that die with their holder: flock on a file, released by the kernel on exit or SIGKILL.
 
-Used for a job's uid slot (no two live jobs share host uids) and for a job directory's
-ownership (the reaper only touches job directories whose owner lock is free).
+Used for a job's uid slot (no two live jobs of any instance on the host share host uids) and for
+a job directory's ownership (the reaper only touches job directories whose owner lock is free).
 """
 
 from __future__ import annotations
@@ -50,15 +50,52 @@ def is_locked(path: Path) -> bool:
     return False
 
 
-def lease_uid_slot(locks_dir: Path, slots: int, start: int = 0) -> tuple[int, Lease]:
-    """The first free uid slot (searching from ``start``), held until the lease is released."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path | None = None,
+                   start: int = 0) -> tuple[int, Lease]:
+    """The first free uid slot (searching from ``start``), held until the lease is released: slot
+    ``n`` is the host uids ``uid_base + n * range_size`` .. ``+ range_size - 1``.
+
+    Host uids belong to the whole host, not to one instance, so the lease lives in the host-wide
+    ``registry`` (default ``/run/sandpit-instances/uids``, whatever ``SANDPIT_RUN_DIR`` says) and is
+    named by the host range itself (``<first uid>-<count>.lock``): two instances with the same
+    ``SANDPIT_UID_BASE`` meet on the same files; instances with other bases may hold ranges that
+    overlap without being equal, so a slot whose range overlaps a held one is skipped too. The lock
+    is taken first and the overlaps checked after, so of two processes leasing overlapping ranges at
+    once at least one sees the other's lock (both may back off; neither keeps a shared uid).
+    """
+    if registry is None:
+        from worker.sandbox.instance import uid_registry
+
+        registry = Path(uid_registry())
+    registry.mkdir(parents=True, exist_ok=True)
     for i in range(slots):
         slot = (start + i) % slots
-        lease = try_lock(locks_dir / f"uid-{slot}.lock")
-        if lease is not None:
-            return slot, lease
-    raise SandboxError(f"all {slots} uid slots are in use: too many jobs at once on this host")
+        first = uid_base + slot * range_size
+        lease = try_lock(registry / f"{first}-{range_size}.lock")
+        if lease is None:
+            continue
+        if _overlaps_held(registry, first, range_size):
+            lease.release()
+            continue
+        return slot, lease
+    raise SandboxError(f"all {slots} uid slots are in use: too many jobs at once on this host "
+                       f"(every sandpit instance of the host counts)")
+
+
+def _overlaps_held(registry: Path, first: int, count: int) -> bool:
+    """Whether a live lease in ``registry`` holds a range overlapping ``first .. first+count-1``
+    other than that exact one."""
+    mine = f"{first}-{count}.lock"
+    for name in os.listdir(registry):
+        if name == mine or not name.endswith(".lock"):
+            continue
+        other_first, dash, other_count = name[:-5].partition("-")
+        if not (dash and other_first.isdigit() and other_count.isdigit()):
+            continue
+        a, n = int(other_first), int(other_count)
+        if a < first + count and first < a + n and is_locked(registry / name):
+            return True
+    return False
 
 
 def write_owner(lease: Lease) -> None:

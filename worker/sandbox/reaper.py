@@ -2,8 +2,14 @@
 
 Only sandpit's own objects are touched, and only those of dead owners: a job directory under
 ``<state>/jobs`` whose owner lease (``<run>/locks/job-<id>.lock``) no process holds, containers
-named ``sandpit-*`` in sandpit's own runtime roots, cgroups under ``sandpit/``, subvolumes in
-the scratch filesystem, and mounts under the job directory.
+named ``sandpit-*`` in sandpit's own runtime roots, cgroups under this instance's parent
+(``sandpit/``, or ``sandpit-<instance id>/``), subvolumes in the scratch filesystem, and mounts under
+the job directory.
+
+Liveness is judged by the owner leases of this instance's run dir, so the reaper looks only at
+objects only this instance makes: its cgroup parent, its runtime roots, its state dir, its bridge.
+Another instance on the host (another ``SANDPIT_RUN_DIR``/``SANDPIT_STATE_DIR``) names all of those
+differently (``worker/sandbox/instance.py``), so its live jobs are never seen here, let alone killed.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import shutil
 import signal
 
 from worker.errors import SandboxError
-from worker.sandbox.cgroups import PARENT, remove_job_cgroups, v1_hierarchies
+from worker.sandbox.cgroups import cgroup_parent, remove_job_cgroups, v1_hierarchies
 from worker.sandbox.disk import destroy_subvolume, ensure_quota_consistent, is_mounted
 from worker.sandbox.leases import is_locked
 from worker.sandbox.rootfs import unmount_all
@@ -55,11 +61,12 @@ def reap(settings: Settings) -> list[str]:
                 rt.delete(cid)
                 rt.forget(cid)
                 done.append(f"container {cid} ({rt.name})")
-    for name in _cgroup_job_names():
+    parent = cgroup_parent(settings.instance_id)
+    for name in _cgroup_job_names(parent):
         if name not in live:
-            _kill_cgroup_tasks(name)
+            _kill_cgroup_tasks(parent, name)
             try:
-                removed = remove_job_cgroups(name)
+                removed = remove_job_cgroups(name, parent=parent)
             except OSError as exc:
                 log.warning("could not remove cgroup %s yet: %s", name, exc)
                 continue
@@ -102,18 +109,19 @@ def reap(settings: Settings) -> list[str]:
     return done
 
 
-def _cgroup_job_names() -> set[str]:
+def _cgroup_job_names(parent: str) -> set[str]:
+    """Job cgroups under this instance's ``parent`` (never another instance's: see the docstring)."""
     names: set[str] = set()
     for hierarchy in v1_hierarchies():
-        parent = hierarchy / PARENT
-        if parent.is_dir():
-            names.update(p.name for p in parent.iterdir() if p.is_dir())
+        top = hierarchy / parent
+        if top.is_dir():
+            names.update(p.name for p in top.iterdir() if p.is_dir())
     return names
 
 
-def _kill_cgroup_tasks(name: str) -> None:
+def _kill_cgroup_tasks(parent: str, name: str) -> None:
     for hierarchy in v1_hierarchies():
-        top = hierarchy / PARENT / name
+        top = hierarchy / parent / name
         for dirpath, _dirs, _files in os.walk(top):
             with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
                 for pid in f.read().split():
@@ -135,7 +143,7 @@ def leftovers(settings: Settings) -> list[str]:
 
     found = []
     found += [f"container {c}" for c in containers(settings) if dead(c.removeprefix("sandpit-"))]
-    found += [f"cgroup {n}" for n in _cgroup_job_names() if dead(n)]
+    found += [f"cgroup {n}" for n in _cgroup_job_names(cgroup_parent(settings.instance_id)) if dead(n)]
     if settings.jobs_dir.is_dir():
         found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir() if dead(d.name)]
     with open("/proc/self/mountinfo") as f:

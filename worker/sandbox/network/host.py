@@ -3,7 +3,10 @@ of job networks the kernel is still freeing.
 
 ``prepare_host`` is idempotent and safe to run from several worker processes at once (it holds
 ``state_dir/net/host.lock``); the first one creates the bridge and picks the subnet, the others adopt
-the bridge's subnet. Everything happens in ``settings.host_netns`` (tests) or the caller's namespace.
+the bridge's subnet. Other sandpit instances of the host have bridges and tables of their own names
+(``worker/sandbox/instance.py``); the subnet is chosen under a host-wide lock, clear of every route,
+theirs included, so no two instances share one. Everything happens in ``settings.host_netns`` (tests)
+or the caller's namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.sandbox.instance import net_lock
 from worker.sandbox.network.addresses import (
     AddressPlan,
     check_subnet,
@@ -233,7 +237,9 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
     netlink: NetlinkThread | None = None
     try:
         netlink = NetlinkThread(ns_fd, name="sandpit-host-netlink")
-        with ReapLock(settings.net_dir / "host.lock"):
+        # host.lock serialises this instance's processes; net.lock every instance of the host, so two
+        # starting at once never both see a candidate subnet free and take it (instance.py)
+        with ReapLock(Path(net_lock())), ReapLock(settings.net_dir / "host.lock"):
             state = netlink.call(lambda ipr: _prepare_bridge(ipr, settings))
             plan = AddressPlan(state.subnet)
             resolvers = pick_resolvers(settings.resolvers, _host_nameservers(), FALLBACK_RESOLVERS)

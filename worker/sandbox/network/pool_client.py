@@ -38,6 +38,7 @@ import sys
 import threading
 import zlib
 
+#: the default instance's names; any other instance's come from ``instance.instance_names``
 DEFAULT_BRIDGE = "sandpit0"
 DEFAULT_VETH_PREFIX = "spv"
 DEFAULT_TABLE = "sandpit"
@@ -109,10 +110,13 @@ def pool_request(settings: object, network: object | None = None) -> PoolRequest
     state_dir = os.fspath(settings.state_dir)  # type: ignore[attr-defined]
     run_dir = os.fspath(settings.run_dir)  # type: ignore[attr-defined]
     host_netns = getattr(settings, "net_host_netns", None)
-    config = network_config(state_dir, getattr(settings, "subnet", None), DEFAULT_BRIDGE,
+    from worker.sandbox.instance import instance_names  # the names Settings.network() gives too
+
+    names = instance_names(str(getattr(settings, "instance_id", "")))
+    config = network_config(state_dir, getattr(settings, "subnet", None), names.bridge,
                             list(getattr(settings, "resolvers", ())), list(getattr(settings, "net_allow", ())),
-                            os.fspath(host_netns) if host_netns else None, None, DEFAULT_VETH_PREFIX,
-                            DEFAULT_TABLE)
+                            os.fspath(host_netns) if host_netns else None, None, names.veth_prefix,
+                            names.table)
     return PoolRequest(os.path.join(run_dir, "net", "pool", pool_key(config)),
                        os.path.join(state_dir, "net", "leases"), config, size)
 
