@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.errors import SandboxError, SandpitError, job_outcome
+from worker.errors import ImageError, InvalidRequest, SandboxError
 from worker.record import field, record
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
@@ -79,13 +79,6 @@ def _now() -> str:
     # time.strftime rather than datetime: this module is on the start-up path of every exec
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
-
-
-def _log_exception(message: str, *args: object) -> None:
-    """The traceback of an unexpected error, when the entry point has set logging up."""
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger("sandpit.engine").exception(message, *args)
 
 
 def _log_info(message: str, *args: object) -> None:
@@ -162,10 +155,10 @@ class Engine:
             return result
         try:
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths)
-        except Exception as exc:  # noqa: BLE001 - one mapping for every path (worker/errors.py); never a traceback
-            result.status, result.reason, result.message = job_outcome(exc)
-            if not isinstance(exc, SandpitError):
-                _log_exception("job %s ended by an unexpected error", job_id)
+        except (ImageError, InvalidRequest) as exc:
+            result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
+        except SandboxError as exc:
+            result.status, result.reason, result.message = "error", "infra_error", str(exc)
         result.duration_s = round(time.monotonic() - t0, 6)
         result.finished_at = _now()
         return result
