@@ -2,8 +2,10 @@
 
 The walk opens every directory relative to its parent's fd with O_NOFOLLOW, so a symlink the
 job planted is never followed (it is reported in ``rejected`` instead), it can never leave the
-workspace, and a symlink loop cannot trap it. Files are copied into a content-addressed store
-(``<store>/<sha256[:2]>/<sha256>``) with size and count caps.
+workspace, and a symlink loop cannot trap it. Files are copied into the content-addressed store
+(``<store>/<sha256[:2]>/<sha256>``, :mod:`worker.sandbox.blobs`: a unique temporary per write,
+hashed as written, never rewriting a stored file) with size and count caps, and with host memory
+bounded however many entries a directory holds.
 
 Pattern syntax (GitLab's ``artifacts:paths``): relative globs, ``*``/``?``/``[...]`` within one
 path segment, ``**`` for any number of segments; a pattern naming a directory takes the whole
@@ -19,9 +21,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_ENTRIES = 200_000
+from worker.sandbox import blobs
+
+MAX_ENTRIES = 200_000  # entries examined per walk, kept or not
 MAX_DEPTH = 64
-_CHUNK = 1 << 20
+MAX_REJECTED = 200  # refusals listed in the job's record; more are counted in one line
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Caps:
     file_bytes: int
     count: int
     total_bytes: int
+    entries: int = MAX_ENTRIES
 
 
 def match_path(pattern: str, path: str) -> bool:
@@ -73,72 +78,117 @@ def _match(pat: list[str], parts: list[str], prefix_ok: bool) -> bool:
 
 def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
                       caps: Caps) -> tuple[list[Artifact], list[Rejected]]:
-    """Copy every regular file named by ``patterns`` into ``store``; report what was refused."""
+    """Copy every regular file named by ``patterns`` into ``store``; report what was refused.
+
+    Host memory stays bounded however the workspace is shaped: directories are read entry by
+    entry (``os.scandir``, never a whole listing; so files come in directory order, not sorted),
+    the walk is depth-first with one open directory per level (at most ``MAX_DEPTH``), it stops
+    after ``caps.entries`` entries *examined* (kept or not), and at most ``MAX_REJECTED`` refusals
+    are listed (then one line counts the rest). A 400,000-entry directory once cost 114 MB here
+    when it was read whole and sorted before any cap applied.
+    """
     if not patterns:
         return [], []
-    store.mkdir(parents=True, exist_ok=True)
     kept: list[Artifact] = []
-    rejected: list[Rejected] = []
+    refusals = _Refusals()
     total = 0
     seen = 0
     root_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    stack: list[tuple[int, str, int]] = [(root_fd, "", 0)]
+    stack: list[_Dir] = []
     try:
+        stack.append(_Dir(root_fd, "", 0))
         while stack:
-            dir_fd, rel_dir, depth = stack.pop()
-            try:
-                with os.scandir(dir_fd) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-                for entry in entries:
-                    seen += 1
-                    if seen > MAX_ENTRIES:
-                        rejected.append(Rejected(rel_dir or ".", f"walk stopped after {MAX_ENTRIES} entries"))
-                        return kept, rejected
-                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                    shown = _printable(rel)
-                    named = any(match_path(p, rel) for p in patterns)
-                    if entry.is_symlink():
-                        if named:
-                            rejected.append(Rejected(shown, "symlink"))
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        if depth + 1 > MAX_DEPTH:
-                            if named or _could_match(patterns, rel):
-                                rejected.append(Rejected(shown, "too deep"))
-                            continue
-                        if named or _could_match(patterns, rel):
-                            try:
-                                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                              | os.O_CLOEXEC, dir_fd=dir_fd)
-                            except OSError as exc:
-                                rejected.append(Rejected(shown, f"unreadable directory ({exc.strerror})"))
-                                continue
-                            stack.append((sub, rel, depth + 1))
-                        continue
-                    if not named:
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        rejected.append(Rejected(shown, "not a regular file"))
-                        continue
-                    if shown != rel:
-                        rejected.append(Rejected(shown, "file name is not valid UTF-8"))
-                        continue
-                    if len(kept) >= caps.count:
-                        rejected.append(Rejected(rel, f"artifact count limit ({caps.count}) reached"))
-                        continue
-                    art, why = _copy_one(dir_fd, entry.name, rel, store, caps, total)
-                    if art is None:
-                        rejected.append(Rejected(rel, why))
-                    else:
-                        kept.append(art)
-                        total += art.size
-            finally:
-                os.close(dir_fd)
+            here = stack[-1]
+            entry = next(here.entries, None)
+            if entry is None:
+                stack.pop().close()
+                continue
+            seen += 1
+            if seen > caps.entries:
+                refusals.add(Rejected(_printable(here.rel or "."),
+                                      f"walk stopped: the cap of {caps.entries} entries examined was "
+                                      "reached; later files were not collected"), always=True)
+                break
+            rel = f"{here.rel}/{entry.name}" if here.rel else entry.name
+            named = any(match_path(p, rel) for p in patterns)
+            # the job is dead, so nothing swaps an entry between this check and the O_NOFOLLOW
+            # opens below; the opens refuse symlinks anyway
+            if entry.is_symlink():
+                if named:
+                    refusals.add(Rejected(_printable(rel), "symlink"))
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if not (named or _could_match(patterns, rel)):
+                    continue
+                if here.depth + 1 > MAX_DEPTH:
+                    refusals.add(Rejected(_printable(rel), "too deep"))
+                    continue
+                try:
+                    stack.append(_Dir(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                              | os.O_CLOEXEC, dir_fd=here.fd), rel, here.depth + 1))
+                except OSError as exc:
+                    refusals.add(Rejected(_printable(rel), f"unreadable directory ({exc.strerror})"))
+                continue
+            if not named:
+                continue
+            shown = _printable(rel)
+            if not entry.is_file(follow_symlinks=False):
+                refusals.add(Rejected(shown, "not a regular file"))
+                continue
+            if shown != rel:
+                refusals.add(Rejected(shown, "file name is not valid UTF-8"))
+                continue
+            if len(kept) >= caps.count:
+                refusals.add(Rejected(rel, f"artifact count limit ({caps.count}) reached"))
+                continue
+            art, why = _copy_one(here.fd, entry.name, rel, store, caps, total)
+            if art is None:
+                refusals.add(Rejected(rel, why))
+            else:
+                kept.append(art)
+                total += art.size
     finally:
-        for fd, _rel, _depth in stack:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return kept, rejected
+        for d in stack:
+            d.close()
+    return kept, refusals.listed()
+
+
+class _Dir:
+    """One directory of the walk: its fd and its entries, read lazily."""
+
+    def __init__(self, fd: int, rel: str, depth: int) -> None:
+        self.fd, self.rel, self.depth = fd, rel, depth
+        try:
+            self._scan = os.scandir(fd)  # reads the fd's directory a few entries at a time
+        except OSError:
+            os.close(fd)
+            raise
+        self.entries = iter(self._scan)
+
+    def close(self) -> None:
+        self._scan.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _Refusals:
+    """The refused entries, at most ``MAX_REJECTED`` listed; the rest only counted."""
+
+    def __init__(self) -> None:
+        self.items: list[Rejected] = []
+        self.unlisted = 0
+
+    def add(self, item: Rejected, always: bool = False) -> None:
+        if len(self.items) < MAX_REJECTED or always:
+            self.items.append(item)
+        else:
+            self.unlisted += 1
+
+    def listed(self) -> list[Rejected]:
+        if not self.unlisted:
+            return self.items
+        return [*self.items, Rejected("...", f"{self.unlisted} more refused entries not listed "
+                                             f"(at most {MAX_REJECTED} are)")]
 
 
 def _could_match(patterns: tuple[str, ...], rel_dir: str) -> bool:
@@ -175,26 +225,16 @@ def _copy_one(dir_fd: int, name: str, rel: str, store: Path, caps: Caps,
             return None, f"file larger than the {caps.file_bytes}-byte cap"
         if total + st.st_size > caps.total_bytes:
             return None, f"total artifact size cap ({caps.total_bytes} bytes) reached"
-        tmp = store / f".tmp-{os.getpid()}-{abs(hash(rel))}"
-        import hashlib
-
-        digest = hashlib.sha256()
-        size = 0
-        with open(tmp, "wb") as out:
-            while size <= caps.file_bytes:
-                chunk = os.read(fd, _CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        if size > caps.file_bytes:
-            tmp.unlink()
+        # the limit is what may still be read: a sparse or growing file is bounded while copying
+        limit = min(caps.file_bytes, caps.total_bytes - total)
+        try:
+            sha, size = blobs.store_fd(store, fd, limit)
+        except blobs.TooLarge:
+            if limit < caps.file_bytes:
+                return None, f"total artifact size cap ({caps.total_bytes} bytes) reached"
             return None, f"file larger than the {caps.file_bytes}-byte cap"
-        sha = digest.hexdigest()
-        dest = store / sha[:2] / sha
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(tmp, dest)
+        except blobs.SourceUnreadable as exc:
+            return None, f"unreadable ({exc})"
         return Artifact(path=rel, size=size, sha256=sha), ""
     finally:
         os.close(fd)
@@ -207,4 +247,4 @@ def _printable(rel: str) -> str:
 
 
 def artifact_path(store: Path, sha256: str) -> Path:
-    return store / sha256[:2] / sha256
+    return blobs.blob_path(store, sha256)

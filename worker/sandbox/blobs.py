@@ -1,0 +1,235 @@
+"""The content-addressed file store shared by every job of every worker on this host (adapter):
+``<store>/<sha256[:2]>/<sha256>``, used for artifacts, cache manifests and cached files.
+
+Many jobs write into it at once (threads of one worker, several workers), so every write
+
+- goes through a temporary nobody else can name: ``O_TMPFILE`` in the store directory, linked
+  into place with ``linkat`` through ``/proc/self/fd`` (a file without a name cannot be shared, and
+  a worker killed mid-write leaves nothing behind); ``mkstemp`` in the store where the filesystem
+  has no ``O_TMPFILE``;
+- hashes exactly the bytes written to that temporary, and names the file by that hash (or, when
+  the caller knows the hash, refuses to store anything else);
+- never rewrites a stored file: ``linkat`` does not replace an existing name. When ``<sha256>``
+  exists already it is verified; intact, it is kept and the temporary dropped; otherwise (a torn
+  write after a crash, a planted file) the verified temporary is renamed over it, atomically.
+
+Readers check a stored file against its name with :func:`intact` before trusting it. A file is
+hashed once per process: the result is remembered under (sha256, device, inode, size, mtime,
+ctime), and ctime cannot be set from user space, so any later change to the file is seen.
+
+Errors: :class:`worker.errors.SandboxError` when the store itself cannot be written (a full disk):
+that is the platform's failure, never the job's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from worker.errors import SandboxError
+
+log = logging.getLogger("sandpit.store")
+
+CHUNK = 1 << 20
+FILE_MODE = 0o640
+_VERIFIED_MAX = 65_536
+_verified: OrderedDict[tuple[str, int, int, int, int, int], None] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def blob_path(store: Path, sha256: str) -> Path:
+    """>>> str(blob_path(Path("/s"), "ab" + "0" * 62))[:8]
+    '/s/ab/ab'
+    """
+    return store / sha256[:2] / sha256
+
+
+class TooLarge(Exception):
+    """The source had more bytes than the caller allowed (nothing was stored)."""
+
+
+class SourceUnreadable(Exception):
+    """Reading the source failed (nothing was stored); the message is the OS's reason."""
+
+
+def store_fd(store: Path, src_fd: int, max_bytes: int) -> tuple[str, int]:
+    """Copy everything readable from ``src_fd`` into the store; returns (sha256, size).
+
+    Raises :class:`TooLarge` past ``max_bytes`` (checked while reading: a file that grows is
+    still bounded), :class:`SandboxError` when the store cannot be written.
+    """
+
+    def chunks() -> Iterator[bytes]:
+        size = 0
+        while True:
+            try:
+                chunk = os.read(src_fd, CHUNK)
+            except OSError as exc:
+                raise SourceUnreadable(exc.strerror or str(exc)) from exc
+            if not chunk:
+                return
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge(size)
+            yield chunk
+
+    return _store(store, chunks(), expected=None)
+
+
+def store_bytes(store: Path, data: bytes) -> str:
+    """Store ``data`` under its sha256 (which the written bytes must hash to); returns it."""
+    expected = hashlib.sha256(data).hexdigest()
+    sha, _size = _store(store, iter([data]), expected=expected)
+    return sha
+
+
+def intact(path: Path, sha256: str) -> bool:
+    """Whether the file at ``path`` exists and its bytes hash to ``sha256`` (once per file version)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _fd_intact(fd, sha256)
+    finally:
+        os.close(fd)
+
+
+def _fd_intact(fd: int, sha256: str) -> bool:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    key = _key(sha256, st)
+    with _verified_lock:
+        if key in _verified:
+            _verified.move_to_end(key)
+            return True
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    if digest.hexdigest() != sha256 or os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
+        return False
+    _remember(key)
+    return True
+
+
+def _key(sha256: str, st: os.stat_result) -> tuple[str, int, int, int, int, int]:
+    return (sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _remember(key: tuple[str, int, int, int, int, int]) -> None:
+    with _verified_lock:
+        _verified[key] = None
+        _verified.move_to_end(key)
+        while len(_verified) > _VERIFIED_MAX:
+            _verified.popitem(last=False)
+
+
+def _store(store: Path, chunks: Iterator[bytes], expected: str | None) -> tuple[str, int]:
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = _open_temp(store)
+    except OSError as exc:
+        raise SandboxError(f"cannot write into the store {store}: {exc.strerror}") from exc
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                digest.update(view[:n])  # what went into the temporary, byte for byte
+                view = view[n:]
+                size += n
+        sha = digest.hexdigest()
+        if expected is not None and sha != expected:
+            raise SandboxError(f"store write of {expected} produced {sha}: not stored")
+        _place(store, fd, temp_name, sha)
+        return sha, size
+    except OSError as exc:
+        raise SandboxError(f"cannot write into the store {store}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+        if temp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+
+
+def _open_temp(store: Path) -> tuple[int, str | None]:
+    """A fresh temporary in ``store``: (fd, None) for an unnamed O_TMPFILE, else (fd, its name)."""
+    try:
+        return os.open(store, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE), None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=store)
+    os.fchmod(fd, FILE_MODE)
+    return fd, name
+
+
+def _link_temp(fd: int, temp_name: str | None, dest: Path) -> None:
+    """Give the temporary the name ``dest``; FileExistsError if that name exists (never replaces)."""
+    if temp_name is None:
+        # linkat(AT_SYMLINK_FOLLOW) on the fd's /proc link. CPython calls plain link(2), which
+        # does not follow, unless a dir fd is given: hence dst_dir_fd.
+        parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{fd}", dest.name, dst_dir_fd=parent, follow_symlinks=True)
+        finally:
+            os.close(parent)
+    else:
+        os.link(temp_name, dest)
+
+
+def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
+    dest = blob_path(store, sha)
+    dest.parent.mkdir(exist_ok=True)
+    for _attempt in range(3):
+        try:
+            _link_temp(fd, temp_name, dest)
+        except FileExistsError:
+            pass
+        else:
+            if temp_name is not None:
+                os.unlink(temp_name)  # before the fstat below: dropping a name moves the ctime too
+            _remember(_key(sha, os.fstat(fd)))  # after the link: linking moved the ctime
+            return
+        if intact(dest, sha):
+            return  # the same content is stored already: keep that file, drop ours
+        if os.path.lexists(dest):
+            _replace(fd, temp_name, dest)
+            return
+        # removed between our link and our check (retention): link again
+    raise OSError(errno.EAGAIN, f"{dest} keeps changing under the writer")
+
+
+def _replace(fd: int, temp_name: str | None, dest: Path) -> None:
+    """Rename the verified temporary over a stored file whose bytes do not match its name."""
+    log.error("stored file %s does not match its sha256 (torn or tampered): replacing it", dest)
+    while True:
+        side = dest.with_name(f".tmp-{secrets.token_hex(8)}")
+        try:
+            _link_temp(fd, temp_name, side)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.replace(side, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(side)
+        raise
+    _remember(_key(dest.name, os.fstat(fd)))
