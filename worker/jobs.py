@@ -66,21 +66,22 @@ def job_script(job: Job) -> str:
     )
 
 
-def image_name(job: Job, known: list[str], default: str) -> str:
-    """The image-store name for a job's ``image:`` (``python:3.12-slim`` → ``python`` if there is one).
+def image_name(job: Job, default: str) -> str:
+    """The image reference the job asks for, as written (``python:3.12`` stays ``python:3.12``).
+    Which recipe honours it, if any, is decided in one place: ``ImageStore.resolve``; nothing here
+    maps one reference to another.
 
     >>> image_name(Job(name="j", stage="s", loc=__import__("pipelines.language.model",
-    ...     fromlist=["Loc"]).Loc("f", 1, 1)), ["debian"], "debian")
+    ...     fromlist=["Loc"]).Loc("f", 1, 1)), "debian")
     'debian'
     """
-    if job.image is None:
-        return default
-    name = job.image.name.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-    return name if name in known else job.image.name
+    return default if job.image is None else job.image.name
 
 
-def request_for(job: Job, *, known_images: list[str], defaults: JobDefaults = JobDefaults(),
+def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults = JobDefaults(),
                 extra_env: tuple[tuple[str, str], ...] = ()) -> SandboxRequest:
+    """What the sandbox runs for ``job``. ``known_images`` is no longer used (the store resolves
+    references) and stays only until its caller in worker/executor.py drops it."""
     sb = job.sandbox
     limits = Limits(
         memory_bytes=sb.memory_bytes or defaults.memory_bytes,
@@ -93,7 +94,7 @@ def request_for(job: Job, *, known_images: list[str], defaults: JobDefaults = Jo
     artifacts = job.artifacts.paths if job.artifacts is not None else ()
     return SandboxRequest(
         argv=("/bin/sh", "-c", job_script(job)),
-        image=image_name(job, known_images, defaults.image),
+        image=image_name(job, defaults.image),
         env=tuple(job.variables) + extra_env,
         network="egress" if sb.network == "egress" else "none",
         runtime=sb.runtime,

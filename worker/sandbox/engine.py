@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipelines.identifiers import is_job_id
 from worker.errors import ImageError, InvalidRequest, SandboxError
 from worker.record import field, record
 from worker.sandbox import spec as oci
@@ -145,6 +146,10 @@ class Engine:
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
             secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = ()) -> JobResult:
         job_id = job_id or os.urandom(6).hex()
+        if not is_job_id(job_id):  # it names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup, a disk
+            return JobResult(name=name, status="failed", reason="invalid_spec", started_at=_now(),
+                             finished_at=_now(), message=f"job id {job_id[:80]!r} is not valid: expected "
+                             "lowercase letters, digits and inner '-' (at most 64)")
         result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
                            started_at=_now())
         t0 = time.monotonic()

@@ -4,32 +4,49 @@ Layout under ``<state>/images``::
 
     layers/<key>/rootfs     the unpacked tree, owned by host root, never written after build
     layers/<key>/meta.json  recipe, env, size
-    refs/<name>.json        which key the name currently points at
+    refs/<name>.json        which key the recipe ``name`` currently points at
 
 ``key`` is the sha256 of the canonical recipe, so an unchanged recipe is never rebuilt.
-Builds of one image are serialised by an flock; a build goes to a temporary directory and is
-renamed into place, so a crash never leaves a half image under a key.
+Builds of one image are serialised by an flock; a build goes to a unique temporary directory
+and is renamed into place, so a crash never leaves a half image under a key.
+
+What a job names (``image: python:3.11``) is an image *reference*: it must parse as one
+(:mod:`pipelines.references`) and be honoured by a recipe (its name or its ``provides`` list),
+else the request is refused; nothing is mapped to a different version. Inside the store every
+name is a single path component that passed a grammar (recipe names, 64-hex keys), and every
+file is opened relative to the store's directory fd without following a symlink (``openat2``
+with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, see :mod:`worker.sandbox.beneath`). A ref whose
+content fails its grammar (key not 64 hex, env not a list of string pairs) is refused as damaged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.errors import ImageError
+from pipelines.identifiers import is_layer_key
+from pipelines.references import InvalidReference, honoured_by, recipe_provides
+from worker.errors import ImageError, InvalidRequest
 from worker.record import record
+from worker.sandbox.beneath import NotBeneath, open_beneath
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 BUILDER_VERSION = 1  # bump when the way recipes are built changes
-_RECIPE_KEYS = {"suite", "variant", "packages", "env", "customize", "mirror"}
+_RECIPE_KEYS = {"suite", "variant", "packages", "env", "customize", "mirror", "provides"}
+# a recipe (and so a ref file) name is one lowercase path component of the reference grammar
+_RECIPE_NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @record(frozen=True)
@@ -41,6 +58,7 @@ class Recipe:
     env: tuple[tuple[str, str], ...] = ()
     customize: tuple[str, ...] = ()
     mirror: str | None = None
+    provides: tuple[str, ...] = ()  # the references it honours besides its name; not in the key
 
     def key(self) -> str:
         canon = json.dumps(
@@ -82,13 +100,69 @@ def parse_recipe(name: str, text: str) -> Recipe:
     env = data.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         problems.append("'env' must be a table of strings")
+    provides = data.get("provides", [])
+    if not isinstance(provides, list) or not all(isinstance(v, str) for v in provides):
+        problems.append("'provides' must be a list of image references such as \"python:3.11\"")
+    else:
+        try:
+            recipe_provides(name, tuple(provides))
+        except InvalidReference as exc:
+            problems.append(str(exc))
     if problems:
         raise ImageError(f"images/{name}/image.toml: " + "; ".join(problems))
     return Recipe(
         name=name, suite=data["suite"], variant=data.get("variant", "minbase"),
         packages=tuple(data.get("packages", [])), env=tuple(sorted(env.items())),
         customize=tuple(data.get("customize", [])), mirror=data.get("mirror"),
+        provides=tuple(provides),
     )
+
+
+def is_recipe_name(name: object) -> bool:
+    """A recipe's name: one lowercase component of the reference grammar (it names a folder
+    and a ref file, so no '/', '..', ':' or anything else).
+
+    >>> is_recipe_name("python"), is_recipe_name("../etc"), is_recipe_name("a:b")
+    (True, False, False)
+    """
+    import re
+
+    return isinstance(name, str) and len(name) <= 128 and re.fullmatch(_RECIPE_NAME, name, re.ASCII) is not None
+
+
+def ref_from_json(name: str, text: bytes) -> tuple[str, tuple[tuple[str, str], ...], int, float]:
+    """(key, env, size, built_at) of a stored ref, or ImageError "damaged" when any field fails
+    its grammar: the key becomes a path and the env goes into the job, so neither is trusted.
+
+    >>> ref_from_json("x", b'{"name": "x", "key": "' + b"a" * 64 + b'", "env": [["A", "1"]]}')[1]
+    (('A', '1'),)
+    """
+    import re
+
+    damaged = f"image {name!r} is damaged"
+    try:
+        ref = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageError(f"{damaged} (its ref is not JSON); rebuild it with: sandpit images build {name}") from None
+    if not isinstance(ref, dict):
+        raise ImageError(f"{damaged} (its ref is not an object); rebuild it with: sandpit images build {name}")
+    key, env = ref.get("key"), ref.get("env", [])
+    size, built_at = ref.get("size", 0), ref.get("built_at", 0.0)
+    why = None
+    if ref.get("name", name) != name:
+        why = "its ref names another image"
+    elif not is_layer_key(key):
+        why = "its layer key is not 64 hex digits"
+    elif not isinstance(env, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(v, str) for v in e)
+            and re.fullmatch(_ENV_NAME, e[0], re.ASCII) and "\0" not in e[1] for e in env):
+        why = "its env is not a list of [NAME, value] string pairs"
+    elif not isinstance(size, int) or isinstance(size, bool) or not isinstance(built_at, (int, float)):
+        why = "its size or build time is not a number"
+    if why is not None:
+        raise ImageError(f"{damaged} ({why}); rebuild it with: sandpit images build {name}")
+    assert isinstance(key, str)
+    return key, tuple((e[0], e[1]) for e in env), size, float(built_at)
 
 
 class ImageStore:
@@ -98,91 +172,217 @@ class ImageStore:
 
     # -- recipes -------------------------------------------------------------------------
     def recipe_names(self) -> list[str]:
-        if not self.recipes_dir.is_dir():
+        """Recipes whose folder name is a valid recipe name (anything else is not an image)."""
+        try:
+            names = os.listdir(self.recipes_dir)
+        except OSError:
             return []
-        return sorted(p.parent.name for p in self.recipes_dir.glob("*/image.toml"))
+        return sorted(n for n in names if is_recipe_name(n) and (self.recipes_dir / n / "image.toml").is_file())
 
     def recipe(self, name: str) -> Recipe:
-        path = self.recipes_dir / name / "image.toml"
-        if "/" in name or name.startswith(".") or not path.is_file():
+        if not is_recipe_name(name) or not (self.recipes_dir / name / "image.toml").is_file():
             known = ", ".join(self.recipe_names()) or "none"
             raise ImageError(f"no image recipe named {name!r} (known: {known})")
-        return parse_recipe(name, path.read_text())
+        return parse_recipe(name, (self.recipes_dir / name / "image.toml").read_text())
+
+    def provided(self) -> dict[str, str]:
+        """Every reference the recipes honour (reference → recipe name)."""
+        out: dict[str, str] = {}
+        for name in self.recipe_names():
+            try:
+                out.update(recipe_provides(name, self.recipe(name).provides))
+            except ImageError:
+                out[name] = name  # a broken recipe still answers to its name (and says why on build)
+        return out
+
+    def resolve(self, reference: str) -> str:
+        """The recipe that honours ``reference``, or InvalidRequest (the job's spec is refused)
+        naming the references that exist. The one place a job's ``image:`` becomes a name.
+
+        A bare recipe name needs no recipe file read (the hot path of ``sandpit exec``)."""
+        if is_recipe_name(reference) and (self.recipes_dir / reference).is_dir():
+            return reference
+        try:
+            return honoured_by(reference, self.provided())
+        except InvalidReference as exc:
+            raise InvalidRequest(str(exc)) from None
 
     # -- store ---------------------------------------------------------------------------
-    def _ref_path(self, name: str) -> Path:
-        return self.root / "refs" / f"{name}.json"
-
-    def get(self, name: str) -> Image:
-        """The built image, or ImageError saying how to build it."""
+    def _open_store_dir(self, sub: str, create: bool = False) -> int:
+        """An fd of ``<store>/<sub>`` (the store root is the operator's; below it nothing is a
+        symlink). FileNotFoundError when it does not exist and ``create`` is False."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        root = os.open(self.root, _DIR)
         try:
-            ref = json.loads(self._ref_path(name).read_text())
+            if create:
+                try:
+                    os.mkdir(sub, 0o755, dir_fd=root)
+                except FileExistsError:
+                    pass
+            return open_beneath(root, sub, _DIR)
+        finally:
+            os.close(root)
+
+    def _read_beneath(self, dir_fd: int, path: str, limit: int = 1 << 20) -> bytes:
+        fd = open_beneath(dir_fd, path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotBeneath(f"{path} is not a regular file")
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        if len(data) > limit:
+            raise NotBeneath(f"{path} is larger than {limit} bytes")
+        return data
+
+    def get(self, reference: str) -> Image:
+        """The built image ``reference`` names, or ImageError saying how to build it (InvalidRequest
+        when no recipe honours the reference)."""
+        try:
+            name = self.resolve(reference)
+        except InvalidRequest:
+            if not is_recipe_name(reference):
+                raise
+            name = reference  # a bare name: the image of that name, even if its recipe is gone
+        return self._load(name)
+
+    def _load(self, name: str) -> Image:
+        assert is_recipe_name(name)
+        damaged = f"image {name!r} is damaged; rebuild it with: sandpit images build {name}"
+        try:
+            refs = self._open_store_dir("refs")
+        except FileNotFoundError:
+            refs = -1
+        except (NotBeneath, OSError):
+            raise ImageError(f"{damaged} (the store's refs folder is not a plain directory)") from None
+        try:
+            if refs < 0:
+                raise FileNotFoundError
+            text = self._read_beneath(refs, f"{name}.json")
         except FileNotFoundError:
             if name not in self.recipe_names():
                 known = ", ".join(self.recipe_names()) or "none"
                 raise ImageError(f"there is no image named {name!r} (images: {known}; recipes live in "
                                  f"{self.recipes_dir})") from None
-            raise ImageError(
-                f"image {name!r} is not built; build it with: sandpit images build {name}"
-            ) from None
-        rootfs = self.root / "layers" / ref["key"] / "rootfs"
-        if not rootfs.is_dir():
-            raise ImageError(f"image {name!r} is damaged; rebuild it with: sandpit images build {name}")
-        return Image(name=name, key=ref["key"], rootfs=rootfs, env=tuple(tuple(e) for e in ref["env"]),
-                     size=ref.get("size", 0), built_at=ref.get("built_at", 0.0))
+            raise ImageError(f"image {name!r} is not built; build it with: sandpit images build {name}") from None
+        except (NotBeneath, OSError) as exc:
+            raise ImageError(f"{damaged} ({_why(exc)})") from None
+        finally:
+            if refs >= 0:
+                os.close(refs)
+        key, env, size, built_at = ref_from_json(name, text)
+        self._verify_layer(name, key)
+        return Image(name=name, key=key, rootfs=self.root / "layers" / key / "rootfs", env=env,
+                     size=size, built_at=built_at)
+
+    def _verify_layer(self, name: str, key: str) -> None:
+        """``layers/<key>/rootfs`` is a real directory (no symlink on the way): only then is its
+        path handed to the mount code."""
+        try:
+            layers = self._open_store_dir("layers")
+            try:
+                fd = open_beneath(layers, f"{key}/rootfs", _DIR | os.O_PATH)
+                os.close(fd)
+            finally:
+                os.close(layers)
+        except (NotBeneath, OSError) as exc:
+            raise ImageError(f"image {name!r} is damaged ({_why(exc)}); rebuild it with: "
+                             f"sandpit images build {name}") from None
+
+    def _ref_names(self) -> list[str]:
+        try:
+            refs = self._open_store_dir("refs")
+        except (NotBeneath, OSError):
+            return []
+        try:
+            entries = os.listdir(refs)
+        finally:
+            os.close(refs)
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and is_recipe_name(e[:-5]))
 
     def list(self) -> list[Image]:
         images = []
-        for ref in sorted((self.root / "refs").glob("*.json")):
+        for name in self._ref_names():
             try:
-                images.append(self.get(ref.stem))
+                images.append(self._load(name))
             except ImageError:
                 continue
         return images
 
     def is_current(self, name: str) -> bool:
         try:
-            return self.get(name).key == self.recipe(name).key()
-        except ImageError:
+            return self._load(self.resolve(name)).key == self.recipe(self.resolve(name)).key()
+        except (ImageError, InvalidRequest):
             return False
 
     def build(self, name: str, progress: Callable[[str], None] = lambda _m: None) -> tuple[Image, bool]:
         """Build ``name`` unless its recipe's key is already in the store. Returns (image, built)."""
         recipe = self.recipe(name)
         key = recipe.key()
-        (self.root / "layers").mkdir(parents=True, exist_ok=True)
-        (self.root / "refs").mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / f".build-{name}.lock"
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            layer = self.root / "layers" / key
-            built = False
-            if not (layer / "meta.json").is_file():
-                self._mmdebstrap(recipe, layer, progress)
-                built = True
-            meta = json.loads((layer / "meta.json").read_text())
-            ref = {"name": name, "key": key, "env": meta["env"], "size": meta["size"],
-                   "built_at": meta["built_at"]}
-            tmp = self._ref_path(name).with_suffix(".tmp")
-            tmp.write_text(json.dumps(ref))
-            os.replace(tmp, self._ref_path(name))
-        return self.get(name), built
+        assert is_layer_key(key)
+        try:
+            layers = self._open_store_dir("layers", create=True)
+            refs = self._open_store_dir("refs", create=True)
+        except (NotBeneath, OSError) as exc:
+            raise ImageError(f"the image store {self.root} is not usable: {_why(exc)}") from None
+        try:
+            root = os.open(self.root, _DIR)
+            try:
+                lock_fd = os.open(f".build-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o644, dir_fd=root)
+            finally:
+                os.close(root)
+            with os.fdopen(lock_fd, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                built = False
+                try:
+                    meta_text = self._read_beneath(layers, f"{key}/meta.json")
+                except FileNotFoundError:
+                    self._mmdebstrap(recipe, layers, key, progress)
+                    built = True
+                    meta_text = self._read_beneath(layers, f"{key}/meta.json")
+                meta = json.loads(meta_text)
+                ref = {"name": name, "key": key, "env": meta["env"], "size": meta["size"],
+                       "built_at": meta["built_at"]}
+                _write_atomic(refs, f"{name}.json", json.dumps(ref).encode())
+        except (NotBeneath, OSError) as exc:
+            raise ImageError(f"building image {name} failed: {_why(exc)}") from None
+        finally:
+            os.close(layers)
+            os.close(refs)
+        return self._load(name), built
 
     def remove(self, name: str) -> None:
         import shutil
 
-        image = self.get(name)
-        self._ref_path(name).unlink()
+        name = self.resolve(name) if not is_recipe_name(name) else name
+        image = self._load(name)
+        refs = self._open_store_dir("refs")
+        try:
+            os.unlink(f"{name}.json", dir_fd=refs)
+        finally:
+            os.close(refs)
         still_used = {img.key for img in self.list()}
         if image.key not in still_used:
-            shutil.rmtree(self.root / "layers" / image.key, ignore_errors=True)
+            layers = self._open_store_dir("layers")
+            try:
+                # rmtree with dir_fd walks by fds and never follows a symlink
+                shutil.rmtree(image.key, dir_fd=layers, ignore_errors=True)
+            finally:
+                os.close(layers)
 
-    def _mmdebstrap(self, recipe: Recipe, layer: Path, progress: Callable[[str], None]) -> None:
+    def _mmdebstrap(self, recipe: Recipe, layers: int, key: str, progress: Callable[[str], None]) -> None:
         import shutil
+        import subprocess
+        import tempfile
 
-        tmp = layer.with_name(f".tmp-{layer.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if shutil.which("mmdebstrap") is None:
+            raise ImageError("mmdebstrap is not installed: apt-get install mmdebstrap")
+        layers_path = self.root / "layers"
+        # a unique name: two builders (or a crashed one) never share a temporary directory
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=layers_path))
+        os.chmod(tmp, 0o755)  # noqa: S103 - as layers were before: public Debian content, read by runtimes
         cmd = ["mmdebstrap", f"--variant={recipe.variant}", "--mode=root", "--quiet",
                "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
                "--dpkgopt=path-include=/usr/share/doc/*/copyright"]
@@ -193,22 +393,51 @@ class ImageStore:
         cmd += [recipe.suite, str(tmp / "rootfs")]
         if recipe.mirror:
             cmd.append(recipe.mirror)
-        if shutil.which("mmdebstrap") is None:
-            raise ImageError("mmdebstrap is not installed: apt-get install mmdebstrap")
         progress(f"building image {recipe.name} ({recipe.suite}/{recipe.variant}"
                  f"{', ' + ' '.join(recipe.packages) if recipe.packages else ''}) ...")
         started = time.monotonic()
-        import subprocess
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+            if proc.returncode != 0:
+                raise ImageError(f"building image {recipe.name} failed:\n{proc.stdout[-4000:]}")
+            size = _tree_size(tmp / "rootfs")
+            (tmp / "meta.json").write_text(json.dumps(
+                {"recipe": recipe.name, "env": list(recipe.env), "size": size, "built_at": time.time()}))
+            try:
+                os.rename(tmp.name, key, src_dir_fd=layers, dst_dir_fd=layers)
+            except OSError as exc:
+                import errno
 
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-        if proc.returncode != 0:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                # the same recipe content under another name was built meanwhile: keep that one
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ImageError(f"building image {recipe.name} failed:\n{proc.stdout[-4000:]}")
-        size = _tree_size(tmp / "rootfs")
-        (tmp / "meta.json").write_text(json.dumps(
-            {"recipe": recipe.name, "env": list(recipe.env), "size": size, "built_at": time.time()}))
-        os.rename(tmp, layer)
         progress(f"built image {recipe.name} in {time.monotonic() - started:.1f}s ({size / 1e6:.0f} MB)")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, NotBeneath):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)
+
+
+def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
+    """``name`` in ``dir_fd`` replaced by ``data`` through a unique temporary and a rename."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def _sh_quote(text: str) -> str:

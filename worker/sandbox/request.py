@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import posixpath
 import re
 
+from pipelines.references import reference_problem
 from worker.errors import InvalidRequest
 from worker.record import field, record
 
@@ -70,6 +70,8 @@ def validate_request(req: SandboxRequest) -> list[str]:
         if "\0" in value:
             problems.append(f"environment value of {name} contains a NUL byte")
     problems.extend(workdir_problems(req.workdir))
+    if (image_problem := reference_problem(req.image)) is not None:
+        problems.append(image_problem)
     if req.network not in ("none", "egress"):
         problems.append(f"network {req.network!r} is not one of none, egress")
     if req.profile not in ("default", "strict"):
@@ -89,23 +91,33 @@ def validate_request(req: SandboxRequest) -> list[str]:
     return problems
 
 
+_BANNED_TOPS = ("proc", "sys", "dev")
+
+
 def workdir_problems(workdir: str) -> list[str]:
-    """A working directory must be absolute, normal, and never under /proc, /sys or /dev.
+    """A working directory must be absolute, without ``..``, printable, and never under /proc,
+    /sys or /dev in any spelling. Judged component by component, not on ``normpath``'s text:
+    POSIX lets ``normpath`` keep a leading ``//``, so ``//proc/self`` would not start with "/proc".
 
     >>> workdir_problems("/proc/self")
     ['workdir /proc/self is under /proc: choose a directory such as /workspace']
+    >>> workdir_problems("//proc/self")
+    ["workdir '//proc/self' is under /proc: choose a directory such as /workspace"]
     """
     if not workdir.startswith("/"):
         return [f"workdir {workdir!r} must be an absolute path such as /workspace"]
     if "\0" in workdir:
         return ["workdir contains a NUL byte"]
-    parts = workdir.split("/")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in workdir):
+        return [f"workdir {workdir!r} contains a control character"]
+    if len(workdir.encode("utf-8", "surrogateescape")) > 4096:
+        return ["workdir is longer than 4096 bytes"]
+    parts = [part for part in workdir.split("/") if part not in ("", ".")]
     if ".." in parts:
         return [f"workdir {workdir!r} must not contain '..'"]
-    normal = posixpath.normpath(workdir)
-    for banned in ("/proc", "/sys", "/dev"):
-        if normal == banned or normal.startswith(banned + "/"):
-            return [f"workdir {workdir} is under {banned}: choose a directory such as /workspace"]
+    if parts and parts[0] in _BANNED_TOPS:
+        shown = workdir if workdir == "/" + "/".join(parts) else repr(workdir)
+        return [f"workdir {shown} is under /{parts[0]}: choose a directory such as /workspace"]
     return []
 
 

@@ -7,6 +7,11 @@
 
 All mounts are made with syscalls (no ``mount`` exec). ``close()`` detaches them all and is
 idempotent; the reaper finds any left behind through /proc/self/mountinfo.
+
+overlay's options are one comma-separated string and ``lowerdir=`` a colon-separated list (with
+``\\`` as its escape), so a path holding ``:``, ``,``, ``\\`` or a control character would change
+what is mounted: :func:`overlay_path` refuses those, and a layer key must be 64 hex digits before it
+names anything under ``<run>/layers``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 
+from pipelines.identifiers import is_layer_key
 from worker.errors import SandboxError
 from worker.sandbox.mounts import MS_NODEV, idmapped_clone, mount, mounts_under, umount
 from worker.sandbox.userns import userns_fd
@@ -40,10 +47,10 @@ class JobRootfs:
                 lowers = [str(layer) for _key, layer in layers]
             else:
                 lowers = [str(layer_view(run_dir, key, layer, uid_base, id_range)) for key, layer in layers]
-            # overlay lists the top layer first
-            # volatile: no sync of the upper dir on unmount (a btrfs commit); it is thrown away anyway
-            options = f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work},volatile"
-            mount("overlay", str(self.path), "overlay", MS_NODEV, options)
+            mount("overlay", str(self.path), "overlay", MS_NODEV, overlay_options(lowers, str(upper), str(work)))
+        except SandboxError:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise SandboxError(f"cannot mount the job's root filesystem: {exc}") from exc
@@ -59,8 +66,41 @@ class JobRootfs:
             unmount_all(self.job_dir)  # not mounted, or something else is: find everything
 
 
+_OPTION_UNSAFE = re.compile(r"[:,\\\x00-\x1f\x7f]")
+
+
+def overlay_path(path: str) -> str:
+    """``path`` as it may appear in an overlay option, or SandboxError: absolute, and without the
+    characters overlay's option syntax gives a meaning (``:`` ``,`` ``\\``) or control characters.
+
+    >>> overlay_path("/run/sandpit/layers/ab-100000")
+    '/run/sandpit/layers/ab-100000'
+    >>> overlay_path("/x/a:/")
+    Traceback (most recent call last):
+    ...
+    worker.errors.SandboxError: cannot use '/x/a:/' in an overlay mount: a path with ':', ... mount options
+    """
+    if not path.startswith("/") or _OPTION_UNSAFE.search(path):
+        raise SandboxError(f"cannot use {path!r} in an overlay mount: a path with ':', ',', '\\' or a "
+                           "control character would change the mount options")
+    return path
+
+
+def overlay_options(lowers: list[str], upper: str, work: str) -> str:
+    """The overlay option string; ``lowers`` bottom layer first (overlay lists the top one first).
+    volatile: no sync of the upper dir on unmount (a btrfs commit); it is thrown away anyway.
+
+    >>> overlay_options(["/l/a", "/l/b"], "/d/upper", "/d/work")
+    'lowerdir=/l/b:/l/a,upperdir=/d/upper,workdir=/d/work,volatile'
+    """
+    lower = ":".join(overlay_path(p) for p in reversed(lowers))
+    return f"lowerdir={lower},upperdir={overlay_path(upper)},workdir={overlay_path(work)},volatile"
+
+
 def layer_view(run_dir: Path, key: str, layer: Path, uid_base: int, id_range: int) -> Path:
     """The idmapped read-only view of ``layer`` for one uid slot, made on first use."""
+    if not is_layer_key(key) or isinstance(uid_base, bool) or not isinstance(uid_base, int) or uid_base < 0:
+        raise SandboxError(f"refusing layer key {key[:80]!r} / uid base {uid_base!r}: a key is 64 hex digits")
     view = run_dir / "layers" / f"{key}-{uid_base}"
     if _is_view(view, uid_base):
         return view

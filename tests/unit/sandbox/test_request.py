@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from worker.sandbox.artifacts import match_path
-from worker.sandbox.request import Limits, SandboxRequest, artifact_pattern_problems, validate_request
+from worker.sandbox.request import (
+    Limits,
+    SandboxRequest,
+    artifact_pattern_problems,
+    validate_request,
+    workdir_problems,
+)
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 
 
@@ -87,3 +93,36 @@ def test_artifact_patterns(pattern, bad):
 def test_match_path(pattern, path, hit):
     """GitLab-style globs: * within a segment, ** across segments, directories take their tree."""
     assert match_path(pattern, path) is hit
+
+
+@pytest.mark.parametrize("workdir", [
+    "/proc", "/proc/self", "//proc/self", "///proc", "/./proc", "/./proc/self/cwd", "/proc/", "/proc/../proc",
+    "//sys/kernel", "/./sys", "/dev", "//dev/shm", "/dev/./shm", "/.//dev", "/workspace/../proc",
+    "/a/../../proc", "/work\nspace", "/work\x1bspace",
+])
+def test_workdir_under_proc_sys_dev_is_refused_in_any_spelling(workdir):
+    """/proc, /sys and /dev are refused however the path is spelt (//, /./, ..), and so are '..'
+    and control characters; judged on components, not on normpath's text."""
+    assert workdir_problems(workdir), workdir
+    assert validate_request(SandboxRequest(argv=("x",), workdir=workdir))
+
+
+@pytest.mark.parametrize("workdir", ["/", "/workspace", "//workspace", "/./workspace/src", "/procfs", "/devel",
+                                     "/system", "/workspace/proc"])
+def test_ordinary_workdirs_are_accepted(workdir):
+    """Paths that merely look like the banned ones are fine."""
+    assert workdir_problems(workdir) == []
+
+
+@pytest.mark.parametrize("image", ["/proc/self/cwd/evil", "../debian", "debian/../x", "a:b:c", "De bian",
+                                   "debian\n", "x,lowerdir=/", ""])
+def test_image_that_is_not_a_reference_is_refused(image):
+    """The image must parse as a docker-style reference before anything looks it up."""
+    problems = validate_request(SandboxRequest(argv=("x",), image=image))
+    assert any("reference" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("image", ["debian", "python:3.12", "ghcr.io/a/b:1"])
+def test_well_formed_references_pass_the_pure_check(image):
+    """Well-formed references pass the grammar; whether the store honours them is asked later."""
+    assert validate_request(SandboxRequest(argv=("x",), image=image)) == []
