@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json)
         if args.command == "lint":
-            return _lint(args.rest)
+            return _lint(args.rest, settings)
         if args.command == "images":
             return _images(args, settings)
         if args.command == "worker":
@@ -256,13 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _lint(rest: list[str]) -> int:
+def _lint(rest: list[str], settings: Settings) -> int:
     try:
         from pipelines.language.cli import lint_main
     except ImportError:
         print("sandpit: lint is not available in this build", file=sys.stderr)
         return 2
-    return lint_main(rest, sys.stdout, sys.stderr)
+    from worker.sandbox.images import ImageStore
+
+    # the references the recipes provide, so lint warns where run would refuse an image
+    images = ImageStore(settings.state_dir, settings.images_dir).provided()
+    return lint_main(rest, sys.stdout, sys.stderr, images=images)
 
 
 def _images(args: Any, settings: Settings) -> int:

@@ -1,14 +1,20 @@
-"""Errors of the worker room.
+"""Errors of the worker room: one root, so every failure of sandpit's own has one catch.
 
 SandpitError
-├── ConfigError            bad settings or an unusable host (no working runtime, no btrfs, ...)
-├── ImageError             an image is unknown, unbuilt or failed to build
-├── SandboxError           a sandbox could not be made or torn down (infra_error)
-│   └── RuntimeUnavailable the requested OCI runtime does not work on this host
-└── InvalidRequest         the job's request is refused before anything starts (invalid_spec)
+├── ConfigError            bad settings or an unusable host (no btrfs, ...)            infra_error
+├── ImageError             the image store failed (a build failed, an image is damaged)  infra_error
+│   └── UnknownImage       the request names an image this store does not know        invalid_spec
+├── SandboxError           a sandbox could not be made or torn down                    infra_error
+│   ├── RuntimeUnavailable the requested OCI runtime does not work on this host
+│   └── NetworkError       the job's network could not be made (worker/sandbox/network/errors.py
+│                          holds its own subtree: netlink, host side, addresses, backlog)
+└── InvalidRequest         the job's request is refused before anything starts        invalid_spec
 
-The CLI maps every one of them to exit status 125 and a one-line message; the worker
-task maps SandboxError to status ``error`` and InvalidRequest to ``failed``/``invalid_spec``.
+The right column is how a job ends: ``InvalidRequest`` (and so ``UnknownImage``, which is both)
+is a refusal of what was asked and ends ``failed``/``invalid_spec``; every other ``SandpitError``
+is sandpit's own failure and ends ``error``/``infra_error``, with its message. ``Engine.run`` does
+that mapping once (and turns any other ``Exception`` into ``error``/``infra_error`` too, naming
+its type), the executor and local mode use the same rule, and the CLI exits 125 for both.
 """
 
 
@@ -34,3 +40,24 @@ class RuntimeUnavailable(SandboxError):
 
 class InvalidRequest(SandpitError):
     pass
+
+
+class UnknownImage(ImageError, InvalidRequest):
+    """The request's ``image`` names nothing the store has: a refusal, not a failure of the store."""
+
+
+def job_outcome(exc: BaseException) -> tuple[str, str, str]:
+    """``(status, reason, message)`` of a job that ended with ``exc`` before or around its command.
+
+    >>> job_outcome(InvalidRequest("memory must be at least 8M"))
+    ('failed', 'invalid_spec', 'memory must be at least 8M')
+    >>> job_outcome(SandboxError("cannot mount"))
+    ('error', 'infra_error', 'cannot mount')
+    >>> job_outcome(KeyError("x"))
+    ('error', 'infra_error', "internal error: KeyError: 'x'")
+    """
+    if isinstance(exc, InvalidRequest):
+        return "failed", "invalid_spec", str(exc) or type(exc).__name__
+    if isinstance(exc, SandpitError):
+        return "error", "infra_error", str(exc) or type(exc).__name__
+    return "error", "infra_error", f"internal error: {type(exc).__name__}: {exc}"

@@ -27,9 +27,10 @@ from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
 from worker import cache
+from worker.errors import SandpitError, job_outcome
 from worker.jobs import JobDefaults, request_for
 from worker.sandbox.artifacts import artifact_path
-from worker.sandbox.engine import Engine
+from worker.sandbox.engine import Engine, JobResult
 from worker.sandbox.logs import OutputSink
 from worker.sandbox.seed import Seed
 
@@ -106,27 +107,64 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
             s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
-    req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
-                      extra_env=secret_env)
-    seed = Seed(source_dir=source.root if source else None, source_files=source.files if source else None,
-                files=files)
     lease = ctx.leases.watch(ctx, job_id, attempt)
     try:
-        with ctx.admit(planned):
-            result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel, seed=seed,
-                                    secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
+        try:
+            req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
+                              extra_env=secret_env)
+            seed = Seed(source_dir=source.root if source else None,
+                        source_files=source.files if source else None, files=files)
+            with ctx.admit(planned):
+                result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
+                                        seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
+        except Exception as exc:  # a claimed job ends with a record, never stays running
+            # the same mapping as Engine.run's (worker/errors.py): a refusal is failed/invalid_spec,
+            # anything else of sandpit's own is error/infra_error, with its message
+            result = JobResult(name=planned.name, status="error", reason="infra_error")
+            result.status, result.reason, result.message = job_outcome(exc)
+            if not isinstance(exc, SandpitError):
+                logging.getLogger("sandpit.worker").exception("job %s ended by an unexpected error", job_id)
     finally:
         ctx.leases.unwatch(lease)
     if lease.lost.is_set():
         return []  # the lease went to someone else; their record counts, not ours
     record = result.as_record()
     record["attempt"] = attempt
-    with session_scope(ctx.db) as s:
-        if planned.caches and result.status in ("succeeded", "failed"):
-            cache.save(s, planned.caches, trust, store, result.cache_files, result.status, source_root, ctx.now())
-        newly = finish_job(s, job_id, attempt, record, ctx.now())
-    ctx.on_done(job, record)
+    newly = _record_result(ctx, job_id, attempt, record, planned, trust, store, result, source_root)
+    try:
+        ctx.on_done(job, record)
+    except Exception as exc:  # the live stream's end marker is a courtesy; the record is stored
+        logging.getLogger("sandpit.worker").warning("job %s: could not announce its end: %s", job_id, exc)
     return newly
+
+
+RECORD_RETRY_S = (0.1, 0.3, 1.0, 3.0)  # a database hiccup while recording waits this long, then the lease decides
+
+
+def _record_result(ctx: WorkerContext, job_id: str, attempt: int, record: dict[str, Any], planned: PlannedJob,
+                   trust: str, store: Path, result: JobResult, source_root: Path | None) -> list[str]:
+    """Store the attempt's result (and its cache). A failure of the database is retried a few times
+    (seconds, not the lease's ~25 s) so a brief outage costs nothing; a cache that cannot be saved
+    never costs the result. If the database stays away, the lease expires and the sweeper settles the
+    job as worker_lost or retries it."""
+    log = logging.getLogger("sandpit.worker")
+    if planned.caches and result.status in ("succeeded", "failed"):
+        try:
+            with session_scope(ctx.db) as s:
+                cache.save(s, planned.caches, trust, store, result.cache_files, result.status, source_root,
+                           ctx.now())
+        except Exception as exc:
+            log.warning("job %s: its cache was not saved: %s", job_id, exc)
+    for delay in (*RECORD_RETRY_S, None):
+        try:
+            with session_scope(ctx.db) as s:
+                return finish_job(s, job_id, attempt, record, ctx.now())
+        except Exception as exc:
+            if delay is None:
+                raise
+            log.warning("job %s: recording its result failed (%s); retrying in %.1fs", job_id, exc, delay)
+            time.sleep(delay)
+    return []
 
 
 CANCEL_POLL_S = 0.5  # how often a running job looks for a cancel request (cheap read)

@@ -16,6 +16,7 @@ from pipelines.language.loader import load_pipeline
 from pipelines.language.model import TRIGGERS, Job, PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problem, Problems
+from pipelines.references import InvalidReference, honoured_by
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +41,9 @@ def _parser() -> _Parser:
     return parser
 
 
-def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO) -> int:
-    """Entry point; ``argv`` excludes the word ``lint``."""
+def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str, str] | None = None) -> int:
+    """Entry point; ``argv`` excludes the word ``lint``. ``images`` (reference → recipe, from the
+    image store's recipes) adds a warning for every planned job whose image would be refused."""
     try:
         args = _parser().parse_args(argv)
         variables = dict(_split_var(text) for text in args.var)
@@ -64,6 +66,8 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO) -> int:
     )
     result = plan(loaded.files, inputs, entry=loaded.entry)
     problems = result.items if isinstance(result, Problems) else result.warnings
+    if images is not None and isinstance(result, Plan):
+        problems = problems + image_warnings(result, images)
     if args.json:
         document = {
             "ok": isinstance(result, Plan),
@@ -78,6 +82,23 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO) -> int:
             stdout.write(render_plan(result))
         stdout.write(_summary(problems) + "\n")
     return 0 if isinstance(result, Plan) else 1
+
+
+def image_warnings(result: Plan, images: dict[str, str]) -> tuple[Problem, ...]:
+    """A warning at each job whose image (variables expanded) no recipe honours, naming what exists;
+    registry hosts and digests are already reported at the ``image:`` key itself."""
+    found = []
+    for job in result.jobs:
+        if job.image is None:
+            continue
+        try:
+            honoured_by(job.image.name, images)
+        except InvalidReference as exc:
+            if "registry" in str(exc) or "digest" in str(exc):
+                continue
+            found.append(Problem(job.loc, "warning", "image-unavailable", f"job {job.name}: {exc}",
+                                 "use an image the recipes in images/ provide, or add it to a recipe's provides"))
+    return tuple(found)
 
 
 def _split_var(text: str) -> tuple[str, str]:

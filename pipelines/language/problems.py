@@ -148,5 +148,6 @@ CODES: dict[str, tuple[Severity, str]] = {
     "unknown-dependency": ("error", "`dependencies` names a job that does not exist or is not planned"),
     "dependency-not-needed": ("error", "`dependencies` names a job not listed in the job's `needs`"),
     "dependency-later-stage": ("error", "`dependencies` names a job of the same or a later stage"),
+    "image-unavailable": ("warning", "an image the image store cannot run (registry host, digest, unprovided tag)"),
     "variable-type": ("warning", "a variable value that is not a string or number; sandpit stringifies it"),
 }

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pipelines.identifiers import is_job_id
-from worker.errors import ImageError, InvalidRequest, SandboxError
+from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.record import field, record
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
@@ -80,6 +80,13 @@ def _now() -> str:
     # time.strftime rather than datetime: this module is on the start-up path of every exec
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
+
+
+def _log_exception(message: str, *args: object) -> None:
+    """The traceback of an unexpected error, when the entry point has set logging up."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("sandpit.engine").exception(message, *args)
 
 
 def _log_info(message: str, *args: object) -> None:
@@ -153,17 +160,15 @@ class Engine:
         result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
                            started_at=_now())
         t0 = time.monotonic()
-        problems = validate_request(req)
-        if problems:
-            result.status, result.reason, result.message = "failed", "invalid_spec", "; ".join(problems)
-            result.finished_at = _now()
-            return result
         try:
+            problems = validate_request(req)
+            if problems:
+                raise InvalidRequest("; ".join(problems))
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths)
-        except (ImageError, InvalidRequest) as exc:
-            result.status, result.reason, result.message = "error", "invalid_spec", str(exc)
-        except SandboxError as exc:
-            result.status, result.reason, result.message = "error", "infra_error", str(exc)
+        except Exception as exc:  # one mapping for every path (worker/errors.py); never a traceback
+            result.status, result.reason, result.message = job_outcome(exc)
+            if not isinstance(exc, SandpitError):
+                _log_exception("job %s ended by an unexpected error", job_id)
         result.duration_s = round(time.monotonic() - t0, 6)
         result.finished_at = _now()
         return result
@@ -173,7 +178,7 @@ class Engine:
              cache_paths: tuple[str, ...]) -> None:
         s = self.settings
         image = self.images.get(req.image)
-        runtime = self.runtime(req.runtime)
+        runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
         scratch = self.scratch()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +199,7 @@ class Engine:
             job_dir.mkdir(mode=0o711)
             stack.callback(_remove_job_dir, job_dir)
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
-            net_future = self._start_egress(stack, job_id) if req.network == "egress" else None
+            net_future = self._egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
             slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE)  # host-wide
             stack.callback(slot_lease.release)
@@ -243,6 +248,18 @@ class Engine:
                 if cache_paths:
                     result.cache_files, _refused = collect_artifacts(
                         rootfs.workspace, cache_paths, self.artifact_store, caps)
+
+    def _egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
+        """``_start_egress``, its errors (an unusable host netns, a refused pool directory, a bridge
+        that cannot be made) said as the job's network failing, so the job ends ``infra_error``."""
+        try:
+            return self._start_egress(stack, job_id)
+        except Exception as exc:
+            from worker.sandbox.network.errors import NetworkError
+
+            if isinstance(exc, (OSError, NetworkError)):
+                raise SandboxError(f"cannot give the job a network: {exc}") from exc
+            raise
 
     def _start_egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
         """The job's network namespace with a veth on sandpit's bridge: a ready one from the pool when

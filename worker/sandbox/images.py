@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pipelines.identifiers import is_layer_key
 from pipelines.references import InvalidReference, honoured_by, recipe_provides
-from worker.errors import ImageError, InvalidRequest
+from worker.errors import ImageError, InvalidRequest, UnknownImage
 from worker.record import record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 
@@ -263,7 +263,7 @@ class ImageStore:
         except FileNotFoundError:
             if name not in self.recipe_names():
                 known = ", ".join(self.recipe_names()) or "none"
-                raise ImageError(f"there is no image named {name!r} (images: {known}; recipes live in "
+                raise UnknownImage(f"there is no image named {name!r} (images: {known}; recipes live in "
                                  f"{self.recipes_dir})") from None
             raise ImageError(f"image {name!r} is not built; build it with: sandpit images build {name}") from None
         except (NotBeneath, OSError) as exc:

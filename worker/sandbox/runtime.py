@@ -23,24 +23,36 @@ HYBRID_FIX = (
 )
 
 
+#: runsc's ``--network`` for each job network mode. Never ``host``: that hands the job's sockets to
+#: the host kernel (gVisor's "hostinet"), so the job talks to the host's network stack directly and
+#: its own loopback is the namespace's, which nobody brought up (``none`` had no working 127.0.0.1).
+#: ``none`` is gVisor's netstack with a loopback and nothing else; ``sandbox`` is the netstack too,
+#: given the veth, addresses and routes sandpit put in the job's netns (so the egress policy on the
+#: host side of the veth still decides everything the job sends).
+RUNSC_NETWORK = {"none": "none", "egress": "sandbox"}
+
+
 @record(frozen=True)
 class Runtime:
     name: str
     binary: str
     root: Path
+    network: str = "none"  # the job network mode (none|egress); only runsc's flags depend on it
+
+    def for_network(self, mode: str) -> Runtime:
+        """This runtime for a job whose network mode is ``mode``."""
+        if mode not in RUNSC_NETWORK:
+            raise ValueError(f"unknown network mode {mode!r}")
+        return self if mode == self.network else Runtime(self.name, self.binary, self.root, mode)
 
     def base(self) -> list[str]:
         cmd = [self.binary, f"--root={self.root}"]
         if self.name == "runsc":
-            # gVisor's own network stack is not used: the job's netns is made by sandpit
-            cmd += ["--network=host"]
+            cmd += [f"--network={RUNSC_NETWORK[self.network]}"]
         return cmd
 
     def run_argv(self, bundle: Path, container_id: str, log_file: Path) -> list[str]:
         # the runtime's own errors go to log_file, so the job's stderr carries only the job's output
-        if self.name == "runsc":
-            logging_opts = [f"--log={log_file}", "--log-format=json"]
-            return [self.binary, *logging_opts, *self.base()[1:], "run", "--bundle", str(bundle), container_id]
         logging_opts = [f"--log={log_file}", "--log-format=json"]
         return [self.binary, *logging_opts, *self.base()[1:], "run", "--bundle", str(bundle), container_id]
 

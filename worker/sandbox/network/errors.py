@@ -1,21 +1,27 @@
 """Errors of the network layer.
 
-Tree::
+The layer's root derives from the sandbox's, so the whole project has one error root
+(``worker/errors.py``)::
 
-    NetworkError                 root: anything the job network layer could not do
-    ├── NetlinkError             the kernel refused a netlink request (``errno`` set)
-    ├── HostNetworkError         the host side (bridge, subnet, nft ruleset) could not be prepared
-    │   └── NoFreeSubnet         every candidate subnet collides with a route on the host
-    ├── AddressesExhausted       every address of the subnet is leased by a live job
-    └── CleanupBacklog           too many job networks are still being freed by the kernel
+    SandpitError
+    └── SandboxError
+        └── NetworkError         root of this layer: anything the job network layer could not do
+            ├── NetlinkError             the kernel refused a netlink request (``errno`` set)
+            ├── HostNetworkError         the host side (bridge, subnet, nft ruleset) could not be prepared
+            │   └── NoFreeSubnet         every candidate subnet collides with a route on the host
+            ├── AddressesExhausted       every address of the subnet is leased by a live job
+            └── CleanupBacklog           too many job networks are still being freed by the kernel
 
-The runtime maps any ``NetworkError`` to an ``infra_error`` job result.
+Every one of them is a failure of sandpit's own, never the job's: ``Engine.run`` ends the job
+``error``/``infra_error`` with the message, as for any ``SandboxError``.
 """
 
 from __future__ import annotations
 
+from worker.errors import SandboxError
 
-class NetworkError(Exception):
+
+class NetworkError(SandboxError):
     """Root of the network layer's errors."""
 
 
