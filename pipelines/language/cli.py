@@ -67,7 +67,7 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str,
     result = plan(loaded.files, inputs, entry=loaded.entry)
     problems = result.items if isinstance(result, Problems) else result.warnings
     if images is not None and isinstance(result, Plan):
-        problems = problems + image_warnings(result, images)
+        problems = tuple(sorted(problems + image_warnings(result, images), key=lambda p: (p.loc, p.code)))
     if args.json:
         document = {
             "ok": isinstance(result, Plan),

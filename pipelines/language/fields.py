@@ -26,6 +26,7 @@ from pipelines.language.reader import (
 from pipelines.language.rules import read_duration
 from pipelines.language.schema import check_keys
 from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq
+from pipelines.references import InvalidReference, parse_reference
 
 RETRY_WHENS = frozenset(
     "always unknown_failure script_failure api_failure stuck_or_timeout_failure runner_system_failure "
@@ -37,6 +38,10 @@ CACHE_POLICIES = ("pull", "push", "pull-push")
 
 
 def read_image(node: YNode, sink: ProblemSink) -> Image | None:
+    """The job's image. Its name must be a docker-style reference (pipelines/references.py): what
+    is not one (``/proc/self/cwd/evil``, ``../x``, ``Debian``) is an error here, because run would
+    refuse it too. A registry host or a digest is a warning: sandpit does not pull yet, so such a
+    job will fail. A name with ``$`` is judged after variables are expanded, at run time."""
     if isinstance(node, YMap):
         check_keys(node, "image", sink)
         name_node = node.get("name")
@@ -47,9 +52,28 @@ def read_image(node: YNode, sink: ProblemSink) -> Image | None:
         entrypoint = None
         if (entry_node := node.get("entrypoint")) is not None:
             entrypoint = read_str_list(entry_node, "image:entrypoint", sink)
+        if name is not None:
+            _check_image_name(name, name_node, sink)
         return None if name is None else Image(name, entrypoint)
     name = read_str(node, "image", sink)
+    if name is not None:
+        _check_image_name(name, node, sink)
     return None if name is None else Image(name)
+
+
+def _check_image_name(name: str, node: YNode, sink: ProblemSink) -> None:
+    if "$" in name:
+        return
+    try:
+        ref = parse_reference(name)
+    except InvalidReference as exc:
+        sink.error(node.loc, "invalid-value", str(exc), "write image: debian:12 or image: python:3.11")
+        return
+    if ref.domain is not None or ref.digest is not None:
+        what = f"registry host {ref.domain}" if ref.domain is not None else "a digest"
+        sink.warning(node.loc, "image-unavailable",
+                     f"image {ref} names {what}; sandpit does not pull from registries yet, so this job will fail",
+                     "use an image built from images/ (sandpit images list), e.g. debian:12 or python:3.11")
 
 
 def read_allow_failure(node: YNode, sink: ProblemSink) -> AllowFailure | None:

@@ -145,3 +145,49 @@ def test_artifact_path_grammar(path: str, ok: bool) -> None:
 def test_docstring_examples(module) -> None:  # type: ignore[no-untyped-def]
     """Every public function's example holds."""
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def _lint(text: str, images: dict[str, str] | None = None) -> tuple[int, str]:
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.language.cli import lint_main
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "ci.yml").write_text(text)
+        out, err = io.StringIO(), io.StringIO()
+        code = lint_main([str(Path(d) / "ci.yml")], out, err, images=images)
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize(("image", "col"), [
+    ("/proc/self/cwd/evil", 10), ("../../x", 10), ("Debian", 10), ("a:b:c", 10), ("'x,lowerdir=/'", 10),
+])
+def test_lint_reports_an_image_that_is_not_a_reference_at_its_location(image: str, col: int) -> None:
+    """An image that is not a reference is an error at the image's own line and column."""
+    code, out = _lint(f"job:\n  image: {image}\n  script: [x]\n")
+    assert code == 1
+    assert f"ci.yml:2:{col}: error[invalid-value]" in out and "is not an image reference" in out
+
+
+def test_lint_warns_at_a_registry_host_or_digest() -> None:
+    """sandpit does not pull yet: a registry host or a digest is a located warning, the file plans."""
+    code, out = _lint(f"a:\n  image: {{name: 'ghcr.io/x/y:1'}}\n  script: [x]\nb:\n  image: y@sha256:{HEX}\n"
+                      "  script: [x]\n")
+    assert code == 0
+    assert "ci.yml:2:17: warning[image-unavailable]" in out and "registry host ghcr.io" in out
+    assert "ci.yml:5:10: warning[image-unavailable]" in out and "digest" in out
+
+
+def test_lint_warns_where_no_recipe_provides_the_tag() -> None:
+    """With the store's references, lint warns at the job for python:3.12 (after variables are
+    expanded too) and says what exists; python:3.11 and a bare name are fine."""
+    text = ("a:\n  image: python:3.12\n  script: [x]\nb:\n  image: $IMG\n  variables: {IMG: 'python:2.7'}\n"
+            "  script: [x]\nc:\n  image: python:3.11\n  script: [x]\nd:\n  image: debian\n  script: [x]\n")
+    code, out = _lint(text, PROVIDED)
+    assert code == 0
+    assert "ci.yml:1:1: warning[image-unavailable]: job a: no image python:3.12 here" in out
+    assert "ci.yml:4:1: warning[image-unavailable]: job b: no image python:2.7 here" in out
+    assert "job c:" not in out and "job d:" not in out
+    assert "debian, debian:12, python, python:3.11" in out
