@@ -1,0 +1,208 @@
+"""Several sandpit instances on one host (worker/sandbox/instance.py): an instance with another run dir
+and state dir never sees, judges or kills another's jobs, and never hands out the same host uids.
+
+The tests' own instance is the default one (``settings``); a second instance gets a state dir and run
+dir of its own under a temporary directory, a small scratch filesystem of its own and the built
+images of the default store (a symlink: the image store is only read). Whatever a test leaves of
+the second instance (mounts, its scratch loop device, its cgroup parent) is removed afterwards.
+A third instance, with no scratch at all, plays "another worker starting up" and reaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from worker.sandbox.cgroups import cgroup_parent, v1_hierarchies
+from worker.sandbox.engine import Engine, JobResult
+from worker.sandbox.instance import uid_registry
+from worker.sandbox.leases import is_locked
+from worker.sandbox.mounts import MNT_DETACH, umount
+from worker.sandbox.reaper import leftovers, reap
+from worker.sandbox.request import SandboxRequest
+from worker.settings import Settings
+
+SANDPIT = [sys.executable, "-m", "worker"]
+SCRATCH_BYTES = 256 * 1024**2  # btrfs wants ≥ 109 MiB
+
+
+@dataclass
+class Instance:
+    settings: Settings
+    base: Path
+
+    def env(self, runtime: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(self.settings.state_dir),
+                "SANDPIT_RUN_DIR": str(self.settings.run_dir), "SANDPIT_RUNTIME": runtime,
+                "SANDPIT_SCRATCH_SIZE": str(self.settings.scratch_bytes)}
+
+
+def _mounts_under(base: Path) -> list[str]:
+    prefix = str(base) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def _remove_instance(instance: Instance) -> None:
+    """Everything the instance made: its leftovers (reaped), its mounts (layer views, user namespace
+    pins, the scratch filesystem, whose loop device goes with it), its cgroup parent, its dirs."""
+    s = instance.settings
+    with contextlib.suppress(Exception):
+        reap(s)
+    for point in sorted(_mounts_under(instance.base), key=len, reverse=True):
+        if point == str(s.scratch_dir):
+            subprocess.run(["umount", point], capture_output=True, check=False)  # frees the loop device
+        with contextlib.suppress(OSError):
+            umount(point, MNT_DETACH)
+    parent = cgroup_parent(s.instance_id)
+    for hierarchy in v1_hierarchies():
+        with contextlib.suppress(FileNotFoundError):
+            (hierarchy / parent).rmdir()
+    assert _mounts_under(instance.base) == [], "never remove a tree with mounts in it"
+    shutil.rmtree(instance.base, ignore_errors=True)
+
+
+def _make_instance(name: str, default: Settings, *, scratch: bool) -> Instance:
+    # not under pytest's tmp_path: that is 0700, and a job's runtime (host uid of the job) must
+    # traverse the path to its rootfs
+    base = Path(tempfile.mkdtemp(prefix=f"sandpit-{name}-"))
+    base.chmod(0o711)
+    state = base / "state"
+    state.mkdir(parents=True)
+    if scratch:
+        (state / "images").symlink_to(default.state_dir / "images")
+    s = Settings(state_dir=state, run_dir=base / "run", scratch_bytes=SCRATCH_BYTES)
+    return Instance(s, base)
+
+
+@pytest.fixture()
+def second(settings: Settings) -> Iterator[Instance]:
+    """A second instance that can run jobs (its own scratch filesystem, the default images)."""
+    instance = _make_instance("second", settings, scratch=True)
+    try:
+        yield instance
+    finally:
+        _remove_instance(instance)
+    assert _mounts_under(instance.base) == []
+    loops = subprocess.run(["losetup", "-j", str(instance.settings.state_dir / "scratch.img")],
+                           capture_output=True, text=True, check=False).stdout
+    assert loops == "", loops
+
+
+@pytest.fixture()
+def third(settings: Settings) -> Iterator[Instance]:
+    """A third instance that only reaps (a worker of another deployment starting up)."""
+    instance = _make_instance("third", settings, scratch=False)
+    try:
+        yield instance
+    finally:
+        _remove_instance(instance)
+
+
+class Job:
+    """A long job on a thread: ``started`` is set once it printed its first line."""
+
+    def __init__(self, engine: Engine, runtime: str, job_id: str, script: str) -> None:
+        self.started = threading.Event()
+        self.out: list[bytes] = []
+        self.result: JobResult | None = None
+        self.job_id = job_id
+
+        def sink(stream: str, data: bytes) -> None:
+            self.out.append(data)
+            self.started.set()
+
+        def run() -> None:
+            try:
+                self.result = engine.run(SandboxRequest(argv=("sh", "-c", script), runtime=runtime),
+                                         sink=sink, job_id=job_id)
+            finally:
+                self.started.set()
+
+        self.thread = threading.Thread(target=run, name=f"job-{job_id}")
+        self.thread.start()
+
+    def finish(self) -> tuple[JobResult, str]:
+        self.thread.join(timeout=120)
+        assert self.result is not None, "the job did not finish"
+        return self.result, b"".join(self.out).decode(errors="replace")
+
+
+def _procs(parent: str, job_id: str) -> list[int]:
+    found = []
+    for hierarchy in v1_hierarchies():
+        top = hierarchy / parent / job_id
+        for dirpath, _dirs, _files in os.walk(top):
+            with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+                found += [int(p) for p in f.read().split()]
+    return found
+
+
+LONG = "echo started; grep -E '^ *0' /proc/self/uid_map; sleep 3; echo finished"
+
+
+def test_names_differ_per_instance(settings: Settings, second: Instance, third: Instance) -> None:
+    """The default instance keeps today's names; every other instance has its own id and with it its
+    own cgroup parent, bridge, nft tables and veth prefix."""
+    ids = {settings.instance_id, second.settings.instance_id, third.settings.instance_id}
+    assert settings.instance_id == "" and len(ids) == 3
+    nets = [s.network() for s in (settings, second.settings, third.settings)]
+    assert nets[0].bridge == "sandpit0" and nets[0].table == "sandpit"
+    for attr in ("bridge", "table", "veth_prefix"):
+        assert len({getattr(n, attr) for n in nets}) == 3, attr
+    assert len({cgroup_parent(i) for i in ids}) == 3
+
+
+def test_another_instance_reaping_leaves_running_jobs_alone(settings: Settings, engine: Engine, runtime: str,
+                                                             second: Instance, third: Instance,
+                                                             no_leftovers: None) -> None:
+    """While a job of the default instance and one of a second instance run, a third instance's
+    `sandpit reap` (a whole process, as at a worker's start and every minute) and every instance's
+    `leftovers()` leave both alone: both jobs finish normally (succeeded, not killed), their cgroups
+    and uid leases untouched meanwhile, and the two jobs ran under different host uids."""
+    other = Engine(second.settings)
+    jobs = [Job(engine, runtime, "inst-default-" + os.urandom(3).hex(), LONG),
+            Job(other, runtime, "inst-second-" + os.urandom(3).hex(), LONG)]
+    try:
+        for job in jobs:
+            job.started.wait(60)
+            assert b"".join(job.out).startswith(b"started\n"), (job.out, job.result)
+        parents = [cgroup_parent(settings.instance_id), cgroup_parent(second.settings.instance_id)]
+        before = [_procs(parent, job.job_id) for parent, job in zip(parents, jobs, strict=True)]
+        assert all(before), before
+        # nothing of a live job is a leftover of any instance, its own or another's (the default
+        # instance may have others' leftovers right now: other tests run on this machine too)
+        for s in (settings, second.settings, third.settings):
+            found = leftovers(s)
+            assert [line for line in found if any(job.job_id in line for job in jobs)] == [], (s, found)
+        assert leftovers(second.settings) == leftovers(third.settings) == []
+        for inst in (third, second):
+            done = subprocess.run([*SANDPIT, "reap"], env=inst.env(runtime), capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "", done.stdout  # it found nothing of its own to remove
+        after = [_procs(parent, job.job_id) for parent, job in zip(parents, jobs, strict=True)]
+        for was, now in zip(before, after, strict=True):  # the job's shell lives on (its children change)
+            assert set(was) & set(now), (was, now)
+        held = [p for p in Path(uid_registry()).iterdir() if is_locked(p)]
+        assert len(held) >= 2, held
+    finally:
+        results = [job.finish() for job in jobs]
+        other.close()
+    uids = []
+    for result, out in results:
+        assert (result.status, result.reason, result.signal) == ("succeeded", None, None), (result, out)
+        assert out.startswith("started\n") and out.endswith("finished\n"), out
+        uids.append(out.split()[2])  # "0 <host uid> 65536"
+    assert uids[0] != uids[1], uids
+    assert leftovers(second.settings) == []
