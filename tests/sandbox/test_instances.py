@@ -25,7 +25,7 @@ import pytest
 
 from worker.sandbox.cgroups import cgroup_parent, v1_hierarchies
 from worker.sandbox.engine import Engine, JobResult
-from worker.sandbox.instance import uid_registry
+from worker.sandbox.instance import forget_instance, uid_registry
 from worker.sandbox.leases import is_locked
 from worker.sandbox.mounts import MNT_DETACH, umount
 from worker.sandbox.reaper import leftovers, reap
@@ -69,6 +69,7 @@ def _remove_instance(instance: Instance) -> None:
         with contextlib.suppress(FileNotFoundError):
             (hierarchy / parent).rmdir()
     assert _mounts_under(instance.base) == [], "never remove a tree with mounts in it"
+    forget_instance(s.run_dir, s.state_dir)
     shutil.rmtree(instance.base, ignore_errors=True)
 
 
@@ -206,3 +207,43 @@ def test_another_instance_reaping_leaves_running_jobs_alone(settings: Settings, 
         uids.append(out.split()[2])  # "0 <host uid> 65536"
     assert uids[0] != uids[1], uids
     assert leftovers(second.settings) == []
+
+
+def test_a_state_dir_in_use_is_refused_to_another_run_dir(settings: Settings, runtime: str, second: Instance,
+                                                          third: Instance) -> None:
+    """Job dirs and disks live in the state dir, but their liveness in the run dir's locks: a
+    `sandpit reap` (or exec, or worker) with a running instance's state dir and another run dir is
+    refused with a message (exit 125, no traceback) instead of taking that instance's running job
+    for a dead one; with the same run dir it may reap, and leaves the job alone."""
+    engine = Engine(second.settings)
+    job = Job(engine, runtime, "inst-shared-" + os.urandom(3).hex(), LONG)
+    try:
+        job.started.wait(60)
+        mixed = {**second.env(runtime), "SANDPIT_RUN_DIR": str(third.settings.run_dir)}
+        for command in (["reap"], ["exec", "--", "true"]):
+            done = subprocess.run([*SANDPIT, *command], env=mixed, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 125, (command, done.stdout, done.stderr)
+            assert "in use by the running sandpit instance" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+        same = subprocess.run([*SANDPIT, "reap"], env=second.env(runtime), capture_output=True, text=True,
+                              timeout=120)
+        assert (same.returncode, same.stdout) == (0, ""), same.stderr
+    finally:
+        result, out = job.finish()
+        engine.close()
+    assert (result.status, result.signal) == ("succeeded", None), (result, out)
+    assert out.endswith("finished\n")
+
+
+def test_claims_of_instances(tmp_path: Path) -> None:
+    """The registry of owners: a state dir held by a live instance is refused to another run dir; two
+    instances may share a run dir (they share its locks, so they judge each other's jobs rightly)."""
+    from worker.errors import ConfigError
+    from worker.sandbox.instance import claim_instance
+
+    registry = str(tmp_path / "registry")
+    claim_instance(tmp_path / "r1", tmp_path / "s1", registry)
+    with pytest.raises(ConfigError, match="give each instance its own SANDPIT_STATE_DIR"):
+        claim_instance(tmp_path / "r2", tmp_path / "s1", registry)
+    claim_instance(tmp_path / "r1", tmp_path / "s2", registry)
+    claim_instance(tmp_path / "r1", tmp_path / "s1", registry)  # again: already held

@@ -114,6 +114,9 @@ class Engine:
     def scratch(self) -> Path:
         with self._lock:
             if self._scratch is None:
+                from worker.sandbox.instance import claim_instance
+
+                claim_instance(self.settings.run_dir, self.settings.state_dir)  # refuses a shared state dir
                 self._scratch = ensure_scratch(self.settings.state_dir, self.settings.scratch_bytes)
             return self._scratch
 

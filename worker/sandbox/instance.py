@@ -97,3 +97,111 @@ def uid_registry() -> str:
 def net_lock() -> str:
     """The lock held while an instance chooses its bridge's subnet (shared by every instance)."""
     return os.path.join(HOST_REGISTRY, "net.lock")
+
+
+# ---- the owners of state dirs ---------------------------------------------------------------------
+
+_claimed: dict[tuple[str, str], int] = {}
+
+
+def owners_dir(registry: str = HOST_REGISTRY) -> str:
+    return os.path.join(registry, "owners")
+
+
+def claim_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str] | str,
+                   registry: str = HOST_REGISTRY) -> None:
+    """Register this process as a user of the instance (run dir, state dir) in the host-wide registry,
+    or raise ConfigError when a *live* instance with another run dir uses the same state dir.
+
+    That is the one pairing names cannot keep apart: job dirs and job disks live in the state dir,
+    but whether a job is alive is told by the locks of the run dir, so the reaper of one instance
+    would take the other's running jobs for dead ones. (Two instances sharing a run dir share those
+    locks and judge each other rightly; they are allowed.) Each process holds a shared ``flock`` on
+    ``owners/<id>`` (the file says which dirs) for as long as it lives; an entry nobody holds is an
+    instance that is gone, and is ignored. Called once per process and instance (engine, reaper).
+    """
+    from worker.errors import ConfigError
+
+    run, state = os.path.realpath(run_dir), os.path.realpath(state_dir)
+    if (run, state) in _claimed:
+        return
+    import fcntl
+
+    folder = owners_dir(registry)
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    ident = instance_key(run, state) or "default"
+    text = f"{run}\n{state}\n"
+    lock = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one claim at a time on the host: check and hold as one step
+        for name in os.listdir(folder):
+            if name.startswith("."):
+                continue
+            other = _read_live(os.path.join(folder, name))
+            if other is None:
+                continue
+            other_run, _, other_state = other.partition("\n")
+            other_state = other_state.strip()
+            if name == ident and other != text:
+                raise ConfigError(f"the sandpit instance id {ident} of run dir {run} and state dir {state} is "
+                                  f"already that of run dir {other_run} and state dir {other_state}; "
+                                  "choose another SANDPIT_RUN_DIR")
+            if name != ident and other_state == state and other_run != run:
+                raise ConfigError(f"state dir {state} is in use by the running sandpit instance whose run dir is "
+                                  f"{other_run}, not {run}: give each instance its own SANDPIT_STATE_DIR "
+                                  "(or use the same SANDPIT_RUN_DIR)")
+        fd = os.open(os.path.join(folder, ident), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.pread(fd, 4096, 0) != text.encode():
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode(), 0)
+        _claimed[(run, state)] = fd
+    finally:
+        os.close(lock)
+
+
+def _read_live(path: str) -> str | None:
+    """The text of a registry entry some live process holds, None for an entry nobody holds."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace")
+        return None  # nobody holds it: an instance that is gone (our lock goes with the close)
+    finally:
+        os.close(fd)
+
+
+def forget_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str] | str,
+                    registry: str = HOST_REGISTRY) -> bool:
+    """Drop this process's claim and remove the registry entry unless another process still holds
+    it (an instance being removed: tests, a deployment torn down); True if the entry is gone."""
+    import fcntl
+
+    run, state = os.path.realpath(run_dir), os.path.realpath(state_dir)
+    fd = _claimed.pop((run, state), None)
+    if fd is not None:
+        os.close(fd)
+    folder = owners_dir(registry)
+    path = os.path.join(folder, instance_key(run, state) or "default")
+    try:
+        lock = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # no claim opens the entry while it is judged and removed
+        if _read_live(path) is not None:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(lock)

@@ -23,6 +23,7 @@ import signal
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import cgroup_parent, remove_job_cgroups, v1_hierarchies
 from worker.sandbox.disk import destroy_subvolume, ensure_quota_consistent, is_mounted
+from worker.sandbox.instance import claim_instance
 from worker.sandbox.leases import is_locked
 from worker.sandbox.rootfs import unmount_all
 from worker.sandbox.runtime import PREFERENCE, Runtime
@@ -52,6 +53,7 @@ def live_job_ids(settings: Settings) -> set[str]:
 
 def reap(settings: Settings) -> list[str]:
     """Remove everything dead sandpit processes left behind; returns a line per object removed."""
+    claim_instance(settings.run_dir, settings.state_dir)  # never judge a state dir another run dir uses
     done: list[str] = []
     live = live_job_ids(settings)
     for rt in _runtimes(settings):
@@ -138,6 +140,8 @@ def leftovers(settings: Settings) -> list[str]:
     """What of sandpit's is still on the host and belongs to no running job (used by tests: must be
     empty between jobs). A job whose owner lease is held is running, here or in another process, so
     its objects are not leftovers: tests stay exact while other jobs run on the machine."""
+    claim_instance(settings.run_dir, settings.state_dir)
+
     def dead(job_id: str) -> bool:
         return not is_locked(settings.locks_dir / f"job-{job_id}.lock")
 
