@@ -50,7 +50,12 @@ app.add_defaults(lambda: celery_config(os.environ))
 def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
     from worker.service import start_service_context
 
-    start_service_context(os.environ)
+    try:
+        start_service_context(os.environ)
+    except Exception as exc:  # no database, no state dir, bad settings: nothing can run here
+        # Celery's signal dispatch logs and swallows an Exception from a receiver, and the worker would
+        # then consume jobs it cannot run; SystemExit gets through, so the process ends non-zero
+        raise SystemExit(f"sandpit: the worker cannot start: {exc}") from exc
 
 
 @signals.worker_shutdown.connect

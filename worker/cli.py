@@ -217,10 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=SecurityWarning)
 
             concurrency = args.concurrency or os.cpu_count() or 1
-            app.worker_main(["worker", "-P", "threads", "-c", str(concurrency), "-Q", "sandpit.jobs",
-                             "--without-gossip", "--without-mingle", "--without-heartbeat",
-                             "-l", "INFO" if args.verbose else "WARNING"])
-            return 0
+            # app.Worker rather than app.worker_main: worker_main drops the worker's exit code, so a
+            # worker stopped by an unrecoverable error exited 0 and its supervisor saw a clean stop
+            worker = app.Worker(pool="threads", concurrency=concurrency, queues=["sandpit.jobs"],
+                                without_gossip=True, without_mingle=True, without_heartbeat=True,
+                                loglevel="INFO" if args.verbose else "WARNING")
+            worker.start()
+            return int(worker.exitcode or 0)
         if args.command in ("up", "submit", "logs", "cancel"):
             from pathlib import Path
 

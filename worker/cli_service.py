@@ -43,20 +43,16 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
 
 
 def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int:
-    """Start redis-server (unless SANDPIT_REDIS_URL is set), a worker and the API; stop them on Ctrl-C."""
+    """Start redis-server (unless SANDPIT_REDIS_URL is set), a worker and the API; keep them running
+    (a child that dies is started again, with back-off: worker/children.py); stop them on Ctrl-C."""
+    from worker.children import Child, Children
+
     env = dict(os.environ)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    children: list[subprocess.Popen[bytes]] = []
+    from worker.sandbox.private_state import make_private
 
-    def stop_all(*_args: object) -> None:
-        for proc in reversed(children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(children):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    make_private(settings.state_dir, settings.run_dir)  # root's alone, also when an older sandpit made it
+    children = Children()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -64,11 +60,12 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
             redis_dir = settings.state_dir / "redis"
             redis_dir.mkdir(exist_ok=True, mode=0o700)
             redis_port = _free_port()
-            proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                     "--dir", str(redis_dir), "--appendonly", "yes", "--save", "",
-                                     "--protected-mode", "yes"], stdout=subprocess.DEVNULL)
-            children.append(proc)
-            _wait_port(redis_port, proc, "redis-server")
+            # the same port and append-only file when it is started again: queued messages survive
+            children.start(Child("redis-server", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                                  "--dir", str(redis_dir), "--appendonly", "yes", "--save", "",
+                                                  "--protected-mode", "yes"], env,
+                                 ready=lambda p: _wait_port(redis_port, p, "redis-server"),
+                                 stdout=subprocess.DEVNULL))
             env["SANDPIT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         token = "(one of SANDPIT_API_TOKENS)"  # noqa: S105 - a label shown to the user, not a secret
         if not env.get("SANDPIT_API_TOKENS"):
@@ -76,27 +73,27 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
             if not token_file.exists():
                 token_file.touch(mode=0o600)
                 token_file.write_text(secrets.token_urlsafe(24))
+            os.chmod(token_file, 0o600)  # whatever the umask, or an older sandpit, made it
             token = token_file.read_text().strip()
             env["SANDPIT_API_TOKENS"] = f"local:{token}:trusted"
         worker_cmd = [sys.executable, "-m", "worker", "worker"]
         if concurrency:
             worker_cmd += ["--concurrency", str(concurrency)]
-        children.append(subprocess.Popen(worker_cmd, env=env))
-        api = subprocess.Popen([sys.executable, "-m", "api", "--host", host, "--port", str(port),
-                                "--log-level", "warning"], env=env)
-        children.append(api)
-        _wait_port(port, api, "the API")
+        children.start(Child("the worker", worker_cmd, env))
+        children.start(Child("the API", [sys.executable, "-m", "api", "--host", host, "--port", str(port),
+                                         "--log-level", "warning"], env,
+                             ready=lambda p: _wait_port(port, p, "the API")))
         print(f"sandpit is up: API http://{host}:{port}/api/v1 (docs: /api/v1/openapi.json)")
         print(f"  token: {token}")
         print(f"  try:   SANDPIT_TOKEN={token} sandpit submit pipelines/examples/demo.yml --follow")
         print("  Ctrl-C stops everything.", flush=True)
-        while all(p.poll() is None for p in children):
+        while True:
             time.sleep(0.5)
-        return 1
+            children.watch_once()
     except KeyboardInterrupt:
         return 0
     finally:
-        stop_all()
+        children.stop_all()
 
 
 class Client:

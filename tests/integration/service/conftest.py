@@ -69,6 +69,9 @@ class Service:
         self.workers.append(proc)
         return proc
 
+    def worker_log(self, index: int) -> str:
+        return (self.tmp / f"worker-{index}.log").read_text(errors="replace")
+
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:

@@ -92,3 +92,66 @@ def test_up_stops_everything_it_started(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         pass
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The children of ``sandpit up`` by role (from their command lines)."""
+    found = {}
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"redis-server" in cmdline[0]:
+            found["redis"] = int(child)
+        elif b"api" in cmdline:
+            found["api"] = int(child)
+        elif b"worker" in cmdline:
+            found["worker"] = int(child)
+    return found
+
+
+def test_up_starts_a_dead_child_again(tmp_path):
+    """SIGKILL the worker, then Redis, then the API of `sandpit up`: each is started again (with
+    back-off), `up` itself keeps running, and a pipeline submitted afterwards succeeds."""
+    require_root()
+    require_tools("redis-server")
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(TEST_STATE), "SANDPIT_RUN_DIR": str(TEST_RUN),
+           "SANDPIT_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "SANDPIT_LEASE_S": "5"}
+    up = subprocess.Popen([sys.executable, "-m", "worker", "up", "--port", str(port)], env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stdout is not None
+        token = ""
+        while "Ctrl-C" not in (line := up.stdout.readline()):
+            assert line, "sandpit up exited"
+            if line.strip().startswith("token:"):
+                token = line.split(":", 1)[1].strip()
+        for role in ("worker", "redis", "api"):
+            before = _children(up.pid)
+            os.kill(before[role], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                now = _children(up.pid)
+                if role in now and now[role] != before[role]:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"{role} was not started again: {_children(up.pid)}")
+            assert up.poll() is None
+        client_env = {**env, "SANDPIT_API_URL": f"http://127.0.0.1:{port}", "SANDPIT_TOKEN": token}
+        pipeline = tmp_path / "p.yml"
+        pipeline.write_text("hello:\n  script: ['echo after the restarts']\n")
+        deadline = time.monotonic() + 30
+        while True:  # the API may still be coming up
+            p = sandpit(client_env, "submit", str(pipeline), "--follow")
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "after the restarts" in p.stdout and "pipeline succeeded" in p.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        _out, err = up.communicate(timeout=60)
+    assert "exited with status" in err and "starting it again" in err
