@@ -6,15 +6,20 @@
     ├── BadRequest          400 a body or parameter the API cannot read
     ├── BodyTooLarge        413 a body over ``SANDPIT_API_MAX_BODY``
     ├── NotAuthenticated    401 no bearer token, or one that is not configured
+    ├── Forbidden           403 the token may not do this (e.g. ask for a trusted run)
     ├── NotFound            404 an artifact path the job did not keep (unknown ids are store errors)
     ├── UnsupportedMedia    415 a run body that is neither YAML nor JSON
     ├── PipelineInvalid     422 the pipeline has problems; each with file, line, col, code, hint
+    │   └── OverPolicy      422 the pipeline plans more than the run's trust level allows
+    ├── InputInvalid        422 a field of the request holds what no run may hold (control characters)
     ├── NothingToRun        422 the pipeline is valid but its workflow:rules create no run
+    ├── TooManyRuns         429 the submitter has as many runs in flight as its policy allows
     └── Unavailable         503 the database or Redis cannot be reached
 
-Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, other ``StoreError`` →
-500), as are FastAPI's own parameter errors (→ 400) and anything unexpected (→ 500 with no detail;
-the traceback goes to the server log only). Every error body is ``{"error": code, "message": ...}``.
+Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, ``RunFinished``/
+``JobFinished`` → 409 (a cancel of something that has ended), other ``StoreError`` → 500), as
+are FastAPI's own parameter errors (→ 400) and anything unexpected (→ 500 with no detail; the
+traceback goes to the server log only). Every error body is ``{"error": code, "message": ...}``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.language.problems import Problem
-from pipelines.store.errors import JobNotFound, RunNotFound, StoreError
+from pipelines.store.errors import JobFinished, JobNotFound, RunFinished, RunNotFound, StoreError
 
 log = logging.getLogger("sandpit.api")
 
@@ -65,6 +70,11 @@ class NotAuthenticated(ApiError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status_code = 404
     code = "not_found"
@@ -93,6 +103,42 @@ class PipelineInvalid(ApiError):
         return {**super().body(), "problems": [p.as_dict() for p in self.problems]}
 
 
+class OverPolicy(PipelineInvalid):
+    code = "over_policy"
+
+    def __init__(self, problems: Sequence[Problem], level: str) -> None:
+        super().__init__(problems)
+        errors = sum(1 for p in problems if p.severity == "error")
+        self.message = (f"the pipeline asks for more than the {level} policy allows ({errors} problem(s)); "
+                        "see `problems`")
+
+
+class InputInvalid(ApiError):
+    """Each problem is ``{"field": "variables.NAME", "message": ...}`` (the field's JSON path)."""
+
+    status_code = 422
+    code = "invalid_input"
+
+    def __init__(self, problems: Sequence[dict[str, str]]) -> None:
+        super().__init__(f"the request has {len(problems)} unusable field(s); see `problems`")
+        self.problems = tuple(problems)
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "problems": list(self.problems)}
+
+
+class TooManyRuns(ApiError):
+    """429, not 422: the request itself is fine and the same request succeeds once some of the
+    submitter's runs have ended; 429 is what clients and proxies already back off on."""
+
+    status_code = 429
+    code = "too_many_runs"
+    RETRY_AFTER_S = 10
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(self.RETRY_AFTER_S)})
+
+
 class Unavailable(ApiError):
     status_code = 503
     code = "unavailable"
@@ -110,6 +156,9 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _store_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RunNotFound | JobNotFound):
         return _json(404, {"error": "not_found", "message": str(exc)})
+    if isinstance(exc, RunFinished | JobFinished):
+        code = "run_finished" if isinstance(exc, RunFinished) else "job_finished"
+        return _json(409, {"error": code, "message": str(exc), "status": exc.status})
     log.error("store error", exc_info=exc)
     return _json(500, {"error": "internal", "message": "the run store failed; see the server log"})
 

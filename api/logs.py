@@ -46,8 +46,10 @@ log = logging.getLogger("sandpit.api")
 BLOCK_MS = 1000  # one XREAD wait; between two the follower checks whether the job ended
 BATCH = 500
 KEEPALIVE_S = 15.0
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-_LINE_ID = re.compile(r"^L(\d{1,12})$")
+# ASCII digits only (\d takes any script's digits), matched whole (``$`` would let a newline through)
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+_LINE_ID = re.compile(r"L([0-9]{1,12})", re.ASCII)
+_MAX_U64 = 2**64 - 1  # each half of a Redis stream id is an unsigned 64-bit number
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +85,29 @@ class Cursor:
     line: int = 0
 
     @classmethod
-    def parse(cls, text: str | None) -> Cursor:
-        """The cursor a ``Last-Event-ID`` names (empty: from the start).
+    def parse(cls, text: str | None, source: str = "Last-Event-ID") -> Cursor:
+        """The cursor a ``Last-Event-ID`` (or ``?after=``, named by ``source``) names (empty: from
+        the start); :class:`BadRequest` for anything else, before a byte of the log is sent. A
+        stream id must be one Redis accepts (both halves within 64 bits, not the very last id,
+        after which nothing can come), or Redis would refuse it mid-answer, after the 200.
 
         >>> Cursor.parse("1700000000000-3").stream_id, Cursor.parse("L12").line, Cursor.parse(None)
         ('1700000000000-3', 12, Cursor(stream_id=None, line=0))
+        >>> Cursor.parse("00012-0").stream_id
+        '12-0'
         """
         text = (text or "").strip()
         if not text:
             return cls()
-        if _STREAM_ID.match(text):
-            return cls(stream_id=text)
-        if match := _LINE_ID.match(text):
+        if match := _STREAM_ID.fullmatch(text):
+            ms, seq = int(match.group(1)), int(match.group(2))
+            if ms <= _MAX_U64 and seq <= _MAX_U64 and (ms, seq) != (_MAX_U64, _MAX_U64):
+                return cls(stream_id=f"{ms}-{seq}")
+            raise BadRequest(f"{source} {text[:64]!r} is out of range: each half of a stream entry id is at most "
+                             f"{_MAX_U64}")
+        if match := _LINE_ID.fullmatch(text):
             return cls(line=int(match.group(1)))
-        raise BadRequest(f"Last-Event-ID {text[:64]!r} is neither a stream entry id nor L<line>")
+        raise BadRequest(f"{source} {text[:64]!r} is neither a stream entry id (<ms>-<seq>) nor L<line>")
 
 
 def is_final(job: Job) -> bool:

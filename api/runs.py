@@ -20,18 +20,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from api.errors import NothingToRun, PipelineInvalid
+from api.errors import Forbidden, NothingToRun, OverPolicy, PipelineInvalid, TooManyRuns
 from api.publish import Publisher, PublishFailed
 from api.schemas import JobPublic, ProblemPublic, RunCreate, RunCreated, RunPublic, job_public, run_public
 from api.settings import ApiToken
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problems
+from pipelines.policy import LevelPolicy, Policy, TrustLevel, admit
+from pipelines.store.cancels import cancel_unfinished_job, cancel_unfinished_run
 from pipelines.store.db import read_scope, reader, session_scope
 from pipelines.store.errors import JobNotFound, RunNotFound
+from pipelines.store.inflight import count_runs_in_flight, record_submitter
 from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.outbox import mark_published, mark_unpublished
-from pipelines.store.transitions import cancel_job, cancel_run, store_run
+from pipelines.store.transitions import store_run
 
 PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
 log = logging.getLogger("sandpit.api")
@@ -60,15 +63,53 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def plan_request(request: RunCreate) -> Plan:
-    """The plan of an API-triggered run, or :class:`PipelineInvalid` with every problem."""
+def run_trust(caller: ApiToken, asked: str | None) -> TrustLevel:
+    """The trust level of a run ``caller`` submits: what it asked for, else the token's own; only a
+    trusted token may ask for ``trusted`` (:class:`Forbidden` otherwise).
+
+    >>> run_trust(ApiToken("ci", "s", trusted=True), "untrusted"), run_trust(ApiToken("u", "s"), None)
+    ('untrusted', 'untrusted')
+    """
+    if asked is None:
+        return "trusted" if caller.trusted else "untrusted"
+    if asked == "trusted" and not caller.trusted:
+        raise Forbidden(f"token `{caller.name}` may not create trusted runs (only a token configured with "
+                        "`:trusted` in SANDPIT_API_TOKENS may); leave out `trust` or ask for `untrusted`")
+    return "trusted" if asked == "trusted" else "untrusted"
+
+
+def submitter_of(caller: ApiToken) -> str:
+    """Whose runs in flight a run counts against (web-hooks will name the repository)."""
+    return f"token:{caller.name}"
+
+
+def plan_request(request: RunCreate, policy: LevelPolicy | None = None) -> Plan:
+    """The plan of an API-triggered run as the server will run it (the level's defaults filled),
+    or :class:`PipelineInvalid` / :class:`OverPolicy` with every problem."""
     inputs = PipelineInputs(trigger="api", ref=request.ref, sha=request.sha or "0" * 40, variables=request.variables)
     result = plan({PIPELINE_FILE: request.pipeline}, inputs)
     if isinstance(result, Problems):
         raise PipelineInvalid(result.items)
     if not result.created:
         raise NothingToRun("workflow:rules create no pipeline for an API trigger on this ref")
-    return result
+    if policy is None:
+        return result
+    admitted = admit(result, policy)
+    if not isinstance(admitted, Plan):
+        raise OverPolicy((*admitted, *result.warnings), policy.level)
+    return admitted
+
+
+def _check_in_flight(session: Session, submitter: str, policy: LevelPolicy) -> None:
+    cap = policy.max_runs_in_flight
+    if cap is None:
+        return
+    in_flight = count_runs_in_flight(session, submitter)
+    if in_flight >= cap:
+        raise TooManyRuns(
+            f"{submitter} has {in_flight} run(s) in flight; the {policy.level} policy allows at most {cap} "
+            f"({policy.setting('RUNS')}); submit again when one has ended"
+        )
 
 
 def submit_run(
@@ -76,22 +117,28 @@ def submit_run(
     publisher: Publisher,
     request: RunCreate,
     caller: ApiToken,
+    policy: Policy,
     *,
     run_id: str | None = None,
     before_publish: Callable[[], object] | None = None,
 ) -> RunCreated:
-    """Plan, store (trusted only for a trusted token), publish the queued jobs; the new run.
+    """Decide the trust level, plan and admit under its policy, store (counting the submitter's
+    runs in flight in the same transaction), publish the queued jobs; the new run.
 
     ``run_id`` (default: a fresh one) and ``before_publish`` (called after the commit, before
     the first job is announced) let a caller listen for the run's events before any of its jobs
     can run. The answer is built from what was stored, without reading it back.
     """
-    planned = plan_request(request)
+    trust = run_trust(caller, request.trust)
+    level = policy.level(trust)
+    planned = plan_request(request, level)
+    submitter = submitter_of(caller)
     with session_scope(engine) as session:
+        _check_in_flight(session, submitter, level)
         stored = store_run(
             session,
             planned,
-            trust="trusted" if caller.trusted else "untrusted",
+            trust=trust,
             source="api",
             variables=request.variables,
             secrets=request.secrets,
@@ -103,6 +150,7 @@ def submit_run(
             run_id=run_id,
             mark_sent=True,  # undone below if sending fails (see outbox.py)
         )
+        record_submitter(session, stored.run.id, submitter)
     # a new run has no artifacts; the objects stay readable after the commit
     created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
     if before_publish is not None:
@@ -110,8 +158,8 @@ def submit_run(
     if stored.queued:
         try:
             publisher.publish(stored.queued)
-        except PublishFailed:
-            log.warning("publishing %d job(s) failed; the outbox sweeper will retry", len(stored.queued), exc_info=True)
+        except PublishFailed as exc:
+            _log_publish_failure(len(stored.queued), exc)
             with session_scope(engine) as session:
                 mark_unpublished(session, list(stored.queued))
     warnings = [ProblemPublic.model_validate(p.as_dict()) for p in planned.warnings]
@@ -124,11 +172,17 @@ def publish_committed(engine: Engine, publisher: Publisher, job_ids: Sequence[st
         return
     try:
         publisher.publish(job_ids)
-    except PublishFailed:
-        log.warning("publishing %d job(s) failed; the outbox sweeper will retry", len(job_ids), exc_info=True)
+    except PublishFailed as exc:
+        _log_publish_failure(len(job_ids), exc)
         return
     with session_scope(engine) as session:
         mark_published(session, list(job_ids), utcnow())
+
+
+def _log_publish_failure(count: int, exc: PublishFailed) -> None:
+    """One line per failure, no traceback: during a broker outage every request fails the same
+    way, and the count says how long it has lasted (the chain of kombu/redis-py frames says nothing)."""
+    log.warning("publishing %d job(s) failed (%s); the outbox sweeper will retry", count, exc)
 
 
 def read_run(engine: Engine, run_id: str) -> RunPublic:
@@ -172,16 +226,18 @@ def run_settled(engine: Engine, run_id: str) -> bool:
 
 
 def cancel_run_now(engine: Engine, run_id: str) -> RunPublic:
-    """Cancel the run (running jobs are asked to stop) and return its new state."""
+    """Cancel the run (running jobs are asked to stop) and return its new state; a run that has
+    ended is left alone (``RunFinished``: 409)."""
     with session_scope(engine) as session:
-        cancel_run(session, run_id, utcnow())
+        cancel_unfinished_run(session, run_id, utcnow())
     return read_run(engine, run_id)
 
 
 def cancel_job_now(engine: Engine, publisher: Publisher, job_id: str) -> JobPublic:
-    """Cancel one job, publish the jobs that start because of it, return its new state."""
+    """Cancel one job, publish the jobs that start because of it, return its new state; a job
+    that has ended is left alone (``JobFinished``: 409)."""
     with session_scope(engine) as session:
-        newly = cancel_job(session, job_id, utcnow())
+        newly = cancel_unfinished_job(session, job_id, utcnow())
     publish_committed(engine, publisher, newly)
     with read_scope(engine) as session:
         return read_job(session, job_id)

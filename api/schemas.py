@@ -1,13 +1,15 @@
 """The API's request and response shapes (pydantic, at the border), separate from the tables.
 
-``JobPublic`` is the job result record of ARCHITECTURE.md plus ``id``, ``run_id`` and ``stage``;
-``RunPublic`` has no field for secrets, so no endpoint can return them.
+``JobPublic`` is the job result record of ARCHITECTURE.md plus ``id``, ``run_id``, ``stage`` and
+``message`` (why a job that did not succeed ended as it did: the worker's own words when it gave
+some, else a sentence for its reason, see :func:`outcome_message`); ``RunPublic`` has no field for
+secrets, so no endpoint can return them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,11 @@ class RunCreate(BaseModel):
     ref: str = Field(default="main", max_length=255)
     sha: str = Field(default="", max_length=64)
     message: str = Field(default="", max_length=10_000)
+    trust: Literal["trusted", "untrusted"] | None = Field(
+        default=None,
+        description="the run's trust level (its policy and caches); default: the token's. "
+        "Only a trusted token may ask for `trusted`.",
+    )
 
 
 class ArtifactPublic(BaseModel):
@@ -54,6 +61,8 @@ class JobPublic(BaseModel):
     usage: dict[str, Any]
     artifacts: list[ArtifactPublic]
     rejected_artifacts: list[RejectedArtifact]
+    message: str | None = Field(default=None, description="why the job ended as it did (None while it runs "
+                                "and when it succeeded)")
 
 
 class RunPublic(BaseModel):
@@ -87,8 +96,51 @@ def artifact_public(row: Artifact) -> ArtifactPublic:
     return ArtifactPublic(path=row.path, size=row.size, sha256=row.sha256)
 
 
+_REASONS = {
+    "oom": "it ran out of memory (the job's memory limit)",
+    "pids_limit": "it hit the job's process limit",
+    "timeout": "it ran past its timeout",
+    "disk_quota": "it filled the job's disk quota",
+    "log_limit": "its output passed the log limit",
+    "cancelled": "it was cancelled",
+    "worker_lost": "its worker stopped renewing the job's lease",
+    "infra_error": "sandpit failed to run it (not the job's fault)",
+    "invalid_spec": "sandpit refused the job's request before starting it",
+    "dependency_failed": "a job it depends on failed",
+}
+_UNFINISHED = frozenset({"created", "queued", "running", "manual"})
+
+
+def outcome_message(status: str, reason: str | None, exit_code: int | None, signal: int | None,
+                    recorded: object = None) -> str | None:
+    """Why a job ended as it did: the worker's message when it recorded one, else a sentence.
+
+    >>> outcome_message("failed", "exit_code", 2, None)
+    'the script exited with status 2'
+    >>> outcome_message("failed", "invalid_spec", None, None, "image 'nope' is not known")
+    "image 'nope' is not known"
+    >>> outcome_message("succeeded", None, 0, None) is None
+    True
+    """
+    if status in _UNFINISHED or status == "succeeded":
+        return None
+    if isinstance(recorded, str) and recorded.strip():
+        return recorded
+    if reason == "exit_code" or (reason is None and status == "failed"):
+        if signal is not None:
+            return f"the script was killed by signal {signal}"
+        if exit_code is not None:
+            return f"the script exited with status {exit_code}"
+    if reason in _REASONS:
+        return _REASONS[reason]
+    if status == "skipped":
+        return "its `when` or rules did not let it run"
+    return f"it ended {status}" + (f" ({reason})" if reason else "")
+
+
 def job_public(job: Job, artifacts: list[Artifact]) -> JobPublic:
-    rejected = job.result.get("rejected_artifacts") if isinstance(job.result, dict) else None
+    result = job.result if isinstance(job.result, dict) else {}
+    rejected = result.get("rejected_artifacts")
     return JobPublic(
         id=job.id,
         run_id=job.run_id,
@@ -109,6 +161,7 @@ def job_public(job: Job, artifacts: list[Artifact]) -> JobPublic:
             for r in (rejected or [])
             if isinstance(r, dict)
         ],
+        message=outcome_message(job.status, job.reason, job.exit_code, job.signal, result.get("message")),
     )
 
 

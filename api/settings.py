@@ -10,6 +10,8 @@ Recognised variables:
   with ``trust="trusted"``, every other API run is ``untrusted``. A token may contain neither ``,``
   nor ``:``. With no token configured every ``/api/v1`` request is refused.
 - ``SANDPIT_API_MAX_BODY`` (bytes, default 1 MiB): the largest request body accepted.
+- ``SANDPIT_POLICY_<LEVEL>_<CAP>``: the caps and defaults of each trust level (see
+  :mod:`pipelines.policy` and README "Policy"); a bad or unknown one stops the API at start-up.
 
 >>> s = ApiSettings.from_env({"SANDPIT_STATE_DIR": "/tmp/sp", "SANDPIT_API_TOKENS": "ci:abc:trusted,xyz"})
 >>> s.database_url, [(t.name, t.trusted) for t in s.tokens]
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.policy import Policy, PolicyError
 from pipelines.store.db import default_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,6 +53,7 @@ class ApiSettings:
     tokens: tuple[ApiToken, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_wait_s: float = MAX_WAIT_S
+    policy: Policy = field(default_factory=lambda: Policy.from_env({}))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -57,12 +61,17 @@ class ApiSettings:
         max_body = env.get("SANDPIT_API_MAX_BODY") or str(DEFAULT_MAX_BODY)
         if not max_body.isdigit() or int(max_body) <= 0:
             raise SettingsError(f"SANDPIT_API_MAX_BODY must be a positive number of bytes, not {max_body!r}")
+        try:
+            policy = Policy.from_env(env)
+        except PolicyError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             database_url=env.get("SANDPIT_DATABASE_URL") or default_url(state_dir),
             redis_url=env.get("SANDPIT_REDIS_URL") or DEFAULT_REDIS_URL,
             state_dir=state_dir,
             tokens=parse_tokens(env.get("SANDPIT_API_TOKENS", "")),
             max_body_bytes=int(max_body),
+            policy=policy,
         )
 
     @property

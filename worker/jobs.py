@@ -89,7 +89,7 @@ def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults 
         pids=sb.pids or defaults.pids,
         disk_bytes=sb.disk_bytes or defaults.disk_bytes,
         timeout_s=float(job.timeout_seconds or defaults.timeout_s),
-        log_bytes=defaults.log_bytes,
+        log_bytes=sb.log_bytes or defaults.log_bytes,
     )
     artifacts = job.artifacts.paths if job.artifacts is not None else ()
     return SandboxRequest(

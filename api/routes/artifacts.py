@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from api import artifacts
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes import answer_head
 from api.schemas import ArtifactList, artifact_public
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
@@ -36,3 +37,6 @@ def download_artifact(
         filename=PurePosixPath(row.path).name or "artifact",
         headers={"X-Content-SHA256": row.sha256},
     )
+
+
+answer_head(router)

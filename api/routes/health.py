@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from api import metrics
 from api.deps import EngineDep, RedisDep, resolved
+from api.routes import answer_head
 from api.schemas import Health
 from pipelines.names import QUEUE
 from pipelines.store.db import read_scope
@@ -59,3 +60,6 @@ async def prometheus_metrics(engine: EngineDep, redis: RedisDep) -> PlainTextRes
         broker_queue = None
     text = metrics.render(metrics.Counts(runs, jobs, pending, broker_queue))
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+
+answer_head(router)

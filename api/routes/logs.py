@@ -18,7 +18,8 @@ router = APIRouter(prefix="/jobs", tags=["logs"])
 @router.get(
     "/{job_id}/log",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}},
+               400: {"description": "Last-Event-ID or ?after= is not an id this log can have"}},
 )
 async def get_log(
     job_id: str,
@@ -31,9 +32,12 @@ async def get_log(
     last_event_id: Annotated[str | None, Header(description="resume after this event id (SSE)")] = None,
     after: Annotated[str | None, Query(description="same as Last-Event-ID, for clients that cannot set it")] = None,
 ) -> StreamingResponse:
+    # both cursors are checked (and before the job is looked up: a bad id is a bad request)
+    header_cursor = Cursor.parse(last_event_id, "Last-Event-ID")
+    query_cursor = Cursor.parse(after, "?after=")
+    cursor = header_cursor if last_event_id and last_event_id.strip() else query_cursor
     job = await to_thread.run_sync(load_job, engine, job_id)
     sse = "text/event-stream" in accept
-    cursor = Cursor.parse(last_event_id or after)
     reader = LogReader(job, engine, redis, settings.state_dir, cursor, sse if follow is None else follow)
     await reader.prepare()
     if sse:

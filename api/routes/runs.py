@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from api import runs
 from api.deps import CallerDep, EngineDep, PublisherDep, RedisDep, SettingsDep
 from api.intake import parse_run_body, read_capped_body
+from api.routes import answer_head
 from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
 from api.settings import MAX_WAIT_S
 from pipelines.names import run_events_channel
@@ -46,7 +47,12 @@ _BODY_DOC: dict[str, Any] = {
     status_code=201,
     response_model=RunCreated,
     openapi_extra=_BODY_DOC,
-    responses={422: {"model": ProblemList, "description": "the pipeline has problems"}},
+    responses={
+        403: {"description": "the token may not create a run of the trust level asked for"},
+        422: {"model": ProblemList, "description": "the pipeline has problems, or asks for more than the run's "
+              "policy allows (`over_policy`), or a field holds a control character (`invalid_input`)"},
+        429: {"description": "the submitter has as many runs in flight as the policy allows (`too_many_runs`)"},
+    },
 )
 async def create_run(
     request: Request,
@@ -60,7 +66,7 @@ async def create_run(
     body = await read_capped_body(request, settings.max_body_bytes)
     wanted = parse_run_body(request.headers.get("content-type", ""), body)
     if wait <= 0:
-        return await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller)
+        return await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller, settings.policy)
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
     # listen for the run's "job finished" messages before any of its jobs is published, so none
     # is missed and nothing has to be read until one comes; subscribing overlaps planning
@@ -68,8 +74,8 @@ async def create_run(
     listener = _RunListener(redis, run_id)
     subscribing = asyncio.create_task(listener.subscribe())
     try:
-        submit = functools.partial(runs.submit_run, engine, publisher, wanted, caller, run_id=run_id,
-                                   before_publish=listener.wait_subscribed)
+        submit = functools.partial(runs.submit_run, engine, publisher, wanted, caller, settings.policy,
+                                   run_id=run_id, before_publish=listener.wait_subscribed)
         created = await to_thread.run_sync(submit)
         await subscribing
         if created.finished_at is not None:
@@ -151,6 +157,10 @@ def get_run(run_id: str, _caller: CallerDep, engine: EngineDep) -> RunPublic:
     return runs.read_run(engine, run_id)
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic)
+@router.post("/{run_id}/cancel", response_model=RunPublic,
+             responses={409: {"description": "the run has already finished; nothing was changed"}})
 def cancel_run(run_id: str, _caller: CallerDep, engine: EngineDep) -> RunPublic:
     return runs.cancel_run_now(engine, run_id)
+
+
+answer_head(router)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -16,6 +18,8 @@ from pipelines.language.loader import load_pipeline
 from pipelines.language.model import TRIGGERS, Job, PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problem, Problems
+from pipelines.language.yamltree import bad_character
+from pipelines.policy import TRUST_LEVELS, Policy, PolicyError, admit
 from pipelines.references import InvalidReference, honoured_by
 
 
@@ -38,18 +42,30 @@ def _parser() -> _Parser:
     parser.add_argument("--tag", action="store_true", help="the ref is a tag")
     parser.add_argument("--sha", default="0" * 40)
     parser.add_argument("--changed", action="append", default=None, metavar="PATH", help="a changed file")
+    parser.add_argument("--policy", choices=TRUST_LEVELS, default=None,
+                        help="also check the caps of this trust level (SANDPIT_POLICY_* settings)")
     return parser
 
 
-def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str, str] | None = None) -> int:
+def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str, str] | None = None,
+              env: Mapping[str, str] | None = None) -> int:
     """Entry point; ``argv`` excludes the word ``lint``. ``images`` (reference → recipe, from the
-    image store's recipes) adds a warning for every planned job whose image would be refused."""
+    image store's recipes) adds a warning for every planned job whose image would be refused.
+    ``env`` (default: the process's environment) holds the ``SANDPIT_POLICY_*`` settings that
+    ``--policy`` reads."""
     try:
         args = _parser().parse_args(argv)
         variables = dict(_split_var(text) for text in args.var)
     except _UsageError as exc:
         stderr.write(f"sandpit lint: {exc}\n")
         return 2
+    level = None
+    if args.policy is not None:
+        try:
+            level = Policy.from_env(os.environ if env is None else env).level(args.policy)
+        except PolicyError as exc:
+            stderr.write(f"sandpit lint: {exc}\n")
+            return 2
     try:
         loaded = load_pipeline(args.file)
     except OSError as exc:
@@ -64,7 +80,11 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str,
         changed_files=None if args.changed is None else tuple(args.changed),
         existing_files=loaded.existing,
     )
-    result = plan(loaded.files, inputs, entry=loaded.entry)
+    result: Plan | Problems = plan(loaded.files, inputs, entry=loaded.entry)
+    if level is not None and isinstance(result, Plan):
+        admitted = admit(result, level)  # the caps, as the server checks them at submission
+        if not isinstance(admitted, Plan):
+            result = Problems(tuple(sorted((*admitted, *result.warnings), key=lambda p: (p.loc, p.code))))
     problems = result.items if isinstance(result, Problems) else result.warnings
     if images is not None and isinstance(result, Plan):
         problems = tuple(sorted(problems + image_warnings(result, images), key=lambda p: (p.loc, p.code)))
@@ -105,6 +125,9 @@ def _split_var(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise _UsageError(f"--var wants NAME=VALUE, got {text!r}")
+    problem = bad_character(name) or bad_character(value, multiline=True)
+    if problem is not None:
+        raise _UsageError(f"--var {ascii(name)[1:-1]}: holds {problem}")
     return name, value
 
 

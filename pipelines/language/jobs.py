@@ -28,6 +28,7 @@ from pipelines.language.model import AllowFailure, Artifacts, Cache, Image, Retr
 from pipelines.language.parallel import read_parallel
 from pipelines.language.problems import Loc, ProblemSink
 from pipelines.language.reader import (
+    check_name,
     flatten_items,
     kind_of,
     read_bool,
@@ -39,7 +40,7 @@ from pipelines.language.reader import (
 )
 from pipelines.language.rules import RefPolicy, Rule, read_duration, read_policy, read_rules
 from pipelines.language.schema import check_keys
-from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq
+from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq, bad_character
 
 JOB_WHENS = ("on_success", "on_failure", "always", "manual", "delayed")
 Matrix = tuple[tuple[tuple[str, str], ...], ...]
@@ -126,9 +127,22 @@ def read_variables(node: YNode, what: str, sink: ProblemSink) -> tuple[VariableD
             out.append(VariableDef(name, value.text(), expand))
             continue
         text = read_str(value, f"{what}:{name}", sink)
-        if text is not None:
+        if text is not None and (problem := bad_character(text, multiline=True)) is not None:
+            sink.error(value.loc, "invalid-character", f"variable {name} holds {problem}",
+                       "variable values may hold TAB and newlines, no other control character")
+        elif text is not None:
             out.append(VariableDef(name, text, expand))
     return tuple(out)
+
+
+def _script_missing(node: YNode | None) -> bool:
+    """No script was written at all: absent, or lists with no line. A script whose lines all
+    failed to read (``script: [true]``) is not missing: its type errors say what is wrong."""
+    if node is None:
+        return True
+    if isinstance(node, YSeq):
+        return all(_script_missing(item) if isinstance(item, YSeq) else False for item in node.items)
+    return False
 
 
 def _read_needs(node: YNode, sink: ProblemSink) -> tuple[NeedSpec, ...]:
@@ -177,7 +191,8 @@ def read_job(name: str, node: YMap, loc: Loc, options: ReadOptions, sink: Proble
         elif key == "after_script":
             fields["after_script"] = read_script(value, "after_script", sink)
         elif key == "stage":
-            fields["stage"] = read_str(value, "stage", sink) or "test"
+            stage = read_str(value, "stage", sink) or "test"
+            fields["stage"] = stage if check_name(stage, "stage name", value.loc, sink) else "test"
             fields["stage_loc"] = value.loc
         elif key == "image":
             fields["image"] = read_image(value, sink)
@@ -238,7 +253,8 @@ def read_job(name: str, node: YMap, loc: Loc, options: ReadOptions, sink: Proble
             "`when: delayed` needs `start_in`",
             "add start_in: 30 minutes",
         )
-    if not script and "trigger" not in node.entries and "run" not in node.entries:
+    no_script = not script and _script_missing(node.get("script"))
+    if no_script and "trigger" not in node.entries and "run" not in node.entries:
         sink.error(
             loc,
             "missing-script",

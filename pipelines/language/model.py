@@ -114,6 +114,7 @@ class SandboxSpec:
     network: str | None = None
     runtime: str | None = None
     profile: str | None = None
+    log_bytes: int | None = None  # no pipeline key: the server policy's log limit (pipelines.policy)
 
 
 @dataclass(frozen=True, slots=True)

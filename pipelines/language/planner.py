@@ -21,7 +21,7 @@ from pipelines.language.instances import JobContext, JobDraft, expand_job
 from pipelines.language.jobs import ReadOptions, VariableDef, apply_defaults, read_job, read_variables
 from pipelines.language.model import GITLAB_DEFAULT_STAGES, Job, Need, PipelineInputs, Plan, SandboxPolicy
 from pipelines.language.problems import Loc, Problems, ProblemSink
-from pipelines.language.reader import flatten_items, read_map, read_str, wrong_type
+from pipelines.language.reader import check_name, flatten_items, read_map, read_str, wrong_type
 from pipelines.language.rules import RuleContext, first_match, read_rules
 from pipelines.language.schema import KEYS, check_keys
 from pipelines.language.variables import pipeline_variables, resolve_variables
@@ -97,6 +97,7 @@ def plan(
             continue
         inherit = item.value.get("inherit")
         for draft, graph_node in expand_job(job_def, stage_index[job_def.stage], inherit, job_ctx, defined):
+            check_name(graph_node.name, "job name", graph_node.loc, sink)  # matrix values are in names
             drafts.append(draft)
             graph_nodes.append(graph_node)
     if visible == 0:

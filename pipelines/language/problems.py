@@ -148,6 +148,8 @@ CODES: dict[str, tuple[Severity, str]] = {
     "unknown-dependency": ("error", "`dependencies` names a job that does not exist or is not planned"),
     "dependency-not-needed": ("error", "`dependencies` names a job not listed in the job's `needs`"),
     "dependency-later-stage": ("error", "`dependencies` names a job of the same or a later stage"),
+    "invalid-character": ("error", "a NUL or lone surrogate in a value, or a control character in a name or key"),
+    "name-too-long": ("error", "a job or stage name longer than 255 characters (or a key past YAML's 1,024)"),
     "image-unavailable": ("warning", "an image the image store cannot run (registry host, digest, unprovided tag)"),
     "variable-type": ("warning", "a variable value that is not a string or number; sandpit stringifies it"),
 }

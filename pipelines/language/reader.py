@@ -9,10 +9,31 @@
 from __future__ import annotations
 
 from pipelines.language.problems import Loc, ProblemSink
-from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq
+from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq, bad_character
 
 L = Loc("<doc>", 1, 1)
 _MAX_NESTING = 10
+MAX_NAME = 255  # the store's name columns (job, stage) hold 255 characters; GitLab's limit too
+
+
+def check_name(name: str, what: str, loc: Loc, sink: ProblemSink) -> bool:
+    """Report a name (of a job, a stage) that no run can hold: too long, or with a control
+    character; True when it is usable.
+
+    >>> sink = ProblemSink()
+    >>> check_name("x" * 300, "job name", L, sink), sink.problems()[0].message
+    (False, 'the job name is 300 characters long; at most 255 fit')
+    """
+    if len(name) > MAX_NAME:
+        sink.error(loc, "name-too-long", f"the {what} is {len(name)} characters long; at most {MAX_NAME} fit",
+                   f"shorten the {what} to {MAX_NAME} characters or fewer")
+        return False
+    problem = bad_character(name)
+    if problem is not None:
+        sink.error(loc, "invalid-character", f"the {what} holds {problem}",
+                   "names are plain text: remove the control character")
+        return False
+    return True
 
 
 def kind_of(node: YNode) -> str:

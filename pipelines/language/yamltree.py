@@ -5,6 +5,12 @@ scalar) resolves anchors and aliases; this module then applies merge keys the wa
 order, each ``<<`` overwriting what came before), keeps the last of duplicate keys (warning), keeps
 ``!reference`` sequences tagged for later resolution and skips a leading ``spec:`` header document.
 
+Characters no run can hold are refused here, where their location is known: a NUL or a lone
+surrogate in any value (double-quoted ``"\\0"``, ``"\\ud800"``: PostgreSQL cannot store the first, no
+database the second, no ``execve`` takes a NUL), and any control character in a key (keys are job,
+variable and matrix names, shown on terminals). A key too long for YAML's simple-key limit (1,024
+characters) is reported as too long, not as the syntax error the parser gives.
+
 >>> sink = ProblemSink()
 >>> tree = parse_yaml("a: &x {b: 1}\\nc:\\n  <<: *x\\n  d: 2\\n", "ci.yml", sink)
 >>> isinstance(tree, YMap) and sorted(tree.get("c").entries)  # type: ignore[union-attr]
@@ -13,6 +19,7 @@ order, each ``<<`` overwriting what came before), keeps the last of duplicate ke
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,6 +35,8 @@ Scalar = str | int | float | bool | None
 _Loader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _MAX_EXPANDED_NODES = 2_000_000
+_MAX_SIMPLE_KEY = 1024  # YAML 1.1's (and libyaml's) limit on an implicit key
+_CONTROL_NAMES = {0: "NUL", 7: "BEL", 8: "BS", 9: "TAB", 10: "LF", 13: "CR", 27: "ESC", 127: "DEL"}
 _REFERENCE_TAG = "!reference"
 _STD = "tag:yaml.org,2002:"
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
@@ -83,6 +92,47 @@ class YMap:
 YNode = YScalar | YSeq | YMap
 
 
+def bad_character(text: str, *, multiline: bool = False, controls: bool = True) -> str | None:
+    """The first character of ``text`` that a name or value may not hold, described; or None.
+
+    Never allowed: NUL and lone surrogates (unstorable). ``controls``: no other control character
+    either (TAB, LF and CR too unless ``multiline``).
+
+    >>> bad_character("build"), bad_character("a\\x1b[2J"), bad_character("a\\nb", multiline=True)
+    (None, 'the control character U+001B (ESC) at character 2', None)
+    >>> bad_character("tab\\there\\x00", multiline=True, controls=False)
+    'the control character U+0000 (NUL) at character 9'
+    """
+    if text.isprintable():
+        return None
+    for index, char in enumerate(text, start=1):
+        code = ord(char)
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"a lone surrogate U+{code:04X} at character {index}"
+        if category != "Cc" or (multiline and char in "\t\n\r") or (not controls and code != 0):
+            continue
+        name = _CONTROL_NAMES.get(code)
+        return f"the control character U+{code:04X}{f' ({name})' if name else ''} at character {index}"
+    return None
+
+
+def _long_key(text: str, mark: yaml.Mark) -> tuple[int, int, int] | None:
+    """(line, col, length) of a key the parser refused for being past the simple-key limit."""
+    lines = text.split("\n")
+    if mark.line >= len(lines):
+        return None
+    line = lines[mark.line]
+    if mark.column >= len(line) or line[mark.column] != ":":
+        return None
+    head = line[: mark.column]
+    start = len(head) - len(head.lstrip(" \t-{[,"))
+    key = head[start:].rstrip()
+    if len(key) < _MAX_SIMPLE_KEY:
+        return None
+    return mark.line + 1, start + 1, len(key.strip("\"'"))
+
+
 def _loc(node: Node, file: str) -> Loc:
     mark = node.start_mark
     return Loc(file, mark.line + 1, mark.column + 1)
@@ -94,6 +144,17 @@ def parse_yaml(text: str, file: str, sink: ProblemSink) -> YNode | None:
         documents = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        long_key = _long_key(text, mark) if mark is not None else None
+        if long_key is not None:
+            line, col, length = long_key
+            sink.error(
+                Loc(file, line, col),
+                "name-too-long",
+                f"this key is {length} characters long; YAML reads at most {_MAX_SIMPLE_KEY} as a key "
+                "(and a job name may have at most 255)",
+                "shorten the name; put long text in a variable or the script instead",
+            )
+            return None
         loc = Loc(file, mark.line + 1, mark.column + 1) if mark is not None else Loc(file, 1, 1)
         reason = " ".join(str(part) for part in (exc.context, exc.problem) if part)
         sink.error(loc, "yaml-syntax", f"invalid YAML: {reason}", "fix the YAML syntax at this position")
@@ -187,7 +248,11 @@ class _Converter:
         if isinstance(node, ScalarNode):
             if tag.startswith("!") and not tag.startswith("!!"):
                 self._unknown_tag(tag, loc)
-            return YScalar(_scalar_value(node), loc)
+            value = _scalar_value(node)
+            if isinstance(value, str) and (problem := bad_character(value, controls=False)) is not None:
+                self.sink.error(loc, "invalid-character", f"this value holds {problem}",
+                                "no run can hold it: remove it (write binary data to a file in the script)")
+            return YScalar(value, loc)
         if isinstance(node, SequenceNode):
             is_reference = tag == _REFERENCE_TAG
             if tag.startswith("!") and not is_reference:
@@ -225,6 +290,10 @@ class _Converter:
                 self._merge(entries, value, key_loc)
                 continue
             key = key_node.value
+            if (problem := bad_character(key)) is not None:
+                self.sink.error(key_loc, "invalid-character", f"this key holds {problem}",
+                                "keys name jobs, variables and settings: plain text, no control characters")
+                continue
             previous = explicit.get(key)
             explicit[key] = key_loc
             if previous is not None:

@@ -5,6 +5,8 @@
     StoreError                 anything the run store reports
     ├── RunNotFound            no run has that id
     ├── JobNotFound            no job has that id
+    ├── RunFinished            a cancel asked of a run that has ended (left as it is)
+    ├── JobFinished            a cancel asked of a job in a final state (left as it is)
     └── MigrationFailed        Alembic could not bring the schema to head
 
 Callers map these at their edge: the API to 404/500, the Celery task to "drop the message".
@@ -29,6 +31,20 @@ class JobNotFound(StoreError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}")
         self.job_id = job_id
+
+
+class RunFinished(StoreError):
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id!r} has already finished ({status}); a finished run is not cancelled")
+        self.run_id = run_id
+        self.status = status
+
+
+class JobFinished(StoreError):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id!r} has already finished ({status}); a finished job is not cancelled")
+        self.job_id = job_id
+        self.status = status
 
 
 class MigrationFailed(StoreError):

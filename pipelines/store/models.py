@@ -49,6 +49,8 @@ def _json(default: Any) -> Any:
 
 class Run(SQLModel, table=True):
     __tablename__ = "run"
+    # the runs in flight of one submitter are counted on every API submission (revision 0003)
+    __table_args__ = (sa.Index("ix_run_submitter_finished_at", "submitter", "finished_at"),)
 
     id: str = Field(primary_key=True, max_length=36)
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
@@ -65,6 +67,9 @@ class Run(SQLModel, table=True):
     ref: str = Field(default="", max_length=255)
     sha: str = Field(default="", max_length=64)
     message: str = Field(default="", sa_type=sa.Text)
+    # who asked for the run (``token:<name>``; web-hooks: the repository), for the policy's
+    # runs-in-flight cap; None for local runs and runs from before revision 0003
+    submitter: str | None = Field(default=None, max_length=255)
 
 
 class Job(SQLModel, table=True):
