@@ -16,6 +16,7 @@ a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,8 @@ def make_engine(url: str, **options: Any) -> Engine:
     url = normalise_url(url)
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True, **options)
+    if url not in ("sqlite://", "sqlite:///:memory:"):
+        _owner_only(sa.engine.make_url(url).database)
     connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     engine = sa.create_engine(url, connect_args=connect_args, **options)
 
@@ -73,6 +76,24 @@ def make_engine(url: str, **options: Any) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _owner_only(path: str | None) -> None:
+    """Make (or keep) the SQLite file readable by its owner only: it holds every run's pipeline,
+    variables and secrets. SQLite gives its -wal and -shm files the database file's mode, so they
+    follow. A file that cannot be made or changed here is left to SQLite to report."""
+    if not path or path == ":memory:":
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _READ_ONLY = "sandpit_read_only"

@@ -27,6 +27,7 @@ from worker.sandbox.disk import JobDisk, ensure_scratch
 from worker.sandbox.images import ImageStore
 from worker.sandbox.leases import lease_uid_slot, try_lock, write_owner
 from worker.sandbox.logs import JobLog, OutputSink
+from worker.sandbox.private_state import make_private
 from worker.sandbox.request import SandboxRequest, validate_request
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, choose_runtime
@@ -102,6 +103,7 @@ class Engine:
     def __init__(self, settings: Settings, network: NetworkSettings | None = None,
                  host_network: HostNetwork | None = None) -> None:
         self.settings = settings
+        make_private(settings.state_dir, settings.run_dir)  # and fixes what an older sandpit left open
         self._network_settings = network
         self._host_network: HostNetwork | None = host_network
         self.images = ImageStore(settings.state_dir, settings.images_dir)
@@ -209,6 +211,10 @@ class Engine:
             userns = runtime.name != "runsc"
             uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
             (job_dir / "slot").write_text(str(slot))
+            # the runtime resolves <job>/rootfs and the bind sources as the job's root (host uid_base),
+            # so the job dir must let it through; its group and 0710 keep every other local user out
+            os.chown(job_dir, 0, uid_base)
+            os.chmod(job_dir, 0o710)  # noqa: S103 - search for the job's group only, nothing for others
             disk = JobDisk(scratch, job_id, req.limits.disk_bytes)
             stack.callback(disk.close)
             cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
@@ -233,7 +239,7 @@ class Engine:
                 image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
                 netns_path=netns_path, resolv_conf=resolv_conf,
             ))
-            (job_dir / "config.json").write_text(json.dumps(config))
+            _write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)
             joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
@@ -366,6 +372,16 @@ def _remove_job_dir(job_dir: Path) -> None:
         import shutil
 
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A new file only root can read (0600 whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

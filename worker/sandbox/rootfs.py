@@ -4,6 +4,8 @@
                                     root), made once per layer and uid slot and then reused
     <job>/rootfs                    overlay: lowerdir=those views, upper and work dirs on the
                                     job's btrfs disk
+    <job>/workspace                 overlay: an empty lower dir under the disk's ``workspace`` dir,
+                                    bind-mounted at /workspace (see :class:`JobRootfs`)
 
 All mounts are made with syscalls (no ``mount`` exec). ``close()`` detaches them all and is
 idempotent; the reaper finds any left behind through /proc/self/mountinfo.
@@ -24,30 +26,47 @@ from pathlib import Path
 
 from pipelines.identifiers import is_layer_key
 from worker.errors import SandboxError
-from worker.sandbox.mounts import MS_NODEV, idmapped_clone, mount, mounts_under, umount
+from worker.sandbox.mounts import MS_NODEV, MS_NOSUID, idmapped_clone, mount, mounts_under, umount
 from worker.sandbox.userns import userns_fd
 
 
 class JobRootfs:
+    """The job's root overlay, and its workspace.
+
+    The workspace (``<disk>/workspace``, on the job's btrfs subvolume, so under its disk quota)
+    reaches the job through an overlay of its own (upper: that directory, lower: an empty one)
+    rather than a plain bind of the btrfs directory: a bind shows the job, in its
+    ``/proc/self/mountinfo``, the path inside the btrfs filesystem and ``subvol=``, both naming
+    the job id; an overlay's line shows only ``/`` and fd paths (:func:`mount_overlay`). Every
+    file the job sees there lives in the upper dir (the lower is empty), so the host's view is the
+    same one; sandpit itself reads and writes it through ``self.workspace`` (the overlay), never
+    underneath a mounted overlay.
+    """
+
     def __init__(self, job_dir: Path, layers: list[tuple[str, Path]], disk_dir: Path, uid_base: int,
                  id_range: int, run_dir: Path, owner_uid: int | None = None) -> None:
         self.job_dir = job_dir
         self.path = job_dir / "rootfs"
         self._closed = False
         upper, work = disk_dir / "upper", disk_dir / "work"
-        self.workspace = disk_dir / "workspace"
+        ws_upper, ws_work, ws_lower = disk_dir / "workspace", disk_dir / "ws-work", disk_dir / "ws-lower"
+        self.workspace = job_dir / "workspace"
+        self._mounts: list[Path] = []
         try:
-            for d in (upper, work, self.workspace, self.path):
+            for d in (upper, work, ws_upper, ws_work, ws_lower, self.workspace, self.path):
                 d.mkdir()
             # job root owns the upper dir; the workspace belongs to the job's user
             os.chown(upper, uid_base, uid_base)
             ws_owner = uid_base + (owner_uid or 0)
-            os.chown(self.workspace, ws_owner, ws_owner)
+            os.chown(ws_upper, ws_owner, ws_owner)
+            mount_overlay(self.workspace, [str(ws_lower)], ws_upper, ws_work, MS_NODEV | MS_NOSUID)
+            self._mounts.append(self.workspace)
             if uid_base == 0:  # no user namespace (runsc): the layers are used as they are
                 lowers = [str(layer) for _key, layer in layers]
             else:
                 lowers = [str(layer_view(run_dir, key, layer, uid_base, id_range)) for key, layer in layers]
-            mount("overlay", str(self.path), "overlay", MS_NODEV, overlay_options(lowers, str(upper), str(work)))
+            mount_overlay(self.path, lowers, upper, work)
+            self._mounts.append(self.path)
         except SandboxError:
             self.close()
             raise
@@ -60,8 +79,9 @@ class JobRootfs:
             return
         self._closed = True
         try:
-            # the one mount this object made; no mountinfo scan on the hot path
-            umount(str(self.path))
+            # the mounts this object made; no mountinfo scan on the hot path
+            for point in reversed(self._mounts):
+                umount(str(point))
         except OSError:
             unmount_all(self.job_dir)  # not mounted, or something else is: find everything
 
@@ -95,6 +115,32 @@ def overlay_options(lowers: list[str], upper: str, work: str) -> str:
     """
     lower = ":".join(overlay_path(p) for p in reversed(lowers))
     return f"lowerdir={lower},upperdir={overlay_path(upper)},workdir={overlay_path(work)},volatile"
+
+
+def mount_overlay(target: Path, lowers: list[str], upper: Path, work: Path, flags: int = MS_NODEV) -> None:
+    """Mount the job's overlay at ``target``, naming each layer to the kernel as ``/proc/self/fd/N``
+    of an O_PATH fd rather than by its host path.
+
+    Overlay shows the option strings it was given in mountinfo, which the job reads as
+    ``/proc/self/mountinfo``: host paths there told it the state dir, the run dir and its job id.
+    Measured on kernel 6.18: layers given by fd through ``fsconfig(FSCONFIG_SET_FD, "lowerdir+")``
+    are shown as their full host paths (d_path); relative paths are shown as given but need a
+    ``chdir``, which is process-wide while ``Engine.run`` runs on several threads; an fd path is
+    resolved once at mount time, so the kernel keeps the layers it found and the mountinfo line
+    says only ``lowerdir=/proc/self/fd/7:...``. O_NOFOLLOW: a symlink is never a layer.
+    """
+    fds: list[int] = []
+
+    def by_fd(path: str | Path) -> str:
+        fds.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        return f"/proc/self/fd/{fds[-1]}"
+
+    try:
+        options = overlay_options([by_fd(p) for p in lowers], by_fd(upper), by_fd(work))
+        mount("overlay", str(target), "overlay", flags, options)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def layer_view(run_dir: Path, key: str, layer: Path, uid_base: int, id_range: int) -> Path:

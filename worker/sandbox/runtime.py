@@ -40,9 +40,14 @@ class Runtime:
     network: str = "none"  # the job network mode (none|egress); only runsc's flags depend on it
 
     def for_network(self, mode: str) -> Runtime:
-        """This runtime for a job whose network mode is ``mode``."""
+        """This runtime for a job whose network mode is ``mode``; RuntimeUnavailable when this
+        host's runsc cannot give a job that network (see :func:`runsc_netstack_problem`)."""
         if mode not in RUNSC_NETWORK:
             raise ValueError(f"unknown network mode {mode!r}")
+        if self.name == "runsc" and RUNSC_NETWORK[mode] == "sandbox":
+            problem = runsc_netstack_problem(self.binary)
+            if problem:
+                raise RuntimeUnavailable(problem)
         return self if mode == self.network else Runtime(self.name, self.binary, self.root, mode)
 
     def base(self) -> list[str]:
@@ -96,6 +101,39 @@ class Runtime:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         entry.unlink()
+
+
+#: the first gVisor release whose ``--network=sandbox`` tells a job's netns from the host's on
+#: kernels that give every netns its own ``net.core.rmem_default`` (older releases judged by that
+#: file and refuse every namespace: "cannot run with network enabled in root network namespace")
+RUNSC_NETSTACK_SINCE = 20240801
+_runsc_problems: dict[str, str | None] = {}
+
+
+def runsc_netstack_problem(binary: str) -> str | None:
+    """Why this runsc cannot run an egress job (its netstack on sandpit's veth), or None.
+
+    Measured here: Debian 12's runsc 0.0~20221219 with ``--network=sandbox`` fails every egress
+    job on kernel 6.18 as above. ``--network=host`` would work but hands the job's sockets to the
+    host kernel, so sandpit refuses the job up front instead (infra_error, a message naming the fix).
+    """
+    if binary not in _runsc_problems:
+        import re
+        import subprocess
+
+        try:
+            text = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                                  check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            text = ""
+        found = re.search(r"(?:release-|0\.0~)(\d{8})", text)
+        version = int(found.group(1)) if found else 0
+        _runsc_problems[binary] = None if version >= RUNSC_NETSTACK_SINCE else (
+            f"this runsc ({text.splitlines()[0].strip() if text else 'version unknown'}) cannot give a job "
+            f"a network of its own on this kernel (gVisor releases before {RUNSC_NETSTACK_SINCE} take every "
+            "network namespace for the host's); run egress jobs with --runtime crun or runc, or install "
+            "a newer runsc. sandpit never runs them with runsc --network=host.")
+    return _runsc_problems[binary]
 
 
 def which(name: str) -> str | None:

@@ -29,10 +29,29 @@ DEFAULT_CAPS: tuple[str, ...] = (
     "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
     "CAP_SETUID", "CAP_SYS_CHROOT",
 )
+# What a job has no use for and could learn the host from: Docker's list (the first two lines),
+# then what else names the host, its kernel build or sandpit's own paths. A file is covered with
+# /dev/null (reads are empty), a directory with an empty read-only tmpfs; a path this kernel does
+# not have is skipped by the runtime. Kept: what ps, top, free, df, mount, nproc and language
+# runtimes read (/proc/<pid>, /proc/self/mountinfo, meminfo, stat, cpuinfo, loadavg, uptime,
+# /sys/fs/cgroup, /sys/devices/system/cpu, /sys/kernel/mm). runsc has a /proc and /sys of its
+# own (gVisor's, which show none of these) and ignores the list.
 MASKED_PATHS: tuple[str, ...] = (
-    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
-    "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware", "/sys/kernel/debug",
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats",
+    "/sys/devices/virtual/powercap", "/sys/firmware",
+    # the host's boot command line and kernel configuration
+    "/proc/cmdline", "/proc/bootconfig", "/proc/config.gz",
+    # the kernel's symbols, modules, memory and I/O layout: an exploit's map of the host
+    "/proc/kallsyms", "/proc/modules", "/proc/iomem", "/proc/ioports", "/proc/dma", "/proc/mtrr",
+    "/proc/kmsg", "/proc/kpagecgroup", "/proc/kpagecount", "/proc/kpageflags", "/proc/slabinfo",
+    "/proc/vmallocinfo", "/proc/pagetypeinfo",
+    "/sys/kernel/vmcoreinfo", "/sys/kernel/notes", "/sys/kernel/boot_params", "/sys/kernel/btf",
+    "/sys/kernel/slab", "/sys/kernel/debug", "/sys/kernel/tracing", "/sys/kernel/security",
+    # loop devices name their backing file: the host path of sandpit's scratch disk
+    "/sys/devices/virtual/block",
+    # the machine's vendor, model and serial numbers
+    "/sys/devices/virtual/dmi",
 )
 READONLY_PATHS: tuple[str, ...] = (
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
