@@ -141,6 +141,8 @@ def _add_others(sub: Any) -> None:
     run.add_argument("file")
     run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
     run.add_argument("--json", action="store_true", help="print the run record on stdout")
+    run.add_argument("--policy", choices=("trusted", "untrusted"), default="trusted",
+                     help="the trust level whose caps and defaults apply (SANDPIT_POLICY_*; default trusted)")
 
     lint = sub.add_parser("lint", help="validate a pipeline file", add_help=False)
     lint.add_argument("rest", nargs=argparse.REMAINDER)
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from worker.local_run import run_pipeline
 
-            return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json)
+            return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json, trust=args.policy)
         if args.command == "lint":
             return _lint(args.rest, settings)
         if args.command == "images":

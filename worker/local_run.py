@@ -25,6 +25,7 @@ from sqlmodel import select
 from pipelines.language.loader import load_pipeline
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
+from pipelines.policy import Policy, PolicyError, TrustLevel, admit
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job, Run
 from pipelines.store.transitions import cancel_run, create_run, queued_job_ids, run_status
@@ -85,7 +86,15 @@ class PrefixedOutput:
 
 
 def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, trust: TrustLevel = "trusted",
+                 env: dict[str, str] | None = None) -> int:
+    """Plan, admit under ``trust``'s policy (caps checked and defaults filled as the service
+    does; ``SANDPIT_POLICY_*`` from ``env``, default the process's), run, report."""
+    try:
+        policy = Policy.from_env(os.environ if env is None else env).level(trust)
+    except PolicyError as exc:
+        print(f"sandpit: {exc}", file=err)
+        return 2
     try:
         loaded = load_pipeline(path)
     except OSError as exc:
@@ -102,6 +111,12 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         for problem in planned.items:
             print(problem.render(), file=err)
         return 1
+    admitted = admit(planned, policy)
+    if not isinstance(admitted, Plan):
+        for problem in admitted:
+            print(problem.render(), file=err)
+        return 1
+    planned = admitted
     for warning in planned.warnings:
         print(warning.render(), file=err)
     if not planned.created or not planned.jobs:
@@ -109,7 +124,8 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         return 0
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
-        return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out)
+        return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out,
+                        trust)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -121,7 +137,7 @@ def _local_dir(settings: Settings) -> Path:
 
 
 def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, variables: dict[str, str],
-             text: str, as_json: bool, out: TextIO) -> int:
+             text: str, as_json: bool, out: TextIO, trust: TrustLevel = "trusted") -> int:
     url = f"sqlite:///{scratch / 'run.db'}"
     migrate(url)
     db = make_engine(url)
@@ -141,7 +157,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
                         source_for=lambda _run: source, sink_for=lambda job: printer.sink(job.name),
                         on_done=on_done)
     with session_scope(db) as s:
-        run = create_run(s, planned, trust="trusted", source="cli", variables=variables, now=utcnow(),
+        run = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
                          pipeline=text)
         run_id = run.id
     with session_scope(db) as s:

@@ -127,9 +127,11 @@ def read_variables(node: YNode, what: str, sink: ProblemSink) -> tuple[VariableD
             out.append(VariableDef(name, value.text(), expand))
             continue
         text = read_str(value, f"{what}:{name}", sink)
-        if text is not None and (problem := bad_character(text, multiline=True)) is not None:
-            sink.error(value.loc, "invalid-character", f"variable {name} holds {problem}",
-                       "variable values may hold TAB and newlines, no other control character")
+        problem = None if text is None else bad_character(text, multiline=True)
+        if text is not None and problem is not None:
+            if bad_character(text, controls=False) is None:  # a NUL: the YAML reader reported it already
+                sink.error(value.loc, "invalid-character", f"variable {name} holds {problem}",
+                           "variable values may hold TAB and newlines, no other control character")
         elif text is not None:
             out.append(VariableDef(name, text, expand))
     return tuple(out)

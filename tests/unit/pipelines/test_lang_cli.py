@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,82 @@ def test_predefined_variables_and_unsupported_keys_are_documented() -> None:
     for table in KEYS.values():
         missing += [key for key in [*table.ignored, *table.refused] if f"`{key}`" not in text]
     assert not missing
+
+
+# --- `sandpit lint --policy`, as a real process ---------------------------------------------
+
+OVER_CAPS = """\
+build:
+  script: [make]
+ask-a-lot:
+  script: [make]
+  sandbox: {memory: 200G, cpus: 64, network: egress}
+"""
+
+
+def lint_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`sandpit lint ...` in a fresh interpreter (python -m worker, the console script's module)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SANDPIT_POLICY_")}
+    return subprocess.run([sys.executable, "-m", "worker", "lint", *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+
+
+def test_lint_policy_shows_every_cap_with_its_location(tmp_path: Path) -> None:
+    """--policy untrusted lists each cap the pipeline passes, at file:line:col, naming the setting."""
+    path = write(tmp_path, OVER_CAPS)
+    proc = lint_process([str(path), "--policy", "untrusted"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "error[over-policy]" in line]
+    assert len(lines) == 3
+    assert all(line.startswith(f"{path.name}:3:1: error[over-policy]: job `ask-a-lot` asks for") for line in lines)
+    for setting in ("SANDPIT_POLICY_UNTRUSTED_MEMORY", "SANDPIT_POLICY_UNTRUSTED_CPUS",
+                    "SANDPIT_POLICY_UNTRUSTED_EGRESS"):
+        assert setting in proc.stdout
+    assert proc.stdout.rstrip().endswith("3 errors, 0 warnings")
+
+
+def test_lint_policy_json_and_settings_from_the_environment(tmp_path: Path) -> None:
+    """--json carries the same problems; the caps come from SANDPIT_POLICY_* of the environment."""
+    path = write(tmp_path, OVER_CAPS)
+    proc = lint_process([str(path), "--policy", "trusted", "--json"],
+                        {"SANDPIT_POLICY_TRUSTED_MEMORY": "none", "SANDPIT_POLICY_TRUSTED_CPUS": "none"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    proc = lint_process([str(path), "--policy", "trusted", "--json"],
+                        {"SANDPIT_POLICY_TRUSTED_MEMORY": "none", "SANDPIT_POLICY_TRUSTED_EGRESS": "false"})
+    document = json.loads(proc.stdout)
+    assert proc.returncode == 1 and document["ok"] is False
+    assert [(p["line"], p["col"], p["code"]) for p in document["problems"]] == [(3, 1, "over-policy")] * 2
+    assert "SANDPIT_POLICY_TRUSTED_EGRESS" in document["problems"][1]["message"]
+
+
+def test_lint_without_policy_does_not_check_caps(tmp_path: Path) -> None:
+    """Plain lint checks the language only; the same file plans."""
+    proc = lint_process([str(write(tmp_path, OVER_CAPS))])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_lint_policy_jobs_per_run(tmp_path: Path) -> None:
+    """A matrix past the jobs-per-run cap is refused, naming the cap."""
+    path = write(tmp_path, "t:\n  script: [x]\n  parallel: 200\nu:\n  script: [x]\n  parallel: 200\n")
+    proc = lint_process([str(path), "--policy", "untrusted"], {"SANDPIT_POLICY_UNTRUSTED_JOBS": "300"})
+    assert proc.returncode == 1
+    assert "plans 400 jobs; the untrusted policy allows at most 300 per run (SANDPIT_POLICY_UNTRUSTED_JOBS)" in (
+        proc.stdout)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [({"SANDPIT_POLICY_UNTRUSTED_CPUZ": "2"}, "did you mean SANDPIT_POLICY_UNTRUSTED_CPUS"),
+     ({"SANDPIT_POLICY_UNTRUSTED_MEMORY": "big"}, "SANDPIT_POLICY_UNTRUSTED_MEMORY: 'big' is not a size")],
+)
+def test_lint_bad_policy_setting_exits_two(tmp_path: Path, env: dict[str, str], fragment: str) -> None:
+    """A policy setting that cannot be used is a usage error (exit 2), one line, no traceback."""
+    proc = lint_process([str(write(tmp_path, OVER_CAPS)), "--policy", "untrusted"], env)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lint_refuses_a_control_character_in_var(tmp_path: Path) -> None:
+    """--var with a control character is a usage error that shows it escaped."""
+    proc = lint_process([str(write(tmp_path, "t: {script: [x]}")), "--var", "A=x\x1b[2Jy"])
+    assert proc.returncode == 2 and "U+001B (ESC)" in proc.stderr and "\x1b" not in proc.stderr

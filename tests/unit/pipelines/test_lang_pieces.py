@@ -6,7 +6,8 @@ import pytest
 
 from pipelines.language.expressions import ExpressionError, compile_expression, evaluate
 from pipelines.language.globs import glob_matches
-from pipelines.language.problems import ProblemSink
+from pipelines.language.planner import plan
+from pipelines.language.problems import Problems, ProblemSink
 from pipelines.language.quantities import parse_cpus, parse_duration, parse_pids, parse_size
 from pipelines.language.variables import expand, resolve_variables, slug
 from pipelines.language.yamltree import YMap, YScalar, parse_yaml
@@ -228,3 +229,71 @@ def test_spec_header_document_is_skipped() -> None:
     """A `spec:` header before `---` is not part of the pipeline."""
     tree = parse_yaml("spec:\n  inputs: {}\n---\njob: {script: [x]}\n", "ci.yml", ProblemSink())
     assert isinstance(tree, YMap) and list(tree.entries) == ["job"]
+
+
+# --- characters and names no run can hold; problems that are not there -----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "line", "col", "fragment"),
+    [
+        ('"build\\0": {script: [x]}\n', "invalid-character", 1, 1, "U+0000 (NUL)"),
+        ('"build\\e[2J": {script: [x]}\n', "invalid-character", 1, 1, "U+001B (ESC)"),
+        ('t:\n  script: [x]\n  variables: {"A\\x01": v}\n', "invalid-character", 3, 15, "U+0001"),
+        ('t:\n  script: [x]\n  variables: {A: "v\\0"}\n', "invalid-character", 3, 18, "U+0000 (NUL)"),
+        ('t:\n  script: [x]\n  variables: {A: "v\\x1b"}\n', "invalid-character", 3, 18, "variable A holds"),
+        ('t: {script: ["echo \\0"]}\n', "invalid-character", 1, 14, "U+0000 (NUL)"),
+        ('t: {script: [x], stage: "te\\x7fst"}\n', "invalid-character", 1, 25, "U+007F (DEL)"),
+        ('t: {script: [x], parallel: {matrix: [{V: ["a\\x07"]}]}}\n', "invalid-character", 1, 1, "job name holds"),
+        ("x" * 256 + ": {script: [x]}\n", "name-too-long", 1, 1, "256 characters long; at most 255"),
+        ("x" * 1100 + ":\n  script: [x]\n", "name-too-long", 1, 1, "1100 characters long"),
+        ("a:\n  script: [x]\n" + "x" * 2000 + ":\n  script: [y]\n", "name-too-long", 3, 1, "YAML reads at most 1024"),
+        ('"' + "q" * 1500 + '": {script: [x]}\n', "name-too-long", 1, 1, "1500 characters long"),
+        ("t: {script: [x], parallel: {matrix: [{V: [" + "v" * 260 + "]}]}}\n", "name-too-long", 1, 1, "job name"),
+        ("t: {script: [x], stage: " + "s" * 300 + "}\n", "name-too-long", 1, 25, "stage name"),
+    ],
+)
+def test_unstorable_names_and_values(text: str, code: str, line: int, col: int, fragment: str) -> None:
+    """NULs, control characters in names/keys/variables, and names too long for the store are
+    refused with their location (they gave 500 on PostgreSQL, or a YAML syntax error)."""
+    result = plan({"ci.yml": text})
+    assert isinstance(result, Problems)
+    found = [p for p in result.items if p.code == code]
+    assert len(found) == 1, result.items  # reported once, not once per stage that meets it
+    assert (found[0].loc.line, found[0].loc.col) == (line, col)
+    assert fragment in found[0].message
+    assert "yaml-syntax" not in result.codes()
+    assert all(ch.isprintable() for p in result.items for ch in p.message)  # no raw control bytes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        't: {script: ["printf \'\\e[31mred\\e[0m\'"]}\n',  # ESC in a script line is legitimate
+        't: {script: [x], variables: {CERT: "line1\\nline2\\tx"}}\n',  # newlines and TAB in a value
+        "x" * 255 + ": {script: [x]}\n",  # exactly the limit
+        "t: {script: [x], variables: {A: ünïcødé}}\n",
+    ],
+)
+def test_characters_that_stay_allowed(text: str) -> None:
+    """What a pipeline legitimately holds still plans."""
+    assert not isinstance(plan({"ci.yml": text}), Problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "codes"),
+    [
+        ("t: {script: [true]}\n", ["invalid-type"]),
+        ("t: {script: [make, false]}\n", ["invalid-type"]),
+        ("t: {script: null}\n", ["invalid-type"]),
+        ("t: {script: {a: b}}\n", ["invalid-type"]),
+        ("t: {script: []}\n", ["missing-script"]),
+        ("t: {script: [[]]}\n", ["missing-script"]),
+        ("t: {stage: test}\n", ["missing-script"]),
+    ],
+)
+def test_script_type_errors_do_not_also_say_missing_script(text: str, codes: list[str]) -> None:
+    """`script: [true]` is a type error only; `missing-script` is for a script that is absent or empty."""
+    result = plan({"ci.yml": text})
+    assert isinstance(result, Problems)
+    assert sorted(result.codes()) == codes
