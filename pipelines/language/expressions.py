@@ -10,6 +10,11 @@ Grammar (``&&`` binds tighter than ``||``, as GitLab has since 13.x)::
 A lone ``$VAR`` is true when the variable is set and not empty. ``=~`` is an unanchored search;
 the right side may be a variable whose value is a ``/regex/``. Undefined variables are ``null``.
 
+Regexes are RE2, as on GitLab (``Gitlab::UntrustedRegexp``): POSIX classes (``[[:alpha:]]``), Unicode
+classes (``\\p{L}``), the flags ``i m s U`` and linear-time matching, through Google's own bindings
+(``google-re2``) rather than Python's ``re``, which speaks another dialect (no POSIX classes, nested-set
+FutureWarnings) and can backtrack for ever on a hostile pattern from a pipeline.
+
 >>> expr = compile_expression('$CI_COMMIT_BRANCH == "main" || $TAG =~ /^v\\\\d+/')
 >>> evaluate(expr, {"CI_COMMIT_BRANCH": "dev", "TAG": "v1.2"})
 True
@@ -21,6 +26,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
+
+import re2
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -32,7 +40,22 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-_FLAG_MAP = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+_FLAGS = "imsU"  # RE2's inline flags, which GitLab's /pattern/flags map to
+
+
+class Regex(Protocol):
+    """A compiled RE2 pattern (the part of ``re2._Regexp`` this module uses)."""
+
+    def search(self, text: str) -> object | None: ...
+
+
+def _re2_options() -> object:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print a bad pattern to stderr; the problem says it instead
+    return options
+
+
+_OPTIONS = _re2_options()
 
 
 class ExpressionError(ValueError):
@@ -51,7 +74,7 @@ class Literal:
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    regex: re.Pattern[str]
+    regex: Regex
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +95,37 @@ Expression = Operand
 
 
 @lru_cache(maxsize=4096)
-def compile_regex(text: str) -> re.Pattern[str]:
-    """A GitLab ``/pattern/flags`` literal (RE2/Ruby flavour) as a Python regex.
+def compile_regex(text: str) -> Regex:
+    """A GitLab ``/pattern/flags`` literal as an RE2 regex.
 
     >>> compile_regex("/^release-.*$/i").search("RELEASE-1") is not None
+    True
+    >>> compile_regex("/^[[:alpha:]]+$/").search("abc") is not None
     True
     """
     if len(text) < 2 or not text.startswith("/") or text.rfind("/") == 0:
         raise ExpressionError(f"{text!r} is not a /regex/ literal")
     end = text.rfind("/")
     body, flags_text = text[1:end], text[end + 1 :]
-    flags = 0
     for flag in flags_text:
-        if flag not in _FLAG_MAP:
-            raise ExpressionError(f"regex flag {flag!r} is not supported (use i, m or s)")
-        flags |= _FLAG_MAP[flag]
-    body = body.replace("\\/", "/").replace("\\z", "\\Z")
-    body = re.sub(r"\(\?<(?![=!])", "(?P<", body)
+        if flag not in _FLAGS:
+            raise ExpressionError(f"regex flag {flag!r} is not supported (use i, m, s or U)")
+    body = body.replace("\\/", "/")
+    prefix = f"(?{''.join(sorted(set(flags_text)))})" if flags_text else ""
+    return _compile(prefix + body, text)
+
+
+def _compile(pattern: str, shown: str) -> Regex:
+    # named groups: RE2 of this version reads (?P<name>...) only
+    pattern = re.sub(r"\(\?<(?![=!])", "(?P<", pattern)
     try:
-        return re.compile(body, flags)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise ExpressionError(f"regex {text!r} does not compile: {exc}") from None
+        compiled: Regex = re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ExpressionError(f"regex {shown!r} does not compile (RE2): {why}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ExpressionError(f"regex {shown!r} does not compile (RE2): {exc}") from None
+    return compiled
 
 
 @lru_cache(maxsize=4096)
@@ -181,13 +214,10 @@ class _Parser:
         raise ExpressionError(f"unexpected {value!r} in {self.text!r}")
 
 
-def _string_pattern(text: str) -> re.Pattern[str]:
+def _string_pattern(text: str) -> Regex:
     if text.startswith("/") and text.rfind("/") > 0:
         return compile_regex(text)
-    try:
-        return re.compile(text)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise ExpressionError(f"regex {text!r} does not compile: {exc}") from None
+    return _compile(text, text)
 
 
 def evaluate(expr: Expression, variables: Mapping[str, str]) -> bool:
@@ -195,13 +225,13 @@ def evaluate(expr: Expression, variables: Mapping[str, str]) -> bool:
     return _truthy(_value(expr, variables))
 
 
-def _value(expr: Expression, variables: Mapping[str, str]) -> str | bool | re.Pattern[str] | None:
+def _value(expr: Expression, variables: Mapping[str, str]) -> str | bool | Pattern | None:
     if isinstance(expr, Var):
         return variables.get(expr.name)
     if isinstance(expr, Literal):
         return expr.value
     if isinstance(expr, Pattern):
-        return expr.regex
+        return expr
     if isinstance(expr, BoolOp):
         if expr.op == "&&":
             return all(evaluate(part, variables) for part in expr.parts)
@@ -209,7 +239,7 @@ def _value(expr: Expression, variables: Mapping[str, str]) -> str | bool | re.Pa
     left = _value(expr.left, variables)
     right = _value(expr.right, variables)
     if expr.op in ("==", "!="):
-        equal = left == right if not isinstance(right, re.Pattern) else False
+        equal = left == right if not isinstance(right, Pattern) else False
         return equal if expr.op == "==" else not equal
     matched = _matches(left, right)
     return matched if expr.op == "=~" else not matched
@@ -218,13 +248,13 @@ def _value(expr: Expression, variables: Mapping[str, str]) -> str | bool | re.Pa
 def _matches(left: object, right: object) -> bool:
     if isinstance(right, str):
         try:
-            right = _string_pattern(right)
+            right = Pattern(_string_pattern(right))
         except ExpressionError:
             return False
-    if not isinstance(right, re.Pattern):
+    if not isinstance(right, Pattern):
         return False
     text = left if isinstance(left, str) else ""
-    return right.search(text) is not None
+    return right.regex.search(text) is not None
 
 
 def _truthy(value: object) -> bool:
