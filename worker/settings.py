@@ -7,7 +7,9 @@ Recognised variables: ``SANDPIT_STATE_DIR`` (default /var/lib/sandpit), ``SANDPI
 (default /run/sandpit), ``SANDPIT_IMAGES_DIR`` (recipes; default the repository's ``images/``),
 ``SANDPIT_RUNTIME`` (crun|runc|runsc; default: the first that works here),
 ``SANDPIT_SCRATCH_SIZE`` (size of the btrfs scratch file holding job disks; default 20G),
-``SANDPIT_UID_BASE`` (first host uid given to jobs; default 100000000), ``SANDPIT_UID_SLOTS``.
+``SANDPIT_UID_BASE`` (first host uid given to jobs; default 100000000; the ranges are leased
+host-wide, across instances), ``SANDPIT_UID_SLOTS``. A run dir and a state dir make an instance
+(``instance_id``; see ``worker/sandbox/instance.py``).
 Networking (``--network egress``): ``SANDPIT_RESOLVERS`` (comma-separated DNS servers for jobs),
 ``SANDPIT_SUBNET`` (job subnet; default: the first candidate colliding with no host route),
 ``SANDPIT_NET_ALLOW`` (comma-separated extra CIDRs jobs may reach), ``SANDPIT_NET_HOST_NETNS``

@@ -247,3 +247,24 @@ def test_claims_of_instances(tmp_path: Path) -> None:
         claim_instance(tmp_path / "r2", tmp_path / "s1", registry)
     claim_instance(tmp_path / "r1", tmp_path / "s2", registry)
     claim_instance(tmp_path / "r1", tmp_path / "s1", registry)  # again: already held
+
+
+def test_uid_ranges_are_leased_host_wide(tmp_path: Path) -> None:
+    """uid slots are leased in one registry for the whole host, named by the host range: an instance
+    with the same SANDPIT_UID_BASE gets the next free slot, one with a base that is not a whole slot
+    away skips every slot whose range overlaps a held one; a released range is free again."""
+    from worker.sandbox.leases import lease_uid_slot
+
+    base, size, registry = 100_000_000, 65536, tmp_path / "uids"
+    held = [lease_uid_slot(base, 4, size, registry=registry)]
+    held.append(lease_uid_slot(base, 4, size, registry=registry))  # another instance, same base
+    shifted = base + size // 2
+    held.append(lease_uid_slot(shifted, 4, size, registry=registry))
+    ranges = [(b + slot * size, b + (slot + 1) * size)
+              for b, (slot, _lease) in zip((base, base, shifted), held, strict=True)]
+    assert [slot for slot, _ in held] == [0, 1, 2], ranges  # shifted slots 0, 1 overlap base slot 1
+    for i, (lo, hi) in enumerate(ranges):
+        assert all(hi <= other_lo or other_hi <= lo for other_lo, other_hi in ranges[i + 1:]), ranges
+    held[0][1].release()
+    assert lease_uid_slot(base, 4, size, registry=registry)[0] == 0
+

@@ -3,6 +3,10 @@
 A user namespace lives as long as something refers to it. sandpit pins one per uid slot by
 bind-mounting its nsfs file at ``<run_dir>/userns/<uid_base>`` (made once per boot by a
 short-lived child that unshares it), so every later process opens a file instead of forking.
+
+The pin is per run dir (per instance), but the host uids it maps are not: which job may use which
+range is decided host-wide, by the lease of ``leases.lease_uid_slot`` in ``/run/sandpit-instances``,
+so two instances never run jobs under the same host uids even though each pins its own namespace.
 """
 
 from __future__ import annotations
