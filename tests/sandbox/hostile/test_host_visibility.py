@@ -159,7 +159,7 @@ def test_a_state_dir_left_open_by_an_older_sandpit_is_closed_at_start(open_dir, 
         (state / name).write_text(text)
         os.chmod(state / name, 0o644)
     (rundir / "locks" / "job-x.lock").write_text("")
-    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path, 0o755)  # noqa: S103 - an older sandpit's modes, on purpose
     for p in [state, rundir, *state.rglob("*"), *rundir.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     paths = [str(state / name) for name in files] + [str(rundir / "locks" / "job-x.lock")]
