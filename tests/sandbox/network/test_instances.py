@@ -84,3 +84,34 @@ def test_instances_have_their_own_bridge_tables_veths_and_subnet(
     links = link_names(world.host_path)
     assert b.bridge not in links and world.settings.bridge in links
     assert f"inet {b.table}" not in tables(world) and f"inet {world.settings.table}" in tables(world)
+
+
+def test_reap_all_of_another_instance_removes_only_its_own_host_side(world: World, tmp_path: Path) -> None:
+    """`sandpit reap --all` (a whole process) of another instance removes that instance's bridge and
+    tables and leaves the world's instance alone: its bridge, its tables and a live job's veth, which
+    still reaches the internet."""
+    import os
+    import subprocess
+    import sys
+
+    other = other_instance(world, tmp_path / "b")
+    prepare_host(other).close()
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(tmp_path / "b" / "state"),
+           "SANDPIT_RUN_DIR": str(tmp_path / "b" / "run"), "SANDPIT_NET_HOST_NETNS": world.host_path,
+           "SANDPIT_RESOLVERS": RESOLVER, "SANDPIT_NET_POOL": "0"}
+    try:
+        assert other.bridge in link_names(world.host_path)
+        with JobNetwork(world.settings, "inst-world-live", "egress", world.network) as mine:
+            done = subprocess.run([sys.executable, "-m", "worker", "reap", "--all"], env=env, capture_output=True,
+                                  text=True, timeout=120, cwd=Path(__file__).parents[3])
+            assert done.returncode == 0, done.stderr
+            assert "removed the network host side" in done.stdout
+            assert "reaped" not in done.stdout, done.stdout
+            links = link_names(world.host_path)
+            assert other.bridge not in links and f"inet {other.table}" not in tables(world)
+            assert {world.settings.bridge, mine.veth} <= links
+            assert f"inet {world.settings.table}" in tables(world)
+            got = probe(mine.netns_path, [{"kind": "http", "host": WEB, "port": 80}])[0]
+            assert got["outcome"] == "reply", got
+    finally:
+        teardown_host(other)
