@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import require, require_tools
 from tests.sandbox.conftest import Runner
+from tests.sandbox.network.conftest import world  # noqa: F401 - the fixture, shared
 from worker.record import replace
 from worker.sandbox.engine import Engine
 from worker.sandbox.request import SandboxRequest
@@ -179,3 +180,13 @@ def test_jobs_still_run_in_every_runtime_and_profile(any_run):
         assert res.status == "succeeded", err
         assert out.startswith("data\n")
     assert json.dumps(res.as_record())
+
+
+def test_egress_mountinfo_names_no_host_path_and_no_job_id(settings, runtime, world, no_leftovers):  # noqa: F811
+    """With a network: resolv.conf and /sys are mounted too; neither names the host's paths."""
+    engine = Engine(settings, network=world.settings, host_network=world.network)
+    res, out, err = Runner(engine, runtime).sh("cat /proc/self/mountinfo; cat /etc/resolv.conf", network="egress")
+    assert res.status == "succeeded", err
+    assert "/etc/resolv.conf" in out and "nameserver" in out
+    for host_text in (str(settings.state_dir), str(settings.run_dir), str(res.job_id)):
+        assert host_text not in out, f"{host_text!r} shows in the job's mount table"
