@@ -6,6 +6,9 @@ instance; two more instances get run and state dirs of their own."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -90,10 +93,6 @@ def test_reap_all_of_another_instance_removes_only_its_own_host_side(world: Worl
     """`sandpit reap --all` (a whole process) of another instance removes that instance's bridge and
     tables and leaves the world's instance alone: its bridge, its tables and a live job's veth, which
     still reaches the internet."""
-    import os
-    import subprocess
-    import sys
-
     other = other_instance(world, tmp_path / "b")
     prepare_host(other).close()
     env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(tmp_path / "b" / "state"),
