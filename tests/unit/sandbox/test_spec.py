@@ -106,10 +106,28 @@ def test_seccomp_rules_are_plain_oci():
         assert set(rule) <= {"names", "action", "args", "errnoRet"}
 
 
-@pytest.mark.parametrize("path", ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                                  "/sys/firmware", "/proc/acpi", "/proc/scsi"])
+@pytest.mark.parametrize("path", [
+    # Docker's list
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    # and what else names the host, its kernel build or sandpit's paths
+    "/proc/cmdline", "/proc/config.gz", "/proc/kallsyms", "/proc/modules", "/proc/iomem", "/proc/kmsg",
+    "/sys/kernel/vmcoreinfo", "/sys/kernel/debug", "/sys/kernel/tracing", "/sys/kernel/security",
+    "/sys/kernel/btf", "/sys/kernel/notes", "/sys/devices/virtual/block", "/sys/devices/virtual/dmi",
+])
 def test_masked_paths(path):
     assert path in make()["linux"]["maskedPaths"]
+
+
+@pytest.mark.parametrize("path", [
+    "/proc/self/mountinfo", "/proc/mounts", "/proc/meminfo", "/proc/stat", "/proc/cpuinfo", "/proc/loadavg",
+    "/proc/uptime", "/proc/self/status", "/sys/fs/cgroup", "/sys/devices/system/cpu", "/sys/kernel/mm",
+])
+def test_what_df_ps_and_runtimes_read_is_not_masked(path):
+    """df and mount read mountinfo; ps, top, free, nproc and language runtimes read these."""
+    masked = make()["linux"]["maskedPaths"]
+    assert not any(path == m or path.startswith(m + "/") for m in masked)
 
 
 @pytest.mark.parametrize("path", ["/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/fs", "/proc/irq"])
