@@ -2,7 +2,7 @@
 
 SandpitError
 ├── ConfigError            bad settings or an unusable host (no btrfs, ...)            infra_error
-├── ImageError             the image store failed (a build failed, an image is damaged)  infra_error
+├── ImageError             the image store failed (not built, damaged, build failed)   infra_error
 │   └── UnknownImage       the request names an image this store does not know        invalid_spec
 ├── SandboxError           a sandbox could not be made or torn down                    infra_error
 │   ├── RuntimeUnavailable the requested OCI runtime does not work on this host
