@@ -90,8 +90,9 @@ def plan_request(request: RunCreate, policy: LevelPolicy | None = None) -> Plan:
     result = plan({PIPELINE_FILE: request.pipeline}, inputs)
     if isinstance(result, Problems):
         raise PipelineInvalid(result.items)
-    if not result.created:
-        raise NothingToRun("workflow:rules create no pipeline for an API trigger on this ref")
+    why = result.nothing_to_run()
+    if why is not None:
+        raise NothingToRun(why)
     if policy is None:
         return result
     admitted = admit(result, policy)

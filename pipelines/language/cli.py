@@ -139,8 +139,9 @@ def _summary(problems: tuple[Problem, ...]) -> str:
 
 def render_plan(result: Plan) -> str:
     """The planned stages and jobs, one line per job with what it waits for."""
-    if not result.created:
-        return "workflow:rules: no pipeline is created for this trigger and ref\n"
+    why = result.nothing_to_run()
+    if why is not None:
+        return why + "\n"
     lines = [f"stages: {', '.join(result.stages)}", f"jobs ({len(result.jobs)}):"]
     for job in result.jobs:
         waits = (

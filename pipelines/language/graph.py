@@ -103,7 +103,16 @@ def _resolve_needs(
                 )
             continue
         for target in targets:
-            if target in planned:
+            if target in planned and planned[target].stage_index > node.stage_index:
+                # GitLab: a need must be "defined in current or prior stages"
+                sink.error(
+                    need.loc,
+                    "need-later-stage",
+                    f"`{node.name}` needs `{target}`, which is not defined in current or prior stages",
+                    f"move `{target}` to this stage or an earlier one, or move `{node.name}` later",
+                    cause,
+                )
+            elif target in planned:
                 out[target] = Need(target, need.artifacts, need.optional)
             elif not need.optional:
                 sink.error(

@@ -159,6 +159,20 @@ class Plan:
     created: bool = True
     variables: tuple[tuple[str, str], ...] = ()
 
+    def nothing_to_run(self) -> str | None:
+        """Why this plan runs no job, in GitLab's words, or None when it runs some.
+
+        >>> Plan(stages=(), jobs=(), created=False).nothing_to_run()
+        'workflow:rules create no pipeline for this trigger and ref'
+        >>> Plan(stages=("test",), jobs=()).nothing_to_run()
+        'the rules (or only/except) of every job leave it out of this pipeline: no job to run'
+        """
+        if not self.created:
+            return "workflow:rules create no pipeline for this trigger and ref"
+        if not self.jobs:
+            return "the rules (or only/except) of every job leave it out of this pipeline: no job to run"
+        return None
+
     def job(self, name: str) -> Job:
         for job in self.jobs:
             if job.name == name:

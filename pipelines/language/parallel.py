@@ -24,7 +24,8 @@ from pipelines.language.yamltree import YNode, YScalar, YSeq
 
 Combo = tuple[tuple[str, str], ...]
 _MAX_JOBS = 200
-_MATRIX_REF = re.compile(r"\$\[\[\s*matrix\.([A-Za-z_][A-Za-z0-9_]*)\s*\]\]")
+# matrix identifiers may hold '-' (`$[[ matrix.MY-VAR ]]`), as GitLab's do
+_MATRIX_REF = re.compile(r"\$\[\[\s*matrix\.([A-Za-z_][A-Za-z0-9_-]*)\s*\]\]")
 
 
 def read_parallel(
@@ -33,7 +34,8 @@ def read_parallel(
     """(N, None) for ``parallel: N``; (None, combinations) for ``parallel: matrix``."""
     if isinstance(node, YScalar) and not needs:
         total = read_int(node, "parallel", sink, 1, _MAX_JOBS)
-        return (total if total and total > 1 else None), None
+        # GitLab names even a single instance `job 1/1` and sets CI_NODE_INDEX=1
+        return (total if total else None), None
     mapping = read_map(node, "parallel", sink, "parallel: {matrix: [{PY: ['3.11', '3.12']}]}")
     if mapping is None:
         return None, None

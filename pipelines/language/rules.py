@@ -106,6 +106,11 @@ def read_rules(node: YNode, what: str, sink: ProblemSink, table: str) -> tuple[R
     if not isinstance(node, YSeq):
         wrong_type(node, what, "a list of rules", sink, f'{what}: [{{if: "$CI_COMMIT_TAG"}}]')
         return ()
+    if not node.items:
+        # GitLab: "rules config can't be blank"; an empty list is a mistake, not "never run"
+        sink.error(node.loc, "blank-rules", f"{what} config can't be blank",
+                   f"remove `{what}:`, or give it a rule such as {what}: [{{if: '$CI_COMMIT_TAG'}}]")
+        return ()
     rules: list[Rule] = []
     for item in flatten_items(node, what, sink):
         rule_map = read_map(item, f"a rule in {what}", sink, "- if: $CI_COMMIT_TAG\n  when: manual")
