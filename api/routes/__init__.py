@@ -18,7 +18,7 @@ def answer_head(router: APIRouter, *, skip: tuple[str, ...] = ()) -> APIRouter:
         if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()) or route.path in skip:
             continue
         router.add_api_route(
-            route.path,
+            route.path.removeprefix(router.prefix),  # add_api_route puts the prefix back
             route.endpoint,
             methods=["HEAD"],
             response_class=route.response_class,

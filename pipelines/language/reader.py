@@ -29,11 +29,12 @@ def check_name(name: str, what: str, loc: Loc, sink: ProblemSink) -> bool:
                    f"shorten the {what} to {MAX_NAME} characters or fewer")
         return False
     problem = bad_character(name)
-    if problem is not None:
+    # a NUL or lone surrogate came from a YAML value or key, where the reader reported it already
+    if problem is not None and bad_character(name, controls=False) is None:
         sink.error(loc, "invalid-character", f"the {what} holds {problem}",
                    "names are plain text: remove the control character")
         return False
-    return True
+    return problem is None
 
 
 def kind_of(node: YNode) -> str:
