@@ -95,7 +95,7 @@ def store_bytes(store: Path, data: bytes) -> str:
 def intact(path: Path, sha256: str) -> bool:
     """Whether the file at ``path`` exists and its bytes hash to ``sha256`` (once per file version)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -138,7 +138,6 @@ def _remember(key: tuple[str, int, int, int, int, int]) -> None:
 
 def _store(store: Path, chunks: Iterator[bytes], expected: str | None) -> tuple[str, int]:
     try:
-        store.mkdir(parents=True, exist_ok=True)
         fd, temp_name = _open_temp(store)
     except OSError as exc:
         raise SandboxError(f"cannot write into the store {store}: {exc.strerror}") from exc
@@ -170,6 +169,9 @@ def _open_temp(store: Path) -> tuple[int, str | None]:
     """A fresh temporary in ``store``: (fd, None) for an unnamed O_TMPFILE, else (fd, its name)."""
     try:
         return os.open(store, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE), None
+    except FileNotFoundError:
+        store.mkdir(parents=True, exist_ok=True)
+        return _open_temp(store)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
@@ -180,56 +182,71 @@ def _open_temp(store: Path) -> tuple[int, str | None]:
     return fd, name
 
 
-def _link_temp(fd: int, temp_name: str | None, dest: Path) -> None:
-    """Give the temporary the name ``dest``; FileExistsError if that name exists (never replaces)."""
-    if temp_name is None:
-        # linkat(AT_SYMLINK_FOLLOW) on the fd's /proc link. CPython calls plain link(2), which
-        # does not follow, unless a dir fd is given: hence dst_dir_fd.
-        parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.link(f"/proc/self/fd/{fd}", dest.name, dst_dir_fd=parent, follow_symlinks=True)
-        finally:
-            os.close(parent)
-    else:
-        os.link(temp_name, dest)
+def _link_temp(fd: int, temp_name: str | None, parent: int, name: str) -> None:
+    """Give the temporary the name ``name`` in dir fd ``parent``; FileExistsError if that name
+    exists (a link never replaces)."""
+    # linkat(AT_SYMLINK_FOLLOW) on the fd's /proc link; CPython calls plain link(2), which does
+    # not follow, unless a dir fd is given (hence dst_dir_fd even when it would not be needed)
+    source = f"/proc/self/fd/{fd}" if temp_name is None else temp_name
+    os.link(source, name, dst_dir_fd=parent, follow_symlinks=temp_name is None)
+
+
+def _open_fanout(store: Path, sha: str) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(store / sha[:2], flags)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(store / sha[:2], 0o755)
+        return os.open(store / sha[:2], flags)
 
 
 def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
-    dest = blob_path(store, sha)
-    dest.parent.mkdir(exist_ok=True)
-    for _attempt in range(3):
-        try:
-            _link_temp(fd, temp_name, dest)
-        except FileExistsError:
-            pass
-        else:
-            if temp_name is not None:
-                os.unlink(temp_name)  # before the fstat below: dropping a name moves the ctime too
-            _remember(_key(sha, os.fstat(fd)))  # after the link: linking moved the ctime
+    parent = _open_fanout(store, sha)
+    try:
+        for _attempt in range(3):
+            try:
+                _link_temp(fd, temp_name, parent, sha)
+            except FileExistsError:
+                pass
+            else:
+                if temp_name is not None:
+                    os.unlink(temp_name)  # before the fstat below: dropping a name moves the ctime too
+                _remember(_key(sha, os.fstat(fd)))  # after the link: linking moved the ctime
+                return
+            try:
+                existing = os.open(sha, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+            except FileNotFoundError:
+                continue  # removed between our link and our look (retention): link again
+            except OSError:
+                existing = -1  # a symlink or worse planted there: replaced below
+            try:
+                if existing >= 0 and _fd_intact(existing, sha):
+                    return  # the same content is stored already: keep that file, drop ours
+            finally:
+                if existing >= 0:
+                    os.close(existing)
+            _replace(fd, temp_name, parent, store, sha)
             return
-        if intact(dest, sha):
-            return  # the same content is stored already: keep that file, drop ours
-        if os.path.lexists(dest):
-            _replace(fd, temp_name, dest)
-            return
-        # removed between our link and our check (retention): link again
-    raise OSError(errno.EAGAIN, f"{dest} keeps changing under the writer")
+        raise OSError(errno.EAGAIN, f"{blob_path(store, sha)} keeps changing under the writer")
+    finally:
+        os.close(parent)
 
 
-def _replace(fd: int, temp_name: str | None, dest: Path) -> None:
+def _replace(fd: int, temp_name: str | None, parent: int, store: Path, sha: str) -> None:
     """Rename the verified temporary over a stored file whose bytes do not match its name."""
-    log.error("stored file %s does not match its sha256 (torn or tampered): replacing it", dest)
+    log.error("stored file %s does not match its sha256 (torn or tampered): replacing it", blob_path(store, sha))
     while True:
-        side = dest.with_name(f".tmp-{secrets.token_hex(8)}")
+        side = f".tmp-{secrets.token_hex(8)}"
         try:
-            _link_temp(fd, temp_name, side)
+            _link_temp(fd, temp_name, parent, side)
             break
         except FileExistsError:
             continue
     try:
-        os.replace(side, dest)
+        os.replace(side, sha, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(side)
+            os.unlink(side, dir_fd=parent)
         raise
-    _remember(_key(dest.name, os.fstat(fd)))
+    _remember(_key(sha, os.fstat(fd)))
