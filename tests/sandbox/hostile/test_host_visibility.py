@@ -113,6 +113,10 @@ def test_nothing_of_the_state_opens_for_another_user(engine, settings, runtime, 
 
     migrate(default_url(settings.state_dir))
     make_engine(default_url(settings.state_dir)).dispose()
+    token = settings.state_dir / "api-token"
+    if not token.exists():  # as `sandpit up` writes it
+        token.touch(mode=0o600)
+        token.write_text("test-token")
     job_id = "hostvis-" + os.urandom(4).hex()
     job_dir = settings.jobs_dir / job_id
     seen: list[list[str]] = []
@@ -132,7 +136,7 @@ def test_nothing_of_the_state_opens_for_another_user(engine, settings, runtime, 
     assert seen == [[]], f"another user opened a running job's files: {seen}"
     assert res.artifacts and res.log_path
     files = _files_under(settings.state_dir)
-    assert res.log_path in files and str(settings.state_dir / "sandpit.db") in files
+    assert res.log_path in files and str(settings.state_dir / "sandpit.db") in files and str(token) in files
     assert opened_by_nobody(files) == []
     assert opened_by_nobody(_files_under(settings.run_dir)) == []
 
