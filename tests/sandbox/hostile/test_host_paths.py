@@ -234,3 +234,18 @@ def test_exec_workdir_under_proc_sys_dev_in_any_spelling_is_refused(settings, no
     """--workdir is judged component by component: //proc/self used to pass the ban."""
     line = one_line_refusal(sandpit(settings, "exec", "--workdir", workdir, "--", "ls", "-l", "."))
     assert "workdir" in line
+
+
+# -- job ids -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("job_id", ["../../../tmp/x", "a/b", "..", "x\n", "x:y", "X", "a" * 65, "-x"])
+def test_engine_refuses_a_job_id_outside_the_grammar(settings, tmp_path, no_leftovers, job_id):
+    """A job id names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup and a disk: one outside
+    the grammar is refused at Engine.run's entry, before any of them exists (a fresh state dir
+    stays empty, and nothing appears beside it)."""
+    state = tmp_path / "deep" / "er" / "state"
+    state.mkdir(parents=True)
+    result = Engine(replace(settings, state_dir=state)).run(SandboxRequest(argv=("true",)), job_id=job_id)
+    assert (result.status, result.reason) == ("failed", "invalid_spec")
+    assert "job id" in (result.message or "") and result.job_id is None
+    assert tree(tmp_path) == {"deep", "deep/er", "deep/er/state"}
