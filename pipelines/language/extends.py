@@ -124,6 +124,7 @@ class _References:
         self.config = config
         self.cause = cause
         self.sink = sink
+        self.following: list[tuple[str, ...]] = []  # the references being resolved, outermost first
 
     def walk(self, node: YNode, depth: int) -> YNode | None:
         if isinstance(node, YScalar):
@@ -169,6 +170,15 @@ class _References:
                 node.loc, "unknown-reference", "`!reference` is empty", "write !reference [.job, key]"
             )
             return None
+        if tuple(path) in self.following:
+            loop = [*self.following[self.following.index(tuple(path)):], tuple(path)]
+            self.sink.error(
+                node.loc,
+                "reference-cycle",
+                "`!reference` is circular: " + " → ".join(f"[{', '.join(p)}]" for p in loop),
+                "break the cycle: one of these values must not reference the others",
+            )
+            return None
         if depth >= _MAX_REFERENCE_DEPTH:
             self.sink.error(
                 node.loc,
@@ -189,4 +199,10 @@ class _References:
                     self.cause,
                 )
                 return None
-        return None if target is None else self.walk(target, depth + 1)
+        if target is None:
+            return None
+        self.following.append(tuple(path))
+        try:
+            return self.walk(target, depth + 1)
+        finally:
+            self.following.pop()

@@ -15,6 +15,7 @@ Remote, project, template and component includes are reported as unsupported by 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,12 +24,14 @@ from pipelines.language.problems import Loc, ProblemSink
 from pipelines.language.reader import flatten_items, read_str, wrong_type
 from pipelines.language.rules import RuleContext, first_match, read_rules
 from pipelines.language.schema import check_keys
+from pipelines.language.variables import expand
 from pipelines.language.yamltree import YItem, YMap, YNode, YScalar, YSeq, parse_yaml
 
 CTX = RuleContext({}, None, frozenset(), "push", "main", "branch")
 _MAX_INCLUDES = 150
 _MAX_DEPTH = 100
 _REFUSED_KINDS = ("remote", "project", "template", "component")
+_VARIABLE = re.compile(r"\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,8 @@ class _Composer:
         return [] if local_text is None else self._local(local_text, local)
 
     def _local(self, text: str, node: YNode) -> list[str]:
+        # GitLab expands predefined and pipeline variables in include paths (not the file's own)
+        text = expand(text, self.ctx.variables)
         path = normalize_local_path(text)
         if path is None:
             self.sink.error(
@@ -166,7 +171,7 @@ class _Composer:
             self.unresolved.append(node.loc)
             return []
         if any(char in path for char in "*?[{"):
-            regex = compile_glob(path)
+            regex = compile_glob(path, include=True)
             found = sorted(p for p in self.files if regex.match(p))
         else:
             found = [path] if path in self.files else []
@@ -183,6 +188,8 @@ class _Composer:
 
 def local_include_patterns(text: str, file: str) -> list[str]:
     """The ``include: local`` paths (maybe globs) a file names, for a loader that reads them from disk.
+    A variable in a path (its value is known only to the planner) reads as ``*``: the loader fetches
+    every candidate, and the planner picks the one the variable names.
 
     >>> local_include_patterns("include: [a.yml, {local: /ci/*.yml}, {remote: http://x}]", "ci.yml")
     ['a.yml', 'ci/*.yml']
@@ -196,7 +203,7 @@ def local_include_patterns(text: str, file: str) -> list[str]:
     for item in items:
         node = item.get("local") if isinstance(item, YMap) else item
         if isinstance(node, YScalar) and isinstance(node.value, str) and "://" not in node.value:
-            path = normalize_local_path(node.value)
+            path = normalize_local_path(_VARIABLE.sub("*", node.value))
             if path is not None:
                 found.append(path)
     return found

@@ -75,7 +75,7 @@ def load_pipeline(path: Path, root: Path | None = None) -> LoadedPipeline:
         current = queue.pop(0)
         for pattern in local_include_patterns(files[current], current):
             if any(char in pattern for char in "*?[{"):
-                regex = compile_glob(pattern)
+                regex = compile_glob(pattern, include=True)
                 names = sorted(name for name in existing if regex.match(name))
             else:
                 names = [pattern]

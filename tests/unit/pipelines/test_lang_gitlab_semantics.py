@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problems
@@ -72,3 +74,68 @@ def test_every_job_excluded_by_rules_says_so() -> None:
     assert why is not None and "every job" in why and "workflow" not in why
     workflow = planned("workflow:\n  rules:\n    - if: $NOPE\na:\n  script: [echo]\n")
     assert isinstance(workflow, Plan) and "workflow:rules" in (workflow.nothing_to_run() or "")
+
+
+def plan_files(files: dict[str, str], **inputs: object) -> Plan | Problems:
+    return plan(files, PipelineInputs(**inputs))  # type: ignore[arg-type]
+
+
+JOB = "{name}:\n  script: [echo]\n"
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    ("ci/*.yml", ["top"]),                    # one segment: ci/ itself only
+    ("ci/**.yml", ["deep", "mid", "top"]),    # any depth, none included
+    ("ci/**/*.yml", ["deep", "mid"]),         # subfolders only
+    ("ci/x/**.yml", ["deep", "mid"]),
+    ("/ci/{x,y}/*.yml", ["mid"]),
+])
+def test_include_local_wildcards(pattern: str, expected: list[str]) -> None:
+    """`*` is one path segment, `**` any depth (none included), `**/` at least one folder."""
+    files = {
+        ".gitlab-ci.yml": f"include: '{pattern}'\n",
+        "ci/top.yml": JOB.format(name="top"),
+        "ci/x/mid.yml": JOB.format(name="mid"),
+        "ci/x/z/deep.yml": JOB.format(name="deep"),
+        "other/no.yml": JOB.format(name="no"),
+    }
+    result = plan_files(files)
+    assert isinstance(result, Plan), result
+    assert sorted(result.names()) == expected
+
+
+def test_include_path_expands_pipeline_and_predefined_variables() -> None:
+    """`include: ci/$TARGET.yml` takes the pipeline variable; `$CI_COMMIT_REF_NAME` the ref."""
+    files = {
+        ".gitlab-ci.yml": "include:\n  - local: ci/$TARGET.yml\n  - local: 'refs/${CI_COMMIT_REF_NAME}.yml'\n",
+        "ci/arm.yml": JOB.format(name="arm"), "ci/x86.yml": JOB.format(name="x86"),
+        "refs/main.yml": JOB.format(name="on-main"), "refs/dev.yml": JOB.format(name="on-dev"),
+    }
+    result = plan_files(files, variables={"TARGET": "arm"}, ref="main")
+    assert isinstance(result, Plan), result
+    assert sorted(result.names()) == ["arm", "on-main"]
+
+
+def test_more_than_150_includes_is_an_error() -> None:
+    """GitLab's limit of 150 included files holds."""
+    files = {".gitlab-ci.yml": "include: 'ci/*.yml'\n"}
+    files.update({f"ci/j{i:03}.yml": JOB.format(name=f"j{i}") for i in range(151)})
+    result = plan_files(files)
+    assert isinstance(result, Problems) and "150" in result.items[0].message
+
+
+def test_circular_reference_is_named_a_cycle() -> None:
+    """Two scripts referencing each other are reported as a cycle, not as nesting too deep."""
+    result = planned("a:\n  script: !reference [b, script]\nb:\n  script: !reference [a, script]\n")
+    assert "reference-cycle" in codes(result)
+    assert all("10 levels" not in p.message for p in result.items)  # type: ignore[union-attr]
+
+
+def test_reference_nesting_limit_is_ten() -> None:
+    """A chain of 11 `!reference`s is refused; 10 are fine."""
+    def chain(n: int) -> str:
+        lines = [".r0:\n  script: [echo]\n"]
+        lines += [f".r{i}:\n  script: [!reference [.r{i - 1}, script]]\n" for i in range(1, n + 1)]
+        return "".join(lines) + f"job:\n  script: [!reference [.r{n}, script]]\n"
+    assert isinstance(planned(chain(9)), Plan)
+    assert "unknown-reference" in codes(planned(chain(11)))
