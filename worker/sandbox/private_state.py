@@ -42,6 +42,7 @@ def make_private(state_dir: Path, run_dir: Path) -> list[str]:
     ['api-token', 'logs']
     >>> oct(os.stat(d).st_mode & 0o777), oct(os.stat(d / "api-token").st_mode & 0o777)
     ('0o711', '0o600')
+    >>> import shutil; shutil.rmtree(d)
     """
     changed: list[str] = []
     for top in (state_dir, run_dir):
