@@ -8,6 +8,7 @@ but not ignored files; the file's folder outside git) in ``/workspace``, each jo
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from pipelines.store.transitions import cancel_run, create_run, queued_job_ids, 
 from worker.executor import Source, WorkerContext, execute_job, utcnow
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
+from worker.terminal import TerminalSanitizer, quote_for_terminal, quote_lines, visible_line
 
 
 def git(root: Path, *args: str) -> str | None:
@@ -48,27 +50,47 @@ def project_source(root: Path) -> Source:
 
 
 class PrefixedOutput:
-    """Job output, line by line, prefixed with the job's name (lines of parallel jobs never mix)."""
+    """Job output, line by line, prefixed with the job's name (lines of parallel jobs never mix).
+
+    Names and output are the job's: a name is quoted when it holds anything but printable
+    characters, and output goes through ``TerminalSanitizer`` and ``visible_line`` (colour kept,
+    every other control sequence dropped, a bare CR cannot overwrite the prefix), so a job can
+    neither forge another job's or sandpit's lines nor change the terminal (title, clipboard,
+    cursor, screen). A reader of sandpit's output that goes away (``| head``) ends the live view
+    quietly; the jobs' logs still get everything.
+    """
+
+    #: a line longer than this is shown in pieces (a job writing without newlines)
+    LINE_MAX = 16 * 1024
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.lock = threading.Lock()
         self.width = 12
+        self.broken = False
         self._flushers: dict[str, Callable[[], None]] = {}
 
     def sink(self, name: str) -> Callable[[str, bytes], None]:
-        pending: dict[str, bytes] = {}
+        pending: dict[str, str] = {}
+        filters: dict[str, TerminalSanitizer] = {}
 
         def write(stream: str, data: bytes) -> None:
-            buf = pending.get(stream, b"") + data
-            *lines, pending[stream] = buf.split(b"\n")
+            screen = filters.get(stream)
+            if screen is None:
+                screen = filters[stream] = TerminalSanitizer()
+            *lines, rest = (pending.get(stream, "") + screen.feed(data)).split("\n")
+            while len(rest) > self.LINE_MAX:
+                lines.append(rest[:self.LINE_MAX])
+                rest = rest[self.LINE_MAX:]
+            pending[stream] = rest
             for line in lines:
-                self.line(name, line.decode("utf-8", "replace"))
+                self.line(name, visible_line(line))
 
         def flush() -> None:
-            for rest in pending.values():
+            for stream, screen in filters.items():
+                rest = pending.get(stream, "") + screen.finish()
                 if rest:
-                    self.line(name, rest.decode("utf-8", "replace"))
+                    self.line(name, visible_line(rest))
             pending.clear()
 
         self._flushers[name] = flush
@@ -80,9 +102,26 @@ class PrefixedOutput:
             flusher()
 
     def line(self, name: str, text: str) -> None:
+        """One line under ``name``'s prefix; ``text`` is sandpit's own or already sanitized."""
+        self.write(f"{quote_for_terminal(name):>{self.width}} | {text}\n")
+
+    def write(self, text: str) -> None:
         with self.lock:
-            self.out.write(f"{name:>{self.width}} | {text}\n")
-            self.out.flush()
+            if self.broken:
+                return
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except BrokenPipeError:
+                self.broken = True
+                self._silence()
+
+    def _silence(self) -> None:
+        # what is still buffered would fail again at exit ("Exception ignored ... BrokenPipeError")
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
 
 
 def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
@@ -93,12 +132,12 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     try:
         policy = Policy.from_env(os.environ if env is None else env).level(trust)
     except PolicyError as exc:
-        print(f"sandpit: {exc}", file=err)
+        print(f"sandpit: {quote_lines(str(exc))}", file=err)
         return 2
     try:
         loaded = load_pipeline(path)
     except OSError as exc:
-        print(f"sandpit: cannot read {path}: {exc.strerror}", file=err)
+        print(f"sandpit: cannot read {quote_for_terminal(str(path))}: {exc.strerror}", file=err)
         return 2
     root = Path(loaded.root)
     inputs = PipelineInputs(
@@ -109,18 +148,18 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     planned = plan(loaded.files, inputs, entry=loaded.entry)
     if not isinstance(planned, Plan):
         for problem in planned.items:
-            print(problem.render(), file=err)
+            print(quote_lines(problem.render()), file=err)
         return 1
     admitted = admit(planned, policy)
     if not isinstance(admitted, Plan):
         for problem in admitted:
-            print(problem.render(), file=err)
+            print(quote_lines(problem.render()), file=err)
         return 1
     planned = admitted
     for warning in planned.warnings:
-        print(warning.render(), file=err)
     if not planned.created or not planned.jobs:
         print("sandpit: the pipeline's workflow rules create no run for this ref", file=err)
+        print(quote_lines(warning.render()), file=err)
         return 0
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
@@ -143,7 +182,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
     db = make_engine(url)
     engine = Engine(settings)
     printer = PrefixedOutput(sys.stderr if as_json else out)
-    printer.width = min(40, max(len(j.name) for j in planned.jobs))
+    printer.width = min(40, max(len(quote_for_terminal(j.name)) for j in planned.jobs))
     source = project_source(root)
     done_lock = threading.Lock()
 
@@ -203,10 +242,9 @@ def _job_record(job: Job) -> dict[str, Any]:
 
 
 def _summary(printer: PrefixedOutput, records: list[dict[str, Any]], status: str) -> None:
-    with printer.lock:
-        printer.out.write("\n")
-        for r in records:
-            reason = f" ({r['reason']})" if r.get("reason") else ""
-            printer.out.write(f"  {r['status']:<10} {r['name']}{reason}\n")
-        printer.out.write(f"pipeline {status}\n")
-        printer.out.flush()
+    lines = [""]
+    for r in records:
+        reason = f" ({r['reason']})" if r.get("reason") else ""
+        lines.append(f"  {r['status']:<10} {quote_for_terminal(r['name'])}{reason}")
+    lines.append(f"pipeline {status}")
+    printer.write("\n".join(lines) + "\n")
