@@ -157,9 +157,9 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         return 1
     planned = admitted
     for warning in planned.warnings:
+        print(quote_lines(warning.render()), file=err)
     if not planned.created or not planned.jobs:
         print("sandpit: the pipeline's workflow rules create no run for this ref", file=err)
-        print(quote_lines(warning.render()), file=err)
         return 0
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
