@@ -1,21 +1,34 @@
-"""``sandpit exec``: one command in a fresh sandbox, output streamed, exit status passed through."""
+"""``sandpit exec``: one command in a fresh sandbox, output streamed, exit status passed through.
+
+The command's output is a raw byte pipe, as with ``docker run``: nothing is filtered or escaped
+(people pipe tar through it). A reader that goes away (``| head``) breaks the command's own stdout,
+so the command sees EPIPE/SIGPIPE as the first command of a shell pipeline does, and sandpit, once
+everything is torn down, exits 141 as that pipeline's writer would. What
+sandpit itself prints (``sandpit: ...`` lines on stderr) embeds job-controlled names and messages
+only through ``quote_for_terminal``, so a job cannot forge such a line or reach the terminal.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 
-from worker.cli import SANDBOX_FAILED, print_json
+from worker.cli import SANDBOX_FAILED
 from worker.errors import InvalidRequest
 from worker.sandbox.engine import Engine, JobResult, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 from worker.settings import Settings
+from worker.terminal import quote_for_terminal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+
+#: sandpit's status when its stdout's reader went away (``| head``): a shell pipeline's writer
+#: killed by SIGPIPE reports 128+13, whatever the command then did with its broken pipe (as pid 1
+#: of its namespace it cannot die of SIGPIPE: ``yes`` gets EPIPE, says so and exits 1)
+READER_GONE = 141
 
 LIMIT_WORDS = {
     "oom": "the job ran out of memory (--memory {memory})",
@@ -48,34 +61,80 @@ def request_from_args(args: argparse.Namespace) -> SandboxRequest:
 
 def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     req = request_from_args(args)
-    out = sys.stderr.buffer if args.json else sys.stdout.buffer
-
-    def sink(stream: str, data: bytes) -> None:
-        target = sys.stderr.buffer if stream != "out" else out
-        target.write(data)
-        target.flush()
-
+    writer = OutputWriter(out_fd=2 if args.json else 1)
     cancel = threading.Event()
     install_signal_cancel(cancel)
-    result = Engine(settings).run(req, sink=sink, cancel=cancel)
+    result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
+    if writer.blocked_fd is not None:
+        writer.say("sandpit: not all of the job's output was delivered: its reader stopped reading")
     if args.json:
-        print_json(result.as_record())
-    status = exit_status(result, args)
-    # everything is torn down and flushed: skip the interpreter's slow finalisation
-    sys.stdout.flush()
-    sys.stderr.flush()
+        import json
+
+        writer.emit(1, json.dumps(result.as_record()).encode() + b"\n")
+    status = exit_status(result, args, writer)
+    if 1 in writer.gone:
+        status = READER_GONE
+    # everything is torn down and written: skip the interpreter's slow finalisation (and its
+    # flush of a stdout whose reader may be gone)
     os._exit(status)
 
 
-def exit_status(result: JobResult, args: argparse.Namespace) -> int:
+class OutputWriter:
+    """sandpit exec's stdout and stderr.
+
+    ``sink`` takes the job's output on the delivery thread; it may block there (the supervisor does
+    not wait for it). Plain ``os.write``, so nothing is left in a Python buffer to flush (or to fail
+    flushing) at exit. ``say``/``emit`` write sandpit's own short output without blocking for long
+    or raising: their reader may be stalled (the same pipe as the job's output) or gone.
+    """
+
+    def __init__(self, out_fd: int) -> None:
+        self.out_fd = out_fd
+        self.blocked_fd: int | None = None  # set while a write of the job's output is under way
+        self.gone: set[int] = set()  # fds whose reader went away (EPIPE)
+
+    def sink(self, stream: str, data: bytes) -> None:
+        fd = self.out_fd if stream == "out" else 2
+        self.blocked_fd = fd
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            self.gone.add(fd)
+            raise  # the delivery stops this stream and the job's pipe is closed
+        finally:
+            self.blocked_fd = None
+
+    def emit(self, fd: int, data: bytes, timeout_s: float = 1.0) -> None:
+        import select
+
+        if fd == self.blocked_fd or fd in self.gone:
+            return  # the job's output is stuck in it (this would be too), or nobody reads it
+        try:
+            while data:
+                if not select.select([], [fd], [], timeout_s)[1]:
+                    return
+                data = data[os.write(fd, data[:4096]):]
+        except BrokenPipeError:
+            self.gone.add(fd)
+        except OSError:
+            return
+
+    def say(self, line: str) -> None:
+        self.emit(2, (line + "\n").encode(errors="backslashreplace"))
+
+
+def exit_status(result: JobResult, args: argparse.Namespace, writer: OutputWriter) -> int:
     if result.status == "error" or result.reason == "invalid_spec":
-        print(f"sandpit: {result.message}", file=sys.stderr)
+        writer.say(f"sandpit: {quote_for_terminal(result.message or 'failed', quotes=False)}")
         return SANDBOX_FAILED
     if result.reason in LIMIT_WORDS:
-        print(f"sandpit: {LIMIT_WORDS[result.reason].format(**vars(args))} [reason: {result.reason}]",
-              file=sys.stderr)
+        words = LIMIT_WORDS[result.reason].format(**vars(args))
+        writer.say(f"sandpit: {quote_for_terminal(words, quotes=False)} [reason: {result.reason}]")
     for rej in result.rejected_artifacts:
-        print(f"sandpit: artifact {rej.path} not kept: {rej.why}", file=sys.stderr)
+        writer.say(f"sandpit: artifact {quote_for_terminal(rej.path)} not kept: "
+                   f"{quote_for_terminal(rej.why, quotes=False)}")
     if result.exit_code is None:
         return SANDBOX_FAILED
     # a job stopped by a limit never looks successful, even if its main process exited 0

@@ -83,8 +83,10 @@ def test_disk_limit_covers_the_root_filesystem_too(run):
 def test_log_flood_is_cut_at_the_limit(run):
     res, out, _err = run("yes", "flood", limits=Limits(log_bytes=64 * 1024))
     assert (res.status, res.reason) == ("failed", "log_limit")
-    assert len(out) == 64 * 1024
-    assert os.path.getsize(res.log_path) < 4 * 64 * 1024  # type: ignore[arg-type]
+    # the limit counts what the log file stores (each "\n" is 2 bytes of JSON), and the live
+    # reader gets exactly what is stored
+    assert 48 * 1024 < len(out) < 64 * 1024
+    assert os.path.getsize(res.log_path) <= 64 * 1024 + 256  # type: ignore[arg-type]
 
 
 def test_usage_is_reported(run):

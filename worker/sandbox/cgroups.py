@@ -74,6 +74,7 @@ class JobCgroup:
         self.oom_eventfd: int | None = None
         self._closed = False
         self.dirs: dict[str, Path] = {}
+        self._refusals = ForkRefusals(f"/{parent}/{name}")  # before the job can fork at all
         try:
             if self.v2:
                 self._make_v2(memory_bytes, cpus, pids, cpu_period_us)
@@ -128,12 +129,25 @@ class JobCgroup:
 
     # -- reading -------------------------------------------------------------------------
     def pids_limit_hits(self) -> int:
-        """Forks refused by the pids limit anywhere in the job (v1 counts them where they happen)."""
+        """Forks refused by the pids limit anywhere in the job, live or after the job has ended.
+
+        The counters: ``pids.events`` ``max`` of the job cgroup and of the runtime's ``ctr`` child.
+        Where a refusal is counted depends on the host. cgroup v2 on Linux >= 6.14 counts it
+        hierarchically, in the job cgroup that sandpit keeps. Older v2 kernels, and v1 on every
+        kernel (this project's hosts: 6.18, pids on v1), count it only in the cgroup of the
+        process that forked, ``ctr``, and crun and runc remove ``ctr`` (recursively, even with a
+        child sandpit made in it: tried) before ``run`` returns; v1's pids.events also has no
+        poll/inotify notification (tried). So a job that hits the limit and exits within one
+        poll interval (a shell printing "Cannot fork" and exiting) left no counter to read. The
+        kernel's log keeps the end-of-job record: the first refusal in a cgroup is logged
+        ("cgroup: fork rejected by pids controller in <path>"), and each job's ``ctr`` is new.
+        ``ForkRefusals`` reads it from /dev/kmsg, from a position taken before the job started.
+        """
         base = self.dirs.get("unified") or self.dirs["pids"]
         hits = _kv(base / "pids.events").get("max", 0)
         for child in ("ctr",):
             hits += _kv(base / child / "pids.events").get("max", 0)
-        return hits
+        return max(hits, self._refusals.read())
 
     def oom_kills(self) -> int:
         if self.v2:
@@ -185,10 +199,83 @@ class JobCgroup:
         if self._closed:
             return
         self._closed = True
+        self._refusals.close()
         if self.oom_eventfd is not None:
             os.close(self.oom_eventfd)
             self.oom_eventfd = None
         remove_job_cgroups(self.name, self.root, fast=True, parent=self.parent)
+
+
+class ForkRefusals:
+    """The kernel log's record of pids-limit refusals in one job's cgroups (see
+    ``JobCgroup.pids_limit_hits`` for why the counters are not enough).
+
+    A reader of /dev/kmsg gets the records logged after it seeked to the end, so opening one per
+    job just before the job starts sees exactly that job's period. The path in the message is the
+    cgroup's path from its hierarchy's root; it is matched as ``.../<parent>/<job>`` or below (the
+    job id is random, so no other job's record matches, and a job cannot write kernel records: its
+    /dev has no kmsg). Without /dev/kmsg (no CAP_SYSLOG, a container without it) this reads
+    nothing and the counters are all there is.
+    """
+
+    PREFIX = "cgroup: fork rejected by pids controller in"
+
+    def __init__(self, cgroup_path: str, kmsg: str = "/dev/kmsg") -> None:
+        self.marker = cgroup_path.rstrip("/") + "/"
+        self.count = 0
+        self._fd: int | None = None
+        self._path_next = False  # the message was split: its path is the next record
+        try:
+            fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_END)
+        except OSError:
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def read(self) -> int:
+        """Take the records logged since the last call; the refusals seen so far."""
+        while self._fd is not None:
+            try:
+                record = os.read(self._fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                continue  # records were overwritten before we read them; the position moved on
+            except OSError:
+                break
+            if not record:
+                break
+            self.take(record)
+        return self.count
+
+    def take(self, record: bytes) -> None:
+        """One /dev/kmsg record: ``<prio>,<seq>,<usec>,<flags>;<message>\\n`` (then key=value lines).
+
+        >>> r = ForkRefusals("/sandpit/abc", kmsg="/nonexistent")
+        >>> r.take(b"6,101,5,-;cgroup: fork rejected by pids controller in /sandpit/abc/ctr\\n")
+        >>> r.take(b"6,102,5,-;cgroup: fork rejected by pids controller in /sandpit/abcd/ctr\\n")
+        >>> r.count
+        1
+        """
+        message = record.partition(b";")[2].split(b"\n", 1)[0].decode("utf-8", "replace")
+        if message.startswith(self.PREFIX):
+            path = message[len(self.PREFIX):].strip()
+        elif self._path_next:
+            path = message.strip()
+        else:
+            return
+        self._path_next = not path
+        if path and self.marker in path + "/":
+            self.count += 1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def remove_job_cgroups(name: str, root: Path = CGROUP_ROOT, *, fast: bool = False,

@@ -1,9 +1,14 @@
 """Watching a running container: its pipes, its exit, its limits and its deadline.
 
-One thread, one selector: stdout/stderr pipes, a pidfd for the runtime process, and on cgroup
-v1 the OOM eventfd. pids.events has no notification on v1, so it is read every 50 ms. The first
-limit hit names the reason and the whole job is killed; a deadline sends SIGTERM to every
-process, then SIGKILL after the grace period.
+One thread, one selector: stdout/stderr pipes, a pidfd for the runtime process, on cgroup v1 the
+OOM eventfd, and the output delivery's wake-up. pids.events has no notification on v1, so it is
+read every 50 ms (and once more at the end, see ``JobCgroup.pids_limit_hits``). The first limit hit
+names the reason and the whole job is killed; a deadline sends SIGTERM to every process, then
+SIGKILL after the grace period.
+
+Nothing in this loop waits for the job's live reader: output goes to the log file here and to the
+reader through ``OutputDelivery``'s own thread. When that reader falls behind, the pipes are left
+unread (the job blocks in write(2)) while deadline, limits and cancel go on being enforced.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     sel.register(pidfd, selectors.EVENT_READ, "exit")
     if cg.oom_eventfd is not None:
         sel.register(cg.oom_eventfd, selectors.EVENT_READ, "oom")
+    wake_fd = joblog.wake_fd
+    if wake_fd is not None:
+        sel.register(wake_fd, selectors.EVENT_READ, "delivery")
     reason: str | None = None
     started = time.monotonic()
     deadline = started + limits.timeout_s
@@ -61,6 +69,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     status: int | None = None
     next_poll = started + POLL_S
     open_pipes = set(streams)
+    paused = False  # the live reader is behind: the job's pipes are not read, so its writes block
     try:
         while open_pipes or status is None:
             now = time.monotonic()
@@ -69,7 +78,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
             wait = max(0.0, min(next_poll, deadline, kill_at or deadline) - now)
             for key, _mask in sel.select(wait):
                 if key.data == "pipe":
-                    fd = int(key.fd)  # type: ignore[call-overload]
+                    fd = key.fd
                     try:
                         chunk = os.read(fd, 65536)
                     except BlockingIOError:
@@ -80,21 +89,39 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                             reason = "log_limit"
                             cg.kill_all()
                     else:
-                        sel.unregister(fd)
-                        open_pipes.discard(fd)
+                        _close_pipe(sel, fd, open_pipes, paused)
                 elif key.data == "exit":
                     _pid, status = os.waitpid(pid, 0)
                     sel.unregister(pidfd)
                     exited_at = time.monotonic()
                 elif key.data == "oom":
                     with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(key.fd)  # type: ignore[arg-type]
+                        os.eventfd_read(key.fd)
                     if reason is None:
                         reason = "oom"
                     cg.kill_all()
+                elif key.data == "delivery":
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(key.fd)
+            # a stream whose reader went away: the job gets the broken pipe, as in a shell pipeline
+            for fd in [fd for fd in open_pipes if streams[fd] in joblog.broken_streams]:
+                _close_pipe(sel, fd, open_pipes, paused)
+            # back-pressure while the job runs. Once it is being stopped or has exited, its pipes
+            # are drained regardless: runc copies the job's output through goroutines of its own and
+            # does not exit before they have written everything, and what is left is bounded (by
+            # the pipes, and by the log limit: only stored output is handed on)
+            want_pause = status is None and reason is None and joblog.backlogged()
+            if want_pause != paused:
+                paused = want_pause
+                for fd in open_pipes:
+                    if paused:
+                        sel.unregister(fd)
+                    else:
+                        sel.register(fd, selectors.EVENT_READ, "pipe")
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_S
+                joblog.tick()
                 if reason is None and cancel.is_set():
                     reason = "cancelled"
                     runtime.kill(container_id, "TERM")
@@ -115,7 +142,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                 break  # something still holds the pipes open; the cgroup kill below ends it
     finally:
         sel.close()
-        for fd in (out_r, err_r, pidfd):
+        for fd in (*open_pipes, pidfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         if status is None:
@@ -132,6 +159,13 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     elif reason in ("timeout", "oom", "pids_limit", "log_limit", "cancelled") and code > 128:
         sig = code - 128
     return Outcome(exit_code=code, signal=sig, reason=reason, runtime_error=error)
+
+
+def _close_pipe(sel: selectors.BaseSelector, fd: int, open_pipes: set[int], paused: bool) -> None:
+    if not paused:
+        sel.unregister(fd)
+    open_pipes.discard(fd)
+    os.close(fd)
 
 
 def runtime_error(log_file: Path) -> str | None:

@@ -1,0 +1,225 @@
+"""Job-controlled text on an operator's terminal: the one place that makes it safe to show.
+
+Two tools, both pure:
+
+- ``quote_for_terminal(text)``: a name, path or message that sandpit prints inside its own lines
+  (``sandpit: artifact NAME not kept``, a job's prefix in ``sandpit run``, a summary). Control
+  characters (C0, DEL, C1, and the other non-printable code points such as bidi overrides) are
+  escaped, so a name can neither start a new line (a forged ``sandpit:`` line) nor send an escape
+  sequence.
+- ``TerminalSanitizer``: a job's own output stream for ``sandpit run``, whose lines are interleaved
+  under job-name prefixes. It keeps colour (SGR, ``ESC [ ... m``) and drops every other control
+  sequence: OSC (window title, clipboard, hyperlinks), CSI cursor movement and erase, DCS/SOS/PM/APC
+  strings, the other ``ESC x`` sequences (charset switches, cursor save/restore, full reset), and
+  every C0/C1 control except ``\\n``, ``\\t`` and ``\\r``. It is a state machine over decoded code
+  points, so a sequence or a UTF-8 character split across chunks is handled as one.
+  ``visible_line()`` then gives a bare ``\\r`` its terminal meaning within the line (what follows the
+  last one is what a terminal would have shown), so it can never overwrite the prefix, and closes
+  any colour the line opened so it cannot bleed into the next line or another job's.
+
+``sandpit exec`` does not use these on the job's output: it is a raw byte pipe (tar goes through it).
+Hand-written rather than a library: the terminal-emulator libraries (pyte) interpret a whole screen
+and the ANSI-stripping ones drop colour too or keep OSC; this is about 150 lines, tested by a table.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+ESC = "\x1b"
+#: parameter text of a colour sequence we pass through (digits, ``;`` and ``:`` sub-parameters)
+_SGR_PARAMS = re.compile(r"[0-9;:]*")
+#: longest escape sequence kept in memory; a longer one is dropped whole
+MAX_SEQUENCE = 64
+#: ESC <c> that starts a string (OSC, DCS, SOS, PM, APC) ended by BEL or ST
+_STRING_STARTERS = frozenset("]PX^_")
+#: the 8-bit (C1) forms of CSI and of the string starters
+_C1_CSI = "\x9b"
+_C1_STRINGS = frozenset("\x90\x98\x9d\x9e\x9f")
+_C1_ST = "\x9c"
+_CAN_SUB = frozenset("\x18\x1a")  # abort a sequence (ECMA-48)
+
+
+def quote_for_terminal(text: str, *, quotes: bool = True) -> str:
+    """``text`` as it is when every character is printable; else escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``; a byte that was not UTF-8 and came in as a surrogate escape shows as ``\\xff``),
+    and, with ``quotes``, in single quotes so that the reader sees where it starts and ends.
+    Use ``quotes=False`` for a whole sentence of sandpit's that embeds job-controlled values.
+
+    >>> quote_for_terminal("test [PY=3.12]")
+    'test [PY=3.12]'
+    >>> print(quote_for_terminal("x\\nsandpit: ok\\x1b]0;pwned\\x07"))
+    'x\\nsandpit: ok\\x1b]0;pwned\\x07'
+    >>> print(quote_for_terminal("tab\\there", quotes=False))
+    tab\\there
+    >>> print(quote_for_terminal(""))
+    ''
+    """
+    if text and text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() and ch not in "\\'":
+            out.append(ch)
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "'":
+            out.append("\\'" if quotes else "'")
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
+        else:
+            code = ord(ch)
+            if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of an undecodable byte
+                out.append(f"\\x{code - 0xDC00:02x}")
+            elif code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+    body = "".join(out)
+    return f"'{body}'" if quotes else body
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote_lines(text: str) -> str:
+    """A multi-line message of sandpit's (a problem and its hint lines): each line escaped alone,
+    so the line breaks sandpit put there stay line breaks and nothing else does."""
+    return "\n".join(quote_for_terminal(line, quotes=False) for line in text.split("\n"))
+
+
+def visible_line(text: str) -> str:
+    """One sanitized line as a terminal would leave it, made safe to print after a prefix.
+
+    A bare carriage return moved the cursor back to the start of the line, so only what follows
+    the last one stays visible (a progress bar's final state); a trailing one (CRLF) is just the
+    line end. A line that used colour ends with a reset.
+
+    >>> visible_line("  10%\\r 100%\\r")
+    ' 100%'
+    >>> visible_line("\\x1b[31mred")
+    '\\x1b[31mred\\x1b[0m'
+    """
+    text = text.rstrip("\r")
+    if "\r" in text:
+        text = text.rsplit("\r", 1)[1]
+    if ESC in text:
+        text += ESC + "[0m"
+    return text
+
+
+class TerminalSanitizer:
+    """Streaming filter from a job's raw output bytes to text safe for a shared terminal.
+
+    What comes out holds only printable characters, ``\\t``, ``\\n``, ``\\r`` and SGR sequences
+    (``ESC [ <digits ; :> m``, in their 7-bit form). Strings (OSC, DCS, ...) end at BEL, ST, CAN,
+    SUB or, unlike on a terminal, a line feed: a job cannot hide the lines after an unterminated
+    title sequence.
+
+    >>> s = TerminalSanitizer()
+    >>> s.feed(b"\\x1b]0;ti") + s.feed(b"tle\\x07ok \\x1b[1") + s.feed(b";31mred\\x1b[2J")
+    'ok \\x1b[1;31mred'
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._state = _GROUND
+        self._seq: list[str] = []  # the CSI sequence so far (only CSI can be kept)
+        self._length = 0
+
+    def feed(self, data: bytes) -> str:
+        return self._run(self._decoder.decode(data))
+
+    def finish(self) -> str:
+        """The end of the stream: a partial character becomes U+FFFD, a partial sequence is dropped."""
+        text = self._run(self._decoder.decode(b"", final=True))
+        self._state, self._seq, self._length = _GROUND, [], 0
+        return text
+
+    def _run(self, text: str) -> str:
+        out: list[str] = []
+        for ch in text:
+            self._step(ch, out)
+        return "".join(out)
+
+    def _step(self, ch: str, out: list[str]) -> None:
+        state = self._state
+        if state == _GROUND:
+            if ch == ESC:
+                self._begin(_ESCAPE)
+            elif ch in "\n\t\r" or (ch >= " " and ch != "\x7f" and not "\x80" <= ch <= "\x9f"):
+                out.append(ch)
+            elif ch == _C1_CSI:
+                self._begin(_CSI)
+            elif ch in _C1_STRINGS:
+                self._begin(_STRING)
+            # any other C0 or C1 control (BEL, BS, SO/SI, VT, FF, NUL, DEL, ...) is dropped
+            return
+        if ch == "\n":  # a line feed ends whatever was going on: lines stay lines
+            self._state = _GROUND
+            out.append(ch)
+            return
+        if ch in _CAN_SUB:
+            self._state = _GROUND
+            return
+        self._length += 1
+        if state == _ESCAPE:
+            if ch == "[":
+                self._begin(_CSI)
+            elif ch in _STRING_STARTERS:
+                self._begin(_STRING)
+            elif ch == ESC:
+                self._begin(_ESCAPE)
+            elif " " <= ch <= "/":
+                self._state = _ESC_INTERMEDIATE
+            elif "0" <= ch <= "~":
+                self._state = _GROUND  # a complete two-character sequence (ESC c, ESC 7, ESC M, ...)
+            elif ch >= " ":
+                self._state = _GROUND  # not a sequence: drop the ESC, keep the character
+                self._step(ch, out)
+        elif state == _ESC_INTERMEDIATE:
+            if "0" <= ch <= "~":
+                self._state = _GROUND  # ESC ( B, ESC # 8, ...
+            elif ch == ESC:
+                self._begin(_ESCAPE)
+            elif ch > "~":
+                self._state = _GROUND
+                self._step(ch, out)
+        elif state == _CSI:
+            if "@" <= ch <= "~":
+                params = "".join(self._seq)
+                if ch == "m" and self._length <= MAX_SEQUENCE and _SGR_PARAMS.fullmatch(params):
+                    out.append(f"{ESC}[{params}m")
+                self._state = _GROUND
+            elif ch == ESC:
+                self._begin(_ESCAPE)
+            elif " " <= ch <= "?":
+                if self._length <= MAX_SEQUENCE:
+                    self._seq.append(ch)
+            elif ch > "~":
+                self._state = _GROUND
+                self._step(ch, out)
+            # C0 controls inside a CSI are dropped and the sequence goes on, as on a terminal
+        elif state == _STRING:
+            if ch == "\x07" or ch == _C1_ST:
+                self._state = _GROUND
+            elif ch == ESC:
+                self._state = _STRING_ESCAPE
+        elif state == _STRING_ESCAPE:
+            if ch == "\\":
+                self._state = _GROUND  # ST
+            else:
+                self._state = _ESCAPE  # the ESC began a new sequence; this is its next character
+                self._length = 0
+                self._step(ch, out)
+
+    def _begin(self, state: int) -> None:
+        self._state = state
+        self._seq = []
+        self._length = 0
+
+
+_GROUND, _ESCAPE, _ESC_INTERMEDIATE, _CSI, _STRING, _STRING_ESCAPE = range(6)
