@@ -4,21 +4,46 @@ A download path must equal a path recorded for the job, character for character;
 then ``<state_dir>/artifacts/<sha256[:2]>/<sha256>`` built from the row's sha256 only, so no
 user input ever becomes part of a filesystem path (``..``, ``%2f`` and friends simply match no
 row).
+
+Before a file is served its bytes are checked against the recorded sha256, so a torn or tampered
+stored file is refused (500 ``artifact_corrupt``, logged) rather than sent under a hash it does not
+have. The check costs one read of the file per process and file version: the result is kept in
+memory under (sha256, device, inode, size, mtime, ctime); ctime cannot be set from user space, so
+any later change to the file is checked again. (The worker's store, ``worker.sandbox.blobs``, does
+the same on its side; the API does not import the worker, hence this short twin.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import re
+import stat
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from api.errors import NotFound
+from api.errors import ApiError, NotFound
 from pipelines.store.errors import JobNotFound
 from pipelines.store.models import Artifact, Job
 from pipelines.store.retention import artifacts_of
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+_VERIFIED_MAX = 65_536
+_verified: OrderedDict[tuple[str, int, int, int, int, int], None] = OrderedDict()
+_verified_lock = threading.Lock()
+log = logging.getLogger("sandpit.api")
+
+
+class ArtifactCorrupt(ApiError):
+    """500: the stored file's bytes do not hash to the sha256 recorded for the artifact."""
+
+    status_code = 500
+    code = "artifact_corrupt"
 
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
@@ -40,10 +65,48 @@ def find_artifact(session: Session, job_id: str, path: str) -> Artifact:
 
 
 def artifact_file(artifacts_dir: Path, row: Artifact) -> Path:
-    """Where the content of ``row`` lives; 404 if it expired or was never stored."""
+    """Where the content of ``row`` lives, checked against its sha256; 404 if it expired or was
+    never stored, 500 ``artifact_corrupt`` if its bytes are not the recorded ones."""
     if not _SHA256.match(row.sha256):
         raise NotFound(f"artifact {row.path!r} has no stored content")
     path = artifacts_dir / row.sha256[:2] / row.sha256
-    if not path.is_file():
-        raise NotFound(f"the content of artifact {row.path!r} is no longer stored")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"the content of artifact {row.path!r} is no longer stored") from None
+    except OSError as exc:
+        log.error("artifact %s of job %s: cannot open %s: %s", row.path[:300], row.job_id, path, exc.strerror)
+        raise ArtifactCorrupt(f"the stored content of artifact {row.path[:300]!r} cannot be read") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"the content of artifact {row.path!r} is no longer stored")
+        if not _intact(fd, st, row.sha256):
+            log.error("artifact %s of job %s: stored file %s does not match its sha256; not served",
+                      row.path[:300], row.job_id, path)
+            raise ArtifactCorrupt(
+                f"the stored content of artifact {row.path[:300]!r} does not match its recorded sha256 "
+                f"{row.sha256}; it is not served (the store is damaged: see the server log)")
+    finally:
+        os.close(fd)
     return path
+
+
+def _intact(fd: int, st: os.stat_result, sha256: str) -> bool:
+    key = (sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _verified_lock:
+        if key in _verified:
+            _verified.move_to_end(key)
+            return True
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    if digest.hexdigest() != sha256 or os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
+        return False
+    with _verified_lock:
+        _verified[key] = None
+        while len(_verified) > _VERIFIED_MAX:
+            _verified.popitem(last=False)
+    return True

@@ -86,3 +86,54 @@ def test_unknown_paths_and_traversal_attempts_are_404(
 
 def test_artifacts_of_an_unknown_job_are_404(client: httpx.Client, tmp_path: Path) -> None:
     assert client.get("/api/v1/jobs/unknown/artifacts/dist/app.tar").status_code == 404
+
+
+def corrupt_in_place(settings: ApiSettings, sha: str) -> None:
+    """Change some bytes of the stored file without changing its size (a torn or tampered file)."""
+    with open(settings.artifacts_dir / sha[:2] / sha, "r+b") as f:
+        f.write(b"EVIL")
+
+
+def assert_refused_as_corrupt(response: httpx.Response) -> None:
+    assert response.status_code == 500, response.text
+    assert response.json()["error"] == "artifact_corrupt"
+    assert "does not match its recorded sha256" in response.json()["message"]
+    assert CONTENT not in response.content and b"EVIL" not in response.content
+
+
+def test_corrupted_stored_file_is_never_served(
+    client: httpx.Client, job_with_artifacts: str, settings: ApiSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored file whose bytes no longer hash to the recorded sha256 answers 500
+    ``artifact_corrupt`` (and is logged), never the bytes under a false ``X-Content-SHA256``."""
+    corrupt_in_place(settings, hashlib.sha256(CONTENT).hexdigest())
+    with caplog.at_level("ERROR", logger="sandpit.api"):
+        response = client.get(f"/api/v1/jobs/{job_with_artifacts}/artifacts/dist/app.tar")
+    assert_refused_as_corrupt(response)
+    assert "X-Content-SHA256" not in response.headers
+    assert any("does not match its sha256" in r.getMessage() for r in caplog.records)
+
+
+def test_corruption_after_a_verified_download_is_noticed(
+    client: httpx.Client, job_with_artifacts: str, settings: ApiSettings
+) -> None:
+    """The check is cached per file version: a file changed after it was verified is checked again."""
+    url = f"/api/v1/jobs/{job_with_artifacts}/artifacts/dist/app.tar"
+    first = client.get(url)
+    assert first.status_code == 200 and first.content == CONTENT
+    assert first.headers["X-Content-SHA256"] == hashlib.sha256(CONTENT).hexdigest()
+    corrupt_in_place(settings, hashlib.sha256(CONTENT).hexdigest())
+    assert_refused_as_corrupt(client.get(url))
+
+
+def test_symlink_at_the_stored_name_is_not_followed(
+    client: httpx.Client, job_with_artifacts: str, settings: ApiSettings
+) -> None:
+    """A symlink where the content should be is not followed to what it points at."""
+    sha = hashlib.sha256(CONTENT).hexdigest()
+    stored = settings.artifacts_dir / sha[:2] / sha
+    stored.unlink()
+    stored.symlink_to(settings.state_dir / "secret.txt")
+    response = client.get(f"/api/v1/jobs/{job_with_artifacts}/artifacts/dist/app.tar")
+    assert response.status_code in (404, 500), response.text
+    assert b"do not serve" not in response.content
