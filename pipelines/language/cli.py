@@ -19,7 +19,7 @@ from pipelines.language.model import TRIGGERS, Job, PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problem, Problems
 from pipelines.language.yamltree import bad_character
-from pipelines.policy import TRUST_LEVELS, Policy, PolicyError, admit
+from pipelines.policy import TRUST_LEVELS, Policy, PolicyError, admit, describe
 from pipelines.references import InvalidReference, honoured_by
 
 
@@ -94,6 +94,8 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str,
             "problems": [p.as_dict() for p in problems],
             "plan": plan_summary(result) if isinstance(result, Plan) else None,
         }
+        if level is not None:
+            document["policy"] = describe(level)  # the caps and defaults the check used
         stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         for problem in problems:

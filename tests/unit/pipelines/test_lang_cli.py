@@ -138,7 +138,9 @@ def test_lint_policy_json_and_settings_from_the_environment(tmp_path: Path) -> N
     proc = lint_process([str(path), "--policy", "trusted", "--json"],
                         {"SANDPIT_POLICY_TRUSTED_MEMORY": "none", "SANDPIT_POLICY_TRUSTED_CPUS": "none"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads(proc.stdout)["ok"] is True
+    document = json.loads(proc.stdout)
+    assert document["ok"] is True and document["policy"]["level"] == "trusted"
+    assert document["policy"]["max_memory_bytes"] is None and document["policy"]["max_jobs"] == 500
     proc = lint_process([str(path), "--policy", "trusted", "--json"],
                         {"SANDPIT_POLICY_TRUSTED_MEMORY": "none", "SANDPIT_POLICY_TRUSTED_EGRESS": "false"})
     document = json.loads(proc.stdout)
