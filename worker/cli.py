@@ -240,9 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_service.cancel(settings, args.run)
         if args.command == "reap":
             from worker.sandbox.reaper import reap
+            from worker.terminal import quote_lines
 
             for line in reap(settings):
-                print(f"reaped {line}")
+                print(f"reaped {quote_lines(line)}")
             if args.all:
                 from worker.sandbox.network import teardown_host
 
@@ -254,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return _doctor()
     except SandpitError as exc:
-        print(f"sandpit: {exc}", file=sys.stderr)
+        from worker.terminal import quote_lines  # errors may carry a pipeline's or a job's text
+
+        print(f"sandpit: {quote_lines(str(exc))}", file=sys.stderr)
         return SANDBOX_FAILED
     except KeyboardInterrupt:
         return 130

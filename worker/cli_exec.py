@@ -19,7 +19,6 @@ from worker.sandbox.engine import Engine, JobResult, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 from worker.settings import Settings
-from worker.terminal import quote_for_terminal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -126,6 +125,8 @@ class OutputWriter:
 
 
 def exit_status(result: JobResult, args: argparse.Namespace, writer: OutputWriter) -> int:
+    from worker.terminal import quote_for_terminal  # after the job: kept off the start-up path
+
     if result.status == "error" or result.reason == "invalid_spec":
         writer.say(f"sandpit: {quote_for_terminal(result.message or 'failed', quotes=False)}")
         return SANDBOX_FAILED
