@@ -31,6 +31,17 @@ class InvalidIdentifier(ValueError):
     """A value failed its grammar; the message says which value and what it should look like."""
 
 
+def is_sha256_hex(text: object) -> bool:
+    """A bare sha256: 64 lowercase hex digits, nothing else (not even a trailing newline). The
+    names of content-addressed files (artifact blobs, cache manifests) must pass it before
+    ``store/<sha[:2]>/<sha>`` is built from a stored record.
+
+    >>> is_sha256_hex("ab" * 32), is_sha256_hex("../" * 21 + "x"), is_sha256_hex("ab" * 32 + "\n")
+    (True, False, False)
+    """
+    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+
+
 def is_layer_key(text: object) -> bool:
     """A layer key as the image store names layers today: the sha256 of the recipe, 64 lowercase
     hex digits, nothing else.
@@ -38,7 +49,7 @@ def is_layer_key(text: object) -> bool:
     >>> is_layer_key("A" * 64), is_layer_key("a" * 64 + "\\n")
     (False, False)
     """
-    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+    return is_sha256_hex(text)
 
 
 def is_digest(text: object) -> bool:
