@@ -36,7 +36,7 @@ def is_sha256_hex(text: object) -> bool:
     names of content-addressed files (artifact blobs, cache manifests) must pass it before
     ``store/<sha[:2]>/<sha>`` is built from a stored record.
 
-    >>> is_sha256_hex("ab" * 32), is_sha256_hex("../" * 21 + "x"), is_sha256_hex("ab" * 32 + "\n")
+    >>> is_sha256_hex("ab" * 32), is_sha256_hex("../" * 21 + "x"), is_sha256_hex("ab" * 32 + "\\n")
     (True, False, False)
     """
     return isinstance(text, str) and _HEX64.fullmatch(text) is not None
