@@ -268,3 +268,23 @@ def test_uid_ranges_are_leased_host_wide(tmp_path: Path) -> None:
     held[0][1].release()
     assert lease_uid_slot(base, 4, size, registry=registry)[0] == 0
 
+
+
+def test_uid_slots_held_by_an_older_sandpit_are_skipped(tmp_path: Path) -> None:
+    """During an upgrade an older process of the instance still leases ``<run>/locks/uid-<slot>.lock``
+    only: a slot it holds is skipped, and a slot leased now is held there too (so the older process
+    skips it), until released."""
+    from worker.sandbox.leases import lease_uid_slot, try_lock
+
+    legacy, registry = tmp_path / "locks", tmp_path / "uids"
+    legacy.mkdir()
+    old = try_lock(legacy / "uid-0.lock")
+    assert old is not None
+    slot, lease = lease_uid_slot(100_000_000, 4, 65536, registry=registry, legacy_dir=legacy)
+    assert slot == 1
+    assert try_lock(legacy / "uid-1.lock") is None
+    lease.release()
+    again = try_lock(legacy / "uid-1.lock")
+    assert again is not None
+    again.release()
+    old.release()

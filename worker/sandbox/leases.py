@@ -51,7 +51,7 @@ def is_locked(path: Path) -> bool:
 
 
 def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path | None = None,
-                   start: int = 0) -> tuple[int, Lease]:
+                   legacy_dir: Path | None = None, start: int = 0) -> tuple[int, Lease]:
     """The first free uid slot (searching from ``start``), held until the lease is released: slot
     ``n`` is the host uids ``uid_base + n * range_size`` .. ``+ range_size - 1``.
 
@@ -62,6 +62,11 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
     overlap without being equal, so a slot whose range overlaps a held one is skipped too. The lock
     is taken first and the overlaps checked after, so of two processes leasing overlapping ranges at
     once at least one sees the other's lock (both may back off; neither keeps a shared uid).
+
+    ``legacy_dir`` (the instance's ``<run>/locks``): the slot is also held as ``uid-<slot>.lock``
+    there, where sandpit leased slots before the registry, so that while an upgrade is under way an
+    older process of the same instance (``sandpit exec`` still running) and a new one never share a
+    slot either way.
     """
     if registry is None:
         from worker.sandbox.instance import uid_registry
@@ -77,9 +82,28 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
         if _overlaps_held(registry, first, range_size):
             lease.release()
             continue
+        if legacy_dir is not None:
+            legacy_dir.mkdir(parents=True, exist_ok=True)
+            old = try_lock(legacy_dir / f"uid-{slot}.lock")
+            if old is None:
+                lease.release()
+                continue
+            return slot, _Both(lease, old)
         return slot, lease
     raise SandboxError(f"all {slots} uid slots are in use: too many jobs at once on this host "
                        f"(every sandpit instance of the host counts)")
+
+
+class _Both(Lease):
+    """The host-wide lease and the instance's legacy slot lock, released together."""
+
+    def __init__(self, lease: Lease, legacy: Lease) -> None:
+        super().__init__(lease.path, lease.fd if lease.fd is not None else -1)
+        self._legacy = legacy
+
+    def release(self) -> None:
+        super().release()
+        self._legacy.release()
 
 
 def _overlaps_held(registry: Path, first: int, count: int) -> bool:
