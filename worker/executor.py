@@ -27,8 +27,9 @@ from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
 from worker import cache
-from worker.errors import SandpitError, job_outcome
+from worker.errors import SandboxError, SandpitError, job_outcome
 from worker.jobs import JobDefaults, request_for
+from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine, JobResult
 from worker.sandbox.logs import OutputSink
@@ -77,15 +78,28 @@ def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
                  if any(name == w or name.startswith((w + " ", w + ":")) for w in wanted))
 
 
-def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...], store: Path) -> tuple[tuple[str, Path], ...]:
-    """Artifacts of the named jobs of this run, as (path in workspace, stored file)."""
+def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...],
+            store: Path) -> tuple[tuple[str, Path, str], ...]:
+    """Artifacts of the named jobs of this run, as (path in workspace, stored file, its sha256)."""
     if not dependencies:
         return ()
     rows = session.exec(
         select(Artifact).join(Job, Job.id == Artifact.job_id)  # type: ignore[arg-type]
         .where(Job.run_id == run_id, Job.name.in_(dependencies))  # type: ignore[attr-defined]
     ).all()
-    return tuple((a.path, artifact_path(store, a.sha256)) for a in rows)
+    return tuple((a.path, artifact_path(store, a.sha256), a.sha256) for a in rows)
+
+
+def _checked_inputs(inputs: tuple[tuple[str, Path, str], ...]) -> tuple[tuple[str, Path], ...]:
+    """The inputs whose stored bytes hash to their sha256 (hashed once per file version, outside
+    any transaction); a torn or tampered file is never fed to a job: it fails with infra_error (a
+    missing one fails the job's seeding, as it always did)."""
+    damaged = [rel for rel, stored, sha in inputs if stored.exists() and not blobs.intact(stored, sha)]
+    if damaged:
+        logging.getLogger("sandpit.worker").error("stored artifacts %r do not match their sha256", damaged[:20])
+        raise SandboxError("the stored content of artifact(s) " + ", ".join(repr(p[:200]) for p in damaged[:5])
+                           + " of an earlier job does not match its sha256 (the artifact store is damaged)")
+    return tuple((rel, stored) for rel, stored, _sha in inputs)
 
 
 def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
@@ -103,13 +117,14 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         source_root = source.root if source else None
         store = ctx.engine.artifact_store
         # cache first, then the dependencies' artifacts (which win where both name a file)
-        files = cache.restore(s, planned.caches, trust, store, source_root) + _inputs(
-            s, run.id, artifact_sources(planned), store)
+        cached = cache.entries(s, planned.caches, trust, source_root)
+        inputs = _inputs(s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
     lease = ctx.leases.watch(ctx, job_id, attempt)
     try:
         try:
+            files = cache.restore(store, cached) + _checked_inputs(inputs)
             req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
                               extra_env=secret_env)
             seed = Seed(source_dir=source.root if source else None,

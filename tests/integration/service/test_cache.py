@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.integration.service.conftest import Service
+from tests.sandbox.conftest import TEST_STATE
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -46,3 +49,50 @@ def test_untrusted_cache_never_feeds_a_trusted_run(service: Service):
     assert service.wait(service.submit(WRITE, variables={"RUN_NAME": "stranger"}, trust="untrusted")) == "succeeded"
     assert service.wait(service.submit(MISS, trust="trusted")) == "succeeded"  # nothing restored
     assert service.wait(service.submit(READ, trust="untrusted")) == "succeeded"
+
+
+def stored(content: bytes) -> Path:
+    sha = hashlib.sha256(content).hexdigest()
+    return TEST_STATE / "artifacts" / sha[:2] / sha
+
+
+def test_tampered_cache_file_is_never_restored(service: Service):
+    """A cached file whose stored bytes no longer hash to its sha256 is left out of the restore:
+    the next job never gets bytes that are not what was cached."""
+    service.start_worker()
+    name = uuid.uuid4().hex  # content no other test stores
+    assert service.wait(service.submit(WRITE, variables={"RUN_NAME": name})) == "succeeded"
+    path = stored(f"cached by {name}\n".encode())
+    assert path.is_file()
+    with open(path, "r+b") as f:  # same size, other bytes
+        f.write(b"CACHED")
+    run_id = service.submit(MISS)
+    assert service.wait(run_id) == "succeeded"  # .deps/lib.txt was not restored
+
+
+PRODUCE = """
+stages: [build, use]
+build:
+  stage: build
+  script: [mkdir -p out, "printf '%s' \\"$CONTENT\\" > out/blob"]
+  artifacts: {paths: [out/blob]}
+use:
+  stage: use
+  script: ["test \\"$(cat out/blob)\\" = \\"$CONTENT\\""]
+"""
+
+
+def test_planted_poison_in_the_store_is_replaced(service: Service):
+    """A file already at the sha256 of a job's artifact with other bytes (planted or torn) is
+    replaced when the job keeps that content: the dependent job gets the job's own bytes."""
+    service.start_worker()
+    content = f"artifact {uuid.uuid4().hex}"
+    path = stored(content.encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"X" * len(content))
+    try:
+        run_id = service.submit(PRODUCE, variables={"CONTENT": content})
+        assert service.wait(run_id) == "succeeded", service.jobs(run_id)
+        assert path.read_bytes() == content.encode()
+    finally:
+        path.unlink(missing_ok=True)
