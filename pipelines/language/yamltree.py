@@ -126,7 +126,8 @@ def _long_key(text: str, mark: yaml.Mark) -> tuple[int, int, int] | None:
     if mark.column >= len(line) or line[mark.column] != ":":
         return None
     head = line[: mark.column]
-    start = len(head) - len(head.lstrip(" \t-{[,"))
+    start = max(head.rfind(char) for char in "{[,") + 1  # in a flow mapping, after its last separator
+    start += len(head[start:]) - len(head[start:].lstrip(" \t-"))
     key = head[start:].rstrip()
     if len(key) < _MAX_SIMPLE_KEY:
         return None
