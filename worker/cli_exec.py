@@ -59,11 +59,18 @@ def request_from_args(args: argparse.Namespace) -> SandboxRequest:
 
 
 def exec_command(args: argparse.Namespace, settings: Settings) -> int:
-    req = request_from_args(args)
+    try:
+        req: SandboxRequest | None = request_from_args(args)
+        refused = ""
+    except InvalidRequest as exc:  # the same record and exit status as a refusal by the engine
+        req, refused = None, str(exc)
     writer = OutputWriter(out_fd=2 if args.json else 1)
     cancel = threading.Event()
     install_signal_cancel(cancel)
-    result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
+    if req is None:
+        result = JobResult(name="exec", status="failed", reason="invalid_spec", message=refused)
+    else:
+        result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
     if writer.blocked_fd is not None:
         writer.say("sandpit: not all of the job's output was delivered: its reader stopped reading")
     if args.json:

@@ -128,6 +128,18 @@ def test_refused_request_through_sandpit_exec_is_invalid_spec(settings, runtime,
     assert fragment in record["message"] and f"sandpit: {record['message']}" in p.stderr
 
 
+@pytest.mark.parametrize("args, fragment", [(["--memory", "abc"], "abc"), (["--cpus", "lots"], "lots"),
+                                             (["--timeout", "soon"], "soon")])
+def test_option_refused_by_sandpit_exec_itself_is_invalid_spec(settings, runtime, no_leftovers, args, fragment):
+    """A value sandpit exec cannot even turn into a request: the same record as any refusal."""
+    p = cli(settings, runtime, "exec", "--json", *args, "--", "true")
+    assert_no_traceback(p)
+    assert p.returncode == 125, p.stderr
+    record = json.loads(p.stdout)
+    assert (record["status"], record["reason"]) == ("failed", "invalid_spec")
+    assert fragment in record["message"] and f"sandpit: {record['message']}" in p.stderr
+
+
 def test_unknown_image_through_sandpit_run_is_invalid_spec(settings, tmp_path, no_leftovers):
     (tmp_path / "p.yml").write_text("job:\n  image: node:20\n  script: [node -v]\n")
     p = cli(settings, "crun", "run", str(tmp_path / "p.yml"), "--json")
