@@ -18,9 +18,10 @@ import pytest
 from worker.sandbox.network import HostNetwork, JobNetwork, NetworkSettings, prepare_host, reap_networks, teardown_host
 from worker.settings import Settings
 
-from .world import RESOLVER, WEB, World, in_netns, link_names, probe
+from .world import HERE, RESOLVER, WEB, World, in_netns, link_names, probe
 
 pytestmark = pytest.mark.root
+REPO = Path(__file__).parents[3]
 
 
 def other_instance(world: World, base: Path) -> NetworkSettings:
@@ -102,7 +103,7 @@ def test_reap_all_of_another_instance_removes_only_its_own_host_side(world: Worl
         assert other.bridge in link_names(world.host_path)
         with JobNetwork(world.settings, "inst-world-live", "egress", world.network) as mine:
             done = subprocess.run([sys.executable, "-m", "worker", "reap", "--all"], env=env, capture_output=True,
-                                  text=True, timeout=120, cwd=Path(__file__).parents[3])
+                                  text=True, timeout=120, cwd=REPO)
             assert done.returncode == 0, done.stderr
             assert "removed the network host side" in done.stdout
             assert "reaped" not in done.stdout, done.stdout
@@ -114,3 +115,42 @@ def test_reap_all_of_another_instance_removes_only_its_own_host_side(world: Worl
             assert got["outcome"] == "reply", got
     finally:
         teardown_host(other)
+
+
+def test_egress_jobs_of_two_instances(world: World, settings: Settings, runtime: str) -> None:
+    """Real container jobs: a whole `sandpit exec --network egress` of a second instance (its own state
+    and run dirs, scratch filesystem and pool) runs on a bridge of its own in a subnet of its own and
+    reaches the internet, while a job network of the world's instance lives on beside it; the second
+    instance's `sandpit reap --all` then removes its own host side and pool, and only those."""
+    from tests.sandbox.test_instances import _make_instance, _remove_instance
+
+    second = _make_instance("net-second", settings, scratch=True)
+    env = {**second.env(runtime), "SANDPIT_NET_HOST_NETNS": world.host_path, "SANDPIT_RESOLVERS": RESOLVER,
+           "SANDPIT_NET_POOL": "2"}
+    net = Settings.from_env(env).network()
+    targets = json.dumps([{"kind": "http", "host": WEB, "port": 80}])
+    exec_argv = [sys.executable, "-m", "worker", "exec", "--network", "egress", "--image", "python", "--",
+                 "python3", "-c", (HERE / "probe.py").read_text(), targets]
+    try:
+        with JobNetwork(world.settings, "inst-world-egress", "egress", world.network) as mine:
+            for _ in range(2):  # the first makes the host side; its teardown starts the pool's refill
+                done = subprocess.run(exec_argv, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+                assert done.returncode == 0, done.stderr[-2000:]
+                assert json.loads(done.stdout)[0]["outcome"] == "reply", done.stdout
+            links = link_names(world.host_path)
+            assert {net.bridge, world.settings.bridge, mine.veth} <= links
+            bridges = json.loads(in_netns(world.host_path, "ip", "-j", "-4", "addr", "show", "type", "bridge").stdout)
+            subnets = {b["ifname"]: f"{b['addr_info'][0]['local']}/{b['addr_info'][0]['prefixlen']}"
+                       for b in bridges if b.get("addr_info")}
+            assert subnets[net.bridge] != subnets[world.settings.bridge], subnets
+            reaped = subprocess.run([sys.executable, "-m", "worker", "reap", "--all"], env=env, capture_output=True,
+                                    text=True, timeout=120, cwd=REPO)
+            assert reaped.returncode == 0, reaped.stderr
+            links = link_names(world.host_path)
+            assert net.bridge not in links and {world.settings.bridge, mine.veth} <= links
+            assert f"inet {net.table}" not in tables(world) and f"inet {world.settings.table}" in tables(world)
+            got = probe(mine.netns_path, [{"kind": "http", "host": WEB, "port": 80}])[0]
+            assert got["outcome"] == "reply", got
+    finally:
+        teardown_host(net)
+        _remove_instance(second)
