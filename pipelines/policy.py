@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from pipelines.language.model import Job, Plan
+from pipelines.language.model import Job, Plan, SandboxSpec
 from pipelines.language.problems import Loc, Problem
 from pipelines.language.quantities import parse_cpus, parse_duration, parse_pids, parse_size
 
@@ -318,16 +318,23 @@ def _quoted(text: str) -> str:
                    for ch in text)
 
 
-def fill_defaults(job: Job, policy: LevelPolicy) -> Job:
-    """``job`` with every limit it leaves out set to the level's default (what the worker runs).
+def fill_defaults(job: Job, policy: LevelPolicy, filled: SandboxSpec | None = None) -> Job:
+    """``job`` with every limit it leaves out set to the level's default (what the worker runs);
+    ``filled``: :func:`filled_sandbox` of its sandbox, if the caller has it.
 
     >>> from pipelines.language.model import Loc
     >>> job = fill_defaults(Job(name="t", stage="test", loc=Loc("ci.yml", 1, 1)), Policy.from_env({}).untrusted)
     >>> job.sandbox.cpus, job.timeout_seconds, job.sandbox.log_bytes
     (1.0, 3600, 16777216)
     """
-    sb = job.sandbox
-    filled = replace(
+    sandbox = filled if filled is not None else filled_sandbox(job.sandbox, policy)
+    timeout = job.timeout_seconds if job.timeout_seconds is not None else policy.timeout_s
+    return replace(job, sandbox=sandbox, timeout_seconds=timeout)
+
+
+def filled_sandbox(sb: SandboxSpec, policy: LevelPolicy) -> SandboxSpec:
+    """The sandbox request with the level's defaults where it says nothing."""
+    return replace(
         sb,
         memory_bytes=sb.memory_bytes if sb.memory_bytes is not None else policy.memory_bytes,
         cpus=sb.cpus if sb.cpus is not None else policy.cpus,
@@ -336,13 +343,20 @@ def fill_defaults(job: Job, policy: LevelPolicy) -> Job:
         log_bytes=sb.log_bytes if sb.log_bytes is not None else policy.log_bytes,
         runtime=sb.runtime if sb.runtime is not None else policy.runtime,
     )
-    timeout = job.timeout_seconds if job.timeout_seconds is not None else policy.timeout_s
-    return replace(job, sandbox=filled, timeout_seconds=timeout)
 
 
 def admit_jobs(jobs: Sequence[Job], policy: LevelPolicy) -> tuple[Job, ...]:
-    """The jobs with defaults filled in; call :func:`check_jobs` first (this does not check)."""
-    return tuple(fill_defaults(job, policy) for job in jobs)
+    """The jobs with defaults filled in; call :func:`check_jobs` first (this does not check).
+    Jobs of one pipeline share a few sandbox requests (``default:``, matrix copies): each distinct
+    one is filled once."""
+    cache: dict[SandboxSpec, SandboxSpec] = {}
+    out = []
+    for job in jobs:
+        filled = cache.get(job.sandbox)
+        if filled is None:
+            filled = cache[job.sandbox] = filled_sandbox(job.sandbox, policy)
+        out.append(fill_defaults(job, policy, filled))
+    return tuple(out)
 
 
 def admit(plan: Plan, policy: LevelPolicy) -> Plan | tuple[Problem, ...]:
