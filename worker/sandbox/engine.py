@@ -339,7 +339,7 @@ class Engine:
             reason = "oom"
         if reason is None and usage.pids_limit_hits > 0:
             reason = "pids_limit"
-        if reason is None and outcome.exit_code != 0 and disk.at_limit():
+        if reason is None and disk.quota_hit(job_failed=outcome.exit_code != 0):
             reason = "disk_quota"
         if reason is None:
             result.status = "succeeded" if outcome.exit_code == 0 else "failed"

@@ -22,7 +22,7 @@ import signal
 
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import cgroup_parent, remove_job_cgroups, v1_hierarchies
-from worker.sandbox.disk import destroy_subvolume, ensure_quota_consistent, is_mounted
+from worker.sandbox.disk import destroy_subvolume_tree, ensure_quota_consistent, is_mounted, subvolumes
 from worker.sandbox.instance import claim_instance
 from worker.sandbox.leases import is_locked
 from worker.sandbox.rootfs import unmount_all
@@ -84,18 +84,7 @@ def reap(settings: Settings) -> list[str]:
                 continue
             shutil.rmtree(job_dir, ignore_errors=True)
             done.append(f"job dir {job_dir}")
-    scratch = settings.scratch_dir
-    if is_mounted(scratch):
-        for sub in sorted(scratch.iterdir()):
-            if sub.name not in live and not sub.name.startswith("."):
-                try:
-                    destroy_subvolume(scratch, sub.name)
-                except SandboxError as exc:
-                    log.warning("%s", exc)
-                    continue
-                done.append(f"disk {sub}")
-        if ensure_quota_consistent(scratch):
-            done.append(f"quota rescan of {scratch} (qgroups were inconsistent)")
+    done.extend(_reap_disks(settings, live))
     if settings.network().net_dir.is_dir():
         from worker.sandbox.network import reap_networks
 
@@ -108,6 +97,29 @@ def reap(settings: Settings) -> list[str]:
                     lock.unlink()
     for line in done:
         log.info("reaped %s", line)
+    return done
+
+
+def _reap_disks(settings: Settings, live: set[str]) -> list[str]:
+    """Job disks of dead jobs, with every subvolume nested in them (found in the btrfs tree, not
+    by walking what the job left in its directories; deepest first, see worker/sandbox/disk.py)."""
+    done: list[str] = []
+    scratch = settings.scratch_dir
+    if not is_mounted(scratch):
+        return done
+    for name, subvol_id in sorted(subvolumes(scratch).items()):
+        if name in live or name.startswith("."):
+            continue
+        try:
+            deleted = destroy_subvolume_tree(scratch, subvol_id)
+        except SandboxError as exc:
+            log.warning("%s", exc)
+            continue
+        if deleted:
+            nested = f" and {len(deleted) - 1} subvolume(s) nested in it" if len(deleted) > 1 else ""
+            done.append(f"disk {scratch / name}{nested}")
+    if ensure_quota_consistent(scratch):
+        done.append(f"quota rescan of {scratch} (qgroups were inconsistent)")
     return done
 
 
@@ -155,5 +167,7 @@ def leftovers(settings: Settings) -> list[str]:
         points = [line.split()[4] for line in f]
     found += [f"mount {p}" for p in points if p.startswith(prefix) and dead(p[len(prefix):].split("/", 1)[0])]
     if is_mounted(settings.scratch_dir):
-        found += [f"disk {p.name}" for p in settings.scratch_dir.iterdir() if dead(p.name)]
+        # what sandpit made there (subvolumes, from the btrfs tree) and anything else left in it
+        names = {p.name for p in settings.scratch_dir.iterdir()} | set(subvolumes(settings.scratch_dir))
+        found += [f"disk {name}" for name in sorted(names) if dead(name)]
     return found
