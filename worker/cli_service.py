@@ -76,6 +76,7 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
             os.chmod(token_file, 0o600)  # whatever the umask, or an older sandpit, made it
             token = token_file.read_text().strip()
             env["SANDPIT_API_TOKENS"] = f"local:{token}:trusted"
+        env.setdefault("SANDPIT_PUBLIC_URL", f"http://{host}:{port}")  # CI_JOB_URL in jobs
         worker_cmd = [sys.executable, "-m", "worker", "worker"]
         if concurrency:
             worker_cmd += ["--concurrency", str(concurrency)]

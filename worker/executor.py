@@ -28,7 +28,7 @@ from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
-from worker.jobs import JobDefaults, request_for
+from worker.jobs import JobDefaults, image_name, request_for
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine, JobResult
@@ -62,6 +62,41 @@ class WorkerContext:
     admit: Callable[[PlannedJob], AbstractContextManager[object]] = lambda _planned: nullcontext()
     now: Callable[[], dt.datetime] = utcnow
     leases: LeaseKeeper = field(default_factory=lambda: LeaseKeeper())
+    #: where people find a job (CI_JOB_URL): the API's address when there is one, else sandpit's log
+    job_url: Callable[[str], str] = lambda job_id: f"sandpit://jobs/{job_id}"
+    slots: ConcurrentSlots = field(default_factory=lambda: ConcurrentSlots())
+
+
+class ConcurrentSlots:
+    """CI_CONCURRENT_ID: the lowest number no other running job of this worker holds (GitLab: "a
+    unique ID of build execution within a single executor"), so a job can name a per-slot path."""
+
+    def __init__(self) -> None:
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            slot = next(i for i in range(len(self._held) + 1) if i not in self._held)
+            self._held.add(slot)
+            return slot
+
+    def give(self, slot: int) -> None:
+        with self._lock:
+            self._held.discard(slot)
+
+
+def image_shell(engine: Engine, reference: str) -> str:
+    """The shell the job's image runs scripts with (found once per image); /bin/sh when the image
+    cannot be had: the engine then refuses the job with its own message."""
+    from worker.errors import ImageError
+    from worker.sandbox.shell import shell_for_image
+
+    try:
+        image = engine.images.get(reference)
+    except (ImageError, OSError):
+        return "/bin/sh"
+    return shell_for_image(image.key, image.rootfs)
 
 
 def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
@@ -122,11 +157,14 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
     lease = ctx.leases.watch(ctx, job_id, attempt)
+    slot = ctx.slots.take()
     try:
         try:
             files = cache.restore(store, cached) + _checked_inputs(inputs)
+            job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
             req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
-                              extra_env=secret_env)
+                              extra_env=job_env + secret_env,
+                              shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))
             seed = Seed(source_dir=source.root if source else None,
                         source_files=source.files if source else None, files=files)
             with ctx.admit(planned):
@@ -140,6 +178,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
             if not isinstance(exc, SandpitError):
                 logging.getLogger("sandpit.worker").exception("job %s ended by an unexpected error", job_id)
     finally:
+        ctx.slots.give(slot)
         ctx.leases.unwatch(lease)
     if lease.lost.is_set():
         return []  # the lease went to someone else; their record counts, not ours

@@ -1,8 +1,10 @@
 """From a planned pipeline job to what the sandbox runs: command, image, limits, environment (pure).
 
-The job's script runs under ``/bin/sh`` as GitLab runs it: every command echoed as ``$ command``,
-the first failing command fails the job, ``after_script`` runs afterwards in a fresh shell whatever
-happened (its own failures do not change the result).
+The job's script runs as GitLab Runner runs it: under the image's bash when it has one (with
+``errexit`` and ``pipefail``), else ``/bin/sh`` with ``errexit`` (worker/sandbox/shell.py finds which,
+once per image); every command echoed as ``$ command``; the first failing command fails the job;
+``after_script`` runs afterwards in a fresh shell whatever happened, with ``CI_JOB_STATUS`` set to
+``success`` or ``failed`` (its own failures do not change the result).
 
 >>> from pipelines.language.model import Job, Loc
 >>> "$ make" in job_script(Job(name="b", stage="build", loc=Loc("f", 1, 1), script=("make",)))
@@ -47,21 +49,27 @@ def _commands(lines: tuple[str, ...]) -> str:
     return "\n".join(out)
 
 
-def job_script(job: Job) -> str:
+def job_script(job: Job, shell: str = "/bin/sh") -> str:
     """The shell program for ``job``: before_script + script, then after_script.
 
-    ``command set`` keeps dash (no pipefail) from exiting on the unknown option; bash gets pipefail.
+    bash gets ``pipefail`` (``false | true`` fails the job, as on GitLab); sh gets errexit only.
     Without after_script everything runs in one shell: no extra fork on the hot path.
+
+    >>> from pipelines.language.model import Job, Loc
+    >>> job_script(Job(name="b", stage="s", loc=Loc("f", 1, 1), script=("make",)), "/bin/bash").splitlines()[0]
+    'set -eo pipefail'
     """
     main = _commands(job.script) or ":"
-    prologue = "command set -o pipefail 2>/dev/null\n"
+    prologue = "set -eo pipefail" if shell.endswith("/bash") else "set -e"
     if not job.after_script:
-        return f"{prologue}set -e\n{main}\n"
+        return f"{prologue}\n{main}\n"
     after = _commands(job.after_script)
     return (
-        f"{prologue}( set -e\n{main}\n)\n__sandpit_rc=$?\n"
+        f"( {prologue}\n{main}\n)\n__sandpit_rc=$?\n"
+        "if [ $__sandpit_rc -eq 0 ]; then CI_JOB_STATUS=success; else CI_JOB_STATUS=failed; fi\n"
+        "export CI_JOB_STATUS\n"
         "printf '%s\\n' 'Running after_script'\n"
-        f"( {after}\n) || printf '%s\\n' 'after_script failed (ignored)'\n"
+        f"( {prologue}\n{after}\n) || printf '%s\\n' 'after_script failed (ignored)'\n"
         "exit $__sandpit_rc\n"
     )
 
@@ -79,9 +87,10 @@ def image_name(job: Job, default: str) -> str:
 
 
 def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults = JobDefaults(),
-                extra_env: tuple[tuple[str, str], ...] = ()) -> SandboxRequest:
-    """What the sandbox runs for ``job``. ``known_images`` is no longer used (the store resolves
-    references) and stays only until its caller in worker/executor.py drops it."""
+                extra_env: tuple[tuple[str, str], ...] = (), shell: str = "/bin/sh") -> SandboxRequest:
+    """What the sandbox runs for ``job``, under ``shell`` (the image's, from ``shell_for_image``).
+    ``known_images`` is no longer used (the store resolves references) and stays only until its
+    caller in worker/executor.py drops it."""
     sb = job.sandbox
     limits = Limits(
         memory_bytes=sb.memory_bytes or defaults.memory_bytes,
@@ -93,7 +102,7 @@ def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults 
     )
     artifacts = job.artifacts.paths if job.artifacts is not None else ()
     return SandboxRequest(
-        argv=("/bin/sh", "-c", job_script(job)),
+        argv=(shell, "-c", job_script(job, shell)),
         image=image_name(job, defaults.image),
         env=tuple(job.variables) + extra_env,
         network="egress" if sb.network == "egress" else "none",

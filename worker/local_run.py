@@ -140,10 +140,15 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         print(f"sandpit: cannot read {quote_for_terminal(str(path))}: {exc.strerror}", file=err)
         return 2
     root = Path(loaded.root)
+    # the commit's message, time and author in one call (NUL-separated: a message may hold anything)
+    message, timestamp, author = ((git(root, "log", "-1", "--format=%B%x00%cI%x00%an <%ae>") or "")
+                                  + "\0\0").split("\0")[:3]
     inputs = PipelineInputs(
         trigger="push", ref=git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main",
         sha=git(root, "rev-parse", "HEAD") or "0" * 40, variables=variables,
         existing_files=frozenset(loaded.existing), project_path=root.name, project_dir="/workspace",
+        commit_message=message.strip("\n"), commit_timestamp=timestamp, commit_author=author,
+        project_url=f"file://{root}",
     )
     planned = plan(loaded.files, inputs, entry=loaded.entry)
     if not isinstance(planned, Plan):
@@ -158,8 +163,9 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     planned = admitted
     for warning in planned.warnings:
         print(quote_lines(warning.render()), file=err)
-    if not planned.created or not planned.jobs:
-        print("sandpit: the pipeline's workflow rules create no run for this ref", file=err)
+    why = planned.nothing_to_run()
+    if why is not None:
+        print(f"sandpit: {why}", file=err)
         return 0
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:

@@ -83,6 +83,8 @@ class ServiceContext:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
+    #: the API's address as people reach it (SANDPIT_PUBLIC_URL, else SANDPIT_API_URL), for CI_JOB_URL
+    public_url: str | None = None
     _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
 
     def publish(self, job_ids: list[str]) -> None:
@@ -129,8 +131,12 @@ class ServiceContext:
             finally:
                 self.budget.give(*taken)
 
+        def job_url(job_id: str) -> str:
+            return f"{self.public_url.rstrip('/')}/api/v1/jobs/{job_id}" if self.public_url else f"sandpit://jobs/{job_id}"
+
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.lease_s,
-                             defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit)
+                             defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit,
+                             job_url=job_url)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
@@ -201,6 +207,7 @@ def start_service_context(env: Mapping[str, str]) -> ServiceContext:
         redis=redis.Redis.from_url(env.get("SANDPIT_REDIS_URL", "redis://127.0.0.1:6379/0")),
         worker_id=f"{socket.gethostname()}-{os.getpid()}",
         lease_s=float(env.get("SANDPIT_LEASE_S", "20")), sweep_s=float(env.get("SANDPIT_SWEEP_S", "5")),
+        public_url=env.get("SANDPIT_PUBLIC_URL") or env.get("SANDPIT_API_URL") or None,
     )
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()

@@ -41,6 +41,14 @@ class PipelineInputs:
     project_path: str = "local/project"
     pipeline_id: int = 1
     project_dir: str = "/workspace"
+    #: the commit, where it is known (a local git tree, a forge's push); empty or zero when not
+    commit_message: str = ""
+    commit_timestamp: str = ""
+    commit_author: str = ""
+    before_sha: str = "0000000000000000000000000000000000000000"
+    project_url: str = ""
+    pipeline_iid: int | None = None
+    server_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ left unexpanded), and a variable declared with ``expand: false`` is used exactly
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -28,13 +29,24 @@ PIPELINE_SOURCES: dict[str, str] = {
     "schedule": "schedule",
 }
 
+SANDPIT_VERSION = "0.1.0"  # CI_SERVER_VERSION; the project's version (pyproject.toml)
+
 # The predefined variables sandpit provides, with a sentence each; docs/pipeline-language.md lists them.
 PREDEFINED: dict[str, str] = {
     "CI": "always `true`",
+    "GITLAB_CI": "always `true`: scripts written for GitLab test it",
     "SANDPIT": "always `true` (lets a script tell sandpit from GitLab)",
     "CI_PIPELINE_SOURCE": "push, merge_request_event, web, api or schedule",
     "CI_PIPELINE_ID": "the run's number",
+    "CI_PIPELINE_IID": "the run's number within its project (the same as CI_PIPELINE_ID unless told)",
     "CI_COMMIT_SHA": "the commit being built",
+    "CI_COMMIT_BEFORE_SHA": "the previous tip of the branch (pushes from a forge); 40 zeros when unknown, as on GitLab",
+    "CI_COMMIT_MESSAGE": "the commit's full message (local git trees and forge pushes; empty for an API run "
+                         "without a commit)",
+    "CI_COMMIT_TITLE": "the message's first line",
+    "CI_COMMIT_DESCRIPTION": "the message after its first line",
+    "CI_COMMIT_TIMESTAMP": "the commit's time, ISO 8601 (empty when unknown)",
+    "CI_COMMIT_AUTHOR": "`Name <email>` of the commit's author (empty when unknown)",
     "CI_COMMIT_SHORT_SHA": "its first 8 characters",
     "CI_COMMIT_REF_NAME": "the branch or tag name",
     "CI_COMMIT_REF_SLUG": "the ref name lowercased, non-alphanumerics as `-`, at most 63 characters",
@@ -44,7 +56,19 @@ PREDEFINED: dict[str, str] = {
     "CI_PROJECT_DIR": "where the source is in the job (`/workspace`)",
     "CI_PROJECT_PATH": "namespace/name of the project",
     "CI_PROJECT_NAME": "the last part of CI_PROJECT_PATH",
-    "CI_PROJECT_NAMESPACE": "CI_PROJECT_PATH without its last part",
+    "CI_PROJECT_NAMESPACE": "CI_PROJECT_PATH without its last part (`local` for a local tree)",
+    "CI_PROJECT_PATH_SLUG": "CI_PROJECT_PATH as a slug",
+    "CI_PROJECT_URL": "the project's web address (a forge's); `sandpit://<path>` when there is none",
+    "CI_BUILDS_DIR": "the folder that holds CI_PROJECT_DIR (`/`)",
+    "CI_SERVER": "always `yes`",
+    "CI_SERVER_NAME": "`sandpit`",
+    "CI_SERVER_VERSION": "sandpit's version",
+    "CI_SERVER_URL": "the service's address; `sandpit://local` for `sandpit run`",
+    "CI_SERVER_HOST": "the host part of CI_SERVER_URL",
+    "CI_JOB_ID": "the job's id (the API's job id; a new one per `sandpit run`)",
+    "CI_JOB_URL": "where the job is seen: the API's job URL, `sandpit://jobs/<id>` without a service",
+    "CI_JOB_STATUS": "in after_script only: `success` or `failed` (a cancelled job runs no after_script)",
+    "CI_CONCURRENT_ID": "this job's slot among the jobs its worker runs at once, from 0",
     "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "merge request pipelines: the source branch",
     "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "merge request pipelines: the target branch",
     "CI_JOB_NAME": "the job's full name (with `1/3` or `[matrix, values]`)",
@@ -65,22 +89,46 @@ def slug(text: str) -> str:
 
 
 def pipeline_variables(inputs: PipelineInputs) -> dict[str, str]:
-    """The pipeline-wide predefined variables for these inputs."""
-    path = inputs.project_path
+    """The pipeline-wide predefined variables for these inputs.
+
+    >>> v = pipeline_variables(PipelineInputs(project_path="app", commit_message="Fix it\\n\\nBecause."))
+    >>> v["CI_PROJECT_PATH"], v["CI_PROJECT_NAMESPACE"], v["CI_COMMIT_TITLE"], v["CI_COMMIT_DESCRIPTION"]
+    ('local/app', 'local', 'Fix it', 'Because.')
+    """
+    # GitLab's projects always live in a namespace; a bare name (a local tree) gets `local/`
+    path = inputs.project_path if "/" in inputs.project_path else f"local/{inputs.project_path}"
+    title, _newline, rest = inputs.commit_message.partition("\n")
+    server_url = inputs.server_url or "sandpit://local"
     values = {
         "CI": "true",
+        "GITLAB_CI": "true",
         "SANDPIT": "true",
         "CI_PIPELINE_SOURCE": PIPELINE_SOURCES.get(inputs.trigger, inputs.trigger),
         "CI_PIPELINE_ID": str(inputs.pipeline_id),
+        "CI_PIPELINE_IID": str(inputs.pipeline_iid if inputs.pipeline_iid is not None else inputs.pipeline_id),
         "CI_COMMIT_SHA": inputs.sha,
         "CI_COMMIT_SHORT_SHA": inputs.sha[:8],
+        "CI_COMMIT_BEFORE_SHA": inputs.before_sha,
+        "CI_COMMIT_MESSAGE": inputs.commit_message,
+        "CI_COMMIT_TITLE": title.strip(),
+        "CI_COMMIT_DESCRIPTION": rest.strip("\n"),
+        "CI_COMMIT_TIMESTAMP": inputs.commit_timestamp,
+        "CI_COMMIT_AUTHOR": inputs.commit_author,
         "CI_COMMIT_REF_NAME": inputs.ref,
         "CI_COMMIT_REF_SLUG": slug(inputs.ref),
         "CI_DEFAULT_BRANCH": inputs.default_branch,
         "CI_PROJECT_DIR": inputs.project_dir,
+        "CI_BUILDS_DIR": posixpath.dirname(inputs.project_dir.rstrip("/")) or "/",
         "CI_PROJECT_PATH": path,
+        "CI_PROJECT_PATH_SLUG": slug(path),
         "CI_PROJECT_NAME": path.rsplit("/", 1)[-1],
-        "CI_PROJECT_NAMESPACE": path.rsplit("/", 1)[0] if "/" in path else "",
+        "CI_PROJECT_NAMESPACE": path.rsplit("/", 1)[0],
+        "CI_PROJECT_URL": inputs.project_url or f"sandpit://{path}",
+        "CI_SERVER": "yes",
+        "CI_SERVER_NAME": "sandpit",
+        "CI_SERVER_VERSION": SANDPIT_VERSION,
+        "CI_SERVER_URL": server_url,
+        "CI_SERVER_HOST": server_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0],
     }
     if inputs.ref_kind == "tag":
         values["CI_COMMIT_TAG"] = inputs.ref

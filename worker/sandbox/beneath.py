@@ -93,3 +93,24 @@ def _walk(dir_fd: int, path: str, flags: int, mode: int) -> int:
     finally:
         if current != dir_fd:
             os.close(current)
+
+
+RESOLVE_IN_ROOT = 0x10
+
+
+def open_in_root(root_fd: int, path: str, flags: int) -> int | None:
+    """An fd for ``path`` resolved as if ``root_fd`` were ``/``: symlinks inside an image (``/bin ->
+    usr/bin``, absolute targets) are followed but can never leave it (``openat2`` with
+    ``RESOLVE_IN_ROOT``). None when the kernel has no openat2; the usual OSError otherwise."""
+    nr = _OPENAT2.get(os.uname().machine)
+    if nr is None or _have_openat2 is False:
+        return None
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(root_fd), path.lstrip("/").encode(), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return int(fd)
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        return None
+    raise OSError(err, os.strerror(err), path)
