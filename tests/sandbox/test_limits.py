@@ -80,6 +80,15 @@ def test_disk_limit_covers_the_root_filesystem_too(run):
     assert res.reason == "disk_quota", err
 
 
+def test_a_job_that_carries_on_past_a_full_disk_and_exits_0_succeeds(run):
+    """A full disk is a verdict only on a job that failed: one that meets EDQUOT, carries on and
+    exits 0 succeeded (only data in nested subvolumes, past --disk, overrides its exit code)."""
+    res, _out, err = run.sh("dd if=/dev/zero of=/workspace/fill bs=1M count=100 || echo carried on",
+                            limits=Limits(disk_bytes=16 * MiB))
+    assert "Disk quota exceeded" in err
+    assert (res.status, res.reason) == ("succeeded", None)
+
+
 def test_log_flood_is_cut_at_the_limit(run):
     res, out, _err = run("yes", "flood", limits=Limits(log_bytes=64 * 1024))
     assert (res.status, res.reason) == ("failed", "log_limit")
