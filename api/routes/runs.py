@@ -8,7 +8,7 @@ import functools
 import threading
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from api import runs
 from api.deps import CallerDep, EngineDep, PublisherDep, RedisDep, SettingsDep
+from api.errors import BadRequest
 from api.intake import parse_run_body, read_capped_body
 from api.routes import answer_head
 from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
@@ -62,9 +63,15 @@ async def create_run(
     publisher: PublisherDep,
     redis: RedisDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer until the run ends")] = 0,
+    trust: Annotated[Literal["trusted", "untrusted"] | None, Query(
+        description="the run's trust level, as the JSON body's `trust` (for YAML bodies)")] = None,
 ) -> RunCreated:
     body = await read_capped_body(request, settings.max_body_bytes)
     wanted = parse_run_body(request.headers.get("content-type", ""), body)
+    if trust is not None:
+        if wanted.trust is not None and wanted.trust != trust:
+            raise BadRequest(f"?trust={trust} and the body's \"trust\": \"{wanted.trust}\" disagree")
+        wanted = wanted.model_copy(update={"trust": trust})
     if wait <= 0:
         return await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller, settings.policy)
     deadline = time.monotonic() + min(wait, settings.max_wait_s)

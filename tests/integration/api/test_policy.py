@@ -105,6 +105,13 @@ def test_trust_level_of_a_run(settings: ApiSettings, engine: Engine) -> None:
         assert plain.status_code == 201 and plain.json()["trust"] == "untrusted"
         bad = trusted.post("/api/v1/runs", json={"pipeline": "t: {script: [x]}", "trust": "admin"})
         assert bad.status_code == 400
+        # a YAML body says it with ?trust=
+        yaml_lowered = trusted.post("/api/v1/runs", content=egress, headers=YAML, params={"trust": "untrusted"})
+        assert yaml_lowered.status_code == 422 and "SANDPIT_POLICY_UNTRUSTED_EGRESS" in yaml_lowered.text
+        assert user.post("/api/v1/runs", content=egress, headers=YAML, params={"trust": "trusted"}).status_code == 403
+        clash = trusted.post("/api/v1/runs", json={"pipeline": egress, "trust": "trusted"},
+                             params={"trust": "untrusted"})
+        assert clash.status_code == 400 and "disagree" in clash.json()["message"]
 
 
 def test_jobs_per_run_cap(client: httpx.Client, settings: ApiSettings, engine: Engine) -> None:
