@@ -216,3 +216,15 @@ def test_admit_a_planned_pipeline() -> None:
     assert isinstance(admitted, Plan)
     sandbox = admitted.jobs[0].sandbox
     assert (sandbox.memory_bytes, sandbox.cpus, admitted.jobs[0].timeout_seconds) == (GiB, 1.0, 300)
+
+
+def test_the_worker_runs_what_was_admitted() -> None:
+    """The sandbox request a worker builds from an admitted job carries the level's values, the log
+    limit included (the worker's own defaults apply only to jobs stored before the policy)."""
+    from worker.jobs import JobDefaults, request_for
+
+    level = Policy.from_env({"SANDPIT_POLICY_UNTRUSTED_DEFAULT_LOG": "1M",
+                             "SANDPIT_POLICY_UNTRUSTED_DEFAULT_PIDS": "99",
+                             "SANDPIT_POLICY_UNTRUSTED_DEFAULT_TIMEOUT": "90s"}).untrusted
+    limits = request_for(fill_defaults(job(), level), known_images=["debian"], defaults=JobDefaults()).limits
+    assert (limits.log_bytes, limits.pids, limits.timeout_s, limits.memory_bytes) == (1024**2, 99, 90.0, 2 * GiB)
