@@ -15,6 +15,7 @@ the rules (or only/except) then decide whether and how the instance runs.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -163,7 +164,7 @@ def _draft(
             "add start_in: 30 minutes to the job or the rule",
         )
     image = None if job.image is None else Image(expand(job.image.name, variables), job.image.entrypoint)
-    artifacts = _artifacts(job.artifacts, variables)
+    artifacts = _artifacts(job.artifacts, variables, name, job.loc, sink)
     caches = tuple(_cache(c, variables) for c in job.caches)
     env = tuple(variables.items())
 
@@ -196,17 +197,61 @@ def _draft(
     return build
 
 
-def _artifacts(artifacts: Artifacts | None, variables: Mapping[str, str]) -> Artifacts | None:
+def _artifacts(artifacts: Artifacts | None, variables: Mapping[str, str], name: str, loc: Loc,
+               sink: ProblemSink) -> Artifacts | None:
+    """The job's artifacts with variables expanded and every path relative to the project directory
+    (``$CI_PROJECT_DIR/dist`` is the common idiom, and absolute paths under it are what GitLab Runner
+    accepts); a path outside it is an error here, so ``lint`` and the run agree."""
     if artifacts is None:
         return None
-    if not any("$" in text for text in (*artifacts.paths, *artifacts.exclude, artifacts.name or "")):
+    if "$" in "".join((*artifacts.paths, *artifacts.exclude, artifacts.name or "")):
+        artifacts = replace(
+            artifacts,
+            paths=tuple(expand(p, variables) for p in artifacts.paths),
+            exclude=tuple(expand(p, variables) for p in artifacts.exclude),
+            name=None if artifacts.name is None else expand(artifacts.name, variables),
+        )
+    project_dir = variables.get("CI_PROJECT_DIR", "/workspace")
+    paths: list[str] = []
+    exclude: list[str] = []
+    for kind, given, out in (("paths", artifacts.paths, paths), ("exclude", artifacts.exclude, exclude)):
+        for path in given:
+            relative = project_relative(path, project_dir)
+            if relative is None:
+                sink.error(loc, "artifact-outside-project",
+                           f"job `{name}`: artifacts:{kind} `{path}` is outside the project directory ({project_dir})",
+                           f"name files under {project_dir}, relative to it (dist/app.tar) or absolute "
+                           "($CI_PROJECT_DIR/dist/app.tar)")
+            else:
+                out.append(relative)
+    if tuple(paths) == artifacts.paths and tuple(exclude) == artifacts.exclude:
         return artifacts
-    return replace(
-        artifacts,
-        paths=tuple(expand(p, variables) for p in artifacts.paths),
-        exclude=tuple(expand(p, variables) for p in artifacts.exclude),
-        name=None if artifacts.name is None else expand(artifacts.name, variables),
-    )
+    return replace(artifacts, paths=tuple(paths), exclude=tuple(exclude))
+
+
+def project_relative(path: str, project_dir: str) -> str | None:
+    """``path`` relative to the project directory, or None when it leaves it.
+
+    >>> project_relative("/workspace/dist/*.whl", "/workspace"), project_relative("dist/", "/workspace")
+    ('dist/*.whl', 'dist/')
+    >>> project_relative("/etc/passwd", "/workspace"), project_relative("../up", "/workspace")
+    (None, None)
+    """
+    if "\0" in path:
+        return None
+    if path.startswith("/"):
+        base = project_dir.rstrip("/") + "/"
+        normal = posixpath.normpath(path)
+        if normal == project_dir.rstrip("/"):
+            return "."
+        if not normal.startswith(base):
+            return None
+        path = path[len(base):] if path.startswith(base) else normal[len(base):]
+    trailing = "/" if path.endswith("/") else ""
+    normal = posixpath.normpath(path) if path else path
+    if normal == ".." or normal.startswith("../") or normal.startswith("/"):
+        return None
+    return (normal + trailing) if normal not in (".", "") else path
 
 
 def _cache(cache: Cache, variables: Mapping[str, str]) -> Cache:

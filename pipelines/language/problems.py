@@ -134,6 +134,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "reference-cycle": ("error", "`!reference` values refer back to themselves"),
     "blank-rules": ("error", "`rules: []`: GitLab refuses blank rules"),
     "need-later-stage": ("error", "a need names a job of a later stage"),
+    "artifact-outside-project": ("error", "an artifacts path outside the project directory"),
     "invalid-expression": ("error", "a rules:if / only:variables expression does not parse"),
     "invalid-regex": ("error", "a /regex/ that does not compile"),
     "invalid-duration": ("error", "a duration sandpit cannot read (timeout, expire_in, start_in)"),

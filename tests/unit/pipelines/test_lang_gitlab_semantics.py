@@ -139,3 +139,21 @@ def test_reference_nesting_limit_is_ten() -> None:
         return "".join(lines) + f"job:\n  script: [!reference [.r{n}, script]]\n"
     assert isinstance(planned(chain(9)), Plan)
     assert "unknown-reference" in codes(planned(chain(11)))
+
+
+def test_artifact_paths_under_the_project_dir_are_made_relative() -> None:
+    """`$CI_PROJECT_DIR/dist/` and `/workspace/out.txt` are the project's files; lint and run agree."""
+    text = ("a:\n  script: [echo]\n  artifacts:\n    paths: [$CI_PROJECT_DIR/dist/, /workspace/out.txt, rel/x]\n"
+            "    exclude: ['${CI_PROJECT_DIR}/dist/*.tmp']\n")
+    result = planned(text)
+    assert isinstance(result, Plan), result
+    artifacts = result.job("a").artifacts
+    assert artifacts is not None
+    assert artifacts.paths == ("dist/", "out.txt", "rel/x") and artifacts.exclude == ("dist/*.tmp",)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside", "/workspace/../etc/shadow", "$HOME/x"])
+def test_artifact_paths_outside_the_project_dir_are_errors(path: str) -> None:
+    """A path outside the project directory is refused when planning, with the job named."""
+    result = planned(f"a:\n  script: [echo]\n  variables: {{HOME: /root}}\n  artifacts:\n    paths: ['{path}']\n")
+    assert codes(result) == ["artifact-outside-project"]
