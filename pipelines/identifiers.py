@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import re
 
-_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+# patterns as text, compiled by re's cache on first use (nothing compiled at import: this is on
+# `sandpit exec`'s start-up path)
+_HEX64 = r"[0-9a-f]{64}"
+_DIGEST = r"sha256:[0-9a-f]{64}"
 # uuid4 text (run and job ids from the store) and the 12 hex digits of a `sandpit exec` job:
 # lowercase letters, digits and inner '-', at most 64 characters
-_JOB_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?", re.ASCII)
+_JOB_ID = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?"
 _RUN_ID = _JOB_ID
-_SLOT = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SLOT = r"0|[1-9][0-9]{0,5}"
+_CONTROL = r"[\x00-\x1f\x7f]"
+
+
+def _full(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
 class InvalidIdentifier(ValueError):
@@ -39,7 +45,7 @@ def is_sha256_hex(text: object) -> bool:
     >>> is_sha256_hex("ab" * 32), is_sha256_hex("../" * 21 + "x"), is_sha256_hex("ab" * 32 + "\\n")
     (True, False, False)
     """
-    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+    return isinstance(text, str) and _full(_HEX64, text)
 
 
 def is_layer_key(text: object) -> bool:
@@ -58,7 +64,7 @@ def is_digest(text: object) -> bool:
     >>> is_digest("sha256:" + "0" * 64), is_digest("sha512:" + "0" * 128)
     (True, False)
     """
-    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
+    return isinstance(text, str) and _full(_DIGEST, text)
 
 
 def is_job_id(text: object) -> bool:
@@ -68,7 +74,7 @@ def is_job_id(text: object) -> bool:
     >>> is_job_id("3f2a9c0d1e4b"), is_job_id("c9d5e7a2-61b4-4f0a-9d3e-2b8f1a6c7d90"), is_job_id("../x")
     (True, True, False)
     """
-    return isinstance(text, str) and _JOB_ID.fullmatch(text) is not None
+    return isinstance(text, str) and _full(_JOB_ID, text)
 
 
 def is_run_id(text: object) -> bool:
@@ -77,7 +83,7 @@ def is_run_id(text: object) -> bool:
     >>> is_run_id("c9d5e7a2-61b4-4f0a-9d3e-2b8f1a6c7d90"), is_run_id("a/b")
     (True, False)
     """
-    return isinstance(text, str) and _RUN_ID.fullmatch(text) is not None
+    return isinstance(text, str) and _full(_RUN_ID, text)
 
 
 def is_uid_slot(text: object, slots: int | None = None) -> bool:
@@ -87,7 +93,7 @@ def is_uid_slot(text: object, slots: int | None = None) -> bool:
     >>> is_uid_slot("3"), is_uid_slot("03"), is_uid_slot("3\\n"), is_uid_slot("7", slots=4)
     (True, False, False, False)
     """
-    if not isinstance(text, str) or _SLOT.fullmatch(text) is None:
+    if not isinstance(text, str) or not _full(_SLOT, text):
         return False
     return slots is None or int(text) < slots
 
@@ -104,7 +110,7 @@ def cache_key_problem(key: str) -> str | None:
         return "the cache key is empty"
     if len(key) > 255:
         return "the cache key is longer than 255 characters"
-    if _CONTROL.search(key):
+    if re.search(_CONTROL, key):
         return f"cache key {key!r} contains a control character"
     if "/" in key or "\\" in key or "%2f" in key.lower() or "%5c" in key.lower():
         return f"cache key {key!r} contains '/' (or %2F): use letters, digits, '-', '_' and '.'"
@@ -125,7 +131,7 @@ def artifact_path_problem(path: str) -> str | None:
         return "the artifact path is empty"
     if len(path.encode("utf-8", "surrogateescape")) > 4096:
         return "the artifact path is longer than 4096 bytes"
-    if _CONTROL.search(path):
+    if re.search(_CONTROL, path):
         return f"artifact path {path!r} contains a control character"
     if path.startswith("/"):
         return f"artifact path {path!r} is absolute"

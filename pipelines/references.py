@@ -39,11 +39,17 @@ if TYPE_CHECKING:
 MAX_NAME_LENGTH = 255  # distribution/reference's NameTotalLengthMax
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*", re.ASCII)
+# patterns as text, compiled by re's cache on first use: nothing is compiled at import, which is on
+# `sandpit exec`'s start-up path
+_PATH = rf"{_COMPONENT}(?:/{_COMPONENT})*"
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = re.compile(rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*(?::[0-9]{{1,5}})?", re.ASCII)
-_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+_DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*(?::[0-9]{{1,5}})?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"sha256:[0-9a-f]{64}"
+
+
+def _full(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text, re.ASCII) is not None
 
 
 class InvalidReference(ValueError):
@@ -105,7 +111,7 @@ def parse_reference(text: str) -> ImageReference:
     rest, digest = text, None
     if "@" in rest:
         rest, _, digest = rest.partition("@")
-        if not _DIGEST.fullmatch(digest):
+        if not _full(_DIGEST, digest):
             raise InvalidReference(
                 f"{_quoted(text)} is not an image reference: its digest is not sha256: and 64 lowercase hex digits")
     tag = None
@@ -113,7 +119,7 @@ def parse_reference(text: str) -> ImageReference:
     colon = rest.rfind(":")
     if colon > slash:  # a ':' after the last '/' starts the tag; before it, it is a registry port
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not _full(_TAG, tag):
             raise InvalidReference(
                 f"{_quoted(text)} is not an image reference: its tag may have letters, digits, '_', '.' and '-' "
                 "(up to 128, not starting with '.' or '-')")
@@ -122,10 +128,10 @@ def parse_reference(text: str) -> ImageReference:
     domain = None
     first, sep, remainder = rest.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
-        if not _DOMAIN.fullmatch(first):
+        if not _full(_DOMAIN, first):
             raise InvalidReference(f"{_quoted(text)} is not an image reference: {first!r} is not a registry host")
         domain, rest = first, remainder
-    if not _PATH.fullmatch(rest):
+    if not _full(_PATH, rest):
         raise InvalidReference(
             f"{_quoted(text)} is not an image reference: write [registry/]name[:tag] with lowercase "
             "letters, digits and single separators (. _ __ -) between '/'-separated parts, e.g. debian:12")
