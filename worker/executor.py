@@ -102,15 +102,24 @@ def image_shell(engine: Engine, reference: str) -> str:
 def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
     """Names of the jobs whose artifacts this job starts with (GitLab: dependencies, else needs
     with ``artifacts: true``, else every job of earlier stages)."""
+    if planned.needs is not None:
+        # with needs, only needs with `artifacts: true` download, and `dependencies` can only narrow
+        # them: `needs: []` or `needs: [{job: b, artifacts: false}]` beside `dependencies: [b]` take none
+        wanted = tuple(n.job for n in planned.needs if n.artifacts)
+        if planned.dependencies is not None:
+            wanted = tuple(w for w in wanted if any(_same_job(w, d) for d in planned.dependencies))
+        return wanted
     if planned.dependencies is not None:
         wanted = planned.dependencies
-    elif planned.needs is not None:
-        wanted = tuple(n.job for n in planned.needs if n.artifacts)
     else:
         return planned.depends_on
     # a parallel/matrix job is named by its base name: "test" takes "test 1/2" and "test: [a]"
-    return tuple(name for name in planned.depends_on
-                 if any(name == w or name.startswith((w + " ", w + ":")) for w in wanted))
+    return tuple(name for name in planned.depends_on if any(_same_job(name, w) for w in wanted))
+
+
+def _same_job(name: str, wanted: str) -> bool:
+    """``name`` is the job ``wanted`` or one of its parallel/matrix instances."""
+    return name == wanted or name.startswith((wanted + " ", wanted + ":"))
 
 
 def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...],

@@ -81,7 +81,9 @@ def _resolve_needs(
         if need.matrix is not None:
             targets = [matrix_name(need.job, substitute_matrix(combo, node.matrix)) for combo in need.matrix]
             missing = [t for t in targets if t not in defined]
-            if missing:
+            if missing and need.optional:
+                targets = [t for t in targets if t in defined]  # GitLab ignores an optional need that matches nothing
+            elif missing:
                 sink.error(
                     need.loc,
                     "unknown-need",
@@ -148,6 +150,8 @@ def _check_dependencies(
         for target in targets:
             if target in waits_for:
                 continue
+            if node.needs == ():
+                continue  # `needs: []` beside `dependencies`: accepted, and nothing is downloaded
             if node.needs is not None:
                 sink.error(
                     loc,
