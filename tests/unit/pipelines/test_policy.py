@@ -228,3 +228,14 @@ def test_the_worker_runs_what_was_admitted() -> None:
                              "SANDPIT_POLICY_UNTRUSTED_DEFAULT_TIMEOUT": "90s"}).untrusted
     limits = request_for(fill_defaults(job(), level), known_images=["debian"], defaults=JobDefaults()).limits
     assert (limits.log_bytes, limits.pids, limits.timeout_s, limits.memory_bytes) == (1024**2, 99, 90.0, 2 * GiB)
+
+
+def test_api_settings_carry_the_policy_and_refuse_a_bad_one() -> None:
+    """The API builds its policy from the same mapping as its other settings; a bad entry is a
+    start-up SettingsError naming it (``python -m api`` prints it and exits 2)."""
+    from api.settings import ApiSettings, SettingsError
+
+    settings = ApiSettings.from_env({"SANDPIT_POLICY_UNTRUSTED_RUNS": "7"})
+    assert settings.policy.untrusted.max_runs_in_flight == 7 and settings.policy.trusted.max_runs_in_flight == 500
+    with pytest.raises(SettingsError, match="SANDPIT_POLICY_TRUSTED_EGRES is not a policy setting"):
+        ApiSettings.from_env({"SANDPIT_POLICY_TRUSTED_EGRES": "1"})
