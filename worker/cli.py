@@ -141,6 +141,9 @@ def _add_others(sub: Any) -> None:
     run.add_argument("file")
     run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
     run.add_argument("--json", action="store_true", help="print the run record on stdout")
+    run.add_argument("--manual", action="append", default=[], metavar="NAME",
+                     help="also run the manual job NAME (a base name takes all its instances; '*' every "
+                          "manual job); may be repeated. Default: manual jobs wait, as on GitLab")
     run.add_argument("--policy", choices=("trusted", "untrusted"), default="trusted",
                      help="the trust level whose caps and defaults apply (SANDPIT_POLICY_*; default trusted)")
 
@@ -203,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from worker.local_run import run_pipeline
 
-            return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json, trust=args.policy)
+            return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json, trust=args.policy,
+                                manual=tuple(args.manual))
         if args.command == "lint":
             return _lint(args.rest, settings)
         if args.command == "images":

@@ -29,7 +29,7 @@ from pipelines.language.planner import plan
 from pipelines.policy import Policy, PolicyError, TrustLevel, admit
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job, Run
-from pipelines.store.transitions import cancel_run, create_run, queued_job_ids, run_status
+from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
 from worker.executor import Source, WorkerContext, execute_job, utcnow
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
@@ -126,7 +126,7 @@ class PrefixedOutput:
 
 def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr, trust: TrustLevel = "trusted",
-                 env: dict[str, str] | None = None) -> int:
+                 env: dict[str, str] | None = None, manual: tuple[str, ...] = ()) -> int:
     """Plan, admit under ``trust``'s policy (caps checked and defaults filled as the service
     does; ``SANDPIT_POLICY_*`` from ``env``, default the process's), run, report."""
     try:
@@ -170,7 +170,7 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
         return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out,
-                        trust)
+                        trust, manual)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -182,7 +182,8 @@ def _local_dir(settings: Settings) -> Path:
 
 
 def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, variables: dict[str, str],
-             text: str, as_json: bool, out: TextIO, trust: TrustLevel = "trusted") -> int:
+             text: str, as_json: bool, out: TextIO, trust: TrustLevel = "trusted",
+             manual: tuple[str, ...] = ()) -> int:
     url = f"sqlite:///{scratch / 'run.db'}"
     migrate(url)
     db = make_engine(url)
@@ -207,6 +208,8 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         run_id = run.id
     with session_scope(db) as s:
         ready = queued_job_ids(s, run_id)
+    if manual:
+        ready += _play_manual(db, run_id, manual)
     stop = threading.Event()
 
     def cancel(_sig: int, _frame: object) -> None:
@@ -229,6 +232,10 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         status = run_status(s, run_id)
         jobs = list(s.exec(select(Job).where(Job.run_id == run_id).order_by(Job.position)).all())
         records = [_job_record(j) for j in jobs]
+        for record, why in zip(records, waiting_reasons(jobs), strict=True):
+            if why:
+                record["message"] = why
+                printer.line(record["name"], f"── not run: {why}")
         stored = s.get(Run, run_id)
         assert stored is not None
     db.dispose()
@@ -237,6 +244,41 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         json.dump({"id": run_id, "status": str(status), "jobs": records}, sys.stdout)
         sys.stdout.write("\n")
     return 0 if str(status) == "succeeded" else 1
+
+
+def _play_manual(db: Any, run_id: str, wanted: tuple[str, ...]) -> list[str]:
+    """Start the manual jobs named by ``--manual`` (as the API's play does); returns what became ready."""
+    ready: list[str] = []
+    with session_scope(db) as s:
+        manual = list(s.exec(select(Job).where(Job.run_id == run_id, Job.status == "manual")).all())
+        for job in manual:
+            base = (job.spec or {}).get("base_name", job.name)
+            if "*" in wanted or job.name in wanted or base in wanted:
+                ready += play_job(s, job.id, utcnow())
+    return ready
+
+
+def waiting_reasons(jobs: list[Job]) -> list[str | None]:
+    """For each job the run left unstarted (``created``/``queued``/``manual``), what it waits for,
+    so a run never ends with jobs silently not run; None for the others."""
+    by_name = {job.name: job for job in jobs}
+    reasons: list[str | None] = []
+    for job in jobs:
+        if job.status == "manual":
+            reasons.append(f"a manual job (run it with --manual {quote_for_terminal(job.name)})")
+            continue
+        if job.status not in ("created", "queued"):
+            reasons.append(None)
+            continue
+        waits = [name for name in (job.spec or {}).get("depends_on", [])
+                 if by_name.get(name) is not None and by_name[name].status in ("created", "queued", "manual",
+                                                                               "running")]
+        if waits:
+            shown = ", ".join(f"{quote_for_terminal(n)} ({by_name[n].status})" for n in waits)
+            reasons.append(f"it waits for {shown}")
+        else:
+            reasons.append(f"it was left {job.status} although nothing it needs is pending")
+    return reasons
 
 
 def _job_record(job: Job) -> dict[str, Any]:
