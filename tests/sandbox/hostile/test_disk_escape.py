@@ -293,6 +293,7 @@ def test_hard_links_hold_no_data_and_the_limit_still_holds(run):
               "dd if=/dev/zero of=/workspace/fresh bs=1M count=100 2>&1; echo fresh $(stat -c %s /workspace/fresh); "
               "exit 1")
     res, out, err = run.sh(script, limits=Limits(disk_bytes=32 * MiB, timeout_s=60))
+    assert "fresh " in out, (res.status, res.reason, out, err[-400:])
     counted = int(out.split()[0])
     fresh = int(out.split("fresh ")[1].split()[0])
     assert counted > 1000 * 16 * MiB, out
@@ -375,5 +376,6 @@ def test_metadata_floods_hit_the_limit(run_one, kind, where, left):
     with EDQUOT and failed/disk_quota, not with a full scratch filesystem."""
     res, out, err = run_one("python3", "-c", FLOOD_JOB, kind, where, str(left), image="python",
                             limits=Limits(disk_bytes=16 * MiB, timeout_s=240))
-    assert out.split()[0] == kind and out.split()[2] == "EDQUOT", (out, err[-400:])
+    words = out.split()
+    assert words[:1] == [kind] and words[2:3] == ["EDQUOT"], (res.status, res.reason, out, err[-400:])
     assert (res.status, res.reason) == ("failed", "disk_quota")
