@@ -25,6 +25,23 @@ def require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
+def require_corpus(path: Path) -> Path:
+    """The shared corpus (real-world data beside the repository): CI (``.ci/run`` sets
+    ``SANDPIT_REQUIRE_CORPUS=1``) fails without it; a clone without ``../shared`` skips its tests."""
+    if path.is_dir():
+        return path
+    why = f"the shared corpus is not at {path} (../shared must sit beside the repository)"
+    if os.environ.get("SANDPIT_REQUIRE_CORPUS") == "1":
+        pytest.fail(f"required in CI but missing: {why}")
+    pytest.skip(why)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if CORPUS.is_dir():
+        return None
+    return f"corpus tests skipped: no {CORPUS} (clone ../shared beside the repository to run them)"
+
+
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root (containers, mounts, cgroups)")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "gitlab-ci"
@@ -14,5 +14,4 @@ CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "gitlab-ci"
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    require(CORPUS.is_dir(), f"the GitLab CI corpus is not at {CORPUS} (shared/ must sit beside the repo)")
-    return CORPUS
+    return require_corpus(CORPUS)
