@@ -2,7 +2,11 @@
 
 - :func:`decide_advance`: which waiting (``created``) jobs become ``queued``, ``manual`` or
   ``skipped`` now that some job reached a final state.
-- :func:`derive_run_status`: a run's status from its jobs.
+- :func:`derive_run_status`: a run's status from its jobs (through :class:`RunCounts`, the
+  counters a transition updates instead of reading the run's jobs).
+- :func:`decide`: the one rule of what a waiting job becomes once nothing it waits for is pending
+  (:func:`decide_advance` applies it to a whole run; :mod:`pipelines.store.frontier` to the
+  direct dependents of a job that changed).
 - :func:`should_retry`: whether a failed attempt is retried (``retry: max / when / exit_codes``).
 
 A predecessor (an entry of the job's ``depends_on``: its ``needs``, else every job of earlier
@@ -24,7 +28,7 @@ itself skipped with ``dependency_failed``, so failure propagates down the whole 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pipelines.language.model import Retry
@@ -104,18 +108,27 @@ def _decide(job: JobState, states: dict[str, JobState]) -> Decision | None:
     outcomes = [outcome(states[name]) for name in job.depends_on if name in states]
     if "pending" in outcomes:
         return None
-    upstream_failed = "failed" in outcomes
-    when = job.when
+    status, reason = decide(job.when, upstream_failed="failed" in outcomes)
+    return Decision(job.name, status, reason)
+
+
+def decide(when: str, *, upstream_failed: bool) -> tuple[Literal["queued", "manual", "skipped"], str | None]:
+    """A waiting job's next state once none of its predecessors is pending (the table in
+    docs/store.md); the one place this rule is written.
+
+    >>> decide("on_failure", upstream_failed=False)
+    ('skipped', None)
+    """
     if when == "always":
-        return Decision(job.name, "queued")
+        return "queued", None
     if when == "on_failure":
         # Skipped with no reason: its condition did not apply, which is not a failure.
-        return Decision(job.name, "queued") if upstream_failed else Decision(job.name, "skipped")
+        return ("queued", None) if upstream_failed else ("skipped", None)
     if upstream_failed:
-        return Decision(job.name, "skipped", "dependency_failed")
+        return "skipped", "dependency_failed"
     if when == "manual":
-        return Decision(job.name, "manual")
-    return Decision(job.name, "queued")  # on_success, and delayed (start_in is not honoured yet)
+        return "manual", None
+    return "queued", None  # on_success, and delayed (start_in is not honoured yet)
 
 
 def decide_advance(jobs: Sequence[JobState], *, run_cancelled: bool) -> tuple[Decision, ...]:
@@ -155,25 +168,111 @@ def derive_run_status(jobs: Sequence[JobState], *, run_cancelled: bool) -> RunSt
     """A run's status from its jobs: cancelled > running > manual (blocked) > failed > cancelled
     job > succeeded. Allowed failures and skipped jobs do not fail a run.
 
-    >>> derive_run_status([JobState("a", "failed", "on_success", True, ())], run_cancelled=False)
-    'succeeded'
+    >>> derive_run_status([JobState("a", "failed", "on_success", False, ())], run_cancelled=False)
+    'failed'
     """
-    if run_cancelled:
-        return "cancelled"
-    if not jobs:
+    counts = RunCounts()
+    for job in jobs:
+        counts.add(0, Standing(job.status, job.allow_failure, job.reason))
+    return counts.status(run_cancelled=run_cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a job's counts depend on: its status, whether its failure is allowed, its reason."""
+
+    status: str
+    allow_failure: bool = False
+    reason: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return outcome(JobState("", self.status, "", self.allow_failure, (), self.reason))
+
+
+@dataclass(slots=True)
+class RunCounts:
+    """A run's jobs counted by what its status and its stage-ordered jobs depend on, so a
+    transition updates a few numbers instead of reading every job of the run (stored on the
+    ``run`` row, revision 0004). ``stage_pending[k]`` / ``stage_failed[k]``: jobs of stage
+    ``k`` whose outcome is pending / failed (a job that follows stage order waits for every
+    job of the earlier stages: it is ready when their pending count is 0).
+
+    >>> counts = RunCounts()
+    >>> counts.add(0, Standing("running"))
+    >>> counts.move(0, Standing("running"), Standing("failed", False, "exit_code"))
+    (-1, 1)
+    >>> counts.status(run_cancelled=False), counts.settled, counts.prefix_failed(1)
+    ('failed', True, 1)
+    """
+
+    total: int = 0
+    created: int = 0
+    active: int = 0  # queued or running
+    blocking: int = 0  # manual and may not fail: nothing after it moves until it is played
+    failed: int = 0  # failed or error, not allowed
+    cancelled: int = 0  # cancelled, not allowed
+    stage_pending: list[int] = field(default_factory=list)
+    stage_failed: list[int] = field(default_factory=list)
+
+    def add(self, stage: int, standing: Standing, sign: int = 1) -> None:
+        """Count (``sign`` 1) or uncount (-1) one job of ``stage`` standing as ``standing``
+        (``sign`` n: n such jobs)."""
+        status, allowed = standing.status, standing.allow_failure
+        self.total += sign
+        if status == "created":
+            self.created += sign
+        elif status in ACTIVE_JOB_STATUSES:
+            self.active += sign
+        elif status == "manual" and not allowed:
+            self.blocking += sign
+        elif status in FAILED_JOB_STATUSES and not allowed:
+            self.failed += sign
+        elif status == "cancelled" and not allowed:
+            self.cancelled += sign
+        kind = standing.outcome
+        if kind != "ok":
+            column = self.stage_pending if kind == "pending" else self.stage_failed
+            column.extend([0] * (stage + 1 - len(column)))
+            column[stage] += sign
+
+    def move(self, stage: int, before: Standing, after: Standing) -> tuple[int, int]:
+        """Count a job's change; returns how its pending and failed outcomes changed (-1, 0, 1)."""
+        self.add(stage, before, -1)
+        self.add(stage, after)
+        old, new = before.outcome, after.outcome
+        return (new == "pending") - (old == "pending"), (new == "failed") - (old == "failed")
+
+    def prefix_pending(self, stage: int) -> int:
+        """Jobs of the stages before ``stage`` still pending."""
+        return sum(self.stage_pending[:stage])
+
+    def prefix_failed(self, stage: int) -> int:
+        """Jobs of the stages before ``stage`` that failed (for the jobs that follow stage order)."""
+        return sum(self.stage_failed[:stage])
+
+    @property
+    def settled(self) -> bool:
+        """Nothing of the run can move any more (a non-blocking manual job may still be played)."""
+        return self.created == 0 and self.active == 0 and self.blocking == 0
+
+    def status(self, *, run_cancelled: bool) -> RunStatus:
+        """The run's status (see :func:`derive_run_status`)."""
+        if run_cancelled:
+            return "cancelled"
+        if self.total == 0:
+            return "succeeded"
+        if self.created == self.total:
+            return "created"
+        if self.active:
+            return "running"
+        if self.created or self.blocking:
+            return "manual"  # nothing can move until someone plays a blocking manual job
+        if self.failed:
+            return "failed"
+        if self.cancelled:
+            return "cancelled"
         return "succeeded"
-    statuses = {job.status for job in jobs}
-    if statuses <= {"created"}:
-        return "created"
-    if statuses & ACTIVE_JOB_STATUSES:
-        return "running"
-    if "created" in statuses or any(j.status == "manual" and not j.allow_failure for j in jobs):
-        return "manual"  # nothing can move until someone plays a blocking manual job
-    if any(j.status in FAILED_JOB_STATUSES and not j.allow_failure for j in jobs):
-        return "failed"
-    if any(j.status == "cancelled" and not j.allow_failure for j in jobs):
-        return "cancelled"
-    return "succeeded"
 
 
 def failure_kind(reason: str | None) -> str:

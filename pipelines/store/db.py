@@ -7,6 +7,8 @@ transaction never fails half-way with "database is locked" when its snapshot tur
 stale (it waits instead). :func:`read_scope` is for transactions that only read: a plain
 (deferred) ``BEGIN`` reads a WAL snapshot without taking the write lock, so readers (the API
 showing a run, ``?wait``) never queue behind a worker's claim or result, nor hold it up.
+:func:`migrate` holds a migration lock (an advisory lock on PostgreSQL, a file lock beside a
+SQLite file), so processes starting together on a fresh database migrate one at a time.
 PostgreSQL comes through ``SANDPIT_DATABASE_URL`` (read by the entry point, passed in here);
 a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
@@ -16,6 +18,7 @@ a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import weakref
 from collections.abc import Iterator
@@ -146,11 +149,58 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision``; running it again changes nothing."""
+    """Bring the database at ``url`` to ``revision``; running it again changes nothing.
+
+    Processes that start together (the API and its workers on a fresh database) migrate one
+    after the other (:func:`migration_lock`): unserialised, two of them both saw no
+    ``alembic_version`` and the second died on its ``UniqueViolation``. Whoever comes second
+    finds the schema at head and does nothing.
+    """
     try:
-        command.upgrade(alembic_config(url), revision)
+        with migration_lock(url):
+            command.upgrade(alembic_config(url), revision)
     except sa.exc.SQLAlchemyError as exc:
         raise MigrationFailed(f"migrating {sa.make_url(normalise_url(url))!r} failed: {exc}") from exc
+
+
+# pg_advisory_lock's key for migrations: "sandpit" and 1, as one bigint (any constant would do,
+# it only has to be the same in every sandpit process and unlike other applications' keys)
+MIGRATION_LOCK_KEY = 0x73616E6470697401
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold the database's migration lock: on PostgreSQL a session-level advisory lock on a
+    connection of its own (the server drops it if the process dies), on a SQLite file an
+    exclusive ``flock`` on ``<db>.migrate.lock`` beside it (the kernel drops it likewise;
+    SQLite's own lock cannot be held across Alembic's connections). An in-memory SQLite
+    database has one process only: nothing to hold."""
+    parsed = sa.make_url(normalise_url(url))
+    if parsed.get_backend_name() == "postgresql":
+        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    connection.commit()
+        finally:
+            engine.dispose()
+        return
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    # 0600 like the database itself; nothing is ever written into it
+    fd = os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+    finally:
+        os.close(fd)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -3,6 +3,7 @@
 - ``run``: one pipeline run: its source text, inputs, trust level and derived status.
 - ``job``: one row per concrete planned job; ``spec`` is the planner's job as JSON
   (see :mod:`pipelines.store.spec`); the latest attempt's result is on the row.
+- ``job_edge``: the ``needs`` edges between jobs (who to tell when a job changes).
 - ``job_attempt``: one row per finished attempt (the history ``retry`` builds).
 - ``artifact``: files a job kept, with their expiry.
 - ``cache_entry``: caches keyed by (key, trust) so untrusted runs never feed trusted ones.
@@ -70,11 +71,24 @@ class Run(SQLModel, table=True):
     # who asked for the run (``token:<name>``; web-hooks: the repository), for the policy's
     # runs-in-flight cap; None for local runs and runs from before revision 0003
     submitter: str | None = Field(default=None, max_length=255)
+    # The run's jobs counted as advance.RunCounts (revision 0004): a transition updates these
+    # instead of reading every job of the run.
+    jobs_total: int = Field(default=0)
+    jobs_created: int = Field(default=0)
+    jobs_active: int = Field(default=0)
+    jobs_blocking: int = Field(default=0)
+    jobs_failed: int = Field(default=0)
+    jobs_cancelled: int = Field(default=0)
+    stage_pending: list[int] = _json(list)
+    stage_failed: list[int] = _json(list)
 
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    __table_args__ = (sa.UniqueConstraint("run_id", "name", name="uq_job_run_name"),)
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "name", name="uq_job_run_name"),
+        sa.Index("ix_job_run_stage", "run_id", "stage_index"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     run_id: str = Field(foreign_key="run.id", index=True, max_length=36, ondelete="CASCADE")
@@ -83,6 +97,12 @@ class Job(SQLModel, table=True):
     stage: str = Field(max_length=255)
     spec: dict[str, Any] = _json(dict)
     needs: list[str] = _json(list)  # DAG predecessors (the planner's depends_on)
+    # follows_stages: its predecessors are every job of the earlier stages, so it has no edges
+    # (job_edge) and waits on the run's per-stage counts (see pipelines.store.frontier)
+    stage_index: int = Field(default=0)  # the stage's place in run.stages
+    follows_stages: bool = Field(default=False)
+    waiting_on: int = Field(default=0)  # predecessors (edges) whose outcome is pending
+    failed_on: int = Field(default=0)  # predecessors (edges) that failed
     when: str = Field(default="on_success", max_length=16)
     allow_failure: bool = Field(default=False)  # after a failure: whether *this* failure is allowed
     status: str = Field(default="created", max_length=16, index=True)
@@ -101,6 +121,16 @@ class Job(SQLModel, table=True):
     usage: dict[str, Any] = _json(dict)
     log_path: str | None = Field(default=None, sa_type=sa.Text)
     result: dict[str, Any] = _json(dict)  # the last job result record, as the worker sent it
+
+
+class JobEdge(SQLModel, table=True):
+    """``dependent_id`` waits for ``job_id`` (a ``needs`` edge; revision 0004): the direct
+    dependents a job's change is pushed to."""
+
+    __tablename__ = "job_edge"
+
+    job_id: str = Field(foreign_key="job.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    dependent_id: str = Field(foreign_key="job.id", primary_key=True, max_length=36, index=True, ondelete="CASCADE")
 
 
 class JobAttempt(SQLModel, table=True):

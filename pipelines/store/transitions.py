@@ -23,23 +23,31 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select, update
 
 from pipelines.language.model import Plan
-from pipelines.store.advance import (
-    FINAL_JOB_STATUSES,
-    JobState,
-    RunStatus,
-    decide_advance,
-    derive_run_status,
-    should_retry,
-)
+from pipelines.store.advance import JobState, RunCounts, RunStatus, Standing, derive_run_status, should_retry
 from pipelines.store.errors import JobNotFound, RunNotFound
-from pipelines.store.models import Artifact, Job, JobAttempt, Outbox, Run, UTCDateTime
-from pipelines.store.outbox import enqueue, mark_queued
+from pipelines.store.frontier import Change, MemoryGraph, Waiting, advance
+from pipelines.store.models import Artifact, Job, JobAttempt, Run, UTCDateTime
+from pipelines.store.outbox import mark_queued
+from pipelines.store.progress import (
+    COUNT_COLUMNS,
+    EDGES,
+    JOBS,
+    RUNS,
+    StoreGraph,
+    counts_of,
+    recount,
+    run_values,
+    set_counts,
+    write_decisions,
+    write_outbox,
+)
 from pipelines.store.spec import job_from_spec, job_to_spec
 
 Trust = Literal["trusted", "untrusted"]
@@ -117,7 +125,12 @@ def store_run(
     the run's id chosen by the caller if it wants (to listen for the run's events before its
     jobs are published). ``mark_sent``: the outbox rows are written as published (the caller
     publishes right after the commit, and calls ``outbox.mark_unpublished`` if that fails).
-    The objects returned are snapshots, not attached to ``session``."""
+    The objects returned are snapshots, not attached to ``session``.
+
+    Every job is new, so the first advance is decided on these objects (the frontier over a
+    :class:`~pipelines.store.frontier.MemoryGraph`), and the rows are written once, one
+    multi-row INSERT per table (no ORM unit of work: this is on the path of every API request,
+    and a 1,000-job run is created in one short transaction, see bench/bench_store.py)."""
     if trust not in TRUST_LEVELS:
         raise ValueError(f"trust must be one of {TRUST_LEVELS}, not {trust!r}")
     if source not in SOURCES:
@@ -135,34 +148,85 @@ def store_run(
         sha=sha,
         message=message,
     )
-    jobs = [
-        Job(
-            id=new_id(),
-            run_id=run.id,
-            position=position,
-            name=planned.name,
-            stage=planned.stage,
-            spec=job_to_spec(planned),
-            needs=list(planned.depends_on),
-            when=planned.when,
-            allow_failure=planned.allow_failure.allowed,
-        )
-        for position, planned in enumerate(plan.jobs)
-    ]
-    # every job is new: the first advance is decided on these objects, and the rows are written
-    # once, as three INSERTs (no ORM unit of work: this is on the path of every API request)
-    queued = _apply_decisions(run, jobs, now, queue=lambda job: mark_queued(job, now))
-    _derive_run(run, jobs, now)
+    layout = layout_jobs(plan, run.id, new_id)
+    counts = RunCounts(stage_pending=[0] * len(layout.stages), stage_failed=[0] * len(layout.stages))
+    for job in layout.jobs:
+        counts.add(job.stage_index, _CREATED)
+    graph = MemoryGraph(layout.waiting, layout.edges)
+    by_id = {job.id: job for job in layout.jobs}
+    queued = []
+    for settled in advance(counts, graph, (), ready=graph.ready(counts), run_cancelled=False):
+        job = by_id[settled.job.id]
+        if settled.status == "queued":
+            mark_queued(job, now)
+            queued.append(job.id)
+        elif settled.status == "manual":
+            job.status = "manual"
+        else:
+            _settle(job, settled.status, settled.reason, now)
+    set_counts(run, counts, now)
     connection = session.connection()
     connection.execute(sa.insert(_RUNS), [_columns(_RUNS, run)])
-    if jobs:
-        connection.execute(sa.insert(_JOBS), [_columns(_JOBS, job) for job in jobs])
-    if queued:
-        sent_at = now if mark_sent else None
-        connection.execute(
-            sa.insert(_OUTBOX), [{"job_id": job_id, "created_at": now, "published_at": sent_at} for job_id in queued]
-        )
-    return StoredRun(run, tuple(jobs), tuple(queued))
+    if layout.jobs:
+        connection.execute(sa.insert(_JOBS), [_columns(_JOBS, job) for job in layout.jobs])
+    edges = [{"job_id": before, "dependent_id": after} for before, afters in layout.edges.items() for after in afters]
+    if edges:
+        connection.execute(sa.insert(EDGES), edges)
+    write_outbox(connection, queued, now, sent=mark_sent)
+    return StoredRun(run, tuple(layout.jobs), tuple(queued))
+
+
+# a new job's columns; its rows are plain attribute bags (the same attributes as a Job):
+# building 1,000 SQLModel objects cost more than writing them (≈ 1 ms each)
+_NEW_JOB = {c.name: getattr(Job(id="", run_id="", name="", stage=""), c.name) for c in Job.__table__.columns}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class JobLayout:
+    """A plan's jobs as rows (attribute bags, see ``_NEW_JOB``), with the frontier's view of
+    them and their edges."""
+
+    stages: tuple[str, ...]
+    jobs: list[Job]
+    waiting: list[Waiting]
+    edges: dict[str, list[str]]  # job id -> ids of its dependents
+
+
+def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = _new_id) -> JobLayout:
+    """One job row per planned job. A job whose predecessors are every job of the earlier
+    stages (the planner's rule when it has no ``needs``) *follows stage order*: it gets no edges
+    and waits on the run's per-stage counts; any other job gets one edge per predecessor."""
+    stages = list(plan.stages)
+    stage_of = {name: i for i, name in enumerate(stages)}
+    for job in plan.jobs:
+        if job.stage not in stage_of:  # the planner names only declared stages; be safe anyway
+            stage_of[job.stage] = len(stages)
+            stages.append(job.stage)
+    earlier = [0] * (len(stages) + 1)  # jobs of the stages before index i
+    for job in plan.jobs:
+        earlier[stage_of[job.stage] + 1] += 1
+    for i in range(1, len(earlier)):
+        earlier[i] += earlier[i - 1]
+    ids = {job.name: new_id() for job in plan.jobs}
+    jobs: list[Job] = []
+    waiting: list[Waiting] = []
+    edges: dict[str, list[str]] = {}
+    for position, planned in enumerate(plan.jobs):
+        stage = stage_of[planned.stage]
+        before = [name for name in dict.fromkeys(planned.depends_on) if name in ids]
+        follows = planned.needs is None and len(before) == earlier[stage]
+        job_id = ids[planned.name]
+        edged = () if follows else before
+        for name in edged:
+            edges.setdefault(ids[name], []).append(job_id)
+        row = dict(_NEW_JOB, id=job_id, run_id=run_id, position=position, name=planned.name, stage=planned.stage,
+                   spec=job_to_spec(planned), needs=list(planned.depends_on), when=planned.when,
+                   allow_failure=planned.allow_failure.allowed, stage_index=stage, follows_stages=follows,
+                   waiting_on=len(edged), usage={}, result={})
+        jobs.append(cast(Job, SimpleNamespace(**row)))
+        waiting.append(Waiting(job_id, position, stage, planned.when, planned.allow_failure.allowed, follows,
+                               len(edged)))
+    return JobLayout(tuple(stages), jobs, waiting, edges)
 
 
 def _columns(table: Any, row: object) -> dict[str, Any]:
@@ -212,15 +276,15 @@ _JOB_MUTABLE = (
     "cancel_requested", "queued_at", "started_at", "finished_at", "duration_s", "usage", "log_path", "result",
     "allow_failure",
 )
-_JOBS: Any = Job.__table__  # type: ignore[attr-defined]
-_RUNS: Any = Run.__table__  # type: ignore[attr-defined]
-_OUTBOX: Any = Outbox.__table__  # type: ignore[attr-defined]
+_JOBS: Any = JOBS
+_RUNS: Any = RUNS
 _CLAIM = (
     sa.update(_JOBS)
     .where(
         _JOBS.c.id == sa.bindparam("p_job_id"),
         _JOBS.c.status == "queued",
-        _JOBS.c.run_id.in_(sa.select(_RUNS.c.id).where(_RUNS.c.cancelled.is_(sa.false()))),
+        # correlated, so it is one primary-key look-up (an IN over live runs scanned every run)
+        sa.exists().where(_RUNS.c.id == _JOBS.c.run_id, _RUNS.c.cancelled.is_(sa.false())),
     )
     .values(
         status="running",
@@ -243,26 +307,41 @@ _SET_DEADLINE = (
 )
 _ATTEMPTS: Any = JobAttempt.__table__  # type: ignore[attr-defined]
 _ARTIFACTS: Any = Artifact.__table__  # type: ignore[attr-defined]
+_RUN_OF_JOB = sa.select(_JOBS.c.run_id).where(_JOBS.c.id == sa.bindparam("p_job_id"))
+_LOCK_RUN = sa.select(_RUNS).where(_RUNS.c.id == sa.bindparam("p_run_id")).with_for_update()
 _LOCK_RUN_OF_JOB = (
     sa.select(_RUNS)
     .join(_JOBS, _JOBS.c.run_id == _RUNS.c.id)
     .where(_JOBS.c.id == sa.bindparam("p_job_id"))
     .with_for_update(of=_RUNS)
 )
-_JOBS_OF_RUN = sa.select(_JOBS).where(_JOBS.c.run_id == sa.bindparam("p_run_id")).order_by(_JOBS.c.position)
+_READ_JOB = sa.select(_JOBS).where(_JOBS.c.id == sa.bindparam("p_job_id"))
 _UPDATE_JOB = (
     sa.update(_JOBS)
     .where(_JOBS.c.id == sa.bindparam("b_id"))
     .values({name: sa.bindparam(f"b_{name}", type_=_JOBS.c[name].type) for name in _JOB_MUTABLE})
 )
+_RUN_MUTABLE = ("status", "finished_at", "cancelled", *COUNT_COLUMNS, "stage_pending", "stage_failed")
 _UPDATE_RUN = (
     sa.update(_RUNS)
     .where(_RUNS.c.id == sa.bindparam("b_id"))
-    .values(status=sa.bindparam("b_status"), finished_at=sa.bindparam("b_finished_at", type_=UTCDateTime()))
+    .values({name: sa.bindparam(f"b_{name}", type_=_RUNS.c[name].type) for name in _RUN_MUTABLE})
+)
+_CANCEL_WAITING = (
+    sa.update(_JOBS)
+    .where(_JOBS.c.run_id == sa.bindparam("p_run_id"), _JOBS.c.status.in_(("created", "queued", "manual")))
+    .values(status="cancelled", reason="cancelled", finished_at=sa.bindparam("p_now", type_=UTCDateTime()),
+            lease_owner=None, lease_expires_at=None, deadline_at=None)
+)
+_REQUEST_CANCEL = (
+    sa.update(_JOBS)
+    .where(_JOBS.c.run_id == sa.bindparam("p_run_id"), _JOBS.c.status == "running")
+    .values(cancel_requested=True)
 )
 _READ_RUN_FOR_WORKER = sa.select(*(c for c in _RUNS.c if c.name != "pipeline")).where(
     _RUNS.c.id == sa.bindparam("p_run_id")
 )
+_CREATED = Standing("created")
 
 
 def renew_lease(
@@ -293,13 +372,12 @@ def finish_job(session: Session, job_id: str, attempt: int, record: Mapping[str,
     """Record the result of attempt ``attempt`` (a job result record), retry it if its
     ``retry`` allows, and advance the run. Returns the ids newly queued (publish them after the
     commit). A stale or duplicate report (the job is not running that attempt) changes nothing."""
-    batch = _RunBatch.load(session, job_id)
-    job = batch.job(job_id)
+    step = _Step.begin(session, job_id)
+    job = step.load_job(job_id)
     if job.status != "running" or job.attempt != attempt:
         return []
-    newly = _record_result(batch, job, dict(record), now)
-    batch.write(session)
-    return newly
+    retried = _record_result(step, job, dict(record), now)
+    return retried + step.finish(now)
 
 
 def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[str]:
@@ -312,113 +390,105 @@ def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[
     ).all()
     newly: list[str] = []
     for job_id in candidates:
-        batch = _RunBatch.load(session, job_id)
-        job = batch.job(job_id)
+        step = _Step.begin(session, job_id)
+        job = step.load_job(job_id)
         lease_gone = job.lease_expires_at is not None and job.lease_expires_at < now
         past_deadline = job.deadline_at is not None and job.deadline_at < now
         if job.status != "running" or not (lease_gone or past_deadline):
             continue  # renewed or finished while we looked
         status, reason = ("error", "worker_lost") if lease_gone else ("failed", "timeout")
-        newly += _record_result(batch, job, _lost_record(job, status, reason, now), now)
-        batch.write(session)
+        newly += _record_result(step, job, _lost_record(job, status, reason, now), now)
+        newly += step.finish(now)
     return newly
 
 
 def cancel_run(session: Session, run_id: str, now: dt.datetime) -> Run:
     """Cancel a run: waiting jobs become ``cancelled`` and never start; running ones get
-    ``cancel_requested``, which their worker sees when it renews its lease."""
+    ``cancel_requested``, which their worker sees when it renews its lease. Every job of the
+    run changes, so this is two set-wise UPDATEs and one recount, not a walk of the graph."""
     run = _lock_run(session, run_id)
+    connection = session.connection()
+    connection.execute(_CANCEL_WAITING, {"p_run_id": run.id, "p_now": now})
+    connection.execute(_REQUEST_CANCEL, {"p_run_id": run.id})
     run.cancelled = True
-    session.add(run)
-    for job in _jobs(session, run.id):
-        if job.status in ("created", "queued", "manual"):
-            _settle(job, "cancelled", "cancelled", now)
-            session.add(job)
-        elif job.status == "running":
-            job.cancel_requested = True
-            session.add(job)
-    session.flush()
-    _refresh_run(session, run, now)
+    set_counts(run, recount(connection, run.id, len(run.stages)), now)
+    _write_run(connection, run)
     return run
 
 
 def cancel_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
     """Cancel one job: a waiting one at once (its dependents are skipped, ``when: on_failure``
     jobs may start: their ids are returned), a running one by setting ``cancel_requested``."""
-    run = _lock_run_of_job(session, job_id)
-    job = _load_job(session, job_id)
+    step = _Step.begin(session, job_id)
+    job = step.load_job(job_id)
     if job.status == "running":
         job.cancel_requested = True
-        session.add(job)
-        return []
+        step.changed(job, Standing("running", job.allow_failure))
+        return step.finish(now)
     if job.status not in ("created", "queued", "manual"):
         return []
+    before = _standing(job)
     _settle(job, "cancelled", "cancelled", now)
-    session.add(job)
-    session.flush()
-    return _advance(session, run, now)
+    step.changed(job, before)
+    return step.finish(now)
 
 
 def play_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
     """Start a ``manual`` job (GitLab's "play"); returns ``[job_id]`` if it was queued."""
-    run = _lock_run_of_job(session, job_id)
-    job = _load_job(session, job_id)
-    if job.status != "manual" or run.cancelled:
+    step = _Step.begin(session, job_id)
+    job = step.load_job(job_id)
+    if job.status != "manual" or step.run.cancelled:
         return []
-    enqueue(session, job, now)
-    session.flush()
-    _refresh_run(session, run, now)
+    before = _standing(job)
+    step.queue(job, now)
+    step.changed(job, before)
+    step.finish(now)
     return [job.id]
 
 
 def run_status(session: Session, run_id: str) -> RunStatus:
     """The run's status derived from its jobs right now (the stored ``run.status`` is the same
-    value as of the last transition)."""
+    value, kept by the counters every transition updates)."""
     run = session.get(Run, run_id, populate_existing=True)
     if run is None:
         raise RunNotFound(run_id)
-    return derive_run_status([_state(j) for j in _jobs(session, run_id)], run_cancelled=run.cancelled)
+    rows = session.exec(select(Job.status, Job.allow_failure, Job.reason).where(Job.run_id == run_id)).all()
+    states = [JobState("", status, "", allowed, (), reason) for status, allowed, reason in rows]
+    return derive_run_status(states, run_cancelled=run.cancelled)
+
+
+def run_counts(session: Session, run_id: str) -> tuple[RunCounts, RunCounts]:
+    """The run's stored counters and the same counted afresh from its jobs (they are equal;
+    a check for tests and for an operator who doubts them)."""
+    run = read_run_row(session, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    stored = counts_of(run)
+    fresh = recount(session.connection(), run_id, len(run.stages))
+    width = max(len(stored.stage_pending), len(fresh.stage_pending))
+    for counts in (stored, fresh):
+        for column in (counts.stage_pending, counts.stage_failed):
+            column.extend([0] * (width - len(column)))
+    return stored, fresh
 
 
 # --- internals ---------------------------------------------------------------------------
 
 
 def _lock_run(session: Session, run_id: str) -> Run:
-    run = session.exec(
-        select(Run).where(Run.id == run_id).with_for_update().execution_options(populate_existing=True)
-    ).one_or_none()
-    if run is None:
+    row = session.connection().execute(_LOCK_RUN, {"p_run_id": run_id}).first()
+    if row is None:
         raise RunNotFound(run_id)
-    return run
+    return Run(**row._mapping)
 
 
-def _lock_run_of_job(session: Session, job_id: str) -> Run:
-    run_id = session.exec(select(Job.run_id).where(Job.id == job_id)).one_or_none()
-    if run_id is None:
-        raise JobNotFound(job_id)
-    return _lock_run(session, run_id)
+def _write_run(connection: sa.Connection, run: Run) -> None:
+    values = run_values(run)
+    connection.execute(_UPDATE_RUN, {"b_id": run.id, **{f"b_{k}": values[k] for k in _RUN_MUTABLE}})
 
 
-def _load_job(session: Session, job_id: str) -> Job:
-    job = session.exec(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one_or_none()
-    if job is None:
-        raise JobNotFound(job_id)
-    return job
-
-
-def _jobs(session: Session, run_id: str) -> list[Job]:
-    return list(
-        session.exec(
-            select(Job)
-            .where(Job.run_id == run_id)
-            .order_by(col(Job.position))
-            .execution_options(populate_existing=True)
-        ).all()
-    )
-
-
-def _state(job: Job) -> JobState:
-    return JobState(job.name, job.status, job.when, job.allow_failure, tuple(job.needs), job.reason)
+def _standing(job: Job) -> Standing:
+    return Standing(job.status, job.allow_failure, job.reason)
 
 
 def _settle(job: Job, status: str, reason: str | None, now: dt.datetime) -> None:
@@ -431,70 +501,70 @@ def _settle(job: Job, status: str, reason: str | None, now: dt.datetime) -> None
 
 
 @dataclass
-class _RunBatch:
-    """A locked run and all its jobs as rows (snapshots, not ORM objects), changed in memory by
-    the same rules as everywhere else (``_apply_decisions``, ``_derive_run``), then written with
-    a few prepared statements: only the jobs that changed, plus the rows the change adds. This
-    is how a worker's result is recorded, so it is on the path of every job."""
+class _Step:
+    """One transition of a locked run: the run row (with its counters) and the jobs it changes
+    as snapshots, changed in memory, then written with a few prepared statements, after the
+    frontier pushed the changes to the direct dependents (``finish``). What it reads and writes
+    depends on the jobs that change and their dependents, not on the size of the run."""
 
+    connection: sa.Connection
     run: Run
-    jobs: list[Job]
-    run_before: tuple[Any, ...]
-    jobs_before: dict[str, dict[str, Any]]
+    changes: list[Change] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, session: Session, job_id: str) -> _RunBatch:
-        """Lock the run of ``job_id`` (one statement), then read all its jobs (as they are now)."""
+    def begin(cls, session: Session, job_id: str) -> _Step:
+        """Lock the run of ``job_id`` (one statement; SQLite's BEGIN IMMEDIATE holds the lock already)."""
         connection = session.connection()
         row = connection.execute(_LOCK_RUN_OF_JOB, {"p_job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
-        run = Run(**row._mapping)
-        jobs = [Job(**r._mapping) for r in connection.execute(_JOBS_OF_RUN, {"p_run_id": run.id})]
-        return cls(run, jobs, _run_values(run), {job.id: _job_values(job) for job in jobs})
+        return cls(connection, Run(**row._mapping))
 
-    def job(self, job_id: str) -> Job:
-        return next(j for j in self.jobs if j.id == job_id)
+    def load_job(self, job_id: str) -> Job:
+        """The job as it is now (read after the run was locked)."""
+        row = self.connection.execute(_READ_JOB, {"p_job_id": job_id}).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job(**row._mapping)
 
     def queue(self, job: Job, now: dt.datetime) -> None:
         mark_queued(job, now)
-        self.outbox.append({"job_id": job.id, "created_at": now, "published_at": None})
+        self.queued.append(job.id)
 
-    def write(self, session: Session) -> None:
-        connection = session.connection()
-        changed = []
-        for job in self.jobs:
-            values = _job_values(job)
-            if values != self.jobs_before[job.id]:
-                changed.append({"b_id": job.id, **{f"b_{k}": v for k, v in values.items()}})
-                self.jobs_before[job.id] = values
-        if changed:
-            connection.execute(_UPDATE_JOB, changed)
-        for table, rows in ((_ATTEMPTS, self.attempts), (_ARTIFACTS, self.artifacts), (_OUTBOX, self.outbox)):
+    def changed(self, job: Job, before: Standing) -> None:
+        """``job`` (a snapshot) changed from ``before``: write it, count it, push it on."""
+        self.jobs.append(job)
+        self.changes.append(Change(job.id, job.stage_index, before, _standing(job)))
+
+    def finish(self, now: dt.datetime) -> list[str]:
+        """Write the step; the ids the frontier queued (beyond those the step queued itself)."""
+        connection = self.connection
+        if self.jobs:
+            connection.execute(
+                _UPDATE_JOB,
+                [{"b_id": job.id, **{f"b_{name}": getattr(job, name) for name in _JOB_MUTABLE}} for job in self.jobs],
+            )
+        for table, rows in ((_ATTEMPTS, self.attempts), (_ARTIFACTS, self.artifacts)):
             if rows:
                 connection.execute(sa.insert(table), rows)
-            rows.clear()
-        if _run_values(self.run) != self.run_before:
-            connection.execute(_UPDATE_RUN, {"b_id": self.run.id, "b_status": self.run.status,
-                                             "b_finished_at": self.run.finished_at})
-            self.run_before = _run_values(self.run)
+        counts = counts_of(self.run)
+        decided = advance(counts, StoreGraph(connection, self.run.id), self.changes, run_cancelled=self.run.cancelled)
+        newly = write_decisions(connection, decided, now)
+        write_outbox(connection, [*self.queued, *newly], now)
+        set_counts(self.run, counts, now)
+        _write_run(connection, self.run)
+        return newly
 
 
-def _job_values(job: Job) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in _JOB_MUTABLE}
-
-
-def _run_values(run: Run) -> tuple[Any, ...]:
-    return (run.status, run.finished_at)
-
-
-def _record_result(batch: _RunBatch, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
-    """Record ``job``'s result in ``batch`` (``job`` is one of its jobs); the ids newly queued."""
-    run, jobs = batch.run, batch.jobs
+def _record_result(step: _Step, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
+    """Record ``job``'s result in ``step``; ``[job.id]`` when it is retried (queued again)."""
+    run = step.run
     planned = job_from_spec(job.spec)
+    before = _standing(job)
     status = record.get("status")
     reason = record.get("reason")
     if status not in REPORTED_STATUSES:
@@ -506,7 +576,7 @@ def _record_result(batch: _RunBatch, job: Job, record: dict[str, Any], now: dt.d
     retry = status != "cancelled" and should_retry(
         planned.retry, status=status, reason=reason, exit_code=exit_code, attempt=job.attempt
     )
-    batch.attempts.append(
+    step.attempts.append(
         {
             "job_id": job.id,
             "attempt": job.attempt,
@@ -523,8 +593,8 @@ def _record_result(batch: _RunBatch, job: Job, record: dict[str, Any], now: dt.d
         }
     )
     if retry:
-        batch.queue(job, now)
-        _derive_run(run, jobs, now)
+        step.queue(job, now)
+        step.changed(job, before)
         return [job.id]
     _settle(job, status, reason, now)
     job.exit_code, job.signal = exit_code, signal
@@ -535,10 +605,9 @@ def _record_result(batch: _RunBatch, job: Job, record: dict[str, Any], now: dt.d
     job.allow_failure = planned.allow_failure.allowed or (
         status == "failed" and exit_code is not None and exit_code in planned.allow_failure.exit_codes
     )
-    batch.artifacts += _artifact_rows(job.id, record.get("artifacts") or (), planned.artifacts, now)
-    newly = _apply_decisions(run, jobs, now, queue=lambda queued: batch.queue(queued, now))
-    _derive_run(run, jobs, now)
-    return newly
+    step.artifacts += _artifact_rows(job.id, record.get("artifacts") or (), planned.artifacts, now)
+    step.changed(job, before)
+    return []
 
 
 def _artifact_rows(
@@ -577,45 +646,3 @@ def _lost_record(job: Job, status: str, reason: str, now: dt.datetime) -> dict[s
         "rejected_artifacts": [],
         "message": "the worker stopped renewing its lease" if reason == "worker_lost" else "ran past its timeout",
     }
-
-
-def _advance(session: Session, run: Run, now: dt.datetime, jobs: list[Job] | None = None) -> list[str]:
-    """Apply every decision the jobs' states allow; returns the ids newly queued. ``jobs``: all
-    of the run's jobs as this transaction has them (read after the run was locked), if the
-    caller has them already."""
-    jobs = jobs if jobs is not None else _jobs(session, run.id)
-    # the jobs are the session's own objects: their changes are flushed without session.add
-    newly = _apply_decisions(run, jobs, now, queue=lambda job: enqueue(session, job, now))
-    _refresh_run(session, run, now, jobs)
-    return newly
-
-
-def _apply_decisions(run: Run, jobs: list[Job], now: dt.datetime, queue: Callable[[Job], None]) -> list[str]:
-    """Change ``jobs`` as ``decide_advance`` says (``queue`` makes one queued); the ids queued."""
-    by_name = {job.name: job for job in jobs}
-    newly: list[str] = []
-    for decision in decide_advance([_state(j) for j in jobs], run_cancelled=run.cancelled):
-        job = by_name[decision.name]
-        if decision.status == "queued":
-            queue(job)
-            newly.append(job.id)
-        elif decision.status == "manual":
-            job.status = "manual"
-        else:
-            _settle(job, decision.status, decision.reason, now)
-    return newly
-
-
-def _refresh_run(session: Session, run: Run, now: dt.datetime, jobs: list[Job] | None = None) -> None:
-    jobs = jobs if jobs is not None else _jobs(session, run.id)
-    _derive_run(run, jobs, now)
-    session.add(run)
-    session.flush()
-
-
-def _derive_run(run: Run, jobs: list[Job], now: dt.datetime) -> None:
-    """The run's stored status and end time, from its jobs."""
-    status = derive_run_status([_state(j) for j in jobs], run_cancelled=run.cancelled)
-    settled = all(j.status in FINAL_JOB_STATUSES or (j.status == "manual" and j.allow_failure) for j in jobs)
-    run.status = status
-    run.finished_at = (run.finished_at or now) if settled else None

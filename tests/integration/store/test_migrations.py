@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 
 from pipelines.store.db import alembic_config, current_revision, make_engine, migrate
 
-TABLES = {"run", "job", "job_attempt", "artifact", "cache_entry", "outbox", "alembic_version"}
+TABLES = {"run", "job", "job_edge", "job_attempt", "artifact", "cache_entry", "outbox", "alembic_version"}
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_migrate_creates_every_table_on_an_empty_database(db_url: str) -> None:
@@ -49,3 +55,89 @@ def test_downgrade_to_base_removes_the_tables(db_url: str) -> None:
         assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
     finally:
         engine.dispose()
+
+
+_COLD_START = """
+import pathlib, sys, time
+from pipelines.store.db import migrate
+ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+migrate(sys.argv[1])
+"""
+
+
+def test_processes_starting_together_on_a_fresh_database_all_migrate(db_url: str, tmp_path: Path) -> None:
+    """Three processes (the API and two workers at a cold start) call migrate() on one fresh
+    database at the same moment: all succeed, and the schema is there once, at head."""
+    made: list[str] = []
+    try:
+        for attempt in range(3):  # each round on a database none of them has seen
+            url = db_url if attempt == 0 else _fresh_copy_of(db_url, tmp_path, attempt)
+            made.append(url)
+            _cold_start(url, tmp_path, attempt)
+    finally:
+        for url in made[1:]:
+            _drop(url)
+
+
+def _cold_start(url: str, tmp_path: Path, attempt: int) -> None:
+    """Start three migrating processes at once on ``url``; check they all succeeded."""
+    go = tmp_path / f"go-{attempt}"
+    readies = [tmp_path / f"ready-{attempt}-{i}" for i in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _COLD_START, url, str(ready), str(go)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for ready in readies
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in readies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        errors = [proc.communicate(timeout=120)[1].decode(errors="replace") for proc in procs]
+        outcomes = [(proc.returncode, err) for proc, err in zip(procs, errors, strict=True)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert [code for code, _ in outcomes] == [0, 0, 0], [err[-2000:] for _, err in outcomes]
+    engine = make_engine(url)
+    try:
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        with engine.connect() as connection:
+            versions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+        assert versions == [head]
+        assert TABLES <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _fresh_copy_of(db_url: str, tmp_path: Path, attempt: int) -> str:
+    """Another empty database on the same server (SQLite: another file)."""
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / f'cold-{attempt}.db'}"
+    url = sa.make_url(db_url)
+    name = f"{url.database}_cold{attempt}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def _drop(url: str) -> None:
+    if url.startswith("sqlite"):
+        return
+    parsed = sa.make_url(url)
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {parsed.database} WITH (FORCE)")
+    finally:
+        admin.dispose()
