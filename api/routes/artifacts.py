@@ -24,7 +24,10 @@ def list_artifacts(job_id: str, _caller: CallerDep, session: SessionDep) -> Arti
 @router.get(
     "/{job_id}/artifacts/{path:path}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        500: {"description": "`artifact_corrupt`: the stored bytes do not hash to the recorded sha256; not served"},
+    },
 )
 def download_artifact(
     job_id: str, path: str, _caller: CallerDep, session: SessionDep, settings: SettingsDep
