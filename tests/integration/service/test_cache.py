@@ -64,10 +64,13 @@ def test_tampered_cache_file_is_never_restored(service: Service):
     assert service.wait(service.submit(WRITE, variables={"RUN_NAME": name})) == "succeeded"
     path = stored(f"cached by {name}\n".encode())
     assert path.is_file()
-    with open(path, "r+b") as f:  # same size, other bytes
-        f.write(b"CACHED")
-    run_id = service.submit(MISS)
-    assert service.wait(run_id) == "succeeded"  # .deps/lib.txt was not restored
+    try:
+        with open(path, "r+b") as f:  # same size, other bytes
+            f.write(b"CACHED")
+        run_id = service.submit(MISS)
+        assert service.wait(run_id) == "succeeded"  # .deps/lib.txt was not restored
+    finally:
+        path.unlink(missing_ok=True)  # the store is shared with other tests: leave nothing damaged
 
 
 PRODUCE = """

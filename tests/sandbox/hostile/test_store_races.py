@@ -51,17 +51,23 @@ def test_concurrent_jobs_keeping_the_same_path(run, engine):
     results = in_threads(JOBS, lambda _i: run.sh(
         "mkdir out && head -c 12M /dev/urandom > out/blob && sha256sum out/blob", artifacts=("out/blob",)))
     shas = set()
-    for i, got in enumerate(results):
-        assert not isinstance(got, BaseException), f"job {i} raised {got!r}"
-        res, out, err = got
-        assert (res.status, res.reason) == ("succeeded", None), (i, res.message, err)
-        assert not res.rejected_artifacts, res.rejected_artifacts
-        [art] = res.artifacts
-        own = out.split()[0]
-        assert art.path == "out/blob" and art.sha256 == own, f"job {i} recorded another job's content"
-        assert stored_sha(engine.artifact_store, art.sha256) == art.sha256
-        shas.add(art.sha256)
-    assert len(shas) == JOBS  # /dev/urandom: six different contents, none lost
+    try:
+        for i, got in enumerate(results):
+            assert not isinstance(got, BaseException), f"job {i} raised {got!r}"
+            res, out, err = got
+            assert (res.status, res.reason) == ("succeeded", None), (i, res.message, err)
+            assert not res.rejected_artifacts, res.rejected_artifacts
+            [art] = res.artifacts
+            shas.add(art.sha256)
+            own = out.split()[0]
+            assert art.path == "out/blob" and art.sha256 == own, f"job {i} recorded another job's content"
+            assert stored_sha(engine.artifact_store, art.sha256) == art.sha256
+        assert len(shas) == JOBS  # /dev/urandom: six different contents, none lost
+    finally:  # random content nobody else stores: leave the shared store as it was
+        for got in results:
+            if not isinstance(got, BaseException):
+                for art in got[0].artifacts:
+                    artifact_path(engine.artifact_store, art.sha256).unlink(missing_ok=True)
 
 
 def test_concurrent_collections_direct(tmp_path: Path):
