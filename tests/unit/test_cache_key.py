@@ -12,7 +12,7 @@ from pipelines.language.model import Cache
 from worker.cache import cache_key
 
 
-def test_key_files_never_read_outside_the_source(tmp_path: Path):
+def test_key_files_never_read_outside_the_source(tmp_path: Path) -> None:
     """``key: files:`` is read beneath the source root without following symlinks: '..', an
     absolute name, a symlink to a host file or through a linked directory give a marker, not the
     host's bytes, and a FIFO never hangs the worker."""
@@ -35,7 +35,7 @@ def test_key_files_never_read_outside_the_source(tmp_path: Path):
 
 
 @pytest.mark.parametrize("raw", ["a/b", "..", "%2e%2E", "x\x00y", "k" * 300, "back\\slash", "line\nbreak"])
-def test_keys_outside_the_grammar_are_hashed(raw: str):
+def test_keys_outside_the_grammar_are_hashed(raw: str) -> None:
     """A key the grammar refuses (the language refuses it up front) is stored under a hash of
     itself, so no such text reaches the database or a path; distinct keys stay distinct."""
     key = cache_key(Cache(key=raw), None)

@@ -29,7 +29,7 @@ use:
 """
 
 
-def test_six_runs_keeping_out_blob_at_once(service: Service):
+def test_six_runs_keeping_out_blob_at_once(service: Service) -> None:
     """Six runs on one worker with six threads, each keeping its own ``out/blob``: every job
     succeeds (none ``worker_lost``), each stored file hashes to the sha256 recorded for it, and
     the dependent job received exactly the bytes its build job made."""
@@ -38,7 +38,8 @@ def test_six_runs_keeping_out_blob_at_once(service: Service):
     outcomes = {run_id: service.wait(run_id, timeout=180) for run_id in run_ids}
     for run_id, status in outcomes.items():
         jobs = service.jobs(run_id)
-        assert status == "succeeded", {n: (j.status, j.reason, j.message) for n, j in jobs.items()}
+        why = {n: (j.status, j.reason, (j.result or {}).get("message")) for n, j in jobs.items()}
+        assert status == "succeeded", why
     engine = make_engine(service.db_url)
     try:
         with session_scope(engine) as s:

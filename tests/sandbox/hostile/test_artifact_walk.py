@@ -84,7 +84,7 @@ def measure(root: Path, pattern: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("pattern", ["big", "**/*.xml"], ids=["all-named", "none-named"])
-def test_huge_directory_walk_is_bounded_in_memory(crowded: Path, pattern: str):
+def test_huge_directory_walk_is_bounded_in_memory(crowded: Path, pattern: str) -> None:
     """400,000 entries in one directory, named by the pattern or not: the collecting process
     grows by less than 30 MB, the walk stops at its cap of entries examined and says so, and the
     list of refusals stays short (the rest counted in one line)."""
@@ -102,7 +102,7 @@ def test_huge_directory_walk_is_bounded_in_memory(crowded: Path, pattern: str):
         assert got["kept"] == 0
 
 
-def test_many_directories_do_not_exhaust_file_descriptors(scratch: Path):
+def test_many_directories_do_not_exhaust_file_descriptors(scratch: Path) -> None:
     """More sibling directories than the process may open files (its soft limit lowered to 512
     for the test), each with one file: all are collected, with one open directory per level of
     depth rather than one per directory found."""
@@ -126,7 +126,7 @@ def test_many_directories_do_not_exhaust_file_descriptors(scratch: Path):
     assert len(kept) == n and len({a.sha256 for a in kept}) == n
 
 
-def test_cap_on_entries_examined_counts_unnamed_entries(tmp_path: Path):
+def test_cap_on_entries_examined_counts_unnamed_entries(tmp_path: Path) -> None:
     """Entries the patterns do not name count toward the cap on entries examined: a job cannot
     hide a slow walk behind names nobody asked for."""
     ws = tmp_path / "ws"

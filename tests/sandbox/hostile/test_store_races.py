@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.sandbox.conftest import Runner
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import Caps, artifact_path, collect_artifacts
+from worker.sandbox.engine import Engine
 
 JOBS = 6
 CAPS = Caps(file_bytes=64 << 20, count=100, total_bytes=256 << 20)
@@ -44,7 +46,7 @@ def in_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
     return out
 
 
-def test_concurrent_jobs_keeping_the_same_path(run, engine):
+def test_concurrent_jobs_keeping_the_same_path(run: Runner, engine: Engine) -> None:
     """Six jobs of one process (threads calling Engine.run, like a threaded worker) each keep
     ``out/blob`` with its own content: every job succeeds, each recorded sha256 is the job's own
     content, and the stored bytes hash to it."""
@@ -70,7 +72,7 @@ def test_concurrent_jobs_keeping_the_same_path(run, engine):
                     artifact_path(engine.artifact_store, art.sha256).unlink(missing_ok=True)
 
 
-def test_concurrent_collections_direct(tmp_path: Path):
+def test_concurrent_collections_direct(tmp_path: Path) -> None:
     """The same race without containers, many rounds: collect_artifacts from eight threads at once,
     same relative path, different content of several MB; nothing raises and nothing is poisoned."""
     store = tmp_path / "store"
@@ -95,7 +97,7 @@ def test_concurrent_collections_direct(tmp_path: Path):
     assert leftovers == []  # no temporary left behind
 
 
-def test_same_content_from_many_threads_is_stored_once(tmp_path: Path):
+def test_same_content_from_many_threads_is_stored_once(tmp_path: Path) -> None:
     """Jobs keeping identical content at once: one stored file, intact, never rewritten."""
     store = tmp_path / "store"
     content = os.urandom(3 << 20)
@@ -114,7 +116,7 @@ def test_same_content_from_many_threads_is_stored_once(tmp_path: Path):
 
 
 @pytest.mark.parametrize("poison", [b"evil", b"E" * (1 << 16)], ids=["other-size", "same-size"])
-def test_planted_poison_is_replaced_not_trusted(tmp_path: Path, poison: bytes):
+def test_planted_poison_is_replaced_not_trusted(tmp_path: Path, poison: bytes) -> None:
     """A file already at ``<sha>`` with other bytes (planted, or torn by a crash) is not taken as
     the content: the writer replaces it atomically with the verified bytes."""
     store = tmp_path / "store"
@@ -134,7 +136,7 @@ def test_planted_poison_is_replaced_not_trusted(tmp_path: Path, poison: bytes):
     assert dest.stat().st_ino != poisoned_inode  # a new file renamed over it, not a rewrite in place
 
 
-def test_poison_after_verification_is_noticed(tmp_path: Path):
+def test_poison_after_verification_is_noticed(tmp_path: Path) -> None:
     """A stored file verified once and then changed (its ctime moves) is verified again, not
     trusted from the cache of verified files."""
     store = tmp_path / "store"
@@ -153,7 +155,7 @@ def test_poison_after_verification_is_noticed(tmp_path: Path):
     assert blobs.intact(dest, art.sha256)
 
 
-def test_stored_file_is_never_opened_for_writing(tmp_path: Path):
+def test_stored_file_is_never_opened_for_writing(tmp_path: Path) -> None:
     """A second keep of known, intact content leaves the stored file alone (same inode, same
     mtime): a stored file is never rewritten."""
     store = tmp_path / "store"
