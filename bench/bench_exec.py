@@ -20,6 +20,7 @@ sandpit-bench`, deleted at the end), which has no uplink: nothing can leave it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from worker.sandbox import spec as oci  # noqa: E402
 from worker.sandbox.cgroups import JobCgroup  # noqa: E402
 from worker.sandbox.disk import JobDisk  # noqa: E402
 from worker.sandbox.engine import Engine, _nofile  # noqa: E402
+from worker.sandbox.leases import try_lock, write_owner  # noqa: E402
 from worker.sandbox.request import SandboxRequest  # noqa: E402
 from worker.sandbox.rootfs import JobRootfs  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -57,6 +59,12 @@ class BareBundle:
     def __init__(self, engine: Engine) -> None:
         s = engine.settings
         image = engine.images.get("debian")
+        # held like a job's owner lease, so reapers and other tests' leftover checks see a live job
+        s.locks_dir.mkdir(parents=True, exist_ok=True)
+        self.owner = try_lock(s.locks_dir / "job-bench-bare.lock")
+        if self.owner is None:
+            raise RuntimeError("another bench_exec is running (its bench-bare lease is held)")
+        write_owner(self.owner)
         self.dir = s.jobs_dir / "bench-bare"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.disk = JobDisk(engine.scratch(), "bench-bare", 1 << 30)
@@ -83,6 +91,9 @@ class BareBundle:
         self.disk.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+        self.owner.release()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.owner.path)
 
 
 class Docker:
