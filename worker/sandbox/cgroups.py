@@ -11,6 +11,7 @@ task, so the supervisor gets an eventfd from ``cgroup.event_control`` and kills 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 from pathlib import Path
@@ -360,8 +361,13 @@ def _kv(path: Path) -> dict[str, int]:
             key, _, value = line.partition(" ")
             if value.strip().lstrip("-").isdigit():
                 out[key] = int(value)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
+    except OSError as exc:
+        # ENODEV: the cgroup was removed between open and read (the runtime removing ``ctr`` while
+        # the supervisor polls its pids.events); it counts as gone, like a missing file
+        if exc.errno != errno.ENODEV:
+            raise
     return out
 
 

@@ -32,7 +32,7 @@ OutputSink = Callable[[str, bytes], None]
 #: once the reader has taken half of them
 HIGH_WATER = 1 << 20
 #: one call of the sink carries at most this much (queued chunks of one stream are merged up to it)
-CALL_BYTES = 64 * 1024
+CALL_BYTES = 256 * 1024
 #: once the job is over, a reader that took nothing for this long is given up on
 STALL_S = 2.0
 
@@ -48,6 +48,7 @@ class OutputDelivery:
         self._queue: collections.deque[tuple[str, bytearray]] = collections.deque()
         self._queued = 0
         self._busy = False  # the thread is inside a sink call
+        self._idle = False  # the thread is waiting for output
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -85,13 +86,16 @@ class OutputDelivery:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sandpit-output", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._idle:
+                self._cond.notify()  # a busy thread looks at the queue again by itself
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                 if not self._queue:
                     return
                 stream, data = self._queue.popleft()

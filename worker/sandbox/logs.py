@@ -17,8 +17,10 @@ partial line waits (up to 64 KiB) for its end or for the job to finish.
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from worker.sandbox.delivery import OutputDelivery, OutputSink
@@ -75,11 +77,13 @@ class JobLog:
         self.delivery = OutputDelivery(sink) if sink is not None else None
         self._forms = secret_forms(secrets)
         self._held: dict[str, bytes] = {}
-        self._record = bytearray()
+        # one UTF-8 decoder per stream: a character split across reads (or records) stays one
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
+        self._record: list[str] = []  # the JSON-escaped text of the record being gathered
         self._record_stream = ""
-        self._record_t = 0.0
+        self._record_head = ""
         self._record_since = 0.0
-        self._record_size = 0  # what the record will take in the file, at most
+        self._record_size = 0  # the bytes the record will take in the file
         self._file: BinaryIO = open(path, "ab")
 
     # -- what the supervisor asks --------------------------------------------------------
@@ -122,24 +126,33 @@ class JobLog:
             self._held.pop(stream)
             if not self.over_limit:
                 self._store(stream, mask(data, self._forms))
+        for stream, decoder in self._decoders.items():
+            if decoder.getstate()[0] and not self.over_limit:
+                self._store(stream, b"", final=True)  # a character cut short by the end of output
         self._write_record()
 
-    def _store(self, stream: str, data: bytes) -> None:
-        if not data or self.over_limit:
+    def _store(self, stream: str, data: bytes, final: bool = False) -> None:
+        if self.over_limit or not (data or final):
             return
-        if self._record and (stream != self._record_stream or len(self._record) + len(data) > RECORD_BYTES):
+        decoder = self._decoders.get(stream)
+        if decoder is None:
+            decoder = self._decoders[stream] = _DECODER("backslashreplace")
+        if self._record and (stream != self._record_stream or self._record_size > RECORD_BYTES):
             self._write_record()
         if not self._record:
             now = time.monotonic()
             self._record_stream, self._record_since = stream, now
-            self._record_t = round(now - self.started, 6)
-            self._record_size = len(_encode(self._record_t, stream, ""))
+            self._record_head = f'{{"t": {round(now - self.started, 6)!r}, "s": "{stream}", "d": "'
+            self._record_size = len(self._record_head) + len(_RECORD_TAIL)
         room = self.limit_bytes - self.bytes - self._record_size
-        if stored_size(data) > room:
-            data = _longest_fit(data, room)
+        state = decoder.getstate()
+        piece = _escape(decoder.decode(data, final))
+        if len(piece) > room:
+            decoder.setstate(state)
+            data, piece = _longest_fit(decoder, data, room)
             self.over_limit = True
-        self._record += data
-        self._record_size += stored_size(data)
+        self._record.append(piece)
+        self._record_size += len(piece)
         if self.delivery is not None:
             self.delivery.put(stream, data)
         if self.over_limit:
@@ -149,10 +162,10 @@ class JobLog:
     def _write_record(self) -> None:
         if not self._record:
             return
-        line = _encode(self._record_t, self._record_stream, self._record.decode("utf-8", "backslashreplace"))
+        line = (self._record_head + "".join(self._record) + _RECORD_TAIL).encode("ascii")
         self._file.write(line)
         self.bytes += len(line)
-        self._record = bytearray()
+        self._record = []
 
     def _note(self, text: str) -> None:
         """A line of sandpit's own in the log (and to the live reader), outside the limit."""
@@ -177,33 +190,48 @@ class JobLog:
         self._file.close()
 
 
+_DECODER = codecs.getincrementaldecoder("utf-8")
+_RECORD_TAIL = '"}\n'
+
+
+def _escape(text: str) -> str:
+    """``text`` as it stands inside a JSON string of ``json.dumps`` (ASCII, escapes), computed once
+    per read: the record is these pieces joined, so its size is known before it is written."""
+    return encode_basestring_ascii(text)[1:-1]
+
+
 def _encode(t: float, stream: str, text: str) -> bytes:
     return json.dumps({"t": t, "s": stream, "d": text}).encode() + b"\n"
 
 
-def stored_size(data: bytes) -> int:
-    """Bytes that ``data`` takes in a record's ``d`` field, at most: decoded alone, a UTF-8
-    character split across two chunks becomes escapes, which are longer than the character.
+def _longest_fit(decoder: codecs.IncrementalDecoder, data: bytes, room: int) -> tuple[bytes, str]:
+    """The longest prefix of ``data`` whose escaped text fits ``room``, and that text; the record
+    ends there, so the decoder is finished. A binary search: the size is not monotonic where a
+    character is cut (its bytes escaped one by one are longer than the whole), but every answer
+    it finds fits.
 
-    >>> stored_size(b"ab"), stored_size(b"\\n"), stored_size(b"\\x01"), stored_size(b"\\xff")
-    (2, 2, 6, 5)
+    >>> d = _DECODER("backslashreplace")
+    >>> _longest_fit(d, b"ab\\ncd", 4)
+    (b'ab\\n', 'ab\\\\n')
     """
-    return len(json.dumps(data.decode("utf-8", "backslashreplace"))) - 2
+    state = decoder.getstate()
 
+    def escaped(n: int) -> str:
+        decoder.setstate(state)
+        return _escape(decoder.decode(data[:n], True))
 
-def _longest_fit(data: bytes, room: int) -> bytes:
-    """The longest prefix of ``data`` whose stored size fits ``room`` (binary search: the size is
-    not monotonic at a split character, but every answer found fits)."""
     lo, hi = 0, len(data)
-    if room <= 0:
-        return b""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if stored_size(data[:mid]) <= room:
+        if len(escaped(mid)) <= room:
             lo = mid
         else:
             hi = mid
-    return data[:lo]
+    text = escaped(lo)
+    if len(text) > room:  # even the empty prefix: the decoder's held bytes do not fit
+        decoder.setstate(state)
+        return b"", ""
+    return data[:lo], text
 
 
 def read_log(path: Path) -> list[tuple[float, str, str]]:

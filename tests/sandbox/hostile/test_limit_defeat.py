@@ -38,6 +38,8 @@ def stalled_reader() -> Iterator[subprocess.Popen[bytes]]:
     yield reader
     reader.kill()
     reader.wait()
+    if reader.stdin is not None:
+        reader.stdin.close()
     for proc in _started:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
