@@ -3,7 +3,7 @@
     python probe.py '[{"kind": "tcp", "host": "198.51.100.10", "port": 80}, ...]'
 
 kinds: ``tcp`` (connect, send a line, read), ``udp`` (send, wait for a reply), ``http`` (GET /),
-``dns`` (A query for ``name`` sent to host:port). Outcomes: ``reply`` (data came back; ``data`` holds
+``dns`` (A query for ``name`` sent to host:port), ``dnstcp`` (the same over TCP). Outcomes: ``reply`` (data came back; ``data`` holds
 it), ``refused`` (a RST or ICMP came back: the packet reached something), ``timeout``, ``unreachable``.
 """
 
@@ -31,10 +31,20 @@ def attempt(target: dict[str, object]) -> dict[str, object]:
                 sock.connect((host, port))
                 sock.send(b"ping")
                 data = sock.recv(4096)
-        elif kind == "dns":
+        elif kind in ("dns", "dnstcp"):
             name = str(target.get("name", "pkg.example.test"))
             qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
             query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+            if kind == "dnstcp":
+                with socket.create_connection((host, port), timeout=TIMEOUT_S) as conn:
+                    conn.sendall(struct.pack("!H", len(query)) + query)
+                    reply = b""
+                    while len(reply) < 2 or len(reply) < 2 + struct.unpack("!H", reply[:2])[0]:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        reply += chunk
+                return {**target, "outcome": "reply", "data": socket.inet_ntoa(reply[-4:])}
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(TIMEOUT_S)
                 sock.connect((host, port))

@@ -7,7 +7,9 @@
                         servers on 0.0.0.0                                       198.51.100.10 (web)
                         redis-server                                             198.51.100.53 (dns)
                                                                                  198.51.100.54 (other dns)
-                                                                                 10.200.0.5 (private)
+                                                                                 10.200.0.5 (private;
+                                                                                  the host's upstream
+                                                                                  resolver, dns_world)
                                                                                  169.254.169.254 (metadata)
 
 No interface of this world has a peer in the real root namespace, so no packet can leave it; the
@@ -42,6 +44,26 @@ REAL_NETWORKS = ("10.97.", "192.0.2.")  # the machine's own uplink: must never a
 HOST_TCP_PORTS = (22, 80, 5432, 8000)
 HOST_UDP_PORTS = (53, 161, 5353)
 REDIS_PORT = 6390
+#: the name the stand-in upstream resolver (dnsmasq on PRIVATE_HOST, see ``start_upstream_dns``) knows
+KNOWN_NAME = "example.test"
+
+
+def start_upstream_dns(internet_path: str) -> subprocess.Popen[str]:
+    """The host's own resolver of ``dns_world``: a dnsmasq in the stand-in internet on the private
+    PRIVATE_HOST (as a cloud VPC resolver is), answering ``KNOWN_NAME`` with WEB and refusing the
+    rest; in the foreground, so the test stops it by its pid."""
+    return start_server(internet_path, [
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        f"--listen-address={PRIVATE_HOST}", "--bind-interfaces", f"--address=/{KNOWN_NAME}/{WEB}",
+        "--pid-file", "--user=nobody", "--group=nogroup", "--log-facility=-"])
+
+
+def wait_for_dns(path: str, server: str) -> None:
+    for _ in range(100):
+        got = probe(path, [{"kind": "dns", "host": server, "port": 53, "name": KNOWN_NAME}])[0]
+        if got["outcome"] == "reply":
+            return
+    raise AssertionError(f"no DNS answer from {server} in {path}")
 
 
 def require_network_tools() -> None:

@@ -32,6 +32,16 @@ from worker.sandbox.network.addresses import (
     render_resolv_conf,
 )
 from worker.sandbox.network.errors import CleanupBacklog, HostNetworkError
+from worker.sandbox.network.forwarder import (
+    dnsmasq_argv,
+    dnsmasq_user,
+    ensure_forwarder,
+    forwarder_alive,
+    have_dnsmasq,
+    pid_file_of,
+    revive_forwarder,
+    stop_forwarder,
+)
 from worker.sandbox.network.leases import Lease, LeaseStore, ReapLock
 from worker.sandbox.network.namespace import open_netns, run_in_netns, write_sysctl
 from worker.sandbox.network.netlink import (
@@ -57,7 +67,8 @@ class HostNetwork:
     """
 
     def __init__(self, settings: NetworkSettings, ns_fd: int | None, netlink: NetlinkThread,
-                 bridge_index: int, plan: AddressPlan, policy: Policy, resolvers: tuple[str, ...]) -> None:
+                 bridge_index: int, plan: AddressPlan, policy: Policy, resolvers: tuple[str, ...],
+                 dns_pid_file: str | None = None) -> None:
         self.settings = settings
         self.netlink = netlink
         self.bridge_index = bridge_index
@@ -65,6 +76,8 @@ class HostNetwork:
         self.policy = policy
         self.resolvers = resolvers
         self.resolv_conf = render_resolv_conf(resolvers)
+        #: the pid file of the jobs' DNS forwarder on the gateway; None: jobs use ``resolvers`` directly
+        self.dns_pid_file = dns_pid_file
         self.leases = LeaseStore(settings.net_dir / "leases", plan)
         # spreads the first probed slot only; leases, not randomness, keep addresses unique
         self.random = random.Random(os.urandom(16))  # noqa: S311
@@ -114,6 +127,12 @@ class HostNetwork:
                                      f"kernel after {self.settings.pending_wait_s} s")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def check_dns(self) -> None:
+        """Restart the jobs' DNS forwarder if it died (each egress set-up: a pid file and a
+        /proc read, ≈20 µs; the restart itself runs under the host lock)."""
+        if self.dns_pid_file is not None and not forwarder_alive(self.dns_pid_file):
+            revive_forwarder(self.dns_pid_file, self.settings.net_dir / "host.lock")
 
     @property
     def pending(self) -> int:
@@ -242,13 +261,27 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
         with ReapLock(Path(net_lock())), ReapLock(settings.net_dir / "host.lock"):
             state = netlink.call(lambda ipr: _prepare_bridge(ipr, settings))
             plan = AddressPlan(state.subnet)
-            resolvers = pick_resolvers(settings.resolvers, _host_nameservers(), FALLBACK_RESOLVERS)
+            gateway = plan.gateway.ip
+            forward = not settings.resolvers and have_dnsmasq()
+            if forward:  # jobs ask the gateway; the forwarder asks the host's resolvers (forwarder.py)
+                resolvers: tuple[str, ...] = (str(gateway),)
+                pid_file: str | None = str(pid_file_of(settings.dns_dir, settings.bridge))
+            else:
+                resolvers = pick_resolvers(settings.resolvers, _host_nameservers(settings), FALLBACK_RESOLVERS)
+                pid_file = None
             policy = build_policy(table=settings.table, bridge=settings.bridge, subnet=state.subnet,
-                                  allow=settings.allow, resolvers=resolvers, host_networks=state.host_lans,
-                                  uplink=settings.uplink, veth_prefix=settings.veth_prefix)
+                                  allow=settings.allow, resolvers=() if forward else resolvers,
+                                  host_networks=state.host_lans, uplink=settings.uplink,
+                                  veth_prefix=settings.veth_prefix, local_resolver=gateway if forward else None)
             run_in_netns(ns_fd, lambda: write_sysctl("/proc/sys/net/ipv4/ip_forward", "1"))
             run_nft(ns_fd, render_ruleset(policy))
-        return HostNetwork(settings, ns_fd, netlink, state.bridge_index, plan, policy, resolvers)
+            if pid_file is not None:
+                upstream = _host_nameservers(settings)
+                argv = dnsmasq_argv(listen=str(gateway), pid_file=pid_file,
+                                    resolv_file=str(settings.host_resolv_conf) if upstream else None,
+                                    servers=FALLBACK_RESOLVERS, user=dnsmasq_user())
+                ensure_forwarder(argv, pid_file, str(settings.host_netns) if settings.host_netns else None)
+        return HostNetwork(settings, ns_fd, netlink, state.bridge_index, plan, policy, resolvers, pid_file)
     except BaseException:
         if netlink is not None:
             netlink.close()
@@ -257,9 +290,9 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
         raise
 
 
-def _host_nameservers() -> tuple[str, ...]:
+def _host_nameservers(settings: NetworkSettings) -> tuple[str, ...]:
     try:
-        return parse_nameservers(Path("/etc/resolv.conf").read_text())
+        return parse_nameservers(settings.host_resolv_conf.read_text())
     except OSError:
         return ()
 
@@ -314,6 +347,7 @@ def teardown_host(settings: NetworkSettings) -> None:
     try:
         with RefillLock(settings), ReapLock(settings.net_dir / "host.lock"):
             run_nft(ns_fd, render_teardown(settings.table))
+            stop_forwarder(str(pid_file_of(settings.dns_dir, settings.bridge)))
             netlink_session(ns_fd, remove_links)
             reap_networks(settings, drain_pool=True)  # the pool's veths are gone: its entries go too
     finally:

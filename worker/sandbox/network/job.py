@@ -69,6 +69,7 @@ class JobNetwork:
 
     def _open_egress(self, host: HostNetwork) -> FreshNetns:
         host.wait_for_room()
+        host.check_dns()
         # The host's netlink thread makes the namespace (and its socket) while this thread leases the
         # address; then the same thread adds the veth and configures the job side. Its calls run in order.
         making = host.netlink.submit(lambda _: begin_netns_here(home_fd=host.netlink.home_fd))

@@ -12,8 +12,9 @@ Order of the forward decision for a packet from a job (first match wins):
 7. anything else (the public internet)          → accept
 
 Packets from a job to the host itself (any of its addresses, any port) are dropped on input, except
-port 53 of a resolver that is a host address and replies to connections the host opened (a job can
-answer the host, never call it).
+TCP/UDP port 53 of the gateway when sandpit's DNS forwarder listens there (``local_resolver``, see
+``forwarder.py``), port 53 of a configured resolver that is a host address, and replies to
+connections the host opened (a job can answer the host, never call it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Policy:
     resolvers: tuple[ipaddress.IPv4Address, ...]
     uplink: str | None = None
     veth_prefix: str = "spv"
+    #: the gateway address when sandpit's DNS forwarder listens there: its port 53, nothing else
+    local_resolver: ipaddress.IPv4Address | None = None
 
 
 def parse_networks(texts: Iterable[str], what: str) -> list[IPv4Net]:
@@ -72,7 +75,8 @@ def parse_networks(texts: Iterable[str], what: str) -> list[IPv4Net]:
 
 def build_policy(*, table: str, bridge: str, subnet: IPv4Net, allow: Iterable[str],
                  resolvers: Iterable[str], host_networks: Iterable[IPv4Net],
-                 uplink: str | None = None, veth_prefix: str = "spv") -> Policy:
+                 uplink: str | None = None, veth_prefix: str = "spv",
+                 local_resolver: ipaddress.IPv4Address | None = None) -> Policy:
     """Merge the special ranges with the host's own networks (its LANs) and normalise the lists.
 
     >>> p = build_policy(table="t", bridge="b", subnet=IPv4Net("10.213.0.0/16"), allow=[],
@@ -86,7 +90,7 @@ def build_policy(*, table: str, bridge: str, subnet: IPv4Net, allow: Iterable[st
                              for net in parse_networks(resolvers, "resolver")})
     return Policy(table=table, bridge=bridge, subnet=subnet, blocked=tuple(blocked),
                   allowed=tuple(allowed), resolvers=tuple(resolver_addrs), uplink=uplink,
-                  veth_prefix=veth_prefix)
+                  veth_prefix=veth_prefix, local_resolver=local_resolver)
 
 
 def verdict(policy: Policy, destination: ipaddress.IPv4Address, *, port: int | None = None,
@@ -99,6 +103,8 @@ def verdict(policy: Policy, destination: ipaddress.IPv4Address, *, port: int | N
     'drop'
     """
     is_resolver = destination in policy.resolvers and port == 53
+    if to_host and destination == policy.local_resolver and port == 53:
+        return "accept"
     if to_host:
         return "accept" if is_resolver else "drop"
     if destination in policy.subnet:

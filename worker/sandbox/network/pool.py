@@ -124,7 +124,8 @@ def fill_pool(settings: NetworkSettings, host: HostNetwork | None = None, *, loc
 
 
 def _write_meta(pool_fd: int, config: list[object], host: HostNetwork) -> None:
-    meta = {"config": config, "lease_dir": host.plan.lease_dir_name, "resolv_conf": host.resolv_conf.decode()}
+    meta = {"config": config, "lease_dir": host.plan.lease_dir_name, "resolv_conf": host.resolv_conf.decode(),
+            "dns_pid_file": host.dns_pid_file}
     temp = f".{META}.{os.getpid()}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pool_fd)
     try:

@@ -8,7 +8,7 @@ pyroute2 loaded); see docs/network.md, "The pool of ready namespaces".
 Layout of ``<run dir>/net/pool/<config key>/`` (0700, root; one pool per network configuration, so
 processes with different settings, e.g. another host namespace, never drain each other's pool)::
 
-    meta.json         {"config": [...], "lease_dir": "10.213.0.0_16", "resolv_conf": "..."}
+    meta.json         {"config": [...], "lease_dir": "10.213.0.0_16", "resolv_conf": "...", "dns_pid_file": ...}
     <slot>.<token>    an nsfs bind mount: a configured egress namespace nobody has used
     refill.lock       flock held by the one refill at work
     refill.log        what the last detached refill printed
@@ -246,12 +246,38 @@ def claim(request: PoolRequest, job_id: str) -> PooledNetwork | None:
             for name, (slot, token) in entries[first:] + entries[:first]:
                 fds = _claim_entry(request.pool_dir, pool_fd, lease_fd, name, slot, token, job_id, host_netns)
                 if fds is not None:
-                    return PooledNetwork(fds[0], fds[1], resolv_conf, slot, len(entries) - 1)
+                    pooled = PooledNetwork(fds[0], fds[1], resolv_conf, slot, len(entries) - 1)
+                    try:
+                        _check_dns(meta.get("dns_pid_file"), request.config)
+                    except BaseException:
+                        pooled.close()
+                        raise
+                    return pooled
             return None
         finally:
             os.close(lease_fd)
     finally:
         os.close(pool_fd)
+
+
+def _check_dns(pid_file: object, config: list[object]) -> None:
+    """Restart the jobs' DNS forwarder on the gateway (``forwarder.py``) if it died: the pool's
+    namespaces name it in their resolv.conf. Alive: a pid file and a /proc read, no import."""
+    if not isinstance(pid_file, str) or not pid_file:
+        return
+    try:
+        with open(pid_file, "rb") as f:
+            pid = int(f.read(32).strip() or b"0")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f"--pid-file={pid_file}".encode() in f.read().split(b"\0"):
+                return
+    except (OSError, ValueError):
+        pass
+    from pathlib import Path
+
+    from worker.sandbox.network.forwarder import revive_forwarder
+
+    revive_forwarder(pid_file, Path(str(config[0])) / "net" / "host.lock")
 
 
 def _host_namespaces(host_netns: object) -> set[int]:

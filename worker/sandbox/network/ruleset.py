@@ -66,6 +66,7 @@ def render_ruleset(policy: Policy) -> str:
         "\tchain input {",
         "\t\ttype filter hook input priority filter - 10; policy accept;",
         f"\t\tiifname {br} ct state established,related accept",
+        *([f"\t\tiifname {br} ip daddr {policy.local_resolver} {dns} accept"] if policy.local_resolver else []),
         f"\t\tiifname {br} ip daddr @resolvers_v4 {dns} accept",
         f"\t\tiifname {br} drop",
         "\t}",

@@ -33,7 +33,8 @@ class NetworkSettings:
 
     ``state_dir / 'net'`` holds the lease files and locks shared by every worker of the host.
     ``resolvers`` go into each job's resolv.conf and are let through the policy (port 53 only);
-    when empty, the host's public resolvers are used, or ``FALLBACK_RESOLVERS``. ``allow`` lists extra
+    when empty, jobs get the gateway, where sandpit's dnsmasq forwards to the host's own resolvers
+    (``forwarder.py``; without dnsmasq: the host's public resolvers, or ``FALLBACK_RESOLVERS``). ``allow`` lists extra
     IPv4 CIDRs jobs may reach even though they are private. ``host_netns`` is the namespace that plays
     "host" (bridge, NAT, rules); None means the caller's own.
     """
@@ -60,10 +61,18 @@ class NetworkSettings:
     pool_low_water: int | None = None
     #: the pool directory as a claimer named it (a detached refill); None: derived from the settings
     pool_path: Path | None = None
+    #: the host's resolv.conf, which the jobs' DNS forwarder follows when ``resolvers`` is empty
+    #: (tests name a file of their stand-in world; see forwarder.py)
+    host_resolv_conf: Path = Path("/etc/resolv.conf")
 
     @property
     def net_dir(self) -> Path:
         return self.state_dir / "net"
+
+    @property
+    def dns_dir(self) -> Path:
+        """Where the forwarder's pid file and recorded command live (``<run dir>/net/dns``)."""
+        return (self.run_dir or self.state_dir) / "net" / "dns"
 
     @property
     def pool_dir(self) -> Path:
