@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from pipelines.language.loader import load_pipeline
 from pipelines.language.model import PipelineInputs, Plan
@@ -230,7 +230,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         engine.close()
     with session_scope(db) as s:
         status = run_status(s, run_id)
-        jobs = list(s.exec(select(Job).where(Job.run_id == run_id).order_by(Job.position)).all())
+        jobs = list(s.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.position))).all())
         records = [_job_record(j) for j in jobs]
         for record, why in zip(records, waiting_reasons(jobs), strict=True):
             if why:
