@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, require_root, require_tools
+from tests.sandbox.conftest import Runner
 from worker.sandbox.artifacts import MAX_ENTRIES, MAX_REJECTED, Caps, collect_artifacts
+from worker.sandbox.engine import Engine
+from worker.sandbox.request import Limits
 
 ENTRIES = 400_000
 RSS_BOUND_MB = 30
@@ -138,3 +141,23 @@ def test_cap_on_entries_examined_counts_unnamed_entries(tmp_path: Path) -> None:
     kept, rejected = collect_artifacts(ws, ("*.keep",), tmp_path / "store", caps)
     assert len(rejected) == 1 and "cap of 20 entries examined" in rejected[0].why
     assert len(kept) <= 1
+
+
+def test_a_job_is_told_the_walk_cap_was_hit(engine: Engine, no_leftovers: None) -> None:
+    """A real job that fills a directory past the cap on entries examined gets a rejected entry
+    saying so, and keeps what it kept before the cap. (One runtime, the default: the walk runs on
+    the host after the job, whichever runtime ran it, and making 200,000 files takes a while.)"""
+    run = Runner(engine, None)
+    limits = Limits(timeout_s=240, disk_bytes=2048 << 20, artifact_count=5)
+    res, _out, err = run("python3", "-c", f"""
+import os
+os.makedirs('big')
+fd = os.open('big', os.O_RDONLY)
+for i in range({MAX_ENTRIES + 500}):
+    os.close(os.open('f%d' % i, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+""", image="python", artifacts=("big",), limits=limits)
+    assert res.status == "succeeded", (res.reason, res.message, err[-2000:])
+    assert len(res.artifacts) == 5
+    whys = [r.why for r in res.rejected_artifacts]
+    assert any(f"cap of {MAX_ENTRIES} entries examined" in w for w in whys), whys[-3:]
+    assert len(whys) <= MAX_REJECTED + 2
