@@ -15,7 +15,9 @@ Many jobs write into it at once (threads of one worker, several workers), so eve
 
 Readers check a stored file against its name with :func:`intact` before trusting it. A file is
 hashed once per process: the result is remembered under (sha256, device, inode, size, mtime,
-ctime), and ctime cannot be set from user space, so any later change to the file is seen.
+ctime), and ctime cannot be set from user space, so any later change to the file is seen (to the
+kernel's timestamp granularity, a few ms: a rewrite in the very tick of the check could hide,
+which only someone who can already write the store could try).
 
 Errors: :class:`worker.errors.SandboxError` when the store itself cannot be written (a full disk):
 that is the platform's failure, never the job's.
@@ -47,7 +49,9 @@ _verified_lock = threading.Lock()
 
 
 def blob_path(store: Path, sha256: str) -> Path:
-    """>>> str(blob_path(Path("/s"), "ab" + "0" * 62))[:8]
+    """Where the file with content hash ``sha256`` lives.
+
+    >>> str(blob_path(Path("/s"), "ab" + "0" * 62))[:8]
     '/s/ab/ab'
     """
     return store / sha256[:2] / sha256
