@@ -38,6 +38,11 @@ class PipelineInputs:
     existing_files: frozenset[str] | None = None
     default_branch: str = "main"
     merge_request_target: str | None = None
+    #: merge request pipelines from a forge: the number, its title and where the source branch lives
+    merge_request_iid: int | None = None
+    merge_request_title: str = ""
+    merge_request_source_project_path: str = ""
+    merge_request_source_project_url: str = ""
     project_path: str = "local/project"
     pipeline_id: int = 1
     project_dir: str = "/workspace"

@@ -71,6 +71,13 @@ PREDEFINED: dict[str, str] = {
     "CI_CONCURRENT_ID": "this job's slot among the jobs its worker runs at once, from 0",
     "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "merge request pipelines: the source branch",
     "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "merge request pipelines: the target branch",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_SHA": "merge request pipelines: the source branch's tip (the commit built)",
+    "CI_MERGE_REQUEST_IID": "merge request pipelines from a forge: the pull/merge request's number",
+    "CI_MERGE_REQUEST_TITLE": "merge request pipelines from a forge: its title",
+    "CI_MERGE_REQUEST_PROJECT_PATH": "merge request pipelines: the target project (CI_PROJECT_PATH)",
+    "CI_MERGE_REQUEST_SOURCE_PROJECT_PATH": "merge request pipelines: the project the source branch is in "
+                                            "(a fork's path for a pull request from a fork)",
+    "CI_MERGE_REQUEST_SOURCE_PROJECT_URL": "merge request pipelines: that project's web address",
     "CI_JOB_NAME": "the job's full name (with `1/3` or `[matrix, values]`)",
     "CI_JOB_NAME_SLUG": "the job name as a slug",
     "CI_JOB_STAGE": "the job's stage",
@@ -135,6 +142,15 @@ def pipeline_variables(inputs: PipelineInputs) -> dict[str, str]:
     elif inputs.trigger == "merge_request":
         values["CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"] = inputs.ref
         values["CI_MERGE_REQUEST_TARGET_BRANCH_NAME"] = inputs.merge_request_target or inputs.default_branch
+        values["CI_MERGE_REQUEST_SOURCE_BRANCH_SHA"] = inputs.sha
+        values["CI_MERGE_REQUEST_PROJECT_PATH"] = path
+        values["CI_MERGE_REQUEST_SOURCE_PROJECT_PATH"] = inputs.merge_request_source_project_path or path
+        values["CI_MERGE_REQUEST_SOURCE_PROJECT_URL"] = (inputs.merge_request_source_project_url
+                                                        or values["CI_PROJECT_URL"])
+        if inputs.merge_request_iid is not None:
+            values["CI_MERGE_REQUEST_IID"] = str(inputs.merge_request_iid)
+        if inputs.merge_request_title:
+            values["CI_MERGE_REQUEST_TITLE"] = inputs.merge_request_title
     else:
         values["CI_COMMIT_BRANCH"] = inputs.ref
     return values
