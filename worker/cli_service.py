@@ -52,6 +52,8 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
     from worker.sandbox.private_state import make_private
 
     make_private(settings.state_dir, settings.run_dir)  # root's alone, also when an older sandpit made it
+    lock = _own_state_dir(settings.state_dir)  # held until this process ends
+    env["SANDPIT_STATE_DIR"] = str(settings.state_dir)  # the children use this one, whatever their defaults
     children = Children()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -85,8 +87,9 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
                                          "--log-level", "warning"], env,
                              ready=lambda p: _wait_port(port, p, "the API")))
         print(f"sandpit is up: API http://{host}:{port}/api/v1 (docs: /api/v1/openapi.json)")
+        print(f"  state: {settings.state_dir} (database, token, queue)")
         print(f"  token: {token}")
-        print(f"  try:   SANDPIT_TOKEN={token} sandpit submit pipelines/examples/demo.yml --follow")
+        print(f"  try:   {try_line(host, port, token, env.get('SANDPIT_API_TOKENS') is not None)}")
         print("  Ctrl-C stops everything.", flush=True)
         while True:
             time.sleep(0.5)
@@ -95,6 +98,46 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
         return 0
     finally:
         children.stop_all()
+        os.close(lock)
+
+
+def _own_state_dir(state_dir: Path) -> int:
+    """An exclusive lock on ``<state>/up.lock`` for the life of this ``sandpit up``: a second one on
+    the same state dir would share its database, token and queue, so it is refused with a message
+    saying how to run a separate instance (another ``SANDPIT_STATE_DIR``)."""
+    import fcntl
+
+    fd = os.open(state_dir / "up.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SystemExit(f"sandpit: another `sandpit up` (pid {holder}) already uses the state dir {state_dir}; "
+                         f"set SANDPIT_STATE_DIR (and SANDPIT_RUN_DIR) to run a separate instance") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def try_line(host: str, port: int, token: str, token_configured: bool) -> str:
+    """A command that works when pasted into another shell: it names this instance's API (the
+    client's default is port 8000, maybe another instance) and token, the example by its absolute
+    path, and ``sandpit`` as this process was started when it is not on PATH.
+
+    >>> try_line("0.0.0.0", 8123, "abc", False).split(" ")[:2]
+    ['SANDPIT_API_URL=http://127.0.0.1:8123', 'SANDPIT_TOKEN=abc']
+    """
+    import shlex
+    import shutil
+
+    reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - turning a wildcard into a target
+    url = f"http://[{reach}]:{port}" if ":" in reach else f"http://{reach}:{port}"
+    shown_token = "<one of SANDPIT_API_TOKENS>" if token_configured else shlex.quote(token)
+    example = Path(__file__).resolve().parent.parent / "pipelines" / "examples" / "demo.yml"
+    command = "sandpit" if shutil.which("sandpit") else f"{shlex.quote(sys.executable)} -m worker"
+    return (f"SANDPIT_API_URL={shlex.quote(url)} SANDPIT_TOKEN={shown_token} {command} submit "
+            f"{shlex.quote(str(example))} --follow")
 
 
 class Client:

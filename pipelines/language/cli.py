@@ -1,4 +1,4 @@
-"""``sandpit lint FILE [--var K=V]... [--json]``: print every problem like a compiler, and the plan.
+"""``sandpit lint FILE [--var K=V]... [--json] [--source S --ref R --tag --sha X --changed P]``: print every problem like a compiler, and the plan.
 
 Exit status: 0 when the pipeline plans (warnings allowed), 1 when it has errors, 2 when the file
 cannot be read or the arguments are wrong. Runnable alone as ``python -m pipelines.language.cli``.
@@ -18,6 +18,7 @@ from pipelines.language.loader import load_pipeline
 from pipelines.language.model import TRIGGERS, Job, PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problem, Problems
+from pipelines.language.variables import PIPELINE_SOURCES
 from pipelines.language.yamltree import bad_character
 from pipelines.policy import TRUST_LEVELS, Policy, PolicyError, admit, describe
 from pipelines.references import InvalidReference, honoured_by
@@ -32,18 +33,51 @@ class _UsageError(Exception):
     pass
 
 
+#: ``--source`` takes GitLab's ``CI_PIPELINE_SOURCE`` words as well as the planner's trigger names
+_SOURCE_WORDS = {**{t: t for t in TRIGGERS}, **{v: k for k, v in PIPELINE_SOURCES.items()}}
+
+
+def pipeline_source(text: str) -> str:
+    """The planner's trigger for a ``--source``/``--trigger`` word (``merge_request_event`` or
+    ``merge_request``, ``push``, ``web``, ...), so both GitLab's and sandpit's spellings work."""
+    try:
+        return _SOURCE_WORDS[text]
+    except KeyError:
+        words = ", ".join(sorted(set(PIPELINE_SOURCES.values())))
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pipeline source (one of {words})") from None
+
+
+def add_pipeline_inputs(parser: argparse.ArgumentParser, *, ref: str, sha: str) -> None:
+    """The options that say which pipeline to simulate, shared by ``sandpit lint`` and ``sandpit run``
+    (``ref``/``sha``: how each command's default is described in ``--help``)."""
+    parser.add_argument("--source", "--trigger", dest="trigger", type=pipeline_source, default="push",
+                        metavar="SOURCE",
+                        help="what started the pipeline, as CI_PIPELINE_SOURCE says it: push, "
+                             "merge_request_event, web, api, schedule (default: push)")
+    parser.add_argument("--ref", default=None, help=f"the branch (or tag, with --tag) being built (default: {ref})")
+    parser.add_argument("--tag", action="store_true", help="the ref is a tag (CI_COMMIT_TAG; default: a branch)")
+    parser.add_argument("--sha", default=None, help=f"the commit being built (default: {sha})")
+    parser.add_argument("--changed", action="append", default=None, metavar="PATH",
+                        help="a changed file, for rules:changes; may be repeated (default: unknown, so every "
+                             "changes rule holds, as on GitLab)")
+
+
+def add_lint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sandpit lint``'s arguments, on ``sandpit``'s own sub-parser (so ``sandpit lint --help`` and
+    options in any position work) or on the stand-alone parser below."""
+    parser.add_argument("file", type=Path, help="the pipeline file (.gitlab-ci.yml)")
+    parser.add_argument("--var", action="append", default=[], metavar="K=V",
+                        help="a pipeline variable (as a trigger's variables); may be repeated (default: none)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (default: text)")
+    add_pipeline_inputs(parser, ref="main", sha="forty zeros")
+    parser.add_argument("--policy", choices=TRUST_LEVELS, default=None,
+                        help="also check the caps of this trust level, read from the SANDPIT_POLICY_* "
+                             "environment variables (default: no caps checked)")
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="sandpit lint", description="Validate a pipeline file and show its plan.")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--var", action="append", default=[], metavar="K=V", help="a pipeline variable")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--trigger", choices=TRIGGERS, default="push")
-    parser.add_argument("--ref", default="main", help="branch (or tag with --tag) being built")
-    parser.add_argument("--tag", action="store_true", help="the ref is a tag")
-    parser.add_argument("--sha", default="0" * 40)
-    parser.add_argument("--changed", action="append", default=None, metavar="PATH", help="a changed file")
-    parser.add_argument("--policy", choices=TRUST_LEVELS, default=None,
-                        help="also check the caps of this trust level (SANDPIT_POLICY_* settings)")
+    add_lint_arguments(parser)
     return parser
 
 
@@ -55,7 +89,17 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str,
     ``--policy`` reads."""
     try:
         args = _parser().parse_args(argv)
-        variables = dict(_split_var(text) for text in args.var)
+    except _UsageError as exc:
+        stderr.write(f"sandpit lint: {exc}\n")
+        return 2
+    return lint_parsed(args, stdout, stderr, images=images, env=env)
+
+
+def lint_parsed(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, images: dict[str, str] | None = None,
+                env: Mapping[str, str] | None = None) -> int:
+    """``sandpit lint`` with its arguments already parsed (by :func:`add_lint_arguments`'s options)."""
+    try:
+        variables = dict(split_var(text) for text in args.var)
     except _UsageError as exc:
         stderr.write(f"sandpit lint: {exc}\n")
         return 2
@@ -73,9 +117,9 @@ def lint_main(argv: list[str], stdout: TextIO, stderr: TextIO, images: dict[str,
         return 2
     inputs = PipelineInputs(
         trigger=args.trigger,
-        ref=args.ref,
+        ref=args.ref or "main",
         ref_kind="tag" if args.tag else "branch",
-        sha=args.sha,
+        sha=args.sha or "0" * 40,
         variables=variables,
         changed_files=None if args.changed is None else tuple(args.changed),
         existing_files=loaded.existing,
@@ -123,7 +167,8 @@ def image_warnings(result: Plan, images: dict[str, str]) -> tuple[Problem, ...]:
     return tuple(found)
 
 
-def _split_var(text: str) -> tuple[str, str]:
+def split_var(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a ``--var``; a usage error names what is wrong."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise _UsageError(f"--var wants NAME=VALUE, got {text!r}")

@@ -7,13 +7,15 @@ test made, whose only uplink leads to a stand-in "internet" namespace: no packet
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.sandbox.conftest import Runner
-from tests.sandbox.network.conftest import world  # noqa: F401 - the fixture, shared
-from tests.sandbox.network.world import HERE, HOST_TCP_PORTS, METADATA, PRIVATE_HOST, RESOLVER, WEB
+from tests.sandbox.network.conftest import dns_world, world  # noqa: F401 - the fixtures, shared
+from tests.sandbox.network.world import HERE, HOST_TCP_PORTS, KNOWN_NAME, METADATA, PRIVATE_HOST, RESOLVER, WEB
 from worker.sandbox.engine import Engine
+from worker.sandbox.logs import read_log
 
 PROBE = (HERE / "probe.py").read_text()
 
@@ -70,3 +72,51 @@ def test_egress_leaves_no_lease_veth_or_netns(net_run, world):  # noqa: F811
     assert sandpit_veths(world) == set()
     assert lease_files(world.settings) == []
     assert open_netns_fds() <= before
+
+
+@pytest.fixture()
+def dns_run(settings, runtime, dns_world, no_leftovers):  # noqa: F811
+    """Jobs in the world whose host resolver is private: DNS only through sandpit's forwarder."""
+    engine = Engine(settings, network=dns_world.settings, host_network=dns_world.network)
+    return Runner(engine, runtime)
+
+
+FETCH_BY_NAME = f"""
+import socket, urllib.request
+print(open("/etc/resolv.conf").read().split()[1])
+print(socket.gethostbyname("{KNOWN_NAME}"))
+print(urllib.request.urlopen("http://{KNOWN_NAME}/", timeout=5).read().decode().strip())
+"""
+
+
+def test_egress_job_resolves_and_connects_by_name_through_the_gateway(dns_run, dns_world):  # noqa: F811
+    """With the host's resolver on a private address jobs may not reach, an egress job still resolves
+    a name (through the forwarder on the gateway its resolv.conf names) and connects to it."""
+    res, out, err = dns_run("python3", "-c", FETCH_BY_NAME, image="python", network="egress")
+    assert res.status == "succeeded", err
+    assert out.split() == [str(dns_world.network.plan.gateway.ip), WEB, "hello", "from", "port", "80"]
+
+
+@pytest.mark.parametrize("script", [
+    "getent hosts example.com || { echo 'Temporary failure in name resolution' >&2; exit 2; }",
+    f"python3 -c 'import socket; socket.create_connection((\"{WEB}\", 80), timeout=2)'",
+])
+def test_offline_failure_of_a_none_job_gets_the_egress_hint(run, script):
+    """A `network: none` job that fails on a lookup or a connection is told, in its message and at
+    the end of its log, to ask for `sandbox: network: egress`."""
+    res, _out, err = run.sh(script, image="python", network="none")
+    assert res.status == "failed", err
+    assert res.message is not None and "sandbox: network: egress" in res.message
+    assert res.log_path is not None
+    last = read_log(Path(res.log_path))[-1]
+    assert last[1] == "sys" and last[2].strip().startswith("sandpit: hint:") and "network: egress" in last[2]
+
+
+@pytest.mark.parametrize("network,script", [
+    ("none", "echo 'AssertionError: 1 != 2' >&2; exit 1"),
+    ("none", "echo 'Temporary failure in name resolution'; exit 0"),
+])
+def test_no_hint_for_other_failures_or_successes(run, network, script):
+    """Failures unrelated to the network, and jobs that succeed, get no hint."""
+    res, _out, _err = run.sh(script, image="python", network=network)
+    assert not (res.message or "").count("hint")

@@ -245,6 +245,8 @@ class Engine:
             stack.callback(joblog.close)
             outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
             self._finish(result, outcome, cg.usage(), disk, req)
+            if req.network == "none" and result.status == "failed":
+                _hint_offline(result, joblog, log_path)
             if req.artifacts or cache_paths:
                 cg.kill_all()  # files are read only once nothing of the job can still write
                 from worker.sandbox.artifacts import Caps, collect_artifacts
@@ -347,6 +349,21 @@ class Engine:
         else:
             result.status = "cancelled" if reason == "cancelled" else "failed"
             result.reason = reason
+
+
+def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path) -> None:
+    """A failed ``network: none`` job whose log ends in a failed lookup or connection gets a hint
+    naming ``network: egress`` in its message and at the end of its log (network/hint.py)."""
+    from worker.sandbox.network.hint import offline_hint, read_tail
+
+    joblog.close()  # idempotent: flushes the file, so its tail is all there
+    hint = offline_hint(read_tail(log_path))
+    if hint is None:
+        return
+    result.message = f"{result.message}; {hint}" if result.message else hint
+    with open(log_path, "ab") as f:
+        f.write(json.dumps({"t": round(time.monotonic() - joblog.started, 6), "s": "sys",
+                            "d": f"\n{hint}\n"}).encode() + b"\n")
 
 
 _pool: ThreadPoolExecutor | None = None

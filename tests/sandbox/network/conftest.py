@@ -96,7 +96,7 @@ def dns_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state_dir = tmp_path_factory.mktemp("sandpit-dns-state")
     # dnsmasq re-reads the file after dropping root: a world-readable dir, not pytest's 0700 tmp
     etc = tempfile.mkdtemp(prefix="sandpit-dns-etc-")
-    os.chmod(etc, 0o755)
+    os.chmod(etc, 0o755)  # noqa: S103 - read by the forwarder's unprivileged user
     host_resolv = os.path.join(etc, "resolv.conf")
     with open(host_resolv, "w") as f:
         f.write(f"# the host's resolver, private as a cloud VPC's\nnameserver {PRIVATE_HOST}\n")

@@ -3,8 +3,9 @@
     python probe.py '[{"kind": "tcp", "host": "198.51.100.10", "port": 80}, ...]'
 
 kinds: ``tcp`` (connect, send a line, read), ``udp`` (send, wait for a reply), ``http`` (GET /),
-``dns`` (A query for ``name`` sent to host:port), ``dnstcp`` (the same over TCP). Outcomes: ``reply`` (data came back; ``data`` holds
-it), ``refused`` (a RST or ICMP came back: the packet reached something), ``timeout``, ``unreachable``.
+``dns`` (A query for ``name`` sent to host:port), ``dnstcp`` (the same over TCP). Outcomes: ``reply``
+(data came back; ``data`` holds it), ``refused`` (a RST or ICMP came back: the packet reached
+something), ``timeout``, ``unreachable``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from worker.sandbox.network import JobNetwork, drain_pool, fill_pool, prepare_host, teardown_host
-from worker.sandbox.network.forwarder import forwarder_pid
+from worker.sandbox.network.forwarder import _exited, forwarder_pid
 from worker.sandbox.network.pool_client import claim
 
 from .world import HOST_TCP_PORTS, HOST_UPLINK, KNOWN_NAME, PRIVATE_HOST, WEB, World, in_netns, probe
@@ -34,13 +34,10 @@ def pid_of(world: World) -> int:
 
 
 def kill_and_wait(pid: int) -> None:
+    """SIGKILL the forwarder and wait until its sockets are gone (it is a zombie or reaped)."""
     os.kill(pid, signal.SIGKILL)
     for _ in range(1000):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if not f.read():
-                    return  # a zombie: gone for every purpose
-        except FileNotFoundError:
+        if _exited(pid):
             return
         time.sleep(0.005)
     raise AssertionError(f"forwarder {pid} outlived SIGKILL")
@@ -133,11 +130,7 @@ def test_teardown_stops_the_forwarder(dns_world: World) -> None:
     assert pid_file is not None
     dns_world.network.close()
     teardown_host(dns_world.settings)
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            assert f.read() == b"", "the forwarder outlived teardown_host"
-    except FileNotFoundError:
-        pass
+    assert _exited(pid), "the forwarder outlived teardown_host"
     assert not os.path.exists(pid_file)
     dns_world.network = prepare_host(dns_world.settings)
     assert pid_of(dns_world) != pid

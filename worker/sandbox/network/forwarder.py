@@ -92,6 +92,17 @@ def _is_ours(pid: int, pid_file: str) -> bool:
     return bool(words) and words[0].endswith(b"dnsmasq") and f"--pid-file={pid_file}".encode() in words
 
 
+def _exited(pid: int) -> bool:
+    """``pid`` has released its sockets: gone or a zombie. (An empty cmdline is not enough: the
+    kernel drops a dying task's memory before its files, so its port 53 is still bound then.)"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"Z", b"X")
+
+
 def forwarder_pid(pid_file: str) -> int | None:
     """The pid of the running forwarder of ``pid_file``, None if it is not running."""
     pid = _read_pid(pid_file)
@@ -116,6 +127,10 @@ def _start(argv: list[str], netns: str | None) -> None:
     ns_fd = open_netns(netns) if netns is not None else None
     try:
         done = run_in_netns(ns_fd, spawn)
+        deadline = time.monotonic() + 3.0  # a forwarder that just died may still hold port 53
+        while done.returncode != 0 and b"in use" in done.stderr and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = run_in_netns(ns_fd, spawn)
     except FileNotFoundError as exc:
         raise HostNetworkError(f"{argv[0]} is not installed (apt-get install dnsmasq-base)") from exc
     finally:
@@ -183,7 +198,7 @@ def stop_forwarder(pid_file: str, wait_s: float = 5.0) -> bool:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
-        while _is_ours(pid, pid_file):
+        while not _exited(pid):
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + wait_s
