@@ -33,7 +33,9 @@ OutputSink = Callable[[str, bytes], None]
 HIGH_WATER = 1 << 20
 #: one call of the sink carries at most this much (queued chunks of one stream are merged up to it)
 CALL_BYTES = 256 * 1024
-#: once the job is over, a reader that took nothing for this long is given up on
+#: the sink is called with at most this much at a time
+SLICE_BYTES = 16 * 1024
+#: once the job is over, a reader that took nothing (not one slice) for this long is given up on
 STALL_S = 2.0
 
 
@@ -100,11 +102,17 @@ class OutputDelivery:
                     return
                 stream, data = self._queue.popleft()
                 self._busy = True
+            failed = False
+            view = memoryview(data)
             try:
-                self._sink(stream, bytes(data))
-                failed = False
+                # in slices, each one progress: a slow reader that keeps reading is never "stalled"
+                for start in range(0, len(view), SLICE_BYTES):
+                    self._sink(stream, bytes(view[start:start + SLICE_BYTES]))
+                    self._progress = time.monotonic()
             except OSError:
                 failed = True  # the reader is gone (EPIPE, a closed terminal)
+            finally:
+                view.release()
             with self._cond:
                 self._busy = False
                 self._queued = max(0, self._queued - len(data))
@@ -115,8 +123,6 @@ class OutputDelivery:
                         self._queue.remove(item)
                         self._queued -= len(item[1])
                         self.undelivered += len(item[1])
-                else:
-                    self._progress = time.monotonic()
                 if failed or (self._paused and self._queued < self._low):
                     self._paused = False
                     if not self._closed:

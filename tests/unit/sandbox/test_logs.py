@@ -128,6 +128,23 @@ def test_backlog_clears_and_wakes_when_the_reader_catches_up() -> None:
         delivery.close()
 
 
+def test_a_slow_reader_that_keeps_reading_gets_everything() -> None:
+    """Slower than the stall time in total, but never idle that long: nothing is given up."""
+    got: list[bytes] = []
+
+    def slow(_stream: str, data: bytes) -> None:
+        time.sleep(0.05)
+        got.append(data)
+
+    delivery = OutputDelivery(slow, stall_s=0.3)
+    try:
+        delivery.put("out", b"z" * (16 * 1024 * 20))  # 20 slices, about 1 s
+        assert delivery.finish() == 0
+        assert b"".join(got) == b"z" * (16 * 1024 * 20)
+    finally:
+        delivery.close()
+
+
 def test_a_reader_that_went_away_breaks_only_its_stream() -> None:
     got: list[tuple[str, bytes]] = []
 
