@@ -181,3 +181,58 @@ class Outbox(SQLModel, table=True):
     job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
     published_at: dt.datetime | None = _time(index=True)
+
+
+class Repository(SQLModel, table=True):
+    """A forge repository whose web-hooks sandpit accepts (revision 0005). ``secret_sealed`` and
+    ``token_sealed`` are Fernet tokens (see :mod:`pipelines.forges.sealing`): the signature checks
+    need the secret itself, so it is encrypted, never hashed, and never leaves the store in clear
+    except to the code that checks a delivery or reports a status."""
+
+    __tablename__ = "repository"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=255, unique=True)
+    forge: str = Field(max_length=16)  # github | gitlab | gitea
+    clone_url: str = Field(sa_type=sa.Text)
+    secret_sealed: str = Field(sa_type=sa.Text)
+    token_sealed: str | None = Field(default=None, sa_type=sa.Text)
+    pipeline_path: str = Field(default=".gitlab-ci.yml", max_length=255)
+    default_branch: str = Field(default="main", max_length=255)
+    fork_policy: str = Field(default="approve", max_length=16)  # run | approve | never
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    secret_rotated_at: dt.datetime | None = _time()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """Every web-hook delivery to a known repository and the answer it got (revision 0005).
+    ``delivery_id`` is set only for authenticated deliveries (a forged one cannot claim an id a
+    real delivery will use), and is unique per repository: a redelivery finds the first answer."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (sa.UniqueConstraint("repo_id", "delivery_id", name="uq_delivery_repo_delivery"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
+    delivery_id: str | None = Field(default=None, max_length=255)
+    event: str = Field(default="", max_length=64)
+    verdict: str = Field(max_length=32)
+    status_code: int
+    message: str = Field(default="", sa_type=sa.Text)
+    run_id: str | None = Field(default=None, max_length=36)
+    received_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class RepositoryRun(SQLModel, table=True):
+    """Which repository, ref and merge request a web-hook run belongs to (revision 0005): a
+    closed pull request cancels its runs, a later push will supersede the older run's."""
+
+    __tablename__ = "repository_run"
+    __table_args__ = (sa.Index("ix_repository_run_repo_mr", "repo_id", "merge_request_iid"),)
+
+    run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
+    kind: str = Field(max_length=16)  # push | merge_request
+    ref: str = Field(default="", max_length=255)
+    merge_request_iid: int | None = None
+    from_fork: bool = Field(default=False)
