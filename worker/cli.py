@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "host-prep":
             return _host_prep(settings)
         if args.command == "doctor":
-            return _doctor()
+            return _doctor(settings)
     except SandpitError as exc:
         from worker.terminal import quote_lines  # errors may carry a pipeline's or a job's text
 
@@ -331,10 +331,10 @@ def _host_prep(settings: Settings) -> int:
 
     if reload_if_prepared(settings.network()):
         print("reloaded the network policy (nft tables) for egress jobs")
-    return _doctor()
+    return _doctor(settings)
 
 
-def _doctor() -> int:
+def _doctor(settings: Settings | None = None) -> int:
     from worker.sandbox.runtime import PREFERENCE, runtime_problem
 
     usable = 0
@@ -342,7 +342,13 @@ def _doctor() -> int:
         problem = runtime_problem(name)
         usable += problem is None
         print(f"{name}: {'ok' if problem is None else problem}")
-    return 0 if usable else 1
+    dns_ok: bool | None = None
+    if settings is not None:  # egress DNS, asked from a job namespace (worker/sandbox/network/doctor.py)
+        from worker.sandbox.network.doctor import check_egress_dns
+
+        dns_ok, sentence = check_egress_dns(settings.network())
+        print(f"egress dns: {sentence}")
+    return 0 if usable and dns_ok is not False else 1
 
 
 def print_json(record: dict[str, Any]) -> None:

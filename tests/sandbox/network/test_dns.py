@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from worker.sandbox.network import JobNetwork, drain_pool, fill_pool, prepare_host, teardown_host
 from worker.sandbox.network.forwarder import _exited, forwarder_pid
+from worker.sandbox.network.namespace import run_in_netns
 from worker.sandbox.network.pool_client import claim
 
 from .world import HOST_TCP_PORTS, HOST_UPLINK, KNOWN_NAME, PRIVATE_HOST, WEB, World, in_netns, probe
@@ -124,7 +126,7 @@ def test_pooled_jobs_use_the_gateway_and_revive_it(dns_world: World, tmp_path: P
 
 def test_teardown_stops_the_forwarder(dns_world: World) -> None:
     """teardown_host (``sandpit reap --all``) leaves no forwarder process and no pid file; the next
-    prepare_host starts one again. (Last in the module: it rebuilds the world's host side.)"""
+    prepare_host starts one again (and the world's host side is rebuilt for the tests after)."""
     pid = pid_of(dns_world)
     pid_file = dns_world.network.dns_pid_file
     assert pid_file is not None
@@ -134,3 +136,24 @@ def test_teardown_stops_the_forwarder(dns_world: World) -> None:
     assert not os.path.exists(pid_file)
     dns_world.network = prepare_host(dns_world.settings)
     assert pid_of(dns_world) != pid
+
+
+def test_doctor_check_asks_the_forwarder_from_an_egress_namespace(dns_world: World) -> None:
+    """The doctor's DNS check gets the forwarder's own answer through a job namespace, names the
+    upstream it forwards to, and says broken (not fine) when the forwarder cannot be started."""
+    from worker.sandbox.network.doctor import check_egress_dns
+
+    ok, sentence = check_egress_dns(dns_world.settings)
+    assert ok is True, sentence
+    assert f"{gateway(dns_world)}:53" in sentence and "dnsmasq" in sentence and PRIVATE_HOST in sentence
+    unprepared = replace(dns_world.settings, bridge="sandpitnone")
+    assert check_egress_dns(unprepared)[0] is None
+    # a dead forwarder whose port something else holds: it cannot come back, and the doctor says so
+    kill_and_wait(pid_of(dns_world))
+    squatter = run_in_netns(dns_world.host.fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        squatter.bind((gateway(dns_world), 53))
+        ok, sentence = check_egress_dns(dns_world.settings)
+    finally:
+        squatter.close()
+    assert ok is False and "in use" in sentence, sentence
