@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import require
 from tests.sandbox.test_cli_and_teardown import cli_env
+from worker.sandbox.reaper import leftovers
 
 try:
     import pyte
@@ -124,9 +125,12 @@ def assert_no_control_but_colour(raw: bytes) -> None:
     assert not {b for b in rest if (b < 0x20 and b not in allowed) or b == 0x7f}
 
 
-@pytest.fixture()
-def hostile_run(settings, tmp_path, no_leftovers) -> tuple[bytes, pyte.Screen, int]:
+@pytest.fixture(scope="module")
+def hostile_run(settings, tmp_path_factory) -> tuple[bytes, pyte.Screen, int]:
+    """One run of the hostile pipeline, judged by the tests below; it leaves nothing behind."""
+    tmp_path = tmp_path_factory.mktemp("hostile-run")
     raw, code = run_on_pty([SANDPIT, "run", str(pipeline(tmp_path))], cli_env(settings, "crun"), tmp_path)
+    assert leftovers(settings) == []
     return raw, screen_of(raw), code
 
 
