@@ -173,18 +173,17 @@ class ServiceContext:
 
 
 def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
-    from sqlmodel import select
+    """Remove an expired artifact's stored file unless another row (or a job storing the same bytes
+    right now) still uses it: worker/sandbox/blobs.py ``remove_if_unused``."""
+    from pipelines.store.retention import blob_referenced
+    from worker.sandbox.blobs import remove_if_unused
 
-    from pipelines.store.models import Artifact
-    from worker.sandbox.artifacts import artifact_path
+    def referenced() -> bool:
+        with session_scope(ctx.db) as s:
+            return blob_referenced(s, sha256)
 
-    if not sha256:
-        return
-    with session_scope(ctx.db) as s:
-        if s.exec(select(Artifact).where(Artifact.sha256 == sha256)).first() is not None:
-            return
-    with contextlib.suppress(FileNotFoundError):
-        artifact_path(ctx.engine.artifact_store, sha256).unlink()
+    if sha256:
+        remove_if_unused(ctx.engine.artifact_store, sha256, referenced)
 
 
 _ctx: ServiceContext | None = None

@@ -73,3 +73,11 @@ def cache_store(session: Session, key: str, trust: Trust, sha256: str, size: int
 def _check_trust(trust: str) -> None:
     if trust not in TRUST_LEVELS:
         raise ValueError(f"trust must be one of {TRUST_LEVELS}, not {trust!r}")
+
+
+def blob_referenced(session: Session, sha256: str) -> bool:
+    """Whether any artifact row or cache entry still names the stored file ``sha256`` (retention
+    asks before it removes the file)."""
+    if session.exec(select(Artifact.id).where(Artifact.sha256 == sha256).limit(1)).first() is not None:
+        return True
+    return session.exec(select(CacheEntry.key).where(CacheEntry.sha256 == sha256).limit(1)).first() is not None

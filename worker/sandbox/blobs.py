@@ -34,9 +34,10 @@ import secrets
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pipelines.identifiers import is_sha256_hex
 from worker.errors import SandboxError
 
 log = logging.getLogger("sandpit.store")
@@ -54,6 +55,8 @@ def blob_path(store: Path, sha256: str) -> Path:
     >>> str(blob_path(Path("/s"), "ab" + "0" * 62))[:8]
     '/s/ab/ab'
     """
+    if not is_sha256_hex(sha256):
+        raise ValueError(f"{sha256!r} is not a sha256 (64 lowercase hex digits): no stored file is named so")
     return store / sha256[:2] / sha256
 
 
@@ -226,7 +229,14 @@ def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
                 existing = -1  # a symlink or worse planted there: replaced below
             try:
                 if existing >= 0 and _fd_intact(existing, sha):
-                    return  # the same content is stored already: keep that file, drop ours
+                    # the same content is stored already: keep that file, drop ours. Touch it, so
+                    # the retention sweep (remove_if_unused) sees it as just stored and keeps it
+                    try:
+                        os.utime(sha, dir_fd=parent, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # the sweep took it away in between: link ours after all
+                    _remember(_key(sha, os.fstat(existing)))
+                    return
             finally:
                 if existing >= 0:
                     os.close(existing)
@@ -254,3 +264,41 @@ def _replace(fd: int, temp_name: str | None, parent: int, store: Path, sha: str)
             os.unlink(side, dir_fd=parent)
         raise
     _remember(_key(sha, os.fstat(fd)))
+
+
+GRACE_S = 3600.0  # a stored file written or kept this recently is never removed by retention
+
+
+def remove_if_unused(store: Path, sha256: str, referenced: Callable[[], bool], grace_s: float = GRACE_S) -> bool:
+    """Remove the stored file ``sha256`` unless something refers to it; True when removed.
+
+    A writer may be storing the same content at this very moment, and its database row comes
+    seconds later, so the file is first renamed aside (atomically: a writer then finds no file and
+    links its own), and only then are its age (every write or keep touches it) and ``referenced()``
+    judged: a file touched within ``grace_s`` or still referenced is put back, unless a new copy
+    took its name meanwhile (same content: that one stays).
+    """
+    import time
+
+    if not is_sha256_hex(sha256):
+        return False
+    try:
+        parent = os.open(store / sha256[:2], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        side = f".gc-{secrets.token_hex(8)}"
+        try:
+            os.rename(sha256, side, src_dir_fd=parent, dst_dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        st = os.stat(side, dir_fd=parent, follow_symlinks=False)
+        if time.time() - st.st_mtime < grace_s or referenced():
+            with contextlib.suppress(FileExistsError):
+                os.link(side, sha256, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+            os.unlink(side, dir_fd=parent)
+            return False
+        os.unlink(side, dir_fd=parent)
+        return True
+    finally:
+        os.close(parent)

@@ -157,7 +157,8 @@ def test_poison_after_verification_is_noticed(tmp_path: Path) -> None:
 
 def test_stored_file_is_never_opened_for_writing(tmp_path: Path) -> None:
     """A second keep of known, intact content leaves the stored file alone (same inode, same
-    mtime): a stored file is never rewritten."""
+    bytes, same size): a stored file is never rewritten. Its mtime is renewed on purpose: that is
+    how retention knows it was just kept (blobs.remove_if_unused)."""
     store = tmp_path / "store"
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -166,4 +167,6 @@ def test_stored_file_is_never_opened_for_writing(tmp_path: Path) -> None:
     before = artifact_path(store, art.sha256).stat()
     collect_artifacts(ws, ("blob",), store, CAPS)
     after = artifact_path(store, art.sha256).stat()
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert (before.st_ino, before.st_size) == (after.st_ino, after.st_size)
+    assert artifact_path(store, art.sha256).read_bytes() == b"same bytes"
+    assert after.st_mtime_ns >= before.st_mtime_ns
