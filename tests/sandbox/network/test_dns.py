@@ -19,7 +19,19 @@ from worker.sandbox.network.forwarder import _exited, forwarder_pid
 from worker.sandbox.network.namespace import run_in_netns
 from worker.sandbox.network.pool_client import claim
 
-from .world import HOST_TCP_PORTS, HOST_UPLINK, KNOWN_NAME, PRIVATE_HOST, WEB, World, in_netns, probe
+from .world import (
+    HOST_TCP_PORTS,
+    HOST_UPLINK,
+    KNOWN_NAME,
+    PRIVATE_HOST,
+    WEB,
+    World,
+    in_netns,
+    probe,
+    start_server,
+    stop,
+    wait_for_dns,
+)
 
 pytestmark = pytest.mark.root
 
@@ -89,6 +101,48 @@ def test_forwarder_listens_on_the_gateway_only(dns_world: World) -> None:
     sockets = in_netns(dns_world.host_path, "ss", "-Hlnptu").stdout.splitlines()
     mine = [line.split()[4] for line in sockets if f"pid={pid}," in line]
     assert mine and set(mine) == {f"{gateway(dns_world)}:53"}, sockets
+
+
+def rewrite(path: Path, text: str, mtime: float) -> None:
+    """Rewrite the host's resolv.conf as DHCP or resolved would, with an mtime of its own (dnsmasq
+    notices a change by the whole-second mtime)."""
+    path.write_text(text)
+    os.utime(path, (mtime, mtime))
+
+
+def ask_until(netns_path: str, server: str, want: str) -> dict[str, object]:
+    got: dict[str, object] = {}
+    for _ in range(40):
+        (got,) = probe(netns_path, [{"kind": "dns", "host": server, "port": 53, "name": KNOWN_NAME}])
+        if got.get("data") == want:
+            break
+        time.sleep(0.1)
+    return got
+
+
+def test_forwarder_follows_the_host_resolv_conf_to_a_loopback_stub(dns_world: World) -> None:
+    """When the host's resolv.conf is rewritten to name a loopback stub (systemd-resolved's
+    127.0.0.53 in the host namespace), jobs' queries to the gateway follow it without a restart."""
+    stub_answer = "203.0.113.77"
+    stub = start_server(dns_world.host_path, [
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        "--listen-address=127.0.0.53", "--bind-interfaces", f"--address=/{KNOWN_NAME}/{stub_answer}",
+        "--pid-file", "--user=nobody", "--group=nogroup", "--log-facility=-"])
+    resolv = dns_world.settings.host_resolv_conf
+    old = resolv.read_text()
+    pid = pid_of(dns_world)
+    try:
+        wait_for_dns(dns_world.host_path, "127.0.0.53")
+        rewrite(resolv, "nameserver 127.0.0.53\n", time.time() + 5)
+        with JobNetwork(dns_world.settings, "dns-stub", "egress", dns_world.network) as net:
+            got = ask_until(net.netns_path, gateway(dns_world), stub_answer)
+            assert got.get("data") == stub_answer, got
+            rewrite(resolv, old, time.time() + 10)
+            assert ask_until(net.netns_path, gateway(dns_world), WEB).get("data") == WEB
+    finally:
+        rewrite(resolv, old, time.time() + 15)
+        stop(stub)
+    assert pid_of(dns_world) == pid, "the forwarder was restarted instead of following the file"
 
 
 def test_a_dead_forwarder_is_restarted_at_the_next_job(dns_world: World) -> None:
