@@ -98,91 +98,159 @@ def parse_exec_fast(rest: Sequence[str]) -> SimpleNamespace | None:
     return ns
 
 
+#: help of ``sandpit exec``'s options (the defaults and choices come from EXEC_OPTIONS)
+EXEC_HELP = {
+    "--image": "the image (a recipe in images/ or a reference one provides)",
+    "--memory": "memory limit (K/M/G)",
+    "--cpus": "CPU limit, in cores",
+    "--pids": "most processes and threads at once",
+    "--disk": "size of the job's own disk (/workspace, /tmp)",
+    "--timeout": "wall-clock limit (s/m/h)",
+    "--log-limit": "stop the job once its output exceeds this",
+    "--network": "none: loopback only; egress: the internet through sandpit's policy",
+    "--runtime": "the OCI runtime (environment: SANDPIT_RUNTIME)",
+    "--profile": "strict: no new privileges beyond the default, a smaller syscall set",
+    "--workdir": "the command's working directory in the sandbox",
+}
+_AUTO = "the first that works here"
+
+
+def _helped(text: str, default: object = None, env: str | None = None) -> str:
+    """An option's help with its default and the environment variable that sets it, in one form
+    everywhere (``(default: 256M; environment: SANDPIT_X)``)."""
+    parts = [] if default is None else [f"default: {default}"]
+    if env:
+        parts.append(f"environment: {env}")
+    text = text.replace("%", "%%")  # argparse formats help with %
+    return f"{text} ({'; '.join(parts)})" if parts else text
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (``only="exec"``) just what ``exec`` needs: building the 15 sub-parsers
-    costs several ms of start-up that ``sandpit exec`` should not pay."""
+    costs several ms of start-up that ``sandpit exec`` should not pay.
+
+    ``-v`` is accepted before and after the sub-command (a parent parser on each; ``SUPPRESS`` so
+    the sub-command's absent ``-v`` does not undo the top level's)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="sandpit", description="CI jobs in ephemeral, locked-down containers.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what sandpit does to stderr")
-    sub = p.add_subparsers(dest="command", required=True)
-    _add_exec(sub)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what sandpit does to stderr (default: off)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what sandpit does to stderr (default: off)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_exec(sub, common)
     if only == "exec":
         return p
-    _add_others(sub)
+    _add_others(sub, common)
     return p
 
 
-def _add_exec(sub: Any) -> None:
+def _add_exec(sub: Any, common: argparse.ArgumentParser) -> None:
     import argparse
 
-    ex = sub.add_parser("exec", help="run one command in a fresh sandbox (like docker run --rm)")
-    ex.add_argument("--image", default="debian")
-    ex.add_argument("--memory", default="256M")
-    ex.add_argument("--cpus", default="1")
-    ex.add_argument("--pids", default="128")
-    ex.add_argument("--disk", default="1G")
-    ex.add_argument("--timeout", default="30s")
-    ex.add_argument("--log-limit", default="4M", help="stop the job once its output exceeds this")
-    ex.add_argument("--network", default="none", choices=["none", "egress"])
-    ex.add_argument("--runtime", choices=["crun", "runc", "runsc"])
-    ex.add_argument("--profile", default="default", choices=["default", "strict"])
-    ex.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V")
-    ex.add_argument("--workdir", default="/workspace")
-    ex.add_argument("--artifact", action="append", default=[], metavar="GLOB")
-    ex.add_argument("--json", action="store_true", help="print the job result record on stdout")
+    ex = sub.add_parser("exec", parents=[common], help="run one command in a fresh sandbox (like docker run --rm)",
+                        description="Run one command in a fresh sandbox; its output is passed through raw.")
+    for name, (attr, default, choices) in EXEC_OPTIONS.items():
+        ex.add_argument(name, dest=attr, default=default, choices=choices,
+                        help=_helped(EXEC_HELP[name], default or _AUTO))
+    ex.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V",
+                    help=_helped("an environment variable of the command; may be repeated", "none"))
+    ex.add_argument("--artifact", action="append", default=[], metavar="GLOB",
+                    help=_helped("keep the files matching GLOB (under the workdir); may be repeated", "none"))
+    ex.add_argument("--json", action="store_true", help=_helped("print the job result record on stdout", "off"))
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
 
-def _add_others(sub: Any) -> None:
+def _add_others(sub: Any, common: argparse.ArgumentParser) -> None:
     import argparse
 
-    run = sub.add_parser("run", help="run a whole pipeline on this machine (local mode)")
-    run.add_argument("file")
-    run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
-    run.add_argument("--json", action="store_true", help="print the run record on stdout")
+    run = sub.add_parser("run", parents=[common], help="run a whole pipeline on this machine (local mode)",
+                         description="Run a whole pipeline on this machine, its jobs as the DAG allows, the "
+                                     "repository's work tree in every job's /workspace.")
+    run.add_argument("file", help="the pipeline file (.gitlab-ci.yml)")
+    run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V",
+                     help=_helped("a pipeline variable; may be repeated", "none"))
+    run.add_argument("--json", action="store_true",
+                     help=_helped("print the run record on stdout (the jobs' output goes to stderr)", "off"))
+    run.add_argument("--job", action="append", default=[], metavar="NAME",
+                     help=_helped("run only the job NAME (a base name takes all its parallel/matrix instances) "
+                                  "and the jobs it needs; may be repeated", "every job"))
     run.add_argument("--manual", action="append", default=[], metavar="NAME",
-                     help="also run the manual job NAME (a base name takes all its instances; '*' every "
-                          "manual job); may be repeated. Default: manual jobs wait, as on GitLab")
+                     help=_helped("also run the manual job NAME (a base name takes all its instances; '*' every "
+                                  "manual job); may be repeated", "manual jobs wait, as on GitLab"))
     run.add_argument("--policy", choices=("trusted", "untrusted"), default="trusted",
-                     help="the trust level whose caps and defaults apply (SANDPIT_POLICY_*; default trusted)")
+                     help=_helped("the trust level whose caps and defaults apply", "trusted",
+                                  "SANDPIT_POLICY_*"))
+    run.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
+                     help=_helped("colour sandpit's own lines (jobs' colours are kept either way "
+                                  "unless never); auto: only on a terminal", "auto", "NO_COLOR turns it off"))
+    run.add_argument("-t", "--timestamps", action="store_true",
+                     help=_helped("start every line with the time it was printed (UTC)", "off"))
+    _add_pipeline_inputs(run)
 
-    lint = sub.add_parser("lint", help="validate a pipeline file", add_help=False)
-    lint.add_argument("rest", nargs=argparse.REMAINDER)
+    lint = sub.add_parser("lint", parents=[common], help="validate a pipeline file and show its plan",
+                          description="Validate a pipeline file and show its plan. Exit status: 0 when it "
+                                      "plans (warnings allowed), 1 on errors, 2 on unreadable file or bad "
+                                      "arguments.")
+    try:
+        from pipelines.language.cli import add_lint_arguments
+    except ImportError:
+        lint.add_argument("rest", nargs=argparse.REMAINDER)
+    else:
+        add_lint_arguments(lint)
 
-    img = sub.add_parser("images", help="manage the image store")
-    isub = img.add_subparsers(dest="images_command", required=True)
-    b = isub.add_parser("build", help="build image recipes from images/")
-    b.add_argument("names", nargs="*")
-    b.add_argument("--all", action="store_true")
-    isub.add_parser("list", help="list built images")
-    rm = isub.add_parser("rm", help="remove a built image")
-    rm.add_argument("names", nargs="+")
+    img = sub.add_parser("images", parents=[common], help="manage the image store")
+    isub = img.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    b = isub.add_parser("build", parents=[common], help="build image recipes from images/")
+    b.add_argument("names", nargs="*", help="recipes to build (environment: SANDPIT_IMAGES_DIR holds them)")
+    b.add_argument("--all", action="store_true", help=_helped("build every recipe", "off"))
+    isub.add_parser("list", parents=[common], help="list built images")
+    rm = isub.add_parser("rm", parents=[common], help="remove a built image")
+    rm.add_argument("names", nargs="+", help="images to remove")
 
-    wk = sub.add_parser("worker", help="start a worker (Celery, threads pool) for the service")
+    wk = sub.add_parser("worker", parents=[common], help="start a worker (Celery, threads pool) for the service")
     wk.add_argument("--concurrency", type=int, default=None,
-                    help="jobs at once (default: the host's cores; the memory/cpu budget still applies)")
+                    help=_helped("jobs at once (the memory/cpu budget still applies)", "the host's cores"))
 
-    upp = sub.add_parser("up", help="start the service here: redis (unless configured), a worker, the API")
-    upp.add_argument("--host", default="127.0.0.1")
-    upp.add_argument("--port", type=int, default=8000)
-    upp.add_argument("--concurrency", type=int, default=None)
-    sb = sub.add_parser("submit", help="send a pipeline to a running service")
-    sb.add_argument("file")
-    sb.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V")
-    sb.add_argument("--follow", action="store_true", help="stream the jobs' logs until the run ends")
-    lg = sub.add_parser("logs", help="print (or follow) a job's log from a running service")
-    lg.add_argument("job")
-    lg.add_argument("--follow", action="store_true")
-    cn = sub.add_parser("cancel", help="cancel a run on a running service")
-    cn.add_argument("run")
+    upp = sub.add_parser("up", parents=[common],
+                         help="start the service here: redis (unless configured), a worker, the API",
+                         description="Start the service on this machine. Its database, token and queue live "
+                                     "in the state dir (environment: SANDPIT_STATE_DIR), so two instances "
+                                     "with two state dirs share nothing.")
+    upp.add_argument("--host", default="127.0.0.1", help=_helped("the API's address", "127.0.0.1"))
+    upp.add_argument("--port", type=int, default=8000, help=_helped("the API's port", 8000))
+    upp.add_argument("--concurrency", type=int, default=None,
+                     help=_helped("the worker's jobs at once", "the host's cores"))
+    client_env = "SANDPIT_API_URL, SANDPIT_TOKEN"
+    sb = sub.add_parser("submit", parents=[common], help="send a pipeline to a running service",
+                        description=f"Send a pipeline to a running service (environment: {client_env}).")
+    sb.add_argument("file", help="the pipeline file")
+    sb.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V",
+                    help=_helped("a pipeline variable; may be repeated", "none"))
+    sb.add_argument("--follow", action="store_true", help=_helped("stream the jobs' logs until the run ends", "off"))
+    lg = sub.add_parser("logs", parents=[common], help="print (or follow) a job's log from a running service",
+                        description=f"Print a job's log (environment: {client_env}).")
+    lg.add_argument("job", help="the job's id")
+    lg.add_argument("--follow", action="store_true", help=_helped("keep printing until the job ends", "off"))
+    cn = sub.add_parser("cancel", parents=[common], help="cancel a run on a running service",
+                        description=f"Cancel a run (environment: {client_env}).")
+    cn.add_argument("run", help="the run's id")
 
-    rp = sub.add_parser("reap", help="remove what dead sandpit processes left behind")
+    rp = sub.add_parser("reap", parents=[common], help="remove what dead sandpit processes left behind")
     rp.add_argument("--all", action="store_true",
-                    help="also remove the host's network side: the pool of ready egress namespaces, the "
-                         "bridge and the nft tables (running egress jobs lose their network)")
-    sub.add_parser("host-prep", help="prepare this host once per boot (cgroups, scratch disk)")
-    sub.add_parser("doctor", help="say which runtimes work here and why not")
+                    help=_helped("also remove the host's network side: the pool of ready egress namespaces, "
+                                 "the bridge and the nft tables (running egress jobs lose their network)", "off"))
+    sub.add_parser("host-prep", parents=[common], help="prepare this host once per boot (cgroups, scratch disk)")
+    sub.add_parser("doctor", parents=[common], help="say which runtimes work here and why not")
+
+
+def _add_pipeline_inputs(run: argparse.ArgumentParser) -> None:
+    try:
+        from pipelines.language.cli import add_pipeline_inputs
+    except ImportError:
+        return
+    add_pipeline_inputs(run, ref="the checked-out branch", sha="the checked-out commit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,10 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is None:
         fast = argv[:1] == ["exec"] and "-h" not in argv[: argv.index("--") if "--" in argv else len(argv)]
         args = build_parser("exec" if fast else None).parse_args(argv)
-    if args.verbose:
-        import logging
-
-        logging.basicConfig(level=logging.INFO, format="sandpit: %(message)s", stream=sys.stderr)
+    if getattr(args, "verbose", False):
+        args.verbose = True
+        _verbose_logging()
+    else:
+        args.verbose = False
     try:
         settings = Settings.from_env(os.environ)
         if args.command == "exec":
@@ -204,12 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from pathlib import Path
 
-            from worker.local_run import run_pipeline
+            from worker.local_run import RunOptions, run_pipeline
 
+            options = RunOptions(jobs=tuple(args.job), manual=tuple(args.manual), trigger=args.trigger,
+                                 ref=args.ref, tag=args.tag, sha=args.sha,
+                                 changed=None if args.changed is None else tuple(args.changed),
+                                 color=args.color, timestamps=args.timestamps)
             return run_pipeline(settings, Path(args.file), dict(args.var), as_json=args.json, trust=args.policy,
-                                manual=tuple(args.manual))
+                                options=options)
         if args.command == "lint":
-            return _lint(args.rest, settings)
+            return _lint(args, settings)
         if args.command == "images":
             return _images(args, settings)
         if args.command == "worker":
@@ -227,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # worker stopped by an unrecoverable error exited 0 and its supervisor saw a clean stop
             worker = app.Worker(pool="threads", concurrency=concurrency, queues=["sandpit.jobs"],
                                 without_gossip=True, without_mingle=True, without_heartbeat=True,
-                                loglevel="INFO" if args.verbose else "WARNING")
+                                loglevel="INFO" if args.verbose else "WARNING",
+                                quiet=True)  # no banner: `sandpit up` prints what to do, and it must stay last
             worker.start()
             return int(worker.exitcode or 0)
         if args.command in ("up", "submit", "logs", "cancel"):
@@ -268,9 +342,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _lint(rest: list[str], settings: Settings) -> int:
+def _verbose_logging() -> None:
+    """``-v``: sandpit's own steps at INFO; the libraries under it (alembic names every plugin it
+    loads, SQLAlchemy every pool event) only from WARNING, so the steps stay readable."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="sandpit: %(message)s", stream=sys.stderr)
+    for name in ("alembic", "sqlalchemy", "celery", "kombu", "amqp", "httpx", "httpcore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _lint(args: Any, settings: Settings) -> int:
     try:
-        from pipelines.language.cli import lint_main
+        from pipelines.language.cli import lint_parsed
     except ImportError:
         print("sandpit: lint is not available in this build", file=sys.stderr)
         return 2
@@ -278,7 +362,7 @@ def _lint(rest: list[str], settings: Settings) -> int:
 
     # the references the recipes provide, so lint warns where run would refuse an image
     images = ImageStore(settings.state_dir, settings.images_dir).provided()
-    return lint_main(rest, sys.stdout, sys.stderr, images=images)
+    return lint_parsed(args, sys.stdout, sys.stderr, images=images)
 
 
 def _images(args: Any, settings: Settings) -> int:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,16 +27,29 @@ from typing import Any, TextIO
 from sqlmodel import col, select
 
 from pipelines.language.loader import load_pipeline
+from pipelines.language.model import Job as PlannedJob
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.policy import Policy, PolicyError, TrustLevel, admit
+from pipelines.store.advance import should_retry
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job, Run
+from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
-from worker.executor import Source, WorkerContext, execute_job, utcnow
+from worker.executor import Source, WorkerContext, execute_job, image_shell, utcnow
+from worker.jobs import JobDefaults, image_name, request_for
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
-from worker.terminal import TerminalSanitizer, quote_for_terminal, quote_lines, visible_line
+from worker.terminal import (
+    Paint,
+    TerminalSanitizer,
+    colour_wanted,
+    quote_for_terminal,
+    quote_lines,
+    split_sections,
+    strip_colour,
+    visible_line,
+)
 
 
 def git(root: Path, *args: str) -> str | None:
@@ -49,6 +65,22 @@ def project_source(root: Path) -> Source:
     return Source(root=root, files=files)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What ``sandpit run`` was asked beyond the file: which jobs, which pipeline to simulate, and how
+    to show it. ``ref``/``sha`` None: the work tree's branch and commit."""
+
+    jobs: tuple[str, ...] = ()
+    manual: tuple[str, ...] = ()
+    trigger: str = "push"
+    ref: str | None = None
+    tag: bool = False
+    sha: str | None = None
+    changed: tuple[str, ...] | None = None
+    color: str = "auto"
+    timestamps: bool = False
+
+
 class PrefixedOutput:
     """Job output, line by line, prefixed with the job's name (lines of parallel jobs never mix).
 
@@ -58,21 +90,46 @@ class PrefixedOutput:
     neither forge another job's or sandpit's lines nor change the terminal (title, clipboard,
     cursor, screen). A reader of sandpit's output that goes away (``| head``) ends the live view
     quietly; the jobs' logs still get everything.
+
+    On top of that, as a CI job log: GitLab's ``section_start``/``section_end`` markers become a
+    section line and, at its end, the section's duration (timed by this host's clock, not the
+    job's numbers); a job's output line left without a newline is ended before the script's next
+    ``$ command`` echo (the shell cannot know where its output stopped; this side does); without
+    colour (``paint.enabled`` False) the jobs' colours are dropped too; ``timestamps`` starts every
+    line with the UTC time it was printed.
     """
 
     #: a line longer than this is shown in pieces (a job writing without newlines)
     LINE_MAX = 16 * 1024
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, paint: Paint | None = None, timestamps: bool = False) -> None:
         self.out = out
         self.lock = threading.Lock()
         self.width = 12
         self.broken = False
+        self.paint = paint or Paint(False)
+        self.timestamps = timestamps
         self._flushers: dict[str, Callable[[], None]] = {}
 
-    def sink(self, name: str) -> Callable[[str, bytes], None]:
+    def sink(self, name: str, echoes: frozenset[str] = frozenset()) -> Callable[[str, bytes], None]:
+        """The output sink of job ``name``; ``echoes``: the ``$ command`` lines its script prints."""
         pending: dict[str, str] = {}
         filters: dict[str, TerminalSanitizer] = {}
+        sections: dict[str, tuple[str, float]] = {}
+
+        def show(line: str) -> None:
+            for kind, section, text in split_sections(line):
+                if kind == "text":
+                    for piece in _unglued(text, echoes):
+                        self.line(name, self._job_text(piece))
+                elif kind == "start":
+                    title = self._job_text(text) if text.strip() else quote_for_terminal(section)
+                    sections[section] = (title, time.monotonic())
+                    self.line(name, self.paint("cyan", "┌ ") + title)
+                else:
+                    title, began = sections.pop(section, (quote_for_terminal(section), None))
+                    took = "" if began is None else f" ({time.monotonic() - began:.2f}s)"
+                    self.line(name, self.paint("cyan", "└ ") + title + self.paint("dim", took))
 
         def write(stream: str, data: bytes) -> None:
             screen = filters.get(stream)
@@ -84,17 +141,25 @@ class PrefixedOutput:
                 rest = rest[self.LINE_MAX:]
             pending[stream] = rest
             for line in lines:
-                self.line(name, visible_line(line))
+                show(line)
 
         def flush() -> None:
             for stream, screen in filters.items():
                 rest = pending.get(stream, "") + screen.finish()
                 if rest:
-                    self.line(name, visible_line(rest))
+                    show(rest)
             pending.clear()
+            for title, began in sections.values():  # a section the job never ended
+                took = f" ({time.monotonic() - began:.2f}s, not ended)"
+                self.line(name, self.paint("cyan", "└ ") + title + self.paint("dim", took))
+            sections.clear()
 
         self._flushers[name] = flush
         return write
+
+    def _job_text(self, text: str) -> str:
+        shown = visible_line(text)
+        return shown if self.paint.enabled else strip_colour(shown)
 
     def flush(self, name: str) -> None:
         flusher = self._flushers.pop(name, None)
@@ -103,7 +168,11 @@ class PrefixedOutput:
 
     def line(self, name: str, text: str) -> None:
         """One line under ``name``'s prefix; ``text`` is sandpit's own or already sanitized."""
-        self.write(f"{quote_for_terminal(name):>{self.width}} | {text}\n")
+        stamp = ""
+        if self.timestamps:
+            now = time.time()
+            stamp = self.paint("dim", time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d} ")
+        self.write(f"{stamp}{quote_for_terminal(name):>{self.width}} | {text}\n")
 
     def write(self, text: str) -> None:
         with self.lock:
@@ -124,11 +193,45 @@ class PrefixedOutput:
             os.close(devnull)
 
 
+def _unglued(line: str, echoes: frozenset[str]) -> list[str]:
+    """``line`` cut before a ``$ command`` echo of the job's script that ends it (output without a
+    final newline, then the next command's echo, arrive as one line); else ``[line]``. Only an
+    echo the script really prints, at the line's end, cuts: other text is left whole.
+
+    >>> _unglued('{"python": "3.11.2"}$ python3 -V', frozenset({"$ python3 -V"}))
+    ['{"python": "3.11.2"}', '$ python3 -V']
+    >>> _unglued("costs $ python3 -V", frozenset())
+    ['costs $ python3 -V']
+    """
+    if not echoes or "$ " not in line:
+        return [line]
+    at = line.find("$ ", 1)
+    while at > 0:
+        if line[at:] in echoes:
+            return [line[:at], line[at:]]
+        at = line.find("$ ", at + 1)
+    return [line]
+
+
+def script_echoes(planned: PlannedJob) -> frozenset[str]:
+    """The lines worker/jobs.py's script prints before each command (``$ command``, the first line
+    of a multi-line one with its note) and before ``after_script``."""
+    from worker.jobs import job_script
+
+    script = job_script(planned)
+    found = set(re.findall(r"^printf '%s\\n' '((?:[^']|'\\'')*)'$", script, flags=re.M))
+    return frozenset(text.replace("'\\''", "'") for text in found)
+
+
 def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr, trust: TrustLevel = "trusted",
-                 env: dict[str, str] | None = None, manual: tuple[str, ...] = ()) -> int:
-    """Plan, admit under ``trust``'s policy (caps checked and defaults filled as the service
-    does; ``SANDPIT_POLICY_*`` from ``env``, default the process's), run, report."""
+                 env: dict[str, str] | None = None, manual: tuple[str, ...] = (),
+                 options: RunOptions | None = None) -> int:
+    """Plan (for the pipeline ``options`` simulate: source, ref, tag, sha, changed files), keep
+    only the ``--job`` jobs and what they need, admit under ``trust``'s policy (caps checked and
+    defaults filled as the service does; ``SANDPIT_POLICY_*`` from ``env``, default the
+    process's), run, report."""
+    options = options or RunOptions(manual=manual)
     try:
         policy = Policy.from_env(os.environ if env is None else env).level(trust)
     except PolicyError as exc:
@@ -144,8 +247,11 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     message, timestamp, author = ((git(root, "log", "-1", "--format=%B%x00%cI%x00%an <%ae>") or "")
                                   + "\0\0").split("\0")[:3]
     inputs = PipelineInputs(
-        trigger="push", ref=git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main",
-        sha=git(root, "rev-parse", "HEAD") or "0" * 40, variables=variables,
+        trigger=options.trigger,  # type: ignore[arg-type]  # argparse checked it (pipeline_source)
+        ref=options.ref or git(root, "rev-parse", "--abbrev-ref", "HEAD") or "main",
+        ref_kind="tag" if options.tag else "branch",
+        sha=options.sha or git(root, "rev-parse", "HEAD") or "0" * 40, variables=variables,
+        changed_files=options.changed,
         existing_files=frozenset(loaded.existing), project_path=root.name, project_dir="/workspace",
         commit_message=message.strip("\n"), commit_timestamp=timestamp, commit_author=author,
         project_url=f"file://{root}",
@@ -161,6 +267,12 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
             print(quote_lines(problem.render()), file=err)
         return 1
     planned = admitted
+    if options.jobs:
+        chosen = only_jobs(planned, options.jobs)
+        if isinstance(chosen, str):
+            print(f"sandpit: {chosen}", file=err)
+            return 2
+        planned = chosen
     for warning in planned.warnings:
         print(quote_lines(warning.render()), file=err)
     why = planned.nothing_to_run()
@@ -170,9 +282,43 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
         return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out,
-                        trust, manual)
+                        trust, options)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def only_jobs(planned: Plan, wanted: tuple[str, ...]) -> Plan | str:
+    """The plan cut down to the jobs named (a name, or a base name for every parallel/matrix
+    instance) and what they need: their ``needs``, else their ``dependencies``, else (stage order)
+    every job of earlier stages; each kept job then waits only for kept jobs. A name that is not
+    in the plan is a sentence saying which names are."""
+    by_name = {job.name: job for job in planned.jobs}
+    unknown = [w for w in wanted if not any(w in (job.name, job.base_name) for job in planned.jobs)]
+    if unknown:
+        names = ", ".join(quote_for_terminal(j.name) for j in planned.jobs)
+        return (f"no job {', '.join(quote_for_terminal(u) for u in unknown)} in this pipeline (for this source "
+                f"and ref); its jobs: {names}")
+
+    def needed(job: PlannedJob) -> tuple[str, ...]:
+        if job.needs is not None:
+            named: tuple[str, ...] = tuple(n.job for n in job.needs)
+        elif job.dependencies is not None:
+            named = job.dependencies
+        else:
+            return job.depends_on
+        return tuple(d for d in job.depends_on if any(d == n or d.startswith((n + " ", n + ":")) for n in named))
+
+    keep: set[str] = set()
+    todo = [job.name for job in planned.jobs if job.name in wanted or job.base_name in wanted]
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in by_name:
+            continue
+        keep.add(name)
+        todo.extend(needed(by_name[name]))
+    jobs = tuple(dataclasses.replace(job, depends_on=tuple(d for d in job.depends_on if d in keep))
+                 for job in planned.jobs if job.name in keep)
+    return dataclasses.replace(planned, jobs=jobs)
 
 
 def _local_dir(settings: Settings) -> Path:
@@ -183,33 +329,39 @@ def _local_dir(settings: Settings) -> Path:
 
 def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, variables: dict[str, str],
              text: str, as_json: bool, out: TextIO, trust: TrustLevel = "trusted",
-             manual: tuple[str, ...] = ()) -> int:
+             options: RunOptions = RunOptions()) -> int:
     url = f"sqlite:///{scratch / 'run.db'}"
     migrate(url)
     db = make_engine(url)
     engine = Engine(settings)
-    printer = PrefixedOutput(sys.stderr if as_json else out)
+    shown_on = sys.stderr if as_json else out
+    paint = Paint(colour_wanted(options.color, shown_on))
+    printer = PrefixedOutput(shown_on, paint, options.timestamps)
     printer.width = min(40, max(len(quote_for_terminal(j.name)) for j in planned.jobs))
     source = project_source(root)
     done_lock = threading.Lock()
+    defaults = JobDefaults()
+
+    def sink_for(job: Job) -> Callable[[str, bytes], None]:
+        planned_job = job_from_spec(job.spec)
+        printer.line(job.name, job_header(engine, planned_job, defaults, job.attempt, paint))
+        return printer.sink(job.name, script_echoes(planned_job))
 
     def on_done(job: Job, record: dict[str, Any]) -> None:
         printer.flush(job.name)
         with done_lock:
-            reason = f" ({record['reason']})" if record.get("reason") not in (None, "exit_code") else ""
-            printer.line(job.name, f"── {record['status']}{reason} in {record['duration_s']:.2f}s")
+            printer.line(job.name, result_line(job_from_spec(job.spec), record, paint))
 
-    ctx = WorkerContext(engine=engine, db=db, worker_id=f"local-{os.getpid()}", lease_s=3.0,
-                        source_for=lambda _run: source, sink_for=lambda job: printer.sink(job.name),
-                        on_done=on_done)
+    ctx = WorkerContext(engine=engine, db=db, worker_id=f"local-{os.getpid()}", lease_s=3.0, defaults=defaults,
+                        source_for=lambda _run: source, sink_for=sink_for, on_done=on_done)
     with session_scope(db) as s:
         run = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
                          pipeline=text)
         run_id = run.id
     with session_scope(db) as s:
         ready = queued_job_ids(s, run_id)
-    if manual:
-        ready += _play_manual(db, run_id, manual)
+    if options.manual:
+        ready += _play_manual(db, run_id, options.manual)
     stop = threading.Event()
 
     def cancel(_sig: int, _frame: object) -> None:
@@ -235,7 +387,8 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         for record, why in zip(records, waiting_reasons(jobs), strict=True):
             if why:
                 record["message"] = why
-                printer.line(record["name"], f"── not run: {why}")
+                verb = "skipped" if record["status"] == "skipped" else "not run"
+                printer.line(record["name"], paint.status(record["status"], f"── {verb}") + f": {why}")
         stored = s.get(Run, run_id)
         assert stored is not None
     db.dispose()
@@ -244,6 +397,61 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         json.dump({"id": run_id, "status": str(status), "jobs": records}, sys.stdout)
         sys.stdout.write("\n")
     return 0 if str(status) == "succeeded" else 1
+
+
+def job_header(engine: Engine, job: PlannedJob, defaults: JobDefaults, attempt: int, paint: Paint) -> str:
+    """The line a job starts with, as a CI log's: image, runtime, shell, limits, network (what the
+    sandbox is asked for; the engine may still refuse it, and then says why)."""
+    reference = image_name(job, defaults.image)
+    shell = image_shell(engine, reference)
+    req = request_for(job, defaults=defaults, shell=shell)
+    try:
+        runtime = engine.runtime(req.runtime).for_network(req.network).name
+    except Exception:
+        runtime = req.runtime or "no runtime"
+    lim = req.limits
+    retries = f", attempt {attempt} of {job.retry.max + 1}" if job.retry.max else ""
+    limits = (f"memory {_size(lim.memory_bytes)}, cpus {lim.cpus:g}, pids {lim.pids}, disk {_size(lim.disk_bytes)}, "
+              f"timeout {_duration(lim.timeout_s)}, log {_size(lim.log_bytes)}")
+    return (paint("bold", f"── job {quote_for_terminal(job.name)}{retries}") + paint("dim", (
+            f": image {quote_for_terminal(reference)}, runtime {runtime}, shell {shell}, {limits}, "
+            f"network {req.network}")))
+
+
+def result_line(job: PlannedJob, record: dict[str, Any], paint: Paint) -> str:
+    """The line a job (an attempt of it) ends with: its status, why, its exit code and duration,
+    and whether it is retried or its failure allowed (as the store will decide, from the job)."""
+    status, reason, code = str(record.get("status")), record.get("reason"), record.get("exit_code")
+    failed = status in ("failed", "error", "cancelled")
+    retry = failed and should_retry(job.retry, status=status, reason=reason, exit_code=code,
+                                    attempt=int(record.get("attempt") or 1))
+    allowed = failed and not retry and (job.allow_failure.allowed or (
+        status == "failed" and code is not None and code in job.allow_failure.exit_codes))
+    why = "allowed to fail" if allowed else (reason if reason not in (None, "exit_code") else None)
+    text = status + (f" ({why})" if why else "")
+    duration = record.get("duration_s")
+    took = f" in {duration:.2f}s" if isinstance(duration, int | float) else ""
+    exit_text = f", exit code {code}" if failed and code is not None else ""
+    again = f"; retrying (attempt {int(record.get('attempt') or 1) + 1} of {job.retry.max + 1})" if retry else ""
+    message = record.get("message")
+    told = f": {quote_for_terminal(str(message), quotes=False)}" if message and status != "succeeded" else ""
+    return paint.status(status, f"── {text}", allowed=allowed) + f"{took}{exit_text}{again}{told}"
+
+
+def _size(n: int) -> str:
+    for unit, size in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= size and n % (size // 16) == 0:
+            return f"{n / size:g}{unit}"
+    return f"{n}B"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v)
 
 
 def _play_manual(db: Any, run_id: str, wanted: tuple[str, ...]) -> list[str]:
@@ -264,6 +472,9 @@ def waiting_reasons(jobs: list[Job]) -> list[str | None]:
     by_name = {job.name: job for job in jobs}
     reasons: list[str | None] = []
     for job in jobs:
+        if job.status == "skipped":
+            reasons.append(_skip_reason(job, by_name))
+            continue
         if job.status == "manual":
             reasons.append(f"a manual job (run it with --manual {quote_for_terminal(job.name)})")
             continue
@@ -281,18 +492,61 @@ def waiting_reasons(jobs: list[Job]) -> list[str | None]:
     return reasons
 
 
+def _skip_reason(job: Job, by_name: dict[str, Job]) -> str:
+    """Why the run skipped ``job``, from what it waited for (the rule is pipelines/store/advance.py's)."""
+    spec = job.spec or {}
+    if job.reason == "dependency_failed":
+        failed = [n for n in spec.get("depends_on", []) if n in by_name and (
+            (by_name[n].status in ("failed", "error", "cancelled") and not by_name[n].allow_failure)
+            or (by_name[n].status == "skipped" and by_name[n].reason == "dependency_failed"))]
+        shown = ", ".join(f"{quote_for_terminal(n)} ({by_name[n].status})" for n in failed) or "an earlier job"
+        return f"a job it waits for did not succeed: {shown}"
+    if spec.get("when") == "on_failure":
+        return "when: on_failure, and nothing before it failed"
+    if job.reason:
+        return str(job.reason)
+    return "its condition did not apply"
+
+
 def _job_record(job: Job) -> dict[str, Any]:
     record = dict(job.result or {})
     record.update({"name": job.name, "stage": job.stage, "status": job.status, "reason": job.reason,
-                   "attempt": job.attempt})
+                   "attempt": job.attempt, "allowed_failure": bool(job.allow_failure) and job.status != "succeeded"})
     record.setdefault("exit_code", job.exit_code)
+    if record.get("duration_s") is None:
+        record["duration_s"] = job.duration_s
     return record
 
 
 def _summary(printer: PrefixedOutput, records: list[dict[str, Any]], status: str) -> None:
-    lines = [""]
+    """The table after the run: every job with its status (an allowed failure says so), the
+    reason, the exit code, the duration and, where a job was retried, its attempts; then the
+    pipeline's status (that last line is never coloured)."""
+    paint = printer.paint
+    retried = any(int(r.get("attempt") or 0) > 1 for r in records)
+    header = ["JOB", "STATUS", "REASON", "EXIT", "DURATION"] + (["ATTEMPTS"] if retried else [])
+    rows = []
     for r in records:
-        reason = f" ({r['reason']})" if r.get("reason") else ""
-        lines.append(f"  {r['status']:<10} {quote_for_terminal(r['name'])}{reason}")
+        shown = r["status"] + (" (allowed to fail)" if r.get("allowed_failure") else "")
+        duration = r.get("duration_s")
+        row = [quote_for_terminal(r["name"]), shown, quote_for_terminal(str(r.get("reason") or "-")),
+               "-" if r.get("exit_code") is None else str(r["exit_code"]),
+               f"{duration:.2f}s" if isinstance(duration, int | float) else "-"]
+        if retried:
+            row.append(str(r.get("attempt") or "-"))
+        rows.append((row, r))
+    widths = [max(len(h), *(len(row[i]) for row, _ in rows)) for i, h in enumerate(header)]
+
+    def cells(row: list[str], status_of: dict[str, Any] | None = None) -> str:
+        out = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            padded = cell.ljust(width) if i < len(row) - 1 else cell
+            if i == 1 and status_of is not None:
+                padded = paint.status(status_of["status"], padded, allowed=bool(status_of.get("allowed_failure")))
+            out.append(padded)
+        return "  " + "  ".join(out)
+
+    lines = ["", paint("bold", cells(header))]
+    lines += [cells(row, r) for row, r in rows]
     lines.append(f"pipeline {status}")
     printer.write("\n".join(lines) + "\n")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from typing import ClassVar
 
 ESC = "\x1b"
 #: parameter text of a colour sequence we pass through (digits, ``;`` and ``:`` sub-parameters)
@@ -223,3 +224,100 @@ class TerminalSanitizer:
 
 
 _GROUND, _ESCAPE, _ESC_INTERMEDIATE, _CSI, _STRING, _STRING_ESCAPE = range(6)
+
+
+# --- GitLab's collapsible sections, colour of sandpit's own lines -----------------------------------
+
+#: ``section_start:<unix time>:<name>[options]\r\e[0K<header>`` and ``section_end:<time>:<name>\r\e[0K``
+#: as they are once sanitized (the erase-line CSI is dropped, the CR kept); GitLab's names are
+#: letters, digits, ``_``, ``.`` and ``-``
+_SECTION = re.compile(r"section_(start|end):([0-9]{1,12}):([A-Za-z0-9_.-]{1,200})(\[[^\]\r]{0,200}\])?\r")
+
+
+def split_sections(line: str) -> list[tuple[str, str, str]]:
+    """One sanitized line cut at GitLab's section markers: ``("text", "", text)`` for output,
+    ``("start", name, header)`` for a section start (``header``: what follows it on the line, the
+    section's title) and ``("end", name, "")``; a line without markers is one text piece. Pure:
+    the caller times the sections and draws them.
+
+    >>> split_sections("section_start:1700000000:build[collapsed=true]\\rBuilding it")
+    [('start', 'build', 'Building it')]
+    >>> split_sections("done.section_end:1700000001:build\\r")
+    [('text', '', 'done.'), ('end', 'build', '')]
+    >>> split_sections("plain")
+    [('text', '', 'plain')]
+    """
+    pieces: list[tuple[str, str, str]] = []
+    at = 0
+    for match in _SECTION.finditer(line):
+        before = line[at:match.start()]
+        if before:
+            if pieces and pieces[-1][0] == "start":
+                kind, name, _ = pieces[-1]
+                pieces[-1] = (kind, name, before)
+            else:
+                pieces.append(("text", "", before))
+        pieces.append((match.group(1), match.group(3), ""))
+        at = match.end()
+    rest = line[at:]
+    if rest or not pieces:
+        if pieces and pieces[-1][0] == "start":
+            pieces[-1] = (pieces[-1][0], pieces[-1][1], rest)
+        else:
+            pieces.append(("text", "", rest))
+    return pieces
+
+
+_SGR_SEQUENCE = re.compile(r"\x1b\[[0-9;:]*m")
+
+
+def strip_colour(text: str) -> str:
+    """Sanitized text without its colour sequences (the only escapes sanitized text can hold), for
+    output that is not a terminal (``--color=never``, a pipe, ``NO_COLOR``).
+
+    >>> strip_colour("\\x1b[31mred\\x1b[0m")
+    'red'
+    """
+    return _SGR_SEQUENCE.sub("", text) if ESC in text else text
+
+
+def colour_wanted(choice: str, stream: object, env: dict[str, str] | None = None) -> bool:
+    """``--color``: ``always``, ``never``, or ``auto``: on a terminal unless ``NO_COLOR`` is set
+    (no-color.org: any non-empty value) or ``TERM=dumb``."""
+    import os
+
+    if choice in ("always", "never"):
+        return choice == "always"
+    env = dict(os.environ) if env is None else env
+    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+class Paint:
+    """Colour for sandpit's own words (statuses, headers), or none: every method returns the text
+    unchanged when ``enabled`` is False. Only SGR is ever written, and each piece is closed."""
+
+    _CODES: ClassVar[dict[str, str]] = {
+        "green": "32", "red": "31", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
+    #: the colour of each job status
+    STATUS: ClassVar[dict[str, str]] = {"succeeded": "green", "failed": "red", "error": "red", "cancelled": "yellow",
+              "skipped": "dim", "manual": "yellow", "allowed": "yellow"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, style: str, text: str) -> str:
+        code = self._CODES.get(style)
+        if not self.enabled or code is None or not text:
+            return text
+        return f"{ESC}[{code}m{text}{ESC}[0m"
+
+    def status(self, status: str, text: str | None = None, *, allowed: bool = False) -> str:
+        """``text`` (default: the status itself) in the status's colour; an allowed failure in yellow."""
+        style = self.STATUS["allowed"] if allowed else self.STATUS.get(status, "")
+        return self(style, status if text is None else text)

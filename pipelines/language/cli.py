@@ -1,4 +1,5 @@
-"""``sandpit lint FILE [--var K=V]... [--json] [--source S --ref R --tag --sha X --changed P]``: print every problem like a compiler, and the plan.
+"""``sandpit lint FILE [--var K=V]... [--json] [--source S --ref R --tag --sha X --changed P]``: print
+every problem like a compiler, and the plan.
 
 Exit status: 0 when the pipeline plans (warnings allowed), 1 when it has errors, 2 when the file
 cannot be read or the arguments are wrong. Runnable alone as ``python -m pipelines.language.cli``.
