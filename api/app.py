@@ -5,6 +5,7 @@ client and the publisher when the server starts and closes them when it stops. T
 settings object of their own (and may pass a publisher).
 
 Routes: ``/api/v1/runs``, ``/api/v1/jobs`` (+ ``/log``, ``/artifacts``) behind a bearer token;
+``/api/v1/repos`` (trusted tokens only); ``/api/v1/webhooks/{forge}/{repo}`` signed by the forge;
 ``/healthz`` and ``/metrics`` open; OpenAPI at ``/api/v1/openapi.json`` (docs at ``/api/v1/docs``).
 """
 
@@ -19,7 +20,7 @@ from fastapi import APIRouter, FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.publish import CeleryPublisher, Publisher
-from api.routes import artifacts, health, jobs, logs, runs
+from api.routes import artifacts, health, jobs, logs, repos, runs, webhooks
 from api.settings import ApiSettings
 from pipelines.store.db import make_engine
 
@@ -53,7 +54,7 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None) -> 
     )
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (runs, jobs, logs, artifacts):
+    for module in (runs, jobs, logs, artifacts, repos, webhooks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

@@ -16,7 +16,8 @@
     ├── TooManyRuns         429 the submitter has as many runs in flight as its policy allows
     └── Unavailable         503 the database or Redis cannot be reached
 
-Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, ``RunFinished``/
+Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, ``RepositoryNotFound`` →
+404 ``unknown_repository``, ``RepositoryExists`` → 409, ``RunFinished``/
 ``JobFinished`` → 409 (a cancel of something that has ended), other ``StoreError`` → 500), as
 are FastAPI's own parameter errors (→ 400) and anything unexpected (→ 500 with no detail; the
 traceback goes to the server log only). Every error body is ``{"error": code, "message": ...}``.
@@ -35,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.language.problems import Problem
 from pipelines.store.errors import JobFinished, JobNotFound, RunFinished, RunNotFound, StoreError
+from pipelines.store.repos import RepositoryExists, RepositoryNotFound
 
 log = logging.getLogger("sandpit.api")
 
@@ -156,6 +158,10 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _store_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RunNotFound | JobNotFound):
         return _json(404, {"error": "not_found", "message": str(exc)})
+    if isinstance(exc, RepositoryNotFound):
+        return _json(404, {"error": "unknown_repository", "message": str(exc)})
+    if isinstance(exc, RepositoryExists):
+        return _json(409, {"error": "repository_exists", "message": str(exc)})
     if isinstance(exc, RunFinished | JobFinished):
         code = "run_finished" if isinstance(exc, RunFinished) else "job_finished"
         return _json(409, {"error": code, "message": str(exc), "status": exc.status})

@@ -9,7 +9,11 @@ Recognised variables:
   with a ``:trusted`` suffix (``ci:s3cret:trusted``). Runs created with a trusted token are stored
   with ``trust="trusted"``, every other API run is ``untrusted``. A token may contain neither ``,``
   nor ``:``. With no token configured every ``/api/v1`` request is refused.
-- ``SANDPIT_API_MAX_BODY`` (bytes, default 1 MiB): the largest request body accepted.
+- ``SANDPIT_API_MAX_BODY`` (bytes, default 1 MiB): the largest request body accepted (web-hook
+  deliveries included).
+- ``SANDPIT_SECRET_KEY``: the Fernet key(s) sealing repositories' web-hook secrets and forge
+  tokens at rest (comma-separated: the first seals, all open); default: ``<state_dir>/secret-key``,
+  made 0600 on first use (see :mod:`pipelines.forges.sealing`).
 - ``SANDPIT_POLICY_<LEVEL>_<CAP>``: the caps and defaults of each trust level (see
   :mod:`pipelines.policy` and README "Policy"); a bad or unknown one stops the API at start-up.
 
@@ -54,6 +58,7 @@ class ApiSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_wait_s: float = MAX_WAIT_S
     policy: Policy = field(default_factory=lambda: Policy.from_env({}))
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -72,6 +77,7 @@ class ApiSettings:
             tokens=parse_tokens(env.get("SANDPIT_API_TOKENS", "")),
             max_body_bytes=int(max_body),
             policy=policy,
+            secret_key=env.get("SANDPIT_SECRET_KEY") or None,
         )
 
     @property

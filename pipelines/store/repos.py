@@ -1,0 +1,190 @@
+"""Forge repositories, their web-hook deliveries and the runs they created (adapter).
+
+::
+
+    StoreError (pipelines.store.errors)
+    ├── RepositoryNotFound     no repository has that id or name
+    └── RepositoryExists       a repository of that name is registered already
+
+Secrets arrive sealed (see :mod:`pipelines.forges.sealing`); nothing here sees them in clear.
+
+A delivery is *claimed* before anything is acted on (:func:`claim_delivery`, its own short
+transaction): the unique ``(repo_id, delivery_id)`` makes a second copy of the same delivery,
+even one arriving at the same moment, find the first one's row instead of acting again; the
+claim's row is then given its verdict (:func:`settle_delivery`). Deliveries without an id, or
+refused before they were authenticated, are recorded with ``delivery_id`` NULL
+(:func:`record_delivery`): a forged delivery cannot reserve an id a real one will use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from pipelines.store.errors import StoreError
+from pipelines.store.models import Repository, RepositoryRun, Run, WebhookDelivery
+
+PROCESSING = "processing"  # the verdict of a claimed delivery still being acted on
+
+
+class RepositoryNotFound(StoreError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no repository with id or name {ref!r}")
+        self.ref = ref
+
+
+class RepositoryExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a repository named {name!r} is registered already (remove it first, or pick a name)")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class NewRepository:
+    name: str
+    forge: str
+    clone_url: str
+    secret_sealed: str
+    token_sealed: str | None = None
+    pipeline_path: str = ".gitlab-ci.yml"
+    default_branch: str = "main"
+    fork_policy: str = "approve"
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def add_repository(
+    session: Session, new: NewRepository, now: dt.datetime, new_id: Callable[[], str] = _new_id
+) -> Repository:
+    """Register ``new`` (:class:`RepositoryExists` if its name is taken)."""
+    if session.exec(select(Repository.id).where(Repository.name == new.name)).first() is not None:
+        raise RepositoryExists(new.name)
+    repo = Repository(id=new_id(), name=new.name, forge=new.forge, clone_url=new.clone_url,
+                      secret_sealed=new.secret_sealed, token_sealed=new.token_sealed,
+                      pipeline_path=new.pipeline_path, default_branch=new.default_branch,
+                      fork_policy=new.fork_policy, created_at=now)
+    session.add(repo)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent add of the same name won
+        raise RepositoryExists(new.name) from None
+    return repo
+
+
+def list_repositories(session: Session) -> list[Repository]:
+    return list(session.exec(select(Repository).order_by(col(Repository.name))).all())
+
+
+def get_repository(session: Session, ref: str) -> Repository:
+    """The repository whose id or name is ``ref``."""
+    repo = session.get(Repository, ref)
+    if repo is None:
+        repo = session.exec(select(Repository).where(Repository.name == ref)).first()
+    if repo is None:
+        raise RepositoryNotFound(ref)
+    return repo
+
+
+def remove_repository(session: Session, ref: str) -> str:
+    """Forget the repository (its deliveries and run links go with it; its runs stay); its id."""
+    repo = get_repository(session, ref)
+    repo_id = repo.id
+    connection = session.connection()
+    connection.execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.repo_id) == repo_id))
+    connection.execute(sa.delete(RepositoryRun).where(col(RepositoryRun.repo_id) == repo_id))
+    session.delete(repo)
+    session.flush()
+    return repo_id
+
+
+def set_repository_secret(session: Session, ref: str, secret_sealed: str, now: dt.datetime) -> Repository:
+    repo = get_repository(session, ref)
+    repo.secret_sealed = secret_sealed
+    repo.secret_rotated_at = now
+    session.add(repo)
+    session.flush()
+    return repo
+
+
+def claim_delivery(
+    session: Session, repo_id: str, delivery_id: str, event: str, now: dt.datetime
+) -> tuple[int, WebhookDelivery | None]:
+    """Claim ``delivery_id`` for ``repo_id``: ``(row id, None)`` when this is its first copy,
+    ``(row id, the first copy's row)`` when it was seen before (nothing is written then).
+    Run it in its own transaction: the claim must be committed before the delivery is acted on."""
+    seen = _find_delivery(session, repo_id, delivery_id)
+    if seen is not None:
+        return int(seen.id or 0), seen
+    row = WebhookDelivery(repo_id=repo_id, delivery_id=delivery_id, event=event, verdict=PROCESSING,
+                          status_code=202, received_at=now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # the same delivery, arriving at the same moment, claimed it first
+        seen = _find_delivery(session, repo_id, delivery_id)
+        assert seen is not None
+        return int(seen.id or 0), seen
+    return int(row.id or 0), None
+
+
+def _find_delivery(session: Session, repo_id: str, delivery_id: str) -> WebhookDelivery | None:
+    return session.exec(select(WebhookDelivery).where(
+        WebhookDelivery.repo_id == repo_id, WebhookDelivery.delivery_id == delivery_id)).first()
+
+
+def settle_delivery(
+    session: Session, row_id: int, verdict: str, status_code: int, message: str, run_id: str | None = None
+) -> None:
+    """Give a claimed delivery its verdict (what a redelivery of it will be answered)."""
+    session.connection().execute(
+        sa.update(WebhookDelivery).where(col(WebhookDelivery.id) == row_id)
+        .values(verdict=verdict, status_code=status_code, message=message, run_id=run_id))
+
+
+def release_delivery(session: Session, row_id: int) -> None:
+    """Drop a claim whose handling failed unexpectedly (the database went away mid-way), so the
+    forge's redelivery is acted on instead of being answered "processing" for ever."""
+    session.connection().execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.id) == row_id))
+
+
+def record_delivery(
+    session: Session, repo_id: str, event: str, verdict: str, status_code: int, message: str, now: dt.datetime
+) -> None:
+    """Record a delivery that was refused before it was authenticated, or that had no id."""
+    session.add(WebhookDelivery(repo_id=repo_id, delivery_id=None, event=event[:64], verdict=verdict,
+                                status_code=status_code, message=message, received_at=now))
+
+
+def list_deliveries(session: Session, repo_id: str, limit: int = 20) -> list[WebhookDelivery]:
+    """The repository's latest deliveries, newest first."""
+    return list(session.exec(select(WebhookDelivery).where(WebhookDelivery.repo_id == repo_id)
+                             .order_by(col(WebhookDelivery.received_at).desc(), col(WebhookDelivery.id).desc())
+                             .limit(limit)).all())
+
+
+def link_run(
+    session: Session, run_id: str, repo_id: str, kind: str, ref: str, merge_request_iid: int | None, from_fork: bool
+) -> None:
+    """Record that a web-hook of ``repo_id`` created ``run_id`` (in the run's own transaction)."""
+    session.add(RepositoryRun(run_id=run_id, repo_id=repo_id, kind=kind, ref=ref,
+                              merge_request_iid=merge_request_iid, from_fork=from_fork))
+
+
+def unfinished_merge_request_runs(session: Session, repo_id: str, merge_request_iid: int) -> list[str]:
+    """The ids of the runs of that pull/merge request that have not ended, oldest first."""
+    rows = session.exec(
+        select(RepositoryRun.run_id)
+        .join(Run, col(Run.id) == col(RepositoryRun.run_id))
+        .where(RepositoryRun.repo_id == repo_id, RepositoryRun.merge_request_iid == merge_request_iid,
+               col(Run.finished_at).is_(None))
+        .order_by(col(Run.created_at))
+    ).all()
+    return list(rows)
