@@ -101,6 +101,8 @@ def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults 
         log_bytes=sb.log_bytes or defaults.log_bytes,
     )
     artifacts = job.artifacts.paths if job.artifacts is not None else ()
+    exclude = job.artifacts.exclude if job.artifacts is not None else ()
+    when = job.artifacts.when if job.artifacts is not None else "on_success"
     return SandboxRequest(
         argv=(shell, "-c", job_script(job, shell)),
         image=image_name(job, defaults.image),
@@ -110,4 +112,6 @@ def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults 
         profile="strict" if sb.profile == "strict" else "default",
         limits=limits,
         artifacts=artifacts,
+        artifact_exclude=exclude,
+        artifacts_when=when,
     )

@@ -77,8 +77,10 @@ def _match(pat: list[str], parts: list[str], prefix_ok: bool) -> bool:
 
 
 def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
-                      caps: Caps) -> tuple[list[Artifact], list[Rejected]]:
-    """Copy every regular file named by ``patterns`` into ``store``; report what was refused.
+                      caps: Caps, exclude: tuple[str, ...] = ()) -> tuple[list[Artifact], list[Rejected]]:
+    """Copy every regular file named by ``patterns`` and by no ``exclude`` pattern (GitLab's
+    ``artifacts:exclude``: an excluded file is simply not kept; an excluded directory is not even
+    entered) into ``store``; report what was refused.
 
     Host memory stays bounded however the workspace is shaped: directories are read entry by
     entry (``os.scandir``, never a whole listing; so files come in directory order, not sorted),
@@ -110,6 +112,8 @@ def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
                                       "reached; later files were not collected"), always=True)
                 break
             rel = f"{here.rel}/{entry.name}" if here.rel else entry.name
+            if exclude and any(match_path(x, rel) for x in exclude):
+                continue
             named = any(match_path(p, rel) for p in patterns)
             # the job is dead, so nothing swaps an entry between this check and the O_NOFOLLOW
             # opens below; the opens refuse symlinks anyway

@@ -28,7 +28,7 @@ from worker.sandbox.images import ImageStore
 from worker.sandbox.leases import lease_uid_slot, try_lock, write_owner
 from worker.sandbox.logs import JobLog, OutputSink
 from worker.sandbox.private_state import make_private
-from worker.sandbox.request import SandboxRequest, validate_request
+from worker.sandbox.request import SandboxRequest, keeps_artifacts, validate_request
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, choose_runtime
 from worker.sandbox.supervise import Outcome, supervise
@@ -247,15 +247,16 @@ class Engine:
             self._finish(result, outcome, cg.usage(), disk, req)
             if req.network == "none" and result.status == "failed":
                 _hint_offline(result, joblog, log_path)
-            if req.artifacts or cache_paths:
+            keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.status)
+            if keep or cache_paths:
                 cg.kill_all()  # files are read only once nothing of the job can still write
                 from worker.sandbox.artifacts import Caps, collect_artifacts
 
                 caps = Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
                             req.limits.artifact_total_bytes)
-                if req.artifacts:
+                if keep:
                     result.artifacts, result.rejected_artifacts = collect_artifacts(
-                        rootfs.workspace, req.artifacts, self.artifact_store, caps)
+                        rootfs.workspace, req.artifacts, self.artifact_store, caps, req.artifact_exclude)
                 if cache_paths:
                     result.cache_files, _refused = collect_artifacts(
                         rootfs.workspace, cache_paths, self.artifact_store, caps)

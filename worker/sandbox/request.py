@@ -51,6 +51,26 @@ class SandboxRequest:
     profile: Profile = "default"
     limits: Limits = field(default_factory=Limits)
     artifacts: tuple[str, ...] = ()
+    #: GitLab's artifacts:exclude and artifacts:when (on_success, on_failure, always); `sandpit exec
+    #: --artifact` keeps them whatever the result
+    artifact_exclude: tuple[str, ...] = ()
+    artifacts_when: str = "always"
+
+
+ARTIFACTS_WHENS = ("on_success", "on_failure", "always")
+
+
+def keeps_artifacts(when: str, status: str) -> bool:
+    """Whether a job that ended ``status`` keeps its artifacts under ``artifacts:when``.
+
+    >>> keeps_artifacts("on_success", "failed"), keeps_artifacts("on_failure", "failed")
+    (False, True)
+    >>> keeps_artifacts("always", "failed"), keeps_artifacts("always", "cancelled")
+    (True, False)
+    """
+    if status not in ("succeeded", "failed"):
+        return False  # cancelled, or sandpit's own error: nothing of the job is trusted to be whole
+    return when == "always" or (when == "on_success") == (status == "succeeded")
 
 
 def validate_request(req: SandboxRequest) -> list[str]:
@@ -88,6 +108,9 @@ def validate_request(req: SandboxRequest) -> list[str]:
     if lim.timeout_s <= 0:
         problems.append("timeout must be positive")
     problems.extend(artifact_pattern_problems(req.artifacts))
+    problems.extend(artifact_pattern_problems(req.artifact_exclude))
+    if req.artifacts_when not in ARTIFACTS_WHENS:
+        problems.append(f"artifacts when {req.artifacts_when!r} is not one of {', '.join(ARTIFACTS_WHENS)}")
     return problems
 
 
