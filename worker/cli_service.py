@@ -52,7 +52,8 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
     from worker.sandbox.private_state import make_private
 
     make_private(settings.state_dir, settings.run_dir)  # root's alone, also when an older sandpit made it
-    lock = _own_state_dir(settings.state_dir)  # held until this process ends
+    # held until this process ends; a database of its own (SANDPIT_DATABASE_URL) is "told otherwise"
+    lock = None if env.get("SANDPIT_DATABASE_URL") else _own_state_dir(settings.state_dir)
     env["SANDPIT_STATE_DIR"] = str(settings.state_dir)  # the children use this one, whatever their defaults
     children = Children()
 
@@ -98,13 +99,14 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
         return 0
     finally:
         children.stop_all()
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
 
 
 def _own_state_dir(state_dir: Path) -> int:
     """An exclusive lock on ``<state>/up.lock`` for the life of this ``sandpit up``: a second one on
-    the same state dir would share its database, token and queue, so it is refused with a message
-    saying how to run a separate instance (another ``SANDPIT_STATE_DIR``)."""
+    the same state dir (and its database there) would share its database, token and queue, so it is
+    refused with a message saying how to run a separate instance (another ``SANDPIT_STATE_DIR``)."""
     import fcntl
 
     fd = os.open(state_dir / "up.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -169,16 +171,29 @@ class Client:
             raise SystemExit(f"sandpit: {method} {path} → {response.status_code}\n{detail}")
         return response.json()
 
-    def stream_log(self, job_id: str, prefix: str = "") -> None:
+    def stream_log(self, job_id: str, prefix: str = "", raw: bool = False) -> None:
+        """Print the job's log as it grows. Prefixed (``submit --follow``) or on a terminal, it goes
+        through the same filter as ``sandpit run``'s output (colour only: no title, cursor, erase or
+        CR tricks over the prefix); ``raw`` passes the bytes on untouched (``sandpit logs | file``)."""
+        from worker.terminal import TerminalSanitizer, visible_line
+
+        screen = None if raw else TerminalSanitizer()
         with self.http.stream("GET", f"/api/v1/jobs/{job_id}/log", params={"follow": "1"}) as response:
+            if raw:
+                for data in response.iter_bytes():
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                return
+            assert screen is not None
             pending = ""
-            for chunk in response.iter_text():
-                pending += chunk
+            for data in response.iter_bytes():
+                pending += screen.feed(data)
                 *lines, pending = pending.split("\n")
                 for line in lines:
-                    print(f"{prefix}{line}", flush=True)
+                    print(f"{prefix}{visible_line(line)}", flush=True)
+            pending += screen.finish()
             if pending:
-                print(f"{prefix}{pending}", flush=True)
+                print(f"{prefix}{visible_line(pending)}", flush=True)
 
 
 def submit(settings: Settings, file: Path, variables: dict[str, str], follow: bool) -> int:
@@ -216,15 +231,22 @@ def submit(settings: Settings, file: Path, variables: dict[str, str], follow: bo
 
 
 def logs(settings: Settings, job_id: str, follow: bool) -> int:
+    from worker.terminal import TerminalSanitizer, quote_lines
+
     client = Client(settings)
+    raw = not sys.stdout.isatty()  # a file or a pipe gets the log as stored; a terminal, the filtered view
     if follow:
-        client.stream_log(job_id)
+        client.stream_log(job_id, raw=raw)
     else:
         response = client.http.get(f"/api/v1/jobs/{job_id}/log")
         if response.status_code >= 400:
-            print(f"sandpit: {response.status_code} {response.text}", file=sys.stderr)
+            print(f"sandpit: {response.status_code} {quote_lines(response.text)}", file=sys.stderr)
             return 1
-        sys.stdout.write(response.text)
+        if raw:
+            sys.stdout.buffer.write(response.content)
+        else:
+            screen = TerminalSanitizer()
+            sys.stdout.write(screen.feed(response.content) + screen.finish())
     return 0
 
 

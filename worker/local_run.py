@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,8 @@ from worker.terminal import (
     strip_colour,
     visible_line,
 )
+
+log = logging.getLogger("sandpit.run")
 
 
 def git(root: Path, *args: str) -> str | None:
@@ -256,6 +259,8 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         commit_message=message.strip("\n"), commit_timestamp=timestamp, commit_author=author,
         project_url=f"file://{root}",
     )
+    log.info("pipeline %s: source %s, %s %s at %s", quote_for_terminal(str(path)), inputs.trigger, inputs.ref_kind,
+             quote_for_terminal(inputs.ref), inputs.sha[:12])
     planned = plan(loaded.files, inputs, entry=loaded.entry)
     if not isinstance(planned, Plan):
         for problem in planned.items:
@@ -273,6 +278,7 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
             print(f"sandpit: {chosen}", file=err)
             return 2
         planned = chosen
+    log.info("planned %d job(s) in stages %s (trust %s)", len(planned.jobs), ", ".join(planned.stages), trust)
     for warning in planned.warnings:
         print(quote_lines(warning.render()), file=err)
     why = planned.nothing_to_run()
@@ -339,6 +345,9 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
     printer = PrefixedOutput(shown_on, paint, options.timestamps)
     printer.width = min(40, max(len(quote_for_terminal(j.name)) for j in planned.jobs))
     source = project_source(root)
+    log.info("workspace: %s (%s)", quote_for_terminal(str(root)),
+             "the folder, no git" if source.files is None else f"{len(source.files)} files of the git work tree")
+    log.info("run store %s; jobs at once: %d", scratch / "run.db", max(1, os.cpu_count() or 1))
     done_lock = threading.Lock()
     defaults = JobDefaults()
 
@@ -348,6 +357,8 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         return printer.sink(job.name, script_echoes(planned_job))
 
     def on_done(job: Job, record: dict[str, Any]) -> None:
+        log.info("job %s: attempt %s recorded (log %s)", quote_for_terminal(job.name), record.get("attempt"),
+                 record.get("log"))
         printer.flush(job.name)
         with done_lock:
             printer.line(job.name, result_line(job_from_spec(job.spec), record, paint))
