@@ -7,7 +7,9 @@ root only, as tests/integration/postgres.py starts one): the median of planning 
 of creating a run from the plan (``store_run`` in its own transaction, committed), and of one
 transition (``claim_job``, then ``finish_job`` of a job whose success queues nothing or
 little), over many repetitions (time.perf_counter). Goals: creating a 1,000-job run in at
-most 150 ms; one transition costing the same whatever the run's size.
+most 150 ms; one transition costing the same whatever the run's size. "CPU" is this process's
+time.process_time over the same creation (the API's work without the time it waited for a core:
+on a busy machine the wall-clock median is mostly waiting).
 
 The pipeline of size N: N/10 ``build-i`` jobs, N/100 ``deploy-i`` jobs that follow stage
 order (each depends on every earlier job), and the rest ``test-i`` jobs that ``needs`` one
@@ -38,7 +40,7 @@ from pipelines.store.transitions import claim_job, finish_job, queued_job_ids, s
 
 CREATE_GOAL_MS = 150.0
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-RECORD = {"status": "succeeded", "reason": None, "exit_code": 0, "signal": None, "duration_s": 0.1,
+RECORD: dict[str, object] = {"status": "succeeded", "reason": None, "exit_code": 0, "signal": None, "duration_s": 0.1,
           "usage": {}, "artifacts": []}
 
 
@@ -108,14 +110,17 @@ def bench_size(url: str, size: int, creates: int, steps: int) -> dict[str, float
         create(engine, planned, text)  # warm caches
         run_ids: list[str] = []
         create_s = []
+        create_cpu = []
         for _ in range(creates):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             run_ids.append(create(engine, planned, text))
             create_s.append(time.perf_counter() - start)
+            create_cpu.append(time.process_time() - cpu)
         claims, finishes = transitions(engine, run_ids[-1], steps)
     finally:
         engine.dispose()
-    return {"plan": median_ms(plan_s), "create": median_ms(create_s), "claim": median_ms(claims),
+    return {"plan": median_ms(plan_s), "create": median_ms(create_s), "create_cpu": median_ms(create_cpu),
+            "claim": median_ms(claims),
             "finish": median_ms(finishes), "transitions": len(finishes)}
 
 
@@ -147,8 +152,8 @@ def main() -> int:
     if args.postgres:
         backends.append(("postgresql", postgres_url))
     print(f"Medians (time.perf_counter), Python {sys.version.split()[0]}\n")
-    print("| database | jobs | plan | create run | claim (median) | finish + advance (median) | transitions |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| database | jobs | plan | create run | create run (CPU) | claim | finish + advance | transitions |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     met = True
     for name, url_for in backends:
         for size in sizes:
@@ -157,7 +162,8 @@ def main() -> int:
                 got = bench_size(url, size, creates, args.steps)
             if size == 1000:
                 met &= got["create"] <= CREATE_GOAL_MS
-            print(f"| {name} | {size:,} | {got['plan']:.1f} ms | {got['create']:.1f} ms | {got['claim']:.2f} ms "
+            print(f"| {name} | {size:,} | {got['plan']:.1f} ms | {got['create']:.1f} ms | {got['create_cpu']:.1f} ms "
+                  f"| {got['claim']:.2f} ms "
                   f"| {got['finish']:.2f} ms | {got['transitions']:.0f} |", flush=True)
     print(f"\nGoal: create a 1,000-job run <= {CREATE_GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
     return 0 if met else 1

@@ -77,10 +77,11 @@ def requeue_stale(session: Session, now: dt.datetime, older_than_s: float, limit
     per period. Jobs of cancelled runs are left alone.
     """
     cutoff = now - dt.timedelta(seconds=older_than_s)
-    live_runs = select(Run.id).where(col(Run.cancelled).is_(sa.false()))
+    # correlated: one primary-key look-up per job (an IN over live runs read every run)
+    live_run = sa.exists().where(col(Run.id) == col(Job.run_id), col(Run.cancelled).is_(sa.false()))
     jobs = session.exec(
         select(Job)
-        .where(Job.status == "queued", col(Job.queued_at) <= cutoff, col(Job.run_id).in_(live_runs))
+        .where(Job.status == "queued", col(Job.queued_at) <= cutoff, live_run)
         .order_by(col(Job.queued_at))
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -116,7 +116,8 @@ def write_outbox(connection: sa.Connection, job_ids: Iterable[str], now: dt.date
 
 def counts_of(run: Run) -> RunCounts:
     """The run row's counters."""
-    return RunCounts(*(getattr(run, name) for name in COUNT_COLUMNS),
+    total, created, active, blocking, failed, cancelled = (int(getattr(run, name)) for name in COUNT_COLUMNS)
+    return RunCounts(total, created, active, blocking, failed, cancelled,
                      stage_pending=list(run.stage_pending or ()), stage_failed=list(run.stage_failed or ()))
 
 
@@ -139,8 +140,8 @@ def set_counts(run: Run, counts: RunCounts, now: dt.datetime) -> None:
 def recount(connection: sa.Connection, run_id: str, stages: int) -> RunCounts:
     """The run's counters from its jobs (one aggregate over the run's rows)."""
     counts = RunCounts(stage_pending=[0] * stages, stage_failed=[0] * stages)
-    for stage, status, allowed, reason, number in connection.execute(_COUNTS, {"p_run_id": run_id}):
-        counts.add(stage, Standing(status, bool(allowed), reason), number)
+    for row in connection.execute(_COUNTS, {"p_run_id": run_id}):
+        counts.add(int(row[0]), Standing(str(row[1]), bool(row[2]), row[3]), int(row[4]))
     return counts
 
 

@@ -37,7 +37,7 @@ def job_to_spec(job: Job) -> dict[str, JsonValue]:
 
 
 def _as_fields(value: object) -> dict[str, JsonValue]:
-    names = _field_names(type(value))
+    names = _field_names(type(value))  # type: ignore[arg-type]  # a type is hashable
     if names is None:
         raise TypeError(f"a job spec holds only JSON values and dataclasses, not {type(value).__name__}")
     return {name: getattr(value, name) for name in names}

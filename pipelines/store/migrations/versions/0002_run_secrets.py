@@ -24,7 +24,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table("run", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("secrets", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
+        # a string default keeps Alembic on ALTER TABLE ADD COLUMN: an expression made it copy the
+        # table, and dropping the old `run` with foreign keys on deleted every job (see 0004)
+        batch_op.add_column(sa.Column("secrets", sa.JSON(), nullable=False, server_default="{}"))
 
 
 def downgrade() -> None:

@@ -33,17 +33,18 @@ _COUNTERS = ("jobs_total", "jobs_created", "jobs_active", "jobs_blocking", "jobs
 
 def upgrade() -> None:
     """Upgrade schema."""
-    with op.batch_alter_table("run", schema=None) as batch_op:
-        for name in _COUNTERS:
-            batch_op.add_column(sa.Column(name, sa.Integer(), nullable=False, server_default=sa.text("0")))
-        batch_op.add_column(sa.Column("stage_pending", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
-        batch_op.add_column(sa.Column("stage_failed", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("stage_index", sa.Integer(), nullable=False, server_default=sa.text("0")))
-        batch_op.add_column(sa.Column("follows_stages", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column("waiting_on", sa.Integer(), nullable=False, server_default=sa.text("0")))
-        batch_op.add_column(sa.Column("failed_on", sa.Integer(), nullable=False, server_default=sa.text("0")))
-        batch_op.create_index("ix_job_run_stage", ["run_id", "stage_index"], unique=False)
+    # Plain ALTER TABLE ADD COLUMN, never batch mode's copy of the table: on SQLite a copy drops
+    # the old table, and with foreign keys on that DELETEs every row that references it (a run's
+    # jobs, a job's attempts and artifacts). String defaults (not sa.text) keep Alembic on ALTER.
+    for name in _COUNTERS:
+        op.add_column("run", sa.Column(name, sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("run", sa.Column("stage_pending", sa.JSON(), nullable=False, server_default="[]"))
+    op.add_column("run", sa.Column("stage_failed", sa.JSON(), nullable=False, server_default="[]"))
+    op.add_column("job", sa.Column("stage_index", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("job", sa.Column("follows_stages", sa.Boolean(), nullable=False, server_default="0"))
+    op.add_column("job", sa.Column("waiting_on", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("job", sa.Column("failed_on", sa.Integer(), nullable=False, server_default="0"))
+    op.create_index("ix_job_run_stage", "job", ["run_id", "stage_index"], unique=False)
     op.create_table(
         "job_edge",
         sa.Column("job_id", sa.String(length=36), nullable=False),
@@ -52,24 +53,20 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["job_id"], ["job.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "dependent_id"),
     )
-    with op.batch_alter_table("job_edge", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_job_edge_dependent_id"), ["dependent_id"], unique=False)
+    op.create_index("ix_job_edge_dependent_id", "job_edge", ["dependent_id"], unique=False)
     _fill_counters()
     _fill_runs_in_flight()
 
 
 def downgrade() -> None:
-    """Downgrade schema."""
-    with op.batch_alter_table("job_edge", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_job_edge_dependent_id"))
+    """Downgrade schema (ALTER TABLE DROP COLUMN, SQLite 3.35+; no copy of a table, see upgrade)."""
+    op.drop_index("ix_job_edge_dependent_id", table_name="job_edge")
     op.drop_table("job_edge")
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.drop_index("ix_job_run_stage")
-        for name in ("failed_on", "waiting_on", "follows_stages", "stage_index"):
-            batch_op.drop_column(name)
-    with op.batch_alter_table("run", schema=None) as batch_op:
-        for name in ("stage_failed", "stage_pending", *reversed(_COUNTERS)):
-            batch_op.drop_column(name)
+    op.drop_index("ix_job_run_stage", table_name="job")
+    for name in ("failed_on", "waiting_on", "follows_stages", "stage_index"):
+        op.drop_column("job", name)
+    for name in ("stage_failed", "stage_pending", *reversed(_COUNTERS)):
+        op.drop_column("run", name)
 
 
 _run = sa.table(
@@ -119,12 +116,13 @@ def _outcome(status: str, allowed: bool, reason: str | None) -> str:
 def _fill_runs_in_flight() -> None:
     connection = op.get_bind()
     runs = connection.execute(sa.select(_run.c.id, _run.c.stages).where(_run.c.finished_at.is_(None))).all()
-    for run_id, stages in runs:
+    for run_id, stages in runs:  # stages: a JSON list of names
         jobs = connection.execute(
             sa.select(_job.c.id, _job.c.name, _job.c.stage, _job.c.status, _job.c.reason, _job.c.allow_failure,
                       _job.c.needs).where(_job.c.run_id == run_id)
         ).all()
-        stage_of = {name: i for i, name in enumerate(stages or ())}
+        names: list[str] = list(stages or ())  # type: ignore[call-overload]
+        stage_of = {name: i for i, name in enumerate(names)}
         for job in jobs:
             stage_of.setdefault(job.stage, len(stage_of))
         ids = {job.name: job.id for job in jobs}
