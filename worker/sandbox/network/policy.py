@@ -101,6 +101,11 @@ def verdict(policy: Policy, destination: ipaddress.IPv4Address, *, port: int | N
     ...                  resolvers=[], host_networks=[])
     >>> verdict(p, ipaddress.IPv4Address("169.254.169.254"), port=80)
     'drop'
+    >>> gw = ipaddress.IPv4Address("10.213.0.1")
+    >>> q = build_policy(table="t", bridge="b", subnet=IPv4Net("10.213.0.0/16"), allow=[], resolvers=[],
+    ...                  host_networks=[], local_resolver=gw)
+    >>> verdict(q, gw, port=53, to_host=True), verdict(q, gw, port=5353, to_host=True)
+    ('accept', 'drop')
     """
     is_resolver = destination in policy.resolvers and port == 53
     if to_host and destination == policy.local_resolver and port == 53:
