@@ -155,3 +155,16 @@ def test_up_starts_a_dead_child_again(tmp_path):
         up.send_signal(signal.SIGINT)
         _out, err = up.communicate(timeout=60)
     assert "exited with status" in err and "starting it again" in err
+
+
+def test_follow_filters_job_bytes_like_sandpit_run(running_service, tmp_path):
+    """`submit --follow` prints job output through sandpit run's filter: colour kept, an OSC title,
+    a screen clear and a CR that would overwrite the prefix are gone."""
+    env, _port = running_service
+    pipeline = tmp_path / "p.yml"
+    pipeline.write_text("evil:\n  script:\n    - |\n      printf '\\033]0;owned\\007\\033[2J\\033[31mred\\033[0m"
+                        "\\rsandpit: forged\\n'\n")
+    p = sandpit(env, "submit", str(pipeline), "--follow")
+    assert p.returncode == 0, p.stdout + p.stderr
+    line = next(x for x in p.stdout.splitlines() if "forged" in x and "printf" not in x)
+    assert line.startswith("evil | ") and "\033]" not in p.stdout and "\033[2J" not in p.stdout and "\r" not in line
