@@ -107,6 +107,7 @@ def test_offline_failure_of_a_none_job_gets_the_egress_hint(run, script):
     res, _out, err = run.sh(script, image="python", network="none")
     assert res.status == "failed", err
     assert res.message is not None and "sandbox: network: egress" in res.message
+    assert "sandpit: hint:" in err.splitlines()[-1], err  # the live reader's last line too
     assert res.log_path is not None
     last = read_log(Path(res.log_path))[-1]
     assert last[1] == "sys" and last[2].strip().startswith("sandpit: hint:") and "network: egress" in last[2]

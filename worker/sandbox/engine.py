@@ -246,7 +246,7 @@ class Engine:
             outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
             self._finish(result, outcome, cg.usage(), disk, req)
             if req.network == "none" and result.status == "failed":
-                _hint_offline(result, joblog, log_path)
+                _hint_offline(result, joblog, log_path, sink)
             keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.status)
             if keep or cache_paths:
                 cg.kill_all()  # files are read only once nothing of the job can still write
@@ -352,9 +352,10 @@ class Engine:
             result.reason = reason
 
 
-def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path) -> None:
+def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path, sink: OutputSink | None) -> None:
     """A failed ``network: none`` job whose log ends in a failed lookup or connection gets a hint
-    naming ``network: egress`` in its message and at the end of its log (network/hint.py)."""
+    naming ``network: egress`` in its message, at the end of its log and to its live reader
+    (network/hint.py)."""
     from worker.sandbox.network.hint import offline_hint, read_tail
 
     joblog.close()  # idempotent: flushes the file, so its tail is all there
@@ -365,6 +366,9 @@ def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path) -> None:
     with open(log_path, "ab") as f:
         f.write(json.dumps({"t": round(time.monotonic() - joblog.started, 6), "s": "sys",
                             "d": f"\n{hint}\n"}).encode() + b"\n")
+    if sink is not None:  # the log's delivery is finished: this is the reader's last line
+        with contextlib.suppress(Exception):  # a reader that went away misses only the hint
+            sink("sys", f"\n{hint}\n".encode())
 
 
 _pool: ThreadPoolExecutor | None = None
