@@ -236,6 +236,9 @@ def _add_others(sub: Any, common: argparse.ArgumentParser) -> None:
     cn = sub.add_parser("cancel", parents=[common], help="cancel a run on a running service",
                         description=f"Cancel a run (environment: {client_env}).")
     cn.add_argument("run", help="the run's id")
+    from worker.cli_repos import add_repos_parser
+
+    add_repos_parser(sub, common)
 
     rp = sub.add_parser("reap", parents=[common], help="remove what dead sandpit processes left behind")
     rp.add_argument("--all", action="store_true",
@@ -316,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "logs":
                 return cli_service.logs(settings, args.job, args.follow)
             return cli_service.cancel(settings, args.run)
+        if args.command == "repos":
+            from worker.cli_repos import repos_command
+
+            return repos_command(args, settings)
         if args.command == "reap":
             from worker.sandbox.reaper import reap
             from worker.terminal import quote_lines
