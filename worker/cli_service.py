@@ -71,7 +71,8 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
                                  stdout=subprocess.DEVNULL))
             env["SANDPIT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         token = "(one of SANDPIT_API_TOKENS)"  # noqa: S105 - a label shown to the user, not a secret
-        if not env.get("SANDPIT_API_TOKENS"):
+        tokens_configured = bool(env.get("SANDPIT_API_TOKENS"))
+        if not tokens_configured:
             token_file = settings.state_dir / "api-token"
             if not token_file.exists():
                 token_file.touch(mode=0o600)
@@ -90,7 +91,7 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
         print(f"sandpit is up: API http://{host}:{port}/api/v1 (docs: /api/v1/openapi.json)")
         print(f"  state: {settings.state_dir} (database, token, queue)")
         print(f"  token: {token}")
-        print(f"  try:   {try_line(host, port, token, env.get('SANDPIT_API_TOKENS') is not None)}")
+        print(f"  try:   {try_line(host, port, token, tokens_configured)}")
         print("  Ctrl-C stops everything.", flush=True)
         while True:
             time.sleep(0.5)
