@@ -17,6 +17,13 @@ Two tools, both pure:
   last one is what a terminal would have shown), so it can never overwrite the prefix, and closes
   any colour the line opened so it cannot bleed into the next line or another job's.
 
+For ``sandpit run``'s job log, three more pure helpers over *sanitized* text: ``split_sections``
+cuts GitLab's ``section_start``/``section_end`` markers out of a line (the sanitizer has dropped
+their erase-line CSI and kept the CR, so they are matched as ``...:<name>\\r``; nothing a job
+writes gets past the sanitizer by being a marker), ``strip_colour`` drops the SGR sequences when
+the output is not a terminal, and ``Paint`` colours sandpit's own words only when asked
+(``colour_wanted``: ``--color``, ``NO_COLOR``, a terminal).
+
 ``sandpit exec`` does not use these on the job's output: it is a raw byte pipe (tar goes through it).
 Hand-written rather than a library: the terminal-emulator libraries (pyte) interpret a whole screen
 and the ANSI-stripping ones drop colour too or keep OSC; this is about 150 lines, tested by a table.
