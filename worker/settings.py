@@ -41,6 +41,8 @@ class Settings:
     scratch_bytes: int = 20 * 1024**3
     uid_base: int = 100_000_000
     uid_slots: int = 256
+    #: SANDPIT_RESOLVERS: resolvers egress jobs use directly; empty: sandpit's dnsmasq on the bridge
+    #: gateway, forwarding to the host's own (worker/sandbox/network/forwarder.py)
     resolvers: tuple[str, ...] = ()
     subnet: str | None = None
     net_allow: tuple[str, ...] = ()

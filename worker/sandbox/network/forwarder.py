@@ -188,7 +188,10 @@ def revive_forwarder(pid_file: str, lock: Path) -> None:
         except (OSError, ValueError) as exc:
             raise HostNetworkError(f"the jobs' DNS forwarder is not running and its command "
                                    f"({_record_path(pid_file)}) is unreadable: {exc}") from exc
-        ensure_forwarder(list(recorded["argv"]), pid_file, recorded.get("netns"))
+        argv = [str(word) for word in recorded.get("argv", [])]
+        if not argv or argv[0] != DNSMASQ:  # the record is root's, but never run anything else
+            raise HostNetworkError(f"refusing the recorded forwarder command in {_record_path(pid_file)}: {argv[:1]}")
+        ensure_forwarder(argv, pid_file, recorded.get("netns"))
 
 
 def stop_forwarder(pid_file: str, wait_s: float = 5.0) -> bool:
