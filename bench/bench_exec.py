@@ -198,6 +198,9 @@ def main() -> int:
         if netns is not None:
             net_engine.close()
             drain_bench_pool(net_settings)
+            from worker.sandbox.network.host import teardown_host
+
+            teardown_host(net_settings.network())  # bridge, tables, pool and the DNS forwarder, by pid
             subprocess.run(["ip", "netns", "del", "sandpit-bench"], check=False)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(f"\n{args.runs} rounds, interleaved; runtime {engine.runtime(args.runtime).name}\n")
