@@ -425,7 +425,7 @@ def job_header(engine: Engine, job: PlannedJob, defaults: JobDefaults, attempt: 
     limits = (f"memory {_size(lim.memory_bytes)}, cpus {lim.cpus:g}, pids {lim.pids}, disk {_size(lim.disk_bytes)}, "
               f"timeout {_duration(lim.timeout_s)}, log {_size(lim.log_bytes)}")
     return (paint("bold", f"── job {quote_for_terminal(job.name)}{retries}") + paint("dim", (
-            f": image {quote_for_terminal(reference)}, runtime {runtime}, shell {shell}, {limits}, "
+            f": image {quote_for_terminal(reference)}, runtime {runtime}, shell {quote_for_terminal(shell)}, {limits}, "
             f"network {req.network}")))
 
 
