@@ -183,8 +183,8 @@ def _add_others(sub: Any, common: argparse.ArgumentParser) -> None:
                      help=_helped("the trust level whose caps and defaults apply", "trusted",
                                   "SANDPIT_POLICY_*"))
     run.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
-                     help=_helped("colour sandpit's own lines (jobs' colours are kept either way "
-                                  "unless never); auto: only on a terminal", "auto", "NO_COLOR turns it off"))
+                     help=_helped("colour in sandpit's lines and the jobs' output; auto: only on a "
+                                  "terminal", "auto", "NO_COLOR or TERM=dumb turn auto off"))
     run.add_argument("-t", "--timestamps", action="store_true",
                      help=_helped("start every line with the time it was printed (UTC)", "off"))
     _add_pipeline_inputs(run)
