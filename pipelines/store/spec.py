@@ -31,9 +31,15 @@ def job_to_spec(job: Job) -> dict[str, JsonValue]:
     run dumps every job, and walking ≈ 100 values per job in Python was most of the cost of
     creating a 1,000-job run (bench/bench_store.py).
     """
-    spec = json.loads(_encode(job))
+    spec = json.loads(job_to_spec_json(job))
     assert isinstance(spec, dict)
     return spec
+
+
+def job_to_spec_json(job: Job) -> str:
+    """:func:`job_to_spec` as JSON text, for a writer that stores it as it is (a new run's rows:
+    decoding and encoding again cost as much as the rest of creating the run)."""
+    return _encode(job)
 
 
 def _as_fields(value: object) -> dict[str, JsonValue]:

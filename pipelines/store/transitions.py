@@ -20,6 +20,7 @@ The decisions themselves are pure and live in :mod:`pipelines.store.advance`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from pipelines.store.progress import (
     write_decisions,
     write_outbox,
 )
-from pipelines.store.spec import job_from_spec, job_to_spec
+from pipelines.store.spec import job_from_spec, job_to_spec_json
 
 Trust = Literal["trusted", "untrusted"]
 Source = Literal["cli", "api", "webhook"]
@@ -168,7 +169,7 @@ def store_run(
     connection = session.connection()
     connection.execute(sa.insert(_RUNS), [_columns(_RUNS, run)])
     if layout.jobs:
-        connection.execute(sa.insert(_JOBS), [_columns(_JOBS, job) for job in layout.jobs])
+        connection.execute(_INSERT_NEW_JOBS, [_new_job_values(job) for job in layout.jobs])
     edges = [{"job_id": before, "dependent_id": after} for before, afters in layout.edges.items() for after in afters]
     if edges:
         connection.execute(sa.insert(EDGES), edges)
@@ -179,6 +180,42 @@ def store_run(
 # a new job's columns; its rows are plain attribute bags (the same attributes as a Job):
 # building 1,000 SQLModel objects cost more than writing them (≈ 1 ms each)
 _NEW_JOB = {c.name: getattr(Job(id="", run_id="", name="", stage=""), c.name) for c in Job.__table__.columns}  # type: ignore[attr-defined]
+
+
+class _EncodedJSON(sa.types.TypeDecorator[str]):
+    """A JSON column's value that is JSON text already: bound as it is (on PostgreSQL with the
+    JSON type's ``::JSON`` cast), not encoded a second time."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+# a new run's jobs, their spec bound as the text spec.job_to_spec_json wrote
+_INSERT_NEW_JOBS = sa.insert(JOBS).values(
+    {c.name: sa.bindparam(c.name, type_=_EncodedJSON() if c.name == "spec" else c.type) for c in JOBS.columns}
+)
+
+
+class _NewJob(SimpleNamespace):
+    """A new job's row as an attribute bag (what ``store_run`` returns, like a detached Job);
+    its ``spec`` is kept as JSON text and read only if asked for."""
+
+    spec_json: str
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        value = json.loads(self.spec_json)
+        assert isinstance(value, dict)
+        return value
+
+
+def _new_job_values(job: Job) -> dict[str, Any]:
+    values = {name: getattr(job, name) for name in _NEW_JOB if name != "spec"}
+    values["spec"] = cast(_NewJob, job).spec_json
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +257,11 @@ def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = _new_id) ->
         for name in edged:
             edges.setdefault(ids[name], []).append(job_id)
         row = dict(_NEW_JOB, id=job_id, run_id=run_id, position=position, name=planned.name, stage=planned.stage,
-                   spec=job_to_spec(planned), needs=list(planned.depends_on), when=planned.when,
+                   spec_json=job_to_spec_json(planned), needs=list(planned.depends_on), when=planned.when,
                    allow_failure=planned.allow_failure.allowed, stage_index=stage, follows_stages=follows,
                    waiting_on=len(edged), usage={}, result={})
-        jobs.append(cast(Job, SimpleNamespace(**row)))
+        del row["spec"]
+        jobs.append(cast(Job, _NewJob(**row)))
         waiting.append(Waiting(job_id, position, stage, planned.when, planned.allow_failure.allowed, follows,
                                len(edged)))
     return JobLayout(tuple(stages), jobs, waiting, edges)
