@@ -85,8 +85,8 @@ def test_every_option_of_every_sub_command_has_help_with_its_default() -> None:
     missing = []
     for name, sub in _subparsers(build_parser()):
         for action in sub._actions:
-            if not action.option_strings or isinstance(action, argparse._HelpAction):
-                continue
+            if not action.option_strings or isinstance(action, argparse._HelpAction) or action.required:
+                continue  # a required option has no default to tell
             text = action.help or ""
             if "default" not in text:
                 missing.append(f"{name} {action.option_strings[0]}: {text!r}")
