@@ -126,13 +126,25 @@ def fill_pool(settings: NetworkSettings, host: HostNetwork | None = None, *, loc
 def _write_meta(pool_fd: int, config: list[object], host: HostNetwork) -> None:
     meta = {"config": config, "lease_dir": host.plan.lease_dir_name, "resolv_conf": host.resolv_conf.decode(),
             "dns_pid_file": host.dns_pid_file}
-    temp = f".{META}.{os.getpid()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pool_fd)
+    # a name no other writer (another thread of this process included) can have: O_EXCL, random
+    while True:
+        temp = f".{META}.{os.getpid()}.{os.urandom(6).hex()}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=pool_fd)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.write(fd, json.dumps(meta).encode())
-    finally:
-        os.close(fd)
-    os.replace(temp, META, src_dir_fd=pool_fd, dst_dir_fd=pool_fd)
+        try:
+            os.write(fd, json.dumps(meta).encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, META, src_dir_fd=pool_fd, dst_dir_fd=pool_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=pool_fd)
+        raise
 
 
 def _make_entry(settings: NetworkSettings, host: HostNetwork, pool_fd: int) -> str:
