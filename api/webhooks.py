@@ -8,8 +8,10 @@ byte of the payload is parsed), reads the body with a byte cap, and hands it her
 1. checks the signature over the exact bytes received (:mod:`pipelines.forges.signatures`);
    a refused one is recorded without its delivery id (401 ``bad_signature`` /
    ``missing_signature`` / ``stale_timestamp``);
-2. claims the delivery id (:func:`pipelines.store.repos.claim_delivery`): a copy seen before
-   is answered what the first copy was answered (``X-Sandpit-Replay: 1``) and nothing is done;
+2. claims the delivery id and the body's SHA-256 (:func:`pipelines.store.repos.claim_delivery`):
+   a copy seen before (same id, or same bytes under another id: GitHub and Gitea sign the body,
+   not the id) is answered what the first copy was answered (``X-Sandpit-Replay: 1``) and
+   nothing is done;
 3. parses the JSON, checks the payload is about this repository (422 ``wrong_repository``),
    maps the event (:mod:`pipelines.forges.events`): ping 200 ``pong``; an event or action that
    builds nothing 202 (``ignored_event``, ``ref_deleted``, ``skip_ci``, ...); a closed pull
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -161,35 +164,27 @@ def receive_delivery(
     if refused is not None:
         log.warning("web-hook for %s refused: %s", repo.name, refused.reason)
         return record_refusal(engine, repo, event, WebhookAnswer(401, refused.reason, refused.message))
-    delivery = events.delivery_id(forge, headers)
-    row_id: int | None = None
-    if delivery:
-        with session_scope(engine) as session:
-            row_id, seen = store.claim_delivery(session, repo.id, delivery, event[:64], _now())
-        if seen is not None:
-            return WebhookAnswer(seen.status_code, seen.verdict, seen.message, seen.run_id, replay=True)
+    delivery = events.delivery_id(forge, headers) or None
+    digest = hashlib.sha256(body).hexdigest()
+    with session_scope(engine) as session:
+        row_id, seen = store.claim_delivery(session, repo.id, delivery, digest, event[:64], _now())
+    if seen is not None:
+        return WebhookAnswer(seen.status_code, seen.verdict, seen.message, seen.run_id, replay=True)
     try:
-        answer = _act(engine, publisher, settings, repo, forge, event, body, read_pipeline, row_id)
+        return _act(engine, publisher, settings, repo, forge, event, body, read_pipeline, row_id)
     except Exception:
-        if row_id is not None:
-            with session_scope(engine) as session:
-                store.release_delivery(session, row_id)
-        raise
-    if row_id is None:  # no delivery id: recorded, but a redelivery cannot be recognised
         with session_scope(engine) as session:
-            store.record_delivery(session, repo.id, event, answer.verdict, answer.status_code, answer.message, _now())
-    return answer
+            store.release_delivery(session, row_id)
+        raise
 
 
 def _act(
     engine: Engine, publisher: Publisher, settings: ApiSettings, repo: RepositoryView, forge: str, event: str,
-    body: bytes, read_pipeline: PipelineReader, row_id: int | None,
+    body: bytes, read_pipeline: PipelineReader, row_id: int,
 ) -> WebhookAnswer:
     def settle(answer: WebhookAnswer) -> WebhookAnswer:
-        if row_id is not None:
-            with session_scope(engine) as session:
-                store.settle_delivery(session, row_id, answer.verdict, answer.status_code, answer.message,
-                                      answer.run_id)
+        with session_scope(engine) as session:
+            store.settle_delivery(session, row_id, answer.verdict, answer.status_code, answer.message, answer.run_id)
         return answer
 
     try:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from api import webhooks
 from api.deps import EngineDep, PublisherDep, SettingsDep
-from api.errors import BodyTooLarge, NotFound
+from api.errors import BodyTooLarge
 from api.intake import read_capped_body
 from pipelines.forges.events import event_name
 
@@ -39,8 +39,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 async def receive(forge: str, repo_id: str, request: Request, settings: SettingsDep, engine: EngineDep,
                   publisher: PublisherDep) -> JSONResponse:
     if forge not in FORGES:
-        raise NotFound(f"unknown forge {forge!r}; web-hooks are received at /api/v1/webhooks/{{{','.join(FORGES)}}}/"
-                       "<repository id>")
+        refused = webhooks.WebhookAnswer(404, "unknown_forge", f"unknown forge {forge[:40]!r}; web-hooks are received "
+                                         f"at /api/v1/webhooks/{{{','.join(FORGES)}}}/<repository id>")
+        return JSONResponse(refused.body(), status_code=404)
     repo = await to_thread.run_sync(webhooks.load_repository, engine, webhooks.sealer_for(settings), repo_id)
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:

@@ -206,15 +206,21 @@ class Repository(SQLModel, table=True):
 
 class WebhookDelivery(SQLModel, table=True):
     """Every web-hook delivery to a known repository and the answer it got (revision 0005).
-    ``delivery_id`` is set only for authenticated deliveries (a forged one cannot claim an id a
-    real delivery will use), and is unique per repository: a redelivery finds the first answer."""
+    ``delivery_id`` and ``body_sha256`` are set only for authenticated deliveries (a forged one
+    cannot reserve what a real delivery will use), each unique per repository: a redelivery, or
+    a captured body replayed under a new delivery id (GitHub and Gitea sign the body, not the id),
+    finds the first answer."""
 
     __tablename__ = "webhook_delivery"
-    __table_args__ = (sa.UniqueConstraint("repo_id", "delivery_id", name="uq_delivery_repo_delivery"),)
+    __table_args__ = (
+        sa.UniqueConstraint("repo_id", "delivery_id", name="uq_delivery_repo_delivery"),
+        sa.UniqueConstraint("repo_id", "body_sha256", name="uq_delivery_repo_body"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
     delivery_id: str | None = Field(default=None, max_length=255)
+    body_sha256: str | None = Field(default=None, max_length=64)
     event: str = Field(default="", max_length=64)
     verdict: str = Field(max_length=32)
     status_code: int

@@ -8,12 +8,13 @@
 
 Secrets arrive sealed (see :mod:`pipelines.forges.sealing`); nothing here sees them in clear.
 
-A delivery is *claimed* before anything is acted on (:func:`claim_delivery`, its own short
-transaction): the unique ``(repo_id, delivery_id)`` makes a second copy of the same delivery,
-even one arriving at the same moment, find the first one's row instead of acting again; the
-claim's row is then given its verdict (:func:`settle_delivery`). Deliveries without an id, or
-refused before they were authenticated, are recorded with ``delivery_id`` NULL
-(:func:`record_delivery`): a forged delivery cannot reserve an id a real one will use.
+An authenticated delivery is *claimed* before anything is acted on (:func:`claim_delivery`,
+its own short transaction): the unique ``(repo_id, delivery_id)`` and ``(repo_id, body_sha256)``
+make a second copy of the same delivery (a redelivery, a captured body resent under a new id,
+two copies arriving at the same moment) find the first one's row instead of acting again; the
+claim's row is then given its verdict (:func:`settle_delivery`). Deliveries refused before they
+were authenticated are recorded with neither (:func:`record_delivery`): a forged delivery
+cannot reserve an id or a body a real one will use.
 """
 
 from __future__ import annotations
@@ -115,29 +116,33 @@ def set_repository_secret(session: Session, ref: str, secret_sealed: str, now: d
 
 
 def claim_delivery(
-    session: Session, repo_id: str, delivery_id: str, event: str, now: dt.datetime
+    session: Session, repo_id: str, delivery_id: str | None, body_sha256: str, event: str, now: dt.datetime
 ) -> tuple[int, WebhookDelivery | None]:
-    """Claim ``delivery_id`` for ``repo_id``: ``(row id, None)`` when this is its first copy,
-    ``(row id, the first copy's row)`` when it was seen before (nothing is written then).
-    Run it in its own transaction: the claim must be committed before the delivery is acted on."""
-    seen = _find_delivery(session, repo_id, delivery_id)
+    """Claim an authenticated delivery for ``repo_id``: ``(row id, None)`` when this is its first
+    copy, ``(row id, the first copy's row)`` when its delivery id or its exact body was seen
+    before (nothing is written then). Run it in its own transaction: the claim must be committed
+    before the delivery is acted on."""
+    seen = _find_delivery(session, repo_id, delivery_id, body_sha256)
     if seen is not None:
         return int(seen.id or 0), seen
-    row = WebhookDelivery(repo_id=repo_id, delivery_id=delivery_id, event=event, verdict=PROCESSING,
-                          status_code=202, received_at=now)
+    row = WebhookDelivery(repo_id=repo_id, delivery_id=delivery_id or None, body_sha256=body_sha256, event=event,
+                          verdict=PROCESSING, status_code=202, received_at=now)
     try:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:  # the same delivery, arriving at the same moment, claimed it first
-        seen = _find_delivery(session, repo_id, delivery_id)
+        seen = _find_delivery(session, repo_id, delivery_id, body_sha256)
         assert seen is not None
         return int(seen.id or 0), seen
     return int(row.id or 0), None
 
 
-def _find_delivery(session: Session, repo_id: str, delivery_id: str) -> WebhookDelivery | None:
-    return session.exec(select(WebhookDelivery).where(
-        WebhookDelivery.repo_id == repo_id, WebhookDelivery.delivery_id == delivery_id)).first()
+def _find_delivery(session: Session, repo_id: str, delivery_id: str | None, body_sha256: str) -> WebhookDelivery | None:
+    same = col(WebhookDelivery.body_sha256) == body_sha256
+    if delivery_id:
+        same = sa.or_(same, col(WebhookDelivery.delivery_id) == delivery_id)
+    return session.exec(select(WebhookDelivery).where(WebhookDelivery.repo_id == repo_id, same)
+                        .order_by(col(WebhookDelivery.id))).first()
 
 
 def settle_delivery(

@@ -8,6 +8,7 @@ signed in the test with the repository's secret, as each forge signs them.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import copy
 import hashlib
@@ -17,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -200,8 +202,32 @@ def test_signed_push_creates_a_trusted_run_with_gitlab_variables(
     again = hooks.post(repo["webhook_path"], content=response.request.content, headers=dict(response.request.headers))
     assert again.status_code == 201 and again.headers["x-sandpit-replay"] == "1"
     assert again.json()["run_id"] == body["run_id"] and again.json()["replay"] is True
+    # the same signed bytes under a new delivery id (GitHub signs the body, not the id): a replay too
+    resent = send(hooks, repo, github_push(git_server, sha))
+    assert resent.status_code == 201 and resent.headers["x-sandpit-replay"] == "1"
     assert len(runs(engine)) == 1
     assert verdicts(engine) == [("created", 201)]
+
+
+def test_copies_arriving_at_once_create_one_run(
+    admin: httpx.Client, hooks: httpx.Client, live: LiveServer, engine: Engine, git_server: GitServer
+) -> None:
+    """Four copies of one delivery sent at the same moment: one run, three replays."""
+    repo = register(admin, "github", git_server.url)
+    body = json.dumps(github_push(git_server, git_server.shas[1])).encode()
+    headers = sign_github(body)
+    barrier = threading.Barrier(4)
+
+    def post() -> httpx.Response:
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            barrier.wait()
+            return c.post(repo["webhook_path"], content=body, headers=headers)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(), range(4)))
+    assert sorted(a.headers.get("x-sandpit-replay", "0") for a in answers) == ["0", "1", "1", "1"]
+    assert {a.json()["run_id"] for a in answers if a.status_code == 201} == {runs(engine)[0].id}
+    assert len(runs(engine)) == 1
 
 
 def test_forged_oversized_and_misdirected_deliveries_create_nothing(
@@ -230,6 +256,8 @@ def test_forged_oversized_and_misdirected_deliveries_create_nothing(
     assert (misdirected.status_code, misdirected.json()["error"]) == (422, "wrong_repository")
     unknown = hooks.post("/api/v1/webhooks/github/no-such-repo", content=body, headers=sign_github(body))
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_repository")
+    no_forge = hooks.post(f"/api/v1/webhooks/bitbucket/{repo['id']}", content=body, headers=sign_github(body))
+    assert (no_forge.status_code, no_forge.json()["error"]) == (404, "unknown_forge")
     wrong_forge = hooks.post(f"/api/v1/webhooks/gitlab/{repo['id']}", content=body, headers=sign_github(body))
     assert (wrong_forge.status_code, wrong_forge.json()["error"]) == (404, "wrong_forge")
     assert runs(engine) == []
@@ -342,7 +370,12 @@ def test_gitlab_token_and_signing_token_and_forgejo_signature(
     stale = hooks.post(lab["webhook_path"], content=body, headers=signed(int(time.time()) - 3600))
     assert (stale.status_code, stale.json()["error"]) == (401, "stale_timestamp")
     fresh = hooks.post(lab["webhook_path"], content=body, headers=signed(int(time.time())))
-    assert fresh.status_code == 201, fresh.text
+    # the same bytes under a new webhook-id and a fresh timestamp: a replay of the first push
+    assert (fresh.status_code, fresh.headers["x-sandpit-replay"]) == (201, "1")
+    assert fresh.json()["run_id"] == ok.json()["run_id"]
+    body = json.dumps({**push, "user_name": "someone else"}).encode()  # another push of that commit
+    fresh = hooks.post(lab["webhook_path"], content=body, headers=signed(int(time.time())))
+    assert fresh.status_code == 201 and "x-sandpit-replay" not in fresh.headers, fresh.text
 
     tea = register(admin, "gitea", git_server.url)
     gpush = corpus("gitea/forgejo.push.json")
@@ -398,5 +431,3 @@ def test_repos_api_is_admin_only_and_never_returns_secrets(
     assert admin.get(f"/api/v1/repos/{repo['id']}").status_code == 404
     gone = send(hooks, repo, ping, event="ping", secret=new_secret)
     assert (gone.status_code, gone.json()["error"]) == (404, "unknown_repository")
-
-

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("repo_id", sa.String(length=36), nullable=False),
         sa.Column("delivery_id", sa.String(length=255), nullable=True),
+        sa.Column("body_sha256", sa.String(length=64), nullable=True),
         sa.Column("event", sa.String(length=64), nullable=False),
         sa.Column("verdict", sa.String(length=32), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=False),
@@ -53,6 +54,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["repo_id"], ["repository.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("repo_id", "delivery_id", name="uq_delivery_repo_delivery"),
+        sa.UniqueConstraint("repo_id", "body_sha256", name="uq_delivery_repo_body"),
     )
     op.create_index("ix_webhook_delivery_repo_id", "webhook_delivery", ["repo_id"], unique=False)
     op.create_index("ix_webhook_delivery_received_at", "webhook_delivery", ["received_at"], unique=False)
