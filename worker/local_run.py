@@ -120,10 +120,12 @@ class PrefixedOutput:
         filters: dict[str, TerminalSanitizer] = {}
         sections: dict[str, tuple[str, float]] = {}
 
-        def show(line: str) -> None:
+        def show(line: str, stream: str = "") -> None:
             for kind, section, text in split_sections(line):
                 if kind == "text":
                     for piece in _unglued(text, echoes):
+                        if piece in echoes:
+                            end_partial_lines(but=stream)
                         self.line(name, self._job_text(piece))
                 elif kind == "start":
                     title = self._job_text(text) if text.strip() else quote_for_terminal(section)
@@ -144,7 +146,15 @@ class PrefixedOutput:
                 rest = rest[self.LINE_MAX:]
             pending[stream] = rest
             for line in lines:
-                show(line)
+                show(line, stream)
+
+        def end_partial_lines(but: str) -> None:
+            # the next command starts: what the last one left unfinished on the other stream (a
+            # prompt on stderr without a newline) was written before it, so it is shown now
+            for other, text in list(pending.items()):
+                if other != but and text:
+                    pending[other] = ""
+                    show(text, other)
 
         def flush() -> None:
             for stream, screen in filters.items():
