@@ -32,6 +32,9 @@ from pipelines.store.errors import StoreError
 from pipelines.store.models import Repository, RepositoryRun, Run, WebhookDelivery
 
 PROCESSING = "processing"  # the verdict of a claimed delivery still being acted on
+# a claim still "processing" after this was abandoned by a process that died mid-way (handling
+# takes seconds: one shallow fetch, bounded by the mirror's timeouts, and one transaction)
+ABANDONED_AFTER = dt.timedelta(minutes=10)
 
 
 class RepositoryNotFound(StoreError):
@@ -123,6 +126,16 @@ def claim_delivery(
     before (nothing is written then). Run it in its own transaction: the claim must be committed
     before the delivery is acted on."""
     seen = _find_delivery(session, repo_id, delivery_id, body_sha256)
+    if seen is not None and seen.verdict == PROCESSING and seen.received_at < now - ABANDONED_AFTER:
+        # the process handling the first copy died (a release would have removed the claim):
+        # take it over, compare-and-set on its time so only one of several redeliveries does
+        taken = session.connection().execute(
+            sa.update(WebhookDelivery).where(col(WebhookDelivery.id) == seen.id,
+                                             col(WebhookDelivery.verdict) == PROCESSING,
+                                             col(WebhookDelivery.received_at) == seen.received_at)
+            .values(received_at=now))
+        if taken.rowcount == 1:
+            return int(seen.id or 0), None
     if seen is not None:
         return int(seen.id or 0), seen
     row = WebhookDelivery(repo_id=repo_id, delivery_id=delivery_id or None, body_sha256=body_sha256, event=event,

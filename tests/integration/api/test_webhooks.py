@@ -431,3 +431,30 @@ def test_repos_api_is_admin_only_and_never_returns_secrets(
     assert admin.get(f"/api/v1/repos/{repo['id']}").status_code == 404
     gone = send(hooks, repo, ping, event="ping", secret=new_secret)
     assert (gone.status_code, gone.json()["error"]) == (404, "unknown_repository")
+
+
+def test_abandoned_claim_is_taken_over_once(engine: Engine) -> None:
+    """A claim left "processing" by a process that died is taken over by a later redelivery
+    (once, however many arrive); a recent one is still answered as a replay."""
+    import datetime as dt
+
+    from pipelines.store import repos as store
+    from pipelines.store.db import session_scope
+
+    now = dt.datetime.now(dt.UTC)
+    with session_scope(engine) as session:
+        repo = store.add_repository(session, store.NewRepository("o/r", "github", "https://h/o/r.git", "sealed"), now)
+        repo_id = repo.id
+    with session_scope(engine) as session:
+        first, seen = store.claim_delivery(session, repo_id, "d-1", "b" * 64, "push", now)
+        assert seen is None
+    with session_scope(engine) as session:
+        again, seen = store.claim_delivery(session, repo_id, "d-1", "b" * 64, "push", now + dt.timedelta(minutes=1))
+        assert seen is not None and seen.verdict == store.PROCESSING and again == first
+    later = now + store.ABANDONED_AFTER + dt.timedelta(seconds=1)
+    with session_scope(engine) as session:
+        taken, seen = store.claim_delivery(session, repo_id, "d-1", "b" * 64, "push", later)
+        assert (taken, seen) == (first, None)
+    with session_scope(engine) as session:
+        _, seen = store.claim_delivery(session, repo_id, "d-1", "b" * 64, "push", later)
+        assert seen is not None  # taken over just now: not abandoned
