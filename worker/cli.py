@@ -127,7 +127,9 @@ def _helped(text: str, default: object = None, env: str | None = None) -> str:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (``only="exec"``) just what ``exec`` needs: building the 15 sub-parsers
-    costs several ms of start-up that ``sandpit exec`` should not pay.
+    costs several ms of start-up that ``sandpit exec`` should not pay. ``only`` naming another
+    command leaves out the pipeline language's options unless it is ``lint`` or ``run``: importing
+    the language (≈ 250 ms) is for the commands that plan a pipeline.
 
     ``-v`` is accepted before and after the sub-command (a parent parser on each; ``SUPPRESS`` so
     the sub-command's absent ``-v`` does not undo the top level's)."""
@@ -142,7 +144,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_exec(sub, common)
     if only == "exec":
         return p
-    _add_others(sub, common)
+    _add_others(sub, common, language=only in (None, "lint", "run"))
     return p
 
 
@@ -162,7 +164,7 @@ def _add_exec(sub: Any, common: argparse.ArgumentParser) -> None:
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
 
-def _add_others(sub: Any, common: argparse.ArgumentParser) -> None:
+def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True) -> None:
     import argparse
 
     run = sub.add_parser("run", parents=[common], help="run a whole pipeline on this machine (local mode)",
@@ -187,13 +189,16 @@ def _add_others(sub: Any, common: argparse.ArgumentParser) -> None:
                                   "terminal", "auto", "NO_COLOR or TERM=dumb turn auto off"))
     run.add_argument("-t", "--timestamps", action="store_true",
                      help=_helped("start every line with the time it was printed (UTC)", "off"))
-    _add_pipeline_inputs(run)
+    if language:
+        _add_pipeline_inputs(run)
 
     lint = sub.add_parser("lint", parents=[common], help="validate a pipeline file and show its plan",
                           description="Validate a pipeline file and show its plan. Exit status: 0 when it "
                                       "plans (warnings allowed), 1 on errors, 2 on unreadable file or bad "
                                       "arguments.")
     try:
+        if not language:
+            raise ImportError("not needed: another command is parsed")
         from pipelines.language.cli import add_lint_arguments
     except ImportError:
         lint.add_argument("rest", nargs=argparse.REMAINDER)
@@ -261,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Any = parse_exec_fast(argv[1:]) if argv[:1] == ["exec"] else None
     if args is None:
         fast = argv[:1] == ["exec"] and "-h" not in argv[: argv.index("--") if "--" in argv else len(argv)]
-        args = build_parser("exec" if fast else None).parse_args(argv)
+        command = next((word for word in argv if not word.startswith("-")), None)
+        args = build_parser("exec" if fast else command).parse_args(argv)
     if getattr(args, "verbose", False):
         args.verbose = True
         _verbose_logging()
