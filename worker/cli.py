@@ -310,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = app.Worker(pool="threads", concurrency=concurrency, queues=["sandpit.jobs"],
                                 without_gossip=True, without_mingle=True, without_heartbeat=True,
                                 loglevel="INFO" if args.verbose else "WARNING",
-                                quiet=True)  # no banner: `sandpit up` prints what to do, and it must stay last
+                                # no banner unless -v: `sandpit up` prints what to do, and that stays last
+                                quiet=not args.verbose)
             worker.start()
             return int(worker.exitcode or 0)
         if args.command in ("up", "submit", "logs", "cancel"):
