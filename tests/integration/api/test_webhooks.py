@@ -269,10 +269,11 @@ def test_forged_oversized_and_misdirected_deliveries_create_nothing(
                                                 "wrong_repository", "wrong_forge", "created"]
 
 
-def test_ping_deletion_skip_and_other_events(
+def test_ping_deletion_skip_tag_and_other_events(
     admin: httpx.Client, hooks: httpx.Client, engine: Engine, git_server: GitServer
 ) -> None:
-    """Ping answers pong; a deleted branch, a ``[skip ci]`` commit and a check_run create nothing."""
+    """Ping answers pong; a deleted branch, a ``[skip ci]`` commit and a check_run create nothing;
+    a tag push builds with CI_COMMIT_TAG."""
     repo = register(admin, "github", git_server.url)
     ping = corpus("github/ping.json")
     point_repository(ping["repository"], git_server.url)
@@ -283,11 +284,18 @@ def test_ping_deletion_skip_and_other_events(
     assert send(hooks, repo, deleted).json()["verdict"] == "ref_deleted"
     skipped = send(hooks, repo, github_push(git_server, git_server.shas[1], "wip [skip ci]"))
     assert (skipped.status_code, skipped.json()["verdict"]) == (202, "skip_ci")
+    tag = github_push(git_server, git_server.shas[0], "first")
+    tag.update(ref="refs/tags/v1.0", before="0" * 40, created=True)
+    tagged = send(hooks, repo, tag)
+    assert tagged.status_code == 201, tagged.text
+    tag_env = job_env(engine, tagged.json()["run_id"])["unit"]
+    assert (tag_env["CI_COMMIT_TAG"], tag_env["CI_COMMIT_REF_NAME"]) == ("v1.0", "v1.0")
+    assert "CI_COMMIT_BRANCH" not in tag_env and tag_env["CI_COMMIT_SHA"] == git_server.shas[0]
     check = corpus("github/check_run.completed.json")
     point_repository(check["repository"], git_server.url)
     ignored = send(hooks, repo, check, event="check_run")
     assert (ignored.status_code, ignored.json()["verdict"]) == (202, "ignored_event")
-    assert runs(engine) == []
+    assert [run.id for run in runs(engine)] == [tagged.json()["run_id"]]  # only the tag push built
 
 
 @pytest.mark.parametrize(("policy", "status", "verdict"), [
