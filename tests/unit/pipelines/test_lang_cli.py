@@ -179,3 +179,18 @@ def test_lint_refuses_a_control_character_in_var(tmp_path: Path) -> None:
     """--var with a control character is a usage error that shows it escaped."""
     proc = lint_process([str(write(tmp_path, "t: {script: [x]}")), "--var", "A=x\x1b[2Jy"])
     assert proc.returncode == 2 and "U+001B (ESC)" in proc.stderr and "\x1b" not in proc.stderr
+
+
+def test_lint_source_words_and_option_order(tmp_path: Path) -> None:
+    """`--source` takes CI_PIPELINE_SOURCE's words and the planner's (`--trigger`); options go before
+    or after the file; a word that is no source is a usage error (exit 2) naming the good ones."""
+    path = write(tmp_path, "mr: {script: [x], rules: [{if: '$CI_PIPELINE_SOURCE == \"merge_request_event\"'}]}\n"
+                           "all: {script: [y]}\n")
+    for argv in (["--source", "merge_request_event", str(path), "--json"],
+                 ["--json", "--trigger", "merge_request", str(path)]):
+        code, out, _ = run(argv)
+        assert code == 0 and [j["name"] for j in json.loads(out)["plan"]["jobs"]] == ["mr", "all"], argv
+    code, out, _ = run(["--json", str(path)])
+    assert [j["name"] for j in json.loads(out)["plan"]["jobs"]] == ["all"]
+    code, _, err = run([str(path), "--source", "nightly"])
+    assert code == 2 and "not a pipeline source" in err and "merge_request_event" in err
