@@ -69,6 +69,15 @@ class Service:
         self.workers.append(proc)
         return proc
 
+    def failures(self, run_ids: list[str]) -> list[tuple[str, str, str | None, object]]:
+        """(job, status, reason, message) of every job of these runs that did not succeed."""
+        out = []
+        for run_id in run_ids:
+            for job in self.jobs(run_id).values():
+                if job.status != "succeeded":
+                    out.append((job.name, job.status, job.reason, (job.result or {}).get("message")))
+        return out
+
     def worker_log(self, index: int) -> str:
         return (self.tmp / f"worker-{index}.log").read_text(errors="replace")
 

@@ -47,7 +47,7 @@ def test_busy_worker_survives_every_redis_restart(service: Service, persistence:
         time.sleep(0.7)
         assert worker.poll() is None, f"worker exited with {worker.returncode}: {service.worker_log(0)[-3000:]}"
     statuses = {run_id: service.wait(run_id, timeout=120) for run_id in runs}
-    assert set(statuses.values()) == {"succeeded"}, statuses
+    assert set(statuses.values()) == {"succeeded"}, service.failures(runs)
     assert worker.poll() is None
     for run_id in runs:
         for job in service.jobs(run_id).values():
