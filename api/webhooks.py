@@ -207,7 +207,8 @@ def _act(
         return settle(WebhookAnswer(202, found.reason, found.message))
     if isinstance(found, CloseMergeRequest):
         return settle(_cancel_merge_request(engine, repo, found.iid))
-    return settle(_trigger(engine, publisher, settings, repo, found, read_pipeline))
+    answer = _trigger(engine, publisher, settings, repo, found, read_pipeline, row_id)
+    return answer if answer.verdict == "created" else settle(answer)  # a created run settled its claim
 
 
 def _cancel_merge_request(engine: Engine, repo: RepositoryView, iid: int) -> WebhookAnswer:
@@ -225,7 +226,7 @@ def _cancel_merge_request(engine: Engine, repo: RepositoryView, iid: int) -> Web
 
 def _trigger(
     engine: Engine, publisher: Publisher, settings: ApiSettings, repo: RepositoryView, trigger: Trigger,
-    read_pipeline: PipelineReader,
+    read_pipeline: PipelineReader, row_id: int,
 ) -> WebhookAnswer:
     problem = _field_problem(trigger)
     if problem is not None:
@@ -273,6 +274,12 @@ def _trigger(
         record_submitter(session, stored.run.id, submitter)
         store.link_run(session, stored.run.id, repo.id, trigger.trigger, trigger.ref, trigger.merge_request_iid,
                        trigger.from_fork)
+        kind = "merge request" if trigger.trigger == "merge_request" else trigger.ref_kind
+        created = WebhookAnswer(201, "created", f"{trust} run for {kind} {trigger.ref} at {trigger.sha[:12]}",
+                                stored.run.id)
+        # settled in the run's own transaction: a crash after the commit cannot leave the claim
+        # "processing" for a later redelivery to take over and create the run a second time
+        store.settle_delivery(session, row_id, created.verdict, created.status_code, created.message, created.run_id)
     if stored.queued:
         try:
             publisher.publish(stored.queued)
@@ -280,9 +287,7 @@ def _trigger(
             log.warning("publishing %d job(s) failed (%s); the outbox sweeper will retry", len(stored.queued), exc)
             with session_scope(engine) as session:
                 mark_unpublished(session, list(stored.queued))
-    kind = "merge request" if trigger.trigger == "merge_request" else trigger.ref_kind
-    return WebhookAnswer(201, "created", f"{trust} run for {kind} {trigger.ref} at {trigger.sha[:12]}",
-                         stored.run.id)
+    return created
 
 
 def _field_problem(trigger: Trigger) -> str | None:

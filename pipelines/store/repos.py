@@ -118,44 +118,71 @@ def set_repository_secret(session: Session, ref: str, secret_sealed: str, now: d
     return repo
 
 
+@dataclass(frozen=True, slots=True)
+class SeenDelivery:
+    """The first copy of a delivery, as a replay of it is answered."""
+
+    id: int
+    verdict: str
+    status_code: int
+    message: str
+    run_id: str | None
+    received_at: dt.datetime
+
+
+_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_SEEN_COLUMNS = (_DELIVERIES.c.id, _DELIVERIES.c.verdict, _DELIVERIES.c.status_code, _DELIVERIES.c.message,
+                 _DELIVERIES.c.run_id, _DELIVERIES.c.received_at)
+# two statements, each on its unique index (an OR of both would scan): built once, on every delivery's path
+_SEEN_BY_ID = sa.select(*_SEEN_COLUMNS).where(
+    _DELIVERIES.c.repo_id == sa.bindparam("p_repo"), _DELIVERIES.c.delivery_id == sa.bindparam("p_delivery"))
+_SEEN_BY_BODY = sa.select(*_SEEN_COLUMNS).where(
+    _DELIVERIES.c.repo_id == sa.bindparam("p_repo"), _DELIVERIES.c.body_sha256 == sa.bindparam("p_body"))
+_TAKE_OVER = sa.update(_DELIVERIES).where(
+    _DELIVERIES.c.id == sa.bindparam("p_id"), _DELIVERIES.c.verdict == PROCESSING,
+    _DELIVERIES.c.received_at == sa.bindparam("p_then")).values(received_at=sa.bindparam("p_now"))
+
+
 def claim_delivery(
     session: Session, repo_id: str, delivery_id: str | None, body_sha256: str, event: str, now: dt.datetime
-) -> tuple[int, WebhookDelivery | None]:
+) -> tuple[int, SeenDelivery | None]:
     """Claim an authenticated delivery for ``repo_id``: ``(row id, None)`` when this is its first
-    copy, ``(row id, the first copy's row)`` when its delivery id or its exact body was seen
-    before (nothing is written then). Run it in its own transaction: the claim must be committed
-    before the delivery is acted on."""
-    seen = _find_delivery(session, repo_id, delivery_id, body_sha256)
+    copy, ``(row id, the first copy)`` when its delivery id or its exact body was seen before
+    (nothing is written then). Run it in its own transaction: the claim must be committed before
+    the delivery is acted on."""
+    connection = session.connection()
+    seen = _seen(connection, repo_id, delivery_id, body_sha256)
     if seen is not None and seen.verdict == PROCESSING and seen.received_at < now - ABANDONED_AFTER:
         # the process handling the first copy died (a release would have removed the claim):
         # take it over, compare-and-set on its time so only one of several redeliveries does
-        taken = session.connection().execute(
-            sa.update(WebhookDelivery).where(col(WebhookDelivery.id) == seen.id,
-                                             col(WebhookDelivery.verdict) == PROCESSING,
-                                             col(WebhookDelivery.received_at) == seen.received_at)
-            .values(received_at=now))
+        taken = connection.execute(_TAKE_OVER, {"p_id": seen.id, "p_then": seen.received_at, "p_now": now})
         if taken.rowcount == 1:
-            return int(seen.id or 0), None
+            return seen.id, None
     if seen is not None:
-        return int(seen.id or 0), seen
-    row = WebhookDelivery(repo_id=repo_id, delivery_id=delivery_id or None, body_sha256=body_sha256, event=event,
-                          verdict=PROCESSING, status_code=202, received_at=now)
+        return seen.id, seen
+    values = {"repo_id": repo_id, "delivery_id": delivery_id or None, "body_sha256": body_sha256, "event": event,
+              "verdict": PROCESSING, "status_code": 202, "message": "", "run_id": None, "received_at": now}
     try:
-        with session.begin_nested():
-            session.add(row)
+        with connection.begin_nested():
+            key = connection.execute(sa.insert(_DELIVERIES).values(**values)).inserted_primary_key
     except IntegrityError:  # the same delivery, arriving at the same moment, claimed it first
-        seen = _find_delivery(session, repo_id, delivery_id, body_sha256)
+        seen = _seen(connection, repo_id, delivery_id, body_sha256)
         assert seen is not None
-        return int(seen.id or 0), seen
-    return int(row.id or 0), None
+        return seen.id, seen
+    assert key is not None
+    return int(key[0]), None
 
 
-def _find_delivery(session: Session, repo_id: str, delivery_id: str | None, body_sha256: str) -> WebhookDelivery | None:
-    same = col(WebhookDelivery.body_sha256) == body_sha256
+def _seen(connection: sa.Connection, repo_id: str, delivery_id: str | None, body_sha256: str) -> SeenDelivery | None:
+    row = None
     if delivery_id:
-        same = sa.or_(same, col(WebhookDelivery.delivery_id) == delivery_id)
-    return session.exec(select(WebhookDelivery).where(WebhookDelivery.repo_id == repo_id, same)
-                        .order_by(col(WebhookDelivery.id))).first()
+        row = connection.execute(_SEEN_BY_ID, {"p_repo": repo_id, "p_delivery": delivery_id}).first()
+    if row is None:
+        row = connection.execute(_SEEN_BY_BODY, {"p_repo": repo_id, "p_body": body_sha256}).first()
+    if row is None:
+        return None
+    # UTCDateTime is applied through the table's column type: received_at comes back aware
+    return SeenDelivery(int(row.id), row.verdict, int(row.status_code), row.message, row.run_id, row.received_at)
 
 
 def settle_delivery(
