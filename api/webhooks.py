@@ -21,9 +21,10 @@ byte of the payload is parsed), reads the body with a byte cap, and hands it her
    (``run``), waits (``approve``: recorded as 202 ``needs_approval``, nothing created yet: the
    store has no waiting state) or is refused (``never``: 202 ``fork_refused``);
 5. reads the pipeline file from the commit (the ``read_pipeline`` seam; by default the
-   hardened mirror fetch of :mod:`pipelines.forges.mirror`), plans it with GitLab's inputs for
-   that event, admits it under the trust level's policy, stores it with its repository link,
-   publishes its jobs: 201 ``created`` with the run id.
+   hardened mirror fetch of :mod:`pipelines.forges.mirror`; a failed fetch is 502
+   ``fetch_failed`` and, like 429 ``too_many_runs``, releases the claim so a redelivery retries),
+   plans it with GitLab's inputs for that event, admits it under the trust level's policy,
+   stores it with its repository link, publishes its jobs: 201 ``created`` with the run id.
 
 Every verdict is stored on the delivery's row, for a later UI and for replays.
 """
@@ -47,7 +48,7 @@ from api.publish import Publisher, PublishFailed
 from api.settings import ApiSettings
 from pipelines.forges import events
 from pipelines.forges.events import CloseMergeRequest, EventUnreadable, Ignored, Ping, Trigger
-from pipelines.forges.mirror import MirrorError, PipelineFile, read_pipeline_file
+from pipelines.forges.mirror import FetchFailed, MirrorError, PipelineFile, read_pipeline_file
 from pipelines.forges.sealing import Sealer
 from pipelines.forges.signatures import check_signature
 from pipelines.language.model import PipelineInputs, Plan
@@ -65,6 +66,9 @@ from pipelines.store.transitions import store_run
 
 log = logging.getLogger("sandpit.api.webhooks")
 FALLBACK_PIPELINE_PATHS = (".gitlab-ci.yml", ".sandpit.yml")
+# verdicts of a passing condition (the git server was down, the repository had as many runs in
+# flight as allowed): recorded, but the claim is released, so a redelivery is acted on afresh
+RETRYABLE = frozenset({"fetch_failed", "too_many_runs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +188,13 @@ def _act(
 ) -> WebhookAnswer:
     def settle(answer: WebhookAnswer) -> WebhookAnswer:
         with session_scope(engine) as session:
-            store.settle_delivery(session, row_id, answer.verdict, answer.status_code, answer.message, answer.run_id)
+            if answer.verdict in RETRYABLE:  # the claim goes, so the forge's redelivery is acted on
+                store.release_delivery(session, row_id)
+                store.record_delivery(session, repo.id, event, answer.verdict, answer.status_code, answer.message,
+                                      _now())
+            else:
+                store.settle_delivery(session, row_id, answer.verdict, answer.status_code, answer.message,
+                                      answer.run_id)
         return answer
 
     try:
@@ -241,6 +251,8 @@ def _trigger(
                              "approval is not built yet: nothing was created")
     try:
         source = read_pipeline(repo, trigger)
+    except FetchFailed as exc:
+        return WebhookAnswer(502, "fetch_failed", str(exc))
     except MirrorError as exc:
         return WebhookAnswer(422, "no_pipeline_file", str(exc))
     fields = trigger.pipeline_fields()

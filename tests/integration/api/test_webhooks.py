@@ -466,3 +466,31 @@ def test_abandoned_claim_is_taken_over_once(engine: Engine) -> None:
     with session_scope(engine) as session:
         _, seen = store.claim_delivery(session, repo_id, "d-1", "b" * 64, "push", later)
         assert seen is not None  # taken over just now: not abandoned
+
+
+def test_failed_fetch_is_retried_by_a_redelivery(
+    admin: httpx.Client, hooks: httpx.Client, engine: Engine, git_server: GitServer
+) -> None:
+    """A commit the git server cannot give (down, or not there yet) is answered 502
+    ``fetch_failed`` and recorded; the same delivery sent again is acted on afresh, not replayed."""
+    repo = register(admin, "github", git_server.url)
+    missing = "f" * 40
+    body = json.dumps(github_push(git_server, missing)).encode()
+    headers = sign_github(body)
+    first = hooks.post(repo["webhook_path"], content=body, headers=headers)
+    assert (first.status_code, first.json()["error"]) == (502, "fetch_failed"), first.text
+    again = hooks.post(repo["webhook_path"], content=body, headers=headers)
+    assert again.status_code == 502 and "x-sandpit-replay" not in again.headers
+    assert runs(engine) == []
+    assert verdicts(engine) == [("fetch_failed", 502), ("fetch_failed", 502)]
+
+
+def test_configured_pipeline_path_falls_back_to_gitlab_ci(
+    admin: httpx.Client, hooks: httpx.Client, engine: Engine, git_server: GitServer
+) -> None:
+    """A repository registered with a pipeline path its commit lacks builds from `.gitlab-ci.yml`."""
+    repo = register(admin, "github", git_server.url, pipeline_path="ci/pipeline.yml")
+    answer = send(hooks, repo, github_push(git_server, git_server.shas[1]))
+    assert answer.status_code == 201, answer.text
+    (run,) = runs(engine)
+    assert run.pipeline == PIPELINE
