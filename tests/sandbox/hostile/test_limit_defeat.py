@@ -40,10 +40,25 @@ def stalled_reader() -> Iterator[subprocess.Popen[bytes]]:
     reader.wait()
     if reader.stdin is not None:
         reader.stdin.close()
+    _end_started()
+
+
+@pytest.fixture(autouse=True)
+def _every_sandpit_ended() -> Iterator[None]:
+    """After each test (also one without a stalled reader), every sandpit process it started has
+    ended and its pipes are closed here, not by the garbage collector in a later test (a warning)."""
+    yield
+    _end_started()
+
+
+def _end_started() -> None:
     for proc in _started:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     _started.clear()
 
 
