@@ -33,7 +33,10 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import ClassVar
+
+TYPE_CHECKING = False  # typing costs ~9 ms to import, and this module is on `sandpit exec`'s exit path
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 ESC = "\x1b"
 #: parameter text of a colour sequence we pass through (digits, ``;`` and ``:`` sub-parameters)

@@ -19,12 +19,9 @@ worker.sandbox.beneath.NotBeneath: up/etc/passwd: a symlink, '..' or an absolute
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _OPENAT2 = {"x86_64": 437, "aarch64": 437}
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -39,26 +36,52 @@ class NotBeneath(OSError):
         return str(self.strerror)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+_ctypes_state: tuple[object, object, object] | None = None
 
 
-def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+def _openat2_call() -> tuple[object, object, object]:
+    """ctypes, libc and the ``open_how`` struct, made on first use: importing ctypes costs ~4 ms,
+    which ``sandpit exec``'s start-up does not pay (it opens beneath with the O_NOFOLLOW walk)."""
+    global _ctypes_state
+    if _ctypes_state is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        _ctypes_state = (ctypes, libc, OpenHow)
+    return _ctypes_state
+
+
+def _openat2(dir_fd: int, path: str, flags: int, mode: int, resolve: int, nr: int) -> tuple[int, int]:
+    ctypes, libc, open_how = _openat2_call()
+    how = open_how(flags, mode, resolve)  # type: ignore[operator]
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(dir_fd), path.encode(),  # type: ignore[attr-defined]
+                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))  # type: ignore[attr-defined]
+    return int(fd), (ctypes.get_errno() if fd < 0 else 0)  # type: ignore[attr-defined]
+
+
+def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0, *, atomic: bool = False) -> int:
     """An fd for ``path`` relative to ``dir_fd``; NotBeneath if resolving it would follow a
-    symlink or leave ``dir_fd``; the usual OSError (FileNotFoundError, ...) otherwise."""
+    symlink or leave ``dir_fd``; the usual OSError (FileNotFoundError, ...) otherwise.
+
+    By default the path is walked one component at a time, each opened relative to the last with
+    O_NOFOLLOW: as safe as openat2 here (no component can be swapped for a link between the
+    steps, and ``..`` is refused) and free of ctypes on the hot path; ``atomic`` asks for openat2."""
     global _have_openat2
     if not path or path.startswith("/") or "\0" in path:
         raise NotBeneath(errno.EXDEV, f"{path!r}: not a relative path (refused)")
     flags |= os.O_CLOEXEC
     nr = _OPENAT2.get(os.uname().machine)
-    if nr is not None and _have_openat2 is not False:
-        how = _OpenHow(flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(dir_fd), path.encode(), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how)))
+    if atomic and nr is not None and _have_openat2 is not False:
+        fd, err = _openat2(dir_fd, path, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                           nr)
         if fd >= 0:
             _have_openat2 = True
-            return int(fd)
-        err = ctypes.get_errno()
+            return fd
         if err == errno.ENOSYS:
             _have_openat2 = False
         elif err in (errno.ELOOP, errno.EXDEV):
@@ -66,6 +89,10 @@ def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
         else:
             raise OSError(err, os.strerror(err), path)
     return _walk(dir_fd, path, flags, mode)
+
+
+def _refused(path: str) -> NotBeneath:
+    return NotBeneath(errno.ELOOP, f"{path}: a symlink, '..' or an absolute path on the way (refused)")
 
 
 def _walk(dir_fd: int, path: str, flags: int, mode: int) -> int:
@@ -79,7 +106,7 @@ def _walk(dir_fd: int, path: str, flags: int, mode: int) -> int:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(f"/proc/self/fd/{current}/{part}"):
-                    raise NotBeneath(errno.ELOOP, f"{path}: a symlink on the way (refused)") from None
+                    raise _refused(path) from None
                 raise
             if current != dir_fd:
                 os.close(current)
@@ -88,7 +115,7 @@ def _walk(dir_fd: int, path: str, flags: int, mode: int) -> int:
             return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=current)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise NotBeneath(errno.ELOOP, f"{path}: a symlink on the way (refused)") from None
+                raise _refused(path) from None
             raise
     finally:
         if current != dir_fd:
@@ -105,12 +132,9 @@ def open_in_root(root_fd: int, path: str, flags: int) -> int | None:
     nr = _OPENAT2.get(os.uname().machine)
     if nr is None or _have_openat2 is False:
         return None
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(root_fd), path.lstrip("/").encode(), ctypes.byref(how),
-                       ctypes.c_size_t(ctypes.sizeof(how)))
+    fd, err = _openat2(root_fd, path.lstrip("/"), flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, nr)
     if fd >= 0:
-        return int(fd)
-    err = ctypes.get_errno()
+        return fd
     if err == errno.ENOSYS:
         return None
     raise OSError(err, os.strerror(err), path)
