@@ -125,19 +125,12 @@ def place_file(workspace: Path, rel: str, src: Path, uid: int) -> None:
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise SandboxError(f"refusing to place {rel!r} in the workspace")
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(workspace, flags)
+    top = os.open(workspace, _DIR_FLAGS)
     try:
-        for part in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=fd)
-                os.chown(part, uid, uid, dir_fd=fd, follow_symlinks=False)
-            try:
-                sub = os.open(part, flags, dir_fd=fd)
-            except OSError as exc:
-                raise SandboxError(f"cannot place {rel}: {part} is not a plain directory") from exc
-            os.close(fd)
-            fd = sub
+        fd = _dest_dir(top, parts[:-1], uid, rel)
+    finally:
+        os.close(top)
+    try:
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
