@@ -171,7 +171,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         try:
             files = cache.restore(store, cached) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
-            req = request_for(planned, known_images=ctx.engine.images.recipe_names(), defaults=ctx.defaults,
+            req = request_for(planned, defaults=ctx.defaults,
                               extra_env=job_env + secret_env,
                               shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))
             seed = Seed(source_dir=source.root if source else None,

@@ -86,11 +86,10 @@ def image_name(job: Job, default: str) -> str:
     return default if job.image is None else job.image.name
 
 
-def request_for(job: Job, *, known_images: object = None, defaults: JobDefaults = JobDefaults(),
-                extra_env: tuple[tuple[str, str], ...] = (), shell: str = "/bin/sh") -> SandboxRequest:
+def request_for(job: Job, *, defaults: JobDefaults = JobDefaults(), extra_env: tuple[tuple[str, str], ...] = (),
+                shell: str = "/bin/sh") -> SandboxRequest:
     """What the sandbox runs for ``job``, under ``shell`` (the image's, from ``shell_for_image``).
-    ``known_images`` is no longer used (the store resolves references) and stays only until its
-    caller in worker/executor.py drops it."""
+    Which recipe honours the job's image is the store's decision (``ImageStore.resolve``)."""
     sb = job.sandbox
     limits = Limits(
         memory_bytes=sb.memory_bytes or defaults.memory_bytes,

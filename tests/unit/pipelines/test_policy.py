@@ -226,7 +226,7 @@ def test_the_worker_runs_what_was_admitted() -> None:
     level = Policy.from_env({"SANDPIT_POLICY_UNTRUSTED_DEFAULT_LOG": "1M",
                              "SANDPIT_POLICY_UNTRUSTED_DEFAULT_PIDS": "99",
                              "SANDPIT_POLICY_UNTRUSTED_DEFAULT_TIMEOUT": "90s"}).untrusted
-    limits = request_for(fill_defaults(job(), level), known_images=["debian"], defaults=JobDefaults()).limits
+    limits = request_for(fill_defaults(job(), level), defaults=JobDefaults()).limits
     assert (limits.log_bytes, limits.pids, limits.timeout_s, limits.memory_bytes) == (1024**2, 99, 90.0, 2 * GiB)
 
 
