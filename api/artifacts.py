@@ -7,35 +7,27 @@ row).
 
 Before a file is served its bytes are checked against the recorded sha256, so a torn or tampered
 stored file is refused (500 ``artifact_corrupt``, logged) rather than sent under a hash it does not
-have. The check costs one read of the file per process and file version: the result is kept in
-memory under (sha256, device, inode, size, mtime, ctime); ctime cannot be set from user space, so
-any later change to the file is checked again. (The worker's store, ``worker.sandbox.blobs``, does
-the same on its side; the API does not import the worker, hence this short twin.)
+have. The check costs one read of the file per process and file version
+(:mod:`pipelines.files.digests`, the same check the worker's store makes on its side).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import stat
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 from sqlmodel import Session, col, select
 
 from api.errors import ApiError, NotFound
+from pipelines.files.digests import fd_intact
 from pipelines.store.errors import JobNotFound
 from pipelines.store.models import Artifact, Job
 from pipelines.store.retention import artifacts_of
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
-_VERIFIED_MAX = 65_536
-_verified: OrderedDict[tuple[str, int, int, int, int, int], None] = OrderedDict()
-_verified_lock = threading.Lock()
 log = logging.getLogger("sandpit.api")
 
 
@@ -81,7 +73,7 @@ def artifact_file(artifacts_dir: Path, row: Artifact) -> Path:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"the content of artifact {row.path!r} is no longer stored")
-        if not _intact(fd, st, row.sha256):
+        if not fd_intact(fd, row.sha256):
             log.error("artifact %s of job %s: stored file %s does not match its sha256; not served",
                       row.path[:300], row.job_id, path)
             raise ArtifactCorrupt(
@@ -90,23 +82,3 @@ def artifact_file(artifacts_dir: Path, row: Artifact) -> Path:
     finally:
         os.close(fd)
     return path
-
-
-def _intact(fd: int, st: os.stat_result, sha256: str) -> bool:
-    key = (sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _verified_lock:
-        if key in _verified:
-            _verified.move_to_end(key)
-            return True
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    if digest.hexdigest() != sha256 or os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
-        return False
-    with _verified_lock:
-        _verified[key] = None
-        while len(_verified) > _VERIFIED_MAX:
-            _verified.popitem(last=False)
-    return True

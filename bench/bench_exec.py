@@ -35,11 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipelines.files.locks import try_hold  # noqa: E402
 from worker.sandbox import spec as oci  # noqa: E402
 from worker.sandbox.cgroups import JobCgroup  # noqa: E402
 from worker.sandbox.disk import JobDisk  # noqa: E402
 from worker.sandbox.engine import Engine, _nofile  # noqa: E402
-from worker.sandbox.leases import try_lock, write_owner  # noqa: E402
+from worker.sandbox.leases import write_owner  # noqa: E402
 from worker.sandbox.request import SandboxRequest  # noqa: E402
 from worker.sandbox.rootfs import JobRootfs  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -61,7 +62,7 @@ class BareBundle:
         image = engine.images.get("debian")
         # held like a job's owner lease, so reapers and other tests' leftover checks see a live job
         s.locks_dir.mkdir(parents=True, exist_ok=True)
-        self.owner = try_lock(s.locks_dir / "job-bench-bare.lock")
+        self.owner = try_hold(s.locks_dir / "job-bench-bare.lock")
         if self.owner is None:
             raise RuntimeError("another bench_exec is running (its bench-bare lease is held)")
         write_owner(self.owner)

@@ -7,6 +7,7 @@ the token ``sandpit up`` generated, read from ``<state>/api-token``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.files.locks import FileLock, try_hold
 from worker.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -101,26 +103,28 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
     finally:
         children.stop_all()
         if lock is not None:
-            os.close(lock)
+            lock.release()
 
 
-def _own_state_dir(state_dir: Path) -> int:
+def _own_state_dir(state_dir: Path) -> FileLock:
     """An exclusive lock on ``<state>/up.lock`` for the life of this ``sandpit up``: a second one on
     the same state dir (and its database there) would share its database, token and queue, so it is
     refused with a message saying how to run a separate instance (another ``SANDPIT_STATE_DIR``)."""
-    import fcntl
-
-    fd = os.open(state_dir / "up.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
+    lock = try_hold(state_dir / "up.lock")
+    if lock is None:
+        holder = "?"
+        with contextlib.suppress(OSError):
+            fd = os.open(state_dir / "up.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
         raise SystemExit(f"sandpit: another `sandpit up` (pid {holder}) already uses the state dir {state_dir}; "
                          f"set SANDPIT_STATE_DIR (and SANDPIT_RUN_DIR) to run a separate instance") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    assert lock.fd is not None
+    os.ftruncate(lock.fd, 0)
+    os.pwrite(lock.fd, f"{os.getpid()}\n".encode(), 0)
+    return lock
 
 
 def try_line(host: str, port: int, token: str, token_configured: bool) -> str:

@@ -24,7 +24,6 @@ commit already in the mirror is not fetched again (a warm mirror costs one ``git
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import os
 import re
 import subprocess
@@ -33,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from pipelines.files.locks import hold
 
 ALLOWED_SCHEMES = ("git://", "http://", "https://")
 FETCH_TIMEOUT_S = 120.0
@@ -94,9 +95,7 @@ def read_pipeline_file(root: Path, repo_id: str, clone_url: str, sha: str, paths
         raise ValueError(f"repository id {repo_id!r} cannot name a mirror")
     mirror = root / f"{repo_id}.git"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock_fd = os.open(root / f"{repo_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with hold(root / f"{repo_id}.lock"):
         if not (mirror / "HEAD").exists():
             _git(["init", "--quiet", "--bare", str(mirror)], None, READ_TIMEOUT_S)
         wanted = [path for path in paths if _PATH.fullmatch(path) and ".." not in path.split("/")]
@@ -113,8 +112,6 @@ def read_pipeline_file(root: Path, repo_id: str, clone_url: str, sha: str, paths
             raise PipelineFileMissing(f"commit {sha} has none of {', '.join(paths)}")
         author, stamp, message = _commit_fields(commit)
         return PipelineFile(found[0], found[1].decode("utf-8", "replace"), message, author, stamp)
-    finally:
-        os.close(lock_fd)
 
 
 def _read_objects(mirror: Path, sha: str, paths: Sequence[str]) -> tuple[bytes | None, tuple[str, bytes] | None]:

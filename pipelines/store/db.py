@@ -18,7 +18,6 @@ a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import weakref
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from pipelines.files.locks import hold
 from pipelines.store.errors import MigrationFailed
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -195,12 +195,8 @@ def migration_lock(url: str) -> Iterator[None]:
         yield
         return
     # 0600 like the database itself; nothing is ever written into it
-    fd = os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+    with hold(f"{database}.migrate.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def current_revision(engine: Engine) -> str | None:

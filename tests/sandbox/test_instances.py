@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.files.locks import is_held
 from worker.sandbox.cgroups import cgroup_parent, v1_hierarchies
 from worker.sandbox.engine import Engine, JobResult
 from worker.sandbox.instance import forget_instance, uid_registry
-from worker.sandbox.leases import is_locked
 from worker.sandbox.mounts import MNT_DETACH, umount
 from worker.sandbox.reaper import leftovers, reap
 from worker.sandbox.request import SandboxRequest
@@ -195,7 +195,7 @@ def test_another_instance_reaping_leaves_running_jobs_alone(settings: Settings, 
         after = [_procs(parent, job.job_id) for parent, job in zip(parents, jobs, strict=True)]
         for was, now in zip(before, after, strict=True):  # the job's shell lives on (its children change)
             assert set(was) & set(now), (was, now)
-        held = [p for p in Path(uid_registry()).iterdir() if is_locked(p)]
+        held = [p for p in Path(uid_registry()).iterdir() if is_held(p)]
         assert len(held) >= 2, held
     finally:
         results = [job.finish() for job in jobs]
@@ -274,17 +274,18 @@ def test_uid_slots_held_by_an_older_sandpit_are_skipped(tmp_path: Path) -> None:
     """During an upgrade an older process of the instance still leases ``<run>/locks/uid-<slot>.lock``
     only: a slot it holds is skipped, and a slot leased now is held there too (so the older process
     skips it), until released."""
-    from worker.sandbox.leases import lease_uid_slot, try_lock
+    from pipelines.files.locks import try_hold
+    from worker.sandbox.leases import lease_uid_slot
 
     legacy, registry = tmp_path / "locks", tmp_path / "uids"
     legacy.mkdir()
-    old = try_lock(legacy / "uid-0.lock")
+    old = try_hold(legacy / "uid-0.lock")
     assert old is not None
     slot, lease = lease_uid_slot(100_000_000, 4, 65536, registry=registry, legacy_dir=legacy)
     assert slot == 1
-    assert try_lock(legacy / "uid-1.lock") is None
+    assert try_hold(legacy / "uid-1.lock") is None
     lease.release()
-    again = try_lock(legacy / "uid-1.lock")
+    again = try_hold(legacy / "uid-1.lock")
     assert again is not None
     again.release()
     old.release()

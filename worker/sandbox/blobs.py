@@ -14,10 +14,8 @@ Many jobs write into it at once (threads of one worker, several workers), so eve
   write after a crash, a planted file) the verified temporary is renamed over it, atomically.
 
 Readers check a stored file against its name with :func:`intact` before trusting it. A file is
-hashed once per process: the result is remembered under (sha256, device, inode, size, mtime,
-ctime), and ctime cannot be set from user space, so any later change to the file is seen (to the
-kernel's timestamp granularity, a few ms: a rewrite in the very tick of the check could hide,
-which only someone who can already write the store could try).
+hashed once per process and file version (:mod:`pipelines.files.digests`, which the API's
+downloads use too); a file this module has just written and hashed is noted there as intact.
 
 Errors: :class:`worker.errors.SandboxError` when the store itself cannot be written (a full disk):
 that is the platform's failure, never the job's.
@@ -31,12 +29,10 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pipelines.files.digests import fd_intact, remember_intact
 from pipelines.identifiers import is_sha256_hex
 from worker.errors import SandboxError
 
@@ -44,9 +40,6 @@ log = logging.getLogger("sandpit.store")
 
 CHUNK = 1 << 20
 FILE_MODE = 0o640
-_VERIFIED_MAX = 65_536
-_verified: OrderedDict[tuple[str, int, int, int, int, int], None] = OrderedDict()
-_verified_lock = threading.Lock()
 
 
 def blob_path(store: Path, sha256: str) -> Path:
@@ -106,41 +99,9 @@ def intact(path: Path, sha256: str) -> bool:
     except OSError:
         return False
     try:
-        return _fd_intact(fd, sha256)
+        return fd_intact(fd, sha256)
     finally:
         os.close(fd)
-
-
-def _fd_intact(fd: int, sha256: str) -> bool:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return False
-    key = _key(sha256, st)
-    with _verified_lock:
-        if key in _verified:
-            _verified.move_to_end(key)
-            return True
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    if digest.hexdigest() != sha256 or os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
-        return False
-    _remember(key)
-    return True
-
-
-def _key(sha256: str, st: os.stat_result) -> tuple[str, int, int, int, int, int]:
-    return (sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _remember(key: tuple[str, int, int, int, int, int]) -> None:
-    with _verified_lock:
-        _verified[key] = None
-        _verified.move_to_end(key)
-        while len(_verified) > _VERIFIED_MAX:
-            _verified.popitem(last=False)
 
 
 def _store(store: Path, chunks: Iterator[bytes], expected: str | None) -> tuple[str, int]:
@@ -219,7 +180,7 @@ def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
             else:
                 if temp_name is not None:
                     os.unlink(temp_name)  # before the fstat below: dropping a name moves the ctime too
-                _remember(_key(sha, os.fstat(fd)))  # after the link: linking moved the ctime
+                remember_intact(sha, os.fstat(fd))  # after the link: linking moved the ctime
                 return
             try:
                 existing = os.open(sha, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
@@ -228,14 +189,14 @@ def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
             except OSError:
                 existing = -1  # a symlink or worse planted there: replaced below
             try:
-                if existing >= 0 and _fd_intact(existing, sha):
+                if existing >= 0 and fd_intact(existing, sha):
                     # the same content is stored already: keep that file, drop ours. Touch it, so
                     # the retention sweep (remove_if_unused) sees it as just stored and keeps it
                     try:
                         os.utime(sha, dir_fd=parent, follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # the sweep took it away in between: link ours after all
-                    _remember(_key(sha, os.fstat(existing)))
+                    remember_intact(sha, os.fstat(existing))
                     return
             finally:
                 if existing >= 0:
@@ -263,7 +224,7 @@ def _replace(fd: int, temp_name: str | None, parent: int, store: Path, sha: str)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(side, dir_fd=parent)
         raise
-    _remember(_key(sha, os.fstat(fd)))
+    remember_intact(sha, os.fstat(fd))
 
 
 GRACE_S = 3600.0  # a stored file written or kept this recently is never removed by retention

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipelines.files.locks import try_hold
 from pipelines.identifiers import is_job_id
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.record import field, record
@@ -25,7 +26,7 @@ from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
 from worker.sandbox.images import ImageStore
-from worker.sandbox.leases import lease_uid_slot, try_lock, write_owner
+from worker.sandbox.leases import lease_uid_slot, write_owner
 from worker.sandbox.logs import JobLog, OutputSink
 from worker.sandbox.private_state import make_private
 from worker.sandbox.request import SandboxRequest, keeps_artifacts, validate_request
@@ -194,12 +195,13 @@ class Engine:
         with contextlib.ExitStack() as stack:
             # the owner lease comes first: the reaper treats a job dir whose lease is free as dead
             s.locks_dir.mkdir(parents=True, exist_ok=True)
-            owner = try_lock(s.locks_dir / f"job-{job_id}.lock")
+            owner_path = s.locks_dir / f"job-{job_id}.lock"
+            owner = try_hold(owner_path)
             if owner is None:
                 raise SandboxError(f"job id {job_id} is already in use")
             write_owner(owner)
             stack.callback(owner.release)
-            stack.callback(_unlink, owner.path)
+            stack.callback(_unlink, owner_path)
             s.jobs_dir.mkdir(parents=True, exist_ok=True)
             job_dir.mkdir(mode=0o711)
             stack.callback(_remove_job_dir, job_dir)

@@ -22,7 +22,6 @@ content fails its grammar (key not 64 hex, env not a list of string pairs) is re
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import stat
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.files.locks import hold
 from pipelines.identifiers import is_layer_key
 from pipelines.references import InvalidReference, honoured_by, recipe_provides
 from worker.errors import ImageError, InvalidRequest, UnknownImage
@@ -321,12 +321,10 @@ class ImageStore:
         try:
             root = os.open(self.root, _DIR)
             try:
-                lock_fd = os.open(f".build-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  0o644, dir_fd=root)
+                lock = hold(f".build-{name}.lock", mode=0o644, dir_fd=root)
             finally:
                 os.close(root)
-            with os.fdopen(lock_fd, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with lock:
                 built = False
                 try:
                     meta_text = self._read_beneath(layers, f"{key}/meta.json")

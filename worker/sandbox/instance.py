@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 
+from pipelines.files.locks import FileLock, hold, lock_fd
 from worker.record import record
 
 #: the registry every instance of the host shares; /run is a tmpfs, so it starts empty at each boot,
@@ -101,7 +102,7 @@ def net_lock() -> str:
 
 # ---- the owners of state dirs ---------------------------------------------------------------------
 
-_claimed: dict[tuple[str, str], int] = {}
+_claimed: dict[tuple[str, str], FileLock] = {}
 
 
 def owners_dir(registry: str = HOST_REGISTRY) -> str:
@@ -125,15 +126,11 @@ def claim_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str] 
     run, state = os.path.realpath(run_dir), os.path.realpath(state_dir)
     if (run, state) in _claimed:
         return
-    import fcntl
-
     folder = owners_dir(registry)
     os.makedirs(folder, mode=0o755, exist_ok=True)
     ident = instance_key(run, state) or "default"
     text = f"{run}\n{state}\n"
-    lock = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one claim at a time on the host: check and hold as one step
+    with hold(os.path.join(folder, ".lock")):  # one claim at a time on the host: check and hold as one step
         for name in os.listdir(folder):
             if name.startswith("."):
                 continue
@@ -150,28 +147,23 @@ def claim_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str] 
                 raise ConfigError(f"state dir {state} is in use by the running sandpit instance whose run dir is "
                                   f"{other_run}, not {run}: give each instance its own SANDPIT_STATE_DIR "
                                   "(or use the same SANDPIT_RUN_DIR)")
-        fd = os.open(os.path.join(folder, ident), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        entry = hold(os.path.join(folder, ident), shared=True, mode=0o644)
+        fd = entry.fd
+        assert fd is not None
         if os.pread(fd, 4096, 0) != text.encode():
             os.ftruncate(fd, 0)
             os.pwrite(fd, text.encode(), 0)
-        _claimed[(run, state)] = fd
-    finally:
-        os.close(lock)
+        _claimed[(run, state)] = entry
 
 
 def _read_live(path: str) -> str | None:
     """The text of a registry entry some live process holds, None for an entry nobody holds."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_fd(fd, blocking=False):
             return os.pread(fd, 4096, 0).decode(errors="replace")
         return None  # nobody holds it: an instance that is gone (our lock goes with the close)
     finally:
@@ -182,20 +174,17 @@ def forget_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str]
                     registry: str = HOST_REGISTRY) -> bool:
     """Drop this process's claim and remove the registry entry unless another process still holds
     it (an instance being removed: tests, a deployment torn down); True if the entry is gone."""
-    import fcntl
-
     run, state = os.path.realpath(run_dir), os.path.realpath(state_dir)
-    fd = _claimed.pop((run, state), None)
-    if fd is not None:
-        os.close(fd)
+    entry = _claimed.pop((run, state), None)
+    if entry is not None:
+        entry.release()
     folder = owners_dir(registry)
     path = os.path.join(folder, instance_key(run, state) or "default")
     try:
-        lock = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        lock = hold(os.path.join(folder, ".lock"), create=False)  # no claim opens the entry while it is judged
     except FileNotFoundError:
         return True
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # no claim opens the entry while it is judged and removed
+    with lock:
         if _read_live(path) is not None:
             return False
         try:
@@ -203,5 +192,3 @@ def forget_instance(run_dir: os.PathLike[str] | str, state_dir: os.PathLike[str]
         except FileNotFoundError:
             pass
         return True
-    finally:
-        os.close(lock)

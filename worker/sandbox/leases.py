@@ -1,57 +1,20 @@
-"""Leases that die with their holder: flock on a file, released by the kernel on exit or SIGKILL.
-
-Used for a job's uid slot (no two live jobs of any instance on the host share host uids) and for
-a job directory's ownership (the reaper only touches job directories whose owner lock is free).
+"""Leases that die with their holder (``flock``, :mod:`pipelines.files.locks`): a job's uid slot (no
+two live jobs of any instance on the host share host uids) and a job directory's ownership (the
+reaper only touches job directories whose owner lock is free).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
+from pipelines.files.locks import FileLock, is_held, try_hold
 from worker.errors import SandboxError
 
 
-class Lease:
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self.fd: int | None = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def try_lock(path: Path) -> Lease | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return Lease(path, fd)
-
-
-def is_locked(path: Path) -> bool:
-    """True when a live process holds the lease at ``path``."""
-    try:  # never creates the file: asking about a lease must not leave one behind
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path | None = None,
-                   legacy_dir: Path | None = None, start: int = 0) -> tuple[int, Lease]:
+                   legacy_dir: Path | None = None, start: int = 0) -> tuple[int, FileLock]:
     """The first free uid slot (searching from ``start``), held until the lease is released: slot
     ``n`` is the host uids ``uid_base + n * range_size`` .. ``+ range_size - 1``.
 
@@ -76,7 +39,7 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
     for i in range(slots):
         slot = (start + i) % slots
         first = uid_base + slot * range_size
-        lease = try_lock(registry / f"{first}-{range_size}.lock")
+        lease = try_hold(registry / f"{first}-{range_size}.lock")
         if lease is None:
             continue
         if _overlaps_held(registry, first, range_size):
@@ -84,7 +47,7 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
             continue
         if legacy_dir is not None:
             legacy_dir.mkdir(parents=True, exist_ok=True)
-            old = try_lock(legacy_dir / f"uid-{slot}.lock")
+            old = try_hold(legacy_dir / f"uid-{slot}.lock")
             if old is None:
                 lease.release()
                 continue
@@ -94,16 +57,20 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
                        f"(every sandpit instance of the host counts)")
 
 
-class _Both(Lease):
+class _Both(FileLock):
     """The host-wide lease and the instance's legacy slot lock, released together."""
 
-    def __init__(self, lease: Lease, legacy: Lease) -> None:
-        super().__init__(lease.path, lease.fd if lease.fd is not None else -1)
+    def __init__(self, lease: FileLock, legacy: FileLock) -> None:
+        assert lease.fd is not None
+        super().__init__(lease.fd, lease.path)
+        lease.fd = None  # the fd is this object's now
         self._legacy = legacy
 
     def release(self) -> None:
         super().release()
         self._legacy.release()
+
+    close = release
 
 
 def _overlaps_held(registry: Path, first: int, count: int) -> bool:
@@ -117,12 +84,13 @@ def _overlaps_held(registry: Path, first: int, count: int) -> bool:
         if not (dash and other_first.isdigit() and other_count.isdigit()):
             continue
         a, n = int(other_first), int(other_count)
-        if a < first + count and first < a + n and is_locked(registry / name):
+        if a < first + count and first < a + n and is_held(registry / name):
             return True
     return False
 
 
-def write_owner(lease: Lease) -> None:
+def write_owner(lease: FileLock) -> None:
+    """Write this process's pid into the held lock file (for people reading it; the lock decides)."""
     assert lease.fd is not None
     with contextlib.suppress(OSError):
         os.ftruncate(lease.fd, 0)

@@ -20,11 +20,11 @@ import os
 import shutil
 import signal
 
+from pipelines.files.locks import is_held
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import cgroup_parent, remove_job_cgroups, v1_hierarchies
 from worker.sandbox.disk import destroy_subvolume_tree, ensure_quota_consistent, is_mounted, subvolumes
 from worker.sandbox.instance import claim_instance
-from worker.sandbox.leases import is_locked
 from worker.sandbox.rootfs import unmount_all
 from worker.sandbox.runtime import PREFERENCE, Runtime
 from worker.settings import Settings
@@ -46,7 +46,7 @@ def live_job_ids(settings: Settings) -> set[str]:
     ids = set()
     if settings.jobs_dir.is_dir():
         for d in settings.jobs_dir.iterdir():
-            if is_locked(settings.locks_dir / f"job-{d.name}.lock"):
+            if is_held(settings.locks_dir / f"job-{d.name}.lock"):
                 ids.add(d.name)
     return ids
 
@@ -92,7 +92,7 @@ def reap(settings: Settings) -> list[str]:
     if settings.locks_dir.is_dir():
         for lock in settings.locks_dir.glob("job-*.lock"):
             job_id = lock.name[4:-5]
-            if job_id not in live and not is_locked(lock):
+            if job_id not in live and not is_held(lock):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
     for line in done:
@@ -155,7 +155,7 @@ def leftovers(settings: Settings) -> list[str]:
     claim_instance(settings.run_dir, settings.state_dir)
 
     def dead(job_id: str) -> bool:
-        return not is_locked(settings.locks_dir / f"job-{job_id}.lock")
+        return not is_held(settings.locks_dir / f"job-{job_id}.lock")
 
     found = []
     found += [f"container {c}" for c in containers(settings) if dead(c.removeprefix("sandpit-"))]

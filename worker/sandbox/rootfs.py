@@ -19,11 +19,11 @@ names anything under ``<run>/layers``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 from pathlib import Path
 
+from pipelines.files.locks import hold
 from pipelines.identifiers import is_layer_key
 from worker.errors import SandboxError
 from worker.sandbox.mounts import MS_NODEV, MS_NOSUID, idmapped_clone, mount, mounts_under, umount
@@ -151,8 +151,7 @@ def layer_view(run_dir: Path, key: str, layer: Path, uid_base: int, id_range: in
     if _is_view(view, uid_base):
         return view
     view.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(view.parent / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with hold(view.parent / ".lock"):
         if not _is_view(view, uid_base):
             view.mkdir(exist_ok=True)
             idmapped_clone(str(layer), str(view), userns_fd(run_dir, uid_base, id_range))

@@ -12,10 +12,10 @@ so two instances never run jobs under the same host uids even though each pins i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
+from pipelines.files.locks import hold
 from worker.errors import SandboxError
 from worker.sandbox.mounts import CLONE_NEWUSER, MS_BIND, mount, unshare
 
@@ -31,8 +31,7 @@ def userns_fd(run_dir: Path, uid_base: int, size: int) -> int:
     fd = _open_pinned(pin)
     if fd is None:
         pin.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(pin.parent / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with hold(pin.parent / ".lock"):
             fd = _open_pinned(pin)
             if fd is None:
                 _make_pinned(pin, uid_base, size)
