@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from worker.sandbox.network import JobNetwork, NetworkMode, NetworkSettings, prepare_host, teardown_host
-from worker.sandbox.network.namespace import create_netns
+from worker.sandbox.network.netlink import create_netns
 
 #: medians (ms) of the raw-netlink implementation (rtnl.py), 3 rounds x 300 jobs per mode, run
 #: interleaved with this build's rounds on the same machine and load: mode -> (setup, teardown)

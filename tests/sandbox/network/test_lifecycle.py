@@ -23,7 +23,7 @@ from worker.sandbox.network import (
     reap_networks,
     teardown_host,
 )
-from worker.sandbox.network.namespace import create_netns
+from worker.sandbox.network.netlink import create_netns
 
 from .world import HERE, RESOLVER, World, in_netns, link_names
 

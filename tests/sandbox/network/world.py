@@ -29,8 +29,8 @@ from pathlib import Path
 
 from tests.conftest import require
 from worker.sandbox.network import HostNetwork, NetworkSettings
-from worker.sandbox.network.namespace import FreshNetns, create_netns
-from worker.sandbox.network.netlink import netlink_session
+from worker.sandbox.network.namespace import FreshNetns
+from worker.sandbox.network.netlink import create_netns, netlink_session
 
 HERE = Path(__file__).parent
 WEB = "198.51.100.10"

@@ -23,8 +23,15 @@ from worker.sandbox.network.addresses import veth_name
 from worker.sandbox.network.errors import NetlinkError, NetworkError
 from worker.sandbox.network.host import HostNetwork, prepare_host
 from worker.sandbox.network.leases import Lease
-from worker.sandbox.network.namespace import FreshNetns, NetnsInTheMaking, begin_netns_here, create_netns
-from worker.sandbox.network.netlink import NO_IPV6_ADDRESSES, delete_link, kernel_errors
+from worker.sandbox.network.namespace import FreshNetns
+from worker.sandbox.network.netlink import (
+    NO_IPV6_ADDRESSES,
+    NetnsInTheMaking,
+    begin_netns_here,
+    create_netns,
+    delete_link,
+    kernel_errors,
+)
 from worker.sandbox.network.settings import NetworkSettings
 
 NetworkMode = Literal["none", "egress"]

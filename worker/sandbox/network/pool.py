@@ -19,7 +19,6 @@ removed, entries of a pool that was switched off) is removed. ``drain_pool`` rem
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import ipaddress
 import json
@@ -256,19 +255,10 @@ def _entry_alive(pool_fd: int, name: str) -> bool:
 
 
 def _port_of(ipr: Any, veth: str, bridge: int | None) -> bool:
-    """Whether ``veth`` exists and is a port of ``bridge`` (one GETLINK, fresh: a refill may have made
-    it a moment ago)."""
-    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2NetlinkError
+    """Whether ``veth`` exists and is a port of ``bridge``."""
+    from worker.sandbox.network.netlink import bridge_port_of
 
-    if bridge is None:
-        return False
-    try:
-        found = ipr.link("get", ifname=veth)
-    except Pyroute2NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.EINVAL):
-            return False
-        raise
-    return bool(found) and found[0].get("master") == bridge
+    return bridge is not None and bridge_port_of(ipr, veth) == bridge
 
 
 def _sibling_pools(settings: NetworkSettings, min_age_s: float = 0.0,
