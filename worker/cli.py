@@ -250,7 +250,14 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
                     help=_helped("also remove the host's network side: the pool of ready egress namespaces, "
                                  "the bridge and the nft tables (running egress jobs lose their network)", "off"))
     sub.add_parser("host-prep", parents=[common], help="prepare this host once per boot (cgroups, scratch disk)")
-    sub.add_parser("doctor", parents=[common], help="say which runtimes work here and why not")
+    sub.add_parser("doctor", parents=[common], help="check what jobs need on this host and say what is broken",
+                   description="Check the runtimes, the host preparation, the job-disk filesystem, the images, "
+                               "the egress network and its DNS, and Redis and the database when configured "
+                               "(SANDPIT_REDIS_URL, SANDPIT_DATABASE_URL). Exit status 1 when something a job "
+                               "needs is broken.")
+    from worker.cli_local import add_local_parsers
+
+    add_local_parsers(sub, common, _helped)
 
 
 def _add_pipeline_inputs(run: argparse.ArgumentParser) -> None:
@@ -344,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "host-prep":
             return _host_prep(settings)
+        if args.command in ("artifacts", "gc"):
+            from worker import cli_local
+
+            return cli_local.artifacts_command(args, settings) if args.command == "artifacts" else \
+                cli_local.gc_command(args, settings)
         if args.command == "doctor":
             return _doctor(settings)
     except SandpitError as exc:

@@ -65,6 +65,9 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     except InvalidRequest as exc:  # the same record and exit status as a refusal by the engine
         req, refused = None, str(exc)
     writer = OutputWriter(out_fd=2 if args.json else 1)
+    from worker.retention import spawn_if_due
+
+    spawn_if_due(settings)  # old logs and artifacts of exec and local runs go (a stat, unless due)
     cancel = threading.Event()
     install_signal_cancel(cancel)
     if req is None:
@@ -73,16 +76,31 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
         result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
     if writer.blocked_fd is not None:
         writer.say("sandpit: not all of the job's output was delivered: its reader stopped reading")
+    record = result.as_record()
+    _keep_record(settings, record)
     if args.json:
         import json
 
-        writer.emit(1, json.dumps(result.as_record()).encode() + b"\n")
+        writer.emit(1, json.dumps(record).encode() + b"\n")
     status = exit_status(result, args, writer)
     if 1 in writer.gone:
         status = READER_GONE
     # everything is torn down and written: skip the interpreter's slow finalisation (and its
     # flush of a stdout whose reader may be gone)
     os._exit(status)
+
+
+def _keep_record(settings: Settings, record: dict[str, object]) -> None:
+    """Name the log and artifacts this exec left in the shared stores (worker/local_records.py), so
+    ``sandpit artifacts`` finds them and retention removes them in time; never fails the command."""
+    if not record.get("log") and not record.get("artifacts"):
+        return  # refused before anything was written
+    from worker.local_records import record_exec
+
+    try:
+        record_exec(settings.state_dir, record)
+    except (OSError, ValueError):
+        return
 
 
 class OutputWriter:

@@ -14,6 +14,11 @@ Networking (``--network egress``): ``SANDPIT_RESOLVERS`` (comma-separated DNS se
 ``SANDPIT_SUBNET`` (job subnet; default: the first candidate colliding with no host route),
 ``SANDPIT_NET_ALLOW`` (comma-separated extra CIDRs jobs may reach), ``SANDPIT_NET_HOST_NETNS``
 (a network namespace file that plays "host" for the bridge and rules; default this process's own).
+Retention of local runs and ``exec`` (worker/retention.py): ``SANDPIT_RETENTION`` (their logs and
+artifacts are removed after this long; default 7d), ``SANDPIT_RETENTION_SIZE`` (and, oldest first, past
+this total; default 10G), ``SANDPIT_CACHE_SIZE`` (local runs' ``cache:``, least recently used evicted
+past this; default 5G), ``SANDPIT_GC_EVERY`` (the automatic collection at the start of ``run``/``exec``
+runs at most this often; default 10m; 0: never automatically).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from worker.errors import ConfigError
 from worker.record import field, record
-from worker.sandbox.units import parse_size
+from worker.sandbox.units import parse_duration, parse_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +54,10 @@ class Settings:
     net_host_netns: Path | None = None
     #: ready egress network namespaces kept for jobs (0: none; see docs/network.md)
     net_pool: int = 16
+    retention_s: float = 7 * 86400.0
+    retention_bytes: int = 10 * 1024**3
+    cache_bytes: int = 5 * 1024**3
+    gc_every_s: float = 600.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -66,6 +75,10 @@ class Settings:
             net_allow=_csv(env.get("SANDPIT_NET_ALLOW", "")),
             net_host_netns=Path(env["SANDPIT_NET_HOST_NETNS"]) if env.get("SANDPIT_NET_HOST_NETNS") else None,
             net_pool=_int(env, "SANDPIT_NET_POOL", 16),
+            retention_s=_seconds(env, "SANDPIT_RETENTION", 7 * 86400.0),
+            retention_bytes=_bytes(env, "SANDPIT_RETENTION_SIZE", 10 * 1024**3),
+            cache_bytes=_bytes(env, "SANDPIT_CACHE_SIZE", 5 * 1024**3),
+            gc_every_s=_seconds(env, "SANDPIT_GC_EVERY", 600.0),
         )
 
     def network(self) -> NetworkSettings:
@@ -115,6 +128,29 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ConfigError(f"{name}={text!r} is not a whole number >= 0")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration setting (``7d``, ``90m``, ``3600``); ``0`` is allowed (off)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if text == "0":
+        return 0.0
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={text!r}: {exc}") from None
+
+
+def _bytes(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={text!r}: {exc}") from None
 
 
 def _canonical_subnet(text: str) -> str | None:

@@ -1,0 +1,258 @@
+"""Retention on this host for what local runs and ``sandpit exec`` keep (adapter): ``sandpit gc``.
+
+The service expires its own artifacts (worker/service.py); local runs and ``exec`` have no database
+to expire rows from, so without this their logs and artifacts grew without bound. Each run and
+exec leaves a record (:mod:`worker.local_records`); a collection
+
+1. removes records older than ``SANDPIT_RETENTION`` and then, oldest first, records past
+   ``SANDPIT_RETENTION_SIZE`` (their logs plus their stored files), and with each its logs;
+2. evicts local ``cache:`` entries (:mod:`worker.local_cache`), least recently used first, until
+   they name at most ``SANDPIT_CACHE_SIZE``;
+3. removes each stored file those named, through the blob store's own retention
+   (``blobs.remove_if_unused``: renamed aside first, then kept if it is still named or was stored
+   or reused within the last hour, so a run storing the same bytes at this moment keeps them).
+   "Still named" asks every record and cache entry left and, when there is one, the service's
+   database (``SANDPIT_DATABASE_URL``, else ``<state>/sandpit.db``): a file the service also keeps
+   stays; a database that cannot be asked keeps everything;
+4. removes the private stores of local runs that were killed (``<state>/local/run-*`` untouched
+   for a day).
+
+Nothing else is touched: files no record names (the service's logs, say) are not this module's.
+It runs as ``sandpit gc`` and automatically at the start of ``sandpit run`` (in the process) and of
+``sandpit exec`` (in a detached ``sandpit gc --auto``, so the command does not wait), at most once per
+``SANDPIT_GC_EVERY``: the check is one ``stat`` of a stamp file, a few microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from worker.record import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from worker.local_records import LocalRecord
+    from worker.settings import Settings
+
+SCRATCH_IDLE_S = 86400.0  # a local run's private store untouched this long belongs to a dead run
+
+
+@record
+class Collected:
+    records: int = 0
+    logs: int = 0
+    files: int = 0
+    cache_entries: int = 0
+    scratch: int = 0
+    bytes_freed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def stamp_path(settings: Settings) -> Path:
+    return settings.state_dir / "local" / "gc-stamp"
+
+
+def due(settings: Settings, now: float) -> bool:
+    """Whether the automatic collection should run now (one ``stat``)."""
+    if settings.gc_every_s <= 0:
+        return False
+    try:
+        return now - os.stat(stamp_path(settings)).st_mtime >= settings.gc_every_s
+    except FileNotFoundError:
+        return True
+
+
+def _touch_stamp(settings: Settings) -> None:
+    stamp = stamp_path(settings)
+    try:
+        os.utime(stamp)
+    except FileNotFoundError:
+        os.makedirs(stamp.parent, mode=0o700, exist_ok=True)
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+
+def spawn_if_due(settings: Settings) -> None:
+    """``sandpit exec``'s automatic collection: when due, start ``sandpit gc --auto`` detached (its
+    own session, no terminal, stdio on /dev/null) and return at once; never fails the command."""
+    if not due(settings, time.time()):
+        return
+    try:
+        _touch_stamp(settings)  # before the spawn: the next exec does not start another
+        devnull = os.devnull
+        os.posix_spawn(sys.executable, [sys.executable, "-m", "worker", "gc", "--auto"], dict(os.environ),
+                       file_actions=[(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1, 2)],
+                       setsid=True)
+    except OSError:
+        return
+
+
+def collect_if_due(settings: Settings, env: Mapping[str, str]) -> Collected | None:
+    """``sandpit run``'s automatic collection, in the process, when due."""
+    if not due(settings, time.time()):
+        return None
+    return collect(settings, env)
+
+
+def collect(settings: Settings, env: Mapping[str, str], now: float | None = None) -> Collected | None:
+    """One collection (see the module's text); None when another one is running right now."""
+    import fcntl
+
+    now = time.time() if now is None else now
+    local = settings.state_dir / "local"
+    os.makedirs(local, mode=0o700, exist_ok=True)
+    lock = os.open(local / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        _touch_stamp(settings)
+        return _collect(settings, env, now)
+    finally:
+        os.close(lock)
+
+
+def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collected:
+    from worker import local_cache, local_records
+    from worker.sandbox import blobs
+
+    done = Collected()
+    store = settings.state_dir / "artifacts"
+    logs_dir = settings.state_dir / "logs"
+    records = local_records.read_records(settings.state_dir)
+    keep = [r for r in records if now - r.created <= settings.retention_s]
+    gone = [r for r in records if now - r.created > settings.retention_s]
+    sizes = {r.id: _record_bytes(r, store, logs_dir) for r in keep}
+    total = sum(sizes.values())
+    while keep and total > settings.retention_bytes:
+        oldest = keep.pop(0)
+        total -= sizes[oldest.id]
+        gone.append(oldest)
+    if gone:
+        done.notes.append(f"{len(gone)} record(s) past SANDPIT_RETENTION ({_age(settings.retention_s)}) "
+                          f"or SANDPIT_RETENTION_SIZE ({settings.retention_bytes} bytes)")
+    candidates: set[str] = set()
+    for rec in gone:
+        local_records.remove_record(rec)  # first: from now on nothing counts it as naming its files
+        done.records += 1
+        for name in rec.logs:
+            freed = _unlink_in(logs_dir, name)
+            if freed is not None:
+                done.logs += 1
+                done.bytes_freed += freed
+        candidates |= rec.stored
+    entries = local_cache.all_entries(settings.state_dir)
+    cache_total = sum(e.size for e in entries)
+    while entries and cache_total > settings.cache_bytes:
+        evicted = entries.pop(0)
+        cache_total -= evicted.size
+        try:
+            os.unlink(evicted.path)
+        except FileNotFoundError:
+            continue
+        done.cache_entries += 1
+        candidates |= {evicted.sha256} | local_cache.manifest_files(store, evicted.sha256)
+    if candidates:
+        named: set[str] = set()
+        for rec in keep:
+            named |= rec.stored
+        for entry in entries:
+            named |= {entry.sha256} | local_cache.manifest_files(store, entry.sha256)
+        service = _service_references(settings, env)
+        for sha in sorted(candidates):
+            size = _size(blobs.blob_path(store, sha))
+            if blobs.remove_if_unused(store, sha, lambda sha=sha: sha in named or service(sha)):
+                done.files += 1
+                done.bytes_freed += size
+    done.scratch = _dead_scratch(settings.state_dir / "local", now)
+    return done
+
+
+def _record_bytes(rec: LocalRecord, store: Path, logs_dir: Path) -> int:
+    from worker.sandbox import blobs
+
+    logs = sum(_size(logs_dir / name) for name in rec.logs)
+    return logs + sum(_size(blobs.blob_path(store, sha)) for sha in rec.stored)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
+
+
+def _unlink_in(folder: Path, name: str) -> int | None:
+    """Remove ``folder/name`` (a checked file name) without following a symlink; its size, or None."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.stat(name, dir_fd=fd, follow_symlinks=False).st_size
+        os.unlink(name, dir_fd=fd)
+        return size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _service_references(settings: Settings, env: Mapping[str, str]) -> Callable[[str], bool]:
+    """Whether the service's database names a stored file; where there is a database that cannot
+    be asked, every file counts as named (kept)."""
+    url = env.get("SANDPIT_DATABASE_URL")
+    if not url:
+        default = settings.state_dir / "sandpit.db"
+        if not default.exists():
+            return lambda _sha: False
+        url = f"sqlite:///{default}"
+    try:
+        from pipelines.store.db import make_engine, session_scope
+        from pipelines.store.retention import blob_referenced
+
+        db = make_engine(url)
+    except Exception:
+        return lambda _sha: True
+
+    def referenced(sha: str) -> bool:
+        try:
+            with session_scope(db) as s:
+                return blob_referenced(s, sha)
+        except Exception:
+            return True
+
+    return referenced
+
+
+def _dead_scratch(local: Path, now: float) -> int:
+    """Remove private stores of local runs whose process is gone (nothing in them moved for a day:
+    a live run renews its job leases in its store every second)."""
+    import shutil
+
+    removed = 0
+    for item in os.scandir(local):
+        if not item.name.startswith("run-") or not item.is_dir(follow_symlinks=False):
+            continue
+        newest = max([_mtime(item.path)] + [_mtime(os.path.join(item.path, n))
+                                             for n in ("run.db", "run.db-wal", "run.db-journal")])
+        if now - newest > SCRATCH_IDLE_S:
+            shutil.rmtree(item.path, ignore_errors=True)  # fd-based: never follows a symlink inside
+            removed += 1
+    return removed
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds:g}s"
