@@ -130,7 +130,7 @@ def restore(store: Path, found: tuple[tuple[str, str], ...]) -> tuple[tuple[str,
     """(path in workspace, stored file) for every intact file of the caches ``entries`` found."""
     files: dict[str, Path] = {}
     for key, manifest_sha in found:
-        for item in _manifest(store, manifest_sha):
+        for item in manifest_items(store, manifest_sha):
             path = item.get("path")
             sha = item.get("sha256")
             if not isinstance(path, str) or not isinstance(sha, str) or len(sha) != 64:
@@ -145,7 +145,8 @@ def restore(store: Path, found: tuple[tuple[str, str], ...]) -> tuple[tuple[str,
     return tuple(files.items())
 
 
-def _manifest(store: Path, sha: str) -> list[dict[str, object]]:
+def manifest_items(store: Path, sha: str) -> list[dict[str, object]]:
+    """The entries of the stored manifest ``sha``; none when it is missing, torn or not a manifest."""
     path = artifact_path(store, sha)
     if not blobs.intact(path, sha):
         if path.exists():

@@ -29,6 +29,7 @@ from pipelines.store.transitions import claim_job, finish_job, read_run_row, ren
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
 from worker.jobs import JobDefaults, image_name, request_for
+from worker.report_files import attach_test_reports
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine, JobResult
@@ -146,6 +147,10 @@ def _checked_inputs(inputs: tuple[tuple[str, Path, str], ...]) -> tuple[tuple[st
     return tuple((rel, stored) for rel, stored, _sha in inputs)
 
 
+def _junit_globs(planned: PlannedJob) -> tuple[str, ...]:
+    return planned.artifacts.junit if planned.artifacts is not None else ()
+
+
 def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     """Run job ``job_id`` if this worker wins the claim; returns the ids it made ready."""
     with session_scope(ctx.db) as s:
@@ -178,7 +183,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
                         source_files=source.files if source else None, files=files)
             with ctx.admit(planned):
                 result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
-                                        seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches))
+                                        seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches),
+                                        report_paths=_junit_globs(planned))
         except Exception as exc:  # a claimed job ends with a record, never stays running
             # the same mapping as Engine.run's (worker/errors.py): a refusal is failed/invalid_spec,
             # anything else of sandpit's own is error/infra_error, with its message
@@ -193,6 +199,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         return []  # the lease went to someone else; their record counts, not ours
     record = result.as_record()
     record["attempt"] = attempt
+    attach_test_reports(record, result.report_files, _junit_globs(planned), store)
     newly = _record_result(ctx, job_id, attempt, record, planned, trust, store, result, source_root)
     try:
         ctx.on_done(job, record)

@@ -37,8 +37,10 @@ from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job, Run
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
+from worker import local_cache, local_records
 from worker.executor import Source, WorkerContext, execute_job, image_shell, utcnow
 from worker.jobs import JobDefaults, image_name, request_for
+from worker.run_kept import kept_lines
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
 from worker.terminal import (
@@ -295,6 +297,9 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     if why is not None:
         print(f"sandpit: {why}", file=err)
         return 0
+    from worker.retention import collect_if_due
+
+    collect_if_due(settings, os.environ if env is None else env)  # old local runs' logs and artifacts go
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
         return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out,
@@ -360,6 +365,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
     log.info("run store %s; jobs at once: %d", scratch / "run.db", max(1, os.cpu_count() or 1))
     done_lock = threading.Lock()
     defaults = JobDefaults()
+    attempts: dict[str, list[dict[str, Any]]] = {}  # every attempt's record, for the run's local record
 
     def sink_for(job: Job) -> Callable[[str, bytes], None]:
         planned_job = job_from_spec(job.spec)
@@ -370,6 +376,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         log.info("job %s: attempt %s recorded (log %s)", quote_for_terminal(job.name), record.get("attempt"),
                  record.get("log"))
         printer.flush(job.name)
+        attempts.setdefault(job.id, []).append(record)
         with done_lock:
             printer.line(job.name, result_line(job_from_spec(job.spec), record, paint))
 
@@ -379,6 +386,9 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         run = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
                          pipeline=text)
         run_id = run.id
+    caches = local_cache.repository_dir(settings.state_dir, root)
+    pulled = local_cache.load_into_run(db, engine.artifact_store, caches,
+                                       local_cache.keys_of(planned, root, ("pull", "pull-push")), trust)
     with session_scope(db) as s:
         ready = queued_job_ids(s, run_id)
     if options.manual:
@@ -412,8 +422,12 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
                 printer.line(record["name"], paint.status(record["status"], f"── {verb}") + f": {why}")
         stored = s.get(Run, run_id)
         assert stored is not None
+    local_cache.keep_from_run(db, caches, local_cache.keys_of(planned, root, ("push", "pull-push")), trust, pulled)
     db.dispose()
     _summary(printer, records, str(status))
+    with contextlib.suppress(OSError):  # the run's result stands without its local record
+        local_records.record_run(settings.state_dir, run_id, str(status), str(root), records, attempts)
+    printer.write("".join(line + "\n" for line in kept_lines(run_id, records, paint)))
     if as_json:
         json.dump({"id": run_id, "status": str(status), "jobs": records}, sys.stdout)
         sys.stdout.write("\n")
@@ -531,7 +545,7 @@ def _skip_reason(job: Job, by_name: dict[str, Job]) -> str:
 
 def _job_record(job: Job) -> dict[str, Any]:
     record = dict(job.result or {})
-    record.update({"name": job.name, "stage": job.stage, "status": job.status, "reason": job.reason,
+    record.update({"id": job.id, "name": job.name, "stage": job.stage, "status": job.status, "reason": job.reason,
                    "attempt": job.attempt, "allowed_failure": bool(job.allow_failure) and job.status != "succeeded"})
     record.setdefault("exit_code", job.exit_code)
     if record.get("duration_s") is None:

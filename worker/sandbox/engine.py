@@ -60,6 +60,7 @@ class JobResult:
     artifacts: list[Artifact] = field(default_factory=list)
     rejected_artifacts: list[Rejected] = field(default_factory=list)
     cache_files: list[Artifact] = field(default_factory=list)  # what `cache: paths` named, for the cache
+    report_files: list[Artifact] = field(default_factory=list)  # what `artifacts:reports` named, kept always
     job_id: str | None = None
     runtime: str | None = None
     log_path: str | None = None
@@ -157,7 +158,8 @@ class Engine:
     # -- one job -------------------------------------------------------------------------
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
-            secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = ()) -> JobResult:
+            secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = (),
+            report_paths: tuple[str, ...] = ()) -> JobResult:
         job_id = job_id or os.urandom(6).hex()
         if not is_job_id(job_id):  # it names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup, a disk
             return JobResult(name=name, status="failed", reason="invalid_spec", started_at=_now(),
@@ -170,7 +172,8 @@ class Engine:
             problems = validate_request(req)
             if problems:
                 raise InvalidRequest("; ".join(problems))
-            self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths)
+            self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths,
+                      report_paths)
         except Exception as exc:  # one mapping for every path (worker/errors.py); never a traceback
             result.status, result.reason, result.message = job_outcome(exc)
             if not isinstance(exc, SandpitError):
@@ -181,7 +184,7 @@ class Engine:
 
     def _run(self, req: SandboxRequest, job_id: str, result: JobResult, sink: OutputSink | None,
              cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
-             cache_paths: tuple[str, ...]) -> None:
+             cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = ()) -> None:
         s = self.settings
         image = self.images.get(req.image)
         runtime = self.runtime(req.runtime).for_network(req.network)
@@ -250,7 +253,7 @@ class Engine:
             if req.network == "none" and result.status == "failed":
                 _hint_offline(result, joblog, log_path, sink)
             keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.status)
-            if keep or cache_paths:
+            if keep or cache_paths or report_paths:
                 cg.kill_all()  # files are read only once nothing of the job can still write
                 from worker.sandbox.artifacts import Caps, collect_artifacts
 
@@ -262,6 +265,9 @@ class Engine:
                 if cache_paths:
                     result.cache_files, _refused = collect_artifacts(
                         rootfs.workspace, cache_paths, self.artifact_store, caps)
+                if report_paths:  # test reports are kept whatever the job's outcome (as GitLab does)
+                    result.report_files, _refused = collect_artifacts(
+                        rootfs.workspace, report_paths, self.artifact_store, caps)
 
     def _egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
         """``_start_egress``, its errors (an unusable host netns, a refused pool directory, a bridge
