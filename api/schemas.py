@@ -45,6 +45,27 @@ class RejectedArtifact(BaseModel):
     why: str
 
 
+class TestFailurePublic(BaseModel):
+    name: str
+    kind: Literal["failed", "errored"]
+    message: str = Field(description="the first lines of its failure message")
+    report: str = Field(default="", description="the report file that named it")
+
+
+class TestReportPublic(BaseModel):
+    """What the job's ``artifacts:reports:junit`` files say (worker/junit.py)."""
+
+    tests: int
+    passed: int
+    failed: int
+    errored: int
+    skipped: int
+    files: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list, description="reports that could not be read, and why")
+    failures: list[TestFailurePublic] = Field(default_factory=list, description="the failed and errored tests "
+                                              "(the first 50)")
+
+
 class JobPublic(BaseModel):
     id: str
     run_id: str
@@ -63,6 +84,8 @@ class JobPublic(BaseModel):
     rejected_artifacts: list[RejectedArtifact]
     message: str | None = Field(default=None, description="why the job ended as it did (None while it runs "
                                 "and when it succeeded)")
+    tests: TestReportPublic | None = Field(default=None, description="its JUnit reports' summary; None when it "
+                                           "has no `artifacts:reports:junit` or has not run")
 
 
 class RunPublic(BaseModel):
@@ -162,7 +185,18 @@ def job_public(job: Job, artifacts: list[Artifact]) -> JobPublic:
             if isinstance(r, dict)
         ],
         message=outcome_message(job.status, job.reason, job.exit_code, job.signal, result.get("message")),
+        tests=_tests(result.get("tests")),
     )
+
+
+def _tests(recorded: object) -> TestReportPublic | None:
+    """The record's ``tests`` as the API shows it; a record from before reports (or a damaged one) has none."""
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return TestReportPublic.model_validate(recorded)
+    except ValueError:
+        return None
 
 
 def run_public(run: Run, jobs: list[JobPublic]) -> RunPublic:
