@@ -6,7 +6,8 @@ settings object of their own (and may pass a publisher).
 
 Routes: ``/api/v1/runs``, ``/api/v1/jobs`` (+ ``/log``, ``/artifacts``) behind a bearer token;
 ``/api/v1/repos`` (trusted tokens only); ``/api/v1/webhooks/{forge}/{repo}`` signed by the forge;
-``/healthz`` and ``/metrics`` open; OpenAPI at ``/api/v1/openapi.json`` (docs at ``/api/v1/docs``).
+``/healthz`` and ``/metrics`` open; OpenAPI at ``/api/v1/openapi.json`` (a reference page at
+``/api/v1/docs``); the web UI under ``/ui`` (see :mod:`api.ui`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from fastapi import APIRouter, FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.publish import CeleryPublisher, Publisher
-from api.routes import artifacts, health, jobs, logs, repos, runs, webhooks
+from api.routes import archives, artifacts, health, jobs, logs, repos, runs, runs_list, webhooks
 from api.settings import ApiSettings
+from api.ui.install import install_ui
 from pipelines.store.db import make_engine
 
 API_PREFIX = "/api/v1"
@@ -48,16 +50,18 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None) -> 
         summary="Self-hosted CI / test sandbox executor",
         version="1",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # the UI serves /api/v1/docs itself: Swagger UI would load its code from a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (runs, jobs, logs, artifacts, repos, webhooks):
+    # runs_list before repos: its /repos/{id}/runs would otherwise be taken by /repos/{ref:path}
+    for module in (runs, runs_list, jobs, logs, artifacts, archives, repos, webhooks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    install_ui(app, settings, settings.ui)
     return app
 
 

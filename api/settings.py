@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from api.ui.settings import UiSettings, UiSettingsError
 from pipelines.policy import Policy, PolicyError
 from pipelines.store.db import default_url
 
@@ -59,6 +60,7 @@ class ApiSettings:
     max_wait_s: float = MAX_WAIT_S
     policy: Policy = field(default_factory=lambda: Policy.from_env({}))
     secret_key: str | None = field(default=None, repr=False)
+    ui: UiSettings = field(default_factory=UiSettings)  # SANDPIT_UI_* (see api.ui.settings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -70,6 +72,10 @@ class ApiSettings:
             policy = Policy.from_env(env)
         except PolicyError as exc:
             raise SettingsError(str(exc)) from None
+        try:
+            ui = UiSettings.from_env(env)
+        except UiSettingsError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             database_url=env.get("SANDPIT_DATABASE_URL") or default_url(state_dir),
             redis_url=env.get("SANDPIT_REDIS_URL") or DEFAULT_REDIS_URL,
@@ -78,6 +84,7 @@ class ApiSettings:
             max_body_bytes=int(max_body),
             policy=policy,
             secret_key=env.get("SANDPIT_SECRET_KEY") or None,
+            ui=ui,
         )
 
     @property
