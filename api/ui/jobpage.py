@@ -148,11 +148,9 @@ def _image(spec: dict[str, Any]) -> str | None:
 
 def _report(settings: ApiSettings, engine: Engine, detail: JobDetail) -> reports.Report | None:
     recorded = reports.from_result(detail.result)
-    if recorded is not None:
-        return recorded
     patterns = reports.junit_patterns(detail.spec)
     if not patterns:
-        return None
+        return recorded
     paths = reports.matching_paths(patterns, [a.path for a in detail.artifacts])
     files: list[tuple[str, Path]] = []
     problems: list[str] = []
@@ -163,9 +161,15 @@ def _report(settings: ApiSettings, engine: Engine, detail: JobDetail) -> reports
                                                             artifacts.find_artifact(session, detail.line.id, path))))
             except (NotFound, artifacts.ArtifactCorrupt) as exc:
                 problems.append(f"{path}: {exc.message}")
+    if recorded is not None and not files:
+        return recorded  # the summary alone: the report files were not kept as artifacts
     report = reports.from_files(files)
     report.problems[:0] = problems
-    if not paths and not problems:
+    if recorded is not None:
+        report.recorded = recorded.recorded
+    elif not paths and not problems:
+        if detail.line.status not in ("succeeded", "failed", "error", "cancelled"):
+            return None
         report.problems.append("the job names JUnit reports (artifacts:reports:junit), but none was kept")
     return report
 
@@ -324,7 +328,8 @@ def download_artifact(job_id: str, path: str, request: Request, viewer: ViewerDe
         row: Artifact = artifacts.find_artifact(session, job_id, path)
     file = artifacts.artifact_file(settings.artifacts_dir, row)
     name = PurePosixPath(row.path).name or "artifact"
-    return FileResponse(file, media_type="application/octet-stream", filename=name, content_disposition_type="attachment",
+    return FileResponse(file, media_type="application/octet-stream", filename=name,
+                        content_disposition_type="attachment",
                         headers={"X-Content-SHA256": row.sha256, "Cache-Control": "no-store"})
 
 

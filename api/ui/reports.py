@@ -2,12 +2,11 @@
 
 Where a report comes from, in order:
 
-1. ``result["junit"]`` when the worker recorded a parsed report there (a list of cases, each
-   ``{"suite", "name", "classname", "status", "time", "message"}``): the hook a worker-side JUnit
-   parser fills;
-2. else the job's kept artifacts whose paths match its ``artifacts:reports:junit`` patterns, parsed
-   here with ``defusedxml`` (the XML is the job's: no DTDs, no entities, no external references;
-   a file over :data:`MAX_REPORT_BYTES` is not read).
+1. ``result["tests"]``, the summary the worker records (``worker.junit.TestReport.as_dict``: exact
+   counts, the first failed tests with their messages, problems): the counts and the failed tests;
+2. the job's kept artifacts whose paths match its ``artifacts:reports:junit`` patterns, parsed here
+   with ``defusedxml`` (the XML is the job's: no DTDs, no entities, no external references; a file
+   over :data:`MAX_REPORT_BYTES` is not read): every case, passed ones too, when they were kept.
 
 A report that cannot be read is named with the reason instead of failing the page.
 """
@@ -42,9 +41,12 @@ class TestCase:
 class Report:
     cases: list[TestCase] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    recorded: dict[str, int] | None = None  # the worker's exact counts, when it recorded them
 
     @property
     def counts(self) -> dict[str, int]:
+        if self.recorded is not None:
+            return self.recorded
         counts = dict.fromkeys(_ORDER, 0)
         for case in self.cases:
             counts[case.status] = counts.get(case.status, 0) + 1
@@ -107,16 +109,30 @@ def parse_junit(data: bytes, into: Report, source: str) -> None:
                                        status, _float(case.get("time")), message))
 
 
+def _count(summary: dict[str, Any], name: str) -> int:
+    value = summary.get(name)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def from_result(result: dict[str, Any]) -> Report | None:
-    recorded = result.get("junit")
-    if not isinstance(recorded, list):
+    """The worker's recorded summary (``result["tests"]``) as a report, None when there is none.
+
+    >>> r = from_result({"tests": {"tests": 3, "passed": 2, "failed": 1, "errored": 0, "skipped": 0,
+    ...                  "failures": [{"name": "t.b", "kind": "failed", "message": "boom", "report": "r.xml"}]}})
+    >>> r.counts["failed"], [(c.name, c.status) for c in r.cases]
+    (1, [('t.b', 'failed')])
+    """
+    summary = result.get("tests")
+    if not isinstance(summary, dict):
         return None
-    report = Report()
-    for item in recorded[:MAX_CASES]:
+    report = Report(recorded={"failed": _count(summary, "failed"), "error": _count(summary, "errored"),
+                              "skipped": _count(summary, "skipped"), "passed": _count(summary, "passed")})
+    for item in summary.get("failures") or ():
         if isinstance(item, dict):
-            report.cases.append(TestCase(str(item.get("suite", "")), str(item.get("classname", "")),
-                                         str(item.get("name", "")), str(item.get("status", "passed")),
-                                         _float(str(item.get("time") or "")), str(item.get("message", ""))[:2000]))
+            status = "error" if item.get("kind") == "errored" else "failed"
+            report.cases.append(TestCase(str(item.get("report", "")), "", str(item.get("name", "")), status, None,
+                                         str(item.get("message", ""))[:2000]))
+    report.problems.extend(str(p) for p in summary.get("problems") or () if isinstance(p, str))
     return report
 
 
