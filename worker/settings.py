@@ -33,6 +33,7 @@ from worker.sandbox.units import parse_duration, parse_size
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.network.settings import NetworkSettings
+    from worker.sandbox.registry.pull import RegistryConfig
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -58,6 +59,12 @@ class Settings:
     retention_bytes: int = 10 * 1024**3
     cache_bytes: int = 5 * 1024**3
     gc_every_s: float = 600.0
+    registries: tuple[str, ...] = ()
+    registries_conf: Path | None = None
+    registry_auth: Path | None = None
+    pull_policy: str = "if-not-present"
+    images_max_bytes: int = 0
+    layer_max_bytes: int = 8 * 1024**3
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -79,7 +86,22 @@ class Settings:
             retention_bytes=_bytes(env, "SANDPIT_RETENTION_SIZE", 10 * 1024**3),
             cache_bytes=_bytes(env, "SANDPIT_CACHE_SIZE", 5 * 1024**3),
             gc_every_s=_seconds(env, "SANDPIT_GC_EVERY", 600.0),
+            registries=_csv(env.get("SANDPIT_REGISTRIES", "")),
+            registries_conf=Path(env["SANDPIT_REGISTRIES_CONF"]) if env.get("SANDPIT_REGISTRIES_CONF") else None,
+            registry_auth=Path(env["SANDPIT_REGISTRY_AUTH"]) if env.get("SANDPIT_REGISTRY_AUTH") else None,
+            pull_policy=_choice(env, "SANDPIT_PULL_POLICY", ("if-not-present", "always", "never")),
+            images_max_bytes=_bytes(env, "SANDPIT_IMAGES_MAX_SIZE", 0),
+            layer_max_bytes=_bytes(env, "SANDPIT_LAYER_MAX_SIZE", 8 * 1024**3),
         )
+
+    def registry(self) -> RegistryConfig:
+        """Settings of image pulls (imported lazily: only a pull or an import needs them)."""
+        from worker.sandbox.registry.pull import LayerCaps, RegistryConfig
+
+        return RegistryConfig(allowed=self.registries, auth_file=self.registry_auth,
+                              registries_conf=self.registries_conf, policy=self.pull_policy,
+                              caps=LayerCaps(max_bytes=self.layer_max_bytes), max_store_bytes=self.images_max_bytes,
+                              run_dir=self.run_dir)
 
     def network(self) -> NetworkSettings:
         """Settings of the network layer (imported lazily: only egress jobs need it)."""
@@ -151,6 +173,13 @@ def _bytes(env: Mapping[str, str], name: str, default: int) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise ConfigError(f"{name}={text!r}: {exc}") from None
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    text = env.get(name, "").strip() or choices[0]
+    if text not in choices:
+        raise ConfigError(f"{name}={text!r} is not one of {', '.join(choices)}")
+    return text
 
 
 def _canonical_subnet(text: str) -> str | None:

@@ -17,6 +17,14 @@ name is a single path component that passed a grammar (recipe names, 64-hex keys
 file is opened relative to the store's directory fd without following a symlink (``openat2``
 with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, see :mod:`worker.sandbox.beneath`). A ref whose
 content fails its grammar (key not 64 hex, env not a list of string pairs) is refused as damaged.
+
+Images from registries and archives live beside the recipes' (``names/``, ``manifests/``, and
+layers keyed by diff_id in the same ``layers/``; :mod:`worker.sandbox.registry.pulled`). What a
+reference resolves to, in order, the same for a job's ``image:`` and (later) a service's: a
+recipe that provides it; else the store (by digest, or by the name unless the pull policy is
+``always``); else a pull from its registry or the configured mirror, if the operator lets sandpit
+pull from that registry (``SANDPIT_REGISTRIES``) and the policy is not ``never``
+(:meth:`ImageStore.get`).
 """
 
 from __future__ import annotations
@@ -39,7 +47,15 @@ from worker.sandbox.beneath import NotBeneath, open_beneath
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterator
     from typing import Any
+
+    from pipelines.references import ImageReference
+    from worker.sandbox.registry.manifests import ImageConfig
+    from worker.sandbox.registry.pruning import PruneReport
+    from worker.sandbox.registry.pull import Puller, RegistryConfig
+    from worker.sandbox.registry.pulled import PulledImage, PulledImages
 
 BUILDER_VERSION = 1  # bump when the way recipes are built changes
 _RECIPE_KEYS = {"suite", "variant", "packages", "env", "customize", "mirror", "provides"}
@@ -80,6 +96,15 @@ class Image:
     env: tuple[tuple[str, str], ...]
     size: int
     built_at: float
+    #: (key, rootfs) of each layer, bottom first; empty for a recipe's one layer (``key``, ``rootfs``)
+    layers: tuple[tuple[str, Path], ...] = ()
+    shell: str | None = None  # found at pull time for a pulled image (None: look in ``rootfs``)
+    digest: str | None = None  # a pulled image's manifest digest
+    config: ImageConfig | None = None  # a pulled image's entrypoint, cmd, user, ports (for services)
+    source: str = "recipe"  # recipe | registry | archive
+
+    def layer_stack(self) -> tuple[tuple[str, Path], ...]:
+        return self.layers or ((self.key, self.rootfs),)
 
 
 def parse_recipe(name: str, text: str) -> Recipe:
@@ -166,9 +191,11 @@ def ref_from_json(name: str, text: bytes) -> tuple[str, tuple[tuple[str, str], .
 
 
 class ImageStore:
-    def __init__(self, state_dir: Path, recipes_dir: Path) -> None:
+    def __init__(self, state_dir: Path, recipes_dir: Path, registry: RegistryConfig | None = None) -> None:
         self.root = state_dir / "images"
         self.recipes_dir = recipes_dir
+        self._registry = registry
+        self._puller: Puller | None = None
 
     # -- recipes -------------------------------------------------------------------------
     def recipe_names(self) -> list[str]:
@@ -238,16 +265,168 @@ class ImageStore:
             raise NotBeneath(f"{path} is larger than {limit} bytes")
         return data
 
-    def get(self, reference: str) -> Image:
-        """The built image ``reference`` names, or ImageError saying how to build it (InvalidRequest
-        when no recipe honours the reference)."""
+    def get(self, reference: str, *, progress: Callable[[str], None] | None = None, policy: str | None = None,
+            cancel: threading.Event | None = None) -> Image:
+        """The image ``reference`` names: a recipe's (ImageError saying how to build it when it is
+        not built), else a pulled or imported one, pulled now when the policy and the operator's
+        registries allow (UnknownImage, a refusal of the request, when nothing can honour it)."""
         try:
             name = self.resolve(reference)
-        except InvalidRequest:
-            if not is_recipe_name(reference):
-                raise
-            name = reference  # a bare name: the image of that name, even if its recipe is gone
+        except InvalidRequest as refusal:
+            if is_recipe_name(reference) and self._has_ref(reference):
+                return self._load(reference)  # a built image whose recipe is gone
+            return self._registry_image(reference, refusal, progress, policy, cancel)
         return self._load(name)
+
+    # -- pulled and imported images ---------------------------------------------------------
+    @property
+    def registry(self) -> RegistryConfig:
+        if self._registry is None:
+            from worker.sandbox.registry.pull import RegistryConfig
+
+            self._registry = RegistryConfig()
+        return self._registry
+
+    @property
+    def pulled(self) -> PulledImages:
+        return self.puller.store
+
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            from worker.sandbox.registry.pull import Puller
+            from worker.sandbox.registry.pulled import PulledImages
+
+            self._puller = Puller(PulledImages(self.root), self.registry)
+        return self._puller
+
+    def _has_ref(self, name: str) -> bool:
+        return (self.root / "refs" / f"{name}.json").is_file()
+
+    def _registry_image(self, text: str, refusal: InvalidRequest, progress: Callable[[str], None] | None,
+                        policy: str | None, cancel: threading.Event | None) -> Image:
+        from pipelines.references import parse_reference
+        from worker.sandbox.registry.naming import canonical, pull_allowed
+
+        try:
+            ref = canonical(parse_reference(text))
+        except InvalidReference as exc:
+            raise InvalidRequest(str(exc)) from None
+        policy = policy or self.registry.policy
+        found = self._stored(ref, policy)
+        if found is not None:
+            self.pulled.touch(ref)
+            return self._as_image(ref, found)
+        allowed = pull_allowed(ref.domain, self.registry.allowed)
+        if not allowed and is_recipe_name(text):
+            return self._load(text)  # a bare name nothing provides: "there is no image named ..."
+        if not allowed or policy == "never":
+            raise UnknownImage(self._refusal(text, ref, allowed))
+        image = self.puller.pull(ref, progress or (lambda _m: None), cancel)
+        self.pulled.set_name(ref, image.digest)
+        if self.registry.max_store_bytes:
+            self.prune(max_bytes=self.registry.max_store_bytes, keep=frozenset({image.digest}))
+        return self._as_image(ref, image)
+
+    def _stored(self, ref: ImageReference, policy: str) -> PulledImage | None:
+        """The stored image ``ref`` names: by digest whatever the policy (content never changes),
+        by name unless the policy is ``always``."""
+        if ref.digest is None and policy == "always":
+            return None
+        digest = self.pulled.name(ref) or ref.digest
+        if digest is None:
+            return None
+        try:
+            return self.pulled.image(digest)
+        except ImageError:
+            return None  # damaged: pulled again where allowed, else refused as absent
+
+    def _refusal(self, text: str, ref: ImageReference, allowed: bool) -> str:
+        known = ", ".join(sorted(self.provided())) or "none"
+        held = (f"the image store holds no image of digest {ref.digest}" if ref.digest
+                else "the image store does not hold it")
+        if allowed:
+            why = "and the pull policy is never"
+        else:
+            listed = ", ".join(self.registry.allowed) or "none"
+            why = (f"and {ref.domain} is not a registry sandpit may pull from (the operator lists them in "
+                   f"SANDPIT_REGISTRIES; now: {listed})")
+        return f"no image {text} here: no recipe provides it ({known}), {held}, {why}; it never substitutes " \
+               "another version"
+
+    def _as_image(self, ref: ImageReference, image: PulledImage) -> Image:
+        layers = tuple((la.key, self.pulled.layer_rootfs(la.key)) for la in image.layers)
+        return Image(name=str(ref), key=image.digest[7:], rootfs=layers[-1][1] if layers else self.root,
+                     env=image.config.env, size=image.size, built_at=image.pulled_at, layers=layers,
+                     shell=image.shell, digest=image.digest, config=image.config, source=image.source)
+
+    def pull(self, reference: str, progress: Callable[[str], None] = lambda _m: None,
+             cancel: threading.Event | None = None) -> Image:
+        """``sandpit images pull``: from the registry whatever the store holds (policy ``always``)."""
+        return self.get(reference, progress=progress, policy="always", cancel=cancel)
+
+    def import_archive(self, path: Path, tag: str | None = None,
+                       progress: Callable[[str], None] = lambda _m: None) -> list[Image]:
+        from pipelines.references import parse_reference
+        from worker.sandbox.registry.archive import import_archive
+
+        done = import_archive(self.puller, path, tag, progress)
+        return [self._as_image(parse_reference(ref), image) for ref, image in done]
+
+    @contextlib.contextmanager
+    def hold(self, image: Image) -> Iterator[None]:
+        """Keep ``image``'s layers from being pruned while a job uses them: a shared flock on each
+        layer's directory (:mod:`worker.sandbox.registry.pruning` removes only what it can lock
+        exclusively). ImageError when a layer went away before it was held."""
+        from pipelines.files.locks import lock_fd
+
+        fds: list[int] = []
+        try:
+            try:
+                layers = self._open_store_dir("layers")
+            except (NotBeneath, OSError) as exc:
+                raise ImageError(f"image {image.name} is not usable: {_why(exc)}") from None
+            try:
+                for key, _path in image.layer_stack():
+                    if not is_layer_key(key):
+                        raise ImageError(f"image {image.name} is damaged (a layer key is not 64 hex digits)")
+                    try:
+                        fds.append(open_beneath(layers, key, _DIR))
+                        lock_fd(fds[-1], shared=True)
+                        os.close(open_beneath(fds[-1], "rootfs", _DIR | os.O_PATH))
+                    except (NotBeneath, OSError):
+                        raise ImageError(f"image {image.name} was removed from the store as the job started; "
+                                         "run the job again") from None
+            finally:
+                os.close(layers)
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def prune(self, *, max_bytes: int | None = None, keep: frozenset[str] = frozenset()) -> PruneReport:
+        """Remove what no reference holds; with a cap, the least recently used pulled images first."""
+        from worker.sandbox.registry.pruning import prune
+
+        recipe_keys = set()
+        for name in self._ref_names():
+            try:
+                recipe_keys.add(self._load(name).key)
+            except ImageError:
+                continue
+        cap = self.registry.max_store_bytes if max_bytes is None else max_bytes
+        return prune(self.pulled, recipe_keys, max_bytes=cap, keep=keep, run_dir=self.registry.run_dir)
+
+    def pulled_entries(self) -> list[tuple[str, str, int, float, str]]:
+        """(reference, digest, size, last use, source) of every pulled or imported name."""
+        out = []
+        for reference, digest, used in self.pulled.names():
+            try:
+                image = self.pulled.image(digest)
+            except ImageError:
+                image = None
+            out.append((reference, digest, image.size if image else -1, used, image.source if image else "damaged"))
+        return out
 
     def _load(self, name: str) -> Image:
         """The image whose ref is ``refs/<name>.json``: one fd on the store, and two ``openat2``
@@ -346,7 +525,12 @@ class ImageStore:
     def remove(self, name: str) -> None:
         import shutil
 
-        name = self.resolve(name) if not is_recipe_name(name) else name
+        if not is_recipe_name(name) or not (self._has_ref(name) or name in self.recipe_names()):
+            try:
+                name = self.resolve(name)
+            except InvalidRequest:
+                self._remove_pulled(name)
+                return
         image = self._load(name)
         refs = self._open_store_dir("refs")
         try:
@@ -361,6 +545,18 @@ class ImageStore:
                 shutil.rmtree(image.key, dir_fd=layers, ignore_errors=True)
             finally:
                 os.close(layers)
+
+    def _remove_pulled(self, text: str) -> None:
+        from pipelines.references import parse_reference
+        from worker.sandbox.registry.naming import canonical
+
+        try:
+            ref = canonical(parse_reference(text))
+        except InvalidReference as exc:
+            raise InvalidRequest(str(exc)) from None
+        if not self.pulled.remove_name(ref):
+            raise UnknownImage(f"there is no image {text} in the store")
+        self.prune(max_bytes=0)
 
     def _mmdebstrap(self, recipe: Recipe, layers: int, key: str, progress: Callable[[str], None]) -> None:
         import shutil
