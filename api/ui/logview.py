@@ -178,8 +178,6 @@ class LogRenderer:
         ops: list[Any] = []
         number = self.next_line
         self.next_line += 1
-        if line.endswith("\r"):
-            line = line[:-1]
         numbered = False
         marked = False
         at = 0
@@ -210,7 +208,7 @@ class LogRenderer:
 
     def _html(self, text: str) -> str:
         """One line's text as HTML spans (the style carries on to the next line)."""
-        text = _visible(text)
+        text = _visible(text.rstrip("\r"))  # a trailing CR (CRLF) only ends the line
         out: list[str] = []
         at = 0
         for match in _ESCAPES.finditer(text):
