@@ -199,7 +199,7 @@ def main() -> int:
         if netns is not None:
             net_engine.close()
             drain_bench_pool(net_settings)
-            from worker.sandbox.network.host import teardown_host
+            from worker.sandbox.network.lifecycle import teardown_host
 
             teardown_host(net_settings.network())  # bridge, tables, pool and the DNS forwarder, by pid
             subprocess.run(["ip", "netns", "del", "sandpit-bench"], check=False)
@@ -229,14 +229,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from worker.sandbox.network.pool_client import PoolRequest
+    from worker.sandbox.network.pool.layout import PoolRequest
     from worker.sandbox.network.settings import NetworkSettings
 
 
 def bench_pool_settings(settings: Settings) -> tuple[NetworkSettings, PoolRequest]:
     """The network settings a `sandpit exec` process with ``settings`` claims its pool entries for."""
-    from worker.sandbox.network.pool import settings_from_request
-    from worker.sandbox.network.pool_client import pool_request
+    from worker.sandbox.network.pool.claim import pool_request
+    from worker.sandbox.network.pool.fill import settings_from_request
 
     request = pool_request(settings)
     if request is None:
@@ -248,7 +248,7 @@ def egress_vs_none(jobs: int, settings: Settings, cli: Callable[[], None],
                    cli_egress: Callable[[], None]) -> dict[str, list[float]]:
     """``jobs`` whole-process jobs each of `--network none` and `--network egress`, interleaved,
     the pool filled first (as `sandpit host-prep` or an earlier job would)."""
-    from worker.sandbox.network.pool import fill_pool
+    from worker.sandbox.network.pool.fill import fill_pool
 
     pool_settings, request = bench_pool_settings(settings)
     fill_pool(pool_settings, config=request.config)
@@ -261,7 +261,7 @@ def egress_vs_none(jobs: int, settings: Settings, cli: Callable[[], None],
 
 
 def drain_bench_pool(settings: Settings) -> None:
-    from worker.sandbox.network.pool import drain_pool
+    from worker.sandbox.network.pool.fill import drain_pool
 
     try:
         pool_settings, _ = bench_pool_settings(settings)

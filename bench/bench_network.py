@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_network.py [--jobs 300] [--rounds 1]
 
-A third mode, ``egress (pool)``, times taking a ready namespace from the pool (``pool_client.claim``,
+A third mode, ``egress (pool)``, times taking a ready namespace from the pool (``pool.claim.claim``,
 no netlink) and dropping it; the pool is refilled between batches of 16, untimed (the refill runs in
 the background in real use).
 
@@ -61,8 +61,8 @@ def measure(settings: NetworkSettings, mode: NetworkMode, jobs: int) -> tuple[li
 def measure_pool(settings: NetworkSettings, jobs: int) -> tuple[list[float], list[float]]:
     from dataclasses import replace
 
-    from worker.sandbox.network.pool import drain_pool, fill_pool
-    from worker.sandbox.network.pool_client import claim
+    from worker.sandbox.network.pool.claim import claim
+    from worker.sandbox.network.pool.fill import drain_pool, fill_pool
 
     pooled = replace(settings, pool_size=16)
     request = pooled.pool_request()

@@ -437,7 +437,7 @@ def _host_prep(settings: Settings) -> int:
     if ensure_quota_consistent(scratch):
         print("rescanned the job-disk quotas (they were inconsistent, so limits were not enforced)")
     print(f"job disks on {scratch}")
-    from worker.sandbox.network.host import reload_if_prepared
+    from worker.sandbox.network.lifecycle import reload_if_prepared
 
     if reload_if_prepared(settings.network()):
         print("reloaded the network policy (nft tables) for egress jobs")

@@ -287,9 +287,11 @@ class Engine:
         disk, cgroup and rootfs are made here. Returns a callable that waits for it. The stack closes
         it after the container is gone, whatever happens in between, then tops the pool up in the
         background if it ran low (so that start-up is never on this job's wall time)."""
-        from worker.sandbox.network.pool_client import claim, pool_request, refill_if_low
+        from worker.sandbox.network.pool.claim import claim, pool_request
+        from worker.sandbox.network.pool.refill import refill_if_low
 
-        request = pool_request(self.settings, self._network_settings)
+        network = self._network_settings
+        request = network.pool_request() if network is not None else pool_request(self.settings)
         if request is not None:
             pooled = claim(request, job_id)
             stack.callback(refill_if_low, request, pooled)

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from worker.sandbox.network.pool_client import PoolRequest, claim
+from worker.sandbox.network.pool.claim import claim
+from worker.sandbox.network.pool.layout import PoolRequest
 
 
 def main() -> None:

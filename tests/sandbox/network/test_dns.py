@@ -17,7 +17,7 @@ import pytest
 from worker.sandbox.network import JobNetwork, drain_pool, fill_pool, prepare_host, teardown_host
 from worker.sandbox.network.forwarder import _exited, forwarder_pid
 from worker.sandbox.network.namespace import run_in_netns
-from worker.sandbox.network.pool_client import claim
+from worker.sandbox.network.pool.claim import claim
 
 from .world import (
     HOST_TCP_PORTS,

@@ -1,4 +1,4 @@
-"""The pool of ready egress namespaces (worker/sandbox/network/pool.py, pool_client.py), in the
+"""The pool of ready egress namespaces (worker/sandbox/network/pool/), in the
 isolated test world: single use under concurrent claimers, the same egress and policy as a fresh
 job network, refill, draining, and nothing left after SIGKILLed claimers and refills."""
 
@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from worker.sandbox.network import NetworkSettings, drain_pool, fill_pool, prepare_host, reap_networks, teardown_host
-from worker.sandbox.network.pool import pool_entries
-from worker.sandbox.network.pool_client import PooledNetwork, PoolRequest, claim, is_netns, refill_if_low
+from worker.sandbox.network.pool.claim import PooledNetwork, claim
+from worker.sandbox.network.pool.fill import pool_entries
+from worker.sandbox.network.pool.layout import PoolRequest, is_netns
+from worker.sandbox.network.pool.refill import refill_if_low
 
 from .test_lifecycle import lease_files, sandpit_veths
 from .test_policy import STOPPED, host_addresses
@@ -247,7 +249,7 @@ def test_sigkilled_refill_leaves_nothing_behind(world: World, pooled: NetworkSet
     """A refill SIGKILLed in the middle of a batch: the reaper keeps its complete entries and removes
     the half-made one; draining then leaves no entry, mount, lease or veth."""
     big = replace(pooled, pool_size=60)
-    script = ("import json, sys; from worker.sandbox.network.pool import fill_pool, settings_from_request; "
+    script = ("import json, sys; from worker.sandbox.network.pool.fill import fill_pool, settings_from_request; "
               "fill_pool(settings_from_request(json.loads(sys.argv[1])))")
     request = big.pool_request()
     assert request is not None
@@ -303,7 +305,7 @@ def test_engine_runs_egress_jobs_in_pool_namespaces(world: World, pooled: Networ
 def test_a_pool_abandoned_by_changed_settings_is_drained(world: World, pooled: NetworkSettings) -> None:
     """Each configuration has its own pool; one that no claimer or refill touched for an hour (its
     settings changed) is drained by the reaper of the same host network; a recent one is kept."""
-    from worker.sandbox.network.pool import ABANDONED_POOL_S
+    from worker.sandbox.network.reaper import ABANDONED_POOL_S
 
     old = replace(pooled, resolvers=("198.51.100.54",))
     assert old.pool_dir != pooled.pool_dir and old.pool_dir.parent == pooled.pool_dir.parent
@@ -329,8 +331,8 @@ def test_a_whole_sandpit_exec_process_takes_its_network_from_the_pool(world: Wor
     """`sandpit exec --network egress` as a process of its own (settings from the environment, like a
     user's) runs its job in a pool namespace: the pool shrinks by one, the job reaches the internet and
     not the metadata address, and the process never imported pyroute2."""
-    from worker.sandbox.network.pool import settings_from_request
-    from worker.sandbox.network.pool_client import pool_request
+    from worker.sandbox.network.pool.claim import pool_request
+    from worker.sandbox.network.pool.fill import settings_from_request
     from worker.settings import Settings
 
     env = {**os.environ, "SANDPIT_STATE_DIR": str(settings.state_dir), "SANDPIT_RUN_DIR": str(settings.run_dir),

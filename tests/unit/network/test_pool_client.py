@@ -13,19 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.sandbox.network.pool import settings_from_request
-from worker.sandbox.network.pool_client import (
-    META,
-    REFILL_BACKOFF_S,
-    REFILL_LOG,
-    PoolRequest,
-    _failed_recently,
-    claim,
-    parse_entry,
-    pool_lease_text,
-    pool_request,
-    start_refill,
-)
+from worker.sandbox.network.pool.claim import claim, pool_request
+from worker.sandbox.network.pool.fill import settings_from_request
+from worker.sandbox.network.pool.layout import META, REFILL_LOG, PoolRequest, parse_entry, pool_lease_text
+from worker.sandbox.network.pool.refill import REFILL_BACKOFF_S, _failed_recently, start_refill
 from worker.sandbox.network.settings import NetworkSettings
 from worker.settings import Settings
 
@@ -38,7 +29,9 @@ HEAVY = {"pyroute2", "dataclasses", "pathlib", "typing", "ipaddress", "subproces
 def test_claiming_imports_nothing_heavy() -> None:
     """Importing the client and claiming (here: from no pool) loads none of the heavy modules."""
     code = ("import sys; before = set(sys.modules); "
-            "from worker.sandbox.network.pool_client import PoolRequest, claim, refill_if_low; "
+            "from worker.sandbox.network.pool.claim import claim; "
+            "from worker.sandbox.network.pool.layout import PoolRequest; "
+            "from worker.sandbox.network.pool.refill import refill_if_low; "
             "claim(PoolRequest('/nonexistent/pool', '/nonexistent/leases', [], 4), 'job'); "
             "print(sorted(set(sys.modules) - before))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

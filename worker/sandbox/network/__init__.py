@@ -8,14 +8,25 @@ Use::
     reap_networks(settings)                        # periodically and at worker start
     host.close()
 
-Modules: ``settings`` (NetworkSettings), ``addresses`` / ``policy`` / ``ruleset`` (pure), ``netlink``
-(pyroute2, thread-confined sockets), ``namespace`` (netns by unshare in a thread), ``leases``
-(cross-process address leases), ``host`` (bridge, nft, pending cleanups), ``job`` (JobNetwork),
-``pool`` (ready namespaces: refill, judging, draining), ``pool_client`` (claiming one: import-light,
-no netlink), ``reaper``. Errors: ``errors``.
+Layers, bottom up; each module imports only from its own layer or those below it, and nothing
+imports this façade (``tests/unit/network/test_layers.py`` walks the imports and holds them to it):
 
-The names below are loaded on first use (PEP 562), so importing ``pool_client`` on the CLI's hot path
-does not load the rest of the layer (dataclasses, ipaddress, subprocess, pyroute2 on use).
+1. values shared by all: ``errors``; ``addresses``, ``policy``, ``ruleset``, ``hint`` (pure);
+   ``settings`` (NetworkSettings); ``pool.layout`` (the pool's files and ``PoolConfig``, import-light);
+2. ``namespace``: network namespaces by ``unshare``/``setns`` in a thread, held by fds (syscalls only);
+3. ``netlink``: pyroute2 (its only importer in the tree), thread-confined sockets, namespaces made with
+   a socket inside;
+4. the host side: ``leases`` (cross-process address leases), ``forwarder`` (the jobs' DNS), ``host``
+   (bridge, nft, pending cleanups);
+5. the job side: ``job`` (JobNetwork);
+6. ``reaper``: what dead owners left, and the judging of pool entries;
+7. the pool: ``pool.claim`` (taking an entry: import-light, no netlink), ``pool.refill`` (starting the
+   detached refill), ``pool.fill`` (making and draining entries);
+8. ``lifecycle`` (host teardown and reload), ``doctor`` (the DNS check).
+
+The reaper sits below the pool because a fill reaps before it makes entries; it needs only the
+pool's layout. The names below are loaded on first use (PEP 562), so importing ``pool.claim`` on the
+CLI's hot path does not load the rest of the layer (dataclasses, ipaddress, subprocess, pyroute2).
 """
 
 from __future__ import annotations
@@ -29,13 +40,13 @@ _WHERE = {
     "NoFreeSubnet": "errors",
     "HostNetwork": "host",
     "prepare_host": "host",
-    "teardown_host": "host",
+    "teardown_host": "lifecycle",
     "JobNetwork": "job",
     "NetworkMode": "job",
     "reap_networks": "reaper",
     "NetworkSettings": "settings",
-    "drain_pool": "pool",
-    "fill_pool": "pool",
+    "drain_pool": "pool.fill",
+    "fill_pool": "pool.fill",
 }
 
 __all__ = [
@@ -76,8 +87,9 @@ if TYPE_CHECKING:
         NetworkError,
         NoFreeSubnet,
     )
-    from worker.sandbox.network.host import HostNetwork, prepare_host, teardown_host
+    from worker.sandbox.network.host import HostNetwork, prepare_host
     from worker.sandbox.network.job import JobNetwork, NetworkMode
-    from worker.sandbox.network.pool import drain_pool, fill_pool
+    from worker.sandbox.network.lifecycle import teardown_host
+    from worker.sandbox.network.pool.fill import drain_pool, fill_pool
     from worker.sandbox.network.reaper import reap_networks
     from worker.sandbox.network.settings import NetworkSettings

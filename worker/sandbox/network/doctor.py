@@ -15,6 +15,10 @@ import socket
 import struct
 
 from worker.sandbox.network.errors import NetworkError
+from worker.sandbox.network.host import host_nameservers, host_netns_fd, prepare_host
+from worker.sandbox.network.job import JobNetwork
+from worker.sandbox.network.namespace import run_in_netns
+from worker.sandbox.network.netlink import link_index, netlink_session
 from worker.sandbox.network.settings import NetworkSettings
 
 #: a CHAOS-class TXT query for version.bind (id 0x5350: "SP")
@@ -42,11 +46,6 @@ def parse_version_reply(reply: bytes) -> str | None:
 
 def check_egress_dns(settings: NetworkSettings, timeout_s: float = 2.0) -> tuple[bool | None, str]:
     """(True: fine, False: broken, None: not checked) and a sentence saying what was found."""
-    from worker.sandbox.network.host import _host_nameservers, host_netns_fd, prepare_host
-    from worker.sandbox.network.job import JobNetwork
-    from worker.sandbox.network.namespace import run_in_netns
-    from worker.sandbox.network.netlink import link_index, netlink_session
-
     ns_fd = host_netns_fd(settings)
     try:
         present = netlink_session(ns_fd, lambda ipr: link_index(ipr, settings.bridge) is not None)
@@ -79,5 +78,5 @@ def check_egress_dns(settings: NetworkSettings, timeout_s: float = 2.0) -> tuple
     version = parse_version_reply(reply)
     if version is None:
         return False, f"the forwarder on {gateway}:53 sent a reply that is not an answer"
-    upstream = ", ".join(_host_nameservers(settings)) or "1.1.1.1, 8.8.8.8 (the host's resolv.conf names none)"
+    upstream = ", ".join(host_nameservers(settings)) or "1.1.1.1, 8.8.8.8 (the host's resolv.conf names none)"
     return True, f"ok: a job's resolver {gateway}:53 answers ({version}); it forwards to {upstream}"

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker.sandbox.network.errors import HostNetworkError
+from worker.sandbox.network.leases import ReapLock
+from worker.sandbox.network.namespace import open_netns, run_in_netns
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 #: entries kept by the forwarder's cache (dnsmasq's default is 150; a busy CI host asks far more)
@@ -119,8 +121,6 @@ def _record_path(pid_file: str) -> str:
 
 def _start(argv: list[str], netns: str | None) -> None:
     """Run dnsmasq (it daemonises once its sockets are bound) in ``netns`` (None: this namespace)."""
-    from worker.sandbox.network.namespace import open_netns, run_in_netns
-
     def spawn() -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
 
@@ -177,8 +177,6 @@ def _listen(argv: list[str]) -> str | None:
 def revive_forwarder(pid_file: str, lock: Path) -> None:
     """Restart a dead forwarder from its recorded command (a job's set-up found it gone), under
     ``lock`` (the host lock) so concurrent jobs start one, not several."""
-    from worker.sandbox.network.leases import ReapLock
-
     with ReapLock(lock):
         if forwarder_alive(pid_file):
             return

@@ -7,11 +7,13 @@ the bridge's subnet. Other sandpit instances of the host have bridges and tables
 (``worker/sandbox/instance.py``); the subnet is chosen under a host-wide lock, clear of every route,
 theirs included, so no two instances share one. Everything happens in ``settings.host_netns`` (tests)
 or the caller's namespace.
+
+Tearing the host side down and reloading it are ``lifecycle.py``'s: they involve the pool and the
+reaper, which sit above this layer; nothing here knows of either.
 """
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import random
@@ -40,7 +42,6 @@ from worker.sandbox.network.forwarder import (
     have_dnsmasq,
     pid_file_of,
     revive_forwarder,
-    stop_forwarder,
 )
 from worker.sandbox.network.leases import Lease, LeaseStore, ReapLock
 from worker.sandbox.network.namespace import open_netns, run_in_netns, write_sysctl
@@ -52,10 +53,9 @@ from worker.sandbox.network.netlink import (
     ipv4_routes,
     link_index,
     links,
-    netlink_session,
 )
 from worker.sandbox.network.policy import Policy, build_policy, pick_resolvers
-from worker.sandbox.network.ruleset import render_ruleset, render_teardown
+from worker.sandbox.network.ruleset import render_ruleset
 from worker.sandbox.network.settings import CANDIDATE_SUBNETS, FALLBACK_RESOLVERS, NetworkSettings
 
 
@@ -267,7 +267,7 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
                 resolvers: tuple[str, ...] = (str(gateway),)
                 pid_file: str | None = str(pid_file_of(settings.dns_dir, settings.bridge))
             else:
-                resolvers = pick_resolvers(settings.resolvers, _host_nameservers(settings), FALLBACK_RESOLVERS)
+                resolvers = pick_resolvers(settings.resolvers, host_nameservers(settings), FALLBACK_RESOLVERS)
                 pid_file = None
             policy = build_policy(table=settings.table, bridge=settings.bridge, subnet=state.subnet,
                                   allow=settings.allow, resolvers=() if forward else resolvers,
@@ -276,7 +276,7 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
             run_in_netns(ns_fd, lambda: write_sysctl("/proc/sys/net/ipv4/ip_forward", "1"))
             run_nft(ns_fd, render_ruleset(policy))
             if pid_file is not None:
-                upstream = _host_nameservers(settings)
+                upstream = host_nameservers(settings)
                 argv = dnsmasq_argv(listen=str(gateway), pid_file=pid_file,
                                     resolv_file=str(settings.host_resolv_conf) if upstream else None,
                                     servers=FALLBACK_RESOLVERS, user=dnsmasq_user())
@@ -290,84 +290,9 @@ def prepare_host(settings: NetworkSettings) -> HostNetwork:
         raise
 
 
-def _host_nameservers(settings: NetworkSettings) -> tuple[str, ...]:
+def host_nameservers(settings: NetworkSettings) -> tuple[str, ...]:
+    """The IPv4 nameservers of the host's resolv.conf (none when it is unreadable)."""
     try:
         return parse_nameservers(settings.host_resolv_conf.read_text())
     except OSError:
         return ()
-
-
-class RefillLock:
-    """Holds the pool's refill lock (waiting for a running refill), if the pool directory exists."""
-
-    def __init__(self, settings: NetworkSettings) -> None:
-        self.settings = settings
-        self.fd = -1
-
-    def __enter__(self) -> RefillLock:
-        from worker.sandbox.network.pool_client import REFILL_LOCK, open_private_dir
-
-        try:
-            pool_fd = open_private_dir(str(self.settings.pool_dir))
-        except FileNotFoundError:
-            return self
-        except PermissionError as exc:
-            raise HostNetworkError(f"refusing the pool directory {self.settings.pool_dir}: {exc}") from exc
-        try:
-            self.fd = os.open(REFILL_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                              dir_fd=pool_fd)
-        finally:
-            os.close(pool_fd)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def teardown_host(settings: NetworkSettings) -> None:
-    """Remove the nft tables, sandpit's veths and the bridge, the pool of ready namespaces and every
-    stale lease (tests, ``sandpit reap --all``). Live jobs lose their network; their leases stay until
-    they close. Waits for a running pool refill to finish first."""
-    from worker.sandbox.network.reaper import reap_networks
-
-    def remove_links(ipr: Any) -> None:
-        found = links(ipr)
-        bridge = next((link.index for link in found if link.name == settings.bridge), None)
-        for link in found:
-            ours = link.name.startswith(settings.veth_prefix)
-            if bridge is not None and link.master == bridge and ours:
-                delete_link(ipr, index=link.index)
-        if bridge is not None:
-            delete_link(ipr, index=bridge)
-
-    ns_fd = host_netns_fd(settings)
-    try:
-        with RefillLock(settings), ReapLock(settings.net_dir / "host.lock"):
-            run_nft(ns_fd, render_teardown(settings.table))
-            stop_forwarder(str(pid_file_of(settings.dns_dir, settings.bridge)))
-            netlink_session(ns_fd, remove_links)
-            reap_networks(settings, drain_pool=True)  # the pool's veths are gone: its entries go too
-    finally:
-        if ns_fd is not None:
-            os.close(ns_fd)
-    from worker.sandbox.network.pool import drain_host_pools
-
-    drain_host_pools(settings)  # and those of other settings on this bridge, with their directories
-
-
-def reload_if_prepared(settings: NetworkSettings) -> bool:
-    """Prepare the host again (which reloads the nft ruleset) if sandpit's bridge exists there; a
-    host that never ran an egress job is left alone. For ``sandpit host-prep`` after a firewall
-    reload flushed sandpit's tables: running workers and the pool's namespaces rely on them."""
-    ns_fd = host_netns_fd(settings)
-    try:
-        present = netlink_session(ns_fd, lambda ipr: link_index(ipr, settings.bridge) is not None)
-    finally:
-        if ns_fd is not None:
-            os.close(ns_fd)
-    if present:
-        prepare_host(settings).close()
-    return present

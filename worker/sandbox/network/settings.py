@@ -6,14 +6,12 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.sandbox.network.pool_client import (
-    DEFAULT_BRIDGE,
-    DEFAULT_TABLE,
-    DEFAULT_VETH_PREFIX,
-    PoolRequest,
-    network_config,
-    pool_key,
-)
+from worker.sandbox.network.pool.layout import PoolConfig, PoolRequest
+
+#: the default instance's names; any other instance's come from ``instance.instance_names``
+DEFAULT_BRIDGE = "sandpit0"
+DEFAULT_VETH_PREFIX = "spv"
+DEFAULT_TABLE = "sandpit"
 
 #: Subnets tried, in order, when ``NetworkSettings.subnet`` is None; the first one that overlaps no
 #: route or address of the host namespace wins. The project's machines use 10.97/16 and 192.0.2/24.
@@ -55,7 +53,7 @@ class NetworkSettings:
     table: str = DEFAULT_TABLE
     #: runtime state (the pool's bind mounts); None: ``state_dir``
     run_dir: Path | None = None
-    #: ready egress namespaces kept in the pool (0: no pool; see pool.py)
+    #: ready egress namespaces kept in the pool (0: no pool; see pool/fill.py)
     pool_size: int = 0
     #: a claim that leaves fewer than this starts a refill; None: half of ``pool_size``
     pool_low_water: int | None = None
@@ -76,17 +74,21 @@ class NetworkSettings:
 
     @property
     def pool_dir(self) -> Path:
-        """``<run dir>/net/pool/<key of pool_config()>``: one pool per network configuration."""
+        """``<run dir>/net/pool/<key of pool_made_for()>``: one pool per network configuration."""
         if self.pool_path is not None:
             return self.pool_path
-        return (self.run_dir or self.state_dir) / "net" / "pool" / pool_key(self.pool_config())
+        return (self.run_dir or self.state_dir) / "net" / "pool" / self.pool_made_for().key()
+
+    def pool_made_for(self) -> PoolConfig:
+        """What this pool's entries depend on (``pool/layout.py``)."""
+        return PoolConfig.made(state_dir=str(self.state_dir), subnet=str(self.subnet) if self.subnet else None,
+                               bridge=self.bridge, resolvers=self.resolvers, allow=self.allow,
+                               host_netns=str(self.host_netns) if self.host_netns else None, uplink=self.uplink,
+                               veth_prefix=self.veth_prefix, table=self.table)
 
     def pool_config(self) -> list[object]:
-        """What pool entries depend on (see ``pool_client.network_config``)."""
-        return network_config(str(self.state_dir), str(self.subnet) if self.subnet else None, self.bridge,
-                              list(self.resolvers), list(self.allow),
-                              str(self.host_netns) if self.host_netns else None, self.uplink, self.veth_prefix,
-                              self.table)
+        """``pool_made_for()`` as meta.json and a ``PoolRequest`` store it (``PoolConfig.stored``)."""
+        return self.pool_made_for().stored()
 
     def pool_request(self) -> PoolRequest | None:
         """The pool to claim from, None when it is off."""
