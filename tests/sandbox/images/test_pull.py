@@ -1,0 +1,186 @@
+"""Pulls from a real registry on loopback into an image store of the test's own."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from tests.conftest import require_tools
+from tests.sandbox.images.conftest import store_for
+from tests.sandbox.images.registry import Registry
+from worker.errors import ImageError, UnknownImage
+from worker.sandbox.registry.skopeo import PullError, PullRefused
+
+
+def test_a_multilayer_image_is_pulled_checked_and_unpacked_once_per_layer(tmp_path, registry, lines):
+    """Three layers (zstd + gzip), whiteouts as overlay whiteouts, the config's env, bash found
+    across layers (Debian's /bin is a symlink in layer 1), per-layer progress reported."""
+    store = store_for(tmp_path, registry)
+    image = store.get(f"{registry.host}/test/multilayer:1", progress=lines.append)
+    assert image.name == f"{registry.host}/test/multilayer:1" and image.source == "registry"
+    assert len(image.layer_stack()) == 3
+    assert ("GREETING", "hello from the image config") in image.env
+    assert image.shell == "/usr/bin/bash"
+    top, middle = image.layer_stack()[2][1], image.layer_stack()[1][1]
+    motd = os.lstat(middle / "etc" / "motd")
+    assert stat.S_ISCHR(motd.st_mode) and motd.st_rdev == 0
+    assert os.getxattr(middle / "usr" / "share" / "doc", "trusted.overlay.opaque") == b"y"
+    assert stat.S_IMODE(os.lstat(top / "opt" / "app" / "layer3").st_mode) == 0o4755
+    text = "\n".join(lines)
+    for i in (1, 2, 3):
+        assert f"layer {i}/3 sha256:" in text and "unpacked" in text
+    assert "pulled " in text
+    assert image.config is not None and image.config.ports == ("8080/tcp",)
+    # what a job would run on: only the stored layers, never the blobs (deleted once unpacked)
+    assert not [p for p in (tmp_path / "state" / "images").iterdir() if p.name.startswith((".pull-", ".tmp-"))]
+
+
+def test_if_not_present_needs_no_registry_and_always_does(tmp_path, layout, lines):
+    """Once pulled, the store answers a tag without the network (the registry is stopped);
+    ``always`` asks the registry and fails as a pull error (infra), ``never`` refuses what is absent."""
+    with Registry(tmp_path / "reg") as reg:
+        reg.push(layout.root, "small-1", "test/small:1")
+        store = store_for(tmp_path, reg)
+        first = store.get(f"{reg.host}/test/small:1")
+    again = store.get(f"{reg.host}/test/small:1")
+    assert again.digest == first.digest
+    with pytest.raises(PullError, match="cannot pull"):
+        store.get(f"{reg.host}/test/small:1", policy="always")
+    with pytest.raises(UnknownImage, match="pull policy is never"):
+        store.get(f"{reg.host}/test/small:2", policy="never")
+
+
+def test_layers_are_shared_by_digest_between_images(tmp_path, registry, lines):
+    """small:1 and small:2 share their first layer: pulling the second fetches only its own."""
+    store = store_for(tmp_path, registry)
+    one = store.get(f"{registry.host}/test/small:1")
+    shared = one.layer_stack()[0][0]
+    before = registry.blob_fetches(_blob_digest(store, one, 0))
+    two = store.get(f"{registry.host}/test/small:2", progress=lines.append)
+    assert two.layer_stack()[0][0] == shared and two.layer_stack()[1][0] != one.layer_stack()[1][0]
+    assert registry.blob_fetches(_blob_digest(store, one, 0)) == before
+    assert any("layer 1/2" in line and "already here" in line for line in lines)
+    layers = sorted(p.name for p in (tmp_path / "state" / "images" / "layers").iterdir())
+    assert len(layers) == 3
+
+
+def _blob_digest(store, image, index: int) -> str:
+    return store.pulled.image(image.digest).layers[index].digest
+
+
+def test_concurrent_pulls_of_one_image_share_one_download(tmp_path, layout):
+    """Four threads pull the same new image at once: the registry serves each blob once."""
+    with Registry(tmp_path / "reg") as reg:
+        reg.push(layout.root, "1", "test/multilayer:1")
+        store = store_for(tmp_path, reg)
+        results, errors, said = [], [], []
+
+        def pull() -> None:
+            try:
+                results.append(store_for(tmp_path, reg).get(f"{reg.host}/test/multilayer:1", progress=said.append))
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors and len({r.digest for r in results}) == 1
+        stored = store.pulled.image(results[0].digest)
+        for layer in stored.layers:
+            assert reg.blob_fetches(layer.digest) == 1, layer.digest
+        assert any("waiting for another pull" in line for line in said)
+
+
+def test_an_index_resolves_to_the_host_platform(tmp_path, registry):
+    store = store_for(tmp_path, registry)
+    image = store.get(f"{registry.host}/test/multiarch:1")
+    assert (image.layer_stack()[0][1] / "arch").read_text() == "amd64\n"
+
+
+def test_docker_v2_schema2_manifests_are_pulled(tmp_path, registry):
+    store = store_for(tmp_path, registry)
+    image = store.get(f"{registry.host}/test/docker-v2:1")
+    assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
+
+
+def test_pull_by_digest_and_a_tampered_blob_or_manifest_is_refused(tmp_path, layout):
+    """A blob whose bytes were changed in the registry's storage fails the pull and nothing of it is
+    stored; a manifest fetched by digest that does not hash to it is refused the same way."""
+    with Registry(tmp_path / "reg") as reg:
+        reg.push(layout.root, "small-2", "test/small:2")
+        store = store_for(tmp_path, reg)
+        digest = layout.tag("small-2", _descriptor(layout, "small-2"))
+        manifest = (layout.root / "blobs" / "sha256" / digest[7:]).read_bytes()
+        import json
+
+        layer = json.loads(manifest)["layers"][1]["digest"]
+        data = reg.blob_file(layer)
+        data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+        with pytest.raises(ImageError, match=r"digest|match"):
+            store.get(f"{reg.host}/test/small@{digest}")
+        state = tmp_path / "state" / "images"
+        assert not (state / "manifests").exists() or not list((state / "manifests").iterdir())
+        assert not (state / "names").exists() or not list((state / "names").iterdir())
+        mf = reg.blob_file(digest)
+        mf.write_bytes(mf.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":2 '))
+        with pytest.raises(PullError, match="hash"):
+            store.get(f"{reg.host}/test/small@{digest}")
+
+
+def _descriptor(layout, tag: str) -> dict:
+    import json
+
+    index = json.loads((layout.root / "index.json").read_text())
+    entry = next(e for e in index["manifests"] if e["annotations"]["org.opencontainers.image.ref.name"] == tag)
+    return {k: v for k, v in entry.items() if k != "annotations"}
+
+
+def test_basic_auth_from_the_auth_file_only(tmp_path, layout):
+    require_tools("htpasswd")
+    """A registry behind basic auth refuses an anonymous pull (a refusal, not a failure); with the
+    operator's auth.json the pull works."""
+    with Registry(tmp_path / "reg", auth=("ci", "s3cret-pass")) as reg:
+        reg.push(layout.root, "small-1", "test/private:1")
+        anonymous = store_for(tmp_path / "anon", reg)
+        with pytest.raises(PullRefused, match=r"unauthorized|authentication required"):
+            anonymous.get(f"{reg.host}/test/private:1")
+        authed = store_for(tmp_path / "authed", reg, auth_file=reg.auth_json(tmp_path / "auth.json"))
+        image = authed.get(f"{reg.host}/test/private:1")
+        assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
+
+
+def test_a_registry_the_operator_did_not_list_is_never_contacted(tmp_path, registry):
+    store = store_for(tmp_path, registry)  # it may pull from registry.host (127.0.0.1:PORT) only
+    before = registry.requests()
+    other = f"127.0.0.1:{registry.port}".replace("127.0.0.1", "localhost")
+    with pytest.raises(UnknownImage, match=r"localhost:\d+ is not a registry sandpit may pull from"):
+        store.get(f"{other}/test/small:1")
+    assert registry.requests() == before
+
+
+def test_a_mirror_from_registries_conf_serves_a_registry_that_does_not_resolve(tmp_path, registry):
+    """``registry.sandpit.invalid`` (a name that never resolves) is served by its mirror, the
+    loopback registry: how an air-gapped site reaches images."""
+    from worker.sandbox.images import ImageStore
+    from worker.sandbox.registry.pull import RegistryConfig
+    from worker.settings import REPO_IMAGES
+
+    conf = registry.registries_conf(tmp_path / "registries.conf", extra=(
+        '\n[[registry]]\nlocation = "registry.sandpit.invalid"\n'
+        f'[[registry.mirror]]\nlocation = "{registry.host}"\ninsecure = true\n'))
+    store = ImageStore(tmp_path / "state", REPO_IMAGES,
+                       registry=RegistryConfig(allowed=("registry.sandpit.invalid",), registries_conf=conf))
+    image = store.get("registry.sandpit.invalid/test/small:1")
+    assert image.name == "registry.sandpit.invalid/test/small:1"
+    assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
+
+
+def test_an_unknown_tag_is_a_refusal_naming_it(tmp_path, registry):
+    store = store_for(tmp_path, registry)
+    with pytest.raises(PullRefused, match=r"manifest unknown|not found"):
+        store.get(f"{registry.host}/test/small:404")
