@@ -70,7 +70,7 @@ def gc_command(args: Any, settings: Settings) -> int:
 
     from worker.retention import collect
 
-    done = collect(settings, os.environ)
+    done = collect(settings, os.environ, wait=not args.auto)
     if args.auto:
         return 0
     if done is None:

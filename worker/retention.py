@@ -92,14 +92,26 @@ def spawn_if_due(settings: Settings) -> None:
 
 
 def collect_if_due(settings: Settings, env: Mapping[str, str]) -> Collected | None:
-    """``sandpit run``'s automatic collection, in the process, when due."""
+    """``sandpit run``'s automatic collection, in the process, when due. A collection another
+    process is running is waited for (they take a second or so), and then this one runs only if
+    it is still due: the other may have started before this run's predecessors were recorded."""
     if not due(settings, time.time()):
         return None
-    return collect(settings, env)
+    done = collect(settings, env, wait=True, only_if_due=True)
+    if done is not None:
+        import logging
+
+        logging.getLogger("sandpit.retention").info(
+            "retention: removed %d record(s), %d log(s), %d stored file(s), %d cache entries, %d dead run store(s)",
+            done.records, done.logs, done.files, done.cache_entries, done.scratch)
+    return done
 
 
-def collect(settings: Settings, env: Mapping[str, str], now: float | None = None) -> Collected | None:
-    """One collection (see the module's text); None when another one is running right now."""
+def collect(settings: Settings, env: Mapping[str, str], now: float | None = None, *,
+            wait: bool = False, only_if_due: bool = False) -> Collected | None:
+    """One collection (see the module's text). When another one is running: None at once, or
+    (``wait``, as ``sandpit gc`` asks) after it ended, this one; ``only_if_due``: None unless it
+    is still due once the lock is held."""
     import fcntl
 
     now = time.time() if now is None else now
@@ -108,8 +120,10 @@ def collect(settings: Settings, env: Mapping[str, str], now: float | None = None
     lock = os.open(local / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            return None
+        if only_if_due and not due(settings, time.time()):
             return None
         _touch_stamp(settings)
         return _collect(settings, env, now)
