@@ -444,21 +444,11 @@ def _host_prep(settings: Settings) -> int:
     return _doctor(settings)
 
 
-def _doctor(settings: Settings | None = None) -> int:
-    from worker.sandbox.runtime import PREFERENCE, runtime_problem
+def _doctor(settings: Settings) -> int:
+    """``sandpit doctor`` (worker/doctor.py): every check with what to do; 1 if a job would fail."""
+    from worker.doctor import print_checks, run_checks
 
-    usable = 0
-    for name in PREFERENCE:
-        problem = runtime_problem(name)
-        usable += problem is None
-        print(f"{name}: {'ok' if problem is None else problem}")
-    dns_ok: bool | None = None
-    if settings is not None:  # egress DNS, asked from a job namespace (worker/sandbox/network/doctor.py)
-        from worker.sandbox.network.doctor import check_egress_dns
-
-        dns_ok, sentence = check_egress_dns(settings.network())
-        print(f"egress dns: {sentence}")
-    return 0 if usable and dns_ok is not False else 1
+    return print_checks(run_checks(settings, os.environ), sys.stdout)
 
 
 def print_json(record: dict[str, Any]) -> None:

@@ -136,7 +136,7 @@ def test_sigkilled_exec_is_cleaned_by_reap(settings, runtime, no_leftovers):
 
 def test_doctor_reports_runtimes(cli):
     p = cli("doctor")
-    assert "crun:" in p.stdout and "runc:" in p.stdout and "runsc:" in p.stdout
+    assert "runtime crun " in p.stdout and "runtime runc " in p.stdout and "runtime runsc " in p.stdout
 
 
 def test_images_list_shows_built_images(cli):
