@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlmodel import Session
@@ -34,8 +35,9 @@ from pipelines.identifiers import artifact_path_problem, cache_key_problem
 from pipelines.language.model import Cache
 from pipelines.store.retention import cache_lookup, cache_store
 from worker.errors import SandboxError
+from worker.job_record import StoredArtifact
 from worker.sandbox import blobs
-from worker.sandbox.artifacts import Artifact, artifact_path, match_path
+from worker.sandbox.artifacts import artifact_path, match_path
 
 log = logging.getLogger("sandpit.worker")
 
@@ -167,7 +169,7 @@ def cache_paths(caches: tuple[Cache, ...]) -> tuple[str, ...]:
     return tuple(p for c in caches if c.policy in ("push", "pull-push") for p in c.paths)
 
 
-def save(session: Session, caches: tuple[Cache, ...], trust: str, store: Path, files: list[Artifact],
+def save(session: Session, caches: tuple[Cache, ...], trust: str, store: Path, files: Sequence[StoredArtifact],
          job_status: str, source_root: Path | None, now: dt.datetime) -> list[str]:
     """Store a manifest per pushed cache whose ``when`` matches the job's outcome; returns the keys."""
     saved = []

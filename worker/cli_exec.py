@@ -15,7 +15,8 @@ import threading
 
 from worker.cli import SANDBOX_FAILED
 from worker.errors import InvalidRequest
-from worker.sandbox.engine import Engine, JobResult, install_signal_cancel
+from worker.job_record import JobRecord, Reason, Status, Verdict
+from worker.sandbox.engine import Engine, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 from worker.settings import Settings
@@ -30,12 +31,12 @@ if TYPE_CHECKING:
 READER_GONE = 141
 
 LIMIT_WORDS = {
-    "oom": "the job ran out of memory (--memory {memory})",
-    "pids_limit": "the job hit its process limit (--pids {pids})",
-    "timeout": "the job ran past its timeout (--timeout {timeout})",
-    "disk_quota": "the job filled its disk (--disk {disk})",
-    "log_limit": "the job's output passed the log limit (--log-limit {log_limit})",
-    "cancelled": "the job was cancelled",
+    Reason.OOM: "the job ran out of memory (--memory {memory})",
+    Reason.PIDS_LIMIT: "the job hit its process limit (--pids {pids})",
+    Reason.TIMEOUT: "the job ran past its timeout (--timeout {timeout})",
+    Reason.DISK_QUOTA: "the job filled its disk (--disk {disk})",
+    Reason.LOG_LIMIT: "the job's output passed the log limit (--log-limit {log_limit})",
+    Reason.CANCELLED: "the job was cancelled",
 }
 
 
@@ -71,12 +72,12 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     cancel = threading.Event()
     install_signal_cancel(cancel)
     if req is None:
-        result = JobResult(name="exec", status="failed", reason="invalid_spec", message=refused)
+        result = JobRecord.not_run("exec", Verdict(Status.FAILED, Reason.INVALID_SPEC, refused))
     else:
         result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
     if writer.blocked_fd is not None:
         writer.say("sandpit: not all of the job's output was delivered: its reader stopped reading")
-    record = result.as_record()
+    record = result.to_json()
     _keep_record(settings, record)
     if args.json:
         import json
@@ -149,12 +150,12 @@ class OutputWriter:
         self.emit(2, (line + "\n").encode(errors="backslashreplace"))
 
 
-def exit_status(result: JobResult, args: argparse.Namespace, writer: OutputWriter) -> int:
-    if result.status == "succeeded" and not result.rejected_artifacts:
+def exit_status(result: JobRecord, args: argparse.Namespace, writer: OutputWriter) -> int:
+    if result.status is Status.SUCCEEDED and not result.rejected_artifacts:
         return 0  # nothing of sandpit's to say: the quoting (and its imports, ~12 ms) is not needed
     from worker.terminal import quote_for_terminal  # after the job: kept off the start-up path
 
-    if result.status == "error" or result.reason == "invalid_spec":
+    if result.status is Status.ERROR or result.reason is Reason.INVALID_SPEC:
         writer.say(f"sandpit: {quote_for_terminal(result.message or 'failed', quotes=False)}")
         return SANDBOX_FAILED
     if result.reason in LIMIT_WORDS:
@@ -166,4 +167,4 @@ def exit_status(result: JobResult, args: argparse.Namespace, writer: OutputWrite
     if result.exit_code is None:
         return SANDBOX_FAILED
     # a job stopped by a limit never looks successful, even if its main process exited 0
-    return 1 if result.status != "succeeded" and result.exit_code == 0 else result.exit_code
+    return 1 if result.status is not Status.SUCCEEDED and result.exit_code == 0 else result.exit_code

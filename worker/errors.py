@@ -17,6 +17,10 @@ that mapping once (and turns any other ``Exception`` into ``error``/``infra_erro
 its type), the executor and local mode use the same rule, and the CLI exits 125 for both.
 """
 
+from __future__ import annotations
+
+from worker.job_record import Reason, Status, Verdict
+
 
 class SandpitError(Exception):
     """Root of every error sandpit raises on purpose."""
@@ -46,18 +50,20 @@ class UnknownImage(ImageError, InvalidRequest):
     """The request's ``image`` names nothing the store has: a refusal, not a failure of the store."""
 
 
-def job_outcome(exc: BaseException) -> tuple[str, str, str]:
-    """``(status, reason, message)`` of a job that ended with ``exc`` before or around its command.
+def job_outcome(exc: BaseException) -> Verdict:
+    """How a job that ended with ``exc`` before or around its command ends (the right column above).
 
-    >>> job_outcome(InvalidRequest("memory must be at least 8M"))
+    >>> refused = job_outcome(InvalidRequest("memory must be at least 8M"))
+    >>> str(refused.status), str(refused.reason), refused.message
     ('failed', 'invalid_spec', 'memory must be at least 8M')
-    >>> job_outcome(SandboxError("cannot mount"))
-    ('error', 'infra_error', 'cannot mount')
-    >>> job_outcome(KeyError("x"))
-    ('error', 'infra_error', "internal error: KeyError: 'x'")
+    >>> failed = job_outcome(SandboxError("cannot mount"))
+    >>> str(failed.status), str(failed.reason)
+    ('error', 'infra_error')
+    >>> job_outcome(KeyError("x")).message
+    "internal error: KeyError: 'x'"
     """
     if isinstance(exc, InvalidRequest):
-        return "failed", "invalid_spec", str(exc) or type(exc).__name__
+        return Verdict(Status.FAILED, Reason.INVALID_SPEC, str(exc) or type(exc).__name__)
     if isinstance(exc, SandpitError):
-        return "error", "infra_error", str(exc) or type(exc).__name__
-    return "error", "infra_error", f"internal error: {type(exc).__name__}: {exc}"
+        return Verdict(Status.ERROR, Reason.INFRA_ERROR, str(exc) or type(exc).__name__)
+    return Verdict(Status.ERROR, Reason.INFRA_ERROR, f"internal error: {type(exc).__name__}: {exc}")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 from sqlmodel import Session, select
@@ -28,11 +27,12 @@ from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
+from worker.job_record import JobRecord, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.report_files import attach_test_reports
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path
-from worker.sandbox.engine import Engine, JobResult
+from worker.sandbox.engine import Engine
 from worker.sandbox.logs import OutputSink
 from worker.sandbox.seed import Seed
 
@@ -58,7 +58,7 @@ class WorkerContext:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     source_for: Callable[[Run], Source | None] = lambda _run: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
-    on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _record: None
+    on_done: Callable[[Job, JobRecord], None] = lambda _job, _record: None
     # wraps the sandbox run: the service waits here for room in its memory/cpu budget
     admit: Callable[[PlannedJob], AbstractContextManager[object]] = lambda _planned: nullcontext()
     now: Callable[[], dt.datetime] = utcnow
@@ -88,16 +88,31 @@ class ConcurrentSlots:
 
 
 def image_shell(engine: Engine, reference: str) -> str:
-    """The shell the job's image runs scripts with (found once per image); /bin/sh when the image
-    cannot be had: the engine then refuses the job with its own message."""
+    """The shell the job's image runs scripts with (found once per image); /bin/sh when the store
+    does not have the image: the engine then refuses the job with its own message. Never pulls
+    (:func:`pull_image` does, first)."""
     from worker.errors import ImageError
     from worker.sandbox.shell import shell_for_image
 
     try:
-        image = engine.images.get(reference)
+        image = engine.images.get(reference, policy="never")
     except (ImageError, OSError):
         return "/bin/sh"
-    return shell_for_image(image.key, image.rootfs)
+    return image.shell or shell_for_image(image.key, image.rootfs)
+
+
+def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = None) -> tuple[str, ...]:
+    """Get the job's image into the store when it is not there (pulled as the pull policy says,
+    before the shell is chosen: the shell is the image's); the progress lines, for the job's log."""
+    lines: list[str] = []
+    log = logging.getLogger("sandpit.images")
+
+    def say(line: str) -> None:
+        lines.append(line)
+        log.info("%s", line)
+
+    engine.images.get(reference, progress=say, cancel=cancel)
+    return tuple(lines)
 
 
 def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
@@ -176,6 +191,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         try:
             files = cache.restore(store, cached) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
+            notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel)
             req = request_for(planned, defaults=ctx.defaults,
                               extra_env=job_env + secret_env,
                               shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))
@@ -184,12 +200,11 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
             with ctx.admit(planned):
                 result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
                                         seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches),
-                                        report_paths=_junit_globs(planned))
+                                        report_paths=_junit_globs(planned), notes=notes)
         except Exception as exc:  # a claimed job ends with a record, never stays running
             # the same mapping as Engine.run's (worker/errors.py): a refusal is failed/invalid_spec,
             # anything else of sandpit's own is error/infra_error, with its message
-            result = JobResult(name=planned.name, status="error", reason="infra_error")
-            result.status, result.reason, result.message = job_outcome(exc)
+            result = JobRecord.not_run(planned.name, job_outcome(exc), job_id=job_id)
             if not isinstance(exc, SandpitError):
                 logging.getLogger("sandpit.worker").exception("job %s ended by an unexpected error", job_id)
     finally:
@@ -197,10 +212,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         ctx.leases.unwatch(lease)
     if lease.lost.is_set():
         return []  # the lease went to someone else; their record counts, not ours
-    record = result.as_record()
-    record["attempt"] = attempt
-    attach_test_reports(record, result.report_files, _junit_globs(planned), store)
-    newly = _record_result(ctx, job_id, attempt, record, planned, trust, store, result, source_root)
+    record = attach_test_reports(result.for_attempt(attempt), _junit_globs(planned), store)
+    newly = _record_result(ctx, job_id, attempt, record, planned, trust, store, source_root)
     try:
         ctx.on_done(job, record)
     except Exception as exc:  # the live stream's end marker is a courtesy; the record is stored
@@ -211,24 +224,24 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
 RECORD_RETRY_S = (0.1, 0.3, 1.0, 3.0)  # a database hiccup while recording waits this long, then the lease decides
 
 
-def _record_result(ctx: WorkerContext, job_id: str, attempt: int, record: dict[str, Any], planned: PlannedJob,
-                   trust: str, store: Path, result: JobResult, source_root: Path | None) -> list[str]:
+def _record_result(ctx: WorkerContext, job_id: str, attempt: int, record: JobRecord, planned: PlannedJob,
+                   trust: str, store: Path, source_root: Path | None) -> list[str]:
     """Store the attempt's result (and its cache). A failure of the database is retried a few times
     (seconds, not the lease's ~25 s) so a brief outage costs nothing; a cache that cannot be saved
     never costs the result. If the database stays away, the lease expires and the sweeper settles the
     job as worker_lost or retries it."""
     log = logging.getLogger("sandpit.worker")
-    if planned.caches and result.status in ("succeeded", "failed"):
+    if planned.caches and record.status in (Status.SUCCEEDED, Status.FAILED):
         try:
             with session_scope(ctx.db) as s:
-                cache.save(s, planned.caches, trust, store, result.cache_files, result.status, source_root,
+                cache.save(s, planned.caches, trust, store, record.cache_files, record.status, source_root,
                            ctx.now())
         except Exception as exc:
             log.warning("job %s: its cache was not saved: %s", job_id, exc)
     for delay in (*RECORD_RETRY_S, None):
         try:
             with session_scope(ctx.db) as s:
-                return finish_job(s, job_id, attempt, record, ctx.now())
+                return finish_job(s, job_id, attempt, record.to_json(), ctx.now())
         except Exception as exc:
             if delay is None:
                 raise

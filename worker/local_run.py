@@ -39,6 +39,7 @@ from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
 from worker import local_cache, local_records
 from worker.executor import Source, WorkerContext, execute_job, image_shell, utcnow
+from worker.job_record import JobRecord, Reason, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.run_kept import kept_lines
 from worker.sandbox.engine import Engine
@@ -372,11 +373,11 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         printer.line(job.name, job_header(engine, planned_job, defaults, job.attempt, paint))
         return printer.sink(job.name, script_echoes(planned_job))
 
-    def on_done(job: Job, record: dict[str, Any]) -> None:
-        log.info("job %s: attempt %s recorded (log %s)", quote_for_terminal(job.name), record.get("attempt"),
-                 record.get("log"))
+    def on_done(job: Job, record: JobRecord) -> None:
+        log.info("job %s: attempt %s recorded (log %s)", quote_for_terminal(job.name), record.attempt,
+                 record.log_path)
         printer.flush(job.name)
-        attempts.setdefault(job.id, []).append(record)
+        attempts.setdefault(job.id, []).append(record.to_json())
         with done_lock:
             printer.line(job.name, result_line(job_from_spec(job.spec), record, paint))
 
@@ -453,23 +454,21 @@ def job_header(engine: Engine, job: PlannedJob, defaults: JobDefaults, attempt: 
             f"network {req.network}")))
 
 
-def result_line(job: PlannedJob, record: dict[str, Any], paint: Paint) -> str:
+def result_line(job: PlannedJob, record: JobRecord, paint: Paint) -> str:
     """The line a job (an attempt of it) ends with: its status, why, its exit code and duration,
     and whether it is retried or its failure allowed (as the store will decide, from the job)."""
-    status, reason, code = str(record.get("status")), record.get("reason"), record.get("exit_code")
-    failed = status in ("failed", "error", "cancelled")
-    retry = failed and should_retry(job.retry, status=status, reason=reason, exit_code=code,
-                                    attempt=int(record.get("attempt") or 1))
+    status, reason, code = record.status, record.reason, record.exit_code
+    failed = status in (Status.FAILED, Status.ERROR, Status.CANCELLED)
+    retry = failed and should_retry(job.retry, status=status, reason=reason, exit_code=code, attempt=record.attempt)
     allowed = failed and not retry and (job.allow_failure.allowed or (
-        status == "failed" and code is not None and code in job.allow_failure.exit_codes))
-    why = "allowed to fail" if allowed else (reason if reason not in (None, "exit_code") else None)
+        status is Status.FAILED and code is not None and code in job.allow_failure.exit_codes))
+    why = "allowed to fail" if allowed else (reason if reason not in (None, Reason.EXIT_CODE) else None)
     text = status + (f" ({why})" if why else "")
-    duration = record.get("duration_s")
-    took = f" in {duration:.2f}s" if isinstance(duration, int | float) else ""
+    took = f" in {record.duration_s:.2f}s"
     exit_text = f", exit code {code}" if failed and code is not None else ""
-    again = f"; retrying (attempt {int(record.get('attempt') or 1) + 1} of {job.retry.max + 1})" if retry else ""
-    message = record.get("message")
-    told = f": {quote_for_terminal(str(message), quotes=False)}" if message and status != "succeeded" else ""
+    again = f"; retrying (attempt {record.attempt + 1} of {job.retry.max + 1})" if retry else ""
+    message = record.message
+    told = f": {quote_for_terminal(message, quotes=False)}" if message and status is not Status.SUCCEEDED else ""
     return paint.status(status, f"── {text}", allowed=allowed) + f"{took}{exit_text}{again}{told}"
 
 

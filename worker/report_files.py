@@ -7,9 +7,9 @@ listed and downloadable even when ``paths`` does not name them) and are read int
 ``MAX_REPORT_BYTES`` of it, and hashed as it is read: bytes that do not match the sha256 the walk
 recorded are not parsed.
 
->>> record = {"artifacts": []}
->>> attach_test_reports(record, [], ("out/*.xml",), Path("/nonexistent"))
->>> record["tests"]["tests"], record["tests"]["problems"]
+>>> from worker.job_record import JobRecord, Status
+>>> record = attach_test_reports(JobRecord("test", Status.SUCCEEDED, None), ("out/*.xml",), Path("/nonexistent"))
+>>> record.tests["tests"], record.tests["problems"]
 (0, ['no file matched out/*.xml'])
 """
 
@@ -19,41 +19,33 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
+from worker.job_record import JobRecord, StoredArtifact
 from worker.junit import MAX_REPORT_BYTES, TestReport, merge, parse_junit
+from worker.record import replace
 from worker.sandbox import blobs
-
-
-class Artifact(Protocol):
-    """A kept file as the artifact walk returns it."""
-
-    path: str
-    size: int
-    sha256: str
-
-    def as_dict(self) -> dict[str, Any]: ...
 
 MAX_REPORT_FILES = 100
 
 
-def attach_test_reports(record: dict[str, Any], files: Sequence[Artifact], patterns: Sequence[str],
-                        store: Path) -> None:
-    """Add the report files to ``record["artifacts"]`` (those not there already) and their summary
-    as ``record["tests"]``; nothing when the job has no report globs."""
+def attach_test_reports(record: JobRecord, patterns: Sequence[str], store: Path) -> JobRecord:
+    """``record`` with its report files (``record.report_files``) among its artifacts (those not
+    there already) and their summary as its ``tests``; ``record`` itself when the job has no report
+    globs."""
     if not patterns:
-        return
-    listed = {a.get("path") for a in record.get("artifacts") or [] if isinstance(a, dict)}
-    record["artifacts"] = list(record.get("artifacts") or []) + [f.as_dict() for f in files if f.path not in listed]
+        return record
+    files = record.report_files
+    listed = {a.path for a in record.artifacts}
     reports = [_read_one(store, f) for f in sorted(files, key=lambda f: f.path)[:MAX_REPORT_FILES]]
     if not files:
         reports.append(TestReport(problems=(f"no file matched {', '.join(patterns)}",)))
     elif len(files) > MAX_REPORT_FILES:
         reports.append(TestReport(problems=(f"{len(files)} report files; the first {MAX_REPORT_FILES} were read",)))
-    record["tests"] = merge(reports).as_dict()
+    return replace(record, artifacts=record.artifacts + tuple(f for f in files if f.path not in listed),
+                   tests=merge(reports).as_dict())
 
 
-def _read_one(store: Path, f: Artifact) -> TestReport:
+def _read_one(store: Path, f: StoredArtifact) -> TestReport:
     if f.size > MAX_REPORT_BYTES:
         return TestReport(files=(f.path,), problems=(
             f"{f.path}: not read: {f.size} bytes, more than the {MAX_REPORT_BYTES} a report may have",))

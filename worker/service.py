@@ -31,6 +31,7 @@ from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
 from pipelines.store.retention import expire_artifacts
 from pipelines.store.transitions import expire_leases
 from worker.executor import WorkerContext, execute_job, utcnow
+from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
 from worker.sandbox.engine import Engine
@@ -117,9 +118,9 @@ class ServiceContext:
             self._streams[job.id] = stream
             return stream.sink()
 
-        def on_done(job: Job, record: dict[str, Any]) -> None:
+        def on_done(job: Job, record: JobRecord) -> None:
             stream = self._streams.pop(job.id, None) or RedisLog(self.redis, job.id)
-            stream.end(str(record.get("status")), announce=(run_events_channel(job.run_id), job.id))
+            stream.end(str(record.status), announce=(run_events_channel(job.run_id), job.id))
 
         @contextlib.contextmanager
         def admit(planned: PlannedJob) -> Iterator[object]:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require, require_root
+from worker.job_record import JobRecord
 from worker.record import replace
-from worker.sandbox.engine import Engine, JobResult
+from worker.sandbox.engine import Engine
 from worker.sandbox.reaper import leftovers
 from worker.sandbox.request import SandboxRequest
 from worker.sandbox.runtime import runtime_problem
@@ -53,7 +54,7 @@ class Runner:
         self.engine = engine
         self.runtime = runtime
 
-    def __call__(self, *argv: str, **kw: object) -> tuple[JobResult, str, str]:
+    def __call__(self, *argv: str, **kw: object) -> tuple[JobRecord, str, str]:
         out: list[bytes] = []
         err: list[bytes] = []
 
@@ -65,7 +66,7 @@ class Runner:
         result = self.engine.run(req, sink=sink)
         return result, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
 
-    def sh(self, script: str, **kw: object) -> tuple[JobResult, str, str]:
+    def sh(self, script: str, **kw: object) -> tuple[JobRecord, str, str]:
         return self("sh", "-c", script, **kw)
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.files.locks import is_held
+from worker.job_record import JobRecord
 from worker.sandbox.cgroups import cgroup_parent, v1_hierarchies
-from worker.sandbox.engine import Engine, JobResult
+from worker.sandbox.engine import Engine
 from worker.sandbox.instance import forget_instance, uid_registry
 from worker.sandbox.mounts import MNT_DETACH, umount
 from worker.sandbox.reaper import leftovers, reap
@@ -116,7 +117,7 @@ class Job:
     def __init__(self, engine: Engine, runtime: str, job_id: str, script: str) -> None:
         self.started = threading.Event()
         self.out: list[bytes] = []
-        self.result: JobResult | None = None
+        self.result: JobRecord | None = None
         self.job_id = job_id
 
         def sink(stream: str, data: bytes) -> None:
@@ -133,7 +134,7 @@ class Job:
         self.thread = threading.Thread(target=run, name=f"job-{job_id}")
         self.thread.start()
 
-    def finish(self) -> tuple[JobResult, str]:
+    def finish(self) -> tuple[JobRecord, str]:
         self.thread.join(timeout=120)
         assert self.result is not None, "the job did not finish"
         return self.result, b"".join(self.out).decode(errors="replace")

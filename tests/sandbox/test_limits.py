@@ -15,7 +15,7 @@ def test_memory_bomb_is_oom_killed(run):
     res, _out, _err = run.sh("x=a; while true; do x=$x$x; done", limits=Limits(memory_bytes=64 * MiB))
     assert (res.status, res.reason) == ("failed", "oom")
     assert res.signal == 9
-    assert 32 * MiB < res.usage["memory_peak_bytes"] <= 64 * MiB
+    assert 32 * MiB < res.usage.memory_peak_bytes <= 64 * MiB
 
 
 def test_oom_kills_the_whole_job_together(run):
@@ -36,7 +36,7 @@ while True:
 def test_fork_bomb_hits_pids_limit(run):
     res, _out, _err = run.sh("f(){ f|f& }; f; sleep 5", limits=Limits(pids=32))
     assert (res.status, res.reason) == ("failed", "pids_limit")
-    assert res.usage["pids_peak"] <= 32
+    assert res.usage.pids_peak <= 32
 
 
 def test_busy_loop_is_held_to_its_cpu_quota(run):
@@ -44,7 +44,7 @@ def test_busy_loop_is_held_to_its_cpu_quota(run):
     res, _out, _err = run.sh('timeout 2 sh -c "while :; do :; done"; exit 0',
                              limits=Limits(cpus=0.5))
     assert res.status == "succeeded"
-    assert res.usage["cpu_s"] < 0.75 * res.duration_s
+    assert res.usage.cpu_s < 0.75 * res.duration_s
 
 
 def test_timeout_kills_a_sigterm_trapping_job(run):
@@ -101,9 +101,9 @@ def test_log_flood_is_cut_at_the_limit(run):
 def test_usage_is_reported(run):
     res, _out, _err = run.sh("head -c 20000000 /dev/zero | cat > /dev/null; sleep 0.1 & wait")
     assert res.status == "succeeded"
-    assert res.usage["cpu_s"] > 0
-    assert res.usage["memory_peak_bytes"] > 0
-    assert res.usage["pids_peak"] >= 2
+    assert res.usage.cpu_s > 0
+    assert res.usage.memory_peak_bytes > 0
+    assert res.usage.pids_peak >= 2
 
 
 def test_host_stays_healthy_after_hostile_jobs(run):

@@ -9,7 +9,7 @@ import pytest
 
 import worker.record
 from worker.record import FrozenRecordError, field, record, replace
-from worker.sandbox.engine import JobResult
+from worker.job_record import JobRecord, JobUsage, Status
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.settings import Settings
 
@@ -92,8 +92,8 @@ def test_sandbox_values_match_their_dataclass_shape() -> None:
     """The exec path's values keep the fields, defaults and equality of the dataclasses they were."""
     assert Limits() == Limits() and Limits().memory_bytes == 256 * 1024 * 1024
     assert SandboxRequest(argv=("a",)).limits == Limits()
-    result = JobResult(name="j", status="succeeded", reason=None)
-    assert result.artifacts == [] and result.artifacts is not JobResult("k", "failed", "oom").artifacts
+    result = JobRecord(name="j", status=Status.SUCCEEDED, reason=None)
+    assert result.artifacts == () and result.usage == JobUsage()
     assert not dataclasses.is_dataclass(result)  # really the light record, not dataclasses
 
 

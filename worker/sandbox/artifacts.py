@@ -21,30 +21,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.job_record import RefusedArtifact, StoredArtifact
 from worker.sandbox import blobs
 
 MAX_ENTRIES = 200_000  # entries examined per walk, kept or not
 MAX_DEPTH = 64
 MAX_REJECTED = 200  # refusals listed in the job's record; more are counted in one line
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: str
-    size: int
-    sha256: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
-
-
-@dataclass(frozen=True)
-class Rejected:
-    path: str
-    why: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "why": self.why}
 
 
 @dataclass(frozen=True)
@@ -77,7 +59,7 @@ def _match(pat: list[str], parts: list[str], prefix_ok: bool) -> bool:
 
 
 def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
-                      caps: Caps, exclude: tuple[str, ...] = ()) -> tuple[list[Artifact], list[Rejected]]:
+                      caps: Caps, exclude: tuple[str, ...] = ()) -> tuple[list[StoredArtifact], list[RefusedArtifact]]:
     """Copy every regular file named by ``patterns`` and by no ``exclude`` pattern (GitLab's
     ``artifacts:exclude``: an excluded file is simply not kept; an excluded directory is not even
     entered) into ``store``; report what was refused.
@@ -91,7 +73,7 @@ def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
     """
     if not patterns:
         return [], []
-    kept: list[Artifact] = []
+    kept: list[StoredArtifact] = []
     refusals = _Refusals()
     total = 0
     seen = 0
@@ -107,7 +89,7 @@ def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
                 continue
             seen += 1
             if seen > caps.entries:
-                refusals.add(Rejected(_printable(here.rel or "."),
+                refusals.add(RefusedArtifact(_printable(here.rel or "."),
                                       f"walk stopped: the cap of {caps.entries} entries examined was "
                                       "reached; later files were not collected"), always=True)
                 break
@@ -119,35 +101,35 @@ def collect_artifacts(workspace: Path, patterns: tuple[str, ...], store: Path,
             # opens below; the opens refuse symlinks anyway
             if entry.is_symlink():
                 if named:
-                    refusals.add(Rejected(_printable(rel), "symlink"))
+                    refusals.add(RefusedArtifact(_printable(rel), "symlink"))
                 continue
             if entry.is_dir(follow_symlinks=False):
                 if not (named or _could_match(patterns, rel)):
                     continue
                 if here.depth + 1 > MAX_DEPTH:
-                    refusals.add(Rejected(_printable(rel), "too deep"))
+                    refusals.add(RefusedArtifact(_printable(rel), "too deep"))
                     continue
                 try:
                     stack.append(_Dir(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                                               | os.O_CLOEXEC, dir_fd=here.fd), rel, here.depth + 1))
                 except OSError as exc:
-                    refusals.add(Rejected(_printable(rel), f"unreadable directory ({exc.strerror})"))
+                    refusals.add(RefusedArtifact(_printable(rel), f"unreadable directory ({exc.strerror})"))
                 continue
             if not named:
                 continue
             shown = _printable(rel)
             if not entry.is_file(follow_symlinks=False):
-                refusals.add(Rejected(shown, "not a regular file"))
+                refusals.add(RefusedArtifact(shown, "not a regular file"))
                 continue
             if shown != rel:
-                refusals.add(Rejected(shown, "file name is not valid UTF-8"))
+                refusals.add(RefusedArtifact(shown, "file name is not valid UTF-8"))
                 continue
             if len(kept) >= caps.count:
-                refusals.add(Rejected(rel, f"artifact count limit ({caps.count}) reached"))
+                refusals.add(RefusedArtifact(rel, f"artifact count limit ({caps.count}) reached"))
                 continue
             art, why = _copy_one(here.fd, entry.name, rel, store, caps, total)
             if art is None:
-                refusals.add(Rejected(rel, why))
+                refusals.add(RefusedArtifact(rel, why))
             else:
                 kept.append(art)
                 total += art.size
@@ -179,19 +161,19 @@ class _Refusals:
     """The refused entries, at most ``MAX_REJECTED`` listed; the rest only counted."""
 
     def __init__(self) -> None:
-        self.items: list[Rejected] = []
+        self.items: list[RefusedArtifact] = []
         self.unlisted = 0
 
-    def add(self, item: Rejected, always: bool = False) -> None:
+    def add(self, item: RefusedArtifact, always: bool = False) -> None:
         if len(self.items) < MAX_REJECTED or always:
             self.items.append(item)
         else:
             self.unlisted += 1
 
-    def listed(self) -> list[Rejected]:
+    def listed(self) -> list[RefusedArtifact]:
         if not self.unlisted:
             return self.items
-        return [*self.items, Rejected("...", f"{self.unlisted} more refused entries not listed "
+        return [*self.items, RefusedArtifact("...", f"{self.unlisted} more refused entries not listed "
                                              f"(at most {MAX_REJECTED} are)")]
 
 
@@ -216,7 +198,7 @@ def _prefix_match(pat: list[str], parts: list[str]) -> bool:
 
 
 def _copy_one(dir_fd: int, name: str, rel: str, store: Path, caps: Caps,
-              total: int) -> tuple[Artifact | None, str]:
+              total: int) -> tuple[StoredArtifact | None, str]:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
@@ -239,7 +221,7 @@ def _copy_one(dir_fd: int, name: str, rel: str, store: Path, caps: Caps,
             return None, f"file larger than the {caps.file_bytes}-byte cap"
         except blobs.SourceUnreadable as exc:
             return None, f"unreadable ({exc})"
-        return Artifact(path=rel, size=size, sha256=sha), ""
+        return StoredArtifact(path=rel, size=size, sha256=sha), ""
     finally:
         os.close(fd)
 

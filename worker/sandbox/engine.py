@@ -21,7 +21,8 @@ from pathlib import Path
 from pipelines.files.locks import try_hold
 from pipelines.identifiers import is_job_id
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
-from worker.record import field, record
+from worker.job_record import JobRecord, JobUsage, Reason, RefusedArtifact, Status, StoredArtifact, Verdict
+from worker.record import record, replace
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
@@ -32,51 +33,42 @@ from worker.sandbox.private_state import make_private
 from worker.sandbox.request import SandboxRequest, keeps_artifacts, validate_request
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, choose_runtime
-from worker.sandbox.supervise import Outcome, supervise
+from worker.sandbox.supervise import RunEnd, supervise
+from worker.sandbox.verdict import classify_end
 from worker.settings import Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
-    from typing import Any
-
-    from worker.sandbox.artifacts import Artifact, Rejected
-    from worker.sandbox.network import HostNetwork, JobNetwork, NetworkSettings
+    from worker.sandbox.network import HostNetwork, NetworkSettings
+    from worker.sandbox.network.egress import JobEgress
     from worker.sandbox.seed import Seed
 
 
 @record
-class JobResult:
-    name: str
-    status: str
-    reason: str | None
+class _JobDraft:
+    """What is known of a running job so far: filled in step by step by ``Engine._run`` (an error
+    half-way keeps what came before it: the runtime, the log, the usage), sealed into the job's one
+    :class:`JobRecord` by ``Engine.run``."""
+
+    verdict: Verdict = Verdict(Status.ERROR, Reason.INFRA_ERROR)
     exit_code: int | None = None
     signal: int | None = None
-    attempt: int = 1
-    duration_s: float = 0.0
-    started_at: str | None = None
-    finished_at: str | None = None
-    usage: dict[str, Any] = field(default_factory=lambda: {"cpu_s": 0.0, "memory_peak_bytes": 0, "pids_peak": 0})
-    artifacts: list[Artifact] = field(default_factory=list)
-    rejected_artifacts: list[Rejected] = field(default_factory=list)
-    cache_files: list[Artifact] = field(default_factory=list)  # what `cache: paths` named, for the cache
-    report_files: list[Artifact] = field(default_factory=list)  # what `artifacts:reports` named, kept always
-    job_id: str | None = None
+    usage: JobUsage = JobUsage()
+    artifacts: tuple[StoredArtifact, ...] = ()
+    rejected_artifacts: tuple[RefusedArtifact, ...] = ()
+    cache_files: tuple[StoredArtifact, ...] = ()
+    report_files: tuple[StoredArtifact, ...] = ()
     runtime: str | None = None
     log_path: str | None = None
-    message: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "status": self.status, "reason": self.reason,
-            "exit_code": self.exit_code, "signal": self.signal, "attempt": self.attempt,
-            "duration_s": self.duration_s, "started_at": self.started_at,
-            "finished_at": self.finished_at, "usage": self.usage,
-            "artifacts": [a.as_dict() for a in self.artifacts],
-            "rejected_artifacts": [r.as_dict() for r in self.rejected_artifacts],
-            "job_id": self.job_id, "runtime": self.runtime, "log": self.log_path,
-            "message": self.message,
-        }
+    def seal(self, name: str, job_id: str, started_at: str, duration_s: float) -> JobRecord:
+        return JobRecord(
+            name=name, status=self.verdict.status, reason=self.verdict.reason, exit_code=self.exit_code,
+            signal=self.signal, duration_s=duration_s, started_at=started_at, finished_at=_now(),
+            usage=self.usage, artifacts=self.artifacts, rejected_artifacts=self.rejected_artifacts, job_id=job_id,
+            runtime=self.runtime, log_path=self.log_path, message=self.verdict.message, cache_files=self.cache_files,
+            report_files=self.report_files,
+        )
 
 
 def _now() -> str:
@@ -108,7 +100,7 @@ class Engine:
         make_private(settings.state_dir, settings.run_dir)  # and fixes what an older sandpit left open
         self._network_settings = network
         self._host_network: HostNetwork | None = host_network
-        self.images = ImageStore(settings.state_dir, settings.images_dir)
+        self.images = ImageStore(settings.state_dir, settings.images_dir, registry=settings.registry())
         self._seccomp = oci.load_seccomp()
         self._scratch: Path | None = None
         self._runtimes: dict[str | None, Runtime] = {}
@@ -159,40 +151,41 @@ class Engine:
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
             secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = (),
-            report_paths: tuple[str, ...] = ()) -> JobResult:
+            report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> JobRecord:
         job_id = job_id or os.urandom(6).hex()
         if not is_job_id(job_id):  # it names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup, a disk
-            return JobResult(name=name, status="failed", reason="invalid_spec", started_at=_now(),
-                             finished_at=_now(), message=f"job id {job_id[:80]!r} is not valid: expected "
-                             "lowercase letters, digits and inner '-' (at most 64)")
-        result = JobResult(name=name, status="error", reason="infra_error", job_id=job_id,
-                           started_at=_now())
+            return JobRecord.not_run(name, Verdict(Status.FAILED, Reason.INVALID_SPEC, (
+                f"job id {job_id[:80]!r} is not valid: expected lowercase letters, digits and inner '-' "
+                "(at most 64)")), started_at=_now(), finished_at=_now())
+        started_at = _now()
+        result = _JobDraft()
         t0 = time.monotonic()
         try:
             problems = validate_request(req)
             if problems:
                 raise InvalidRequest("; ".join(problems))
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths,
-                      report_paths)
+                      report_paths, notes)
         except Exception as exc:  # one mapping for every path (worker/errors.py); never a traceback
-            result.status, result.reason, result.message = job_outcome(exc)
+            result.verdict = job_outcome(exc)
             if not isinstance(exc, SandpitError):
                 _log_exception("job %s ended by an unexpected error", job_id)
-        result.duration_s = round(time.monotonic() - t0, 6)
-        result.finished_at = _now()
-        return result
+        return result.seal(name, job_id, started_at, round(time.monotonic() - t0, 6))
 
-    def _run(self, req: SandboxRequest, job_id: str, result: JobResult, sink: OutputSink | None,
+    def _run(self, req: SandboxRequest, job_id: str, result: _JobDraft, sink: OutputSink | None,
              cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
-             cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = ()) -> None:
+             cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> None:
         s = self.settings
-        image = self.images.get(req.image)
+        pulled: list[str] = []  # a pull's progress (when the store lacks the image), first in the job's log
+        image = self.images.get(req.image, progress=pulled.append, cancel=cancel)
         runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
         scratch = self.scratch()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{job_id}.jsonl"
         result.log_path = str(log_path)
+        if notes or pulled:
+            _write_notes(log_path, (*notes, *pulled), sink)
         container_id = f"sandpit-{job_id}"
         job_dir = s.jobs_dir / job_id
         with contextlib.ExitStack() as stack:
@@ -209,7 +202,7 @@ class Engine:
             job_dir.mkdir(mode=0o711)
             stack.callback(_remove_job_dir, job_dir)
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
-            net_future = self._egress(stack, job_id) if req.network == "egress" else None
+            egress = self._egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
             slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE, legacy_dir=s.locks_dir)
             stack.callback(slot_lease.release)
@@ -225,7 +218,8 @@ class Engine:
             cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
                            pids=req.limits.pids, parent=cgroup_parent(s.instance_id))
             stack.callback(cg.close)
-            rootfs = JobRootfs(job_dir, [(image.key, image.rootfs)], disk.path, uid_base, oci.ID_RANGE,
+            stack.enter_context(self.images.hold(image))  # no prune removes its layers while it runs
+            rootfs = JobRootfs(job_dir, list(image.layer_stack()), disk.path, uid_base, oci.ID_RANGE,
                                s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
             stack.callback(rootfs.close)
             if seed is not None:
@@ -236,8 +230,8 @@ class Engine:
                 except OSError as exc:
                     raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
             netns_path = resolv_conf = None
-            if net_future is not None:
-                netns_path, resolv_conf = self._egress_ready(net_future, stack, job_dir)
+            if egress is not None:
+                netns_path, resolv_conf = self._egress_ready(egress, stack, job_dir)
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
                 uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
@@ -248,11 +242,11 @@ class Engine:
             stack.callback(_delete_container, runtime, container_id)
             joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
-            outcome = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
-            self._finish(result, outcome, cg.usage(), disk, req)
-            if req.network == "none" and result.status == "failed":
+            end = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
+            _judge(result, end, cg.usage(), disk)
+            if req.network == "none" and result.verdict.status is Status.FAILED:
                 _hint_offline(result, joblog, log_path, sink)
-            keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.status)
+            keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.verdict.status)
             if keep or cache_paths or report_paths:
                 cg.kill_all()  # files are read only once nothing of the job can still write
                 from worker.sandbox.artifacts import Caps, collect_artifacts
@@ -260,20 +254,27 @@ class Engine:
                 caps = Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
                             req.limits.artifact_total_bytes)
                 if keep:
-                    result.artifacts, result.rejected_artifacts = collect_artifacts(
+                    kept, refused = collect_artifacts(
                         rootfs.workspace, req.artifacts, self.artifact_store, caps, req.artifact_exclude)
+                    result.artifacts, result.rejected_artifacts = tuple(kept), tuple(refused)
                 if cache_paths:
-                    result.cache_files, _refused = collect_artifacts(
-                        rootfs.workspace, cache_paths, self.artifact_store, caps)
+                    cached, _refused = collect_artifacts(rootfs.workspace, cache_paths, self.artifact_store, caps)
+                    result.cache_files = tuple(cached)
                 if report_paths:  # test reports are kept whatever the job's outcome (as GitLab does)
-                    result.report_files, _refused = collect_artifacts(
-                        rootfs.workspace, report_paths, self.artifact_store, caps)
+                    reports, _refused = collect_artifacts(rootfs.workspace, report_paths, self.artifact_store, caps)
+                    result.report_files = tuple(reports)
 
-    def _egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
-        """``_start_egress``, its errors (an unusable host netns, a refused pool directory, a bridge
-        that cannot be made) said as the job's network failing, so the job ends ``infra_error``."""
+    def _egress(self, stack: contextlib.ExitStack, job_id: str) -> JobEgress:
+        """The job's network namespace with a veth on sandpit's bridge (``network/egress.py``: a ready
+        one from the pool, or one begun on another thread while disk, cgroup and rootfs are made here).
+        The stack closes it after the container is gone, whatever happens in between. Its errors (an
+        unusable host netns, a refused pool directory, a bridge that cannot be made) are said as the
+        job's network failing, so the job ends ``infra_error``."""
+        from worker.sandbox.network.egress import open_for_job
+
         try:
-            return self._start_egress(stack, job_id)
+            return stack.enter_context(open_for_job(job_id, self.settings, self._network_settings,
+                                                    self.host_network))
         except Exception as exc:
             from worker.sandbox.network.errors import NetworkError
 
@@ -281,31 +282,7 @@ class Engine:
                 raise SandboxError(f"cannot give the job a network: {exc}") from exc
             raise
 
-    def _start_egress(self, stack: contextlib.ExitStack, job_id: str) -> Any:
-        """The job's network namespace with a veth on sandpit's bridge: a ready one from the pool when
-        there is one (no netlink, no pyroute2 in this process), else one begun on another thread while
-        disk, cgroup and rootfs are made here. Returns a callable that waits for it. The stack closes
-        it after the container is gone, whatever happens in between, then tops the pool up in the
-        background if it ran low (so that start-up is never on this job's wall time)."""
-        from worker.sandbox.network.pool.claim import claim, pool_request
-        from worker.sandbox.network.pool.refill import refill_if_low
-
-        network = self._network_settings
-        request = network.pool_request() if network is not None else pool_request(self.settings)
-        if request is not None:
-            pooled = claim(request, job_id)
-            stack.callback(refill_if_low, request, pooled)
-            if pooled is not None:
-                stack.callback(pooled.close)
-                return lambda: pooled
-        from worker.sandbox.network import JobNetwork
-
-        host = self.host_network()
-        future = _network_pool().submit(JobNetwork, host.settings, job_id, "egress", host)
-        stack.callback(_close_network, future)
-        return future.result
-
-    def _egress_ready(self, ready: Any, stack: contextlib.ExitStack, job_dir: Path) -> tuple[str, str]:
+    def _egress_ready(self, egress: JobEgress, stack: contextlib.ExitStack, job_dir: Path) -> tuple[str, str]:
         """The job's netns path and the resolv.conf to bind at /etc/resolv.conf.
 
         resolv.conf lives on a tmpfs of its own at ``<job>/resolv``: a bind of a file of the host's
@@ -314,7 +291,7 @@ class Engine:
         mount, but crun cannot stat ``/proc/<pid>/fd/<n>`` from the job's user namespace and the
         kernel refuses to bind a file of its internal shm mount: measured, crun 1.8 and runc 1.1.)"""
         try:
-            net = ready()
+            net = egress.ready()
         except Exception as exc:
             from worker.sandbox.network.errors import NetworkError
 
@@ -334,35 +311,24 @@ class Engine:
         fd = os.open(resolv, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             os.fchmod(fd, 0o644)  # whatever the umask: the job's user must read it
-            os.write(fd, net.resolv_conf or b"")
+            os.write(fd, net.resolv_conf)
         finally:
             os.close(fd)
         return net.netns_path, resolv
 
-    def _finish(self, result: JobResult, outcome: Outcome, usage: Usage, disk: JobDisk,
-                req: SandboxRequest) -> None:
-        result.usage = {"cpu_s": usage.cpu_s, "memory_peak_bytes": usage.memory_peak_bytes,
-                        "pids_peak": usage.pids_peak}
-        if outcome.runtime_error:
-            result.status, result.reason, result.message = "error", "infra_error", outcome.runtime_error
-            return
-        result.exit_code, result.signal = outcome.exit_code, outcome.signal
-        reason = outcome.reason
-        if reason is None and usage.oom_kills > 0:
-            reason = "oom"
-        if reason is None and usage.pids_limit_hits > 0:
-            reason = "pids_limit"
-        if reason is None and disk.quota_hit(job_failed=outcome.exit_code != 0):
-            reason = "disk_quota"
-        if reason is None:
-            result.status = "succeeded" if outcome.exit_code == 0 else "failed"
-            result.reason = None if outcome.exit_code == 0 else "exit_code"
-        else:
-            result.status = "cancelled" if reason == "cancelled" else "failed"
-            result.reason = reason
+
+def _judge(result: _JobDraft, end: RunEnd, usage: Usage, disk: JobDisk) -> None:
+    """The job's usage and verdict (worker/sandbox/verdict.py's rule); the exit code and signal
+    unless the runtime itself failed."""
+    result.usage = JobUsage(cpu_s=usage.cpu_s, memory_peak_bytes=usage.memory_peak_bytes, pids_peak=usage.pids_peak)
+    result.verdict = classify_end(end.exit_code, end.reason, end.runtime_error, oom_kills=usage.oom_kills,
+                                  pids_limit_hits=usage.pids_limit_hits,
+                                  disk_quota_hit=lambda failed: disk.quota_hit(job_failed=failed))
+    if not end.runtime_error:
+        result.exit_code, result.signal = end.exit_code, end.signal
 
 
-def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path, sink: OutputSink | None) -> None:
+def _hint_offline(result: _JobDraft, joblog: JobLog, log_path: Path, sink: OutputSink | None) -> None:
     """A failed ``network: none`` job whose log ends in a failed lookup or connection gets a hint
     naming ``network: egress`` in its message, at the end of its log and to its live reader
     (network/hint.py)."""
@@ -372,7 +338,8 @@ def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path, sink: Outpu
     hint = offline_hint(read_tail(log_path))
     if hint is None:
         return
-    result.message = f"{result.message}; {hint}" if result.message else hint
+    said = result.verdict.message
+    result.verdict = replace(result.verdict, message=f"{said}; {hint}" if said else hint)
     with open(log_path, "ab") as f:
         f.write(json.dumps({"t": round(time.monotonic() - joblog.started, 6), "s": "sys",
                             "d": f"\n{hint}\n"}).encode() + b"\n")
@@ -381,26 +348,15 @@ def _hint_offline(result: JobResult, joblog: JobLog, log_path: Path, sink: Outpu
             sink("sys", f"\n{hint}\n".encode())
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _network_pool() -> ThreadPoolExecutor:
-    from concurrent.futures import ThreadPoolExecutor  # only egress jobs pay for the import
-
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandpit-net")
-        return _pool
-
-
-def _close_network(future: Future[JobNetwork]) -> None:
-    try:
-        net = future.result()
-    except Exception:
-        return
-    net.close()
+def _write_notes(log_path: Path, lines: tuple[str, ...], sink: OutputSink | None) -> None:
+    """sandpit's own lines before the job's output (an image pull's progress): in the log file, which
+    the job's log then continues, and to the live reader."""
+    data = "".join(f"[sandpit] {line}\n" for line in lines)
+    with open(log_path, "ab") as f:
+        f.write(json.dumps({"t": 0.0, "s": "sys", "d": data}).encode() + b"\n")
+    if sink is not None:
+        with contextlib.suppress(Exception):  # a reader that went away misses only these lines
+            sink("sys", data.encode())
 
 
 def _remove_job_dir(job_dir: Path) -> None:

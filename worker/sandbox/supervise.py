@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from worker.job_record import Reason
 from worker.record import record
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.logs import JobLog
@@ -32,15 +33,17 @@ DRAIN_S = 2.0
 
 
 @record(frozen=True)
-class Outcome:
+class RunEnd:
+    """How the container's run ended, as the supervisor saw it (``worker.sandbox.verdict`` judges it)."""
+
     exit_code: int | None
     signal: int | None
-    reason: str | None  # a limit or cancel that sandpit enforced, else None
-    runtime_error: str | None = None
+    reason: Reason | None  # a limit or cancel that sandpit enforced, else None
+    runtime_error: str | None = None  # the runtime's own failure (it could not start the job)
 
 
 def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, joblog: JobLog,
-              limits: Limits, cancel: threading.Event) -> Outcome:
+              limits: Limits, cancel: threading.Event) -> RunEnd:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     runtime_log = bundle / "runtime.log"
@@ -61,7 +64,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     wake_fd = joblog.wake_fd
     if wake_fd is not None:
         sel.register(wake_fd, selectors.EVENT_READ, "delivery")
-    reason: str | None = None
+    reason: Reason | None = None
     started = time.monotonic()
     deadline = started + limits.timeout_s
     kill_at: float | None = None
@@ -86,7 +89,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                     if chunk:
                         joblog.write(streams[fd], chunk)
                         if joblog.over_limit and reason is None:
-                            reason = "log_limit"
+                            reason = Reason.LOG_LIMIT
                             cg.kill_all()
                     else:
                         _close_pipe(sel, fd, open_pipes, paused)
@@ -98,7 +101,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(key.fd)
                     if reason is None:
-                        reason = "oom"
+                        reason = Reason.OOM
                     cg.kill_all()
                 elif key.data == "delivery":
                     with contextlib.suppress(BlockingIOError):
@@ -123,14 +126,14 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
                 next_poll = now + POLL_S
                 joblog.tick()
                 if reason is None and cancel.is_set():
-                    reason = "cancelled"
+                    reason = Reason.CANCELLED
                     runtime.kill(container_id, "TERM")
                     kill_at = now + limits.grace_s
                 if reason is None and cg.pids_limit_hits() > 0:
-                    reason = "pids_limit"
+                    reason = Reason.PIDS_LIMIT
                     cg.kill_all()
             if reason is None and now >= deadline and status is None:
-                reason = "timeout"
+                reason = Reason.TIMEOUT
                 deadline = float("inf")
                 runtime.kill(container_id, "TERM")
                 kill_at = now + limits.grace_s
@@ -156,9 +159,9 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     sig = None
     if code < 0:
         sig, code = -code, 128 - code
-    elif reason in ("timeout", "oom", "pids_limit", "log_limit", "cancelled") and code > 128:
+    elif reason is not None and code > 128:  # every enforced reason kills the job
         sig = code - 128
-    return Outcome(exit_code=code, signal=sig, reason=reason, runtime_error=error)
+    return RunEnd(exit_code=code, signal=sig, reason=reason, runtime_error=error)
 
 
 def _close_pipe(sel: selectors.BaseSelector, fd: int, open_pipes: set[int], paused: bool) -> None:

@@ -183,7 +183,7 @@ def test_jobs_still_run_in_every_runtime_and_profile(any_run):
         res, out, err = any_run.sh("echo data > /workspace/f && cat /workspace/f /etc/hostname", profile=profile)
         assert res.status == "succeeded", err
         assert out.startswith("data\n")
-    assert json.dumps(res.as_record())
+    assert json.dumps(res.to_json())
 
 
 def test_egress_mountinfo_names_no_host_path_and_no_job_id(settings, runtime, world, no_leftovers):  # noqa: F811
