@@ -42,7 +42,7 @@ def utcnow() -> dt.datetime:
 
 
 @dataclass
-class Source:
+class WorkspaceSource:
     """The project files every job of a run starts with (local mode: the git work tree)."""
 
     root: Path
@@ -56,7 +56,7 @@ class WorkerContext:
     worker_id: str
     lease_s: float = 30.0
     defaults: JobDefaults = field(default_factory=JobDefaults)
-    source_for: Callable[[Run], Source | None] = lambda _run: None
+    source_for: Callable[[Run], WorkspaceSource | None] = lambda _run: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
     on_done: Callable[[Job, JobRecord], None] = lambda _job, _record: None
     # wraps the sandbox run: the service waits here for room in its memory/cpu budget
@@ -255,7 +255,7 @@ KEEPER_IDLE_EXIT_S = 30.0  # the lease keeper's thread ends after this long with
 
 
 @dataclass(eq=False)
-class Lease:
+class AttemptLease:
     """One running attempt the keeper watches: ``cancel`` is set when the job must stop (a cancel
     request, or the lease is lost), ``lost`` when the attempt is no longer this worker's."""
 
@@ -279,13 +279,13 @@ class LeaseKeeper:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._leases: set[Lease] = set()
+        self._leases: set[AttemptLease] = set()
         self._thread: threading.Thread | None = None
 
-    def watch(self, ctx: WorkerContext, job_id: str, attempt: int) -> Lease:
+    def watch(self, ctx: WorkerContext, job_id: str, attempt: int) -> AttemptLease:
         renew_every = max(0.05, ctx.lease_s / 3)
         now = time.monotonic()
-        lease = Lease(ctx, job_id, attempt, renew_every, next_renewal=now + renew_every,
+        lease = AttemptLease(ctx, job_id, attempt, renew_every, next_renewal=now + renew_every,
                       next_check=now + min(CANCEL_POLL_S, renew_every))
         with self._cond:
             self._leases.add(lease)
@@ -295,7 +295,7 @@ class LeaseKeeper:
             self._cond.notify()
         return lease
 
-    def unwatch(self, lease: Lease) -> None:
+    def unwatch(self, lease: AttemptLease) -> None:
         """Stop watching; returns once no renewal or check of this lease is in flight."""
         with lease.lock:
             lease.watched = False
@@ -319,7 +319,7 @@ class LeaseKeeper:
             for lease in due:
                 self._check(lease)
 
-    def _check(self, lease: Lease) -> None:
+    def _check(self, lease: AttemptLease) -> None:
         with lease.lock:
             if not lease.watched:
                 return

@@ -38,7 +38,7 @@ from pipelines.store.models import Job, Run
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
 from worker import local_cache, local_records
-from worker.executor import Source, WorkerContext, execute_job, image_shell, utcnow
+from worker.executor import WorkerContext, WorkspaceSource, execute_job, image_shell, utcnow
 from worker.job_record import JobRecord, Reason, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.run_kept import kept_lines
@@ -63,12 +63,12 @@ def git(root: Path, *args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def project_source(root: Path) -> Source:
+def project_source(root: Path) -> WorkspaceSource:
     listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     if listed is None:
-        return Source(root=root)
+        return WorkspaceSource(root=root)
     files = tuple(sorted({f for f in listed.split("\0") if (f and (root / f).exists()) or (root / f).is_symlink()}))
-    return Source(root=root, files=files)
+    return WorkspaceSource(root=root, files=files)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pipelines.language.jobs import JobDef, VariableDef, inherited_variable_name
 from pipelines.language.model import AllowFailure, Artifacts, Cache, Image, Job, Need, PipelineInputs
 from pipelines.language.parallel import Combo, matrix_name, parallel_name
 from pipelines.language.problems import Loc, ProblemSink
-from pipelines.language.rules import Outcome, RuleContext, first_match, policy_allows
+from pipelines.language.rules import RuleContext, RuleOutcome, first_match, policy_allows
 from pipelines.language.variables import expand, job_variables, pipeline_variables, resolve_variables
 from pipelines.language.yamltree import YNode
 
@@ -126,15 +126,15 @@ def _with_rule_variables(
     return resolve_variables(raw)
 
 
-def _decide(job: JobDef, variables: Mapping[str, str], base: RuleContext) -> Outcome:
+def _decide(job: JobDef, variables: Mapping[str, str], base: RuleContext) -> RuleOutcome:
     ctx = RuleContext(
         variables, base.changed_files, base.existing_files, base.trigger, base.ref, base.ref_kind
     )
     if job.rules is not None:
         return first_match(job.rules, ctx, default_when=job.when)
     if policy_allows(job.only, job.except_, ctx):
-        return Outcome(job.when, from_rule=False)
-    return Outcome("never", from_rule=False)
+        return RuleOutcome(job.when, from_rule=False)
+    return RuleOutcome("never", from_rule=False)
 
 
 def _draft(
@@ -143,7 +143,7 @@ def _draft(
     combo: Combo,
     index: int | None,
     total: int | None,
-    outcome: Outcome,
+    outcome: RuleOutcome,
     variables: Mapping[str, str],
     sink: ProblemSink,
 ) -> JobDraft:

@@ -72,7 +72,7 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class RuleOutcome:
     """What the deciding rule says; ``when`` "never" means the job is left out."""
 
     when: str
@@ -82,7 +82,7 @@ class Outcome:
     from_rule: bool = True
 
 
-NEVER = Outcome("never")
+NEVER = RuleOutcome("never")
 
 
 def read_expression(node: YNode, what: str, sink: ProblemSink) -> Expression | None:
@@ -200,11 +200,11 @@ def rule_holds(rule: Rule, ctx: RuleContext) -> bool:
     return True
 
 
-def first_match(rules: tuple[Rule, ...], ctx: RuleContext, default_when: str = "on_success") -> Outcome:
+def first_match(rules: tuple[Rule, ...], ctx: RuleContext, default_when: str = "on_success") -> RuleOutcome:
     """The outcome of the first rule that holds; NEVER when none does."""
     for rule in rules:
         if rule_holds(rule, ctx):
-            return Outcome(
+            return RuleOutcome(
                 rule.when or default_when, rule.allow_failure, rule.variables, rule.start_in_seconds
             )
     return NEVER
