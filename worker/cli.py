@@ -210,8 +210,24 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     b = isub.add_parser("build", parents=[common], help="build image recipes from images/")
     b.add_argument("names", nargs="*", help="recipes to build (environment: SANDPIT_IMAGES_DIR holds them)")
     b.add_argument("--all", action="store_true", help=_helped("build every recipe", "off"))
-    isub.add_parser("list", parents=[common], help="list built images")
-    rm = isub.add_parser("rm", parents=[common], help="remove a built image")
+    pl = isub.add_parser("pull", parents=[common], help="pull an image from its registry (or its mirror)",
+                         description="Pull REF (name[:tag][@digest]; Docker Hub's library/ by default) into the "
+                                     "store, showing each layer's progress. Only registries in SANDPIT_REGISTRIES; "
+                                     "mirrors and insecure registries from SANDPIT_REGISTRIES_CONF, credentials "
+                                     "from SANDPIT_REGISTRY_AUTH.")
+    pl.add_argument("references", nargs="+", metavar="REF", help="image references")
+    im = isub.add_parser("import", parents=[common], help="import a `docker save` archive or an OCI archive",
+                         description="Store the images of a `docker save` archive or an OCI archive (oci-archive), "
+                                     "under the names the archive gives them or --tag.")
+    im.add_argument("file", help="the archive (.tar)")
+    im.add_argument("--tag", default=None, metavar="REF", help=_helped("the name to store it under", "its own"))
+    isub.add_parser("list", parents=[common], help="list images: recipes built here, pulled and imported ones")
+    pr = isub.add_parser("prune", parents=[common], help="remove what no image reference holds",
+                         description="Remove manifests and layers no reference holds; with a cap, the least "
+                                     "recently used pulled images first (layers of running jobs are kept).")
+    pr.add_argument("--max-size", default=None, metavar="SIZE",
+                    help=_helped("keep pulled layers under SIZE (K/M/G)", "no cap", "SANDPIT_IMAGES_MAX_SIZE"))
+    rm = isub.add_parser("rm", parents=[common], help="remove an image (a recipe's build or a pulled name)")
     rm.add_argument("names", nargs="+", help="images to remove")
 
     wk = sub.add_parser("worker", parents=[common], help="start a worker (Celery, threads pool) for the service")
@@ -386,15 +402,18 @@ def _lint(args: Any, settings: Settings) -> int:
         return 2
     from worker.sandbox.images import ImageStore
 
-    # the references the recipes provide, so lint warns where run would refuse an image
-    images = ImageStore(settings.state_dir, settings.images_dir).provided()
+    # the references the recipes provide, so lint warns where run would refuse an image; none when
+    # images may come from a registry or the store holds pulled ones (lint cannot know those)
+    store = ImageStore(settings.state_dir, settings.images_dir)
+    images = None if settings.registries or store.pulled.names() else store.provided()
     return lint_parsed(args, sys.stdout, sys.stderr, images=images)
 
 
 def _images(args: Any, settings: Settings) -> int:
     from worker.sandbox.images import ImageStore, print_progress
+    from worker.terminal import quote_lines
 
-    store = ImageStore(settings.state_dir, settings.images_dir)
+    store = ImageStore(settings.state_dir, settings.images_dir, registry=settings.registry())
     if args.images_command == "build":
         names = store.recipe_names() if args.all else args.names
         if not names:
@@ -405,18 +424,55 @@ def _images(args: Any, settings: Settings) -> int:
             state = "built" if built else "up to date"
             print(f"{name}\t{image.key[:12]}\t{state}")
         return 0
+    if args.images_command == "pull":
+        for reference in args.references:
+            image = store.pull(reference, lambda line: print_progress(quote_lines(line)))
+            print(f"{image.name}\t{image.digest}")
+        return 0
+    if args.images_command == "import":
+        from pathlib import Path
+
+        for image in store.import_archive(Path(args.file), args.tag, lambda line: print_progress(quote_lines(line))):
+            print(f"{image.name}\t{image.digest}")
+        return 0
     if args.images_command == "list":
-        print("NAME\tKEY\tSIZE\tCURRENT")
+        import time
+
+        print("NAME\tSOURCE\tID\tSIZE\tSTATE")
         for image in store.list():
-            current = "yes" if store.is_current(image.name) else "stale (recipe changed)"
-            print(f"{image.name}\t{image.key[:12]}\t{image.size / 1e6:.0f}MB\t{current}")
+            current = "current" if store.is_current(image.name) else "stale (recipe changed)"
+            print(f"{image.name}\trecipe\t{image.key[:12]}\t{image.size / 1e6:.0f}MB\t{current}")
+        for reference, digest, size, used, source in store.pulled_entries():
+            ago = time.strftime("%Y-%m-%d %H:%M", time.gmtime(used))
+            shown = f"{size / 1e6:.0f}MB" if size >= 0 else "?"
+            print(f"{quote_lines(reference)}\t{source}\t{digest[:19]}\t{shown}\tlast used {ago} UTC")
+        return 0
+    if args.images_command == "prune":
+        from worker.sandbox.units import parse_size
+
+        try:
+            cap = parse_size(args.max_size) if args.max_size else None
+        except ValueError as exc:
+            print(f"sandpit: --max-size: {exc}", file=sys.stderr)
+            return 2
+        report = store.prune(max_bytes=cap)
+        for name in report.names:
+            print(f"evicted {quote_lines(name)} (least recently used, over the cap)")
+        for key in report.layers:
+            print(f"removed layer {key[:12]}")
+        for key in report.busy:
+            print(f"kept layer {key[:12]}: a running job uses it")
+        print(f"freed {report.freed_bytes / 1e6:.0f}MB ({len(report.manifests)} manifests, "
+              f"{len(report.layers)} layers)")
         return 0
     from worker.sandbox.rootfs import drop_layer_views
 
     for name in args.names:
-        drop_layer_views(settings.run_dir, store.get(name).key)
+        image = store.get(name, policy="never")
+        if image.source == "recipe":
+            drop_layer_views(settings.run_dir, image.key)
         store.remove(name)
-        print(f"removed {name}")
+        print(f"removed {quote_lines(name)}")
     return 0
 
 

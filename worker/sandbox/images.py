@@ -404,7 +404,8 @@ class ImageStore:
             for fd in fds:
                 os.close(fd)
 
-    def prune(self, *, max_bytes: int | None = None, keep: frozenset[str] = frozenset()) -> PruneReport:
+    def prune(self, *, max_bytes: int | None = None, keep: frozenset[str] = frozenset(),
+              grace_s: float | None = None) -> PruneReport:
         """Remove what no reference holds; with a cap, the least recently used pulled images first."""
         from worker.sandbox.registry.pruning import prune
 
@@ -415,7 +416,10 @@ class ImageStore:
             except ImageError:
                 continue
         cap = self.registry.max_store_bytes if max_bytes is None else max_bytes
-        return prune(self.pulled, recipe_keys, max_bytes=cap, keep=keep, run_dir=self.registry.run_dir)
+        from worker.sandbox.registry.pruning import GRACE_S
+
+        return prune(self.pulled, recipe_keys, max_bytes=cap, keep=keep, run_dir=self.registry.run_dir,
+                     grace_s=GRACE_S if grace_s is None else grace_s)
 
     def pulled_entries(self) -> list[tuple[str, str, int, float, str]]:
         """(reference, digest, size, last use, source) of every pulled or imported name."""

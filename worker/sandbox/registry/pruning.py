@@ -31,6 +31,9 @@ from worker.sandbox.registry.pulled import PulledImages
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 STALE_S = 24 * 3600.0
+#: a layer made this recently is kept: a build or a pull renames its layer into place before it
+#: writes the ref or manifest that names it, and a prune in between must not take it
+GRACE_S = 600.0
 _TEMPORARY = (".tmp-", ".pull-", ".import-", ".probe-", ".trash-")
 
 
@@ -44,7 +47,7 @@ class PruneReport:
 
 
 def prune(store: PulledImages, recipe_keys: set[str], *, max_bytes: int = 0, keep: frozenset[str] = frozenset(),
-          run_dir: Path | None = None, now: float | None = None) -> PruneReport:
+          run_dir: Path | None = None, now: float | None = None, grace_s: float = GRACE_S) -> PruneReport:
     """Collect what nothing holds; with ``max_bytes``, evict the least recently used names first
     (never one whose digest is in ``keep``: the image just pulled)."""
     report = PruneReport()
@@ -92,6 +95,9 @@ def prune(store: PulledImages, recipe_keys: set[str], *, max_bytes: int = 0, kee
         stamp = time.time() if now is None else now
         for entry in os.listdir(layers):
             if is_sha256_hex(entry) and entry not in wanted:
+                with contextlib.suppress(OSError):
+                    if stamp - os.stat(entry, dir_fd=layers, follow_symlinks=False).st_mtime < grace_s:
+                        continue
                 size = store.layer_size(entry)
                 if remove_layer(layers, entry, run_dir):
                     report.layers.append(entry)
