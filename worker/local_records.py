@@ -162,13 +162,14 @@ def read_records(state_dir: Path) -> list[LocalRecord]:
         stem, dot, ext = name.rpartition(".")
         if ext != "json" or not dot or not is_job_id(stem):
             continue
-        record = _read(folder / name)
+        record = read_record_file(folder / name)
         if record is not None:
             found.append(record)
     return sorted(found, key=lambda r: r.created)
 
 
-def _read(path: Path) -> LocalRecord | None:
+def read_record_file(path: Path) -> LocalRecord | None:
+    """The record in ``path``; None when it is not one (torn, foreign, too large)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -25,16 +25,17 @@ It runs as ``sandpit gc`` and automatically at the start of ``sandpit run`` (in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 
 from worker.record import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from pathlib import Path
 
     from worker.local_records import LocalRecord
     from worker.settings import Settings
@@ -184,7 +185,35 @@ def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collecte
                 done.files += 1
                 done.bytes_freed += size
     done.scratch = _dead_scratch(settings.state_dir / "local", now)
+    folders = [local_records.records_dir(settings.state_dir)]
+    folders += [Path(e.path).parent for e in entries]
+    for folder in {*folders}:
+        done.records += _leftover_writes(folder, now, settings.retention_s)
     return done
+
+
+def _leftover_writes(folder: Path, now: float, retention_s: float) -> int:
+    """Remove what a writer killed mid-write left in ``folder``: its unique temporaries (after an
+    hour) and files that cannot be read as a record (after the retention age); how many."""
+    from worker.local_records import read_record_file
+
+    removed = 0
+    try:
+        items = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for item in items:
+        if not item.is_file(follow_symlinks=False):
+            continue
+        age = now - item.stat(follow_symlinks=False).st_mtime
+        torn = item.name.startswith(".tmp-") and age > 3600
+        unreadable = (item.name.endswith(".json") and age > retention_s and folder.name == "records"
+                      and read_record_file(Path(item.path)) is None)
+        if torn or unreadable:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.path)
+            removed += 1
+    return removed
 
 
 def _record_bytes(rec: LocalRecord, store: Path, logs_dir: Path) -> int:

@@ -132,3 +132,18 @@ def test_nothing_outside_the_stores_is_touched(tmp_path: Path) -> None:
 def test_bad_retention_settings_are_refused_by_name(tmp_path: Path) -> None:
     p = gc(tmp_path, SANDPIT_RETENTION="soon")
     assert p.returncode == 125 and "SANDPIT_RETENTION='soon'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_what_a_killed_writer_left_is_removed_in_time(tmp_path: Path) -> None:
+    """A unique temporary left by a writer killed before its rename goes after an hour, a record
+    file that cannot be read after the retention age; a fresh temporary stays (it may be in use)."""
+    state = tmp_path / "state"
+    folder = local_records.records_dir(state)
+    folder.mkdir(parents=True)
+    old_temp, new_temp, torn = folder / ".tmp-0a0a0a0a", folder / ".tmp-0b0b0b0b", folder / "deadbeef0000.json"
+    for path, age in ((old_temp, 7200), (new_temp, 5), (torn, 8 * DAY)):
+        path.write_text('{"id": "dead')
+        os.utime(path, (time.time() - age,) * 2)
+    p = gc(state)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(folder)) == [".tmp-0b0b0b0b"]
