@@ -22,7 +22,8 @@ imports this façade (``tests/unit/network/test_layers.py`` walks the imports an
 6. ``reaper``: what dead owners left, and the judging of pool entries;
 7. the pool: ``pool.claim`` (taking an entry: import-light, no netlink), ``pool.refill`` (starting the
    detached refill), ``pool.fill`` (making and draining entries);
-8. ``lifecycle`` (host teardown and reload), ``doctor`` (the DNS check).
+8. ``lifecycle`` (host teardown and reload), ``doctor`` (the DNS check), ``egress`` (the engine's one
+   seam: ``open_for_job`` gives a job a pooled namespace or makes one).
 
 The reaper sits below the pool because a fill reaps before it makes entries; it needs only the
 pool's layout. The names below are loaded on first use (PEP 562), so importing ``pool.claim`` on the
