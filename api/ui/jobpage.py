@@ -95,6 +95,8 @@ async def _window(settings: ApiSettings, redis: Any, detail: JobDetail, at: str 
     if final and detail.log_path:
         file = log_file(_LogPathOnly(detail.log_path), settings.state_dir)  # type: ignore[arg-type]
     if file is not None:
+        if at == "end":
+            return await to_thread.run_sync(lambda: file_window(file, tail=True)), None
         offset, skipped, number = _int(at, "at"), _int(skip, "skip") or 0, _int(line, "line")
         if offset is not None and not await to_thread.run_sync(is_entry_start, file, offset):
             raise BadRequest(f"?at={offset} is not where an entry of this log begins")

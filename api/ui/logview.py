@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from markupsafe import Markup, escape
@@ -48,6 +48,7 @@ _ESCAPES = re.compile(
     r"|\x1b[ -/]*[0-~]?"
     r"|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _FLAGS = {1: "sb", 2: "sd", 3: "si", 4: "su", 7: "sr", 9: "ss"}
 _FLAG_OFF = {22: ("sb", "sd"), 23: ("si",), 24: ("su",), 27: ("sr",), 29: ("ss",)}
 
@@ -76,48 +77,57 @@ def nearest_colour(r: int, g: int, b: int) -> int:
     return 16 + 36 * _cube(r) + 6 * _cube(g) + _cube(b)
 
 
-@dataclass(slots=True)
-class _Style:
-    fg: int | None = None
-    bg: int | None = None
-    flags: frozenset[str] = frozenset()
+Style = tuple[int | None, int | None, frozenset[str]]  # foreground, background, flags
+PLAIN: Style = (None, None, frozenset())
 
-    def classes(self) -> str:
-        names = [f"f{self.fg}"] if self.fg is not None else []
-        if self.bg is not None:
-            names.append(f"b{self.bg}")
-        names.extend(sorted(self.flags))
-        return " ".join(names)
 
-    def apply(self, params: str) -> None:
-        """Apply one SGR parameter list (``;`` or ``:`` separated; empty means reset)."""
-        numbers = [int(p) if p.isdigit() else 0 for p in re.split("[;:]", params)] if params else [0]
-        i = 0
-        while i < len(numbers):
-            n = numbers[i]
-            if n == 0:
-                self.fg, self.bg, self.flags = None, None, frozenset()
-            elif n in _FLAGS:
-                self.flags |= {_FLAGS[n]}
-            elif n in _FLAG_OFF:
-                self.flags -= set(_FLAG_OFF[n])
-            elif 30 <= n <= 37 or 90 <= n <= 97:
-                self.fg = n - 30 if n < 90 else n - 82
-            elif 40 <= n <= 47 or 100 <= n <= 107:
-                self.bg = n - 40 if n < 100 else n - 92
-            elif n == 39:
-                self.fg = None
-            elif n == 49:
-                self.bg = None
-            elif n in (38, 48):
-                colour, used = _extended(numbers[i + 1:])
-                i += used
-                if colour is not None:
-                    if n == 38:
-                        self.fg = colour
-                    else:
-                        self.bg = colour
-            i += 1
+@lru_cache(maxsize=4096)
+def style_classes(style: Style) -> str:
+    """The class names of a style (cached: a log uses a handful of styles over and over)."""
+    fg, bg, flags = style
+    names = [f"f{fg}"] if fg is not None else []
+    if bg is not None:
+        names.append(f"b{bg}")
+    names.extend(sorted(flags))
+    return " ".join(names)
+
+
+@lru_cache(maxsize=4096)
+def apply_sgr(style: Style, params: str) -> Style:
+    """The style after one SGR parameter list (``;`` or ``:`` separated; empty means reset).
+
+    >>> apply_sgr(PLAIN, "1;31"), apply_sgr((1, None, frozenset({"sb"})), "22;39")
+    ((1, None, frozenset({'sb'})), (None, None, frozenset()))
+    """
+    fg, bg, flags = style
+    numbers = [int(p) if p.isdigit() else 0 for p in re.split("[;:]", params)] if params else [0]
+    i = 0
+    while i < len(numbers):
+        n = numbers[i]
+        if n == 0:
+            fg, bg, flags = None, None, frozenset()
+        elif n in _FLAGS:
+            flags = flags | {_FLAGS[n]}
+        elif n in _FLAG_OFF:
+            flags = flags - set(_FLAG_OFF[n])
+        elif 30 <= n <= 37 or 90 <= n <= 97:
+            fg = n - 30 if n < 90 else n - 82
+        elif 40 <= n <= 47 or 100 <= n <= 107:
+            bg = n - 40 if n < 100 else n - 92
+        elif n == 39:
+            fg = None
+        elif n == 49:
+            bg = None
+        elif n in (38, 48):
+            colour, used = _extended(numbers[i + 1:])
+            i += used
+            if colour is not None:
+                if n == 38:
+                    fg = colour
+                else:
+                    bg = colour
+        i += 1
+    return fg, bg, frozenset(flags)
 
 
 def _extended(rest: Sequence[int]) -> tuple[int | None, int]:
@@ -148,7 +158,7 @@ class LogRenderer:
     def __init__(self, first_line: int = 1, *, anchors: bool = True) -> None:
         self.next_line = first_line
         self.anchors = anchors
-        self.style = _Style()
+        self.style: Style = PLAIN
         self.pending = ""
 
     def feed(self, text: str) -> list[Op]:
@@ -182,7 +192,7 @@ class LogRenderer:
         marked = False
         at = 0
         opened: Op | None = None
-        for match in _MARKER.finditer(line):
+        for match in (_MARKER.finditer(line) if "section_" in line else ()):
             before = line[at:match.start()]
             at = match.end()
             marked = True
@@ -210,20 +220,24 @@ class LogRenderer:
         """One line's text as HTML spans (the style carries on to the next line)."""
         text = _visible(text.rstrip("\r"))  # a trailing CR (CRLF) only ends the line
         out: list[str] = []
+        if _CONTROL.search(text) is None:  # most lines: no escape sequence, no control character
+            if text:
+                self._span(text, out)
+            return "".join(out)
         at = 0
         for match in _ESCAPES.finditer(text):
             if match.start() > at:
                 self._span(text[at:match.start()], out)
             at = match.end()
             if match.group(1) is not None:
-                self.style.apply(match.group(1))
+                self.style = apply_sgr(self.style, match.group(1))
         if at < len(text):
             self._span(text[at:], out)
         return "".join(out)
 
     def _span(self, text: str, out: list[str]) -> None:
-        safe = str(escape(_BIDI.sub(_bidi, text)))
-        classes = self.style.classes()
+        safe = str(escape(text if text.isascii() else _BIDI.sub(_bidi, text)))
+        classes = style_classes(self.style) if self.style is not PLAIN else ""
         out.append(f'<span class="{classes}">{safe}</span>' if classes else safe)
 
 

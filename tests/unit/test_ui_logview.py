@@ -73,7 +73,9 @@ def test_count_lines_reads_newlines_through_json_escapes(tmp_path: Path) -> None
 def test_a_large_log_shows_its_last_screen_numbered_as_in_the_whole_log(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     _write_log(path, [f"line {n} " + "x" * 200 + "\n" for n in range(1, 12001)])
-    window = file_window(path)
+    head = file_window(path)
+    assert not head.complete and head.starts_at == 0 and 'id="L1"' in str(assemble(head.ops))
+    window = file_window(path, tail=True)
     assert window.complete and window.starts_at and window.starts_at > 0
     html = str(assemble(window.ops))
     assert 'id="L12000"' in html and "line 12000 " in html and 'id="L1"' not in html
