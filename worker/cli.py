@@ -477,26 +477,14 @@ def _images(args: Any, settings: Settings) -> int:
 
 
 def _host_prep(settings: Settings) -> int:
-    from worker.sandbox.cgroups import favor_dynamic_cgroups
-    from worker.sandbox.disk import ensure_quota_consistent, ensure_scratch
-    from worker.sandbox.runtime import fix_hybrid_cgroups
+    """``sandpit host-prep`` (worker/sandbox/host_prep.py), then the doctor's checks."""
+    from worker.sandbox.host_prep import prepare_host_once
 
-    for ctrl in fix_hybrid_cgroups():
-        print(f"moved cgroup controller {ctrl} to a v1 hierarchy (crun needs an empty v2 hierarchy here)")
-    try:
-        for point in favor_dynamic_cgroups():
-            print(f"remounted {point} with favordynmods (a container start no longer waits ~12 ms "
-                  f"for the kernel after a pause)")
-    except SandpitError as exc:
-        print(f"sandpit: warning: {exc}; job start-up will be slower after pauses", file=sys.stderr)
-    scratch = ensure_scratch(settings.state_dir, settings.scratch_bytes)
-    if ensure_quota_consistent(scratch):
-        print("rescanned the job-disk quotas (they were inconsistent, so limits were not enforced)")
-    print(f"job disks on {scratch}")
-    from worker.sandbox.network.lifecycle import reload_if_prepared
-
-    if reload_if_prepared(settings.network()):
-        print("reloaded the network policy (nft tables) for egress jobs")
+    report = prepare_host_once(settings)
+    for line in report.done:
+        print(line)
+    for warning in report.warnings:
+        print(f"sandpit: warning: {warning}", file=sys.stderr)
     return _doctor(settings)
 
 

@@ -386,32 +386,3 @@ def cgroup2_mounts(mountinfo: str) -> list[tuple[str, str]]:
         if fields[sep + 1:sep + 2] == ["cgroup2"] and len(fields) > sep + 3:
             found.append((fields[4].replace("\\040", " "), fields[sep + 3]))
     return found
-
-
-def favor_dynamic_cgroups() -> list[str]:
-    """Remount the cgroup2 hierarchy with ``favordynmods`` (Linux >= 6.0) unless it has it already;
-    returns the mount points changed.
-
-    Every container start moves its processes into cgroups. That takes the kernel's global
-    threadgroup rwsem for writing, which, unless the hierarchy favours dynamic changes, first waits
-    for an RCU grace period whenever no move happened in the last few ms: 10-15 ms on these machines,
-    paid by the first job after any pause (every `sandpit exec`, every job of an idle service). With
-    the option, forks take the slower read path (a few ns) and moves never wait. The setting is
-    global, so the one cgroup2 mount (``/sys/fs/cgroup`` or, on hybrid hosts, ``.../unified``)
-    suffices. Other options of the mount are kept.
-    """
-    from worker.sandbox.mounts import MS_REMOUNT, mount
-
-    changed = []
-    with open("/proc/self/mountinfo") as f:
-        text = f.read()
-    for point, options in cgroup2_mounts(text):
-        opts = [o for o in options.split(",") if o not in ("rw", "ro")]
-        if "favordynmods" in opts:
-            continue
-        try:
-            mount("none", point, "cgroup2", MS_REMOUNT, ",".join([*opts, "favordynmods"]))
-        except OSError as exc:
-            raise SandboxError(f"cannot remount {point} with favordynmods: {exc}") from exc
-        changed.append(point)
-    return changed

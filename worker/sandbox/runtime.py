@@ -182,26 +182,6 @@ def choose_runtime(requested: str | None, run_dir: Path) -> Runtime:
     raise RuntimeUnavailable("no OCI runtime works on this host:\n  " + "\n  ".join(problems))
 
 
-def fix_hybrid_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
-    """Mount v1 hierarchies for controllers stuck on v2 of a hybrid host (only hugetlb/misc here)."""
-    import logging
-    import subprocess
-
-    log = logging.getLogger("sandpit.runtime")
-    moved = []
-    for ctrl in hybrid_v2_controllers(cgroup_root):
-        target = cgroup_root / ctrl
-        target.mkdir(exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "cgroup", "-o", ctrl, "cgroup", str(target)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            moved.append(ctrl)
-            log.info("moved cgroup controller %s from v2 to v1 so crun can run", ctrl)
-        else:
-            log.warning("could not move cgroup controller %s: %s", ctrl, proc.stderr.strip())
-    return moved
-
-
 def spawn(argv: list[str], stdout_fd: int, stderr_fd: int) -> int:
     """posix_spawn the runtime with stdin /dev/null and the given output fds; returns its pid."""
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
