@@ -28,7 +28,9 @@ def add_local_parsers(sub: Any, common: Any, helped: Any) -> None:
                                     "SANDPIT_RETENTION, default 7d; SANDPIT_RETENTION_SIZE, default 10G; "
                                     "SANDPIT_CACHE_SIZE, default 5G). `run` and `exec` do this by themselves at "
                                     "most once per SANDPIT_GC_EVERY (default 10m; 0: never).")
-    gc.add_argument("--auto", action="store_true", help="quiet; what `sandpit exec` starts in the background")
+    gc.add_argument("--auto", action="store_true",
+                    help=helped("quiet, and nothing if a collection is running; what `sandpit exec` starts in the "
+                                "background", "off"))
 
 
 def artifacts_command(args: Any, settings: Settings) -> int:
