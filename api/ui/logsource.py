@@ -120,7 +120,7 @@ def count_lines(path: Path, upto: int) -> int:
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, upto)
     with _counted_lock:
         if key in _counted:
-            return _counted[key]
+            return int(_counted[key])
     total = 0
     carry = b""
     with path.open("rb") as handle:
@@ -148,7 +148,7 @@ def _entry_start(handle: Any, offset: int) -> int:
     while start > 0:
         step = min(64 * 1024, start)
         handle.seek(start - step)
-        chunk = handle.read(step)
+        chunk: bytes = handle.read(step)
         cut = chunk.rfind(b"\n")
         if cut >= 0:
             return start - step + cut + 1

@@ -191,7 +191,7 @@ class LogRenderer:
         numbered = False
         marked = False
         at = 0
-        opened: Op | None = None
+        opened: list[Any] | None = None
         for match in (_MARKER.finditer(line) if "section_" in line else ()):
             before = line[at:match.start()]
             at = match.end()

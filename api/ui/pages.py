@@ -85,14 +85,13 @@ async def login(request: Request, ui: UiDep) -> Response:
     else:
         viewer = ui.sessions.token_login(form.get("token", ""))
     if viewer is None:
-        response = HTMLResponse("")
-        nonce = ui.sessions.login_nonce(request, response)
+        nonce = request.cookies.get("sandpit_login", "")  # checked above
         return ui.pages.render(request, "login.html", {
             "viewer": None, "login_csrf": nonce, "next": target, "local_users": bool(ui.settings.users),
             "error": "That token, or that name and password, is not valid."}, status_code=401)
-    response = RedirectResponse(target, status_code=303)
-    ui.sessions.set_session(response, request, viewer)
-    return response
+    redirect = RedirectResponse(target, status_code=303)
+    ui.sessions.set_session(redirect, request, viewer)
+    return redirect
 
 
 @router.post(f"{PREFIX}/logout")

@@ -254,7 +254,7 @@ def run_detail(session: Session, run_id: str) -> RunDetail:
         .where(_JOBS.c.run_id == run_id).group_by(_ATTEMPTS.c.job_id)).all()
     return RunDetail(summary=summary, stages=tuple(head.stages or ()), variables=dict(head.variables or {}),
                      message=head.message or "", jobs=tuple(_job_line(row) for row in jobs),
-                     attempts={job_id: int(n) for job_id, n in counted})
+                     attempts={str(row[0]): int(row[1]) for row in counted})
 
 
 @dataclass(frozen=True, slots=True)
