@@ -126,6 +126,7 @@ def import_archive(puller: Puller, path: Path, tag: str | None, progress: Progre
 
 def _import_one(puller: Puller, source: str, reference: str, progress: Progress,
                 cancel: threading.Event | None) -> PulledImage:
+    puller.store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=puller.store.root))
     try:
         out = tmp / "image"
