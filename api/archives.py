@@ -98,10 +98,11 @@ def _chunks(stored: Path, sha256: str, name: str) -> Iterator[bytes]:
 
 def zip_stream(members: list[tuple[str, Path, str, int]]) -> Iterator[bytes]:
     out = _Outbox()
-    stamp = time.localtime()[:6]
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:  # type: ignore[arg-type]
+    now = time.localtime()
+    stamp = (now.tm_year, now.tm_mon, now.tm_mday, now.tm_hour, now.tm_min, now.tm_sec)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:  # type: ignore[call-overload]
         for name, stored, sha, size in members:
-            info = zipfile.ZipInfo(name, date_time=stamp)  # type: ignore[arg-type]
+            info = zipfile.ZipInfo(name, date_time=stamp)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16
             info.file_size = size  # lets zipfile choose zip64 for a file past 4 GiB before writing it

@@ -181,7 +181,11 @@ def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collecte
         service = _service_references(settings, env)
         for sha in sorted(candidates):
             size = _size(blobs.blob_path(store, sha))
-            if blobs.remove_if_unused(store, sha, lambda sha=sha: sha in named or service(sha)):
+
+            def still_named(sha: str = sha) -> bool:
+                return sha in named or service(sha)
+
+            if blobs.remove_if_unused(store, sha, still_named):
                 done.files += 1
                 done.bytes_freed += size
     done.scratch = _dead_scratch(settings.state_dir / "local", now)

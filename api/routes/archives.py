@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -15,7 +16,7 @@ from api.routes import answer_head
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job, or it kept no artifacts (or their content is no longer stored)"},
     500: {"description": "`artifact_corrupt`: a stored file does not hash to its recorded sha256; nothing is sent"},
 }
