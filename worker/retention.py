@@ -59,11 +59,12 @@ def stamp_path(settings: Settings) -> Path:
 
 
 def due(settings: Settings, now: float) -> bool:
-    """Whether the automatic collection should run now (one ``stat``)."""
+    """Whether the automatic collection should run now (one ``stat``; the path is joined as text:
+    three ``Path`` joins cost more than the ``stat`` itself)."""
     if settings.gc_every_s <= 0:
         return False
     try:
-        return now - os.stat(stamp_path(settings)).st_mtime >= settings.gc_every_s
+        return now - os.stat(os.path.join(settings.state_dir, "local", "gc-stamp")).st_mtime >= settings.gc_every_s
     except FileNotFoundError:
         return True
 
@@ -85,7 +86,8 @@ def spawn_if_due(settings: Settings) -> None:
     try:
         _touch_stamp(settings)  # before the spawn: the next exec does not start another
         devnull = os.devnull
-        os.posix_spawn(sys.executable, [sys.executable, "-m", "worker", "gc", "--auto"], dict(os.environ),
+        # -P: the current directory (a checkout that may hold a `worker/` of its own) is not on the path
+        os.posix_spawn(sys.executable, [sys.executable, "-P", "-m", "worker", "gc", "--auto"], dict(os.environ),
                        file_actions=[(os.POSIX_SPAWN_OPEN, fd, devnull, os.O_RDWR, 0) for fd in (0, 1, 2)],
                        setsid=True)
     except OSError:
