@@ -44,3 +44,31 @@ def test_artifact_sources(job: str, expected: list[str]) -> None:
     result = plan({".gitlab-ci.yml": BASE + "t:\n  stage: test\n" + job}, PipelineInputs())
     assert isinstance(result, Plan), result
     assert sorted(artifact_sources(result.job("t"))) == expected
+
+
+NAMES = """
+stages: [build, test]
+b:
+  stage: build
+  script: [echo]
+bx:
+  stage: build
+  script: [echo]
+p:
+  stage: build
+  script: [echo]
+  parallel: 2
+"""
+
+
+@pytest.mark.parametrize(("job", "expected"), [
+    ("  dependencies: [b]\n", ["b"]),  # "bx" starts with "b" but is another job
+    ("  dependencies: [p]\n", ["p 1/2", "p 2/2"]),  # a parallel job by its base name
+    ("  dependencies: [p, bx]\n", ["bx", "p 1/2", "p 2/2"]),
+    ("  needs: [p]\n", ["p 1/2", "p 2/2"]),
+])
+def test_a_base_name_takes_its_instances_and_nothing_else(job: str, expected: list[str]) -> None:
+    """``name`` names itself and its ``name N/M`` / ``name: [..]`` instances, never a longer name."""
+    result = plan({".gitlab-ci.yml": NAMES + "t:\n  stage: test\n  script: [echo]\n" + job}, PipelineInputs())
+    assert isinstance(result, Plan), result
+    assert sorted(artifact_sources(result.job("t"))) == expected
