@@ -12,7 +12,9 @@ LOG_STREAM_TTL_S = 3600  # a finished job's stream lingers this long for late fo
 
 
 def log_stream_key(job_id: str) -> str:
-    """>>> log_stream_key("j1")
+    """The Redis stream a job's live log goes to.
+
+    >>> log_stream_key("j1")
     'sandpit:log:j1'
     """
     return f"sandpit:log:{job_id}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
 import worker.cli
@@ -55,7 +53,3 @@ def test_argparse_still_reports_bad_exec_arguments(capsys: pytest.CaptureFixture
         worker.cli.main(["exec", "--network", "host", "true"])
     assert exc.value.code == 2
     assert "invalid choice: 'host'" in capsys.readouterr().err
-
-
-def test_doctest() -> None:
-    assert doctest.testmod(worker.cli).failed == 0

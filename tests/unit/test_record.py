@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import doctest
 
 import pytest
 
-import worker.record
-from worker.record import FrozenRecordError, field, record, replace
 from worker.job_record import JobRecord, JobUsage, Status
+from worker.record import FrozenRecordError, field, record, replace
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.settings import Settings
 
@@ -95,7 +93,3 @@ def test_sandbox_values_match_their_dataclass_shape() -> None:
     result = JobRecord(name="j", status=Status.SUCCEEDED, reason=None)
     assert result.artifacts == () and result.usage == JobUsage()
     assert not dataclasses.is_dataclass(result)  # really the light record, not dataclasses
-
-
-def test_module_doctest() -> None:
-    assert doctest.testmod(worker.record).failed == 0

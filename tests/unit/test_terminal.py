@@ -3,11 +3,8 @@ split across chunks; quoting escapes what could forge a line or reach the termin
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
-import worker.terminal
 from worker.terminal import TerminalSanitizer, quote_for_terminal, quote_lines, visible_line
 
 E = "\x1b"
@@ -139,7 +136,3 @@ def test_quote_for_terminal(text: str, shown: str) -> None:
 
 def test_quote_lines_keeps_sandpit_line_breaks_only() -> None:
     assert quote_lines("a.yml:1:2: error: bad \x1b[2J\n  hint: x\ry") == "a.yml:1:2: error: bad \\x1b[2J\n  hint: x\\ry"
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(worker.terminal).failed == 0

@@ -4,7 +4,6 @@ blocks the writer."""
 
 from __future__ import annotations
 
-import doctest
 import os
 import threading
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import worker.sandbox.logs
 from worker.sandbox.delivery import OutputDelivery
 from worker.sandbox.logs import JobLog, read_log
 
@@ -166,7 +164,3 @@ def test_a_reader_that_went_away_breaks_only_its_stream() -> None:
         assert got == [("err", b"kept")]
     finally:
         delivery.close()
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(worker.sandbox.logs).failed == 0

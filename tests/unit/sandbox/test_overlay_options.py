@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 from pathlib import Path
 
 import pytest
 
-import worker.sandbox.rootfs
 from worker.errors import SandboxError
 from worker.sandbox.rootfs import layer_view, overlay_options, overlay_path
 
@@ -39,7 +37,3 @@ def test_layer_view_refuses_a_key_outside_the_grammar(key, tmp_path: Path):
     with pytest.raises(SandboxError, match="layer key"):
         layer_view(tmp_path, key, tmp_path / "layer", 100000, 65536)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_docstring_examples():
-    assert doctest.testmod(worker.sandbox.rootfs, optionflags=doctest.ELLIPSIS).failed == 0

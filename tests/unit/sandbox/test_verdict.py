@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
-import worker.sandbox.verdict
 from worker.job_record import Reason, Status
 from worker.sandbox.verdict import classify_end
 
@@ -71,7 +68,3 @@ def test_the_disk_is_asked_only_when_nothing_else_explains_the_end(code: int, en
 
     classify_end(code, enforced, None, oom_kills=ooms, pids_limit_hits=pids, disk_quota_hit=disk_quota_hit)
     assert calls == asked
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(worker.sandbox.verdict).failed == 0
