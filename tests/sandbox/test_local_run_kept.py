@@ -221,3 +221,19 @@ def test_artifacts_of_a_damaged_store_are_not_copied(run_in, tmp_path, settings)
         assert not (tmp_path / "out" / "dist").exists()
     finally:
         stored.write_bytes(data)
+
+
+def test_cache_when_follows_the_jobs_outcome(run_in, tmp_path):
+    """`when: on_failure` saves the cache of a job that failed and not of one that succeeded."""
+    pipeline = "".join(
+        f"{name}:\n  cache: {{key: {name}-key, paths: [c/], when: on_failure}}\n  allow_failure: true\n"
+        f"  script:\n    - cat c/stamp 2>/dev/null || echo 'no cache'\n"
+        f"    - mkdir -p c && echo \"from $RUN\" > c/stamp\n"
+        f"    - {check}\n"
+        for name, check in (("fails", 'test "$RUN" != one'), ("passes", "echo passed")))
+    project = repo(tmp_path / "p", pipeline)
+    first = run_in(project, "--var", "RUN=one")
+    assert "no cache" in lines_of(first, "fails") and "no cache" in lines_of(first, "passes"), first.stdout
+    second = run_in(project, "--var", "RUN=two")
+    assert "from one" in lines_of(second, "fails"), second.stdout
+    assert "no cache" in lines_of(second, "passes"), second.stdout
