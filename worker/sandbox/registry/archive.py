@@ -82,7 +82,7 @@ def _oci_images(path: Path, text: bytes) -> list[tuple[str, tuple[str, ...]]]:
     entries = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ArchiveError(f"{path}: its index.json lists no image")
-    out = []
+    out: list[tuple[str, tuple[str, ...]]] = []
     for entry in entries:
         annotations = entry.get("annotations") if isinstance(entry, dict) else None
         ref_name = annotations.get(_REF_NAME) if isinstance(annotations, dict) else None

@@ -172,7 +172,7 @@ def choose_platform(raw: bytes, platform: tuple[str, str, str] | None = None) ->
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
-        plat = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+        plat = _object(entry.get("platform"))
         os_, arch, variant = plat.get("os"), plat.get("architecture"), plat.get("variant") or ""
         seen.append(f"{os_}/{arch}{'/' + variant if variant else ''}")
         if os_ == want_os and arch == want_arch and (not variant or not want_variant or variant == want_variant):
@@ -180,6 +180,10 @@ def choose_platform(raw: bytes, platform: tuple[str, str, str] | None = None) ->
     shown = ", ".join(sorted(set(seen))[:12]) or "none"
     raise ManifestError(f"the image has no variant for this host's platform {want_os}/{want_arch} "
                         f"(it has: {shown[:300]})")
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _strings(value: object, what: str) -> tuple[str, ...]:
@@ -199,7 +203,7 @@ def parse_config(raw: bytes) -> tuple[ImageConfig, tuple[str, ...]]:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or not all(is_digest(d) for d in diff_ids):
         raise ManifestError("the image config's rootfs.diff_ids are not a list of sha256 digests")
-    cfg = data.get("config") if isinstance(data.get("config"), dict) else {}
+    cfg = _object(data.get("config"))
     env, dropped = [], []
     for entry in _strings(cfg.get("Env"), "Env"):
         name, sep, value = entry.partition("=")
@@ -210,7 +214,7 @@ def parse_config(raw: bytes) -> tuple[ImageConfig, tuple[str, ...]]:
     workdir, user = cfg.get("WorkingDir") or "", cfg.get("User") or ""
     if not isinstance(workdir, str) or not isinstance(user, str) or "\0" in workdir + user:
         raise ManifestError("the image config's WorkingDir or User is not a string")
-    ports = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
+    ports = _object(cfg.get("ExposedPorts"))
     return ImageConfig(
         diff_ids=tuple(diff_ids), env=tuple(env), entrypoint=_strings(cfg.get("Entrypoint"), "Entrypoint"),
         cmd=_strings(cfg.get("Cmd"), "Cmd"), workdir=workdir, user=user,

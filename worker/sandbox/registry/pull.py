@@ -27,11 +27,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from pipelines.files.locks import try_hold
+from pipelines.files.locks import FileLock, try_hold
 from pipelines.references import ImageReference
 from worker.errors import ImageError
 from worker.record import field, record
@@ -39,7 +39,7 @@ from worker.sandbox.registry import manifests as mf
 from worker.sandbox.registry.naming import repository
 from worker.sandbox.registry.pulled import LayerRef, PulledImage, PulledImages, write_atomic
 from worker.sandbox.registry.skopeo import PullError, Skopeo
-from worker.sandbox.registry.unpack import LayerCaps, LayerError, unpack_layer
+from worker.sandbox.registry.unpack import LayerCaps, LayerError, UnpackedLayer, unpack_layer
 
 Progress = Callable[[str], None]
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -111,7 +111,7 @@ class Puller:
             return None  # damaged: pulled again over it
 
     @contextlib.contextmanager
-    def _pull_lock(self, digest: str, progress: Progress, cancel: threading.Event | None) -> object:
+    def _pull_lock(self, digest: str, progress: Progress, cancel: threading.Event | None) -> Iterator[FileLock]:
         locks = self.store.open_dir("locks", create=True)
         try:
             name = f"pull-{digest[7:]}.lock"
@@ -246,7 +246,7 @@ class Puller:
                      f"{_mb(layer.size)} in {time.monotonic() - started:.1f} s"
                      + "".join(f"; {note}" for note in layer.notes))
 
-    def unpack_blob(self, fd: int, desc: mf.Descriptor, diff_id: str) -> object:
+    def unpack_blob(self, fd: int, desc: mf.Descriptor, diff_id: str) -> UnpackedLayer | None:
         """Unpack one blob into ``layers/<diff_id hex>`` (a fresh temporary renamed into place once
         both digests matched); None when another pull made the layer meanwhile."""
         import json

@@ -54,6 +54,10 @@ import tarfile
 from worker.errors import ImageError
 from worker.record import record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 ID_LIMIT = 65536  # the uids/gids a job's user namespace maps (worker.sandbox.spec.ID_RANGE)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -151,14 +155,14 @@ class _HashingReader(io.RawIOBase):
 class _TarStream:
     """The uncompressed archive: hashed (the diff_id), counted and capped."""
 
-    def __init__(self, inner: io.RawIOBase | io.BufferedIOBase | object, cap: int) -> None:
+    def __init__(self, inner: Any, cap: int) -> None:
         self.inner = inner
         self.sha = hashlib.sha256()
         self.count = 0
         self.cap = cap
 
     def read(self, size: int = -1) -> bytes:
-        data: bytes = self.inner.read(_CHUNK if size is None or size < 0 else size)  # type: ignore[attr-defined]
+        data: bytes = self.inner.read(_CHUNK if size is None or size < 0 else size)
         self.sha.update(data)
         self.count += len(data)
         if self.count > self.cap:
