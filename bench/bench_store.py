@@ -14,6 +14,9 @@ on a busy machine the wall-clock median is mostly waiting).
 The pipeline of size N: N/10 ``build-i`` jobs, N/100 ``deploy-i`` jobs that follow stage
 order (each depends on every earlier job), and the rest ``test-i`` jobs that ``needs`` one
 build job each: both ways of ordering a GitLab pipeline, at scale.
+
+To compare two versions, run this file from each checkout in turn on the same machine (the
+figures move with its load: compare runs made side by side, not numbers from different days).
 """
 
 from __future__ import annotations

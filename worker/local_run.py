@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlmodel import col, select
-
 from pipelines.language.loader import load_pipeline
 from pipelines.language.model import Job as PlannedJob
 from pipelines.language.model import PipelineInputs, Plan
@@ -34,7 +32,8 @@ from pipelines.language.planner import plan
 from pipelines.policy import Policy, PolicyError, TrustLevel, admit
 from pipelines.store.advance import should_retry
 from pipelines.store.db import make_engine, migrate, session_scope
-from pipelines.store.models import Job, Run
+from pipelines.store.models import Job
+from pipelines.store.reads import run_jobs
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
 from worker import local_cache, local_records
@@ -414,15 +413,13 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
         engine.close()
     with session_scope(db) as s:
         status = run_status(s, run_id)
-        jobs = list(s.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.position))).all())
+        jobs = run_jobs(s, run_id)
         records = [_job_record(j) for j in jobs]
         for record, why in zip(records, waiting_reasons(jobs), strict=True):
             if why:
                 record["message"] = why
                 verb = "skipped" if record["status"] == "skipped" else "not run"
                 printer.line(record["name"], paint.status(record["status"], f"── {verb}") + f": {why}")
-        stored = s.get(Run, run_id)
-        assert stored is not None
     local_cache.keep_from_run(db, caches, local_cache.keys_of(planned, root, ("push", "pull-push")), trust, pulled)
     db.dispose()
     _summary(printer, records, str(status))
@@ -492,8 +489,7 @@ def _play_manual(db: Any, run_id: str, wanted: tuple[str, ...]) -> list[str]:
     """Start the manual jobs named by ``--manual`` (as the API's play does); returns what became ready."""
     ready: list[str] = []
     with session_scope(db) as s:
-        manual = list(s.exec(select(Job).where(Job.run_id == run_id, Job.status == "manual")).all())
-        for job in manual:
+        for job in [job for job in run_jobs(s, run_id) if job.status == "manual"]:
             base = (job.spec or {}).get("base_name", job.name)
             if "*" in wanted or job.name in wanted or base in wanted:
                 ready += play_job(s, job.id, utcnow())

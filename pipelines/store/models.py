@@ -2,7 +2,8 @@
 
 - ``run``: one pipeline run: its source text, inputs, trust level and derived status.
 - ``job``: one row per concrete planned job; ``spec`` is the planner's job as JSON
-  (see :mod:`pipelines.store.spec`); the latest attempt's result is on the row.
+  in its stored form (see :mod:`pipelines.store.spec`: what every job of the run shares is
+  on the run); the latest attempt's result is on the row.
 - ``job_edge``: the ``needs`` edges between jobs (who to tell when a job changes).
 - ``job_attempt``: one row per finished attempt (the history ``retry`` builds).
 - ``artifact``: files a job kept, with their expiry.
@@ -65,6 +66,9 @@ class Run(SQLModel, table=True):
     # Handed to the worker to inject and mask; the API never returns them (revision 0002).
     secrets: dict[str, str] = _json(dict)
     stages: list[str] = _json(list)
+    # the variables every job of the run starts with, stored once (revision 0006): its jobs'
+    # specs hold only their own (see pipelines.store.spec.stored_spec_json)
+    job_variables: list[list[str]] = _json(list)
     ref: str = Field(default="", max_length=255)
     sha: str = Field(default="", max_length=64)
     message: str = Field(default="", sa_type=sa.Text)
@@ -96,7 +100,9 @@ class Job(SQLModel, table=True):
     name: str = Field(max_length=255)
     stage: str = Field(max_length=255)
     spec: dict[str, Any] = _json(dict)
-    needs: list[str] = _json(list)  # DAG predecessors (the planner's depends_on)
+    # DAG predecessors (the planner's depends_on) when they are not the run's first jobs (a job
+    # that follows stage order stores none: its spec counts them, see spec.stored_spec_json)
+    needs: list[str] = _json(list)
     # follows_stages: its predecessors are every job of the earlier stages, so it has no edges
     # (job_edge) and waits on the run's per-stage counts (see pipelines.store.frontier)
     stage_index: int = Field(default=0)  # the stage's place in run.stages

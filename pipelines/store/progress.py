@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipelines.store.advance import RunCounts, Standing
+from pipelines.store.bulk import BulkInsert
 from pipelines.store.frontier import Settled, Waiting
 from pipelines.store.models import Job, JobEdge, Outbox, Run, UTCDateTime
 
@@ -63,6 +64,12 @@ _COUNTS = (
     .where(JOBS.c.run_id == sa.bindparam("p_run_id"))
     .group_by(JOBS.c.stage_index, JOBS.c.status, JOBS.c.allow_failure, JOBS.c.reason)
 )
+
+
+_INSERT_OUTBOX = BulkInsert(sa.insert(OUTBOX).values(
+    job_id=sa.bindparam("job_id"), created_at=sa.bindparam("created_at", type_=UTCDateTime()),
+    published_at=sa.bindparam("published_at", type_=UTCDateTime()),
+))
 
 
 def _waiting(row: Any) -> Waiting:
@@ -109,9 +116,9 @@ def write_decisions(connection: sa.Connection, decisions: Sequence[Settled], now
 
 def write_outbox(connection: sa.Connection, job_ids: Iterable[str], now: dt.datetime, *, sent: bool = False) -> None:
     """One outbox row per job id (``sent``: written as published, see :mod:`pipelines.store.outbox`)."""
-    rows = [{"job_id": job_id, "created_at": now, "published_at": now if sent else None} for job_id in job_ids]
-    if rows:
-        connection.execute(sa.insert(OUTBOX), rows)
+    _INSERT_OUTBOX.execute(
+        connection, [{"job_id": job_id, "created_at": now, "published_at": now if sent else None} for job_id in job_ids]
+    )
 
 
 def counts_of(run: Run) -> RunCounts:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -30,10 +29,13 @@ from typing import Any, Literal, cast
 import sqlalchemy as sa
 from sqlmodel import Session, col, select, update
 
-from pipelines.language.model import Plan
+from pipelines.language.model import AllowFailure, Artifacts, Plan, Retry
+from pipelines.language.model import Job as PlannedJob
 from pipelines.store.advance import JobState, RunCounts, RunStatus, Standing, derive_run_status, should_retry
+from pipelines.store.bulk import BulkInsert
 from pipelines.store.errors import JobNotFound, RunNotFound
 from pipelines.store.frontier import Change, MemoryGraph, Waiting, advance
+from pipelines.store.ids import new_id
 from pipelines.store.models import Artifact, Job, JobAttempt, Run, UTCDateTime
 from pipelines.store.outbox import mark_queued
 from pipelines.store.progress import (
@@ -49,7 +51,14 @@ from pipelines.store.progress import (
     write_decisions,
     write_outbox,
 )
-from pipelines.store.spec import job_from_spec, job_to_spec_json
+from pipelines.store.reads import restored_job
+from pipelines.store.spec import (
+    job_from_spec,
+    job_to_spec,
+    shared_variables,
+    spec_field,
+    stored_spec_json,
+)
 
 Trust = Literal["trusted", "untrusted"]
 Source = Literal["cli", "api", "webhook"]
@@ -65,10 +74,6 @@ class LeaseStatus:
 
     held: bool
     cancel_requested: bool
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,7 @@ def create_run(
     sha: str = "",
     message: str = "",
     secrets: Mapping[str, str] | None = None,
-    new_id: Callable[[], str] = _new_id,
+    new_id: Callable[[], str] = new_id,
 ) -> Run:
     """Store a run and one job per planned job; jobs with nothing to wait for are queued
     (with outbox rows) and manual ones wait as ``manual``. Publish the run's queued jobs
@@ -118,7 +123,7 @@ def store_run(
     sha: str = "",
     message: str = "",
     secrets: Mapping[str, str] | None = None,
-    new_id: Callable[[], str] = _new_id,
+    new_id: Callable[[], str] = new_id,
     run_id: str | None = None,
     mark_sent: bool = False,
 ) -> StoredRun:
@@ -150,6 +155,7 @@ def store_run(
         message=message,
     )
     layout = layout_jobs(plan, run.id, new_id)
+    run.job_variables = [list(pair) for pair in layout.job_variables]
     counts = RunCounts(stage_pending=[0] * len(layout.stages), stage_failed=[0] * len(layout.stages))
     for job in layout.jobs:
         counts.add(job.stage_index, _CREATED)
@@ -169,10 +175,11 @@ def store_run(
     connection = session.connection()
     connection.execute(sa.insert(_RUNS), [_columns(_RUNS, run)])
     if layout.jobs:
-        connection.execute(_INSERT_NEW_JOBS, [_new_job_values(job) for job in layout.jobs])
-    edges = [{"job_id": before, "dependent_id": after} for before, afters in layout.edges.items() for after in afters]
-    if edges:
-        connection.execute(sa.insert(EDGES), edges)
+        _INSERT_NEW_JOBS.execute(connection, [vars(job) for job in layout.jobs])
+    _INSERT_EDGES.execute(
+        connection,
+        [{"job_id": before, "dependent_id": after} for before, afters in layout.edges.items() for after in afters],
+    )
     write_outbox(connection, queued, now, sent=mark_sent)
     return StoredRun(run, tuple(layout.jobs), tuple(queued))
 
@@ -193,52 +200,77 @@ class _EncodedJSON(sa.types.TypeDecorator[str]):
         return None
 
 
-# a new run's jobs, their spec bound as the text spec.job_to_spec_json wrote
-_INSERT_NEW_JOBS = sa.insert(JOBS).values(
-    {c.name: sa.bindparam(c.name, type_=_EncodedJSON() if isinstance(c.type, sa.JSON) else c.type)
+# What the layout and the first advance set on a new job; every other column is the same for
+# every new job and is written as a constant of the statement, not a parameter of each row (the
+# per-row parameter processing was half of the INSERT's cost).
+_NEW_JOB_SET = frozenset({
+    "id", "run_id", "position", "name", "stage", "spec", "needs", "when", "allow_failure", "stage_index",
+    "follows_stages", "waiting_on", "status", "reason", "queued_at", "finished_at",
+})
+
+
+def _constant(value: Any) -> Any:
+    if value is None:
+        return sa.null()
+    if isinstance(value, bool):
+        return sa.true() if value else sa.false()
+    if isinstance(value, int):
+        return sa.literal_column(str(value))
+    if value == {}:
+        return sa.literal_column("'{}'")
+    raise TypeError(f"no SQL constant for a new job's default {value!r}")
+
+
+# a new run's jobs, each row's parameters the attributes of its _NewJob (its spec and needs as
+# the JSON text the layout wrote)
+_INSERT_NEW_JOBS = BulkInsert(sa.insert(JOBS).values(
+    {c.name: sa.bindparam(c.name + "_json", type_=_EncodedJSON()) if c.name in ("spec", "needs")
+     else sa.bindparam(c.name, type_=c.type) if c.name in _NEW_JOB_SET else _constant(_NEW_JOB[c.name])
      for c in JOBS.columns}
-)
-_JSON_COLUMNS = tuple(c.name for c in JOBS.columns if isinstance(c.type, sa.JSON) and c.name != "spec")
+))
+_INSERT_EDGES = BulkInsert(sa.insert(EDGES).values(job_id=sa.bindparam("job_id"),
+                                                   dependent_id=sa.bindparam("dependent_id")))
+# what layout_jobs does not set itself
+_NEW_JOB_DEFAULTS = {name: _NEW_JOB[name] for name in ("status", "reason", "queued_at", "finished_at", "failed_on",
+                                                       "exit_code", "signal", "attempt", "lease_owner",
+                                                       "lease_expires_at", "deadline_at", "cancel_requested",
+                                                       "started_at", "duration_s", "log_path")}
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _NewJob(SimpleNamespace):
     """A new job's row as an attribute bag (what ``store_run`` returns, like a detached Job);
-    its ``spec`` is kept as JSON text and read only if asked for."""
+    its ``spec`` is kept as the stored JSON text, and the whole spec is made only if asked for."""
 
     spec_json: str
+    needs_json: str
+    planned: PlannedJob
 
     @property
     def spec(self) -> dict[str, Any]:
-        value = json.loads(self.spec_json)
-        assert isinstance(value, dict)
-        return value
-
-
-def _new_job_values(job: Job) -> dict[str, Any]:
-    values = {name: getattr(job, name) for name in _NEW_JOB if name != "spec"}
-    values["spec"] = cast(_NewJob, job).spec_json
-    for name in _JSON_COLUMNS:  # encoded here, once, like spec: the JSON type's bind step costs more
-        value = values[name]
-        values[name] = "{}" if value == {} else ("[]" if value == [] else _dumps(value))
-    return values
+        return job_to_spec(self.planned)
 
 
 @dataclass(frozen=True, slots=True)
 class JobLayout:
     """A plan's jobs as rows (attribute bags, see ``_NEW_JOB``), with the frontier's view of
-    them and their edges."""
+    them and their edges, and the variables every job starts with (stored once, on the run)."""
 
     stages: tuple[str, ...]
     jobs: list[Job]
     waiting: list[Waiting]
     edges: dict[str, list[str]]  # job id -> ids of its dependents
+    job_variables: tuple[tuple[str, str], ...] = ()
 
 
-def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = _new_id) -> JobLayout:
+def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = new_id) -> JobLayout:
     """One job row per planned job. A job whose predecessors are every job of the earlier
     stages (the planner's rule when it has no ``needs``) *follows stage order*: it gets no edges
-    and waits on the run's per-stage counts; any other job gets one edge per predecessor."""
+    and waits on the run's per-stage counts; any other job gets one edge per predecessor.
+
+    Its stored spec (:func:`~pipelines.store.spec.stored_spec_json`) leaves out the variables
+    every job starts with and, when its predecessors are the run's first jobs in plan order
+    (stage order), their names: both O(N) per job, O(N²) per run."""
     stages = list(plan.stages)
     stage_of = {name: i for i, name in enumerate(stages)}
     for job in plan.jobs:
@@ -251,6 +283,8 @@ def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = _new_id) ->
     for i in range(1, len(earlier)):
         earlier[i] += earlier[i - 1]
     ids = {job.name: new_id() for job in plan.jobs}
+    shared = shared_variables(plan.jobs)
+    names = tuple(ids)
     jobs: list[Job] = []
     waiting: list[Waiting] = []
     edges: dict[str, list[str]] = {}
@@ -262,15 +296,19 @@ def layout_jobs(plan: Plan, run_id: str, new_id: Callable[[], str] = _new_id) ->
         edged = () if follows else before
         for name in edged:
             edges.setdefault(ids[name], []).append(job_id)
-        row = dict(_NEW_JOB, id=job_id, run_id=run_id, position=position, name=planned.name, stage=planned.stage,
-                   spec_json=job_to_spec_json(planned), needs=list(planned.depends_on), when=planned.when,
-                   allow_failure=planned.allow_failure.allowed, stage_index=stage, follows_stages=follows,
-                   waiting_on=len(edged), usage={}, result={})
-        del row["spec"]
-        jobs.append(cast(Job, _NewJob(**row)))
+        count = len(planned.depends_on)
+        leading = planned.needs is None and count > 0 and planned.depends_on == names[:count]
+        needs = list(planned.depends_on)  # what a snapshot shows; the row stores none for a leading job
+        jobs.append(cast(Job, _NewJob(
+            **_NEW_JOB_DEFAULTS, id=job_id, run_id=run_id, position=position, name=planned.name, stage=planned.stage,
+            spec_json=stored_spec_json(planned, shared_variables=len(shared), leading_jobs=leading),
+            planned=planned, needs=needs, needs_json="[]" if leading or not needs else _dumps(needs), when=planned.when,
+            allow_failure=planned.allow_failure.allowed, stage_index=stage, follows_stages=follows,
+            waiting_on=len(edged), usage={}, result={},
+        )))
         waiting.append(Waiting(job_id, position, stage, planned.when, planned.allow_failure.allowed, follows,
                                len(edged)))
-    return JobLayout(tuple(stages), jobs, waiting, edges)
+    return JobLayout(tuple(stages), jobs, waiting, edges, shared)
 
 
 def _columns(table: Any, row: object) -> dict[str, Any]:
@@ -300,7 +338,8 @@ def claim_job(session: Session, job_id: str, worker_id: str, now: dt.datetime, l
     ).first()
     if row is None:
         return None
-    job = Job(**row._mapping)
+    values = dict(row._mapping)
+    job = restored_job(connection, values, values.pop(_RUN_JOB_VARIABLES))
     timeout = job_from_spec(job.spec).timeout_seconds
     if timeout is not None:
         job.deadline_at = now + dt.timedelta(seconds=timeout + DEADLINE_GRACE_S)
@@ -322,6 +361,7 @@ _JOB_MUTABLE = (
 )
 _JOBS: Any = JOBS
 _RUNS: Any = RUNS
+_RUN_JOB_VARIABLES = "run_job_variables"
 _CLAIM = (
     sa.update(_JOBS)
     .where(
@@ -342,7 +382,11 @@ _CLAIM = (
         signal=None,
         cancel_requested=False,
     )
-    .returning(*_JOBS.c)
+    .returning(
+        *_JOBS.c,
+        sa.select(_RUNS.c.job_variables).where(_RUNS.c.id == _JOBS.c.run_id).scalar_subquery()
+        .label(_RUN_JOB_VARIABLES),
+    )
 )
 _SET_DEADLINE = (
     sa.update(_JOBS)
@@ -607,7 +651,9 @@ class _Step:
 def _record_result(step: _Step, job: Job, record: dict[str, Any], now: dt.datetime) -> list[str]:
     """Record ``job``'s result in ``step``; ``[job.id]`` when it is retried (queued again)."""
     run = step.run
-    planned = job_from_spec(job.spec)
+    retry_rule = cast(Retry, spec_field(job.spec, "retry"))
+    allowed_failure = cast(AllowFailure, spec_field(job.spec, "allow_failure"))
+    artifact_rules = cast("Artifacts | None", spec_field(job.spec, "artifacts"))
     before = _standing(job)
     status = record.get("status")
     reason = record.get("reason")
@@ -618,7 +664,7 @@ def _record_result(step: _Step, job: Job, record: dict[str, Any], now: dt.dateti
     exit_code, signal = record.get("exit_code"), record.get("signal")
     record = {**record, "name": job.name, "status": status, "reason": reason, "attempt": job.attempt}
     retry = status != "cancelled" and should_retry(
-        planned.retry, status=status, reason=reason, exit_code=exit_code, attempt=job.attempt
+        retry_rule, status=status, reason=reason, exit_code=exit_code, attempt=job.attempt
     )
     step.attempts.append(
         {
@@ -646,10 +692,10 @@ def _record_result(step: _Step, job: Job, record: dict[str, Any], now: dt.dateti
     job.usage = dict(record.get("usage") or {})
     job.log_path = record.get("log") or record.get("log_path")
     job.result = record
-    job.allow_failure = planned.allow_failure.allowed or (
-        status == "failed" and exit_code is not None and exit_code in planned.allow_failure.exit_codes
+    job.allow_failure = allowed_failure.allowed or (
+        status == "failed" and exit_code is not None and exit_code in allowed_failure.exit_codes
     )
-    step.artifacts += _artifact_rows(job.id, record.get("artifacts") or (), planned.artifacts, now)
+    step.artifacts += _artifact_rows(job.id, record.get("artifacts") or (), artifact_rules, now)
     step.changed(job, before)
     return []
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import select
 
 from api.settings import ApiSettings
 from pipelines.policy import Policy
 from pipelines.store.db import session_scope
-from pipelines.store.models import Job, Run
-from pipelines.store.spec import job_from_spec
+from pipelines.store.models import Run
+from pipelines.store.reads import planned_jobs
 from tests.integration.api.conftest import TRUSTED_TOKEN, USER_TOKEN, claim, finish, jobs_of, serve_in_thread
 
 GiB = 1024**3
@@ -50,8 +50,7 @@ def runs_stored(engine: Engine) -> int:
 
 def stored_jobs(engine: Engine, run_id: str) -> list[Any]:
     with session_scope(engine) as session:
-        rows = session.exec(select(Job.spec).where(Job.run_id == run_id).order_by(col(Job.position))).all()
-    return [job_from_spec(spec) for spec in rows]
+        return list(planned_jobs(session, run_id))
 
 
 def test_a_request_over_the_caps_is_refused_naming_each_cap(client: httpx.Client, engine: Engine) -> None:

@@ -33,7 +33,7 @@ from sqlmodel import select
 
 from pipelines.store.db import read_scope
 from pipelines.store.models import Job, Run, WebhookDelivery
-from pipelines.store.spec import job_from_spec
+from pipelines.store.reads import planned_jobs
 from tests.conftest import CORPUS, require, require_corpus
 from tests.integration.api.conftest import TRUSTED_TOKEN, LiveServer, claim, free_port
 
@@ -168,8 +168,7 @@ def runs(engine: Engine) -> list[Run]:
 
 def job_env(engine: Engine, run_id: str) -> dict[str, dict[str, str]]:
     with read_scope(engine) as session:
-        jobs = session.exec(select(Job).where(Job.run_id == run_id)).all()
-        return {job.name: job_from_spec(job.spec).env() for job in jobs}
+        return {job.name: job.env() for job in planned_jobs(session, run_id)}
 
 
 def verdicts(engine: Engine) -> list[tuple[str, int]]:

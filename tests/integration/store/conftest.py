@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
 from pipelines.language.model import Plan
 from pipelines.language.planner import plan
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job
+from pipelines.store.reads import run_jobs
 from pipelines.store.transitions import claim_job, create_run, finish_job
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -46,8 +46,7 @@ def start_run(engine: Engine, yaml_text: str, trust: Any = "trusted") -> str:
 
 def jobs(engine: Engine, run_id: str) -> dict[str, Job]:
     with session_scope(engine) as session:
-        rows = session.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.position))).all()
-        return {job.name: job for job in rows}
+        return {job.name: job for job in run_jobs(session, run_id)}
 
 
 def record(status: str = "succeeded", exit_code: int | None = 0, **extra: Any) -> dict[str, Any]:
