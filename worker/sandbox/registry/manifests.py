@@ -211,7 +211,8 @@ def parse_config(raw: bytes) -> tuple[ImageConfig, tuple[str, ...]]:
             env.append((name, value))
         else:
             dropped.append(entry[:80])
-    workdir, user = cfg.get("WorkingDir") or "", cfg.get("User") or ""
+    workdir = "" if cfg.get("WorkingDir") is None else cfg["WorkingDir"]
+    user = "" if cfg.get("User") is None else cfg["User"]
     if not isinstance(workdir, str) or not isinstance(user, str) or "\0" in workdir + user:
         raise ManifestError("the image config's WorkingDir or User is not a string")
     ports = _object(cfg.get("ExposedPorts"))
