@@ -36,7 +36,7 @@ from tests.sandbox.images.registry import SKOPEO_ENV, Layout, Registry  # noqa: 
 from worker.record import replace  # noqa: E402
 from worker.sandbox.engine import Engine  # noqa: E402
 from worker.sandbox.images import ImageStore  # noqa: E402
-from worker.sandbox.registry.pull import RegistryConfig  # noqa: E402
+from worker.sandbox.registry.config import RegistryConfig  # noqa: E402
 from worker.sandbox.request import SandboxRequest  # noqa: E402
 from worker.settings import REPO_IMAGES, Settings  # noqa: E402
 

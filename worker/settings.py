@@ -33,7 +33,7 @@ from worker.sandbox.units import parse_duration, parse_size
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.network.settings import NetworkSettings
-    from worker.sandbox.registry.pull import RegistryConfig
+    from worker.sandbox.registry.config import RegistryConfig
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -96,7 +96,7 @@ class Settings:
 
     def registry(self) -> RegistryConfig:
         """Settings of image pulls (imported lazily: only a pull or an import needs them)."""
-        from worker.sandbox.registry.pull import LayerCaps, RegistryConfig
+        from worker.sandbox.registry.config import LayerCaps, RegistryConfig
 
         return RegistryConfig(allowed=self.registries, auth_file=self.registry_auth,
                               registries_conf=self.registries_conf, policy=self.pull_policy,

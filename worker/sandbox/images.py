@@ -52,9 +52,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pipelines.references import ImageReference
+    from worker.sandbox.registry.config import RegistryConfig
     from worker.sandbox.registry.manifests import ImageConfig
     from worker.sandbox.registry.pruning import PruneReport
-    from worker.sandbox.registry.pull import Puller, RegistryConfig
+    from worker.sandbox.registry.pull import Puller
     from worker.sandbox.registry.pulled import PulledImage, PulledImages
 
 BUILDER_VERSION = 1  # bump when the way recipes are built changes
@@ -282,7 +283,7 @@ class ImageStore:
     @property
     def registry(self) -> RegistryConfig:
         if self._registry is None:
-            from worker.sandbox.registry.pull import RegistryConfig
+            from worker.sandbox.registry.config import RegistryConfig
 
             self._registry = RegistryConfig()
         return self._registry

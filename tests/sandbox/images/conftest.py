@@ -19,7 +19,7 @@ from tests.conftest import require_root, require_tools
 from tests.sandbox.images.layers import directory, member, tar_bytes
 from tests.sandbox.images.registry import Layout, Registry
 from worker.sandbox.images import ImageStore
-from worker.sandbox.registry.pull import RegistryConfig
+from worker.sandbox.registry.config import RegistryConfig
 from worker.settings import REPO_IMAGES
 
 LAYER2 = [directory("opt/app"), member("opt/app/hello.txt", b"hello from layer 2\n"), member("opt/app/keep", b"kept\n"),

@@ -167,7 +167,7 @@ def test_a_mirror_from_registries_conf_serves_a_registry_that_does_not_resolve(t
     """``registry.sandpit.invalid`` (a name that never resolves) is served by its mirror, the
     loopback registry: how an air-gapped site reaches images."""
     from worker.sandbox.images import ImageStore
-    from worker.sandbox.registry.pull import RegistryConfig
+    from worker.sandbox.registry.config import RegistryConfig
     from worker.settings import REPO_IMAGES
 
     conf = registry.registries_conf(tmp_path / "registries.conf", extra=(

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import require_root
 from tests.sandbox.images.layers import compress, digest, directory, hardlink, member, symlink, tar_bytes
-from worker.sandbox.registry.unpack import LayerCaps, LayerError, UnpackedLayer, unpack_layer
+from worker.sandbox.registry.config import LayerCaps
+from worker.sandbox.registry.unpack import LayerError, UnpackedLayer, unpack_layer
 
 
 @pytest.fixture()

@@ -34,29 +34,18 @@ from pathlib import Path
 from pipelines.files.locks import FileLock, try_hold
 from pipelines.references import ImageReference
 from worker.errors import ImageError
-from worker.record import field, record
 from worker.sandbox.registry import manifests as mf
+from worker.sandbox.registry.config import LayerCaps, RegistryConfig
 from worker.sandbox.registry.naming import repository
 from worker.sandbox.registry.pulled import LayerRef, PulledImage, PulledImages, write_atomic
 from worker.sandbox.registry.skopeo import PullError, Skopeo
-from worker.sandbox.registry.unpack import LayerCaps, LayerError, UnpackedLayer, unpack_layer
+from worker.sandbox.registry.unpack import LayerError, UnpackedLayer, unpack_layer
+
+__all__ = ["LayerCaps", "Puller", "RegistryConfig", "probe_shell"]
 
 Progress = Callable[[str], None]
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _REPORT_EVERY_S = 1.0
-
-
-@record(frozen=True)
-class RegistryConfig:
-    """What the operator decides about pulls (from the settings; never from a pipeline)."""
-
-    allowed: tuple[str, ...] = ()  # SANDPIT_REGISTRIES; "*" for any
-    auth_file: Path | None = None  # SANDPIT_REGISTRY_AUTH (an auth.json)
-    registries_conf: Path | None = None  # SANDPIT_REGISTRIES_CONF (mirrors, insecure registries)
-    policy: str = "if-not-present"  # SANDPIT_PULL_POLICY: always | if-not-present | never
-    caps: LayerCaps = field(default_factory=LayerCaps)
-    max_store_bytes: int = 0  # SANDPIT_IMAGES_MAX_SIZE: pulled layers above this are evicted, LRU; 0: no cap
-    run_dir: Path | None = None  # where layer views are mounted (dropped when a layer is removed)
 
 
 def _mb(n: int) -> str:

@@ -53,6 +53,7 @@ import tarfile
 
 from worker.errors import ImageError
 from worker.record import record
+from worker.sandbox.registry.config import LayerCaps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,14 +71,6 @@ _XATTR = "SCHILY.xattr."
 
 class LayerError(ImageError):
     """A layer that cannot be unpacked safely, or whose bytes are not what its digest says."""
-
-
-@record(frozen=True)
-class LayerCaps:
-    #: bytes of the uncompressed archive, and (separately) of file data written
-    max_bytes: int = 8 << 30
-    max_members: int = 1_000_000
-    max_path_bytes: int = 4096
 
 
 @record(frozen=True)
