@@ -25,7 +25,6 @@ import os
 import zlib
 
 from worker.record import record
-from worker.sandbox.network.errors import HostNetworkError
 
 META = "meta.json"
 REFILL_LOCK = "refill.lock"
@@ -247,6 +246,8 @@ class RefillLock:
         except FileNotFoundError:
             return self
         except PermissionError as exc:
+            from worker.sandbox.network.errors import HostNetworkError  # not on the claim's import path
+
             raise HostNetworkError(f"refusing the pool directory {self.pool_dir}: {exc}") from exc
         try:
             self.fd = os.open(REFILL_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
