@@ -90,3 +90,37 @@ def test_a_registry_not_listed_fails_the_job_as_invalid_spec_without_contacting_
     assert (job["status"], job["reason"]) == ("failed", "invalid_spec")
     assert "is not a registry sandpit may pull from" in job["message"]
     assert registry.requests() == before and "Traceback" not in p.stderr
+
+
+def test_pull_policy_of_a_job(settings, layout, env, tmp_path, no_leftovers):
+    """``image:pull_policy``: ``always`` asks the registry (and fails as infra when it is gone),
+    ``[always, if-not-present]`` falls back to the stored image, ``never`` refuses what is absent."""
+    reg = Registry(tmp_path / "reg").start()
+    try:
+        reg.push(layout.root, "1", "test/multilayer:1")
+        ref = f"{reg.host}/test/multilayer:1"
+        env = {**env, "SANDPIT_REGISTRIES": reg.host,
+               "SANDPIT_REGISTRIES_CONF": str(reg.registries_conf(tmp_path / "reg.conf"))}
+
+        def run(policy: str) -> dict:
+            (tmp_path / "ci.yml").write_text(
+                f"job:\n  image: {{name: '{ref}', pull_policy: {policy}}}\n  script: [cat /opt/app/layer3]\n")
+            p = subprocess.run([sys.executable, "-m", "worker", "run", str(tmp_path / "ci.yml"), "--json"], env=env,
+                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            assert "Traceback" not in p.stderr, p.stderr
+            return json.loads(p.stdout)["jobs"][0]
+
+        job = run("never")
+        assert (job["status"], job["reason"]) == ("failed", "invalid_spec") and "never" in job["message"]
+        assert run("always")["status"] == "succeeded"
+        reg.stop()
+        job = run("always")
+        assert (job["status"], job["reason"]) == ("error", "infra_error") and "cannot pull" in job["message"]
+        job = run("[always, if-not-present]")
+        assert job["status"] == "succeeded"
+        assert "trying if-not-present" in Path(job["log"]).read_text()
+    finally:
+        reg.stop()
+        store = ImageStore(settings.state_dir, REPO_IMAGES, registry=settings.registry())
+        store.pulled.remove_name(parse_reference(f"{reg.host}/test/multilayer:1"))
+        store.prune(max_bytes=0, grace_s=0)
