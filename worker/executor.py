@@ -101,9 +101,14 @@ def image_shell(engine: Engine, reference: str) -> str:
     return image.shell or shell_for_image(image.key, image.rootfs)
 
 
-def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = None) -> tuple[str, ...]:
+def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = None,
+               policies: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """Get the job's image into the store when it is not there (pulled as the pull policy says,
-    before the shell is chosen: the shell is the image's); the progress lines, for the job's log."""
+    before the shell is chosen: the shell is the image's); the progress lines, for the job's log.
+    ``policies`` is the job's ``image:pull_policy`` (GitLab's: each one is tried when the one
+    before could not reach the registry); None: the worker's default."""
+    from worker.sandbox.registry.skopeo import PullError
+
     lines: list[str] = []
     log = logging.getLogger("sandpit.images")
 
@@ -111,7 +116,15 @@ def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = 
         lines.append(line)
         log.info("%s", line)
 
-    engine.images.get(reference, progress=say, cancel=cancel)
+    tries = policies or (None,)
+    for i, policy in enumerate(tries):
+        try:
+            engine.images.get(reference, progress=say, policy=policy, cancel=cancel)
+            break
+        except PullError as exc:
+            if i == len(tries) - 1:
+                raise
+            say(f"pull_policy {policy} failed ({exc}); trying {tries[i + 1]}")
     return tuple(lines)
 
 
@@ -191,7 +204,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         try:
             files = cache.restore(store, cached) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
-            notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel)
+            notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel,
+                               planned.image.pull_policy if planned.image is not None else None)
             req = request_for(planned, defaults=ctx.defaults,
                               extra_env=job_env + secret_env,
                               shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))

@@ -40,8 +40,8 @@ CACHE_POLICIES = ("pull", "push", "pull-push")
 def read_image(node: YNode, sink: ProblemSink) -> Image | None:
     """The job's image. Its name must be a docker-style reference (pipelines/references.py): what
     is not one (``/proc/self/cwd/evil``, ``../x``, ``Debian``) is an error here, because run would
-    refuse it too. A registry host or a digest is a warning: sandpit does not pull yet, so such a
-    job will fail. A name with ``$`` is judged after variables are expanded, at run time."""
+    refuse it too. A registry host or a digest is a warning: it is pulled only from a registry the
+    operator lists. A name with ``$`` is judged after variables are expanded, at run time."""
     if isinstance(node, YMap):
         check_keys(node, "image", sink)
         name_node = node.get("name")
@@ -52,13 +52,25 @@ def read_image(node: YNode, sink: ProblemSink) -> Image | None:
         entrypoint = None
         if (entry_node := node.get("entrypoint")) is not None:
             entrypoint = read_str_list(entry_node, "image:entrypoint", sink)
+        policy = None
+        if (policy_node := node.get("pull_policy")) is not None:
+            policy = read_str_list(policy_node, "image:pull_policy", sink)
+            bad = [p for p in policy or () if p not in PULL_POLICIES]
+            if bad or policy == ():
+                sink.error(policy_node.loc, "invalid-value",
+                           f"image:pull_policy {', '.join(map(repr, bad)) or 'is empty'}: each must be one of "
+                           + ", ".join(PULL_POLICIES), "write pull_policy: if-not-present")
+                policy = None
         if name is not None:
             _check_image_name(name, name_node, sink)
-        return None if name is None else Image(name, entrypoint)
+        return None if name is None else Image(name, entrypoint, policy)
     name = read_str(node, "image", sink)
     if name is not None:
         _check_image_name(name, node, sink)
     return None if name is None else Image(name)
+
+
+PULL_POLICIES = ("always", "if-not-present", "never")
 
 
 def _check_image_name(name: str, node: YNode, sink: ProblemSink) -> None:
@@ -72,7 +84,8 @@ def _check_image_name(name: str, node: YNode, sink: ProblemSink) -> None:
     if ref.domain is not None or ref.digest is not None:
         what = f"registry host {ref.domain}" if ref.domain is not None else "a digest"
         sink.warning(node.loc, "image-unavailable",
-                     f"image {ref} names {what}; sandpit does not pull from registries yet, so this job will fail",
+                     f"image {ref} names {what}; sandpit pulls it only from a registry the operator lists "
+                     "(SANDPIT_REGISTRIES), else this job will fail",
                      "use an image built from images/ (sandpit images list), e.g. debian:12 or python:3.11")
 
 

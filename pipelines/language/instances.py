@@ -163,7 +163,8 @@ def _draft(
             f"job `{name}` is delayed but has no `start_in`",
             "add start_in: 30 minutes to the job or the rule",
         )
-    image = None if job.image is None else Image(expand(job.image.name, variables), job.image.entrypoint)
+    image = None if job.image is None else Image(expand(job.image.name, variables), job.image.entrypoint,
+                                                 job.image.pull_policy)
     artifacts = _artifacts(job.artifacts, variables, name, job.loc, sink)
     caches = tuple(_cache(c, variables) for c in job.caches)
     env = tuple(variables.items())

@@ -73,6 +73,9 @@ class SandboxPolicy:
 class Image:
     name: str
     entrypoint: tuple[str, ...] | None = None
+    #: GitLab's image:pull_policy, in order (each one tried when the one before could not reach
+    #: the registry); None: the worker's default (SANDPIT_PULL_POLICY)
+    pull_policy: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

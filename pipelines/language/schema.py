@@ -121,9 +121,8 @@ KEYS: dict[str, KeyTable] = {
     "cache_key": _table("cache:key", "files prefix"),
     "image": _table(
         "image",
-        "name entrypoint",
+        "name entrypoint pull_policy",
         ignored={
-            "pull_policy": "sandpit's image store decides when to fetch",
             "docker": "sandpit runs images with its own runtime settings",
             "kubernetes": "sandpit runs images with its own runtime settings",
         },
