@@ -115,23 +115,19 @@ def collect(settings: Settings, env: Mapping[str, str], now: float | None = None
     """One collection (see the module's text). When another one is running: None at once, or
     (``wait``, as ``sandpit gc`` asks) after it ended, this one; ``only_if_due``: None unless it
     is still due once the lock is held."""
-    import fcntl
+    from pipelines.files.locks import hold, try_hold
 
     now = time.time() if now is None else now
     local = settings.state_dir / "local"
     os.makedirs(local, mode=0o700, exist_ok=True)
-    lock = os.open(local / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
+    lock = hold(local / "gc.lock") if wait else try_hold(local / "gc.lock")
+    if lock is None:
+        return None
+    with lock:
         if only_if_due and not due(settings, time.time()):
             return None
         _touch_stamp(settings)
         return _collect(settings, env, now)
-    finally:
-        os.close(lock)
 
 
 def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collected:
