@@ -3,7 +3,10 @@
 Included files are deep-merged in order, nested includes first, and the including file goes last so
 its keys win, as in GitLab. Paths are relative to the repository root (a leading ``/`` is allowed);
 ``..`` that leaves the repository is refused; ``*`` and ``**`` pick every matching given file.
-Remote, project, template and component includes are reported as unsupported by name and place.
+``include: project`` (with ``ref`` and ``file``) names files of another repository: the caller
+fetches them (the planner does no I/O) and passes each under :func:`project_key`; a local include
+inside such a file names a file of that same repository and ref, as on GitLab. Remote, template
+and component includes are reported as unsupported by name and place.
 
 >>> sink = ProblemSink()
 >>> files = {"ci.yml": "include: lib.yml\\na: {script: x}\\n", "lib.yml": ".t: {image: alpine}\\n"}
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 from pipelines.language.globs import compile_glob
 from pipelines.language.problems import Loc, ProblemSink
-from pipelines.language.reader import flatten_items, read_str, wrong_type
+from pipelines.language.reader import flatten_items, read_str, read_str_list, wrong_type
 from pipelines.language.rules import RuleContext, first_match, read_rules
 from pipelines.language.schema import check_keys
 from pipelines.language.variables import expand
@@ -30,7 +33,8 @@ from pipelines.language.yamltree import YItem, YMap, YNode, YScalar, YSeq, parse
 CTX = RuleContext({}, None, frozenset(), "push", "main", "branch")
 _MAX_INCLUDES = 150
 _MAX_DEPTH = 100
-_REFUSED_KINDS = ("remote", "project", "template", "component")
+_REFUSED_KINDS = ("remote", "template", "component")
+_PROJECT_PREFIX = "project:"
 _VARIABLE = re.compile(r"\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -67,6 +71,38 @@ def normalize_local_path(path: str) -> str | None:
     return relative
 
 
+def project_key(project: str, ref: str, path: str) -> str:
+    """The name under which a file of another repository is given to the planner (``ref`` empty:
+    the project's default branch, as GitLab's ``include: project`` without ``ref``).
+
+    >>> project_key("acme/ci", "v1", "templates/build.yml")
+    'project:acme/ci@v1:templates/build.yml'
+    """
+    return f"{_PROJECT_PREFIX}{project}@{ref}:{path}"
+
+
+def split_project_key(key: str) -> tuple[str, str, str] | None:
+    """``(project, ref, path)`` of a :func:`project_key`, None for a file of this repository.
+
+    >>> split_project_key("project:acme/ci@v1:a.yml"), split_project_key("ci/a.yml")
+    (('acme/ci', 'v1', 'a.yml'), None)
+    """
+    if not key.startswith(_PROJECT_PREFIX):
+        return None
+    head, sep, path = key[len(_PROJECT_PREFIX):].partition(":")
+    project, at, ref = head.rpartition("@")
+    return (project, ref, path) if sep and at else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectInclude:
+    """One ``include: project`` a file names (for the caller that fetches its files)."""
+
+    project: str
+    ref: str
+    files: tuple[str, ...]
+
+
 class _Composer:
     def __init__(self, files: Mapping[str, str], ctx: RuleContext, sink: ProblemSink) -> None:
         self.files = files
@@ -78,6 +114,7 @@ class _Composer:
 
     def load(self, path: str, depth: int) -> YMap | None:
         tree = parse_yaml(self.files[path], path, self.sink)
+        source = split_project_key(path)
         if tree is None:
             return None
         if not isinstance(tree, YMap):
@@ -92,16 +129,17 @@ class _Composer:
         if include is None:
             return tree
         merged = YMap({}, tree.loc)
-        for included in self._includes(include, depth):
+        origin = source[:2] if source is not None else None
+        for included in self._includes(include, depth, origin):
             merged = deep_merge(merged, included)
         own = YMap({k: v for k, v in tree.entries.items() if k != "include"}, tree.loc)
         return deep_merge(merged, own)
 
-    def _includes(self, node: YNode, depth: int) -> list[YMap]:
+    def _includes(self, node: YNode, depth: int, origin: tuple[str, str] | None) -> list[YMap]:
         items = flatten_items(node, "include", self.sink) if isinstance(node, YSeq) else [node]
         out: list[YMap] = []
         for item in items:
-            for path in self._paths(item):
+            for path in self._paths(item, origin):
                 if path in self.loaded:
                     continue  # GitLab loads a file once however often it is named
                 self.loaded.add(path)
@@ -119,7 +157,7 @@ class _Composer:
                     out.append(tree)
         return out
 
-    def _paths(self, item: YNode) -> list[str]:
+    def _paths(self, item: YNode, origin: tuple[str, str] | None) -> list[str]:
         if isinstance(item, YScalar) and isinstance(item.value, str):
             text = item.value
             if text.startswith(("http://", "https://")):
@@ -131,7 +169,7 @@ class _Composer:
                 )
                 self.unresolved.append(item.loc)
                 return []
-            return self._local(text, item)
+            return self._local(text, item, origin)
         if not isinstance(item, YMap):
             wrong_type(item, "an include", "a path or a mapping", self.sink, "include: {local: ci/build.yml}")
             return []
@@ -145,6 +183,12 @@ class _Composer:
             if item.get(kind) is not None:
                 self.unresolved.append(item.loc)  # check_keys already reported it by name
                 return []
+        if item.get("project") is not None:
+            return self._project(item)
+        for key in ("ref", "file"):
+            if item.get(key) is not None:
+                self.sink.error(item.key_loc(key), "invalid-value", f"`{key}` belongs to an `include: project`",
+                                "add `project: group/name`, or use `local:` for a file of this repository")
         local = item.get("local")
         if local is None:
             self.sink.error(
@@ -155,9 +199,43 @@ class _Composer:
             )
             return []
         local_text = read_str(local, "include:local", self.sink)
-        return [] if local_text is None else self._local(local_text, local)
+        return [] if local_text is None else self._local(local_text, local, origin)
 
-    def _local(self, text: str, node: YNode) -> list[str]:
+    def _project(self, item: YMap) -> list[str]:
+        """The given files of an ``include: project`` (every one it names must be there)."""
+        project_node, ref_node, file_node = item.get("project"), item.get("ref"), item.get("file")
+        project = read_str(project_node, "include:project", self.sink) if project_node is not None else None
+        ref = read_str(ref_node, "include:ref", self.sink) if ref_node is not None else ""
+        if file_node is None:
+            self.sink.error(item.loc, "invalid-value", "an `include: project` needs `file:`",
+                            "write include: {project: group/name, ref: main, file: /templates/ci.yml}")
+            return []
+        files = read_str_list(file_node, "include:file", self.sink) if isinstance(file_node, YSeq) else (
+            (read_str(file_node, "include:file", self.sink) or "",))
+        if project is None or ref is None or files is None:
+            return []
+        project, ref = expand(project, self.ctx.variables).strip("/"), expand(ref, self.ctx.variables)
+        found: list[str] = []
+        for text in files:
+            path = normalize_local_path(expand(text, self.ctx.variables))
+            if path is None:
+                self.sink.error(file_node.loc, "include-outside-repo", f"include file `{text}` leaves the repository",
+                                "name a file inside that repository, relative to its root")
+                self.unresolved.append(item.loc)
+                continue
+            key = project_key(project, ref, path)
+            if key in self.files:
+                found.append(key)
+                continue
+            at = f" at `{ref}`" if ref else ""
+            self.sink.error(file_node.loc, "include-not-found",
+                            f"`{path}` of project `{project}`{at} could not be read",
+                            "sandpit reads project includes only from repositories registered with it "
+                            "(sandpit repos add); check the project's name, the ref and the path")
+            self.unresolved.append(item.loc)
+        return found
+
+    def _local(self, text: str, node: YNode, origin: tuple[str, str] | None = None) -> list[str]:
         # GitLab expands predefined and pipeline variables in include paths (not the file's own)
         text = expand(text, self.ctx.variables)
         path = normalize_local_path(text)
@@ -170,11 +248,16 @@ class _Composer:
             )
             self.unresolved.append(node.loc)
             return []
+        if origin is not None:  # a file of another project: its local includes are that project's files
+            prefix = project_key(*origin, "")
+            names = {key[len(prefix):]: key for key in self.files if key.startswith(prefix)}
+        else:
+            names = {key: key for key in self.files if not key.startswith(_PROJECT_PREFIX)}
         if any(char in path for char in "*?[{"):
             regex = compile_glob(path, include=True)
-            found = sorted(p for p in self.files if regex.match(p))
+            found = sorted(names[p] for p in names if regex.match(p))
         else:
-            found = [path] if path in self.files else []
+            found = [names[path]] if path in names else []
         if not found:
             self.sink.error(
                 node.loc,
@@ -208,6 +291,32 @@ def local_include_patterns(text: str, file: str) -> list[str]:
                 found.append(path)
     return found
 
+
+
+def project_includes(text: str, file: str) -> list[ProjectInclude]:
+    """The ``include: project`` entries a file names (project, ref, files; variables left as
+    written), for a loader that fetches them.
+
+    >>> project_includes("include: {project: acme/ci, ref: v1, file: [a.yml, /b.yml]}", "ci.yml")
+    [ProjectInclude(project='acme/ci', ref='v1', files=('a.yml', 'b.yml'))]
+    """
+    tree = parse_yaml(text, file, ProblemSink())
+    include = tree.get("include") if isinstance(tree, YMap) else None
+    if include is None:
+        return []
+    found: list[ProjectInclude] = []
+    for item in include.items if isinstance(include, YSeq) else (include,):
+        if not isinstance(item, YMap):
+            continue
+        project, ref, files = item.get("project"), item.get("ref"), item.get("file")
+        if not (isinstance(project, YScalar) and isinstance(project.value, str)) or files is None:
+            continue
+        ref_text = ref.value if isinstance(ref, YScalar) and isinstance(ref.value, str) else ""
+        names = files.items if isinstance(files, YSeq) else (files,)
+        paths = tuple(p for n in names if isinstance(n, YScalar) and isinstance(n.value, str)
+                      if (p := normalize_local_path(n.value)) is not None)
+        found.append(ProjectInclude(project.value.strip("/"), ref_text, paths))
+    return found
 
 def compose_sources(
     files: Mapping[str, str], entry: str, ctx: RuleContext, sink: ProblemSink

@@ -187,6 +187,7 @@ def _draft(
             allow_failure=allow,
             retry=job.retry,
             timeout_seconds=job.timeout_seconds,
+            interruptible=job.interruptible,
             artifacts=artifacts,
             caches=caches,
             sandbox=job.sandbox,

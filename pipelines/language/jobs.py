@@ -90,6 +90,7 @@ class JobDef:
     allow_failure: AllowFailure | None = None
     retry: Retry = Retry()  # noqa: RUF009 - frozen, so sharing one default is safe
     timeout_seconds: int | None = None
+    interruptible: bool = False
     artifacts: Artifacts | None = None
     caches: tuple[Cache, ...] = ()
     sandbox: SandboxSpec = SandboxSpec()  # noqa: RUF009 - frozen, so sharing one default is safe
@@ -229,6 +230,8 @@ def read_job(name: str, node: YMap, loc: Loc, options: ReadOptions, sink: Proble
             fields["retry"] = read_retry(value, sink) or Retry()
         elif key == "timeout":
             fields["timeout_seconds"] = read_timeout(value, sink)
+        elif key == "interruptible":
+            fields["interruptible"] = bool(read_bool(value, "interruptible", sink))
         elif key == "artifacts":
             fields["artifacts"] = read_artifacts(value, sink)
         elif key == "cache":

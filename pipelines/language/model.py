@@ -153,6 +153,8 @@ class Job:
     allow_failure: AllowFailure = AllowFailure()
     retry: Retry = Retry()
     timeout_seconds: int | None = None
+    #: a newer pipeline of the same branch or merge request may cancel it (GitLab's auto-cancel)
+    interruptible: bool = False
     artifacts: Artifacts | None = None
     caches: tuple[Cache, ...] = ()
     sandbox: SandboxSpec = SandboxSpec()

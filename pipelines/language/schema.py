@@ -66,12 +66,11 @@ KEYS: dict[str, KeyTable] = {
     "job": _table(
         "a job",
         "script before_script after_script image stage extends needs dependencies parallel rules only "
-        "except when start_in allow_failure retry timeout variables artifacts cache inherit sandbox",
+        "except when start_in allow_failure retry timeout interruptible variables artifacts cache inherit sandbox",
         ignored={
             "tags": "sandpit has no runner tags; every job runs on any worker",
             "environment": _IGNORED_META,
             "resource_group": "sandpit does not serialise jobs across pipelines",
-            "interruptible": "sandpit does not auto-cancel redundant pipelines",
             "coverage": "sandpit does not parse coverage from the log",
             "release": "sandpit does not create forge releases",
             "pages": "sandpit does not publish GitLab Pages; the job itself still runs",
@@ -92,8 +91,8 @@ KEYS: dict[str, KeyTable] = {
     ),
     "default": _table(
         "default",
-        "after_script artifacts before_script cache image retry timeout sandbox",
-        ignored={"tags": "sandpit has no runner tags", "interruptible": "sandpit does not auto-cancel"},
+        "after_script artifacts before_script cache image interruptible retry timeout sandbox",
+        ignored={"tags": "sandpit has no runner tags"},
         refused={
             "services": _NO_SERVICES,
             "id_tokens": _NO_SECRETS,
@@ -131,18 +130,19 @@ KEYS: dict[str, KeyTable] = {
     "rule": _table(
         "a rule",
         "if changes exists when allow_failure variables start_in",
-        ignored={"interruptible": "sandpit does not auto-cancel"},
+        ignored={"interruptible": "sandpit reads `interruptible` from the job, not from its rules"},
         refused={"needs": "put the `needs` on the job and mark them `optional: true`"},
     ),
     "workflow": _table(
         "workflow",
         "rules",
-        ignored={"name": "sandpit names runs by their ref", "auto_cancel": "sandpit does not auto-cancel"},
+        ignored={"name": "sandpit names runs by their ref",
+                 "auto_cancel": "sandpit always auto-cancels as GitLab's default (`on_new_commit: conservative`)"},
     ),
     "workflow_rule": _table(
         "a workflow rule",
         "if changes exists when variables",
-        ignored={"auto_cancel": "sandpit does not auto-cancel"},
+        ignored={"auto_cancel": "sandpit always auto-cancels as GitLab's default (`on_new_commit: conservative`)"},
     ),
     "need": _table(
         "a need",
@@ -155,10 +155,9 @@ KEYS: dict[str, KeyTable] = {
     ),
     "include": _table(
         "an include",
-        "local rules file ref",  # file and ref only go with `project`, which is refused by name
+        "local project rules file ref",  # file and ref go with `project`
         ignored={"integrity": "only used with remote includes, which sandpit refuses"},
         refused={
-            "project": "copy the file into this repository and use `include: local`",
             "remote": "download the file into this repository and use `include: local`",
             "template": "copy GitLab's template into this repository and use `include: local`",
             "component": "copy the component's template into this repository and use `include: local`",

@@ -519,10 +519,16 @@ PROBLEM_CASES = [
         [(1, 10)],
     ),
     ProblemCase(
-        "project/template/component includes are refused",
+        "template/component includes are refused; a project include not given is not found",
         "include: [{project: a/b, file: x.yml}, {template: Auto-DevOps.gitlab-ci.yml}, {component: c@1}]\n"
         "t: {script: [x]}",
-        ["unsupported", "unsupported", "unsupported"],
+        ["include-not-found", "unsupported", "unsupported"],
+    ),
+    ProblemCase(
+        "ref and file without project are named",
+        "include: {local: a.yml, ref: main}\nt: {script: [x]}",
+        ["invalid-value"],
+        files={"a.yml": "u: {script: [y]}"},
     ),
     ProblemCase(
         "include traversal is refused",
@@ -625,7 +631,7 @@ def test_needs_cycle_message_names_the_cycle() -> None:
         ("tags: [docker]", "warning"),
         ("environment: prod", "warning"),
         ("coverage: '/x/'", "warning"),
-        ("interruptible: true", "warning"),
+        ("manual_confirmation: sure?", "warning"),
         ("resource_group: r", "warning"),
         ("trigger: {project: a/b}", "error"),
         ("services: [redis]", "error"),
@@ -652,7 +658,7 @@ def test_policy_caps_sandbox_requests() -> None:
 
 def test_consequences_of_unloaded_includes_point_at_the_include() -> None:
     """What an unsupported include would have defined is reported with caused_by = that include."""
-    problems = bad("include: {project: a/b, file: t.yml}\njob: {extends: .from-project}")
+    problems = bad("include: {template: Auto-DevOps.gitlab-ci.yml}\njob: {extends: .from-project}")
     consequences = [p for p in problems.errors if not p.code.startswith("unsupported")]
     assert consequences and all(p.caused_by is not None and p.caused_by.line == 1 for p in consequences)
 
