@@ -1,24 +1,30 @@
-"""A repository's commit fetched into a per-repository bare mirror, and its pipeline file read (adapter).
+"""A repository's commits fetched into a per-repository bare mirror, and files read from them (adapter).
 
-This is the seam a web-hook run gets its pipeline text through until the worker checks
-commits out itself: :func:`read_pipeline_file` fetches one commit (``--depth=1``, no tags, no
-submodules) into ``<root>/<repo id>.git`` and reads the first of the pipeline paths it has.
+Both sides of a forge run go through here: the API reads the pipeline file (and what it
+includes) from the pushed commit, the worker checks the commit out for its jobs
+(:mod:`pipelines.forges.checkout`). :func:`ensure_commit` fetches one commit with
+``--depth=<depth>`` (no tags, no submodules) into ``<root>/<repo id>.git`` unless the mirror has
+it with that much history already; :func:`read_blobs` reads files of a commit with one ``git
+cat-file --batch``; :func:`read_pipeline_file` is the two together for the first pipeline path
+a commit has.
 
 ``git`` is hardened against the repository and its URL: only the ``git://``, ``http://`` and
 ``https://`` transports (``protocol.allow=never`` plus those three: no ``file://``, no ``ext::``
 command transport, no ``ssh`` that would read the host's keys), no hooks
 (``core.hooksPath=/dev/null``), no system or global configuration, no credential prompt or
-helper (``GIT_TERMINAL_PROMPT=0``), no LFS smudge, a timeout on every call and a size cap on
-the file read. One fetch at a time per mirror (an ``flock`` on the mirror's lock file); a
-commit already in the mirror is not fetched again (a warm mirror costs one ``git cat-file
---batch`` process for the commit and the file).
+helper (``GIT_TERMINAL_PROMPT=0``), no LFS smudge, ``transfer.fsckObjects``, no automatic gc (a
+commit fetched by id has no ref: a gc would drop it), a timeout on every call, a cap on the bytes
+a fetch may write (:data:`MAX_FETCH_BYTES`, watched while it runs) and on every file read. One
+fetch at a time per mirror (an ``flock`` on the mirror's lock file); a commit already in the
+mirror with enough history is not fetched again (a warm mirror costs one ``git cat-file
+--batch`` process for the commit and the files).
 
 ::
 
-    MirrorError                 the commit or its pipeline file could not be read
+    MirrorError                 the commit or its files could not be read
     ├── UnsupportedUrl          a clone URL whose transport is not allowed
-    ├── FetchFailed             git could not fetch the commit (its stderr, shortened)
-    └── PipelineFileMissing     none of the pipeline paths exists in the commit
+    ├── FetchFailed             git could not fetch the commit (its stderr, shortened), or a cap
+    └── PipelineFileMissing     none of the pipeline paths exists in the commit (or one is too big)
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +46,20 @@ ALLOWED_SCHEMES = ("git://", "http://", "https://")
 FETCH_TIMEOUT_S = 120.0
 READ_TIMEOUT_S = 15.0
 MAX_PIPELINE_BYTES = 1024 * 1024
-_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_PATH = re.compile(r"[A-Za-z0-9._/-]{1,255}")
-_HARDENING = (
+MAX_FETCH_BYTES = 2 * 1024**3
+#: GitLab's default for new projects (its "Git shallow clone" setting): the history a job gets
+#: when its GIT_DEPTH is not set, and what the API fetches, so the worker finds the mirror warm
+DEFAULT_DEPTH = 20
+SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_PATH = re.compile(r"[A-Za-z0-9._/ +@-]{1,255}")
+_REPO_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
+HARDENING = (
     "-c", "protocol.allow=never", "-c", "protocol.git.allow=always", "-c", "protocol.http.allow=always",
     "-c", "protocol.https.allow=always", "-c", "core.hooksPath=/dev/null", "-c", "credential.helper=",
-    "-c", "fetch.recurseSubmodules=false", "-c", "core.fsmonitor=false", "-c", "transfer.fsckObjects=true",
+    "-c", "fetch.recurseSubmodules=false", "-c", "submodule.recurse=false", "-c", "core.fsmonitor=false",
+    "-c", "transfer.fsckObjects=true", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+    "-c", "core.symlinks=true", "-c", "core.protectNTFS=true", "-c", "advice.detachedHead=false",
 )
 
 
@@ -85,61 +100,190 @@ def check_clone_url(url: str) -> str:
     return url
 
 
-def read_pipeline_file(root: Path, repo_id: str, clone_url: str, sha: str, paths: Sequence[str]) -> PipelineFile:
-    """The first of ``paths`` in commit ``sha`` of ``clone_url`` (fetched into the mirror if needed),
-    with the commit's message, author and time."""
-    check_clone_url(clone_url)
-    if not _SHA.fullmatch(sha):
+def check_sha(sha: str) -> str:
+    """``sha`` if it is a full lower-case commit id (never a ref name or an option), else FetchFailed.
+
+    >>> check_sha("a" * 40) == "a" * 40
+    True
+    """
+    if not SHA.fullmatch(sha):
         raise FetchFailed(f"{sha[:80]!r} is not a commit id")
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", repo_id):
+    return sha
+
+
+def check_ref(ref: str) -> str:
+    """A branch or tag name that may be handed to ``git ls-remote`` (no option, no ``..``).
+
+    >>> check_ref("release/1.2")
+    'release/1.2'
+    """
+    if not _REF.fullmatch(ref) or ".." in ref or ref.endswith((".lock", "/", ".")) or "//" in ref:
+        raise FetchFailed(f"{ref[:80]!r} is not a branch or tag name sandpit fetches")
+    return ref
+
+
+def mirror_path(root: Path, repo_id: str) -> Path:
+    """``<root>/<repo id>.git`` (the id is checked: it names a directory)."""
+    if not _REPO_ID.fullmatch(repo_id):
         raise ValueError(f"repository id {repo_id!r} cannot name a mirror")
-    mirror = root / f"{repo_id}.git"
+    return root / f"{repo_id}.git"
+
+
+def ensure_commit(root: Path, repo_id: str, clone_url: str, sha: str, depth: int = DEFAULT_DEPTH) -> Path:
+    """The mirror of ``repo_id`` with commit ``sha`` and ``depth`` commits of its history (0: all
+    of it), fetched from ``clone_url`` if it lacks them; the mirror's path."""
+    check_clone_url(clone_url)
+    check_sha(sha)
+    mirror = mirror_path(root, repo_id)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with hold(root / f"{repo_id}.lock"):
-        if not (mirror / "HEAD").exists():
-            _git(["init", "--quiet", "--bare", str(mirror)], None, READ_TIMEOUT_S)
-        wanted = [path for path in paths if _PATH.fullmatch(path) and ".." not in path.split("/")]
-        commit, found = _read_objects(mirror, sha, wanted)
-        if commit is None:
-            done = _git(["fetch", "--quiet", "--depth=1", "--no-tags", "--no-write-fetch-head", clone_url, sha],
-                        mirror, FETCH_TIMEOUT_S, check=False)
-            if done.returncode != 0:
-                raise FetchFailed(f"git fetch of {sha} from {clone_url} failed: {_short(done.stderr)}")
-            commit, found = _read_objects(mirror, sha, wanted)
-            if commit is None:
+        _init(mirror)
+        if not _has_history(mirror, sha, depth):
+            _fetch(mirror, clone_url, sha, depth)
+            if not _has_history(mirror, sha, 1):
                 raise FetchFailed(f"git fetch from {clone_url} did not bring commit {sha}")
-        if found is None:
-            raise PipelineFileMissing(f"commit {sha} has none of {', '.join(paths)}")
-        author, stamp, message = _commit_fields(commit)
-        return PipelineFile(found[0], found[1].decode("utf-8", "replace"), message, author, stamp)
+    return mirror
 
 
-def _read_objects(mirror: Path, sha: str, paths: Sequence[str]) -> tuple[bytes | None, tuple[str, bytes] | None]:
-    """The commit object (None when the mirror lacks it) and the first of ``paths`` it holds, read
-    by one ``git cat-file --batch`` (a warm mirror costs one process, not one per object)."""
-    proc = subprocess.Popen([*_git_prefix(mirror), "cat-file", "--batch"], env=_git_env(), stdin=subprocess.PIPE,
+def resolve_ref(clone_url: str, ref: str) -> str:
+    """The commit a branch or tag ``ref`` of ``clone_url`` points at (``git ls-remote``); a
+    full commit id is returned as it is."""
+    if SHA.fullmatch(ref):
+        return ref
+    check_clone_url(clone_url)
+    check_ref(ref)
+    done = run_git(["ls-remote", "--", clone_url, f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"],
+                   None, FETCH_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise FetchFailed(f"git ls-remote of {clone_url} failed: {short(done.stderr)}")
+    found: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        sha, _tab, name = line.partition("\t")
+        found[name] = sha
+    for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+        if SHA.fullmatch(found.get(name, "")):
+            return found[name]
+    raise FetchFailed(f"{clone_url} has no branch or tag {ref!r}")
+
+
+def read_blobs(mirror: Path, sha: str, paths: Sequence[str], cap: int = MAX_PIPELINE_BYTES,
+               ) -> tuple[bytes | None, dict[str, bytes]]:
+    """The commit object (None when the mirror lacks it) and the files of ``paths`` it holds (a
+    path that is missing, a directory or a link is left out), read by one ``git cat-file
+    --batch`` (a warm mirror costs one process, not one per object)."""
+    wanted = [path for path in paths if _PATH.fullmatch(path) and ".." not in path.split("/")]
+    proc = subprocess.Popen([*git_prefix(mirror), "cat-file", "--batch"], env=git_env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     timer = threading.Timer(READ_TIMEOUT_S, proc.kill)
     timer.start()
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("".join(f"{request}\n" for request in (f"{sha}^{{commit}}", *(f"{sha}:{p}" for p in paths)))
+        proc.stdin.write("".join(f"{request}\n" for request in (f"{sha}^{{commit}}", *(f"{sha}:{p}" for p in wanted)))
                          .encode())
         proc.stdin.close()
-        commit = _next_object(proc.stdout, b"commit", MAX_PIPELINE_BYTES)
+        commit = _next_object(proc.stdout, b"commit", cap)
         if commit is None:
-            return None, None
-        for path in paths:
-            blob = _next_object(proc.stdout, b"blob", MAX_PIPELINE_BYTES, path)
+            return None, {}
+        found = {}
+        for path in wanted:
+            blob = _next_object(proc.stdout, b"blob", cap, path)
             if blob is not None:
-                return commit, (path, blob)
-        return commit, None
+                found[path] = blob
+        return commit, found
     finally:
         timer.cancel()
         proc.kill()
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def read_pipeline_file(root: Path, repo_id: str, clone_url: str, sha: str, paths: Sequence[str],
+                       depth: int = DEFAULT_DEPTH) -> PipelineFile:
+    """The first of ``paths`` in commit ``sha`` of ``clone_url`` (fetched into the mirror if needed),
+    with the commit's message, author and time."""
+    check_clone_url(clone_url)
+    check_sha(sha)
+    mirror = mirror_path(root, repo_id)
+    commit, found = read_blobs(mirror, sha, paths) if (mirror / "HEAD").exists() else (None, {})
+    if commit is None:
+        ensure_commit(root, repo_id, clone_url, sha, depth)
+        commit, found = read_blobs(mirror, sha, paths)
+        if commit is None:
+            raise FetchFailed(f"git fetch from {clone_url} did not bring commit {sha}")
+    path = next((p for p in paths if p in found), None)
+    if path is None:
+        raise PipelineFileMissing(f"commit {sha} has none of {', '.join(paths)}")
+    author, stamp, message = commit_fields(commit)
+    return PipelineFile(path, found[path].decode("utf-8", "replace"), message, author, stamp)
+
+
+def _init(mirror: Path) -> None:
+    if not (mirror / "HEAD").exists():
+        run_git(["init", "--quiet", "--bare", "--template=", str(mirror)], None, READ_TIMEOUT_S)
+
+
+def _has_history(mirror: Path, sha: str, depth: int) -> bool:
+    """Whether the mirror has ``sha`` and ``depth`` commits of history below it (0: all of it): a
+    shallow mirror's boundary commits (its ``shallow`` file) must not cut the walk short."""
+    args = ["rev-list", *([f"--max-count={depth}"] if depth > 0 else []), sha, "--"]
+    done = run_git(args, mirror, READ_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        return False  # the commit (or an ancestor it needs) is not there
+    listed = done.stdout.split()
+    if depth > 0 and len(listed) >= depth:
+        return True
+    shallow_file = mirror / "shallow"
+    boundary = set(shallow_file.read_text().split()) if shallow_file.exists() else set()
+    return not boundary.intersection(listed)
+
+
+def _fetch(mirror: Path, clone_url: str, sha: str, depth: int) -> None:
+    """``git fetch`` of one commit, killed past :data:`FETCH_TIMEOUT_S` or when the packs it
+    writes pass :data:`MAX_FETCH_BYTES` (git has no such cap of its own for a fetch)."""
+    shallow = (mirror / "shallow").exists()
+    deepen = [f"--depth={depth}"] if depth > 0 else (["--unshallow"] if shallow else [])
+    args = [*git_prefix(mirror), "fetch", "--quiet", *deepen, "--no-tags", "--no-write-fetch-head",
+            "--no-recurse-submodules", "--", clone_url, sha]
+    proc = subprocess.Popen(args, env=git_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read(64 * 1024) if proc.stderr else b""),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    why = ""
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            why = f"git fetch took longer than {FETCH_TIMEOUT_S:.0f}s"
+        elif _pack_bytes(mirror) > MAX_FETCH_BYTES:
+            why = f"git fetch wrote more than {MAX_FETCH_BYTES} bytes (the mirror's cap)"
+        if why:
+            proc.kill()
+            break
+        time.sleep(0.02)
+    proc.wait()
+    reader.join(timeout=5)
+    proc.stderr.close()
+    if why:
+        raise FetchFailed(f"fetch of {sha} from {clone_url} stopped: {why}")
+    if proc.returncode != 0:
+        text = b"".join(errors).decode("utf-8", "replace")
+        raise FetchFailed(f"git fetch of {sha} from {clone_url} failed: {short(text)}")
+
+
+def _pack_bytes(mirror: Path) -> int:
+    """Bytes of the packs being written (``objects/pack/tmp_*``) and loose objects' count of a fetch."""
+    total = 0
+    try:
+        with os.scandir(mirror / "objects" / "pack") as entries:
+            for entry in entries:
+                if entry.name.startswith("tmp_") and entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
+    return total
 
 
 def _next_object(stream: IO[bytes], kind: bytes, cap: int, path: str | None = None) -> bytes | None:
@@ -159,8 +303,12 @@ def _next_object(stream: IO[bytes], kind: bytes, cap: int, path: str | None = No
     return data if fields[1] == kind else None
 
 
-def _commit_fields(commit: bytes) -> tuple[str, str, str]:
-    """``Name <email>``, ISO 8601 time and message of a raw commit object."""
+def commit_fields(commit: bytes) -> tuple[str, str, str]:
+    """``Name <email>``, ISO 8601 time and message of a raw commit object.
+
+    >>> commit_fields(b"tree t\\nauthor Ada <a@b> 0 +0000\\n\\nfix\\n")
+    ('Ada <a@b>', '1970-01-01T00:00:00+00:00', 'fix')
+    """
     head, _sep, message = commit.partition(b"\n\n")
     author, stamp = "", ""
     for line in head.split(b"\n"):
@@ -175,7 +323,7 @@ def _commit_fields(commit: bytes) -> tuple[str, str, str]:
     return author, stamp, message.decode("utf-8", "replace").rstrip("\n")
 
 
-def _git_env() -> dict[str, str]:
+def git_env() -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", "GIT_TERMINAL_PROMPT": "0",
         "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ASKPASS": "/bin/false",
@@ -183,22 +331,22 @@ def _git_env() -> dict[str, str]:
     }
 
 
-def _git_prefix(mirror: Path | None) -> list[str]:
-    return ["git", *_HARDENING] + (["--git-dir", str(mirror)] if mirror is not None else [])
+def git_prefix(mirror: Path | None) -> list[str]:
+    return ["git", *HARDENING] + (["--git-dir", str(mirror)] if mirror is not None else [])
 
 
-def _git(
+def run_git(
     args: list[str], mirror: Path | None, timeout: float, *, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run([*_git_prefix(mirror), *args], env=_git_env(), capture_output=True, text=True,
+        done = subprocess.run([*git_prefix(mirror), *args], env=git_env(), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, errors="replace")
     except subprocess.TimeoutExpired:
         raise FetchFailed(f"git {args[0]} took longer than {timeout:.0f}s") from None
     if check and done.returncode != 0:
-        raise FetchFailed(f"git {args[0]} failed: {_short(done.stderr)}")
+        raise FetchFailed(f"git {args[0]} failed: {short(done.stderr)}")
     return done
 
 
-def _short(text: str) -> str:
+def short(text: str) -> str:
     return " ".join(text.split())[:300] or "(no message)"
