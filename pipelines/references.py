@@ -18,9 +18,10 @@ grammar is written out here rather than taken from a library: the Python ports o
 unmaintained, and it is six regular expressions with ASCII-only classes (``re.ASCII``: ``\\w``
 would otherwise accept any Unicode letter).
 
-Which references *run* is a second question (:func:`honoured_by`): until registry pulls exist,
-only what a recipe in ``images/`` says it provides (its name, and its ``provides`` list).
-Nothing is ever mapped to something else: ``python:3.12`` is refused, not run as 3.11.
+Which references *run* is a second question: :func:`honoured_by` says which recipe in ``images/``
+provides one (its name, and its ``provides`` list); anything else comes from the image store or a
+pull (``worker/sandbox/images.py``, docs/images.md).
+Nothing is ever mapped to something else: ``python:3.12`` is pulled as itself or refused, never run as 3.11.
 
 >>> parse_reference("python:3.11")
 ImageReference(domain=None, path='python', tag='3.11', digest=None)
@@ -159,7 +160,8 @@ def honoured_by(text: str, provided: Mapping[str, str]) -> str:
     recipes declare it); :class:`InvalidReference` when none does, naming what exists.
 
     A bare name means the recipe of that name (``python`` → the ``python`` recipe); a tag must
-    be one the recipe lists; a registry host or a digest is refused until sandpit pulls images.
+    be one the recipe lists; a registry host or a digest is never a recipe's (the store or a pull may
+    have it: ``ImageStore.get``).
 
     >>> provided = {"python": "python", "python:3.11": "python", "debian": "debian"}
     >>> honoured_by("python:3.11", provided)
@@ -174,7 +176,8 @@ def honoured_by(text: str, provided: Mapping[str, str]) -> str:
     if ref.domain is not None or ref.digest is not None:
         what = "a registry host" if ref.domain is not None else "a digest"
         raise InvalidReference(
-            f"image {ref} names {what}, and sandpit does not pull from registries yet: "
+            f"image {ref} names {what}, which no recipe provides (sandpit pulls only from the registries "
+            "the operator lists in SANDPIT_REGISTRIES): "
             f"use one of the images built here ({known})")
     recipe = provided.get(str(ref))
     if recipe is None:
