@@ -64,15 +64,24 @@ class Runner:
         req = SandboxRequest(argv=argv, runtime=self.runtime)
         req = replace(req, **kw)  # type: ignore[arg-type]
         result = self.engine.run(req, sink=sink)
+        if result.log_path:
+            MADE_LOGS.append(Path(result.log_path))
         return result, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
 
     def sh(self, script: str, **kw: object) -> tuple[JobRecord, str, str]:
         return self("sh", "-c", script, **kw)
 
 
+#: the logs of the jobs this session's Runner ran, removed when the session ends: the state dir
+#: (and its built images) outlives the suite, its logs of test jobs should not
+MADE_LOGS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
-def engine(settings: Settings) -> Engine:
-    return Engine(settings)
+def engine(settings: Settings) -> Iterator[Engine]:
+    yield Engine(settings)
+    for path in MADE_LOGS:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture()
