@@ -38,9 +38,14 @@ def free_port() -> int:
 
 
 class Registry:
-    def __init__(self, workdir: Path, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, auth: tuple[str, str] | None = None, *, auth_section: str | None = None,
+                 creds: tuple[str, str] | None = None) -> None:
+        """``auth``: basic auth from an htpasswd file with that user; ``auth_section``: another
+        ``auth:`` config (a token server's), ``creds`` then being what pushes use."""
         self.workdir = workdir
         self.auth = auth
+        self.auth_section = auth_section
+        self.creds = creds or auth
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = workdir / "storage"
@@ -50,7 +55,7 @@ class Registry:
     def start(self) -> Registry:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(exist_ok=True)
-        auth = ""
+        auth = self.auth_section or ""
         if self.auth:
             line = subprocess.run(["htpasswd", "-Bbn", *self.auth], capture_output=True, check=True).stdout
             (self.workdir / "htpasswd").write_bytes(line)
@@ -100,8 +105,8 @@ class Registry:
         return self.storage / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexd[:2] / hexd / "data"
 
     def auth_json(self, path: Path) -> Path:
-        assert self.auth is not None
-        token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+        assert self.creds is not None
+        token = base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
         path.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
         return path
 
@@ -112,8 +117,8 @@ class Registry:
     def push(self, layout: Path, tag: str, ref: str, *, fmt: str | None = None) -> None:
         """``skopeo copy oci:LAYOUT:TAG docker://HOST/REF`` (digests preserved unless ``fmt`` converts)."""
         cmd = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]
-        if self.auth:
-            cmd += ["--dest-creds", f"{self.auth[0]}:{self.auth[1]}"]
+        if self.creds:
+            cmd += ["--dest-creds", f"{self.creds[0]}:{self.creds[1]}"]
         cmd += ["--format", fmt] if fmt else ["--preserve-digests"]
         cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{ref}"]
         subprocess.run(cmd, check=True, env=SKOPEO_ENV, capture_output=True, timeout=300)

@@ -154,6 +154,27 @@ def test_basic_auth_from_the_auth_file_only(tmp_path, layout):
         assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
 
 
+def test_bearer_tokens_docker_hubs_flow(tmp_path, layout):
+    """A registry behind a token server (Docker Hub's flow): anonymously the token grants nothing
+    and the pull is refused; with the operator's auth.json the token server gets the basic
+    credentials, grants pull, and the pull works."""
+    from tests.sandbox.images.tokens import TokenServer
+
+    with TokenServer(tmp_path / "tokens", users={"ci": "t0ken-pass"}, grants={"ci": ["pull", "push"]}) as tokens, \
+            Registry(tmp_path / "reg", auth_section=tokens.registry_auth(), creds=("ci", "t0ken-pass")) as reg:
+        reg.push(layout.root, "small-1", "test/private:1")
+        anonymous = store_for(tmp_path / "anon", reg)
+        with pytest.raises(PullRefused, match=r"unauthorized|denied|authentication required"):
+            anonymous.get(f"{reg.host}/test/private:1")
+        assert any(r.get("user") is None for r in tokens.requests)
+        tokens.requests.clear()
+        authed = store_for(tmp_path / "authed", reg, auth_file=reg.auth_json(tmp_path / "auth.json"))
+        image = authed.get(f"{reg.host}/test/private:1")
+        assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
+        assert tokens.requests and all(r.get("user") == "ci" for r in tokens.requests)
+        assert any("repository:test/private:pull" in r.get("scopes", []) for r in tokens.requests)
+
+
 def test_a_registry_the_operator_did_not_list_is_never_contacted(tmp_path, registry):
     store = store_for(tmp_path, registry)  # it may pull from registry.host (127.0.0.1:PORT) only
     before = registry.requests()
