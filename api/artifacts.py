@@ -19,13 +19,13 @@ import re
 import stat
 from pathlib import Path
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from api.errors import ApiError, NotFound
 from pipelines.files.digests import fd_intact
 from pipelines.store.errors import JobNotFound
-from pipelines.store.models import Artifact, Job
-from pipelines.store.retention import artifacts_of
+from pipelines.store.models import Artifact
+from pipelines.store.reads import artifact_at, artifacts_of, job_exists
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger("sandpit.api")
@@ -39,18 +39,16 @@ class ArtifactCorrupt(ApiError):
 
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
-    if session.get(Job, job_id) is None:
+    if not job_exists(session, job_id):
         raise JobNotFound(job_id)
     return artifacts_of(session, job_id)
 
 
 def find_artifact(session: Session, job_id: str, path: str) -> Artifact:
     """The newest row of ``job_id`` recorded under exactly ``path``, or 404."""
-    if session.get(Job, job_id) is None:
+    if not job_exists(session, job_id):
         raise JobNotFound(job_id)
-    row = session.exec(
-        select(Artifact).where(Artifact.job_id == job_id, Artifact.path == path).order_by(col(Artifact.id).desc())
-    ).first()
+    row = artifact_at(session, job_id, path)
     if row is None:
         raise NotFound(f"job {job_id} kept no artifact at {path[:300]!r}")
     return row

@@ -1,4 +1,4 @@
-"""Prometheus text exposition of the store's counters (collected in SQL, rendered pure).
+"""Prometheus text exposition of the store's counters (counted by the store, rendered pure).
 
 >>> print(render(Counts({"running": 1}, {"queued": 2}, 2, None)), end="")
 # HELP sandpit_runs Runs by status.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session
 
-from pipelines.store.models import Job, Outbox, Run
+from pipelines.store.reads import status_counts
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,10 +32,8 @@ class Counts:
 
 
 def count_rows(session: Session) -> tuple[dict[str, int], dict[str, int], int]:
-    runs = session.exec(select(Run.status, func.count()).group_by(col(Run.status))).all()
-    jobs = session.exec(select(Job.status, func.count()).group_by(col(Job.status))).all()
-    pending = session.exec(select(func.count()).select_from(Outbox).where(col(Outbox.published_at).is_(None))).one()
-    return dict(runs), dict(jobs), int(pending)
+    counted = status_counts(session)
+    return counted.runs, counted.jobs, counted.outbox_pending
 
 
 def _escape(value: str) -> str:

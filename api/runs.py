@@ -14,11 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from api.errors import Forbidden, NothingToRun, OverPolicy, PipelineInvalid, TooManyRuns
 from api.publish import Publisher, PublishFailed
@@ -28,35 +27,17 @@ from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
 from pipelines.language.problems import Problems
 from pipelines.policy import LevelPolicy, Policy, TrustLevel, admit
-from pipelines.store.cancels import cancel_unfinished_job, cancel_unfinished_run
-from pipelines.store.db import read_scope, reader, session_scope
-from pipelines.store.errors import JobNotFound, RunNotFound
+from pipelines.store import reads
+from pipelines.store.db import read_scope, session_scope
+from pipelines.store.errors import RunNotFound
 from pipelines.store.inflight import count_runs_in_flight, record_submitter
 from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.outbox import mark_published, mark_unpublished
-from pipelines.store.transitions import store_run
+from pipelines.store.transitions import cancel_unfinished_job, cancel_unfinished_run, create_run
 
 PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
 log = logging.getLogger("sandpit.api")
 
-# read_run's statements, built once; only the columns an answer shows (never a run's secrets)
-_RUN_COLUMNS: tuple[Any, ...] = (
-    Run.id, Run.status, Run.cancelled, Run.trust, Run.source, Run.ref, Run.sha, Run.message,
-    Run.variables, Run.stages, Run.created_at, Run.finished_at,
-)
-_JOB_COLUMNS: tuple[Any, ...] = (
-    Job.id, Job.run_id, Job.stage, Job.name, Job.status, Job.reason, Job.exit_code, Job.signal,
-    Job.attempt, Job.duration_s, Job.started_at, Job.finished_at, Job.usage, Job.result,
-)
-_ARTIFACT_COLUMNS: tuple[Any, ...] = (Artifact.job_id, Artifact.path, Artifact.size, Artifact.sha256)
-_READ_RUN = sa.select(*_RUN_COLUMNS).where(col(Run.id) == sa.bindparam("run_id"))
-_READ_JOBS = sa.select(*_JOB_COLUMNS).where(col(Job.run_id) == sa.bindparam("run_id")).order_by(col(Job.position))
-_READ_ARTIFACTS = (
-    sa.select(*_ARTIFACT_COLUMNS)
-    .join(Job, col(Job.id) == col(Artifact.job_id))
-    .where(col(Job.run_id) == sa.bindparam("run_id"))
-    .order_by(col(Artifact.path))
-)
 
 
 def utcnow() -> dt.datetime:
@@ -136,7 +117,7 @@ def submit_run(
     submitter = submitter_of(caller)
     with session_scope(engine) as session:
         _check_in_flight(session, submitter, level)
-        stored = store_run(
+        stored = create_run(
             session,
             planned,
             trust=trust,
@@ -187,43 +168,29 @@ def _log_publish_failure(count: int, exc: PublishFailed) -> None:
 
 
 def read_run(engine: Engine, run_id: str) -> RunPublic:
-    """The run and its jobs as they are now: one read-only snapshot (it never waits for a writer),
-    three prepared statements, rows instead of ORM objects (this is the read every ``?wait``
-    makes when a job ends, so it is on the path of every waited-for run)."""
-    with reader(engine).connect() as connection:
-        run = connection.execute(_READ_RUN, {"run_id": run_id}).first()
-        if run is None:
-            raise RunNotFound(run_id)
-        jobs = connection.execute(_READ_JOBS, {"run_id": run_id}).all()
-        artifacts = connection.execute(_READ_ARTIFACTS, {"run_id": run_id}).all()
-    by_job: dict[str, list[Artifact]] = {}
-    for row in artifacts:
-        by_job.setdefault(row.job_id, []).append(cast(Artifact, row))
-    # a Row has the attributes the *_public functions read from the ORM objects
-    return run_public(cast(Run, run), [job_public(cast(Job, job), by_job.get(job.id, [])) for job in jobs])
+    """The run and its jobs as they are now (one read-only snapshot: ``reads.read_run_view``;
+    the read every ``?wait`` makes when a job ends)."""
+    view = reads.read_run_view(engine, run_id)
+    # a row has the attributes the *_public functions read from the ORM objects
+    jobs = [job_public(cast(Job, job), cast(list[Artifact], view.artifacts.get(job.id, []))) for job in view.jobs]
+    return run_public(cast(Run, view.run), jobs)
 
 
 def read_job(session: Session, job_id: str) -> JobPublic:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(job_id)
-    return _with_artifacts(session, [job])[0]
+    return job_public(reads.job_row(session, job_id), reads.artifacts_of(session, job_id))
 
 
 def load_job(engine: Engine, job_id: str) -> Job:
     """The job row, detached (its attributes stay readable after the session)."""
-    with read_scope(engine) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
+    return reads.load_job(engine, job_id)
 
 
 def run_settled(engine: Engine, run_id: str) -> bool:
     """Whether the run has ended (nothing of it will run any more)."""
-    with read_scope(engine) as session:
-        finished = session.exec(select(Run.finished_at).where(Run.id == run_id)).one_or_none()
-    return finished is not None
+    try:
+        return reads.run_finished(engine, run_id)
+    except RunNotFound:
+        return False
 
 
 def cancel_run_now(engine: Engine, run_id: str) -> RunPublic:
@@ -242,13 +209,3 @@ def cancel_job_now(engine: Engine, publisher: Publisher, job_id: str) -> JobPubl
     publish_committed(engine, publisher, newly)
     with read_scope(engine) as session:
         return read_job(session, job_id)
-
-
-def _with_artifacts(session: Session, jobs: list[Job]) -> list[JobPublic]:
-    rows = session.exec(
-        select(Artifact).where(col(Artifact.job_id).in_([j.id for j in jobs])).order_by(col(Artifact.path))
-    ).all()
-    by_job: dict[str, list[Artifact]] = {}
-    for row in rows:
-        by_job.setdefault(row.job_id, []).append(row)
-    return [job_public(job, by_job.get(job.id, [])) for job in jobs]

@@ -57,12 +57,11 @@ from pipelines.language.problems import Problems
 from pipelines.language.yamltree import bad_character
 from pipelines.policy import TrustLevel, admit
 from pipelines.store import repos as store
-from pipelines.store.cancels import cancel_unfinished_run
 from pipelines.store.db import read_scope, session_scope
 from pipelines.store.errors import RunFinished
 from pipelines.store.inflight import count_runs_in_flight, record_submitter
 from pipelines.store.outbox import mark_unpublished
-from pipelines.store.transitions import store_run
+from pipelines.store.transitions import cancel_unfinished_run, create_run
 
 log = logging.getLogger("sandpit.api.webhooks")
 FALLBACK_PIPELINE_PATHS = (".gitlab-ci.yml", ".sandpit.yml")
@@ -280,7 +279,7 @@ def _trigger(
         if cap is not None and count_runs_in_flight(session, submitter) >= cap:
             return WebhookAnswer(429, "too_many_runs", f"{submitter} has {cap} run(s) in flight, as many as the "
                                  f"{trust} policy allows")
-        stored = store_run(session, admitted, trust=trust, source="webhook", variables={}, now=_now(),
+        stored = create_run(session, admitted, trust=trust, source="webhook", variables={}, now=_now(),
                            pipeline=source.text, ref=trigger.ref, sha=trigger.sha,
                            message=fields["commit_message"], mark_sent=True)
         record_submitter(session, stored.run.id, submitter)

@@ -4,7 +4,7 @@
 
 Per size, on a fresh SQLite database (and a throwaway PostgreSQL server with ``--postgres``,
 root only, as tests/integration/postgres.py starts one): the median of planning the pipeline,
-of creating a run from the plan (``store_run`` in its own transaction, committed), and of one
+of creating a run from the plan (``create_run`` in its own transaction, committed), and of one
 transition (``claim_job``, then ``finish_job`` of a job whose success queues nothing or
 little), over many repetitions (time.perf_counter). Goals: creating a 1,000-job run in at
 most 150 ms; one transition costing the same whatever the run's size. "CPU" is this process's
@@ -39,7 +39,8 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from pipelines.language.model import Plan  # noqa: E402
 from pipelines.language.planner import plan  # noqa: E402
 from pipelines.store.db import make_engine, migrate, session_scope  # noqa: E402
-from pipelines.store.transitions import claim_job, finish_job, queued_job_ids, store_run  # noqa: E402
+from pipelines.store.reads import queued_job_ids  # noqa: E402
+from pipelines.store.transitions import claim_job, create_run, finish_job  # noqa: E402
 
 CREATE_GOAL_MS = 150.0
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -71,7 +72,7 @@ def timed(action: Callable[[], object]) -> float:
 
 def create(engine: Engine, planned: Plan, text: str) -> str:
     with session_scope(engine) as session:
-        stored = store_run(session, planned, trust="trusted", source="api", variables={}, now=T0, pipeline=text,
+        stored = create_run(session, planned, trust="trusted", source="api", variables={}, now=T0, pipeline=text,
                            mark_sent=True)
     return stored.run.id
 

@@ -33,9 +33,9 @@ from pipelines.policy import Policy, PolicyError, TrustLevel, admit
 from pipelines.store.advance import should_retry
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job
-from pipelines.store.reads import run_jobs
+from pipelines.store.reads import queued_job_ids, run_jobs, run_status
 from pipelines.store.spec import job_from_spec
-from pipelines.store.transitions import cancel_run, create_run, play_job, queued_job_ids, run_status
+from pipelines.store.transitions import cancel_run, create_run, play_job
 from worker import local_cache, local_records
 from worker.executor import WorkerContext, WorkspaceSource, execute_job, image_shell, utcnow
 from worker.job_record import JobRecord, Reason, Status
@@ -383,9 +383,9 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
     ctx = WorkerContext(engine=engine, db=db, worker_id=f"local-{os.getpid()}", lease_s=3.0, defaults=defaults,
                         source_for=lambda _run: source, sink_for=sink_for, on_done=on_done)
     with session_scope(db) as s:
-        run = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
-                         pipeline=text)
-        run_id = run.id
+        stored = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
+                            pipeline=text)
+        run_id = stored.run.id
     caches = local_cache.repository_dir(settings.state_dir, root)
     pulled = local_cache.load_into_run(db, engine.artifact_store, caches,
                                        local_cache.keys_of(planned, root, ("pull", "pull-push")), trust)

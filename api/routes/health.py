@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import sqlalchemy as sa
 from anyio import to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
-from sqlalchemy.engine import Engine
 
 from api import metrics
 from api.deps import EngineDep, RedisDep, resolved
@@ -17,15 +15,12 @@ from api.routes import answer_head
 from api.schemas import Health
 from pipelines.names import QUEUE
 from pipelines.store.db import read_scope
+from pipelines.store.errors import DatabaseUnavailable
+from pipelines.store.reads import ping
 
 router = APIRouter(tags=["health"])
 
 PROBE_TIMEOUT_S = 2.0
-
-
-def _database_ok(engine: Engine) -> None:
-    with engine.connect() as connection:
-        connection.execute(sa.text("SELECT 1"))
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
@@ -33,8 +28,10 @@ async def healthz(engine: EngineDep, redis: RedisDep) -> JSONResponse:
     database = redis_state = "ok"
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S * 2):
-            await to_thread.run_sync(_database_ok, engine, abandon_on_cancel=True)
-    except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+            await to_thread.run_sync(ping, engine, abandon_on_cancel=True)
+    except DatabaseUnavailable as exc:
+        database = f"unreachable: {exc.kind}"
+    except (OSError, TimeoutError) as exc:
         database = f"unreachable: {type(exc).__name__}"
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):

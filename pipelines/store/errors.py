@@ -7,6 +7,7 @@
     ├── JobNotFound            no job has that id
     ├── RunFinished            a cancel asked of a run that has ended (left as it is)
     ├── JobFinished            a cancel asked of a job in a final state (left as it is)
+    ├── DatabaseUnavailable    the database did not answer (``reads.ping``)
     └── MigrationFailed        Alembic could not bring the schema to head
 
 Callers map these at their edge: the API to 404/500, the Celery task to "drop the message".
@@ -45,6 +46,14 @@ class JobFinished(StoreError):
         super().__init__(f"job {job_id!r} has already finished ({status}); a finished job is not cancelled")
         self.job_id = job_id
         self.status = status
+
+
+class DatabaseUnavailable(StoreError):
+    """The database did not answer; ``kind`` names the driver's error (``OperationalError``)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class MigrationFailed(StoreError):

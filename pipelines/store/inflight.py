@@ -13,21 +13,10 @@ from __future__ import annotations
 
 import hashlib
 
-import sqlalchemy as sa
 from sqlmodel import Session
 
-from pipelines.store.models import Run
+from pipelines.store.statements import ADVISORY_XACT_LOCK, COUNT_IN_FLIGHT, SET_SUBMITTER
 
-_RUNS = Run.__table__  # type: ignore[attr-defined]
-_COUNT_IN_FLIGHT = (
-    sa.select(sa.func.count())
-    .select_from(_RUNS)
-    .where(_RUNS.c.submitter == sa.bindparam("p_submitter"), _RUNS.c.finished_at.is_(None))
-)
-_SET_SUBMITTER = (
-    sa.update(_RUNS).where(_RUNS.c.id == sa.bindparam("p_run_id")).values(submitter=sa.bindparam("p_submitter"))
-)
-_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:p_key)")
 _LOCK_NAMESPACE = b"sandpit.runs-in-flight:"
 
 
@@ -46,10 +35,10 @@ def count_runs_in_flight(session: Session, submitter: str) -> int:
     transaction ends (store the new run in the same transaction)."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        connection.execute(_ADVISORY_LOCK, {"p_key": lock_key(submitter)})
-    return int(connection.execute(_COUNT_IN_FLIGHT, {"p_submitter": submitter}).scalar_one())
+        connection.execute(ADVISORY_XACT_LOCK, {"p_key": lock_key(submitter)})
+    return int(connection.execute(COUNT_IN_FLIGHT, {"p_submitter": submitter}).scalar_one())
 
 
 def record_submitter(session: Session, run_id: str, submitter: str) -> None:
     """Mark the run as ``submitter``'s (in the transaction that stored it)."""
-    session.connection().execute(_SET_SUBMITTER, {"p_run_id": run_id, "p_submitter": submitter})
+    session.connection().execute(SET_SUBMITTER, {"p_run_id": run_id, "p_submitter": submitter})

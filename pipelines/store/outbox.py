@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-import sqlalchemy as sa
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session
 
-from pipelines.store.models import Job, Outbox, Run
-
-
-def enqueue(session: Session, job: Job, now: dt.datetime) -> None:
-    """Make ``job`` queued and announce it, in the caller's transaction."""
-    mark_queued(job, now)
-    session.add(job)
-    session.add(Outbox(job_id=job.id, created_at=now))
+from pipelines.store.models import Job
+from pipelines.store.statements import (
+    INSERT_OUTBOX,
+    MARK_PUBLISHED,
+    MARK_UNPUBLISHED,
+    PENDING_OUTBOX,
+    PRUNE_OUTBOX,
+    REQUEUE,
+    STALE_QUEUED,
+)
 
 
 def mark_queued(job: Job, now: dt.datetime) -> None:
@@ -40,9 +41,7 @@ def mark_queued(job: Job, now: dt.datetime) -> None:
 
 def pending_outbox(session: Session, limit: int = 100) -> list[str]:
     """Job ids with an unpublished outbox row, oldest first, each once."""
-    rows = session.exec(
-        select(Outbox.job_id).where(col(Outbox.published_at).is_(None)).order_by(col(Outbox.id)).limit(limit)
-    ).all()
+    rows: list[str] = list(session.connection().execute(PENDING_OUTBOX, {"p_limit": limit}).scalars().all())
     return list(dict.fromkeys(rows))
 
 
@@ -50,12 +49,7 @@ def mark_published(session: Session, job_ids: list[str], now: dt.datetime) -> in
     """Mark every unpublished outbox row of ``job_ids`` published; returns how many."""
     if not job_ids:
         return 0
-    result = session.exec(
-        update(Outbox)
-        .where(col(Outbox.job_id).in_(job_ids), col(Outbox.published_at).is_(None))
-        .values(published_at=now)
-    )
-    return int(result.rowcount)
+    return int(session.connection().execute(MARK_PUBLISHED, {"p_job_ids": list(job_ids), "p_now": now}).rowcount)
 
 
 def mark_unpublished(session: Session, job_ids: list[str]) -> int:
@@ -63,11 +57,7 @@ def mark_unpublished(session: Session, job_ids: list[str]) -> int:
     that writes them, then fails to send); returns how many rows are pending again."""
     if not job_ids:
         return 0
-    result = session.exec(
-        update(Outbox).where(col(Outbox.job_id).in_(job_ids), col(Outbox.published_at).is_not(None))
-        .values(published_at=None)
-    )
-    return int(result.rowcount)
+    return int(session.connection().execute(MARK_UNPUBLISHED, {"p_job_ids": list(job_ids)}).rowcount)
 
 
 def requeue_stale(session: Session, now: dt.datetime, older_than_s: float, limit: int = 500) -> list[str]:
@@ -76,26 +66,16 @@ def requeue_stale(session: Session, now: dt.datetime, older_than_s: float, limit
     Each gets a fresh outbox row and its ``queued_at`` reset, so it is re-announced at most once
     per period. Jobs of cancelled runs are left alone.
     """
+    connection = session.connection()
     cutoff = now - dt.timedelta(seconds=older_than_s)
-    # correlated: one primary-key look-up per job (an IN over live runs read every run)
-    live_run = sa.exists().where(col(Run.id) == col(Job.run_id), col(Run.cancelled).is_(sa.false()))
-    jobs = session.exec(
-        select(Job)
-        .where(Job.status == "queued", col(Job.queued_at) <= cutoff, live_run)
-        .order_by(col(Job.queued_at))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for job in jobs:
-        job.queued_at = now
-        session.add(job)
-        session.add(Outbox(job_id=job.id, created_at=now))
-    return [job.id for job in jobs]
+    job_ids: list[str] = list(connection.execute(STALE_QUEUED, {"p_cutoff": cutoff, "p_limit": limit}).scalars().all())
+    if job_ids:
+        connection.execute(REQUEUE, {"p_job_ids": job_ids, "p_now": now})
+        INSERT_OUTBOX.execute(connection, [{"job_id": job_id, "created_at": now, "published_at": None}
+                                           for job_id in job_ids])
+    return job_ids
 
 
 def prune_outbox(session: Session, published_before: dt.datetime) -> int:
     """Delete outbox rows published before ``published_before``; returns how many."""
-    result = session.exec(
-        sa.delete(Outbox).where(col(Outbox.published_at).is_not(None), col(Outbox.published_at) < published_before)
-    )
-    return int(result.rowcount)
+    return int(session.connection().execute(PRUNE_OUTBOX, {"p_before": published_before}).rowcount)

@@ -20,56 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipelines.store.advance import RunCounts, Standing
-from pipelines.store.bulk import BulkInsert
 from pipelines.store.frontier import Settled, Waiting
-from pipelines.store.models import Job, JobEdge, Outbox, Run, UTCDateTime
-
-JOBS: Any = Job.__table__  # type: ignore[attr-defined]
-RUNS: Any = Run.__table__  # type: ignore[attr-defined]
-EDGES: Any = JobEdge.__table__  # type: ignore[attr-defined]
-OUTBOX: Any = Outbox.__table__  # type: ignore[attr-defined]
-COUNT_COLUMNS = ("jobs_total", "jobs_created", "jobs_active", "jobs_blocking", "jobs_failed", "jobs_cancelled")
-_WAITING_COLUMNS = (
-    JOBS.c.id, JOBS.c.position, JOBS.c.stage_index, JOBS.c.when, JOBS.c.allow_failure, JOBS.c.follows_stages,
-    JOBS.c.waiting_on, JOBS.c.failed_on,
-)
-# Every dependent's counts change, whatever its status (they are read only while it is
-# created): a ``status = 'created'`` condition made SQLite walk ix_job_status, every waiting
-# job of every run, instead of the edges' few primary keys.
-_PUSH = (
-    sa.update(JOBS)
-    .where(JOBS.c.id.in_(sa.select(EDGES.c.dependent_id).where(EDGES.c.job_id == sa.bindparam("p_job_id"))))
-    .values(waiting_on=JOBS.c.waiting_on + sa.bindparam("p_pending"),
-            failed_on=JOBS.c.failed_on + sa.bindparam("p_failed"))
-    .returning(*_WAITING_COLUMNS, JOBS.c.status)
-)
-_FOLLOWERS = sa.select(*_WAITING_COLUMNS).where(
-    JOBS.c.run_id == sa.bindparam("p_run_id"),
-    JOBS.c.stage_index == sa.bindparam("p_stage"),
-    JOBS.c.follows_stages.is_(sa.true()),
-    JOBS.c.status == "created",
-)
-_DECIDE = (
-    sa.update(JOBS)
-    .where(JOBS.c.id == sa.bindparam("b_id"))
-    .values(
-        status=sa.bindparam("b_status"),
-        reason=sa.bindparam("b_reason"),
-        queued_at=sa.bindparam("b_queued_at", type_=UTCDateTime()),
-        finished_at=sa.bindparam("b_finished_at", type_=UTCDateTime()),
-    )
-)
-_COUNTS = (
-    sa.select(JOBS.c.stage_index, JOBS.c.status, JOBS.c.allow_failure, JOBS.c.reason, sa.func.count())
-    .where(JOBS.c.run_id == sa.bindparam("p_run_id"))
-    .group_by(JOBS.c.stage_index, JOBS.c.status, JOBS.c.allow_failure, JOBS.c.reason)
-)
-
-
-_INSERT_OUTBOX = BulkInsert(sa.insert(OUTBOX).values(
-    job_id=sa.bindparam("job_id"), created_at=sa.bindparam("created_at", type_=UTCDateTime()),
-    published_at=sa.bindparam("published_at", type_=UTCDateTime()),
-))
+from pipelines.store.models import Run
+from pipelines.store.statements import COUNT_COLUMNS, COUNTS, DECIDE, FOLLOWERS, INSERT_OUTBOX, PUSH
 
 
 def _waiting(row: Any) -> Waiting:
@@ -85,11 +38,11 @@ class StoreGraph:
         self._run_id = run_id
 
     def dependents(self, job_id: str, pending: int, failed: int) -> list[Waiting]:
-        rows = self._connection.execute(_PUSH, {"p_job_id": job_id, "p_pending": pending, "p_failed": failed})
+        rows = self._connection.execute(PUSH, {"p_job_id": job_id, "p_pending": pending, "p_failed": failed})
         return [_waiting(row) for row in rows if row.status == "created"]
 
     def followers(self, stage: int) -> list[Waiting]:
-        rows = self._connection.execute(_FOLLOWERS, {"p_run_id": self._run_id, "p_stage": stage})
+        rows = self._connection.execute(FOLLOWERS, {"p_run_id": self._run_id, "p_stage": stage})
         return [_waiting(row) for row in rows]
 
 
@@ -99,7 +52,7 @@ def write_decisions(connection: sa.Connection, decisions: Sequence[Settled], now
     if not decisions:
         return []
     connection.execute(
-        _DECIDE,
+        DECIDE,
         [
             {
                 "b_id": d.job.id,
@@ -116,7 +69,7 @@ def write_decisions(connection: sa.Connection, decisions: Sequence[Settled], now
 
 def write_outbox(connection: sa.Connection, job_ids: Iterable[str], now: dt.datetime, *, sent: bool = False) -> None:
     """One outbox row per job id (``sent``: written as published, see :mod:`pipelines.store.outbox`)."""
-    _INSERT_OUTBOX.execute(
+    INSERT_OUTBOX.execute(
         connection, [{"job_id": job_id, "created_at": now, "published_at": now if sent else None} for job_id in job_ids]
     )
 
@@ -147,7 +100,7 @@ def set_counts(run: Run, counts: RunCounts, now: dt.datetime) -> None:
 def recount(connection: sa.Connection, run_id: str, stages: int) -> RunCounts:
     """The run's counters from its jobs (one aggregate over the run's rows)."""
     counts = RunCounts(stage_pending=[0] * stages, stage_failed=[0] * stages)
-    for row in connection.execute(_COUNTS, {"p_run_id": run_id}):
+    for row in connection.execute(COUNTS, {"p_run_id": run_id}):
         counts.add(int(row[0]), Standing(str(row[1]), bool(row[2]), row[3]), int(row[4]))
     return counts
 

@@ -20,18 +20,38 @@ cannot reserve an id or a body a real one will use.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pipelines.store.errors import StoreError
-from pipelines.store.models import Repository, RepositoryRun, Run, WebhookDelivery
+from pipelines.store.ids import new_id
+from pipelines.store.models import Repository, WebhookDelivery
+from pipelines.store.statements import (
+    DELETE_DELIVERIES_OF,
+    DELETE_DELIVERY,
+    DELETE_REPOSITORY,
+    DELETE_RUN_LINKS_OF,
+    INSERT_DELIVERY,
+    INSERT_REPOSITORY,
+    INSERT_RUN_LINK,
+    LATEST_DELIVERIES,
+    PROCESSING,
+    REPOSITORIES,
+    REPOSITORIES_BY_NAME,
+    REPOSITORY_BY_ID,
+    REPOSITORY_BY_NAME,
+    SEEN_BY_BODY,
+    SEEN_BY_ID,
+    SET_REPOSITORY_SECRET,
+    SETTLE_DELIVERY,
+    TAKE_OVER,
+    UNFINISHED_MERGE_REQUEST_RUNS,
+)
 
-PROCESSING = "processing"  # the verdict of a claimed delivery still being acted on
 # a claim still "processing" after this was abandoned by a process that died mid-way (handling
 # takes seconds: one shallow fetch, bounded by the mirror's timeouts, and one transaction)
 ABANDONED_AFTER = dt.timedelta(minutes=10)
@@ -61,60 +81,54 @@ class NewRepository:
     fork_policy: str = "approve"
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def add_repository(
-    session: Session, new: NewRepository, now: dt.datetime, new_id: Callable[[], str] = _new_id
+    session: Session, new: NewRepository, now: dt.datetime, new_id: Callable[[], str] = new_id
 ) -> Repository:
     """Register ``new`` (:class:`RepositoryExists` if its name is taken)."""
-    if session.exec(select(Repository.id).where(Repository.name == new.name)).first() is not None:
+    connection = session.connection()
+    if connection.execute(REPOSITORY_BY_NAME, {"p_ref": new.name}).first() is not None:
         raise RepositoryExists(new.name)
     repo = Repository(id=new_id(), name=new.name, forge=new.forge, clone_url=new.clone_url,
                       secret_sealed=new.secret_sealed, token_sealed=new.token_sealed,
                       pipeline_path=new.pipeline_path, default_branch=new.default_branch,
                       fork_policy=new.fork_policy, created_at=now)
-    session.add(repo)
     try:
-        session.flush()
+        with connection.begin_nested():
+            connection.execute(INSERT_REPOSITORY, [{c.name: getattr(repo, c.name) for c in REPOSITORIES.columns}])
     except IntegrityError:  # a concurrent add of the same name won
         raise RepositoryExists(new.name) from None
     return repo
 
 
 def list_repositories(session: Session) -> list[Repository]:
-    return list(session.exec(select(Repository).order_by(col(Repository.name))).all())
+    return [Repository(**row._mapping) for row in session.connection().execute(REPOSITORIES_BY_NAME)]
 
 
 def get_repository(session: Session, ref: str) -> Repository:
-    """The repository whose id or name is ``ref``."""
-    repo = session.get(Repository, ref)
-    if repo is None:
-        repo = session.exec(select(Repository).where(Repository.name == ref)).first()
-    if repo is None:
+    """The repository whose id or name is ``ref`` (a snapshot)."""
+    connection = session.connection()
+    row = connection.execute(REPOSITORY_BY_ID, {"p_ref": ref}).first()
+    if row is None:
+        row = connection.execute(REPOSITORY_BY_NAME, {"p_ref": ref}).first()
+    if row is None:
         raise RepositoryNotFound(ref)
-    return repo
+    return Repository(**row._mapping)
 
 
 def remove_repository(session: Session, ref: str) -> str:
     """Forget the repository (its deliveries and run links go with it; its runs stay); its id."""
-    repo = get_repository(session, ref)
-    repo_id = repo.id
+    repo_id = get_repository(session, ref).id
     connection = session.connection()
-    connection.execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.repo_id) == repo_id))
-    connection.execute(sa.delete(RepositoryRun).where(col(RepositoryRun.repo_id) == repo_id))
-    session.delete(repo)
-    session.flush()
+    for statement in (DELETE_DELIVERIES_OF, DELETE_RUN_LINKS_OF, DELETE_REPOSITORY):
+        connection.execute(statement, {"p_id": repo_id})
     return repo_id
 
 
 def set_repository_secret(session: Session, ref: str, secret_sealed: str, now: dt.datetime) -> Repository:
     repo = get_repository(session, ref)
+    session.connection().execute(SET_REPOSITORY_SECRET, {"p_id": repo.id, "p_secret": secret_sealed, "p_now": now})
     repo.secret_sealed = secret_sealed
     repo.secret_rotated_at = now
-    session.add(repo)
-    session.flush()
     return repo
 
 
@@ -130,19 +144,6 @@ class SeenDelivery:
     received_at: dt.datetime
 
 
-_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
-_SEEN_COLUMNS = (_DELIVERIES.c.id, _DELIVERIES.c.verdict, _DELIVERIES.c.status_code, _DELIVERIES.c.message,
-                 _DELIVERIES.c.run_id, _DELIVERIES.c.received_at)
-# two statements, each on its unique index (an OR of both would scan): built once, on every delivery's path
-_SEEN_BY_ID = sa.select(*_SEEN_COLUMNS).where(
-    _DELIVERIES.c.repo_id == sa.bindparam("p_repo"), _DELIVERIES.c.delivery_id == sa.bindparam("p_delivery"))
-_SEEN_BY_BODY = sa.select(*_SEEN_COLUMNS).where(
-    _DELIVERIES.c.repo_id == sa.bindparam("p_repo"), _DELIVERIES.c.body_sha256 == sa.bindparam("p_body"))
-_TAKE_OVER = sa.update(_DELIVERIES).where(
-    _DELIVERIES.c.id == sa.bindparam("p_id"), _DELIVERIES.c.verdict == PROCESSING,
-    _DELIVERIES.c.received_at == sa.bindparam("p_then")).values(received_at=sa.bindparam("p_now"))
-
-
 def claim_delivery(
     session: Session, repo_id: str, delivery_id: str | None, body_sha256: str, event: str, now: dt.datetime
 ) -> tuple[int, SeenDelivery | None]:
@@ -155,7 +156,7 @@ def claim_delivery(
     if seen is not None and seen.verdict == PROCESSING and seen.received_at < now - ABANDONED_AFTER:
         # the process handling the first copy died (a release would have removed the claim):
         # take it over, compare-and-set on its time so only one of several redeliveries does
-        taken = connection.execute(_TAKE_OVER, {"p_id": seen.id, "p_then": seen.received_at, "p_now": now})
+        taken = connection.execute(TAKE_OVER, {"p_id": seen.id, "p_then": seen.received_at, "p_now": now})
         if taken.rowcount == 1:
             return seen.id, None
     if seen is not None:
@@ -164,7 +165,7 @@ def claim_delivery(
               "verdict": PROCESSING, "status_code": 202, "message": "", "run_id": None, "received_at": now}
     try:
         with connection.begin_nested():
-            key = connection.execute(sa.insert(_DELIVERIES).values(**values)).inserted_primary_key
+            key = connection.execute(INSERT_DELIVERY, values).inserted_primary_key
     except IntegrityError:  # the same delivery, arriving at the same moment, claimed it first
         seen = _seen(connection, repo_id, delivery_id, body_sha256)
         assert seen is not None
@@ -176,9 +177,9 @@ def claim_delivery(
 def _seen(connection: sa.Connection, repo_id: str, delivery_id: str | None, body_sha256: str) -> SeenDelivery | None:
     row = None
     if delivery_id:
-        row = connection.execute(_SEEN_BY_ID, {"p_repo": repo_id, "p_delivery": delivery_id}).first()
+        row = connection.execute(SEEN_BY_ID, {"p_repo": repo_id, "p_delivery": delivery_id}).first()
     if row is None:
-        row = connection.execute(_SEEN_BY_BODY, {"p_repo": repo_id, "p_body": body_sha256}).first()
+        row = connection.execute(SEEN_BY_BODY, {"p_repo": repo_id, "p_body": body_sha256}).first()
     if row is None:
         return None
     # UTCDateTime is applied through the table's column type: received_at comes back aware
@@ -189,47 +190,43 @@ def settle_delivery(
     session: Session, row_id: int, verdict: str, status_code: int, message: str, run_id: str | None = None
 ) -> None:
     """Give a claimed delivery its verdict (what a redelivery of it will be answered)."""
-    session.connection().execute(
-        sa.update(WebhookDelivery).where(col(WebhookDelivery.id) == row_id)
-        .values(verdict=verdict, status_code=status_code, message=message, run_id=run_id))
+    session.connection().execute(SETTLE_DELIVERY, {"p_id": row_id, "p_verdict": verdict, "p_status": status_code,
+                                                   "p_message": message, "p_run_id": run_id})
 
 
 def release_delivery(session: Session, row_id: int) -> None:
     """Drop a claim whose handling failed unexpectedly (the database went away mid-way), so the
     forge's redelivery is acted on instead of being answered "processing" for ever."""
-    session.connection().execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.id) == row_id))
+    session.connection().execute(DELETE_DELIVERY, {"p_id": row_id})
 
 
 def record_delivery(
     session: Session, repo_id: str, event: str, verdict: str, status_code: int, message: str, now: dt.datetime
 ) -> None:
     """Record a delivery that was refused before it was authenticated, or that had no id."""
-    session.add(WebhookDelivery(repo_id=repo_id, delivery_id=None, event=event[:64], verdict=verdict,
-                                status_code=status_code, message=message, received_at=now))
+    session.connection().execute(INSERT_DELIVERY, [{
+        "repo_id": repo_id, "delivery_id": None, "body_sha256": None, "event": event[:64], "verdict": verdict,
+        "status_code": status_code, "message": message, "run_id": None, "received_at": now,
+    }])
 
 
 def list_deliveries(session: Session, repo_id: str, limit: int = 20) -> list[WebhookDelivery]:
     """The repository's latest deliveries, newest first."""
-    return list(session.exec(select(WebhookDelivery).where(WebhookDelivery.repo_id == repo_id)
-                             .order_by(col(WebhookDelivery.received_at).desc(), col(WebhookDelivery.id).desc())
-                             .limit(limit)).all())
+    rows = session.connection().execute(LATEST_DELIVERIES, {"p_repo": repo_id, "p_limit": limit})
+    return [WebhookDelivery(**row._mapping) for row in rows]
 
 
 def link_run(
     session: Session, run_id: str, repo_id: str, kind: str, ref: str, merge_request_iid: int | None, from_fork: bool
 ) -> None:
     """Record that a web-hook of ``repo_id`` created ``run_id`` (in the run's own transaction)."""
-    session.add(RepositoryRun(run_id=run_id, repo_id=repo_id, kind=kind, ref=ref,
-                              merge_request_iid=merge_request_iid, from_fork=from_fork))
+    session.connection().execute(INSERT_RUN_LINK, [{
+        "run_id": run_id, "repo_id": repo_id, "kind": kind, "ref": ref, "merge_request_iid": merge_request_iid,
+        "from_fork": from_fork,
+    }])
 
 
 def unfinished_merge_request_runs(session: Session, repo_id: str, merge_request_iid: int) -> list[str]:
     """The ids of the runs of that pull/merge request that have not ended, oldest first."""
-    rows = session.exec(
-        select(RepositoryRun.run_id)
-        .join(Run, col(Run.id) == col(RepositoryRun.run_id))
-        .where(RepositoryRun.repo_id == repo_id, RepositoryRun.merge_request_iid == merge_request_iid,
-               col(Run.finished_at).is_(None))
-        .order_by(col(Run.created_at))
-    ).all()
-    return list(rows)
+    rows = session.connection().execute(UNFINISHED_MERGE_REQUEST_RUNS, {"p_repo": repo_id, "p_iid": merge_request_iid})
+    return list(rows.scalars().all())

@@ -14,11 +14,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
-from pipelines.store.models import Artifact, CacheEntry, Job
-from pipelines.store.transitions import TRUST_LEVELS, Trust
+from pipelines.store.models import CacheEntry
+from pipelines.store.statements import (
+    ARTIFACT_WITH_BLOB,
+    CACHE_ENTRY,
+    CACHE_WITH_BLOB,
+    DELETE_ARTIFACTS,
+    EXPIRED_ARTIFACTS,
+    INSERT_CACHE_ENTRY,
+    UPDATE_CACHE_ENTRY,
+)
+from pipelines.store.transitions.creation import TRUST_LEVELS, Trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,41 +42,33 @@ class ExpiredArtifact:
 
 def expire_artifacts(session: Session, now: dt.datetime, limit: int = 1000) -> list[ExpiredArtifact]:
     """Delete artifact rows whose ``expires_at`` has passed; returns them."""
-    rows = session.exec(
-        select(Artifact, Job.run_id)
-        .join(Job, col(Job.id) == col(Artifact.job_id))
-        .where(col(Artifact.expires_at).is_not(None), col(Artifact.expires_at) <= now)
-        .order_by(col(Artifact.expires_at))
-        .limit(limit)
-    ).all()
+    connection = session.connection()
+    rows = connection.execute(EXPIRED_ARTIFACTS, {"p_now": now, "p_limit": limit}).all()
     if not rows:
         return []
-    session.exec(sa.delete(Artifact).where(col(Artifact.id).in_([a.id for a, _ in rows])))
-    return [ExpiredArtifact(run_id, a.job_id, a.path, a.sha256) for a, run_id in rows]
-
-
-def artifacts_of(session: Session, job_id: str) -> list[Artifact]:
-    """A job's artifacts that have not expired (rows, by path)."""
-    return list(session.exec(select(Artifact).where(Artifact.job_id == job_id).order_by(col(Artifact.path))).all())
+    connection.execute(DELETE_ARTIFACTS, {"p_ids": [row.id for row in rows]})
+    return [ExpiredArtifact(row.run_id, row.job_id, row.path, row.sha256) for row in rows]
 
 
 def cache_lookup(session: Session, key: str, trust: Trust) -> CacheEntry | None:
     """The cache entry written under ``key`` at exactly this trust level, if any."""
     _check_trust(trust)
-    return session.get(CacheEntry, (key, trust))
+    row = session.connection().execute(CACHE_ENTRY, {"p_key": key, "p_trust": trust}).first()
+    return None if row is None else CacheEntry(**row._mapping)
 
 
 def cache_store(session: Session, key: str, trust: Trust, sha256: str, size: int, now: dt.datetime) -> CacheEntry:
     """Record (or replace) the cache archive saved under (``key``, ``trust``)."""
     _check_trust(trust)
-    entry = session.get(CacheEntry, (key, trust))
-    if entry is None:
-        entry = CacheEntry(key=key, trust=trust, sha256=sha256, size=size, created_at=now)
-    else:
-        entry.sha256, entry.size, entry.created_at = sha256, size, now
-    session.add(entry)
-    session.flush()
-    return entry
+    connection = session.connection()
+    values = {"p_key": key, "p_trust": trust, "p_sha256": sha256, "p_size": size, "p_now": now}
+    if connection.execute(UPDATE_CACHE_ENTRY, values).rowcount == 0:
+        try:
+            with connection.begin_nested():
+                connection.execute(INSERT_CACHE_ENTRY, values)
+        except IntegrityError:  # another job saved the same key at that moment: the later one wins
+            connection.execute(UPDATE_CACHE_ENTRY, values)
+    return CacheEntry(key=key, trust=trust, sha256=sha256, size=size, created_at=now)
 
 
 def _check_trust(trust: str) -> None:
@@ -78,6 +79,7 @@ def _check_trust(trust: str) -> None:
 def blob_referenced(session: Session, sha256: str) -> bool:
     """Whether any artifact row or cache entry still names the stored file ``sha256`` (retention
     asks before it removes the file)."""
-    if session.exec(select(Artifact.id).where(Artifact.sha256 == sha256).limit(1)).first() is not None:
+    connection = session.connection()
+    if connection.execute(ARTIFACT_WITH_BLOB, {"p_sha256": sha256}).first() is not None:
         return True
-    return session.exec(select(CacheEntry.key).where(CacheEntry.sha256 == sha256).limit(1)).first() is not None
+    return connection.execute(CACHE_WITH_BLOB, {"p_sha256": sha256}).first() is not None

@@ -27,7 +27,8 @@ from pipelines.names import QUEUE, TASK_RUN_JOB
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job, JobAttempt, Run
 from pipelines.store.outbox import mark_published
-from pipelines.store.transitions import create_run, queued_job_ids, run_status
+from pipelines.store.reads import queued_job_ids, run_status
+from pipelines.store.transitions import create_run
 from tests.conftest import require, require_root
 from tests.integration.redis_server import RedisServer, missing, redis_server
 from tests.sandbox.conftest import TEST_RUN, TEST_STATE
@@ -108,7 +109,7 @@ class Service:
                 run = create_run(s, planned, trust=trust, source="api",  # type: ignore[arg-type]
                                  variables=variables or {}, now=dt.datetime.now(dt.UTC), pipeline=yaml_text,
                                  **kwargs)
-                run_id = run.id
+                run_id = run.run.id
             with session_scope(engine) as s:
                 ready = queued_job_ids(s, run_id)
             app = self.celery()

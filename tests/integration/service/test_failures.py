@@ -14,7 +14,8 @@ import redis as redis_py
 
 from pipelines.names import QUEUE, TASK_RUN_JOB, log_stream_key
 from pipelines.store.db import make_engine, session_scope
-from pipelines.store.transitions import create_run, queued_job_ids
+from pipelines.store.reads import queued_job_ids
+from pipelines.store.transitions import create_run
 from tests.integration.service.conftest import Service
 from worker.sandbox.reaper import leftovers
 
@@ -88,7 +89,7 @@ def test_secret_never_appears_in_stored_or_streamed_log(service: Service):
     with session_scope(engine) as s:
         run = create_run(s, planned, trust="untrusted", source="api", variables={}, now=dt.datetime.now(dt.UTC),
                          secrets={"API_TOKEN": secret})
-        run_id = run.id
+        run_id = run.run.id
     with session_scope(engine) as s:
         ready = queued_job_ids(s, run_id)
     engine.dispose()

@@ -41,7 +41,7 @@ def start_run(engine: Engine, yaml_text: str, trust: Any = "trusted") -> str:
     with session_scope(engine) as session:
         return create_run(
             session, planned(yaml_text), trust=trust, source="api", variables={}, now=T0, pipeline=yaml_text
-        ).id
+        ).run.id
 
 
 def jobs(engine: Engine, run_id: str) -> dict[str, Job]:

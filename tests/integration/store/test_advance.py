@@ -8,7 +8,8 @@ from sqlalchemy.engine import Engine
 
 from pipelines.store.db import session_scope
 from pipelines.store.models import Run
-from pipelines.store.transitions import claim_job, finish_job, play_job, run_status
+from pipelines.store.reads import run_status
+from pipelines.store.transitions import claim_job, finish_job, play_job
 from tests.integration.store.conftest import at, jobs, record, run_job, start_run, statuses
 
 CHAIN = """

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from pipelines.store.db import session_scope
-from pipelines.store.transitions import cancel_job, cancel_run, claim_job, finish_job, renew_lease, run_status
+from pipelines.store.reads import run_status
+from pipelines.store.transitions import cancel_job, cancel_run, claim_job, finish_job, renew_lease
 from tests.integration.store.conftest import at, jobs, record, start_run, statuses
 
 PIPELINE = """

@@ -11,8 +11,9 @@ from sqlmodel import select
 from pipelines.store.db import session_scope
 from pipelines.store.models import Job, Outbox, Run
 from pipelines.store.outbox import pending_outbox
+from pipelines.store.reads import queued_job_ids
 from pipelines.store.spec import job_from_spec
-from pipelines.store.transitions import claim_job, create_run, queued_job_ids
+from pipelines.store.transitions import claim_job, create_run
 from tests.integration.store.conftest import T0, at, jobs, planned, run_job, start_run
 
 PIPELINE = """

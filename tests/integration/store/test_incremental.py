@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import UTCDateTime
+from pipelines.store.reads import run_counts, run_status
 from pipelines.store.spec import job_to_spec
 from pipelines.store.transitions import (
     cancel_job,
@@ -23,8 +24,6 @@ from pipelines.store.transitions import (
     expire_leases,
     finish_job,
     play_job,
-    run_counts,
-    run_status,
 )
 from tests.integration.store.conftest import at, jobs, planned, record, run_job, start_run, statuses
 

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipelines.store.db import make_engine, session_scope
-from pipelines.store.transitions import claim_job, finish_job, queued_job_ids, store_run
+from pipelines.store.reads import queued_job_ids
+from pipelines.store.transitions import claim_job, create_run, finish_job
 from tests.integration.store.conftest import at, planned, record, start_run
 
 # Shorter than the store's 30 s, so a write that holds SQLite's lock for long shows up as the
@@ -54,8 +55,8 @@ def test_small_runs_keep_moving_while_a_big_run_is_created_and_advanced(engine: 
     def big_run() -> None:
         try:
             with session_scope(impatient) as session:
-                run_id = store_run(session, big_plan, trust="trusted", source="api", variables={}, now=at(0),
-                                   pipeline=text).run.id
+                run_id = create_run(session, big_plan, trust="trusted", source="api", variables={}, now=at(0),
+                                    pipeline=text).run.id
             with session_scope(impatient) as session:
                 ready = queued_job_ids(session, run_id)[:BIG_TRANSITIONS]
             for job_id in ready:

@@ -6,8 +6,9 @@ from sqlalchemy.engine import Engine
 
 from pipelines.store.db import session_scope
 from pipelines.store.outbox import mark_published, pending_outbox, prune_outbox, requeue_stale
-from pipelines.store.retention import artifacts_of, cache_lookup, cache_store, expire_artifacts
-from pipelines.store.transitions import cancel_run, queued_job_ids
+from pipelines.store.reads import artifacts_of, queued_job_ids
+from pipelines.store.retention import cache_lookup, cache_store, expire_artifacts
+from pipelines.store.transitions import cancel_run
 from tests.integration.store.conftest import at, jobs, record, run_job, start_run
 
 TWO = "a: {stage: build, script: [x]}\nb: {stage: build, script: [y]}\n"

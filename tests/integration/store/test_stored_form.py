@@ -11,9 +11,9 @@ from sqlalchemy.engine import Engine
 
 from pipelines.store.db import alembic_config, make_engine, migrate, session_scope
 from pipelines.store.models import Job
-from pipelines.store.reads import planned_jobs, run_jobs
+from pipelines.store.reads import planned_jobs, queued_job_ids, run_jobs
 from pipelines.store.spec import job_from_spec, job_to_spec
-from pipelines.store.transitions import claim_job, queued_job_ids, store_run
+from pipelines.store.transitions import claim_job, create_run
 from tests.integration.store.conftest import T0, at, planned
 
 
@@ -26,7 +26,7 @@ def pipeline(builds: int) -> str:
 
 def _create(engine: Engine, text: str) -> str:
     with session_scope(engine) as session:
-        return store_run(session, planned(text), trust="trusted", source="api", variables={}, now=T0,
+        return create_run(session, planned(text), trust="trusted", source="api", variables={}, now=T0,
                          pipeline=text).run.id
 
 
@@ -73,12 +73,12 @@ def test_the_claim_returns_the_whole_spec(engine: Engine) -> None:
     assert {"CI_COMMIT_SHA", "CI_JOB_NAME"} <= {pair[0] for pair in claimed.spec["variables"]}
 
 
-def test_what_store_run_returns_is_what_it_wrote(engine: Engine) -> None:
-    """The snapshots store_run returns equal the rows read back, column by column (the columns
+def test_what_create_run_returns_is_what_it_wrote(engine: Engine) -> None:
+    """The snapshots create_run returns equal the rows read back, column by column (the columns
     it writes as constants included)."""
     text = pipeline(5)
     with session_scope(engine) as session:
-        stored = store_run(session, planned(text), trust="trusted", source="api", variables={}, now=T0,
+        stored = create_run(session, planned(text), trust="trusted", source="api", variables={}, now=T0,
                            pipeline=text)
     with session_scope(engine) as session:
         read = {job.id: job for job in run_jobs(session, stored.run.id)}

@@ -13,6 +13,7 @@ Runs from before this revision keep whole specs and get an empty list: nothing t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -57,7 +58,8 @@ def _restore_job_specs() -> None:
             if "shared_variables" not in spec and not isinstance(count, int):
                 continue
             n = spec.pop("shared_variables", 0)
-            spec["variables"] = [list(pair) for pair in (shared or [])[:n]] + list(spec.get("variables") or ())
+            pairs: list[Any] = list(shared or [])  # type: ignore[call-overload]  # a JSON list
+            spec["variables"] = [list(pair) for pair in pairs[:n]] + list(spec.get("variables") or ())
             if isinstance(count, int):
                 spec["depends_on"] = names[:count]
             updates.append({"b_id": job.id, "b_spec": spec, "b_needs": spec.get("depends_on") or []})

@@ -1,0 +1,86 @@
+"""What a person does to a run: cancel it or one of its jobs, play a manual job.
+
+Cancelling only touches what has not finished: a run that has ended (``finished_at`` set) or a
+job in a final state is left as it is, and :func:`cancel_unfinished_run` /
+:func:`cancel_unfinished_job` raise :class:`~pipelines.store.errors.RunFinished` /
+``JobFinished`` (the API answers 409) instead of rewriting a finished run's status to
+``cancelled``. The check and the cancel happen in one transaction under the run's row lock, so a
+run cannot finish between the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlmodel import Session
+
+from pipelines.store.advance import FINAL_JOB_STATUSES, Standing
+from pipelines.store.errors import JobFinished, JobNotFound, RunFinished, RunNotFound
+from pipelines.store.models import Run
+from pipelines.store.progress import recount, set_counts
+from pipelines.store.statements import CANCEL_WAITING, LOCK_JOB_STATE, LOCK_RUN_STATE, REQUEST_CANCEL, WAITING
+from pipelines.store.transitions.step import Step, lock_run, settle, standing, write_run
+
+
+def cancel_run(session: Session, run_id: str, now: dt.datetime) -> Run:
+    """Cancel a run: waiting jobs become ``cancelled`` and never start; running ones get
+    ``cancel_requested``, which their worker sees when it renews its lease. Every job of the
+    run changes, so this is two set-wise UPDATEs and one recount, not a walk of the graph."""
+    run = lock_run(session, run_id)
+    connection = session.connection()
+    connection.execute(CANCEL_WAITING, {"p_run_id": run.id, "p_now": now})
+    connection.execute(REQUEST_CANCEL, {"p_run_id": run.id})
+    run.cancelled = True
+    set_counts(run, recount(connection, run.id, len(run.stages)), now)
+    write_run(connection, run)
+    return run
+
+
+def cancel_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
+    """Cancel one job: a waiting one at once (its dependents are skipped, ``when: on_failure``
+    jobs may start: their ids are returned), a running one by setting ``cancel_requested``."""
+    step = Step.begin(session, job_id)
+    job = step.load_job(job_id)
+    if job.status == "running":
+        job.cancel_requested = True
+        step.changed(job, Standing("running", job.allow_failure))
+        return step.finish(now)
+    if job.status not in WAITING:
+        return []
+    before = standing(job)
+    settle(job, "cancelled", "cancelled", now)
+    step.changed(job, before)
+    return step.finish(now)
+
+
+def play_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
+    """Start a ``manual`` job (GitLab's "play"); returns ``[job_id]`` if it was queued."""
+    step = Step.begin(session, job_id)
+    job = step.load_job(job_id)
+    if job.status != "manual" or step.run.cancelled:
+        return []
+    before = standing(job)
+    step.queue(job, now)
+    step.changed(job, before)
+    step.finish(now)
+    return [job.id]
+
+
+def cancel_unfinished_run(session: Session, run_id: str, now: dt.datetime) -> Run:
+    """Cancel the run unless it has ended (:class:`RunFinished`, nothing changed)."""
+    row = session.connection().execute(LOCK_RUN_STATE, {"p_run_id": run_id}).first()
+    if row is None:
+        raise RunNotFound(run_id)
+    if row.finished_at is not None:
+        raise RunFinished(run_id, row.status)
+    return cancel_run(session, run_id, now)
+
+
+def cancel_unfinished_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
+    """Cancel the job unless it is final (:class:`JobFinished`); the ids it made ready."""
+    row = session.connection().execute(LOCK_JOB_STATE, {"p_job_id": job_id}).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    if row.status in FINAL_JOB_STATUSES:
+        raise JobFinished(job_id, row.status)
+    return cancel_job(session, job_id, now)
