@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import Engine as DbEngine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pipelines.language.model import Job as PlannedJob
 from pipelines.store.db import session_scope
-from pipelines.store.models import Artifact, Job, Run
+from pipelines.store.models import Job, Run
+from pipelines.store.reads import artifact_inputs, read_run_row, stop_requested
 from pipelines.store.spec import job_from_spec
-from pipelines.store.transitions import claim_job, finish_job, read_run_row, renew_lease
+from pipelines.store.transitions import claim_job, finish_job, renew_lease
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
 from worker.job_record import JobRecord, Status
@@ -154,13 +155,7 @@ def _same_job(name: str, wanted: str) -> bool:
 def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...],
             store: Path) -> tuple[tuple[str, Path, str], ...]:
     """Artifacts of the named jobs of this run, as (path in workspace, stored file, its sha256)."""
-    if not dependencies:
-        return ()
-    rows = session.exec(
-        select(Artifact).join(Job, Job.id == Artifact.job_id)  # type: ignore[arg-type]
-        .where(Job.run_id == run_id, Job.name.in_(dependencies))  # type: ignore[attr-defined]
-    ).all()
-    return tuple((a.path, artifact_path(store, a.sha256), a.sha256) for a in rows)
+    return tuple((path, artifact_path(store, sha), sha) for path, sha in artifact_inputs(session, run_id, dependencies))
 
 
 def _checked_inputs(inputs: tuple[tuple[str, Path, str], ...]) -> tuple[tuple[str, Path], ...]:
@@ -345,7 +340,7 @@ class LeaseKeeper:
                         status = renew_lease(s, lease.job_id, ctx.worker_id, lease.attempt, ctx.now(), ctx.lease_s)
                     held, cancelled = status.held, status.cancel_requested
                 else:
-                    held, cancelled = True, _cancel_requested(ctx, lease.job_id)
+                    held, cancelled = True, stop_requested(ctx.db, lease.job_id)
             except Exception as exc:  # a DB hiccup must not kill the job; the next round retries
                 logging.getLogger("sandpit.worker").warning("lease/cancel check of job %s failed: %s",
                                                             lease.job_id, exc)
@@ -365,11 +360,3 @@ class LeaseKeeper:
             with self._cond:
                 self._leases.discard(lease)
 
-
-def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
-    with ctx.db.connect() as conn:
-        row = conn.execute(
-            select(Job.cancel_requested, Run.cancelled).join(Run, Run.id == Job.run_id)  # type: ignore[arg-type]
-            .where(Job.id == job_id)
-        ).first()
-    return bool(row and (row[0] or row[1]))
