@@ -39,6 +39,8 @@ from worker.settings import Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from worker.sandbox.network import HostNetwork, NetworkSettings
     from worker.sandbox.network.egress import JobEgress
     from worker.sandbox.seed import Seed
@@ -176,8 +178,8 @@ class Engine:
              cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
              cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> None:
         s = self.settings
-        pulled: list[str] = []  # a pull's progress (when the store lacks the image), first in the job's log
-        image = self.images.get(req.image, progress=pulled.append, cancel=cancel)
+        pulled: list[str] = []  # a pull's progress (when the store lacks the image): live, then first in the log
+        image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
         runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
         scratch = self.scratch()
@@ -185,7 +187,8 @@ class Engine:
         log_path = self.logs_dir / f"{job_id}.jsonl"
         result.log_path = str(log_path)
         if notes or pulled:
-            _write_notes(log_path, (*notes, *pulled), sink)
+            _write_notes(log_path, notes, sink)
+            _write_notes(log_path, tuple(pulled), None)  # its reader has had them
         container_id = f"sandpit-{job_id}"
         job_dir = s.jobs_dir / job_id
         with contextlib.ExitStack() as stack:
@@ -348,9 +351,25 @@ def _hint_offline(result: _JobDraft, joblog: JobLog, log_path: Path, sink: Outpu
             sink("sys", f"\n{hint}\n".encode())
 
 
+def _live_notes(kept: list[str], sink: OutputSink | None) -> Callable[[str], None]:
+    """A progress callback (called from a pull's threads too) that keeps each line and hands it to
+    the live reader at once: a long pull of ``sandpit exec --image`` is not silent."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            kept.append(line)
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    sink("sys", f"[sandpit] {line}\n".encode())
+    return say
+
+
 def _write_notes(log_path: Path, lines: tuple[str, ...], sink: OutputSink | None) -> None:
     """sandpit's own lines before the job's output (an image pull's progress): in the log file, which
     the job's log then continues, and to the live reader."""
+    if not lines:
+        return
     data = "".join(f"[sandpit] {line}\n" for line in lines)
     with open(log_path, "ab") as f:
         f.write(json.dumps({"t": 0.0, "s": "sys", "d": data}).encode() + b"\n")

@@ -66,17 +66,23 @@ def test_sandpit_run_a_job_on_a_pulled_multilayer_image(settings, registry, env,
     assert "layer 1/3" not in Path(jobs["again"]["log"]).read_text()
 
 
-def test_exec_pulls_and_runs_by_digest(settings, registry, env, no_leftovers):
-    """``sandpit images pull`` shows each layer; ``sandpit exec --image REF@DIGEST`` runs it."""
-    p = subprocess.run([sys.executable, "-m", "worker", "images", "pull", f"{registry.host}/test/multilayer:1"],
+def test_exec_pulls_live_and_runs_by_digest(settings, registry, env, no_leftovers):
+    """``sandpit exec --image REF`` pulls with its progress on stderr (the command's output stays
+    alone on stdout); ``sandpit images pull`` then finds it stored; ``--image REF@DIGEST`` runs it."""
+    ref = f"{registry.host}/test/multilayer:1"
+    p = subprocess.run([sys.executable, "-m", "worker", "exec", "--image", ref, "--", "cat", "/opt/app/layer3"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and p.stdout == "from layer 3\n", p.stderr
+    assert "[sandpit]" in p.stderr and "layer 1/3" in p.stderr and "unpacked" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "worker", "images", "pull", ref],
                        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert p.returncode == 0, p.stderr
     name, digest = p.stdout.split()
-    assert name == f"{registry.host}/test/multilayer:1" and digest.startswith("sha256:")
-    assert "layer 1/3" in p.stderr and "pulled" in p.stderr
+    assert name == ref and digest.startswith("sha256:") and "already in the store" in p.stderr
     p = subprocess.run([sys.executable, "-m", "worker", "exec", "--image", f"{registry.host}/test/multilayer@{digest}",
                         "--", "cat", "/opt/app/layer3"], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout == "from layer 3\n", p.stderr
+    assert "layer 1/3" not in p.stderr
 
 
 def test_a_registry_not_listed_fails_the_job_as_invalid_spec_without_contacting_it(settings, registry, env,
