@@ -205,3 +205,21 @@ def test_an_unknown_tag_is_a_refusal_naming_it(tmp_path, registry):
     store = store_for(tmp_path, registry)
     with pytest.raises(PullRefused, match=r"manifest unknown|not found"):
         store.get(f"{registry.host}/test/small:404")
+
+
+def test_a_layer_over_the_size_cap_fails_the_pull_and_leaves_nothing(tmp_path, registry):
+    """The operator's layer cap (SANDPIT_LAYER_MAX_SIZE) applies to a real pull: small:2's second
+    layer unpacks to ~10 KB, over a 4 KiB cap; the pull fails naming the cap, and no layer,
+    manifest or name of it is kept (its first layer, within the cap, may stay for later pulls)."""
+    from worker.sandbox.registry.config import LayerCaps
+    from worker.sandbox.registry.unpack import LayerError
+
+    store = store_for(tmp_path, registry, caps=LayerCaps(max_bytes=4096))
+    with pytest.raises(LayerError, match="larger than 4096 bytes uncompressed"):
+        store.get(f"{registry.host}/test/small:2")
+    state = tmp_path / "state" / "images"
+    assert not list((state / "manifests").glob("*.json")) if (state / "manifests").exists() else True
+    assert not (state / "names").exists() or not list((state / "names").iterdir())
+    leftovers = [p.name for p in state.iterdir() if p.name.startswith((".pull-", ".tmp-"))]
+    leftovers += [p.name for p in (state / "layers").iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers == []

@@ -136,6 +136,10 @@ class Puller:
             last = [time.monotonic(), 0]
 
             def poll() -> None:
+                for future in futures:  # a layer refused while the others download stops the copy
+                    failed = future.exception() if future.done() else None
+                    if failed is not None:
+                        raise failed
                 for digest_, (i, d, _k) in list(pending.items()):
                     path = blobs / digest_[7:]
                     with contextlib.suppress(FileNotFoundError):
