@@ -9,6 +9,9 @@
 - ``artifact``: files a job kept, with their expiry.
 - ``cache_entry``: caches keyed by (key, trust) so untrusted runs never feed trusted ones.
 - ``outbox``: job ids to publish to the broker, written in the transaction that queues them.
+- forges: ``repository``, ``webhook_delivery``, ``repository_run``; where a run's files come from
+  (``run_source``, ``source_archive``), runs held for approval (``run_approval``), and commit
+  statuses (``status_watch``, the ``commit_status`` outbox).
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 Schema changes go through an Alembic revision in ``migrations/versions``.
@@ -57,7 +60,9 @@ class Run(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     finished_at: dt.datetime | None = _time()
-    status: str = Field(default="created", max_length=16, index=True)
+    # 32 wide since revision 0007 (`waiting_for_approval`); SQLite enforces no length, and its
+    # declared 16 stays (changing it needs a copy of the table, see revision 0004)
+    status: str = Field(default="created", sa_type=sa.String(32).with_variant(sa.String(16), "sqlite"), index=True)
     cancelled: bool = Field(default=False)
     trust: str = Field(max_length=16)  # trusted | untrusted
     source: str = Field(max_length=16)  # cli | api | webhook
@@ -208,6 +213,8 @@ class Repository(SQLModel, table=True):
     fork_policy: str = Field(default="approve", max_length=16)  # run | approve | never
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
     secret_rotated_at: dt.datetime | None = _time()
+    # the forge's REST API for commit statuses (revision 0007); None: derived from clone_url
+    api_url: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -248,3 +255,88 @@ class RepositoryRun(SQLModel, table=True):
     ref: str = Field(default="", max_length=255)
     merge_request_iid: int | None = None
     from_fork: bool = Field(default=False)
+
+
+class RunSource(SQLModel, table=True):
+    """Where a run's jobs get their ``/workspace`` from (revision 0007): a commit (``kind``
+    ``commit``: fetched by the worker from ``clone_url``, a fork's for a fork's pull request, into
+    the mirror of ``repo_id``) or an uploaded tree (``archive``: ``archive_sha256`` in
+    ``source_archive``). A run without a row starts its jobs in an empty workspace."""
+
+    __tablename__ = "run_source"
+
+    run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    kind: str = Field(max_length=16)  # commit | archive
+    repo_id: str | None = Field(default=None, foreign_key="repository.id", index=True, max_length=36,
+                                ondelete="SET NULL")
+    clone_url: str = Field(default="", sa_type=sa.Text)
+    sha: str = Field(default="", max_length=64)
+    archive_sha256: str | None = Field(default=None, max_length=64)
+
+
+class SourceArchive(SQLModel, table=True):
+    """An uploaded tree (revision 0007), kept in the database: API and workers share nothing else
+    in a multi-host deployment. Content-addressed; capped by the API (SANDPIT_API_MAX_ARCHIVE)."""
+
+    __tablename__ = "source_archive"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int = Field(default=0, sa_type=sa.BigInteger)
+    data: bytes = Field(sa_type=sa.LargeBinary)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class RunApproval(SQLModel, table=True):
+    """A run held until an admin approves it (revision 0007): a fork's pull request under
+    ``fork_policy: approve``. ``held_queued``/``held_manual``: the jobs the run's first advance
+    made queued/manual, kept ``created`` until the approval gives them back."""
+
+    __tablename__ = "run_approval"
+
+    run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    state: str = Field(default="waiting", max_length=16, index=True)  # waiting | approved | cancelled
+    held_queued: list[str] = _json(list)
+    held_manual: list[str] = _json(list)
+    requested_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    decided_at: dt.datetime | None = _time()
+    decided_by: str | None = Field(default=None, max_length=255)
+
+
+class StatusWatch(SQLModel, table=True):
+    """A run whose state is reported on its commit (revision 0007): what the forge was last told
+    (``state``); ``final`` once it was told the end."""
+
+    __tablename__ = "status_watch"
+
+    run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
+    sha: str = Field(max_length=64)
+    project: str = Field(default="", max_length=255)  # the forge's owner/name of the repository
+    context: str = Field(default="sandpit", max_length=255)  # the status's name on the forge
+    target_url: str = Field(default="", sa_type=sa.Text)
+    state: str = Field(default="", max_length=16)
+    final: bool = Field(default=False, index=True)
+
+
+class CommitStatus(SQLModel, table=True):
+    """The outbox of commit statuses (revision 0007): one row per status to send, written in the
+    transaction that decided it, sent by the API's status sender with retries and back-off."""
+
+    __tablename__ = "commit_status"
+    __table_args__ = (sa.Index("ix_commit_status_due", "sent_at", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
+    run_id: str | None = Field(default=None, max_length=36)
+    sha: str = Field(max_length=64)
+    project: str = Field(default="", max_length=255)
+    context: str = Field(default="sandpit", max_length=255)
+    state: str = Field(max_length=16)  # pending | running | success | failed | canceled | error
+    description: str = Field(default="", max_length=255)
+    target_url: str = Field(default="", sa_type=sa.Text)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    attempts: int = Field(default=0)
+    next_attempt_at: dt.datetime | None = _time()
+    claimed_until: dt.datetime | None = _time()
+    sent_at: dt.datetime | None = _time()
+    outcome: str = Field(default="", sa_type=sa.Text)  # the forge's answer, or why it was not sent
