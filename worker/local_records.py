@@ -28,7 +28,7 @@ from worker.record import record as frozen_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and dataclasses stay off `sandpit exec`'s start-up path (it writes a record)
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -129,8 +129,8 @@ def _files(value: object) -> list[Mapping[str, Any]]:
     return [f for f in value if isinstance(f, dict) and is_sha256_hex(f.get("sha256"))]
 
 
-def record_run(state_dir: Path, run_id: str, status: str, pipeline: str, jobs: list[Mapping[str, Any]],
-               attempts: Mapping[str, list[Mapping[str, Any]]]) -> Path:
+def record_run(state_dir: Path, run_id: str, status: str, pipeline: str, jobs: Sequence[Mapping[str, Any]],
+               attempts: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
     """The record of a local run: ``jobs`` are its final job records (with the store's ``id``),
     ``attempts`` every attempt's result record by job id."""
     entries = [job_entry(str(j["id"]), str(j["name"]), str(j["status"]), attempts.get(str(j["id"]), [j]),

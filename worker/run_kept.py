@@ -20,7 +20,7 @@ artifacts (content-addressed in the state dir; `sandpit artifacts ID -o DIR` cop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from worker.terminal import Paint, quote_for_terminal
@@ -28,7 +28,7 @@ from worker.terminal import Paint, quote_for_terminal
 FAILURES_SHOWN = 10  # per job; the record keeps more
 
 
-def kept_lines(run_id: str, records: list[Mapping[str, Any]], paint: Paint) -> list[str]:
+def kept_lines(run_id: str, records: Sequence[Mapping[str, Any]], paint: Paint) -> list[str]:
     lines: list[str] = []
     with_tests = [r for r in records if isinstance(r.get("tests"), Mapping)]
     width = max((len(quote_for_terminal(str(r.get("name")))) for r in records), default=4)
