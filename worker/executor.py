@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine as DbEngine
 from sqlmodel import Session
 
 from pipelines.language.model import Job as PlannedJob
-from pipelines.store.db import session_scope
+from pipelines.store.db import read_scope, session_scope
 from pipelines.store.models import Job, Run
 from pipelines.store.reads import artifact_inputs, read_run_row, stop_requested
 from pipelines.store.spec import job_from_spec
@@ -57,7 +57,8 @@ class WorkerContext:
     worker_id: str
     lease_s: float = 30.0
     defaults: JobDefaults = field(default_factory=JobDefaults)
-    source_for: Callable[[Run], WorkspaceSource | None] = lambda _run: None
+    # called outside the claim's transaction, under the lease: it may fetch and check out a commit
+    source_for: Callable[[Run, PlannedJob], WorkspaceSource | None] = lambda _run, _job: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
     on_done: Callable[[Job, JobRecord], None] = lambda _job, _record: None
     # wraps the sandbox run: the service waits here for room in its memory/cpu budget
@@ -170,6 +171,16 @@ def _checked_inputs(inputs: tuple[tuple[str, Path, str], ...]) -> tuple[tuple[st
     return tuple((rel, stored) for rel, stored, _sha in inputs)
 
 
+def _cache_entries(ctx: WorkerContext, planned: PlannedJob, trust: str,
+                   source_root: Path | None) -> tuple[tuple[str, str], ...]:
+    """The caches the job pulls (a read of its own: a ``key: files`` key hashes the source's files,
+    which exist only once the source is there)."""
+    if not planned.caches:
+        return ()
+    with read_scope(ctx.db) as s:
+        return cache.entries(s, planned.caches, trust, source_root)
+
+
 def _junit_globs(planned: PlannedJob) -> tuple[str, ...]:
     return planned.artifacts.junit if planned.artifacts is not None else ()
 
@@ -184,20 +195,20 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         assert run is not None  # the claim matched a job of a live run in this transaction
         attempt = job.attempt
         planned = job_from_spec(job.spec)
-        source = ctx.source_for(run)
         trust = run.trust
-        source_root = source.root if source else None
         store = ctx.engine.artifact_store
-        # cache first, then the dependencies' artifacts (which win where both name a file)
-        cached = cache.entries(s, planned.caches, trust, source_root)
         inputs = _inputs(s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
     lease = ctx.leases.watch(ctx, job_id, attempt)
     slot = ctx.slots.take()
+    source_root: Path | None = None
     try:
         try:
-            files = cache.restore(store, cached) + _checked_inputs(inputs)
+            source = ctx.source_for(run, planned)
+            source_root = source.root if source else None
+            # cache first, then the dependencies' artifacts (which win where both name a file)
+            files = cache.restore(store, _cache_entries(ctx, planned, trust, source_root)) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
             notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel,
                                planned.image.pull_policy if planned.image is not None else None)

@@ -381,7 +381,7 @@ def _execute(settings: Settings, planned: Plan, scratch: Path, root: Path, varia
             printer.line(job.name, result_line(job_from_spec(job.spec), record, paint))
 
     ctx = WorkerContext(engine=engine, db=db, worker_id=f"local-{os.getpid()}", lease_s=3.0, defaults=defaults,
-                        source_for=lambda _run: source, sink_for=sink_for, on_done=on_done)
+                        source_for=lambda _run, _job: source, sink_for=sink_for, on_done=on_done)
     with session_scope(db) as s:
         stored = create_run(s, planned, trust=trust, source="cli", variables=variables, now=utcnow(),
                             pipeline=text)
