@@ -34,6 +34,7 @@ from worker.executor import WorkerContext, execute_job, utcnow
 from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
+from worker.run_sources import RunSources
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
 
@@ -137,10 +138,11 @@ class ServiceContext:
 
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.lease_s,
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit,
-                             job_url=job_url)
+                             job_url=job_url, source_for=self.sources.source_for)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
+        self.sources = RunSources(self.settings.state_dir, self.db)  # the runs' checked-out commits
 
     def sweep_once(self, now: dt.datetime | None = None) -> None:
         now = now or utcnow()
@@ -155,6 +157,7 @@ class ServiceContext:
             expired = expire_artifacts(s, now)
         for item in expired:
             _remove_unreferenced(self, getattr(item, "sha256", ""))
+        self.sources.sweep()  # the checked-out commits of runs that have ended
 
     def _sweep_loop(self) -> None:
         from worker.sandbox.reaper import reap

@@ -1,0 +1,171 @@
+"""A service run's files, made once per run on this worker and copied into each job's workspace (adapter).
+
+The executor asks :meth:`RunSources.source_for` before each job (outside the claim's
+transaction, under the job's lease). A run with a recorded commit
+(:mod:`pipelines.store.sources`) is fetched into this worker's mirror of its repository
+(``<state_dir>/mirrors``, shared with an API on the same host: the web-hook's fetch warms it)
+and checked out once per run and ``GIT_DEPTH`` into ``<state_dir>/sources/<run id>/depth-<n>``
+(:mod:`pipelines.forges.checkout`); an uploaded tree is unpacked once into
+``<state_dir>/sources/<run id>/archive`` (:mod:`pipelines.files.tarballs`). Each job then gets
+its own copy in ``/workspace`` through the same seed as ``sandpit run``'s work tree
+(:mod:`worker.sandbox.seed`: symlinks copied as links, never followed), so one job cannot change
+what the next one sees. ``GIT_STRATEGY: none`` gives the job an empty workspace; a bad
+``GIT_*`` value fails the job (``invalid_spec``) with the sentence saying why.
+
+Concurrency: one thread makes a given tree while the others of this process wait for it; two
+worker processes on one host may both make it, and the first rename into place wins. Trees of
+runs that have ended are removed by :meth:`RunSources.sweep` (the worker's sweeper calls it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from pipelines.files.tarballs import TarballRefused, unpack_tarball
+from pipelines.forges.checkout import Checkout, checkout_commit, list_entries
+from pipelines.forges.mirror import MirrorError, ensure_commit
+from pipelines.forges.strategy import git_options
+from pipelines.language.model import Job as PlannedJob
+from pipelines.store.db import read_scope
+from pipelines.store.models import Run
+from pipelines.store.sources import SourceRecord, archive_bytes, ended_runs, run_source
+from worker.errors import InvalidRequest, SandboxError
+from worker.executor import WorkspaceSource
+
+log = logging.getLogger("sandpit.worker")
+_RUN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_KNOWN_RUNS = 4096  # runs whose source (or lack of one) this process remembers
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    root: Path
+    entries: tuple[str, ...]
+
+
+class RunSources:
+    """Materialised sources of this worker's runs (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, db: Engine) -> None:
+        self.mirrors = state_dir / "mirrors"
+        self.trees = state_dir / "sources"
+        self.db = db
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, SourceRecord | None] = OrderedDict()
+        self._made: dict[tuple[str, str], _Tree] = {}
+        self._making: dict[tuple[str, str], threading.Lock] = {}
+
+    def source_for(self, run: Run, planned: PlannedJob) -> WorkspaceSource | None:
+        """The files job ``planned`` of ``run`` starts with; None: an empty workspace."""
+        record = self._record(run.id)
+        if record is None:
+            return None
+        options = git_options(planned.env())
+        if isinstance(options, str):
+            raise InvalidRequest(options)
+        if not options.checkout:
+            return None
+        variant = "archive" if record.kind == "archive" else f"depth-{options.depth}"
+        tree = self._tree(run.id, variant, record, options.depth)
+        return WorkspaceSource(root=tree.root, files=tree.entries)
+
+    def _record(self, run_id: str) -> SourceRecord | None:
+        with self._lock:
+            if run_id in self._records:
+                self._records.move_to_end(run_id)
+                return self._records[run_id]
+        with read_scope(self.db) as session:
+            record = run_source(session, run_id)
+        with self._lock:
+            self._records[run_id] = record
+            while len(self._records) > _KNOWN_RUNS:
+                self._records.popitem(last=False)
+        return record
+
+    def _tree(self, run_id: str, variant: str, record: SourceRecord, depth: int) -> _Tree:
+        if not _RUN_ID.fullmatch(run_id):
+            raise SandboxError(f"run id {run_id[:80]!r} cannot name a directory")
+        key = (run_id, variant)
+        with self._lock:
+            made = self._made.get(key)
+            if made is not None and made.root.is_dir():
+                return made
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                made = self._made.get(key)
+            if made is not None and made.root.is_dir():
+                return made
+            dest = self.trees / run_id / variant
+            if dest.is_dir():
+                made = _Tree(dest, tuple(list_entries(dest)))
+            elif record.kind == "archive":
+                made = self._unpack(record, dest)
+            else:
+                checkout = self._checkout(run_id, record, depth, dest)
+                made = _Tree(checkout.root, checkout.entries)
+            with self._lock:
+                self._made[key] = made
+            return made
+
+    def _checkout(self, run_id: str, record: SourceRecord, depth: int, dest: Path) -> Checkout:
+        # a run whose repository was removed since keeps a mirror of its own
+        mirror_name = record.repo_id or f"run-{run_id}"
+        try:
+            mirror = ensure_commit(self.mirrors, mirror_name, record.clone_url, record.sha, depth)
+            return checkout_commit(mirror, record.sha, depth, dest, record.clone_url)
+        except MirrorError as exc:
+            raise SandboxError(f"cannot check out commit {record.sha[:12]}: {exc}") from exc
+
+    def _unpack(self, record: SourceRecord, dest: Path) -> _Tree:
+        with read_scope(self.db) as session:
+            data = archive_bytes(session, record.archive_sha256 or "")
+        if data is None:
+            raise SandboxError(f"the run's uploaded tree {record.archive_sha256} is not in the store")
+        temporary = dest.with_name(f".{dest.name}.{threading.get_ident()}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True, mode=0o700)
+        try:
+            unpack_tarball(data, temporary)
+            try:
+                temporary.rename(dest)
+            except OSError:
+                if not dest.is_dir():
+                    raise
+                shutil.rmtree(temporary, ignore_errors=True)
+        except TarballRefused as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise InvalidRequest(str(exc)) from exc
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        return _Tree(dest, tuple(list_entries(dest)))
+
+    def sweep(self) -> list[str]:
+        """Remove the trees of runs that have ended (or that the store does not know); the run ids."""
+        try:
+            names = [p.name for p in self.trees.iterdir() if _RUN_ID.fullmatch(p.name)]
+        except FileNotFoundError:
+            return []
+        if not names:
+            return []
+        with read_scope(self.db) as session:
+            gone = ended_runs(session, names)
+        for run_id in sorted(gone):
+            with self._lock:
+                for key in [k for k in self._made if k[0] == run_id]:
+                    del self._made[key]
+                    self._making.pop(key, None)
+                self._records.pop(run_id, None)
+            # rmtree works through fds and never follows the tree's symlinks (job data)
+            shutil.rmtree(self.trees / run_id, ignore_errors=True)
+            log.info("removed the checked-out source of ended run %s", run_id)
+        return sorted(gone)
