@@ -14,6 +14,10 @@ Recognised variables:
 - ``SANDPIT_SECRET_KEY``: the Fernet key(s) sealing repositories' web-hook secrets and forge
   tokens at rest (comma-separated: the first seals, all open); default: ``<state_dir>/secret-key``,
   made 0600 on first use (see :mod:`pipelines.forges.sealing`).
+- ``SANDPIT_PUBLIC_URL``: the API's address as people reach it (``https://ci.example.org``): the
+  link of each commit status a forge shows (``<url>/ui/runs/<id>``); unset: statuses carry no link.
+- ``SANDPIT_API_MAX_ARCHIVE`` (bytes, default 16 MiB): the largest uploaded tree ``POST /runs``
+  takes (``source.archive``, before base64).
 - ``SANDPIT_POLICY_<LEVEL>_<CAP>``: the caps and defaults of each trust level (see
   :mod:`pipelines.policy` and README "Policy"); a bad or unknown one stops the API at start-up.
 
@@ -34,6 +38,7 @@ from pipelines.store.db import default_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_MAX_ARCHIVE = 16 * 1024 * 1024
 MAX_WAIT_S = 3600.0
 
 
@@ -61,6 +66,8 @@ class ApiSettings:
     policy: Policy = field(default_factory=lambda: Policy.from_env({}))
     secret_key: str | None = field(default=None, repr=False)
     ui: UiSettings = field(default_factory=UiSettings)  # SANDPIT_UI_* (see api.ui.settings)
+    public_url: str | None = None
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -68,6 +75,12 @@ class ApiSettings:
         max_body = env.get("SANDPIT_API_MAX_BODY") or str(DEFAULT_MAX_BODY)
         if not max_body.isdigit() or int(max_body) <= 0:
             raise SettingsError(f"SANDPIT_API_MAX_BODY must be a positive number of bytes, not {max_body!r}")
+        max_archive = env.get("SANDPIT_API_MAX_ARCHIVE") or str(DEFAULT_MAX_ARCHIVE)
+        if not max_archive.isdigit() or int(max_archive) <= 0:
+            raise SettingsError(f"SANDPIT_API_MAX_ARCHIVE must be a positive number of bytes, not {max_archive!r}")
+        public_url = (env.get("SANDPIT_PUBLIC_URL") or "").rstrip("/") or None
+        if public_url is not None and not public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"SANDPIT_PUBLIC_URL must be an http:// or https:// URL, not {public_url[:100]!r}")
         try:
             policy = Policy.from_env(env)
         except PolicyError as exc:
@@ -85,6 +98,8 @@ class ApiSettings:
             policy=policy,
             secret_key=env.get("SANDPIT_SECRET_KEY") or None,
             ui=ui,
+            public_url=public_url,
+            max_archive_bytes=int(max_archive),
         )
 
     @property

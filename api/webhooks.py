@@ -18,13 +18,17 @@ byte of the payload is parsed), reads the body with a byte cap, and hands it her
    request 200 ``cancelled`` (its unfinished runs are cancelled);
 4. decides the trust: the repository's own pushes and branches are trusted, a pull request
    from a fork is untrusted, and the repository's ``fork_policy`` says whether it runs
-   (``run``), waits (``approve``: recorded as 202 ``needs_approval``, nothing created yet: the
-   store has no waiting state) or is refused (``never``: 202 ``fork_refused``);
-5. reads the pipeline file from the commit (the ``read_pipeline`` seam; by default the
-   hardened mirror fetch of :mod:`pipelines.forges.mirror`; a failed fetch is 502
+   (``run``), waits (``approve``: the run is stored held, ``waiting_for_approval``, answered 202
+   ``needs_approval`` with its id, until an admin approves it) or is refused (``never``: 202
+   ``fork_refused``);
+5. reads the pipeline file and what it includes from the commit (the ``read_pipeline`` seam; by
+   default the hardened mirror of :mod:`api.forge_runs`; a failed fetch is 502
    ``fetch_failed`` and, like 429 ``too_many_runs``, releases the claim so a redelivery retries),
-   plans it with GitLab's inputs for that event, admits it under the trust level's policy,
-   stores it with its repository link, publishes its jobs: 201 ``created`` with the run id.
+   plans it with GitLab's inputs for that event, admits it under the trust level's policy (a
+   missing or invalid file, or one over the policy, puts a ``failed`` status on the commit),
+   stores it with its repository link and its commit (what the worker checks out), cancels the
+   older runs of the branch or merge request it supersedes, watches it for commit statuses,
+   publishes its jobs: 201 ``created`` with the run id.
 
 Every verdict is stored on the delivery's row, for a later UI and for replays.
 """
@@ -44,24 +48,33 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from api.forge_runs import (
+    CommitRepo,
+    CommitRun,
+    Refusal,
+    first_problems,
+    plan_commit,
+    read_commit,
+    refuse_on_commit,
+    store_commit_run,
+)
 from api.publish import Publisher, PublishFailed
 from api.settings import ApiSettings
 from pipelines.forges import events
 from pipelines.forges.events import CloseMergeRequest, EventUnreadable, Ignored, Ping, Trigger
-from pipelines.forges.mirror import FetchFailed, MirrorError, PipelineFile, read_pipeline_file
+from pipelines.forges.mirror import FetchFailed, MirrorError
+from pipelines.forges.pipeline_files import CommitPipeline
 from pipelines.forges.sealing import Sealer
 from pipelines.forges.signatures import check_signature
-from pipelines.language.model import PipelineInputs, Plan
-from pipelines.language.planner import plan
-from pipelines.language.problems import Problems
+from pipelines.language.model import PipelineInputs
 from pipelines.language.yamltree import bad_character
-from pipelines.policy import TrustLevel, admit
+from pipelines.policy import TrustLevel
 from pipelines.store import repos as store
 from pipelines.store.db import read_scope, session_scope
 from pipelines.store.errors import RunFinished
-from pipelines.store.inflight import count_runs_in_flight, record_submitter
+from pipelines.store.inflight import count_runs_in_flight
 from pipelines.store.outbox import mark_unpublished
-from pipelines.store.transitions import cancel_unfinished_run, create_run
+from pipelines.store.transitions import cancel_unfinished_run
 
 log = logging.getLogger("sandpit.api.webhooks")
 FALLBACK_PIPELINE_PATHS = (".gitlab-ci.yml", ".sandpit.yml")
@@ -101,6 +114,7 @@ class RepositoryView:
     default_branch: str
     fork_policy: str
     secret: bytes
+    has_token: bool = False
 
     def __repr__(self) -> str:
         return f"RepositoryView(id={self.id!r}, name={self.name!r}, forge={self.forge!r})"
@@ -108,8 +122,12 @@ class RepositoryView:
     def pipeline_paths(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.pipeline_path, *FALLBACK_PIPELINE_PATHS)))
 
+    def commit_repo(self) -> CommitRepo:
+        return CommitRepo(self.id, self.name, self.forge, self.clone_url, self.pipeline_paths(), self.default_branch,
+                          self.has_token)
 
-PipelineReader = Callable[[RepositoryView, Trigger], PipelineFile]
+
+PipelineReader = Callable[[RepositoryView, Trigger], CommitPipeline]
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,12 +140,14 @@ def sealer_for(settings: ApiSettings) -> Sealer:
     return _sealer(settings.secret_key, settings.state_dir)
 
 
-def mirror_reader(settings: ApiSettings) -> PipelineReader:
-    """The default seam: fetch the commit into ``<state_dir>/mirrors`` and read the file there."""
+def mirror_reader(engine: Engine, settings: ApiSettings) -> PipelineReader:
+    """The default seam: fetch the commit into ``<state_dir>/mirrors`` and read its pipeline
+    file and what that includes there (:func:`api.forge_runs.read_commit`)."""
 
-    def read(repo: RepositoryView, trigger: Trigger) -> PipelineFile:
-        return read_pipeline_file(settings.state_dir / "mirrors", repo.id, trigger.clone_url or repo.clone_url,
-                                  trigger.sha, repo.pipeline_paths())
+    def read(repo: RepositoryView, trigger: Trigger) -> CommitPipeline:
+        trust: TrustLevel = "untrusted" if trigger.from_fork else "trusted"
+        return read_commit(engine, settings, repo.commit_repo(), trigger.clone_url or repo.clone_url, trigger.sha,
+                           trust)
 
     return read
 
@@ -137,7 +157,8 @@ def load_repository(engine: Engine, sealer: Sealer, ref: str) -> RepositoryView:
     with read_scope(engine) as session:
         repo = store.get_repository(session, ref)
         return RepositoryView(repo.id, repo.name, repo.forge, repo.clone_url, repo.pipeline_path,
-                              repo.default_branch, repo.fork_policy, sealer.open(repo.secret_sealed).encode())
+                              repo.default_branch, repo.fork_policy, sealer.open(repo.secret_sealed).encode(),
+                              repo.token_sealed is not None)
 
 
 def record_refusal(engine: Engine, repo: RepositoryView, event: str, answer: WebhookAnswer) -> WebhookAnswer:
@@ -217,7 +238,7 @@ def _act(
     if isinstance(found, CloseMergeRequest):
         return settle(_cancel_merge_request(engine, repo, found.iid))
     answer = _trigger(engine, publisher, settings, repo, found, read_pipeline, row_id)
-    return answer if answer.verdict == "created" else settle(answer)  # a created run settled its claim
+    return answer if answer.run_id is not None else settle(answer)  # a stored run settled its claim
 
 
 def _cancel_merge_request(engine: Engine, repo: RepositoryView, iid: int) -> WebhookAnswer:
@@ -244,15 +265,15 @@ def _trigger(
     if trigger.from_fork and repo.fork_policy == "never":
         return WebhookAnswer(202, "fork_refused", f"merge request !{trigger.merge_request_iid} comes from a fork "
                              f"({trigger.merge_request_source_project_path}); fork_policy is `never`")
-    if trigger.from_fork and repo.fork_policy == "approve":
-        return WebhookAnswer(202, "needs_approval", f"merge request !{trigger.merge_request_iid} comes from a fork "
-                             f"({trigger.merge_request_source_project_path}); fork_policy is `approve`, and "
-                             "approval is not built yet: nothing was created")
+    commit_repo = repo.commit_repo()
+    kind = "merge_request" if trigger.trigger == "merge_request" else "push"
     try:
         source = read_pipeline(repo, trigger)
     except FetchFailed as exc:
         return WebhookAnswer(502, "fetch_failed", str(exc))
     except MirrorError as exc:
+        refuse_on_commit(engine, settings, commit_repo, trigger.sha, trigger.project_path, kind,
+                         f"no pipeline file: {exc}", _now())
         return WebhookAnswer(422, "no_pipeline_file", str(exc))
     fields = trigger.pipeline_fields()
     if not trigger.commit_message:
@@ -260,44 +281,45 @@ def _trigger(
                       commit_timestamp=source.commit_timestamp)
     if events.skips_ci(fields["commit_message"]):
         return WebhookAnswer(202, "skip_ci", "the commit message asks to skip CI (`[skip ci]` or `[ci skip]`)")
-    inputs = PipelineInputs(**fields, default_branch=repo.default_branch)
-    result = plan({source.path: source.text}, inputs)
-    if isinstance(result, Problems):
-        listed = "; ".join(f"{p.loc.file}:{p.loc.line}:{p.loc.col} {p.message}" for p in result.errors[:5])
-        return WebhookAnswer(422, "invalid_pipeline", f"{source.path} has {len(result.errors)} error(s): {listed}")
-    why = result.nothing_to_run()
-    if why is not None:
-        return WebhookAnswer(202, "no_pipeline_created", why)
+    inputs = PipelineInputs(**fields, default_branch=repo.default_branch, existing_files=source.existing)
     level = settings.policy.level(trust)
-    admitted = admit(result, level)
-    if not isinstance(admitted, Plan):
-        listed = "; ".join(p.message for p in admitted[:5])
-        return WebhookAnswer(422, "over_policy", f"the pipeline asks for more than the {trust} policy allows: {listed}")
+    admitted = plan_commit(source, inputs, level)
+    if isinstance(admitted, Refusal):
+        if admitted.verdict != "no_pipeline_created":
+            refuse_on_commit(engine, settings, commit_repo, trigger.sha, trigger.project_path, kind,
+                             first_problems(admitted.problems, source.entry), _now())
+        return WebhookAnswer(admitted.status_code, admitted.verdict, admitted.message)
     submitter = f"repo:{repo.name}"
+    hold = trigger.from_fork and repo.fork_policy == "approve"
+    wanted = CommitRun(trust=trust, source="webhook", kind=kind, ref=trigger.ref, ref_kind=trigger.ref_kind,
+                       sha=trigger.sha, clone_url=trigger.clone_url or repo.clone_url, project=trigger.project_path,
+                       message=fields["commit_message"], merge_request_iid=trigger.merge_request_iid,
+                       from_fork=trigger.from_fork, hold=hold)
     with session_scope(engine) as session:
         cap = level.max_runs_in_flight
         if cap is not None and count_runs_in_flight(session, submitter) >= cap:
             return WebhookAnswer(429, "too_many_runs", f"{submitter} has {cap} run(s) in flight, as many as the "
                                  f"{trust} policy allows")
-        stored = create_run(session, admitted, trust=trust, source="webhook", variables={}, now=_now(),
-                           pipeline=source.text, ref=trigger.ref, sha=trigger.sha,
-                           message=fields["commit_message"], mark_sent=True)
-        record_submitter(session, stored.run.id, submitter)
-        store.link_run(session, stored.run.id, repo.id, trigger.trigger, trigger.ref, trigger.merge_request_iid,
-                       trigger.from_fork)
-        kind = "merge request" if trigger.trigger == "merge_request" else trigger.ref_kind
-        created = WebhookAnswer(201, "created", f"{trust} run for {kind} {trigger.ref} at {trigger.sha[:12]}",
-                                stored.run.id)
+        stored, queued = store_commit_run(session, settings, commit_repo, admitted, wanted, submitter,
+                                          source.files[source.entry], _now())
+        what = "merge request" if trigger.trigger == "merge_request" else trigger.ref_kind
+        if hold:
+            created = WebhookAnswer(202, "needs_approval", f"merge request !{trigger.merge_request_iid} comes from a "
+                                    f"fork ({trigger.merge_request_source_project_path}); its untrusted run waits "
+                                    f"for an admin's approval (sandpit approve {stored.run.id})", stored.run.id)
+        else:
+            created = WebhookAnswer(201, "created", f"{trust} run for {what} {trigger.ref} at {trigger.sha[:12]}",
+                                    stored.run.id)
         # settled in the run's own transaction: a crash after the commit cannot leave the claim
         # "processing" for a later redelivery to take over and create the run a second time
         store.settle_delivery(session, row_id, created.verdict, created.status_code, created.message, created.run_id)
-    if stored.queued:
+    if queued:
         try:
-            publisher.publish(stored.queued)
+            publisher.publish(queued)
         except PublishFailed as exc:
-            log.warning("publishing %d job(s) failed (%s); the outbox sweeper will retry", len(stored.queued), exc)
+            log.warning("publishing %d job(s) failed (%s); the outbox sweeper will retry", len(queued), exc)
             with session_scope(engine) as session:
-                mark_unpublished(session, list(stored.queued))
+                mark_unpublished(session, list(queued))
     return created
 
 

@@ -51,7 +51,7 @@ async def receive(forge: str, repo_id: str, request: Request, settings: Settings
         event = event_name(forge, headers)
         answer = await to_thread.run_sync(webhooks.record_refusal, engine, repo, event, answer)
     else:
-        reader = getattr(request.app.state, "pipeline_reader", None) or webhooks.mirror_reader(settings)
+        reader = getattr(request.app.state, "pipeline_reader", None) or webhooks.mirror_reader(engine, settings)
         answer = await to_thread.run_sync(webhooks.receive_delivery, engine, publisher, settings, repo, forge,
                                           headers, body, reader)
     extra = {"X-Sandpit-Replay": "1"} if answer.replay else None

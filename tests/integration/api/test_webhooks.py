@@ -303,12 +303,20 @@ def test_pull_request_from_a_fork_is_untrusted(
     admin: httpx.Client, hooks: httpx.Client, engine: Engine, git_server: GitServer,
     policy: str, status: int, verdict: str,
 ) -> None:
-    """A fork's pull request runs untrusted (fork_policy run), or creates nothing (approve, never)."""
+    """A fork's pull request runs untrusted (fork_policy run), waits untrusted for approval with
+    nothing queued (approve), or creates nothing (never)."""
     repo = register(admin, "github", git_server.url, fork_policy=policy)
     answer = send(hooks, repo, github_pr(git_server, git_server.shas[1], fork=True), event="pull_request")
     assert (answer.status_code, answer.json()["verdict"]) == (status, verdict), answer.text
-    if policy != "run":
+    if policy == "never":
         assert runs(engine) == []
+        return
+    if policy == "approve":
+        (held,) = runs(engine)
+        assert (held.id, held.trust, held.status) == (answer.json()["run_id"], "untrusted", "waiting_for_approval")
+        assert {j[1] for j in _job_ids(engine, held.id)} == {"mr-only"}
+        with read_scope(engine) as session:
+            assert all(j.status == "created" for j in session.exec(select(Job).where(Job.run_id == held.id)).all())
         return
     (run,) = runs(engine)
     assert run.trust == "untrusted"
