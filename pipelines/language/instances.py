@@ -25,6 +25,7 @@ from pipelines.language.model import AllowFailure, Artifacts, Cache, Image, Job,
 from pipelines.language.parallel import Combo, matrix_name, parallel_name
 from pipelines.language.problems import Loc, ProblemSink
 from pipelines.language.rules import RuleContext, RuleOutcome, first_match, policy_allows
+from pipelines.language.services import expand_service
 from pipelines.language.variables import expand, job_variables, pipeline_variables, resolve_variables
 from pipelines.language.yamltree import YNode
 
@@ -165,6 +166,7 @@ def _draft(
         )
     image = None if job.image is None else Image(expand(job.image.name, variables), job.image.entrypoint,
                                                  job.image.pull_policy)
+    services = tuple(expand_service(service, variables) for service in job.services)
     artifacts = _artifacts(job.artifacts, variables, name, job.loc, sink)
     caches = tuple(_cache(c, variables) for c in job.caches)
     env = tuple(variables.items())
@@ -176,6 +178,7 @@ def _draft(
             loc=job.loc,
             base_name=job.name,
             image=image,
+            services=services,
             script=job.script,
             after_script=job.after_script,
             variables=env,

@@ -40,6 +40,7 @@ from pipelines.language.reader import (
 )
 from pipelines.language.rules import RefPolicy, Rule, read_duration, read_policy, read_rules
 from pipelines.language.schema import check_keys
+from pipelines.language.services import ServiceDef, read_services
 from pipelines.language.yamltree import YMap, YNode, YScalar, YSeq, bad_character
 
 JOB_WHENS = ("on_success", "on_failure", "always", "manual", "delayed")
@@ -78,6 +79,7 @@ class JobDef:
     stage: str = "test"
     stage_loc: Loc | None = None
     image: Image | None = None
+    services: tuple[ServiceDef, ...] = ()
     script: tuple[str, ...] = ()
     after_script: tuple[str, ...] = ()
     variables: tuple[VariableDef, ...] = ()
@@ -199,6 +201,8 @@ def read_job(name: str, node: YMap, loc: Loc, options: ReadOptions, sink: Proble
             fields["stage_loc"] = value.loc
         elif key == "image":
             fields["image"] = read_image(value, sink)
+        elif key == "services":
+            fields["services"] = read_services(value, sink)
         elif key == "variables":
             fields["variables"] = read_variables(value, "variables", sink)
         elif key == "needs":

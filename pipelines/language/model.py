@@ -79,6 +79,21 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """One of a job's ``services:``, variables expanded: the image to run beside the job, the names
+    it answers to (``alias`` as written; ``pipelines.language.services.service_aliases`` adds the
+    ones GitLab derives from the image name), what it runs, and its own ``variables`` (the job's
+    come first, these win)."""
+
+    name: str
+    alias: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    variables: tuple[tuple[str, str], ...] = ()
+    pull_policy: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Need:
     job: str
     artifacts: bool = True
@@ -142,6 +157,7 @@ class Job:
     loc: Loc
     base_name: str = ""
     image: Image | None = None
+    services: tuple[Service, ...] = ()
     script: tuple[str, ...] = ()  # before_script + script
     after_script: tuple[str, ...] = ()
     variables: tuple[tuple[str, str], ...] = ()

@@ -27,7 +27,7 @@ from pipelines.language.schema import KEYS, check_keys
 from pipelines.language.variables import pipeline_variables, resolve_variables
 from pipelines.language.yamltree import YItem, YMap, YNode, YSeq
 
-_LEGACY_DEFAULTS = ("image", "before_script", "after_script", "cache")
+_LEGACY_DEFAULTS = ("image", "services", "before_script", "after_script", "cache")
 
 
 def plan(
@@ -145,7 +145,7 @@ def _read_stages(node: YNode | None, sink: ProblemSink) -> tuple[str, ...]:
 
 
 def _read_defaults(config: YMap, sink: ProblemSink) -> YMap:
-    """``default:`` plus the deprecated top-level image/before_script/after_script/cache."""
+    """``default:`` plus the deprecated top-level image/services/before_script/after_script/cache."""
     entries: dict[str, YItem] = {k: config.entries[k] for k in _LEGACY_DEFAULTS if k in config.entries}
     node = config.get("default")
     if node is not None:

@@ -6,9 +6,9 @@ Every GitLab key is in one of three groups, so a valid GitLab key is never "unkn
 * ignored (warning ``unsupported-ignored``) — sandpit does not act on it, and that does not change
   what the job runs or whether it passes (``tags``, ``environment``, ``coverage`` ...);
 * refused (error ``unsupported``) — acting without it would give a different result
-  (``services``, ``trigger``, ``secrets`` ...), so the pipeline is not planned.
+  (``trigger``, ``secrets`` ...), so the pipeline is not planned.
 
->>> KEYS["job"].status("tags"), KEYS["job"].status("services"), KEYS["job"].status("scrpt")
+>>> KEYS["job"].status("tags"), KEYS["job"].status("trigger"), KEYS["job"].status("scrpt")
 ('ignored', 'refused', None)
 """
 
@@ -50,23 +50,22 @@ def _table(
     return KeyTable(where, frozenset(supported.split()), ignored or {}, refused or {})
 
 
-_NO_SERVICES = "run the service inside the job's script, or split it into its own job"
 _NO_SECRETS = "pass the value with `sandpit run --var NAME=VALUE` or a server-side variable"
 _IGNORED_META = "sandpit has no runners to pick, environments or deployments to track"
 
 KEYS: dict[str, KeyTable] = {
     "top": _table(
         "the top level",
-        "stages variables default include workflow image before_script after_script cache",
+        "stages variables default include workflow image services before_script after_script cache",
         refused={
-            "services": _NO_SERVICES,
             "types": "rename `types` to `stages`",
         },
     ),
     "job": _table(
         "a job",
         "script before_script after_script image stage extends needs dependencies parallel rules only "
-        "except when start_in allow_failure retry timeout interruptible variables artifacts cache inherit sandbox",
+        "except when start_in allow_failure retry timeout interruptible variables artifacts cache inherit sandbox "
+        "services",
         ignored={
             "tags": "sandpit has no runner tags; every job runs on any worker",
             "environment": _IGNORED_META,
@@ -79,7 +78,6 @@ KEYS: dict[str, KeyTable] = {
             "manual_confirmation": "sandpit asks no confirmation for manual jobs",
         },
         refused={
-            "services": _NO_SERVICES,
             "trigger": "sandpit does not start downstream or child pipelines; inline the jobs",
             "secrets": _NO_SECRETS,
             "id_tokens": _NO_SECRETS,
@@ -91,10 +89,9 @@ KEYS: dict[str, KeyTable] = {
     ),
     "default": _table(
         "default",
-        "after_script artifacts before_script cache image interruptible retry timeout sandbox",
+        "after_script artifacts before_script cache image interruptible retry timeout sandbox services",
         ignored={"tags": "sandpit has no runner tags"},
         refused={
-            "services": _NO_SERVICES,
             "id_tokens": _NO_SECRETS,
             "hooks": "move pre_get_sources_script into before_script",
         },
@@ -124,6 +121,14 @@ KEYS: dict[str, KeyTable] = {
         ignored={
             "docker": "sandpit runs images with its own runtime settings",
             "kubernetes": "sandpit runs images with its own runtime settings",
+        },
+    ),
+    "service": _table(
+        "a service",
+        "name alias entrypoint command variables pull_policy",
+        ignored={
+            "docker": "sandpit runs service images with its own runtime settings",
+            "kubernetes": "sandpit runs service images with its own runtime settings",
         },
     ),
     "retry": _table("retry", "max when exit_codes"),

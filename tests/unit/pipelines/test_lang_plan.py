@@ -511,7 +511,7 @@ PROBLEM_CASES = [
         [(3, 12), (4, 10), (5, 9), (6, 12)],
     ),
     ProblemCase("YAML syntax errors have a place", "t: {script: [x]\n", ["yaml-syntax"]),
-    ProblemCase("refused keys are errors", "t: {script: [x], services: [postgres]}", ["unsupported"]),
+    ProblemCase("refused keys are errors", "t: {script: [x], secrets: {A: {vault: x}}}", ["unsupported"]),
     ProblemCase(
         "remote include is refused by name",
         "include: 'https://example.com/ci.yml'\nt: {script: [x]}",
@@ -634,7 +634,6 @@ def test_needs_cycle_message_names_the_cycle() -> None:
         ("manual_confirmation: sure?", "warning"),
         ("resource_group: r", "warning"),
         ("trigger: {project: a/b}", "error"),
-        ("services: [redis]", "error"),
         ("secrets: {A: {vault: x}}", "error"),
         ("id_tokens: {T: {aud: x}}", "error"),
     ],
