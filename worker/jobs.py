@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.language.model import Job
-from worker.sandbox.request import Limits, SandboxRequest
+from pipelines.language.model import Job, Service
+from worker.sandbox.request import Limits, SandboxRequest, ServiceRequest
 
 MiB = 1024 * 1024
 
@@ -99,13 +99,14 @@ def request_for(job: Job, *, defaults: JobDefaults = JobDefaults(), extra_env: t
         timeout_s=float(job.timeout_seconds or defaults.timeout_s),
         log_bytes=sb.log_bytes or defaults.log_bytes,
     )
+    env = tuple(job.variables) + extra_env
     artifacts = job.artifacts.paths if job.artifacts is not None else ()
     exclude = job.artifacts.exclude if job.artifacts is not None else ()
     when = job.artifacts.when if job.artifacts is not None else "on_success"
     return SandboxRequest(
         argv=(shell, "-c", job_script(job, shell)),
         image=image_name(job, defaults.image),
-        env=tuple(job.variables) + extra_env,
+        env=env,
         network="egress" if sb.network == "egress" else "none",
         runtime=sb.runtime,
         profile="strict" if sb.profile == "strict" else "default",
@@ -113,4 +114,21 @@ def request_for(job: Job, *, defaults: JobDefaults = JobDefaults(), extra_env: t
         artifacts=artifacts,
         artifact_exclude=exclude,
         artifacts_when=when,
+        services=tuple(service_request(service, env) for service in job.services),
     )
+
+
+def service_request(service: Service, job_env: tuple[tuple[str, str], ...]) -> ServiceRequest:
+    """What the sandbox runs for one of the job's services: its environment is the job's
+    variables (GitLab passes them all to services) and then the service's own; its host names
+    are its aliases and the ones GitLab Runner derives from the image name.
+
+    >>> service_request(Service("postgres:16", alias="db", variables=(("A", "2"),)), (("A", "1"),))
+    ServiceRequest(image='postgres:16', aliases=('db', 'postgres'), entrypoint=None, command=None, \
+env=(('A', '1'), ('A', '2')), pull_policy=None)
+    """
+    from pipelines.language.services import service_aliases  # jobs without services never load it
+
+    return ServiceRequest(image=service.name, aliases=service_aliases(service), entrypoint=service.entrypoint,
+                          command=service.command, env=job_env + service.variables,
+                          pull_policy=service.pull_policy)

@@ -41,6 +41,25 @@ class Limits:
 
 
 @record(frozen=True)
+class ServiceRequest:
+    """A container to run beside the job in its network namespace (``worker/sandbox/services``):
+    the image, the host names the job reaches it by, its command (``entrypoint`` and ``command``
+    replace the image's Entrypoint and Cmd as ``docker run`` does), its environment (the job's,
+    then its own) and the pull policies tried in order (None: the worker's default)."""
+
+    image: str
+    aliases: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    pull_policy: tuple[str, ...] | None = None
+
+
+#: at most this many services beside one job (as the pipeline language allows)
+MAX_SERVICES = 16
+
+
+@record(frozen=True)
 class SandboxRequest:
     argv: tuple[str, ...]
     image: str = "debian"
@@ -55,6 +74,10 @@ class SandboxRequest:
     #: --artifact` keeps them whatever the result
     artifact_exclude: tuple[str, ...] = ()
     artifacts_when: str = "always"
+    services: tuple[ServiceRequest, ...] = ()
+    #: how long the job waits for its services' ports before it starts anyway (GitLab Runner's
+    #: ``wait_for_services_timeout``, 30 s by default)
+    services_timeout_s: float = 30.0
 
 
 ARTIFACTS_WHENS = ("on_success", "on_failure", "always")
@@ -111,6 +134,44 @@ def validate_request(req: SandboxRequest) -> list[str]:
     problems.extend(artifact_pattern_problems(req.artifact_exclude))
     if req.artifacts_when not in ARTIFACTS_WHENS:
         problems.append(f"artifacts when {req.artifacts_when!r} is not one of {', '.join(ARTIFACTS_WHENS)}")
+    if req.services:
+        problems.extend(service_problems(req.services))
+        if req.services_timeout_s < 0:
+            problems.append("the services' wait must not be negative")
+    return problems
+
+
+def service_problems(services: tuple[ServiceRequest, ...]) -> list[str]:
+    """Every reason the services are refused: an image that is no reference, a host name that
+    could break the job's /etc/hosts, an environment the job could not have, NUL in a command.
+
+    >>> service_problems((ServiceRequest("Postgres", aliases=("db",)),))[0][:40]
+    "service Postgres: 'Postgres' is not an i"
+    >>> service_problems((ServiceRequest("redis", aliases=("a b",)),))
+    ["service redis: host name 'a b' is not valid: use letters, digits and '.', '_', '-'"]
+    """
+    from pipelines.language.services import is_alias  # only jobs with services pay for the import
+
+    problems: list[str] = []
+    if len(services) > MAX_SERVICES:
+        problems.append(f"{len(services)} services; at most {MAX_SERVICES} run beside one job")
+    for service in services:
+        what = f"service {service.image[:80]}"
+        if (image_problem := reference_problem(service.image)) is not None:
+            problems.append(f"{what}: {image_problem}")
+        if not service.aliases:
+            problems.append(f"{what}: it has no host name: give it an alias")
+        for alias in service.aliases:
+            if not is_alias(alias):
+                problems.append(f"{what}: host name {alias[:80]!r} is not valid: use letters, digits and "
+                                "'.', '_', '-'")
+        for name, value in service.env:
+            if not re.match(_ENV_NAME, name):
+                problems.append(f"{what}: environment name {name!r} is not valid: use letters, digits and _")
+            if "\0" in value:
+                problems.append(f"{what}: environment value of {name} contains a NUL byte")
+        if any("\0" in arg for arg in (*(service.entrypoint or ()), *(service.command or ()))):
+            problems.append(f"{what}: its entrypoint or command contains a NUL byte")
     return problems
 
 

@@ -80,6 +80,9 @@ class SpecInputs:
     image_env: tuple[tuple[str, str], ...] = ()
     netns_path: str | None = None  # None: the runtime makes a fresh one (loopback only)
     resolv_conf: str | None = None  # host file bind-mounted read-only at /etc/resolv.conf
+    hosts_file: str | None = None  # host file bind-mounted read-only at /etc/hosts (a job with services)
+    #: (uid, gid) inside the container instead of the profile's (a service runs as its image's User)
+    user: tuple[int, int] | None = None
     hostname: str = "sandpit"
     cpu_period_us: int = 100_000
     userns: bool = True  # False only for runsc, whose own kernel is the boundary (no host userns)
@@ -153,6 +156,9 @@ def _mounts(inputs: SpecInputs) -> list[dict[str, Any]]:
     if inputs.resolv_conf is not None:
         mounts.append({"destination": "/etc/resolv.conf", "type": "bind", "source": inputs.resolv_conf,
                        "options": ["bind", "ro", "nosuid", "nodev", "noexec", "rprivate"]})
+    if inputs.hosts_file is not None:
+        mounts.append({"destination": "/etc/hosts", "type": "bind", "source": inputs.hosts_file,
+                       "options": ["bind", "ro", "nosuid", "nodev", "noexec", "rprivate"]})
     return mounts
 
 
@@ -173,6 +179,9 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     strict = req.profile == "strict"
     caps: tuple[str, ...] = () if strict else DEFAULT_CAPS
     uid = STRICT_UID if strict else 0
+    gid = uid
+    if inputs.user is not None:
+        uid, gid = inputs.user
     id_map = [{"containerID": 0, "hostID": inputs.uid_base, "size": ID_RANGE}]
     kinds = ("pid", "ipc", "uts", "mount", "user", "cgroup") if inputs.userns else ("pid", "ipc", "uts", "mount")
     namespaces: list[dict[str, str]] = [{"type": t} for t in kinds]
@@ -197,7 +206,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": uid, "gid": uid, "additionalGids": []},
+            "user": {"uid": uid, "gid": gid, "additionalGids": []},
             "args": list(req.argv),
             "env": job_env(inputs),
             "cwd": posixpath.normpath(req.workdir),

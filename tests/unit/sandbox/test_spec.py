@@ -220,3 +220,21 @@ def test_runsc_has_no_host_user_namespace():
     spec = make(userns=False)
     assert "uidMappings" not in spec["linux"]
     assert {"type": "user"} not in spec["linux"]["namespaces"]
+
+
+def test_hosts_file_of_a_job_with_services_is_bound_read_only():
+    """A job with services gets sandpit's /etc/hosts (its services' names): a read-only bind, no
+    exec, no devices, no setuid; a job without gets none (the image's)."""
+    (hosts,) = [m for m in make(hosts_file="/jobs/j/hosts/hosts")["mounts"] if m["destination"] == "/etc/hosts"]
+    assert hosts["source"] == "/jobs/j/hosts/hosts" and hosts["type"] == "bind"
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(hosts["options"])
+    assert not [m for m in make()["mounts"] if m["destination"] == "/etc/hosts"]
+
+
+def test_a_services_user_replaces_the_profiles():
+    """A service runs as its image's User (uid and gid inside the user namespace); the mapping and
+    the profile's capabilities stay as they are."""
+    spec = make(user=(999, 998))
+    assert spec["process"]["user"] == {"uid": 999, "gid": 998, "additionalGids": []}
+    assert spec["linux"]["uidMappings"][0]["hostID"] == 100_000_000
+    assert make("strict", user=(0, 0))["process"]["capabilities"]["bounding"] == []
