@@ -5,6 +5,8 @@ branch runs is caught all the same. Outside the store a module may name the type
 (an ``Engine`` or a ``Session`` to pass to a store function) and catch SQLAlchemy's errors; it
 may not import what builds SQL (``select``, ``insert``, ``update``, ``delete``, ``text``,
 ``col``, ``func``, ``sqlalchemy`` itself as a module) nor call a session's query methods.
+Inside the store, every write is a prepared statement (pipelines/store/statements.py): no module
+uses the ORM's unit of work (``session.add``, ``flush``, ``delete``, ``get``).
 """
 
 from __future__ import annotations
@@ -76,3 +78,23 @@ def test_no_module_outside_the_store_builds_sql(path: Path) -> None:
     """api/, worker/ and the rest of pipelines/ call named store functions; they never build a
     query or run one on a session."""
     assert _problems(path) == []
+
+
+UNIT_OF_WORK = {"add", "add_all", "flush", "delete", "merge", "get", "refresh"}
+
+
+def _unit_of_work_calls(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [f"{path.relative_to(REPO)}:{node.lineno}: session.{node.func.attr}(...)"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in UNIT_OF_WORK and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in ("session", "s")]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines" / "store").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_the_store_writes_through_statements_not_the_orm_unit_of_work(path: Path) -> None:
+    """One write path: every change is a prepared statement run on the session's connection;
+    nothing is added to, flushed from or looked up in a session's identity map."""
+    assert _unit_of_work_calls(path) == []
