@@ -21,25 +21,34 @@ from fastapi import APIRouter, FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.publish import CeleryPublisher, Publisher
-from api.routes import archives, artifacts, health, jobs, logs, repos, runs, runs_list, webhooks
+from api.routes import archives, artifacts, health, jobs, logs, repos, runs, runs_list, webhooks, workers
 from api.settings import ApiSettings
+from api.statuses import StatusSender
 from api.ui.install import install_ui
+from api.webhooks import sealer_for
 from pipelines.store.db import make_engine
 
 API_PREFIX = "/api/v1"
 REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
-def create_app(settings: ApiSettings, *, publisher: Publisher | None = None) -> FastAPI:
-    """The API for ``settings``; ``publisher`` defaults to Celery on ``settings.redis_url``."""
+def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, statuses: bool = True) -> FastAPI:
+    """The API for ``settings``; ``publisher`` defaults to Celery on ``settings.redis_url``;
+    ``statuses``: run the commit status sender (:mod:`api.statuses`) beside the handlers."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = _start_services(settings, lambda: publisher or CeleryPublisher(settings.redis_url))
         app.state.services = services
+        sender = StatusSender(services.engine, settings, sealer_for(settings)) if statuses else None
+        app.state.status_sender = sender
+        if sender is not None:
+            sender.start()
         try:
             yield
         finally:
+            if sender is not None:
+                sender.stop()
             await services.redis.aclose()
             if publisher is None:
                 services.publisher.close()
@@ -57,7 +66,7 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None) -> 
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     # runs_list before repos: its /repos/{id}/runs would otherwise be taken by /repos/{ref:path}
-    for module in (runs, runs_list, jobs, logs, artifacts, archives, repos, webhooks):
+    for module in (runs, runs_list, jobs, logs, artifacts, archives, repos, webhooks, workers):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

@@ -26,6 +26,9 @@ class RepoCreate(BaseModel):
     pipeline_path: str = Field(default=".gitlab-ci.yml", max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")
     default_branch: str = Field(default="main", min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f]+$")
     fork_policy: ForkPolicy = "approve"
+    api_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s]+$",
+                                description="the forge's REST API for commit statuses (e.g. "
+                                "`https://lab.example/api/v4`); default: derived from the clone URL")
 
 
 class SecretRotate(BaseModel):
@@ -53,6 +56,7 @@ class RepoPublic(BaseModel):
     default_branch: str
     fork_policy: str
     has_token: bool
+    api_url: str | None = Field(default=None, description="where statuses go; None: derived from the clone URL")
     created_at: dt.datetime
     secret_rotated_at: dt.datetime | None
     webhook_path: str = Field(description="where the forge sends this repository's web-hooks")

@@ -42,6 +42,8 @@ def add_repos_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--default-branch", default="main", help="the repository's default branch (default: main)")
     add.add_argument("--fork-policy", choices=("run", "approve", "never"), default="approve",
                      help="pull requests from forks: run untrusted, wait for approval, or never (default: approve)")
+    add.add_argument("--api-url", help="the forge's REST API for commit statuses, e.g. https://lab.example/api/v4 "
+                     "(default: derived from the clone URL)")
     actions.add_parser("list", parents=[common], help="list registered repositories")
     show = actions.add_parser("show", parents=[common], help="a repository and its latest web-hook deliveries")
     show.add_argument("repo", help="its name or id")
@@ -77,7 +79,7 @@ def repos_command(args: argparse.Namespace, settings: Settings) -> int:
         token, _ = _secret(args.token_file, "SANDPIT_FORGE_TOKEN", generate=False)
         body = {"name": args.name, "forge": args.forge, "clone_url": args.clone_url, "secret": secret,
                 "token": token, "pipeline_path": args.pipeline_path, "default_branch": args.default_branch,
-                "fork_policy": args.fork_policy}
+                "fork_policy": args.fork_policy, "api_url": args.api_url}
         repo = client.call("POST", "/api/v1/repos", json=body)
         _print_repo(client, repo)
         if made:

@@ -37,7 +37,7 @@ AdminDep = Annotated[ApiToken, Depends(admin)]
 def repo_public(repo: Repository) -> RepoPublic:
     return RepoPublic(id=repo.id, name=repo.name, forge=repo.forge, clone_url=repo.clone_url,
                       pipeline_path=repo.pipeline_path, default_branch=repo.default_branch,
-                      fork_policy=repo.fork_policy, has_token=repo.token_sealed is not None,
+                      fork_policy=repo.fork_policy, has_token=repo.token_sealed is not None, api_url=repo.api_url,
                       created_at=repo.created_at, secret_rotated_at=repo.secret_rotated_at,
                       webhook_path=f"/api/v1/webhooks/{repo.forge}/{repo.id}")
 
@@ -53,7 +53,7 @@ def add_repo(wanted: RepoCreate, _admin: AdminDep, settings: SettingsDep, engine
     new = store.NewRepository(
         name=wanted.name, forge=wanted.forge, clone_url=wanted.clone_url, secret_sealed=sealer.seal(wanted.secret),
         token_sealed=sealer.seal(wanted.token) if wanted.token else None, pipeline_path=wanted.pipeline_path,
-        default_branch=wanted.default_branch, fork_policy=wanted.fork_policy)
+        default_branch=wanted.default_branch, fork_policy=wanted.fork_policy, api_url=wanted.api_url)
     with session_scope(engine) as session:
         return repo_public(store.add_repository(session, new, _now()))
 

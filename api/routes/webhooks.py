@@ -54,5 +54,8 @@ async def receive(forge: str, repo_id: str, request: Request, settings: Settings
         reader = getattr(request.app.state, "pipeline_reader", None) or webhooks.mirror_reader(engine, settings)
         answer = await to_thread.run_sync(webhooks.receive_delivery, engine, publisher, settings, repo, forge,
                                           headers, body, reader)
+    sender = getattr(request.app.state, "status_sender", None)
+    if sender is not None and not answer.replay:
+        sender.wake()  # a run to report, or a failed pipeline file to put on the commit
     extra = {"X-Sandpit-Replay": "1"} if answer.replay else None
     return JSONResponse(answer.body(), status_code=answer.status_code, headers=extra)

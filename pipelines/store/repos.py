@@ -79,6 +79,7 @@ class NewRepository:
     pipeline_path: str = ".gitlab-ci.yml"
     default_branch: str = "main"
     fork_policy: str = "approve"
+    api_url: str | None = None  # the forge's API for statuses; None: derived from clone_url
 
 
 def add_repository(
@@ -91,7 +92,7 @@ def add_repository(
     repo = Repository(id=new_id(), name=new.name, forge=new.forge, clone_url=new.clone_url,
                       secret_sealed=new.secret_sealed, token_sealed=new.token_sealed,
                       pipeline_path=new.pipeline_path, default_branch=new.default_branch,
-                      fork_policy=new.fork_policy, created_at=now)
+                      fork_policy=new.fork_policy, created_at=now, api_url=new.api_url)
     try:
         with connection.begin_nested():
             connection.execute(INSERT_REPOSITORY, [{c.name: getattr(repo, c.name) for c in REPOSITORIES.columns}])

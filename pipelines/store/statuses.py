@@ -165,6 +165,11 @@ def report(session: Session, watched: WatchedRun, state: str, description: str, 
     return True
 
 
+def any_due(session: Session, now: dt.datetime) -> bool:
+    """Whether a status is due (a read: the sender takes the write lock only when there is work)."""
+    return session.connection().execute(_DUE, {"p_now": now, "p_limit": 1}).first() is not None
+
+
 def claim_due(session: Session, now: dt.datetime, lease: dt.timedelta, limit: int = 50) -> list[DueStatus]:
     """The statuses to send now, each claimed until ``now + lease``; an older one of a commit and
     context with a newer one waiting is settled as superseded instead."""

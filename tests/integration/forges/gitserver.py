@@ -85,6 +85,7 @@ class GitServer:
 @contextlib.contextmanager
 def git_server(root: Path) -> Iterator[GitServer]:
     require(shutil.which("git") is not None, "needs git")
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(["git", "daemon", "--export-all", f"--base-path={root}", "--listen=127.0.0.1",
                              f"--port={port}", "--reuseaddr", str(root)],
