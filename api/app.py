@@ -21,7 +21,19 @@ from fastapi import APIRouter, FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.publish import CeleryPublisher, Publisher
-from api.routes import archives, artifacts, health, jobs, logs, repos, runs, runs_list, webhooks, workers
+from api.routes import (
+    approvals,
+    archives,
+    artifacts,
+    health,
+    jobs,
+    logs,
+    repos,
+    runs,
+    runs_list,
+    webhooks,
+    workers,
+)
 from api.settings import ApiSettings
 from api.statuses import StatusSender
 from api.ui.install import install_ui
@@ -66,7 +78,7 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, sta
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     # runs_list before repos: its /repos/{id}/runs would otherwise be taken by /repos/{ref:path}
-    for module in (runs, runs_list, jobs, logs, artifacts, archives, repos, webhooks, workers):
+    for module in (runs, approvals, runs_list, jobs, logs, artifacts, archives, repos, webhooks, workers):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

@@ -1,4 +1,5 @@
-"""``sandpit repos add|list|show|rm|rotate-secret``: forge repositories on a running service.
+"""``sandpit repos add|list|show|rm|rotate-secret`` and ``sandpit approve``: forge repositories on a
+running service, and the runs of forks' pull requests waiting for an admin.
 
 A client of ``/api/v1/repos`` like ``sandpit submit`` (SANDPIT_API_URL, SANDPIT_TOKEN; a trusted
 token). The web-hook secret is never an argument (it would land in the shell's history and in
@@ -53,6 +54,9 @@ def add_repos_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rot.add_argument("repo", help="its name or id")
     rot.add_argument("--secret-file", type=Path, help="a file holding the new secret (default: "
                      "SANDPIT_WEBHOOK_SECRET, else a new one, printed once)")
+    approve = sub.add_parser("approve", parents=[common], help="run a fork's pull request held for approval",
+                             description=f"Approve a run waiting for approval, or list them ({env}).")
+    approve.add_argument("run", nargs="?", help="the run's id (without it: list the runs waiting)")
 
 
 def _secret(path: Path | None, env_name: str, generate: bool) -> tuple[str | None, bool]:
@@ -73,6 +77,8 @@ def repos_command(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli_service import Client
 
     client = Client(settings)
+    if args.command == "approve":
+        return _approve(client, args.run)
     action = args.repos_command
     if action == "add":
         secret, made = _secret(args.secret_file, "SANDPIT_WEBHOOK_SECRET", generate=True)
@@ -113,6 +119,20 @@ def repos_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"rotated the web-hook secret of {repo['name']}")
     if made:
         print(f"  secret:   {secret}   (shown once: paste it into the forge's web-hook form)")
+    return 0
+
+
+def _approve(client: Any, run_id: str | None) -> int:
+    if run_id is None:
+        waiting = client.call("GET", "/api/v1/approvals")
+        for w in waiting:
+            mr = f"!{w['merge_request_iid']}" if w["merge_request_iid"] is not None else w["ref"]
+            print(f"{w['run_id']}  {w['repository'] or '-'}  {mr}  {w['sha'][:12]}  {w['title']}")
+        if not waiting:
+            print("no run is waiting for approval")
+        return 0
+    run = client.call("POST", f"/api/v1/runs/{run_id}/approve")
+    print(f"approved run {run['id']}: {run['status']}, {len(run['jobs'])} job(s)")
     return 0
 
 

@@ -18,12 +18,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from api import runs
 from api.deps import EngineDep, PublisherDep, SettingsDep
 from api.errors import Forbidden
+from api.routes.approvals import approve_now
 from api.routes.runs_list import encode_cursor, run_filter
 from api.schemas import RunCreate
 from api.ui import csrf
 from api.ui.access import PREFIX, AdminDep, SignedInDep, UiDep, ViewerDep, ui_state
 from api.ui.graph import graph_layout
 from pipelines.store import repos as repo_store
+from pipelines.store.approvals import waiting_runs
 from pipelines.store.db import read_scope
 from pipelines.store.listing import (
     RUN_SOURCES,
@@ -185,16 +187,25 @@ async def retry_run(run_id: str, request: Request, viewer: SignedInDep, engine: 
     return RedirectResponse(f"{PREFIX}/runs/{new_id}", status_code=303)
 
 
+@router.post(PREFIX + "/runs/{run_id}/approve")
+async def approve_run(run_id: str, request: Request, viewer: AdminDep, engine: EngineDep,
+                      publisher: PublisherDep) -> Response:
+    """Run a fork's pull request held for approval (admins only; the run stays untrusted)."""
+    form = await csrf.read_form(request)
+    csrf.check(request, form, viewer.csrf)
+    await to_thread.run_sync(approve_now, engine, publisher, run_id, f"ui:{viewer.name}")
+    target = form.get("back") if form.get("back") == f"{PREFIX}/repos" else f"{PREFIX}/runs/{run_id}"
+    return RedirectResponse(target, status_code=303)
+
+
 # --- repositories (admin) ---------------------------------------------------------------------------
 
 @router.get(f"{PREFIX}/repos", response_class=HTMLResponse)
 def repos_page(request: Request, viewer: AdminDep, engine: EngineDep) -> Response:
-    from pipelines.store.listing import deliveries_with_verdict
-
     with read_scope(engine) as session:
         repos = repo_store.list_repositories(session)
         deliveries = {r.id: repo_store.list_deliveries(session, r.id, 10) for r in repos}
-        waiting = deliveries_with_verdict(session, "needs_approval")
+        waiting = waiting_runs(session)
     base = str(request.base_url).rstrip("/")
     return ui_state(request).pages.render(request, "repos.html", {
         "viewer": viewer, "repos": repos, "deliveries": deliveries, "waiting": waiting, "base": base,

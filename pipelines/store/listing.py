@@ -25,9 +25,9 @@ from sqlmodel import Session
 from pipelines.store.errors import JobNotFound, RunNotFound
 from pipelines.store.models import Artifact, Job, JobAttempt, Repository, RepositoryRun, Run, WebhookDelivery
 
-RUN_STATUSES = ("created", "running", "manual", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("created", "waiting_for_approval", "running", "manual", "succeeded", "failed", "cancelled")
 RUN_SOURCES = ("cli", "api", "webhook")
-UNFINISHED_RUN_STATUSES = frozenset({"created", "running"})
+UNFINISHED_RUN_STATUSES = frozenset({"created", "waiting_for_approval", "running"})
 MAX_PAGE = 200
 
 _RUNS: Any = Run.__table__  # type: ignore[attr-defined]
