@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-__all__ = ["JobRecord", "JobUsage", "Reason", "RefusedArtifact", "Status", "StoredArtifact", "Verdict"]
+__all__ = ["JobRecord", "JobUsage", "Reason", "RefusedArtifact", "ServiceRecord", "Status", "StoredArtifact", "Verdict"]
 
 
 class Status(StrEnum):
@@ -115,6 +115,23 @@ class RefusedArtifact:
 
 
 @record(frozen=True)
+class ServiceRecord:
+    """One of the job's ``services:``: its image, its first host name, its own log (its output is
+    not in the job's unless ``CI_DEBUG_SERVICES``), and whether its port opened before the job
+    started (None: it exposes no port, so it was not waited for), after how long."""
+
+    image: str
+    alias: str
+    log_path: str
+    ready: bool | None = None
+    waited_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.image, "alias": self.alias, "log": self.log_path, "ready": self.ready,
+                "waited_s": self.waited_s}
+
+
+@record(frozen=True)
 class JobRecord:
     """One attempt's result. ``log_path`` is written as ``log``. ``cache_files`` (what the job's
     ``cache: paths`` named, stored for the cache) and ``report_files`` (what its
@@ -141,6 +158,8 @@ class JobRecord:
     tests: Mapping[str, Any] | None = None
     cache_files: tuple[StoredArtifact, ...] = ()
     report_files: tuple[StoredArtifact, ...] = ()
+    #: the job's services, written as ``services`` after the documented keys (no key without services)
+    services: tuple[ServiceRecord, ...] = ()
 
     @classmethod
     def not_run(cls, name: str, verdict: Verdict, *, job_id: str | None = None, started_at: str | None = None,
@@ -166,4 +185,6 @@ class JobRecord:
         }
         if self.tests is not None:
             document["tests"] = dict(self.tests)
+        if self.services:
+            document["services"] = [s.as_dict() for s in self.services]
         return document

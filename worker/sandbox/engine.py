@@ -21,7 +21,16 @@ from pathlib import Path
 from pipelines.files.locks import try_hold
 from pipelines.identifiers import is_job_id
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
-from worker.job_record import JobRecord, JobUsage, Reason, RefusedArtifact, Status, StoredArtifact, Verdict
+from worker.job_record import (
+    JobRecord,
+    JobUsage,
+    Reason,
+    RefusedArtifact,
+    ServiceRecord,
+    Status,
+    StoredArtifact,
+    Verdict,
+)
 from worker.record import record, replace
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
@@ -41,9 +50,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from worker.sandbox.images import Image
     from worker.sandbox.network import HostNetwork, NetworkSettings
     from worker.sandbox.network.egress import JobEgress
     from worker.sandbox.seed import Seed
+    from worker.sandbox.services.group import JobServices
 
 
 @record
@@ -62,6 +73,7 @@ class _JobDraft:
     report_files: tuple[StoredArtifact, ...] = ()
     runtime: str | None = None
     log_path: str | None = None
+    services: tuple[ServiceRecord, ...] = ()
 
     def seal(self, name: str, job_id: str, started_at: str, duration_s: float) -> JobRecord:
         return JobRecord(
@@ -69,7 +81,7 @@ class _JobDraft:
             signal=self.signal, duration_s=duration_s, started_at=started_at, finished_at=_now(),
             usage=self.usage, artifacts=self.artifacts, rejected_artifacts=self.rejected_artifacts, job_id=job_id,
             runtime=self.runtime, log_path=self.log_path, message=self.verdict.message, cache_files=self.cache_files,
-            report_files=self.report_files,
+            report_files=self.report_files, services=self.services,
         )
 
 
@@ -182,6 +194,12 @@ class Engine:
         image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
         runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
+        service_images: list[Image] = []
+        if req.services:  # their images as the job's: a recipe, the store, or a pull (progress in the log)
+            from worker.sandbox.services.group import refuse_runtime, resolve_images
+
+            refuse_runtime(runtime.name)
+            service_images = resolve_images(self.images, req.services, _live_notes(pulled, sink), cancel)
         scratch = self.scratch()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{job_id}.jsonl"
@@ -232,18 +250,28 @@ class Engine:
                     plant_seed(seed, rootfs.workspace, uid_base + (oci.STRICT_UID if req.profile == "strict" else 0))
                 except OSError as exc:
                     raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
-            netns_path = resolv_conf = None
+            netns_path = resolv_conf = hosts_file = None
             if egress is not None:
                 netns_path, resolv_conf = self._egress_ready(egress, stack, job_dir)
+            services = None
+            if req.services:  # started, and waited for, before the job (worker/sandbox/services)
+                services = self._services(stack, req, service_images, job_id, job_dir, disk, cg, uid_base, runtime,
+                                          netns_path, resolv_conf, secrets)
+                netns_path, hosts_file = services.place.netns_path, services.place.hosts_file
+                _write_notes(log_path, tuple(services.wait_ready(req.services_timeout_s, cancel)), sink)
+                result.services = services.records()
             config = oci.build_spec(oci.SpecInputs(
                 request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
                 uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
                 image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
-                netns_path=netns_path, resolv_conf=resolv_conf,
+                netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts_file,
             ))
             _write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)
-            joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
+            if services is not None:  # shared with the services' reader under CI_DEBUG_SERVICES
+                joblog = services.job_log(log_path, req.limits.log_bytes, sink, secrets)
+            else:
+                joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
             end = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
             _judge(result, end, cg.usage(), disk)
@@ -266,6 +294,35 @@ class Engine:
                 if report_paths:  # test reports are kept whatever the job's outcome (as GitLab does)
                     reports, _refused = collect_artifacts(rootfs.workspace, report_paths, self.artifact_store, caps)
                     result.report_files = tuple(reports)
+
+    def _services(self, stack: contextlib.ExitStack, req: SandboxRequest, images: list[Image], job_id: str,
+                  job_dir: Path, disk: JobDisk, cg: JobCgroup, uid_base: int, runtime: Runtime,
+                  netns_path: str | None, resolv_conf: str | None, secrets: tuple[str, ...]) -> JobServices:
+        """The job's services, started in its network namespace (for ``none``, a loopback-only one
+        made here that the job joins too) with its /etc/hosts; the stack removes them after the job's
+        container, before its cgroup, rootfs and disk (``worker/sandbox/services/group.py``)."""
+        from worker.sandbox.services.container import ServicePlace
+        from worker.sandbox.services.group import JobServices, ServiceNetwork, service_hosts
+        from worker.sandbox.services.logs import debug_services
+
+        for image in images:
+            stack.enter_context(self.images.hold(image))
+        netns_fd = None
+        if netns_path is None:
+            try:
+                shared = ServiceNetwork()
+            except OSError as exc:  # NetworkError is an OSError too
+                raise SandboxError(f"cannot give the job and its services a network: {exc}") from exc
+            stack.callback(shared.close)
+            netns_path, netns_fd = shared.path, shared.fd
+        hosts = service_hosts(job_dir, req.services)
+        stack.callback(hosts.close)
+        place = ServicePlace(
+            job_id=job_id, job_dir=job_dir, disk_dir=disk.path, cgroup=cg, uid_base=uid_base,
+            run_dir=self.settings.run_dir, runtime=runtime, seccomp=self._seccomp, profile=req.profile,
+            nofile=_nofile(), netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts.path)
+        return stack.enter_context(JobServices(req.services, images, place, self.logs_dir, req.limits.log_bytes,
+                                               secrets, debug_services(req.env), netns_fd))
 
     def _egress(self, stack: contextlib.ExitStack, job_id: str) -> JobEgress:
         """The job's network namespace with a veth on sandpit's bridge (``network/egress.py``: a ready

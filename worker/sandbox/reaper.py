@@ -6,6 +6,12 @@ named ``sandpit-*`` in sandpit's own runtime roots, cgroups under this instance'
 (``sandpit/``, or ``sandpit-<instance id>/``), subvolumes in the scratch filesystem, and mounts under
 the job directory.
 
+A job's services (``worker/sandbox/services``) live inside those same objects, so they go with
+their job: their containers are ``sandpit-<job id>.svc<N>`` (judged by the job's lease, never as a
+job of their own), their cgroups ``svc<N>`` under the job's, their bundles and rootfs mounts under
+the job dir, their upper dirs on the job's disk; a ``none`` job's shared namespace is held by fds
+only, so it ends with its last process.
+
 Liveness is judged by the owner leases of this instance's run dir, so the reaper looks only at
 objects only this instance makes: its cgroup parent, its runtime roots, its state dir, its bridge.
 Another instance on the host (another ``SANDPIT_RUN_DIR``/``SANDPIT_STATE_DIR``) names all of those
@@ -27,6 +33,7 @@ from worker.sandbox.disk import destroy_subvolume_tree, ensure_quota_consistent,
 from worker.sandbox.instance import claim_instance
 from worker.sandbox.rootfs import unmount_all
 from worker.sandbox.runtime import PREFERENCE, Runtime
+from worker.sandbox.services.naming import job_of_container
 from worker.settings import Settings
 
 log = logging.getLogger("sandpit.reaper")
@@ -58,7 +65,7 @@ def reap(settings: Settings) -> list[str]:
     live = live_job_ids(settings)
     for rt in _runtimes(settings):
         for cid in rt.containers():
-            if cid.removeprefix("sandpit-") not in live:
+            if job_of_container(cid) not in live:
                 rt.kill(cid, "KILL")
                 rt.delete(cid)
                 rt.forget(cid)
@@ -158,7 +165,7 @@ def leftovers(settings: Settings) -> list[str]:
         return not is_held(settings.locks_dir / f"job-{job_id}.lock")
 
     found = []
-    found += [f"container {c}" for c in containers(settings) if dead(c.removeprefix("sandpit-"))]
+    found += [f"container {c}" for c in containers(settings) if dead(job_of_container(c))]
     found += [f"cgroup {n}" for n in _cgroup_job_names(cgroup_parent(settings.instance_id)) if dead(n)]
     if settings.jobs_dir.is_dir():
         found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir() if dead(d.name)]
