@@ -157,12 +157,13 @@ def first_problems(problems: Sequence[Problem], entry: str) -> str:
 
 
 def store_commit_run(session: Session, settings: ApiSettings, repo: CommitRepo, admitted: Plan, wanted: CommitRun,
-                     submitter: str, pipeline_text: str, now: dt.datetime) -> tuple[StoredRun, tuple[str, ...]]:
+                     submitter: str, pipeline_text: str, now: dt.datetime, run_id: str | None = None,
+                     ) -> tuple[StoredRun, tuple[str, ...]]:
     """Store the run (see the module docstring): the run and the ids to publish after the commit
     (none while it is held for approval)."""
     stored = create_run(session, admitted, trust=wanted.trust, source=wanted.source, variables=wanted.variables,
                         secrets=wanted.secrets, now=now, pipeline=pipeline_text, ref=wanted.ref, sha=wanted.sha,
-                        message=wanted.message, mark_sent=True)
+                        message=wanted.message, mark_sent=True, run_id=run_id)
     run_id = stored.run.id
     record_submitter(session, run_id, submitter)
     repo_store.link_run(session, run_id, repo.id, wanted.kind, wanted.ref, wanted.merge_request_iid, wanted.from_fork)

@@ -16,12 +16,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.store.models import Artifact, Job, Run
 
 
+class RunSourceRequest(BaseModel):
+    """Where the run's jobs get their ``/workspace``: a registered repository's commit (``repository``
+    with ``sha``, or ``ref`` resolved on its clone URL, default its default branch), or an uploaded
+    tree (``archive``: base64 of a tar, gzip allowed, capped by SANDPIT_API_MAX_ARCHIVE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str | None = Field(default=None, max_length=255, description="a registered repository's id or name")
+    sha: str | None = Field(default=None, pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+    ref: str | None = Field(default=None, max_length=255, description="a branch or tag of the repository")
+    archive: str | None = Field(default=None, description="base64 of a tar (or tar.gz) of the tree")
+    pipeline_path: str = Field(default=".gitlab-ci.yml", max_length=255, pattern=r"^[A-Za-z0-9._/-]+$",
+                               description="an archive's pipeline file (when `pipeline` is not given), and the "
+                               "name its `include: local` paths are relative to")
+
+
 class RunCreate(BaseModel):
     """The JSON form of ``POST /api/v1/runs`` (the YAML form is the pipeline text alone)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pipeline: str = Field(description="the pipeline file's text (.gitlab-ci.yml dialect)")
+    pipeline: str = Field(default="", description="the pipeline file's text (.gitlab-ci.yml dialect); may be "
+                          "left out with a `source`: its pipeline file is read from the commit or the tree")
+    source: RunSourceRequest | None = Field(default=None, description="the files every job starts with")
     variables: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict, description="injected and masked; never returned")
     ref: str = Field(default="main", max_length=255)

@@ -201,14 +201,28 @@ class Client:
                 print(f"{prefix}{visible_line(pending)}", flush=True)
 
 
-def submit(settings: Settings, file: Path, variables: dict[str, str], follow: bool) -> int:
+def submit(settings: Settings, file: Path, variables: dict[str, str], follow: bool, tree: bool = True) -> int:
+    """Send the pipeline and (``tree``) the project's files it lives in, as ``sandpit run`` would
+    seed them (worker/work_tree.py): the service's jobs then start with them in /workspace."""
     try:
         text = file.read_text()
     except OSError as exc:
         print(f"sandpit: cannot read {file}: {exc.strerror}", file=sys.stderr)
         return 2
+    body: dict[str, Any] = {"pipeline": text, "variables": variables}
+    if tree:
+        import base64
+
+        from pipelines.language.loader import find_repository_root
+        from worker.work_tree import tree_archive, tree_files
+
+        root = find_repository_root(file.absolute())
+        archive = tree_archive(root, tree_files(root))
+        entry = file.absolute().relative_to(root).as_posix()
+        body["source"] = {"archive": base64.b64encode(archive).decode(), "pipeline_path": entry}
+        print(f"sending {root} ({len(archive)} bytes packed)", file=sys.stderr)
     client = Client(settings)
-    run = client.call("POST", "/api/v1/runs", json={"pipeline": text, "variables": variables})
+    run = client.call("POST", "/api/v1/runs", json=body)
     print(f"run {run['id']}: {run['status']}")
     for job in run.get("jobs", []):
         print(f"  {job['id']}  {job['name']}")

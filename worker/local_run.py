@@ -53,6 +53,7 @@ from worker.terminal import (
     strip_colour,
     visible_line,
 )
+from worker.work_tree import git_listing
 
 log = logging.getLogger("sandpit.run")
 
@@ -63,11 +64,9 @@ def git(root: Path, *args: str) -> str | None:
 
 
 def project_source(root: Path) -> WorkspaceSource:
-    listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    if listed is None:
-        return WorkspaceSource(root=root)
-    files = tuple(sorted({f for f in listed.split("\0") if (f and (root / f).exists()) or (root / f).is_symlink()}))
-    return WorkspaceSource(root=root, files=files)
+    """The work tree's files (:mod:`worker.work_tree`'s rule, which ``sandpit submit`` sends too)."""
+    listed = git_listing(root)
+    return WorkspaceSource(root=root) if listed is None else WorkspaceSource(root=root, files=listed)
 
 
 @dataclasses.dataclass(frozen=True)

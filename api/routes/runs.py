@@ -14,9 +14,9 @@ from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from redis.exceptions import RedisError
 
-from api import runs
+from api import runs, sources
 from api.deps import CallerDep, EngineDep, PublisherDep, RedisDep, SettingsDep
-from api.errors import BadRequest
+from api.errors import BadRequest, BodyTooLarge
 from api.intake import parse_run_body, read_capped_body
 from api.routes import answer_head
 from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
@@ -66,14 +66,23 @@ async def create_run(
     trust: Annotated[Literal["trusted", "untrusted"] | None, Query(
         description="the run's trust level, as the JSON body's `trust` (for YAML bodies)")] = None,
 ) -> RunCreated:
-    body = await read_capped_body(request, settings.max_body_bytes)
-    wanted = parse_run_body(request.headers.get("content-type", ""), body)
+    content_type = request.headers.get("content-type", "")
+    # a JSON body may carry an uploaded tree (source.archive, base64): its own cap on top
+    room = settings.max_archive_bytes * 4 // 3 + 4 if content_type.split(";")[0].strip() == "application/json" else 0
+    body = await read_capped_body(request, settings.max_body_bytes + room)
+    wanted = parse_run_body(content_type, body)
+    if len(body) > settings.max_body_bytes and (wanted.source is None or wanted.source.archive is None):
+        raise BodyTooLarge(f"the body is over the limit of {settings.max_body_bytes} bytes")
     if trust is not None:
         if wanted.trust is not None and wanted.trust != trust:
             raise BadRequest(f"?trust={trust} and the body's \"trust\": \"{wanted.trust}\" disagree")
         wanted = wanted.model_copy(update={"trust": trust})
+    if wanted.source is not None:
+        submitting = functools.partial(sources.submit_with_source, engine, publisher, wanted, caller, settings)
+    else:
+        submitting = functools.partial(runs.submit_run, engine, publisher, wanted, caller, settings.policy)
     if wait <= 0:
-        return await to_thread.run_sync(runs.submit_run, engine, publisher, wanted, caller, settings.policy)
+        return await to_thread.run_sync(submitting)
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
     # listen for the run's "job finished" messages before any of its jobs is published, so none
     # is missed and nothing has to be read until one comes; subscribing overlaps planning
@@ -81,8 +90,7 @@ async def create_run(
     listener = _RunListener(redis, run_id)
     subscribing = asyncio.create_task(listener.subscribe())
     try:
-        submit = functools.partial(runs.submit_run, engine, publisher, wanted, caller, settings.policy,
-                                   run_id=run_id, before_publish=listener.wait_subscribed)
+        submit = functools.partial(submitting, run_id=run_id, before_publish=listener.wait_subscribed)
         created = await to_thread.run_sync(submit)
         await subscribing
         if created.finished_at is not None:

@@ -49,6 +49,7 @@ class TarballRefused(ValueError):
 class TreeListing:
     entries: int
     size: int
+    files: frozenset[str] = frozenset()  # the regular files' names
 
 
 def _members(data: bytes) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
@@ -93,6 +94,7 @@ def check_tarball(data: bytes, *, max_entries: int = MAX_ENTRIES, max_bytes: int
     """The archive's entry count and file bytes, or :class:`TarballRefused` (see the module docstring)."""
     seen: set[str] = set()
     links: set[str] = set()
+    files: set[str] = set()
     size = 0
     for _tar, member in _members(data):
         name = _name(member)
@@ -100,10 +102,26 @@ def check_tarball(data: bytes, *, max_entries: int = MAX_ENTRIES, max_bytes: int
             raise TarballRefused(f"the archive names {name!r} twice")
         seen.add(name)
         _judge(member, name, links)
-        size += member.size if member.isfile() else 0
+        if member.isfile():
+            size += member.size
+            files.add(name)
         if len(seen) > max_entries or size > max_bytes:
             raise TarballRefused(f"the archive is over the caps ({max_entries} entries, {max_bytes} bytes of files)")
-    return TreeListing(len(seen), size)
+    return TreeListing(len(seen), size, frozenset(files))
+
+
+def read_files(data: bytes, names: frozenset[str] | set[str], cap: int) -> dict[str, bytes]:
+    """The contents of the regular files ``names`` of a checked archive (each at most ``cap``
+    bytes; a larger one is left out): what the API plans a run from (its pipeline file and the
+    files that includes), without unpacking anything."""
+    found: dict[str, bytes] = {}
+    for tar, member in _members(data):
+        name = _name(member)
+        if name in names and member.isfile() and member.size <= cap:
+            source = tar.extractfile(member)
+            if source is not None:
+                found[name] = source.read()
+    return found
 
 
 def unpack_tarball(data: bytes, dest: Path, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,

@@ -37,7 +37,8 @@ def api_settings(db_url: str, redis_url: str, tmp_path: Path) -> ApiSettings:
     state = tmp_path / "state"
     state.mkdir()
     return ApiSettings(database_url=db_url, redis_url=redis_url, state_dir=state, tokens=parse_tokens(TOKENS),
-                       max_body_bytes=256 * 1024, public_url="http://sandpit.test")
+                       max_body_bytes=256 * 1024, public_url="http://sandpit.test",
+                       max_archive_bytes=256 * 1024)
 
 
 @pytest.fixture

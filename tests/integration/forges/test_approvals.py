@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -23,8 +24,10 @@ PIPELINE = "mr:\n  script: [make check]\n  rules:\n    - if: $CI_PIPELINE_SOURCE
 
 
 @pytest.fixture
-def engine(db_url: str) -> Engine:
-    return make_engine(db_url)
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
 
 
 def _setup(admin: httpx.Client, git: GitServer) -> tuple[dict, str]:

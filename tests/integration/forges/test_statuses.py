@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -34,8 +35,10 @@ WORDS = {  # what each forge is told for pending, running, success, failed
 
 
 @pytest.fixture
-def engine(db_url: str) -> Engine:
-    return make_engine(db_url)
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
 
 
 def _register(admin: httpx.Client, forge: str, git: GitServer, forge_server: ForgeServer, name: str) -> dict:
