@@ -51,7 +51,7 @@ def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
     from worker.service import start_service_context
 
     try:
-        start_service_context(os.environ)
+        start_service_context(os.environ, concurrency=getattr(sender, "concurrency", None))
     except Exception as exc:  # no database, no state dir, bad settings: nothing can run here
         # Celery's signal dispatch logs and swallows an Exception from a receiver, and the worker would
         # then consume jobs it cannot run; SystemExit gets through, so the process ends non-zero

@@ -250,6 +250,8 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     sb.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V",
                     help=_helped("a pipeline variable; may be repeated", "none"))
     sb.add_argument("--follow", action="store_true", help=_helped("stream the jobs' logs until the run ends", "off"))
+    sb.add_argument("--no-tree", action="store_true", help=_helped(
+        "send the pipeline file only, not the files of the work tree it lives in (every job's /workspace)", "off"))
     lg = sub.add_parser("logs", parents=[common], help="print (or follow) a job's log from a running service",
                         description=f"Print a job's log (environment: {client_env}).")
     lg.add_argument("job", help="the job's id")
@@ -260,6 +262,9 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     from worker.cli_repos import add_repos_parser
 
     add_repos_parser(sub, common)
+    from worker.cli_workers import add_workers_parser
+
+    add_workers_parser(sub, common)
 
     rp = sub.add_parser("reap", parents=[common], help="remove what dead sandpit processes left behind")
     rp.add_argument("--all", action="store_true",
@@ -345,11 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "up":
                 return cli_service.up(settings, args.host, args.port, args.concurrency)
             if args.command == "submit":
-                return cli_service.submit(settings, Path(args.file), dict(args.var), args.follow)
+                return cli_service.submit(settings, Path(args.file), dict(args.var), args.follow,
+                                          tree=not args.no_tree)
             if args.command == "logs":
                 return cli_service.logs(settings, args.job, args.follow)
             return cli_service.cancel(settings, args.run)
-        if args.command == "repos":
+        if args.command == "workers":
+            from worker.cli_workers import workers_command
+
+            return workers_command(args, settings)
+        if args.command in ("repos", "approve"):
             from worker.cli_repos import repos_command
 
             return repos_command(args, settings)

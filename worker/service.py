@@ -38,6 +38,10 @@ from worker.run_sources import RunSources
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from worker.presence import Presence
+
 log = logging.getLogger("sandpit.worker")
 REAP_EVERY_S = 60.0
 
@@ -85,6 +89,7 @@ class ServiceContext:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
+    presence: Presence | None = None  # its row in the workers' table, and the heartbeat
     #: the API's address as people reach it (SANDPIT_PUBLIC_URL, else SANDPIT_API_URL), for CI_JOB_URL
     public_url: str | None = None
     _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
@@ -193,7 +198,7 @@ def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
 _ctx: ServiceContext | None = None
 
 
-def start_service_context(env: Mapping[str, str]) -> ServiceContext:
+def start_service_context(env: Mapping[str, str], concurrency: int | None = None) -> ServiceContext:
     global _ctx
     if _ctx is not None:
         return _ctx
@@ -214,6 +219,9 @@ def start_service_context(env: Mapping[str, str]) -> ServiceContext:
     )
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()
+    from worker.presence import start_presence
+
+    ctx.presence = start_presence(ctx, env, concurrency)  # registered, then a heartbeat
     _ctx = ctx
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
@@ -223,6 +231,8 @@ def stop_service_context() -> None:
     global _ctx
     if _ctx is not None:
         _ctx.stop.set()
+        if _ctx.presence is not None:
+            _ctx.presence.stop()
         _ctx.engine.close()
         _ctx = None
 

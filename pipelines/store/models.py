@@ -12,6 +12,8 @@
 - forges: ``repository``, ``webhook_delivery``, ``repository_run``; where a run's files come from
   (``run_source``, ``source_archive``), runs held for approval (``run_approval``), and commit
   statuses (``status_watch``, the ``commit_status`` outbox).
+- ``worker``: workers as they announce themselves (heartbeat); ``job_token``: the hashed per-job
+  tokens workers that share no disk with the API upload and fetch a job's files with.
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 Schema changes go through an Alembic revision in ``migrations/versions``.
@@ -340,3 +342,40 @@ class CommitStatus(SQLModel, table=True):
     claimed_until: dt.datetime | None = _time()
     sent_at: dt.datetime | None = _time()
     outcome: str = Field(default="", sa_type=sa.Text)  # the forge's answer, or why it was not sent
+
+
+class WorkerPresence(SQLModel, table=True):
+    """A worker process as it announced itself (revision 0008): what it can run and when it last
+    beat. ``id`` is the worker id its leases carry (``job.lease_owner``), so its running jobs are
+    the rows it holds. A row whose ``last_seen_at`` is older than a few ``heartbeat_s`` is a worker
+    that is gone; its jobs are settled by the lease expiry, not by this table."""
+
+    __tablename__ = "worker"
+
+    id: str = Field(primary_key=True, max_length=255)
+    host: str = Field(max_length=255)
+    version: str = Field(default="", max_length=64)
+    memory_bytes: int = Field(default=0, sa_type=sa.BigInteger)
+    cpus: float = Field(default=0.0)
+    concurrency: int = Field(default=0)
+    runtimes: list[str] = _json(list)
+    images: list[dict[str, str]] = _json(list)  # [{"name", "digest"}] of the images in its store
+    transport: str = Field(default="local", max_length=16)  # how its files reach the API: local | http
+    heartbeat_s: float = Field(default=10.0)
+    started_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_seen_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    stopped_at: dt.datetime | None = _time()
+
+
+class JobToken(SQLModel, table=True):
+    """The per-job token of a running attempt (revision 0008), GitLab's job-token model: minted
+    when the attempt is claimed, stored as its sha256 only, good for that job's files and only
+    while that attempt runs (the API checks the job row, so a token outlives nothing)."""
+
+    __tablename__ = "job_token"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
+    attempt: int
+    worker_id: str = Field(default="", max_length=255, index=True)
+    created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
