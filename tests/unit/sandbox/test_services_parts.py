@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.language.model import Job, Loc, Service
+from pipelines.language.model import Job, Service
+from pipelines.language.problems import Loc
 from worker.errors import InvalidRequest
 from worker.job_record import JobRecord, ServiceRecord, Status
 from worker.jobs import request_for
