@@ -189,14 +189,23 @@ def _read_service(item: YNode, sink: ProblemSink) -> ServiceDef | None:
 
 
 def _check_name(name: str, node: YNode, sink: ProblemSink) -> bool:
-    """A service's image must be an image reference (judged after expansion when it has ``$``)."""
+    """A service's image must be an image reference (judged after expansion when it has ``$``);
+    one that names a registry host or a digest is pulled only from a registry the operator lists,
+    a warning as for ``image:``."""
     if "$" in name:
         return True
     try:
-        parse_reference(name)
+        ref = parse_reference(name)
     except InvalidReference as exc:
         sink.error(node.loc, "invalid-value", f"service {exc}", "write services: [postgres:16]")
         return False
+    if ref.domain is not None or ref.digest is not None:
+        what = f"registry host {ref.domain}" if ref.domain is not None else "a digest"
+        sink.warning(node.loc, "image-unavailable",
+                     f"service image {ref} names {what}; sandpit pulls it only from a registry the operator "
+                     "lists (SANDPIT_REGISTRIES), else this job will fail",
+                     "use an image built from images/ (sandpit images list), or ask the operator to list the "
+                     "registry")
     return True
 
 

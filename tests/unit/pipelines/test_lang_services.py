@@ -168,6 +168,14 @@ def test_alias_grammar_keeps_hosts_lines_whole(text: str, valid: bool) -> None:
     assert is_alias(text) is valid
 
 
+def test_a_registry_host_is_a_warning_as_for_image() -> None:
+    """A service image on a registry host plans, with the `image-unavailable` warning at its place."""
+    result = ok("t:\n  script: [x]\n  services: [registry.example.com/db:1]\n")
+    (warning,) = result.warnings
+    assert (warning.code, warning.loc.line, warning.loc.col) == ("image-unavailable", 3, 14)
+    assert "registry host registry.example.com" in warning.message
+
+
 def test_split_aliases() -> None:
     """Commas and whitespace separate aliases; empty parts vanish."""
     assert split_aliases(" a,,b c ") == ("a", "b", "c")
