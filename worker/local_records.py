@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # typing and dataclasses stay off `sandpit exec`'s start-up p
     from typing import Any
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024
-_LOG_NAME = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.jsonl"
+# a job's log, or one of its services' (``<job id>.svc<N>.jsonl``, worker/sandbox/services/naming.py)
+_LOG_NAME = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.svc[0-9]{1,2})?\.jsonl"
 
 
 @frozen_record(frozen=True)
@@ -79,6 +80,8 @@ def log_name(log_path: object) -> str | None:
 
     >>> log_name("/var/lib/sandpit/logs/6885fcfd0ec5.jsonl"), log_name("/etc/passwd"), log_name(None)
     ('6885fcfd0ec5.jsonl', None, None)
+    >>> log_name("/var/lib/sandpit/logs/6885fcfd0ec5.svc0.jsonl"), log_name("/l/x.svc0.svc1.jsonl")
+    ('6885fcfd0ec5.svc0.jsonl', None)
     """
     if not isinstance(log_path, str):
         return None
@@ -117,6 +120,8 @@ def job_entry(job_id: str, name: str, status: str, attempts: Iterable[Mapping[st
     attempts = list(attempts)
     last = attempts[-1] if attempts else {}
     logs = [n for a in attempts if (n := log_name(a.get("log"))) is not None]
+    logs += [n for a in attempts for svc in a.get("services") or () if isinstance(svc, dict)
+             and (n := log_name(svc.get("log"))) is not None]  # its services' logs go with it
     stored = sorted({str(f.get("sha256")) for a in attempts for f in _files(a.get("artifacts"))})
     return {"id": job_id, "name": name, "status": status, "logs": logs,
             "artifacts": [dict(f) for f in _files(last.get("artifacts"))], "stored": stored,
