@@ -22,6 +22,7 @@ from tests.integration.api.conftest import PIPELINE, TRUSTED_TOKEN, claim, creat
 RECORD_KEYS = {
     "id", "run_id", "stage", "name", "status", "reason", "exit_code", "signal", "attempt", "duration_s",
     "started_at", "finished_at", "usage", "artifacts", "rejected_artifacts", "message",
+    "tests",  # the JUnit summary (None until the job has reports)
 }
 
 
