@@ -57,6 +57,7 @@ def main() -> int:
     for name, req in requests.items():  # warm: images loaded, layer views made, runtime chosen
         record = engine.run(req)
         assert record.status == "succeeded", (name, record)
+        logs += [Path(p) for p in (record.log_path, *(s.log_path for s in record.services)) if p]
     for round_no in range(args.runs):
         order = list(requests.items())
         if round_no % 2:

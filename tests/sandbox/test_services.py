@@ -30,6 +30,7 @@ from worker.sandbox.images import ImageStore
 from worker.sandbox.logs import read_log
 from worker.sandbox.reaper import containers, leftovers
 from worker.sandbox.request import Limits, ServiceRequest
+from worker.sandbox.services.naming import job_of_container
 from worker.settings import REPO_IMAGES, Settings
 
 SANDPIT = [sys.executable, "-m", "worker"]
@@ -59,13 +60,24 @@ def pulling(settings: Settings, registry: Registry, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="module")
-def svc_engine(pulling: Settings) -> Engine:
+def svc_engine(pulling: Settings, engine: Engine) -> Engine:
+    """An engine that may pull from the loopback registry (the suite's ``engine`` is asked for so
+    that its end of session removes the logs MADE_LOGS names)."""
     return Engine(pulling)
+
+
+class ServiceRunner(Runner):
+    """A Runner whose jobs' service logs are removed with the session's other logs."""
+
+    def __call__(self, *argv: str, **kw: object) -> tuple[JobRecord, str, str]:
+        rec, out, err = super().__call__(*argv, **kw)
+        MADE_LOGS.extend(Path(s.log_path) for s in rec.services)
+        return rec, out, err
 
 
 @pytest.fixture()
 def srun(svc_engine: Engine, runtime: str, no_leftovers: None) -> Runner:
-    return Runner(svc_engine, runtime)
+    return ServiceRunner(svc_engine, runtime)
 
 
 def server(registry: Registry, **kw: object) -> ServiceRequest:
@@ -75,7 +87,6 @@ def server(registry: Registry, **kw: object) -> ServiceRequest:
 
 def service_log(record: JobRecord, index: int = 0) -> str:
     path = Path(record.services[index].log_path)
-    MADE_LOGS.append(path)
     return "".join(text for _t, _s, text in read_log(path))
 
 
@@ -185,11 +196,10 @@ def test_limits_cap_job_and_services_together(srun: Runner):
 def test_services_with_egress(settings, runtime, pulling, registry, world, no_leftovers):  # noqa: F811
     """network egress: job and service share the job's egress namespace; names and localhost work."""
     engine = Engine(pulling, network=world.settings, host_network=world.network)
-    rec, out, err = Runner(engine, runtime)("bash", "-c", asks("web", "localhost"), services=(server(registry),),
+    rec, out, err = ServiceRunner(engine, runtime)("bash", "-c", asks("web", "localhost"), services=(server(registry),),
                                             network="egress")
     assert rec.status == "succeeded", err
     assert out.splitlines() == [f"{host}: hello from the image as uid 65534" for host in ("web", "localhost")]
-    service_log(rec)
 
 
 def test_runsc_is_refused_with_services(svc_engine: Engine, no_leftovers):
@@ -198,7 +208,7 @@ def test_runsc_is_refused_with_services(svc_engine: Engine, no_leftovers):
 
     if runtime_problem("runsc") is not None:
         pytest.skip(f"runsc: {runtime_problem('runsc')}")
-    rec, _out, _err = Runner(svc_engine, "runsc")("true", services=(ServiceRequest("python", aliases=("p",),
+    rec, _out, _err = ServiceRunner(svc_engine, "runsc")("true", services=(ServiceRequest("python", aliases=("p",),
                                                                                     command=("sleep", "9")),))
     assert (rec.status, rec.reason) == ("failed", "invalid_spec")
     assert "services cannot run under runsc" in (rec.message or "")
@@ -238,7 +248,7 @@ test:
 """
 
 
-def test_sandpit_run_a_pipeline_with_services(pulling, registry, runtime, tmp_path, no_leftovers):
+def test_sandpit_run_a_pipeline_with_services(pulling, registry, runtime, tmp_path, engine, no_leftovers):
     """`sandpit run` plans `services:`, runs the service beside the job and names its log in the
     job's record."""
     (tmp_path / "ci.yml").write_text(PIPELINE.format(image=f"{registry.host}/{REFERENCE}"))
@@ -251,11 +261,11 @@ def test_sandpit_run_a_pipeline_with_services(pulling, registry, runtime, tmp_pa
     assert "localhost says: hello from its own variable as uid 65534" in p.stderr
     (svc,) = job["services"]
     assert svc["alias"] == "db" and svc["ready"] is True
-    MADE_LOGS.append(Path(svc["log"]))
+    MADE_LOGS.extend((Path(svc["log"]), Path(job["log"])))
     assert "accepted" in Path(svc["log"]).read_text()
 
 
-def test_sigkilled_sandpit_leaves_nothing_reap_cannot_remove(settings, runtime, no_leftovers, tmp_path):
+def test_sigkilled_sandpit_leaves_nothing_reap_cannot_remove(settings, runtime, engine, no_leftovers, tmp_path):
     """SIGKILL of `sandpit run` while its job and service run leaves their containers, cgroups,
     mounts and disk; `sandpit reap` removes them all, service containers included."""
     marker = f"77.{os.getpid()}"
@@ -263,6 +273,7 @@ def test_sigkilled_sandpit_leaves_nothing_reap_cannot_remove(settings, runtime, 
         "test:\n  services:\n    - name: python\n      alias: web\n"
         f"      command: [sh, -c, 'sleep {marker}']\n  script: ['sleep {marker}']\n")
     known = set(containers(settings))
+    new: set[str] = set()
     proc = subprocess.Popen([*SANDPIT, "run", str(tmp_path / "ci.yml")], env=cli_env(settings, runtime),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
@@ -288,3 +299,5 @@ def test_sigkilled_sandpit_leaves_nothing_reap_cannot_remove(settings, runtime, 
     assert leftovers(settings) == []
     ps = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+    for job_id in {job_of_container(c) for c in new}:  # the killed job's logs: no record will name them
+        MADE_LOGS.extend(settings.state_dir / "logs" / name for name in (f"{job_id}.jsonl", f"{job_id}.svc0.jsonl"))
