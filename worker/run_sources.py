@@ -23,6 +23,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,11 @@ class RunSources:
             elif record.kind == "archive":
                 made = self._unpack(record, dest)
             else:
+                began = time.monotonic()
                 checkout = self._checkout(run_id, record, depth, dest)
                 made = _Tree(checkout.root, checkout.entries)
+                log.info("run %s: commit %s checked out (depth %d, %d files) in %.0f ms", run_id, record.sha[:12],
+                         depth, checkout.files, (time.monotonic() - began) * 1000)
             with self._lock:
                 self._made[key] = made
             return made
