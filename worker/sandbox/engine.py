@@ -311,7 +311,7 @@ class Engine:
         if netns_path is None:
             try:
                 shared = ServiceNetwork()
-            except OSError as exc:  # NetworkError is an OSError too
+            except OSError as exc:  # a NetworkError is a SandboxError already (infra_error)
                 raise SandboxError(f"cannot give the job and its services a network: {exc}") from exc
             stack.callback(shared.close)
             netns_path, netns_fd = shared.path, shared.fd

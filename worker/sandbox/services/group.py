@@ -66,13 +66,13 @@ def resolve_images(store: ImageStore, services: tuple[ServiceRequest, ...], prog
 
 
 class JobServices:
-    """The services of one job, started (see the module docstring). ``netns_path`` is the namespace
-    the job must join: the one given (egress) or the loopback-only one made here (``none``)."""
+    """The services of one job, started by the constructor in ``place``'s network namespace (the
+    job's egress one, or a ``ServiceNetwork``; ``netns_fd`` is its fd when the caller holds one, else
+    the wait opens ``place.netns_path``), each with its own log under ``logs_dir``."""
 
     def __init__(self, requests: tuple[ServiceRequest, ...], images: list[Image], place: ServicePlace,
                  logs_dir: Path, log_bytes: int, secrets: tuple[str, ...], debug: bool,
                  netns_fd: int | None) -> None:
-        self._requests = requests
         self._images = images
         self._debug = debug
         self._netns_fd = netns_fd
