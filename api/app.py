@@ -26,6 +26,7 @@ from api.routes import (
     archives,
     artifacts,
     health,
+    job_files,
     jobs,
     logs,
     repos,
@@ -78,7 +79,8 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, sta
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX)
     # runs_list before repos: its /repos/{id}/runs would otherwise be taken by /repos/{ref:path}
-    for module in (runs, approvals, runs_list, jobs, logs, artifacts, archives, repos, webhooks, workers):
+    for module in (runs, approvals, runs_list, jobs, logs, artifacts, archives, repos, webhooks, workers,
+                   job_files):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

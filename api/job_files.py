@@ -1,0 +1,175 @@
+"""A running job's files, moved by its worker when it shares no disk with the API (adapter).
+
+A worker on another host (``SANDPIT_ARTIFACT_TRANSPORT=http``) uploads what a job kept — artifact
+and report files, cache manifests and the files they list, the final log — and fetches what a job
+starts with — its dependencies' artifacts, its caches. Every request carries the job's own token
+(:mod:`pipelines.store.job_tokens`: minted at the claim, stored hashed, good for that job while
+that attempt runs). What it may do:
+
+- upload any content under its sha256 (content-addressed: the bytes are hashed as they arrive
+  and kept only if they hash to the name, so an upload can add a file but never change one);
+- upload the job's final log, checked against ``X-Content-SHA256``, as ``<state>/logs/<job>.jsonl``
+  (what the job's recorded ``log`` then names, relative to the API's state dir);
+- fetch a file a job of its own run kept (its dependencies' artifacts), a cache manifest of its
+  own trust level, or a file such a manifest lists (``?cache=<manifest sha256>``: the manifest is
+  read from the API's store and must list the file). A trusted run's files never reach an
+  untrusted job's worker through a cache, nor the reverse.
+
+Errors, each its own status and code: no or unknown token 401 ``unauthenticated``; a token of
+another job 403 ``forbidden``; a token whose attempt has ended 409 ``job_not_running``; a body
+that is not the named bytes 422 ``digest_mismatch``; over the cap 413 ``body_too_large``; a file
+the job may not read, or that is not stored, 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from anyio import to_thread
+from sqlalchemy.engine import Engine
+
+from api.errors import ApiError, BadRequest, BodyTooLarge, Forbidden, NotAuthenticated, NotFound
+from pipelines.files.digests import fd_intact
+from pipelines.files.intake import DigestMismatch, Intake, TooLarge
+from pipelines.identifiers import is_job_id, is_sha256_hex
+from pipelines.store.job_tokens import Grant, cache_manifest_at, grant_for, run_kept
+
+log = logging.getLogger("sandpit.api")
+
+#: the largest single upload: a job's artifacts are capped per file by the worker already; this
+#: bounds what one request may write to the API's disk whatever the sender claims
+MAX_UPLOAD_BYTES = 8 * 1024**3
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # as the worker's cache manifests (worker/cache.py)
+FLUSH_BYTES = 1 << 20  # received bytes are written in pieces this large, off the event loop
+
+
+class JobNotRunning(ApiError):
+    status_code = 409
+    code = "job_not_running"
+
+
+class DigestMismatchError(ApiError):
+    status_code = 422
+    code = "digest_mismatch"
+
+
+async def grant(engine: Engine, token: str | None, job_id: str) -> Grant:
+    """The grant of ``token`` for ``job_id``, or the matching error."""
+    if not token:
+        raise NotAuthenticated("send `Authorization: Bearer <the job's token>`")
+    found = await to_thread.run_sync(grant_for, engine, token, job_id)
+    if found.refusal == "unknown":
+        raise NotAuthenticated("the job token is not valid")
+    if found.refusal == "other_job":
+        raise Forbidden(f"this token belongs to another job, not to job {job_id}")
+    if found.refusal == "not_running":
+        raise JobNotRunning(f"attempt {found.attempt} of job {job_id} is no longer running: its token moves no files")
+    return found
+
+
+def checked_sha(sha256: str) -> str:
+    if not is_sha256_hex(sha256):
+        raise BadRequest(f"{sha256[:80]!r} is not a sha256 (64 lowercase hex digits)")
+    return sha256
+
+
+def _declared_size(content_length: str | None) -> None:
+    if content_length and content_length.isdigit() and int(content_length) > MAX_UPLOAD_BYTES:
+        raise BodyTooLarge(f"the body is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
+
+
+async def _receive(intake: Intake, chunks: AsyncIterator[bytes]) -> None:
+    pending = bytearray()
+    try:
+        async for chunk in chunks:
+            pending += chunk
+            if len(pending) >= FLUSH_BYTES:
+                data, pending = bytes(pending), bytearray()
+                await to_thread.run_sync(intake.write, data)
+        if pending:
+            intake.write(bytes(pending))
+    except TooLarge:
+        raise BodyTooLarge(f"the body is over the limit of {MAX_UPLOAD_BYTES} bytes") from None
+    except BaseException:
+        intake.abort()
+        raise
+
+
+async def receive_blob(store: Path, sha256: str, chunks: AsyncIterator[bytes], content_length: str | None) -> bool:
+    """Store the body under ``sha256`` in ``store`` if it hashes to it; True when the file is new."""
+    _declared_size(content_length)
+    intake = await to_thread.run_sync(Intake, store, sha256, MAX_UPLOAD_BYTES)
+    await _receive(intake, chunks)
+    try:
+        return await to_thread.run_sync(intake.commit_blob)
+    except DigestMismatch as exc:
+        raise DigestMismatchError(f"the body is not the file named {sha256}: {exc}") from None
+
+
+async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIterator[bytes],
+                      content_length: str | None) -> str:
+    """Store the body as the job's log if it hashes to ``sha256``; the path to record, relative
+    to the state dir."""
+    if not is_job_id(job_id):  # it becomes a file name
+        raise BadRequest(f"job id {job_id[:80]!r} cannot name a log file")
+    _declared_size(content_length)
+    intake = await to_thread.run_sync(Intake, logs_dir, sha256, MAX_UPLOAD_BYTES)
+    await _receive(intake, chunks)
+    try:
+        await to_thread.run_sync(intake.commit_as, f"{job_id}.jsonl")
+    except DigestMismatch as exc:
+        raise DigestMismatchError(f"the body is not the log named {sha256}: {exc}") from None
+    return f"logs/{job_id}.jsonl"
+
+
+def readable_file(engine: Engine, store: Path, found: Grant, sha256: str, cache: str | None) -> Path:
+    """Where the file ``sha256`` that the job of ``found`` may read lives (checked against its
+    hash); 404 when it may not read it or it is not stored here."""
+    allowed = run_kept(engine, found.run_id, sha256) or cache_manifest_at(engine, found.trust, sha256)
+    if not allowed and cache is not None:
+        if not is_sha256_hex(cache):
+            raise BadRequest(f"cache {cache[:80]!r} is not a sha256 (64 lowercase hex digits)")
+        allowed = cache_manifest_at(engine, found.trust, cache) and sha256 in _manifest_shas(store, cache)
+    if not allowed:
+        raise NotFound(f"job {found.job_id} has no file {sha256} to fetch (neither an artifact of its run nor "
+                       "a cache of its trust level)")
+    path = store / sha256[:2] / sha256
+    if not _intact(path, sha256):
+        raise NotFound(f"the file {sha256} is not stored here (never uploaded, expired, or damaged)")
+    return path
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        if not fd_intact(fd, sha256):
+            log.error("stored file %s does not match its sha256; not served", path)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _manifest_shas(store: Path, manifest_sha: str) -> set[str]:
+    path = store / manifest_sha[:2] / manifest_sha
+    if not _intact(path, manifest_sha):
+        return set()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        items = json.loads(raw) if len(raw) <= MAX_MANIFEST_BYTES else []
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(items, list):
+        return set()
+    return {str(i["sha256"]) for i in items if isinstance(i, dict) and is_sha256_hex(i.get("sha256"))}

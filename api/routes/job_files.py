@@ -1,0 +1,70 @@
+"""``/api/v1/jobs/{id}/blobs/{sha256}`` and ``/api/v1/jobs/{id}/log`` (PUT): a running job's files,
+moved by a worker that shares no disk with the API, with the job's own token (see
+:mod:`api.job_files`). API tokens are not accepted here, nor job tokens anywhere else."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api import job_files
+from api.deps import EngineDep, SettingsDep
+from pipelines.store.job_tokens import Grant
+
+router = APIRouter(prefix="/jobs", tags=["job files (workers)"])
+
+_job_bearer = HTTPBearer(auto_error=False, scheme_name="job token",
+                         description="the running job's token (minted by its worker at the claim)")
+JobCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_job_bearer)]
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "no job token, or not a valid one"},
+    403: {"description": "the token belongs to another job"},
+    409: {"description": "`job_not_running`: the token's attempt has ended"},
+}
+
+
+async def _grant(job_id: str, engine: EngineDep, credentials: JobCredentials) -> Grant:
+    return await job_files.grant(engine, credentials.credentials if credentials else None, job_id)
+
+
+GrantDep = Annotated[Grant, Depends(_grant)]
+
+
+@router.put("/{job_id}/blobs/{sha256}", status_code=201,
+            responses={**_ERRORS, 200: {"description": "an intact copy was stored already"},
+                       413: {"description": "over the upload cap"},
+                       422: {"description": "`digest_mismatch`: the body does not hash to `sha256`"}})
+async def put_blob(job_id: str, sha256: str, request: Request, found: GrantDep,
+                   settings: SettingsDep) -> Response:
+    job_files.checked_sha(sha256)
+    new = await job_files.receive_blob(settings.artifacts_dir, sha256, request.stream(),
+                                       request.headers.get("content-length"))
+    return Response(status_code=201 if new else 200, headers={"X-Content-SHA256": sha256})
+
+
+@router.get("/{job_id}/blobs/{sha256}", response_class=FileResponse,
+            responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}},
+                       404: {"description": "not a file this job may fetch, or not stored"}})
+async def get_blob(job_id: str, sha256: str, found: GrantDep, engine: EngineDep, settings: SettingsDep,
+                   cache: Annotated[str | None, Query(description="the manifest sha256 of a cache of the job's "
+                                                      "trust level that lists this file")] = None) -> FileResponse:
+    job_files.checked_sha(sha256)
+    path = await to_thread.run_sync(job_files.readable_file, engine, settings.artifacts_dir, found, sha256, cache)
+    return FileResponse(path, media_type="application/octet-stream", headers={"X-Content-SHA256": sha256})
+
+
+@router.put("/{job_id}/log", status_code=201,
+            responses={**_ERRORS, 400: {"description": "no or a malformed X-Content-SHA256"},
+                       413: {"description": "over the upload cap"},
+                       422: {"description": "`digest_mismatch`: the body does not hash to X-Content-SHA256"}})
+async def put_log(job_id: str, request: Request, found: GrantDep, settings: SettingsDep,
+                  x_content_sha256: Annotated[str, Header(description="the log's sha256")] = "") -> dict[str, str]:
+    sha256 = job_files.checked_sha(x_content_sha256)
+    path = await job_files.receive_log(settings.state_dir / "logs", job_id, sha256, request.stream(),
+                                       request.headers.get("content-length"))
+    return {"log": path, "sha256": sha256}

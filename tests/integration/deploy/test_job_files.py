@@ -1,0 +1,171 @@
+"""The API's end of the http transport: a job token moves its own job's files while that attempt
+runs and no longer; every body is checked against the sha256 it names; a job fetches only its
+run's artifacts and its trust level's caches. A real API (uvicorn), real database and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+
+from api.settings import ApiSettings
+from pipelines.store.db import session_scope
+from pipelines.store.job_tokens import mint_job_token
+from pipelines.store.retention import cache_store
+from pipelines.store.transitions import claim_job
+from tests.integration.api.conftest import (  # noqa: F401 - fixtures
+    USER_TOKEN,
+    create,
+    engine,
+    finish,
+    jobs_of,
+    rds,
+    redis_url,
+    serve_in_thread,
+    settings,
+)
+
+PIPELINE = """\
+stages: [build, test]
+build:
+  stage: build
+  script: [make]
+  artifacts: {paths: [dist]}
+test:
+  stage: test
+  script: [make check]
+"""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _claim(db: Engine, job_id: str) -> tuple[int, str]:
+    """Claim as a worker does, minting the token in the claim's transaction."""
+    with session_scope(db) as session:
+        job = claim_job(session, job_id, "host-a-1", _now(), lease_s=30)
+        assert job is not None
+        return job.attempt, mint_job_token(session, job_id, job.attempt, "host-a-1", _now())
+
+
+@pytest.fixture
+def api(settings: ApiSettings) -> Iterator[httpx.Client]:  # noqa: F811
+    with serve_in_thread(settings) as server, httpx.Client(base_url=server.url, timeout=20) as c:
+        yield c
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _run(api: httpx.Client, engine: Engine) -> list[str]:  # noqa: F811
+    api.headers["Authorization"] = f"Bearer {USER_TOKEN}"
+    run = create(api, PIPELINE)
+    del api.headers["Authorization"]
+    return jobs_of(engine, run["id"])
+
+
+def test_a_job_token_uploads_its_files_checked_and_only_while_its_attempt_runs(
+        api: httpx.Client, engine: Engine, settings: ApiSettings) -> None:  # noqa: F811
+    """201 for a new file, 200 for one stored already, 422 for a body that is not the named
+    bytes (nothing stored), 400 for a name that is not a sha256; once the attempt is recorded the
+    same token gets 409 job_not_running; another job's token 403; an API token or none 401."""
+    build, test = _run(api, engine)
+    attempt, token = _claim(engine, build)
+    data = b"the build's output\n"
+    sha = _sha(data)
+    first = api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=_bearer(token))
+    again = api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=_bearer(token))
+    assert (first.status_code, again.status_code) == (201, 200), first.text
+    assert (settings.artifacts_dir / sha[:2] / sha).read_bytes() == data
+
+    lie = _sha(b"something else")
+    wrong = api.put(f"/api/v1/jobs/{build}/blobs/{lie}", content=data, headers=_bearer(token))
+    assert wrong.status_code == 422 and wrong.json()["error"] == "digest_mismatch"
+    assert not (settings.artifacts_dir / lie[:2] / lie).exists()
+    assert list((settings.artifacts_dir / lie[:2]).glob("*")) == [] if (settings.artifacts_dir / lie[:2]).exists() \
+        else True
+    bad = api.put(f"/api/v1/jobs/{build}/blobs/..%2f..%2fetc", content=data, headers=_bearer(token))
+    assert bad.status_code in (400, 404)
+    assert api.put(f"/api/v1/jobs/{build}/blobs/{'A' * 64}", content=data, headers=_bearer(token)).status_code == 400
+
+    other = api.put(f"/api/v1/jobs/{test}/blobs/{sha}", content=data, headers=_bearer(token))
+    assert other.status_code == 403 and other.json()["error"] == "forbidden"
+    for headers in ({}, _bearer(USER_TOKEN), _bearer("spj_made-up")):
+        refused = api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthenticated"
+
+    log_bytes = b'{"t": 1.0, "s": "out", "d": "hello\\n"}\n'
+    no_sum = api.put(f"/api/v1/jobs/{build}/log", content=log_bytes, headers=_bearer(token))
+    assert no_sum.status_code == 400
+    stored = api.put(f"/api/v1/jobs/{build}/log", content=log_bytes,
+                     headers={**_bearer(token), "X-Content-SHA256": _sha(log_bytes)})
+    assert stored.status_code == 201 and stored.json()["log"] == f"logs/{build}.jsonl"
+    assert (settings.state_dir / "logs" / f"{build}.jsonl").read_bytes() == log_bytes
+
+    finish(engine, build, attempt, artifacts=[{"path": "dist/out", "size": len(data), "sha256": sha}],
+           log=f"logs/{build}.jsonl")
+    late = api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=_bearer(token))
+    assert late.status_code == 409 and late.json()["error"] == "job_not_running"
+    # the log it uploaded is the one the API serves for the job
+    api.headers["Authorization"] = f"Bearer {USER_TOKEN}"
+    assert api.get(f"/api/v1/jobs/{build}/log").text == "hello\n"
+
+
+def test_a_job_fetches_its_runs_artifacts_and_its_levels_caches_only(
+        api: httpx.Client, engine: Engine, settings: ApiSettings) -> None:  # noqa: F811
+    """The dependent job's token fetches the build's artifact (checked bytes, X-Content-SHA256);
+    a file of no artifact of its run is 404; a cache manifest of its trust level and a file it
+    lists are served, those of the other trust level are not."""
+    build, test = _run(api, engine)
+    attempt, token = _claim(engine, build)
+    data = b"dist bytes"
+    sha = _sha(data)
+    assert api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=_bearer(token)).status_code == 201
+    cached = b"cached file"
+    manifest = json.dumps([{"path": "deps/x", "size": len(cached), "sha256": _sha(cached)}]).encode()
+    stray = b"not anybody's artifact"
+    for body in (cached, manifest, stray):
+        assert api.put(f"/api/v1/jobs/{build}/blobs/{_sha(body)}", content=body,
+                       headers=_bearer(token)).status_code == 201
+    finish(engine, build, attempt, artifacts=[{"path": "dist/out", "size": len(data), "sha256": sha}])
+    with session_scope(engine) as session:  # an untrusted run's cache (API runs with a user token are untrusted)
+        cache_store(session, "deps", "untrusted", _sha(manifest), len(cached), _now())
+        cache_store(session, "other", "trusted", _sha(stray), len(stray), _now())
+
+    _attempt, test_token = _claim(engine, test)
+    got = api.get(f"/api/v1/jobs/{test}/blobs/{sha}", headers=_bearer(test_token))
+    assert got.status_code == 200 and got.content == data and got.headers["x-content-sha256"] == sha
+    assert api.get(f"/api/v1/jobs/{test}/blobs/{_sha(manifest)}", headers=_bearer(test_token)).content == manifest
+    listed = api.get(f"/api/v1/jobs/{test}/blobs/{_sha(cached)}", params={"cache": _sha(manifest)},
+                     headers=_bearer(test_token))
+    assert listed.status_code == 200 and listed.content == cached
+    assert api.get(f"/api/v1/jobs/{test}/blobs/{_sha(cached)}", headers=_bearer(test_token)).status_code == 404
+    # a trusted cache's manifest is not for an untrusted job, nor any file a job of its run did not keep
+    assert api.get(f"/api/v1/jobs/{test}/blobs/{_sha(stray)}", headers=_bearer(test_token)).status_code == 404
+    assert api.get(f"/api/v1/jobs/{build}/blobs/{sha}", headers=_bearer(token)).status_code == 409
+
+
+def test_a_damaged_stored_file_is_not_served(api: httpx.Client, engine: Engine, settings: ApiSettings) -> None:  # noqa: F811
+    """A stored file whose bytes no longer hash to its name is 404 to a fetching worker, never sent."""
+    build, test = _run(api, engine)
+    attempt, token = _claim(engine, build)
+    data = b"good bytes"
+    sha = _sha(data)
+    assert api.put(f"/api/v1/jobs/{build}/blobs/{sha}", content=data, headers=_bearer(token)).status_code == 201
+    finish(engine, build, attempt, artifacts=[{"path": "dist/out", "size": len(data), "sha256": sha}])
+    path: Path = settings.artifacts_dir / sha[:2] / sha
+    path.write_bytes(b"evil bytes")
+    _attempt, test_token = _claim(engine, test)
+    assert api.get(f"/api/v1/jobs/{test}/blobs/{sha}", headers=_bearer(test_token)).status_code == 404
