@@ -3,27 +3,47 @@
 ``celery -A worker.celery_app worker -P threads`` and ``sandpit worker`` start the same thing.
 Nothing connects on import: the app is configured from the environment when Celery first reads
 its configuration (at the entry point), and the worker's context (engine, database, Redis,
-sweeper) is built when the worker starts.
+sweeper) is built when the worker starts (``worker_init``) and kept on the app object
+(:attr:`SandpitCelery.service`), where a bound task reaches it as ``self.app.service``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
 
-from pipelines.names import QUEUE
+from pipelines.names import QUEUE, TASK_RUN_JOB
+from worker.service import ServiceContext, start_service, stop_service
+from worker.settings import Settings
 
-app = Celery("sandpit", include=["worker.tasks"])
+
+class SandpitCelery(Celery):
+    """The Celery app with the worker's service context on it (None outside a started worker)."""
+
+    service: ServiceContext | None = None
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        """The process's one Settings, built from the environment the first time it is asked for
+        (when Celery reads its configuration at the entry point) and kept on the app."""
+        if self._settings is None:
+            self._settings = Settings.from_env(os.environ)
+        return self._settings
+
+    def publish_job(self, job_id: str) -> None:
+        """The job publisher handed to the service: one message, the job id and nothing else."""
+        self.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
 
 
-def celery_config(env: Mapping[str, str]) -> dict[str, Any]:
-    """The Celery settings for a broker URL from ``SANDPIT_REDIS_URL`` (pure)."""
-    broker = env.get("SANDPIT_REDIS_URL", "redis://127.0.0.1:6379/0")
+app = SandpitCelery("sandpit", include=["worker.tasks"])
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for the broker ``settings.redis_url`` (pure)."""
     return {
-        "broker_url": broker,
+        "broker_url": settings.redis_url,
         "task_serializer": "json",
         "accept_content": ["json"],  # pickle is refused
         "result_serializer": "json",
@@ -43,15 +63,15 @@ def celery_config(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 # evaluated lazily, when Celery first reads its configuration (so at the entry point, not on import)
-app.add_defaults(lambda: celery_config(os.environ))
+app.add_defaults(lambda: celery_config(app.settings()))
 
 
 @signals.worker_init.connect
 def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
-    from worker.service import start_service_context
-
+    owner = getattr(sender, "app", None) or app
     try:
-        start_service_context(os.environ, concurrency=getattr(sender, "concurrency", None))
+        concurrency = getattr(sender, "concurrency", None)
+        owner.service = start_service(owner.settings(), owner.publish_job, concurrency=concurrency)
     except Exception as exc:  # no database, no state dir, bad settings: nothing can run here
         # Celery's signal dispatch logs and swallows an Exception from a receiver, and the worker would
         # then consume jobs it cannot run; SystemExit gets through, so the process ends non-zero
@@ -60,6 +80,7 @@ def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_worker_context(sender: Any = None, **_kw: Any) -> None:
-    from worker.service import stop_service_context
-
-    stop_service_context()
+    owner = getattr(sender, "app", None) or app
+    if owner.service is not None:
+        stop_service(owner.service)
+        owner.service = None

@@ -502,7 +502,7 @@ def _doctor(settings: Settings) -> int:
     """``sandpit doctor`` (worker/doctor.py): every check with what to do; 1 if a job would fail."""
     from worker.doctor import print_checks, run_checks
 
-    return print_checks(run_checks(settings, os.environ), sys.stdout)
+    return print_checks(run_checks(settings), sys.stdout)
 
 
 def print_json(record: dict[str, Any]) -> None:

@@ -68,11 +68,10 @@ def artifacts_command(args: Any, settings: Settings) -> int:
 
 
 def gc_command(args: Any, settings: Settings) -> int:
-    import os
 
     from worker.retention import collect
 
-    done = collect(settings, os.environ, wait=not args.auto)
+    done = collect(settings, wait=not args.auto)
     if args.auto:
         return 0
     if done is None:

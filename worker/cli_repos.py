@@ -12,7 +12,6 @@ never gives it back. The forge token for statuses comes the same way (``--token-
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -59,15 +58,15 @@ def add_repos_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     approve.add_argument("run", nargs="?", help="the run's id (without it: list the runs waiting)")
 
 
-def _secret(path: Path | None, env_name: str, generate: bool) -> tuple[str | None, bool]:
+def _secret(path: Path | None, configured: str | None, generate: bool) -> tuple[str | None, bool]:
     """(the value, whether it was made here)."""
     if path is not None:
         try:
             return path.read_text().strip(), False
         except OSError as exc:
             raise SystemExit(f"sandpit: cannot read {path}: {exc.strerror}") from None
-    if os.environ.get(env_name):
-        return os.environ[env_name], False
+    if configured:
+        return str(configured), False
     if generate:
         return secrets.token_urlsafe(GENERATED_SECRET_BYTES), True
     return None, False
@@ -81,8 +80,8 @@ def repos_command(args: argparse.Namespace, settings: Settings) -> int:
         return _approve(client, args.run)
     action = args.repos_command
     if action == "add":
-        secret, made = _secret(args.secret_file, "SANDPIT_WEBHOOK_SECRET", generate=True)
-        token, _ = _secret(args.token_file, "SANDPIT_FORGE_TOKEN", generate=False)
+        secret, made = _secret(args.secret_file, settings.webhook_secret, generate=True)
+        token, _ = _secret(args.token_file, settings.forge_token, generate=False)
         body = {"name": args.name, "forge": args.forge, "clone_url": args.clone_url, "secret": secret,
                 "token": token, "pipeline_path": args.pipeline_path, "default_branch": args.default_branch,
                 "fork_policy": args.fork_policy, "api_url": args.api_url}
@@ -114,7 +113,7 @@ def repos_command(args: argparse.Namespace, settings: Settings) -> int:
             raise SystemExit(f"sandpit: DELETE {path} → {response.status_code}\n{response.text}")
         print(f"removed {args.repo}")
         return 0
-    secret, made = _secret(args.secret_file, "SANDPIT_WEBHOOK_SECRET", generate=True)
+    secret, made = _secret(args.secret_file, settings.webhook_secret, generate=True)
     repo = client.call("POST", f"{path}/rotate-secret", json={"secret": secret})
     print(f"rotated the web-hook secret of {repo['name']}")
     if made:

@@ -22,8 +22,6 @@ from typing import Any
 from pipelines.files.locks import FileLock, try_hold
 from worker.settings import Settings
 
-DEFAULT_API = "http://127.0.0.1:8000"
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -49,19 +47,19 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
     (a child that dies is started again, with back-off: worker/children.py); stop them on Ctrl-C."""
     from worker.children import Child, Children
 
-    env = dict(os.environ)
+    env = dict(os.environ)  # the children's environment (each builds its own settings from it)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     from worker.sandbox.private_state import make_private
 
     make_private(settings.state_dir, settings.run_dir)  # root's alone, also when an older sandpit made it
     # held until this process ends; a database of its own (SANDPIT_DATABASE_URL) is "told otherwise"
-    lock = None if env.get("SANDPIT_DATABASE_URL") else _own_state_dir(settings.state_dir)
+    lock = None if settings.database_url else _own_state_dir(settings.state_dir)
     env["SANDPIT_STATE_DIR"] = str(settings.state_dir)  # the children use this one, whatever their defaults
     children = Children()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        if not env.get("SANDPIT_REDIS_URL"):
+        if not settings.redis_url_set:
             redis_dir = settings.state_dir / "redis"
             redis_dir.mkdir(exist_ok=True, mode=0o700)
             redis_port = _free_port()
@@ -151,8 +149,8 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         import httpx
 
-        self.base = os.environ.get("SANDPIT_API_URL", DEFAULT_API).rstrip("/")
-        token = os.environ.get("SANDPIT_TOKEN")
+        self.base = settings.api_url
+        token: str | None = settings.api_token
         if not token:
             try:
                 token = (settings.state_dir / "api-token").read_text().strip()

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -37,13 +37,13 @@ class Check:
     hint: str = ""
 
 
-def run_checks(settings: Settings, env: Mapping[str, str]) -> list[Check]:
+def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order a person would fix them; a check that raises is a ``fail``
     naming the error (the doctor itself never ends in a traceback)."""
     checks: list[Check] = []
     steps: list[Callable[[], list[Check]]] = [
         _runtimes, _host_prep, lambda: _job_disk(settings), lambda: _images(settings),
-        lambda: _network(settings), lambda: _egress_dns(settings), lambda: _services(settings, env)]
+        lambda: _network(settings), lambda: _egress_dns(settings), lambda: _services(settings)]
     for step in steps:
         try:
             checks += step()
@@ -219,9 +219,9 @@ def _egress_dns(settings: Settings) -> list[Check]:
     return [Check("egress dns", {True: "ok", False: "fail", None: "skip"}[ok], sentence)]
 
 
-def _services(settings: Settings, env: Mapping[str, str]) -> list[Check]:
+def _services(settings: Settings) -> list[Check]:
     checks = []
-    redis_url = env.get("SANDPIT_REDIS_URL")
+    redis_url = settings.redis_url_set
     if not redis_url:
         checks.append(Check("redis", "skip", "SANDPIT_REDIS_URL is not set (local runs need no broker; "
                             "`sandpit up` starts its own)"))
@@ -236,7 +236,7 @@ def _services(settings: Settings, env: Mapping[str, str]) -> list[Check]:
             checks.append(Check("redis", "ok", f"{shown} answers"))
         except redis.RedisError as exc:
             checks.append(Check("redis", "fail", f"{shown}: {exc}", "start redis-server or fix SANDPIT_REDIS_URL"))
-    db_url = env.get("SANDPIT_DATABASE_URL")
+    db_url = settings.database_url
     if not db_url:
         default = settings.state_dir / "sandpit.db"
         checks.append(Check("database", "skip", "SANDPIT_DATABASE_URL is not set" + (

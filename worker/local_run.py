@@ -29,7 +29,7 @@ from pipelines.language.loader import load_pipeline
 from pipelines.language.model import Job as PlannedJob
 from pipelines.language.model import PipelineInputs, Plan
 from pipelines.language.planner import plan
-from pipelines.policy import Policy, PolicyError, TrustLevel, admit
+from pipelines.policy import PolicyError, TrustLevel, admit
 from pipelines.store.advance import should_retry
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job
@@ -239,15 +239,14 @@ def script_echoes(planned: PlannedJob) -> frozenset[str]:
 
 def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, as_json: bool,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr, trust: TrustLevel = "trusted",
-                 env: dict[str, str] | None = None, manual: tuple[str, ...] = (),
+                 manual: tuple[str, ...] = (),
                  options: RunOptions | None = None) -> int:
     """Plan (for the pipeline ``options`` simulate: source, ref, tag, sha, changed files), keep
     only the ``--job`` jobs and what they need, admit under ``trust``'s policy (caps checked and
-    defaults filled as the service does; ``SANDPIT_POLICY_*`` from ``env``, default the
-    process's), run, report."""
+    defaults filled as the service does; ``SANDPIT_POLICY_*`` from ``settings``), run, report."""
     options = options or RunOptions(manual=manual)
     try:
-        policy = Policy.from_env(os.environ if env is None else env).level(trust)
+        policy = settings.policy().level(trust)
     except PolicyError as exc:
         print(f"sandpit: {quote_lines(str(exc))}", file=err)
         return 2
@@ -298,7 +297,7 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
         return 0
     from worker.retention import collect_if_due
 
-    collect_if_due(settings, os.environ if env is None else env)  # old local runs' logs and artifacts go
+    collect_if_due(settings)  # old local runs' logs and artifacts go
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))
     try:
         return _execute(settings, planned, scratch, root, variables, loaded.files[loaded.entry], as_json, out,

@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine as DbEngine
@@ -29,7 +29,6 @@ from sqlalchemy.engine import Engine as DbEngine
 from pipelines.store.db import session_scope
 from pipelines.store.job_tokens import prune_job_tokens
 from pipelines.store.workers import WorkerInfo, beat, register_worker, stop_worker
-from worker.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -155,28 +154,11 @@ def store_images(engine: object) -> Callable[[], tuple[tuple[str, str], ...]]:
     return listed
 
 
-def heartbeat_setting(env: Mapping[str, str]) -> float:
-    """``SANDPIT_HEARTBEAT_S`` (seconds, default 10); a value that is not a positive number stops
-    the worker at start-up with a message naming it.
-
-    >>> heartbeat_setting({}), heartbeat_setting({"SANDPIT_HEARTBEAT_S": "2.5"})
-    (10.0, 2.5)
-    """
-    text = env.get("SANDPIT_HEARTBEAT_S") or str(DEFAULT_HEARTBEAT_S)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise ConfigError(f"SANDPIT_HEARTBEAT_S must be a number of seconds between 0 and 3600, not {text!r}")
-    return value
-
-
-def start_presence(ctx: ServiceContext, env: Mapping[str, str], concurrency: int | None) -> Presence:
-    """Announce the worker of ``ctx`` and start its heartbeat."""
+def start_presence(ctx: ServiceContext, concurrency: int | None) -> Presence:
+    """Announce the worker of ``ctx`` and start its heartbeat (every ``settings.heartbeat_s``)."""
     presence = Presence(db=ctx.db, worker_id=ctx.worker_id, memory_bytes=ctx.budget.memory_bytes,
                         cpus=ctx.budget.cpus, concurrency=concurrency or 0,
-                        transport=env.get("SANDPIT_ARTIFACT_TRANSPORT") or "local",
-                        list_images=store_images(ctx.engine), heartbeat_s=heartbeat_setting(env))
+                        transport=ctx.settings.artifact_transport,
+                        list_images=store_images(ctx.engine), heartbeat_s=ctx.settings.heartbeat_s)
     presence.start()
     return presence

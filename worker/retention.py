@@ -35,7 +35,7 @@ from worker.record import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     from worker.local_records import LocalRecord
     from worker.settings import Settings
@@ -94,13 +94,13 @@ def spawn_if_due(settings: Settings) -> None:
         return
 
 
-def collect_if_due(settings: Settings, env: Mapping[str, str]) -> Collected | None:
+def collect_if_due(settings: Settings) -> Collected | None:
     """``sandpit run``'s automatic collection, in the process, when due. A collection another
     process is running is waited for (they take a second or so), and then this one runs only if
     it is still due: the other may have started before this run's predecessors were recorded."""
     if not due(settings, time.time()):
         return None
-    done = collect(settings, env, wait=True, only_if_due=True)
+    done = collect(settings, wait=True, only_if_due=True)
     if done is not None:
         import logging
 
@@ -110,7 +110,7 @@ def collect_if_due(settings: Settings, env: Mapping[str, str]) -> Collected | No
     return done
 
 
-def collect(settings: Settings, env: Mapping[str, str], now: float | None = None, *,
+def collect(settings: Settings, now: float | None = None, *,
             wait: bool = False, only_if_due: bool = False) -> Collected | None:
     """One collection (see the module's text). When another one is running: None at once, or
     (``wait``, as ``sandpit gc`` asks) after it ended, this one; ``only_if_due``: None unless it
@@ -127,10 +127,10 @@ def collect(settings: Settings, env: Mapping[str, str], now: float | None = None
         if only_if_due and not due(settings, time.time()):
             return None
         _touch_stamp(settings)
-        return _collect(settings, env, now)
+        return _collect(settings, now)
 
 
-def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collected:
+def _collect(settings: Settings, now: float) -> Collected:
     from worker import local_cache, local_records
     from worker.sandbox import blobs
 
@@ -176,7 +176,7 @@ def _collect(settings: Settings, env: Mapping[str, str], now: float) -> Collecte
             named |= rec.stored
         for entry in entries:
             named |= {entry.sha256} | local_cache.manifest_files(store, entry.sha256)
-        service = _service_references(settings, env)
+        service = _service_references(settings)
         for sha in sorted(candidates):
             size = _size(blobs.blob_path(store, sha))
 
@@ -248,10 +248,10 @@ def _unlink_in(folder: Path, name: str) -> int | None:
         os.close(fd)
 
 
-def _service_references(settings: Settings, env: Mapping[str, str]) -> Callable[[str], bool]:
+def _service_references(settings: Settings) -> Callable[[str], bool]:
     """Whether the service's database names a stored file; where there is a database that cannot
     be asked, every file counts as named (kept)."""
-    url = env.get("SANDPIT_DATABASE_URL")
+    url = settings.database_url
     if not url:
         default = settings.state_dir / "sandpit.db"
         if not default.exists():

@@ -1,8 +1,10 @@
 """The worker's long-lived context: sandbox engine, database, Redis, publisher, admission, sweeper.
 
-Built once when a worker starts (``start_service_context``), from the environment mapping passed in:
-``SANDPIT_DATABASE_URL`` (default SQLite in the state dir), ``SANDPIT_REDIS_URL``,
-``SANDPIT_LEASE_S`` (default 20), ``SANDPIT_SWEEP_S`` (default 5), plus the engine's settings.
+Built once when a worker starts (``start_service``, called by the Celery app's ``worker_init``), from
+the process's one :class:`~worker.settings.Settings` (database, Redis, lease and sweep periods, the
+engine's settings) and the job publisher it is given (``send``: the Celery app's ``send_task``, so
+this module never imports the app). The context belongs to the app object that started it, not to
+this module: a second app in one process has a context of its own.
 
 Admission: a job runs only once its memory and CPUs fit in this worker's budget (80 % of the
 host's memory, twice its CPUs), so a worker never admits more than the host can hold.
@@ -16,7 +18,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +26,8 @@ import redis
 from sqlalchemy.engine import Engine as DbEngine
 
 from pipelines.language.model import Job as PlannedJob
-from pipelines.names import QUEUE, TASK_RUN_JOB, run_events_channel
-from pipelines.store.db import default_url, make_engine, migrate, session_scope
+from pipelines.names import run_events_channel
+from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job
 from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
 from pipelines.store.retention import expire_artifacts
@@ -76,6 +78,10 @@ def host_budget() -> Budget:
     return Budget(int(pages * 0.8), 2.0 * (os.cpu_count() or 1))
 
 
+#: sends one job id to the queue (raises when the broker is away)
+Publisher = Callable[[str], None]
+
+
 @dataclass
 class ServiceContext:
     settings: Settings
@@ -83,27 +89,22 @@ class ServiceContext:
     db: DbEngine
     redis: redis.Redis
     worker_id: str
-    lease_s: float
-    sweep_s: float
+    send: Publisher
     budget: Budget = field(default_factory=host_budget)
     defaults: JobDefaults = field(default_factory=JobDefaults)
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
     presence: Presence | None = None  # its row in the workers' table, and the heartbeat
-    #: the API's address as people reach it (SANDPIT_PUBLIC_URL, else SANDPIT_API_URL), for CI_JOB_URL
-    public_url: str | None = None
     _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
 
     def publish(self, job_ids: list[str]) -> None:
         """Send each job id to the queue, then mark it published (the outbox keeps what failed)."""
         if not job_ids:
             return
-        from worker.celery_app import app
-
         sent = []
         for job_id in job_ids:
             try:
-                app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
+                self.send(job_id)
                 sent.append(job_id)
             except Exception as exc:  # the broker is away; the sweeper publishes from the outbox later
                 log.warning("could not publish job %s: %s", job_id, exc)
@@ -138,10 +139,12 @@ class ServiceContext:
             finally:
                 self.budget.give(*taken)
 
-        def job_url(job_id: str) -> str:
-            return f"{self.public_url.rstrip('/')}/api/v1/jobs/{job_id}" if self.public_url else f"sandpit://jobs/{job_id}"
+        public_url = self.settings.public_url
 
-        return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.lease_s,
+        def job_url(job_id: str) -> str:
+            return f"{public_url.rstrip('/')}/api/v1/jobs/{job_id}" if public_url else f"sandpit://jobs/{job_id}"
+
+        return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.settings.lease_s,
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit,
                              job_url=job_url, source_for=self.sources.source_for)
 
@@ -155,7 +158,7 @@ class ServiceContext:
             ready = expire_leases(s, now)
         self.publish(ready)
         with session_scope(self.db) as s:
-            ready = requeue_stale(s, now, older_than_s=max(30.0, 3 * self.sweep_s))
+            ready = requeue_stale(s, now, older_than_s=max(30.0, 3 * self.settings.sweep_s))
             ready += [j for j in pending_outbox(s) if j not in ready]
         self.publish(ready)
         with session_scope(self.db) as s:
@@ -168,8 +171,8 @@ class ServiceContext:
         from worker.sandbox.reaper import reap
 
         rounds = 0
-        reap_every = max(1, int(REAP_EVERY_S / self.sweep_s))
-        while not self.stop.wait(self.sweep_s):
+        reap_every = max(1, int(REAP_EVERY_S / self.settings.sweep_s))
+        while not self.stop.wait(self.settings.sweep_s):
             rounds += 1
             try:
                 self.sweep_once()
@@ -195,49 +198,35 @@ def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
         remove_if_unused(ctx.engine.artifact_store, sha256, referenced)
 
 
-_ctx: ServiceContext | None = None
-
-
-def start_service_context(env: Mapping[str, str], concurrency: int | None = None) -> ServiceContext:
-    global _ctx
-    if _ctx is not None:
-        return _ctx
+def start_service(settings: Settings, send: Publisher, concurrency: int | None = None) -> ServiceContext:
+    """Reap what a dead worker left, migrate the database, start the sweeper and the heartbeat."""
+    from worker.presence import start_presence
     from worker.sandbox.reaper import reap
 
-    settings = Settings.from_env(env)
     for line in reap(settings):
         log.info("reaped %s", line)
-    url = env.get("SANDPIT_DATABASE_URL") or default_url(settings.state_dir)
+    url = settings.database()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
     ctx = ServiceContext(
         settings=settings, engine=Engine(settings), db=make_engine(url),
-        redis=redis.Redis.from_url(env.get("SANDPIT_REDIS_URL", "redis://127.0.0.1:6379/0")),
-        worker_id=f"{socket.gethostname()}-{os.getpid()}",
-        lease_s=float(env.get("SANDPIT_LEASE_S", "20")), sweep_s=float(env.get("SANDPIT_SWEEP_S", "5")),
-        public_url=env.get("SANDPIT_PUBLIC_URL") or env.get("SANDPIT_API_URL") or None,
+        redis=redis.Redis.from_url(settings.redis_url),
+        worker_id=f"{socket.gethostname()}-{os.getpid()}", send=send,
     )
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()
-    from worker.presence import start_presence
-
-    ctx.presence = start_presence(ctx, env, concurrency)  # registered, then a heartbeat
-    _ctx = ctx
+    ctx.presence = start_presence(ctx, concurrency)  # registered, then a heartbeat
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
 
 
-def stop_service_context() -> None:
-    global _ctx
-    if _ctx is not None:
-        _ctx.stop.set()
-        if _ctx.presence is not None:
-            _ctx.presence.stop()
-        _ctx.engine.close()
-        _ctx = None
+def stop_service(ctx: ServiceContext) -> None:
+    ctx.stop.set()
+    if ctx.presence is not None:
+        ctx.presence.stop()
+    ctx.engine.close()
 
 
-def handle_job(job_id: str) -> None:
+def handle_job(ctx: ServiceContext, job_id: str) -> None:
     """The task body: claim and run the job (waiting for room in the budget), publish what became ready."""
-    ctx = _ctx or start_service_context(os.environ)
     ctx.publish(execute_job(ctx.worker_context(), job_id))

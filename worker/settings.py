@@ -19,6 +19,17 @@ artifacts are removed after this long; default 7d), ``SANDPIT_RETENTION_SIZE`` (
 this total; default 10G), ``SANDPIT_CACHE_SIZE`` (local runs' ``cache:``, least recently used evicted
 past this; default 5G), ``SANDPIT_GC_EVERY`` (the automatic collection at the start of ``run``/``exec``
 runs at most this often; default 10m; 0: never automatically).
+The service (worker/service.py): ``SANDPIT_DATABASE_URL`` (default SQLite in the state dir),
+``SANDPIT_REDIS_URL`` (default redis://127.0.0.1:6379/0), ``SANDPIT_LEASE_S`` (default 20),
+``SANDPIT_SWEEP_S`` (default 5), ``SANDPIT_HEARTBEAT_S`` (default 10), ``SANDPIT_PUBLIC_URL`` (else
+``SANDPIT_API_URL``: the address in ``CI_JOB_URL``), ``SANDPIT_ARTIFACT_TRANSPORT`` (local|http).
+The API's clients (``submit``, ``repos``, ...): ``SANDPIT_API_URL`` (default http://127.0.0.1:8000),
+``SANDPIT_TOKEN``, ``SANDPIT_WEBHOOK_SECRET``, ``SANDPIT_FORGE_TOKEN`` (kept as :class:`Secret`, which
+a ``repr`` of the settings does not show).
+
+Every process builds this once at its entry point (the CLI's ``main``, the Celery worker's
+``worker_init``) and passes it down; no other module of ``worker/`` reads ``os.environ`` for a
+setting (the environment handed on to child processes is another matter: it is theirs).
 """
 
 from __future__ import annotations
@@ -32,10 +43,23 @@ from worker.sandbox.units import parse_duration, parse_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pipelines.policy import Policy
     from worker.sandbox.network.settings import NetworkSettings
     from worker.sandbox.registry.config import RegistryConfig
 
 REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+class Secret(str):
+    """A setting that is a credential: the value as a ``str``, but ``repr`` (so a logged or printed
+    ``Settings``) shows stars."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
 
 
 @record(frozen=True)
@@ -65,6 +89,21 @@ class Settings:
     pull_policy: str = "if-not-present"
     images_max_bytes: int = 0
     layer_max_bytes: int = 8 * 1024**3
+    #: the service's database; None: SQLite in the state dir (``database()``)
+    database_url: str | None = None
+    #: SANDPIT_REDIS_URL as given (None: unset, so ``sandpit up`` starts a redis-server of its own)
+    redis_url_set: str | None = None
+    lease_s: float = 20.0
+    sweep_s: float = 5.0
+    heartbeat_s: float = 10.0
+    public_url: str | None = None
+    artifact_transport: str = "local"
+    api_url: str = DEFAULT_API_URL
+    api_token: Secret | None = None
+    webhook_secret: Secret | None = None
+    forge_token: Secret | None = None
+    #: the SANDPIT_POLICY_* variables (pipelines/policy.py reads them: ``policy()``)
+    policy_env: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -92,7 +131,36 @@ class Settings:
             pull_policy=_choice(env, "SANDPIT_PULL_POLICY", ("if-not-present", "always", "never")),
             images_max_bytes=_bytes(env, "SANDPIT_IMAGES_MAX_SIZE", 0),
             layer_max_bytes=_bytes(env, "SANDPIT_LAYER_MAX_SIZE", 8 * 1024**3),
+            database_url=env.get("SANDPIT_DATABASE_URL") or None,
+            redis_url_set=env.get("SANDPIT_REDIS_URL") or None,
+            lease_s=_positive(env, "SANDPIT_LEASE_S", 20.0),
+            sweep_s=_positive(env, "SANDPIT_SWEEP_S", 5.0),
+            heartbeat_s=_positive(env, "SANDPIT_HEARTBEAT_S", 10.0, most=3600.0),
+            public_url=env.get("SANDPIT_PUBLIC_URL") or env.get("SANDPIT_API_URL") or None,
+            artifact_transport=env.get("SANDPIT_ARTIFACT_TRANSPORT") or "local",
+            api_url=(env.get("SANDPIT_API_URL") or DEFAULT_API_URL).rstrip("/"),
+            api_token=_secret(env, "SANDPIT_TOKEN"),
+            webhook_secret=_secret(env, "SANDPIT_WEBHOOK_SECRET"),
+            forge_token=_secret(env, "SANDPIT_FORGE_TOKEN"),
+            policy_env={name: value for name, value in env.items() if name.startswith("SANDPIT_POLICY_")},
         )
+
+    def policy(self) -> Policy:
+        """The trust levels' caps and defaults (raises ``PolicyError`` naming a bad variable; imported
+        lazily: ``exec`` never needs it)."""
+        from pipelines.policy import Policy
+
+        return Policy.from_env(self.policy_env)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_url_set or DEFAULT_REDIS_URL
+
+    def database(self) -> str:
+        """The service's database URL: SANDPIT_DATABASE_URL, else SQLite in the state dir."""
+        from pipelines.store.db import default_url  # the store (SQLAlchemy) only when a database is used
+
+        return self.database_url or default_url(self.state_dir)
 
     def registry(self) -> RegistryConfig:
         """Settings of image pulls (imported lazily: only a pull or an import needs them)."""
@@ -150,6 +218,30 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ConfigError(f"{name}={text!r} is not a whole number >= 0")
     return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, most: float = float("inf")) -> float:
+    """A number of seconds > 0 (and <= ``most``); anything else is a ConfigError naming the variable.
+
+    >>> _positive({"SANDPIT_LEASE_S": "2.5"}, "SANDPIT_LEASE_S", 20.0), _positive({}, "SANDPIT_LEASE_S", 20.0)
+    (2.5, 20.0)
+    """
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= most:
+        bound = "" if most == float("inf") else f" and {most:g}"
+        raise ConfigError(f"{name} must be a number of seconds between 0{bound}, not {text!r}")
+    return value
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    text = env.get(name, "").strip()
+    return Secret(text) if text else None
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

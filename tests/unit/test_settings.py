@@ -39,3 +39,21 @@ def test_the_cli_reports_a_bad_setting_without_a_traceback() -> None:
                           env={"SANDPIT_NET_POOL": "x", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert done.returncode == 125
     assert done.stderr == "sandpit: SANDPIT_NET_POOL='x' is not a whole number >= 0\n"
+
+
+def test_service_and_client_settings() -> None:
+    s = Settings.from_env({"SANDPIT_LEASE_S": "3", "SANDPIT_SWEEP_S": "0.5", "SANDPIT_HEARTBEAT_S": "2.5",
+                           "SANDPIT_API_URL": "http://127.0.0.1:9000/", "SANDPIT_TOKEN": "s3cr3t-value",
+                           "SANDPIT_POLICY_UNTRUSTED_MEMORY": "1G", "SANDPIT_STATE_DIR": "/srv/sp"})
+    assert (s.lease_s, s.sweep_s, s.heartbeat_s) == (3.0, 0.5, 2.5)
+    assert (s.api_url, s.public_url, s.api_token) == ("http://127.0.0.1:9000", "http://127.0.0.1:9000/", "s3cr3t-value")
+    assert s.database() == "sqlite:////srv/sp/sandpit.db" and s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.redis_url_set is None and s.policy_env == {"SANDPIT_POLICY_UNTRUSTED_MEMORY": "1G"}
+    assert "s3cr3t" not in repr(s) and "Secret('***')" in repr(s)
+
+
+@pytest.mark.parametrize(("name", "value"), [("SANDPIT_LEASE_S", "soon"), ("SANDPIT_SWEEP_S", "0"),
+                                             ("SANDPIT_HEARTBEAT_S", "3601")])
+def test_bad_periods_are_config_errors(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must be a number of seconds between 0"):
+        Settings.from_env({name: value})
