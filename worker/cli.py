@@ -8,112 +8,18 @@ from __future__ import annotations
 
 import os
 import sys
-from types import SimpleNamespace
 
 from worker.errors import SandpitError
+from worker.exec_options import SANDBOX_FAILED, add_exec_parser, env_pair, parse_exec_fast
 from worker.settings import Settings
+
+__all__ = ["SANDBOX_FAILED", "build_parser", "main", "parse_exec_fast"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
     from typing import Any
-
-SANDBOX_FAILED = 125
-
-#: ``sandpit exec``'s options: name → (attribute, default, allowed values or None); ``append`` ones
-#: collect into lists, ``flag`` ones take no value.
-EXEC_OPTIONS: dict[str, tuple[str, str | None, tuple[str, ...] | None]] = {
-    "--image": ("image", "debian", None),
-    "--memory": ("memory", "256M", None),
-    "--cpus": ("cpus", "1", None),
-    "--pids": ("pids", "128", None),
-    "--disk": ("disk", "1G", None),
-    "--timeout": ("timeout", "30s", None),
-    "--log-limit": ("log_limit", "4M", None),
-    "--network": ("network", "none", ("none", "egress")),
-    "--runtime": ("runtime", None, ("crun", "runc", "runsc")),
-    "--profile": ("profile", "default", ("default", "strict")),
-    "--workdir": ("workdir", "/workspace", None),
-}
-EXEC_APPEND = {"--env": "env", "--artifact": "artifact"}
-EXEC_FLAGS = {"--json": "json"}
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{text!r} is not K=V")
-    return name, value
-
-
-def parse_exec_fast(rest: Sequence[str]) -> SimpleNamespace | None:
-    """``sandpit exec``'s arguments (after ``exec``) without argparse, whose import and parser cost
-    about 8 ms of a 50 ms command. Anything unusual (help, an unknown or abbreviated option, a bad
-    value, a missing one) returns None: argparse then parses it and says what is wrong, so messages
-    stay argparse's own.
-
-    >>> ns = parse_exec_fast(["--memory=64M", "--env", "A=1", "--", "sh", "-c", "true"])
-    >>> ns.memory, ns.env, ns.argv, ns.cpus
-    ('64M', [('A', '1')], ['--', 'sh', '-c', 'true'], '1')
-    >>> parse_exec_fast(["--mem", "64M", "true"]) is None
-    True
-    """
-    ns = SimpleNamespace(command="exec", verbose=False, argv=[], env=[], artifact=[], json=False,
-                         **{attr: default for attr, default, _ in EXEC_OPTIONS.values()})
-    i = 0
-    while i < len(rest):
-        word = rest[i]
-        if word == "--" or not word.startswith("-"):
-            ns.argv = list(rest[i:])
-            return ns
-        if word in EXEC_FLAGS:
-            setattr(ns, EXEC_FLAGS[word], True)
-            i += 1
-            continue
-        name, eq, value = word.partition("=")
-        if not eq:
-            if i + 1 >= len(rest) or rest[i + 1].startswith("-"):
-                return None
-            value = rest[i + 1]
-            i += 1
-        i += 1
-        if name in EXEC_APPEND:
-            if name == "--env":
-                key, sep, val = value.partition("=")
-                if not sep or not key:
-                    return None
-                ns.env.append((key, val))
-            else:
-                ns.artifact.append(value)
-            continue
-        if name not in EXEC_OPTIONS:
-            return None
-        attr, _default, choices = EXEC_OPTIONS[name]
-        if choices is not None and value not in choices:
-            return None
-        setattr(ns, attr, value)
-    return ns
-
-
-#: help of ``sandpit exec``'s options (the defaults and choices come from EXEC_OPTIONS)
-EXEC_HELP = {
-    "--image": "the image (a recipe in images/ or a reference one provides)",
-    "--memory": "memory limit (K/M/G)",
-    "--cpus": "CPU limit, in cores",
-    "--pids": "most processes and threads at once",
-    "--disk": "size of the job's own disk (/workspace, /tmp)",
-    "--timeout": "wall-clock limit (s/m/h)",
-    "--log-limit": "stop the job once its output exceeds this",
-    "--network": "none: loopback only; egress: the internet through sandpit's policy",
-    "--runtime": "the OCI runtime (environment: SANDPIT_RUNTIME)",
-    "--profile": "strict: no new privileges beyond the default, a smaller syscall set",
-    "--workdir": "the command's working directory in the sandbox",
-}
-_AUTO = "the first that works here"
-
 
 def _helped(text: str, default: object = None, env: str | None = None) -> str:
     """An option's help with its default and the environment variable that sets it, in one form
@@ -141,27 +47,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log what sandpit does to stderr (default: off)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_exec(sub, common)
+    add_exec_parser(sub, common, _helped)
     if only == "exec":
         return p
     _add_others(sub, common, language=only in (None, "lint", "run"))
     return p
-
-
-def _add_exec(sub: Any, common: argparse.ArgumentParser) -> None:
-    import argparse
-
-    ex = sub.add_parser("exec", parents=[common], help="run one command in a fresh sandbox (like docker run --rm)",
-                        description="Run one command in a fresh sandbox; its output is passed through raw.")
-    for name, (attr, default, choices) in EXEC_OPTIONS.items():
-        ex.add_argument(name, dest=attr, default=default, choices=choices,
-                        help=_helped(EXEC_HELP[name], default or _AUTO))
-    ex.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V",
-                    help=_helped("an environment variable of the command; may be repeated", "none"))
-    ex.add_argument("--artifact", action="append", default=[], metavar="GLOB",
-                    help=_helped("keep the files matching GLOB (under the workdir); may be repeated", "none"))
-    ex.add_argument("--json", action="store_true", help=_helped("print the job result record on stdout", "off"))
-    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
 
 
 def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True) -> None:
@@ -171,7 +61,7 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
                          description="Run a whole pipeline on this machine, its jobs as the DAG allows, the "
                                      "repository's work tree in every job's /workspace.")
     run.add_argument("file", help="the pipeline file (.gitlab-ci.yml)")
-    run.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V",
+    run.add_argument("--var", action="append", default=[], type=env_pair, metavar="K=V",
                      help=_helped("a pipeline variable; may be repeated", "none"))
     run.add_argument("--json", action="store_true",
                      help=_helped("print the run record on stdout (the jobs' output goes to stderr)", "off"))
@@ -247,7 +137,7 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     sb = sub.add_parser("submit", parents=[common], help="send a pipeline to a running service",
                         description=f"Send a pipeline to a running service (environment: {client_env}).")
     sb.add_argument("file", help="the pipeline file")
-    sb.add_argument("--var", action="append", default=[], type=_env_pair, metavar="K=V",
+    sb.add_argument("--var", action="append", default=[], type=env_pair, metavar="K=V",
                     help=_helped("a pipeline variable; may be repeated", "none"))
     sb.add_argument("--follow", action="store_true", help=_helped("stream the jobs' logs until the run ends", "off"))
     sb.add_argument("--no-tree", action="store_true", help=_helped(
@@ -503,12 +393,3 @@ def _doctor(settings: Settings) -> int:
     from worker.doctor import print_checks, run_checks
 
     return print_checks(run_checks(settings), sys.stdout)
-
-
-def print_json(record: dict[str, Any]) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(record, indent=None) + "\n")
-    sys.stdout.flush()
-
-

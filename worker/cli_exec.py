@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import threading
 
-from worker.cli import SANDBOX_FAILED
 from worker.errors import InvalidRequest
+from worker.exec_options import SANDBOX_FAILED
 from worker.job_record import JobRecord, Reason, Status, Verdict
 from worker.sandbox.engine import Engine, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest

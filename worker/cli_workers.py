@@ -21,7 +21,7 @@ def add_workers_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                              description="List the workers that announced themselves, with the age of their "
                                          "last heartbeat (environment: SANDPIT_API_URL, SANDPIT_TOKEN: a "
                                          "trusted token).")
-    workers.add_argument("--json", action="store_true", help="print the API's answer as it is")
+    workers.add_argument("--json", action="store_true", help="print the API's answer as it is (default: off)")
 
 
 def age(seconds: float) -> str:

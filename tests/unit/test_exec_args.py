@@ -6,6 +6,7 @@ import pytest
 
 import worker.cli
 from worker.cli import build_parser, parse_exec_fast
+from worker.exec_options import EXEC_OPTIONS, ExecOption
 
 AGREE = [
     ["--", "/bin/true"],
@@ -53,3 +54,29 @@ def test_argparse_still_reports_bad_exec_arguments(capsys: pytest.CaptureFixture
         worker.cli.main(["exec", "--network", "host", "true"])
     assert exc.value.code == 2
     assert "invalid choice: 'host'" in capsys.readouterr().err
+
+
+def _uses(option: ExecOption) -> list[list[str]]:
+    """Argument lists giving ``option`` each way it can be written (from the table itself, so a
+    row added there is tried here)."""
+    if option.kind == "flag":
+        return [[option.name, "true"], [option.name, "--", option.name]]
+    values = list(option.choices or ("1", "x y")) if not option.pairs else ["A=1", "B=x=y", "C="]
+    spaced = [word for value in values for word in (option.name, value)]
+    glued = [f"{option.name}={value}" for value in values]
+    return [[*spaced, "true"], [*glued, "--", "true"], [option.name, values[-1], option.name, values[0], "x"]]
+
+
+@pytest.mark.parametrize("rest", [rest for option in EXEC_OPTIONS for rest in _uses(option)], ids=" ".join)
+def test_every_option_of_the_table_parses_the_same_both_ways(rest: list[str]) -> None:
+    fast = parse_exec_fast(rest)
+    assert fast is not None
+    assert vars(fast) == vars(build_parser("exec").parse_args(["exec", *rest]))
+
+
+def test_both_parsers_have_every_option_of_the_table_and_no_other() -> None:
+    (exec_parser,) = [choice for action in build_parser("exec")._subparsers._group_actions  # type: ignore[union-attr]
+                      for name, choice in action.choices.items() if name == "exec"]  # type: ignore[union-attr]
+    names = {o for action in exec_parser._actions for o in action.option_strings} - {"-h", "--help", "-v", "--verbose"}
+    assert names == {option.name for option in EXEC_OPTIONS}
+    assert set(vars(parse_exec_fast([]))) == {option.attr for option in EXEC_OPTIONS} | {"command", "verbose", "argv"}
