@@ -27,6 +27,7 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmodel import Session
@@ -169,9 +170,19 @@ def cache_paths(caches: tuple[Cache, ...]) -> tuple[str, ...]:
     return tuple(p for c in caches if c.policy in ("push", "pull-push") for p in c.paths)
 
 
-def save(session: Session, caches: tuple[Cache, ...], trust: str, store: Path, files: Sequence[StoredArtifact],
-         job_status: str, source_root: Path | None, now: dt.datetime) -> list[str]:
-    """Store a manifest per pushed cache whose ``when`` matches the job's outcome; returns the keys."""
+@dataclass(frozen=True, slots=True)
+class SavedCache:
+    """A cache manifest stored (in the local store) and not yet named by the database."""
+
+    key: str
+    sha256: str
+    size: int
+
+
+def store_manifests(caches: tuple[Cache, ...], store: Path, files: Sequence[StoredArtifact], job_status: str,
+                    source_root: Path | None) -> list[SavedCache]:
+    """Store a manifest per pushed cache whose ``when`` matches the job's outcome (files only: a
+    worker that shares no disk with the API delivers them before :func:`record_caches` names them)."""
     saved = []
     for cache in caches:
         if cache.policy not in ("push", "pull-push"):
@@ -188,6 +199,18 @@ def save(session: Session, caches: tuple[Cache, ...], trust: str, store: Path, f
         except SandboxError as exc:  # a cache is an optimisation: losing one never fails the job
             log.error("cache %s not saved: %s", key, exc)
             continue
-        cache_store(session, key, trust, sha, sum(f.size for f in mine), now)  # type: ignore[arg-type]
-        saved.append(key)
+        saved.append(SavedCache(key, sha, sum(f.size for f in mine)))
     return saved
+
+
+def record_caches(session: Session, saved: Sequence[SavedCache], trust: str, now: dt.datetime) -> list[str]:
+    """Point each cache's key (at ``trust``) at its new manifest; returns the keys."""
+    for entry in saved:
+        cache_store(session, entry.key, trust, entry.sha256, entry.size, now)  # type: ignore[arg-type]
+    return [entry.key for entry in saved]
+
+
+def save(session: Session, caches: tuple[Cache, ...], trust: str, store: Path, files: Sequence[StoredArtifact],
+         job_status: str, source_root: Path | None, now: dt.datetime) -> list[str]:
+    """Store a manifest per pushed cache whose ``when`` matches the job's outcome; returns the keys."""
+    return record_caches(session, store_manifests(caches, store, files, job_status, source_root), trust, now)

@@ -28,6 +28,7 @@ from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, renew_lease
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
+from worker.job_files import LocalTransport, Transport
 from worker.job_record import JobRecord, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.report_files import attach_test_reports
@@ -68,6 +69,8 @@ class WorkerContext:
     #: where people find a job (CI_JOB_URL): the API's address when there is one, else sandpit's log
     job_url: Callable[[str], str] = lambda job_id: f"sandpit://jobs/{job_id}"
     slots: ConcurrentSlots = field(default_factory=lambda: ConcurrentSlots())
+    #: how a job's files reach the API (worker/job_files.py): the shared state dir, or HTTP
+    files: Transport = field(default_factory=lambda: LocalTransport())
 
 
 class ConcurrentSlots:
@@ -200,6 +203,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         inputs = _inputs(s, run.id, artifact_sources(planned), store)
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
+        job_files = ctx.files.claimed(s, job, ctx.worker_id, ctx.now())  # http: the job's token, minted here
     lease = ctx.leases.watch(ctx, job_id, attempt)
     slot = ctx.slots.take()
     source_root: Path | None = None
@@ -207,8 +211,11 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         try:
             source = ctx.source_for(run, planned)
             source_root = source.root if source else None
+            found = _cache_entries(ctx, planned, trust, source_root)
+            job_files.fetch_caches(found)  # http: what the local store lacks comes from the API
+            job_files.fetch([sha for _rel, _stored, sha in inputs])
             # cache first, then the dependencies' artifacts (which win where both name a file)
-            files = cache.restore(store, _cache_entries(ctx, planned, trust, source_root)) + _checked_inputs(inputs)
+            files = cache.restore(store, found) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
             notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel,
                                planned.image.pull_policy if planned.image is not None else None)
@@ -229,11 +236,19 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
                 logging.getLogger("sandpit.worker").exception("job %s ended by an unexpected error", job_id)
     finally:
         ctx.slots.give(slot)
+    try:
+        if lease.lost.is_set():
+            return []  # the lease went to someone else; their record counts, not ours
+        record = attach_test_reports(result.for_attempt(attempt), _junit_globs(planned), store)
+        saved = _store_caches(planned, store, record, source_root, job_id)
+        # still under the lease: the API has every file before the record names it (http transport)
+        delivered = job_files.deliver(record, [c.sha256 for c in saved], lease.lost.is_set)
+    finally:
         ctx.leases.unwatch(lease)
-    if lease.lost.is_set():
-        return []  # the lease went to someone else; their record counts, not ours
-    record = attach_test_reports(result.for_attempt(attempt), _junit_globs(planned), store)
-    newly = _record_result(ctx, job_id, attempt, record, planned, trust, store, source_root)
+    if delivered is None or lease.lost.is_set():
+        return []
+    record = delivered
+    newly = _record_result(ctx, job_id, attempt, record, trust, saved)
     try:
         ctx.on_done(job, record)
     except Exception as exc:  # the live stream's end marker is a courtesy; the record is stored
@@ -244,18 +259,29 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
 RECORD_RETRY_S = (0.1, 0.3, 1.0, 3.0)  # a database hiccup while recording waits this long, then the lease decides
 
 
-def _record_result(ctx: WorkerContext, job_id: str, attempt: int, record: JobRecord, planned: PlannedJob,
-                   trust: str, store: Path, source_root: Path | None) -> list[str]:
-    """Store the attempt's result (and its cache). A failure of the database is retried a few times
+def _store_caches(planned: PlannedJob, store: Path, record: JobRecord, source_root: Path | None,
+                  job_id: str) -> list[cache.SavedCache]:
+    """The manifests of the caches this attempt pushes, stored (the database names them later)."""
+    if not planned.caches or record.status not in (Status.SUCCEEDED, Status.FAILED):
+        return []
+    try:
+        return cache.store_manifests(planned.caches, store, record.cache_files, record.status, source_root)
+    except Exception as exc:  # a cache that cannot be saved never costs the result
+        logging.getLogger("sandpit.worker").warning("job %s: its cache was not saved: %s", job_id, exc)
+        return []
+
+
+def _record_result(ctx: WorkerContext, job_id: str, attempt: int, record: JobRecord, trust: str,
+                   saved: list[cache.SavedCache]) -> list[str]:
+    """Store the attempt's result (and its caches). A failure of the database is retried a few times
     (seconds, not the lease's ~25 s) so a brief outage costs nothing; a cache that cannot be saved
     never costs the result. If the database stays away, the lease expires and the sweeper settles the
     job as worker_lost or retries it."""
     log = logging.getLogger("sandpit.worker")
-    if planned.caches and record.status in (Status.SUCCEEDED, Status.FAILED):
+    if saved:
         try:
             with session_scope(ctx.db) as s:
-                cache.save(s, planned.caches, trust, store, record.cache_files, record.status, source_root,
-                           ctx.now())
+                cache.record_caches(s, saved, trust, ctx.now())
         except Exception as exc:
             log.warning("job %s: its cache was not saved: %s", job_id, exc)
     for delay in (*RECORD_RETRY_S, None):
