@@ -15,7 +15,8 @@ from worker.settings import Settings
 
 __all__ = ["SANDBOX_FAILED", "build_parser", "main", "parse_exec_fast"]
 
-TYPE_CHECKING = False
+from worker import TYPE_CHECKING
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 
+from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
 from worker.exec_options import SANDBOX_FAILED
 from worker.job_record import JobRecord, Reason, Status, Verdict
@@ -21,7 +22,6 @@ from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
 from worker.settings import Settings
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from worker import TYPE_CHECKING
 from worker.record import record
 
-TYPE_CHECKING = False  # see worker/__init__.py
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from worker import TYPE_CHECKING
 from worker.record import record, replace
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any

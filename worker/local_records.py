@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from pipelines.identifiers import artifact_path_problem, is_job_id, is_sha256_hex
+from worker import TYPE_CHECKING
 from worker.record import record as frozen_record
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and dataclasses stay off `sandpit exec`'s start-up path (it writes a record)
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any

@@ -29,8 +29,8 @@ from sqlalchemy.engine import Engine as DbEngine
 from pipelines.store.db import session_scope
 from pipelines.store.job_tokens import prune_job_tokens
 from pipelines.store.workers import WorkerInfo, beat, register_worker, stop_worker
+from worker import TYPE_CHECKING
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.service import ServiceContext
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 __all__ = ["FrozenRecordError", "field", "record", "replace"]
 
-TYPE_CHECKING = False
+from worker import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError as FrozenRecordError
     from dataclasses import dataclass as record

@@ -31,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.record import field, record
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 

@@ -32,7 +32,9 @@ from pipelines.store.models import Job
 from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
 from pipelines.store.retention import expire_artifacts
 from pipelines.store.transitions import expire_leases
+from worker import TYPE_CHECKING
 from worker.executor import WorkerContext, execute_job, utcnow
+from worker.job_files import LocalTransport, Transport, make_transport
 from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
@@ -40,7 +42,6 @@ from worker.run_sources import RunSources
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.presence import Presence
 
@@ -95,6 +96,8 @@ class ServiceContext:
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
     presence: Presence | None = None  # its row in the workers' table, and the heartbeat
+    #: how its jobs' files reach the API (SANDPIT_ARTIFACT_TRANSPORT: worker/job_files.py)
+    files: Transport = field(default_factory=LocalTransport)
     _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
 
     def publish(self, job_ids: list[str]) -> None:
@@ -146,11 +149,22 @@ class ServiceContext:
 
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.settings.lease_s,
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit,
-                             job_url=job_url, source_for=self.sources.source_for)
+                             job_url=job_url, source_for=self.sources.source_for, files=self.files)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
         self.sources = RunSources(self.settings.state_dir, self.db)  # the runs' checked-out commits
+
+    def replay_outbox(self) -> None:
+        from worker.upload_outbox import replay
+
+        def announce(job_id: str, run_id: str, status: str) -> None:
+            RedisLog(self.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
+
+        try:
+            replay(self.worker_context(), self.files, self.publish, announce)  # type: ignore[arg-type]
+        except Exception as exc:  # the entries stay; the next start tries again
+            log.warning("replaying the outbox failed: %s", exc)
 
     def sweep_once(self, now: dt.datetime | None = None) -> None:
         now = now or utcnow()
@@ -208,14 +222,18 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
     url = settings.database()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
+    engine = Engine(settings)
     ctx = ServiceContext(
-        settings=settings, engine=Engine(settings), db=make_engine(url),
+        settings=settings, engine=engine, db=make_engine(url),
+        files=make_transport(settings, engine.artifact_store),
         redis=redis.Redis.from_url(settings.redis_url),
         worker_id=f"{socket.gethostname()}-{os.getpid()}", send=send,
     )
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()
     ctx.presence = start_presence(ctx, concurrency)  # registered, then a heartbeat
+    if ctx.files.name == "http":  # deliveries a dead process of this host left in its outbox
+        threading.Thread(target=ctx.replay_outbox, name="sandpit-outbox", daemon=True).start()
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
 
@@ -225,6 +243,7 @@ def stop_service(ctx: ServiceContext) -> None:
     if ctx.presence is not None:
         ctx.presence.stop()
     ctx.engine.close()
+    ctx.files.close()
 
 
 def handle_job(ctx: ServiceContext, job_id: str) -> None:

@@ -37,11 +37,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.errors import ConfigError
 from worker.record import field, record
 from worker.sandbox.units import parse_duration, parse_size
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pipelines.policy import Policy
     from worker.sandbox.network.settings import NetworkSettings

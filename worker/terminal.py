@@ -34,7 +34,8 @@ from __future__ import annotations
 import codecs
 import re
 
-TYPE_CHECKING = False  # typing costs ~9 ms to import, and this module is on `sandpit exec`'s exit path
+from worker import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from typing import ClassVar
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipelines.files.locks import try_hold
 from pipelines.identifiers import is_job_id
+from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.job_record import (
     JobRecord,
@@ -46,7 +47,6 @@ from worker.sandbox.supervise import RunEnd, supervise
 from worker.sandbox.verdict import classify_end
 from worker.settings import Settings
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 

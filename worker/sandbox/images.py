@@ -41,11 +41,11 @@ from pathlib import Path
 from pipelines.files.locks import hold
 from pipelines.identifiers import is_layer_key
 from pipelines.references import InvalidReference, honoured_by, recipe_provides
+from worker import TYPE_CHECKING
 from worker.errors import ImageError, InvalidRequest, UnknownImage
 from worker.record import record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
     from collections.abc import Iterator

@@ -23,9 +23,9 @@ import time
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.sandbox.delivery import OutputDelivery, OutputSink
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 from pipelines.references import reference_problem
+from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
 from worker.record import field, record
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal
 

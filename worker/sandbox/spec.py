@@ -16,10 +16,10 @@ import json
 import posixpath
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.record import record
 from worker.sandbox.request import SandboxRequest, workdir_problems
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

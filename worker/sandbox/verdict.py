@@ -29,9 +29,9 @@ Verdict(status=<Status.SUCCEEDED: 'succeeded'>, reason=None, message=None)
 
 from __future__ import annotations
 
+from worker import TYPE_CHECKING
 from worker.job_record import Reason, Status, Verdict
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 

@@ -32,6 +32,8 @@ CLI's hot path does not load the rest of the layer (dataclasses, ipaddress, subp
 
 from __future__ import annotations
 
+from worker import TYPE_CHECKING
+
 _WHERE = {
     "AddressesExhausted": "errors",
     "CleanupBacklog": "errors",
@@ -78,7 +80,6 @@ def __getattr__(name: str) -> object:
     return value
 
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.network.errors import (
         AddressesExhausted,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import threading
 
+from worker import TYPE_CHECKING
 from worker.record import record
 from worker.sandbox.network.pool.claim import PooledNetwork, claim, pool_request
 from worker.sandbox.network.pool.refill import refill_if_low
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from concurrent.futures import Future, ThreadPoolExecutor

@@ -19,10 +19,10 @@ import json
 import os
 import re
 
+from worker import TYPE_CHECKING
 from worker.errors import ImageError
 from worker.record import record
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from pipelines.identifiers import is_digest, is_sha256_hex
 from pipelines.references import ImageReference
+from worker import TYPE_CHECKING
 from worker.errors import ImageError
 from worker.record import record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 from worker.sandbox.registry.manifests import ImageConfig
 from worker.sandbox.registry.naming import name_key
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

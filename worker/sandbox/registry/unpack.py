@@ -51,11 +51,11 @@ import os
 import stat
 import tarfile
 
+from worker import TYPE_CHECKING
 from worker.errors import ImageError
 from worker.record import record
 from worker.sandbox.registry.config import LayerCaps
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

@@ -24,6 +24,7 @@ import os
 import signal
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError
 from worker.record import record
 from worker.sandbox import spec as oci
@@ -35,7 +36,6 @@ from worker.sandbox.runtime import Runtime, spawn
 from worker.sandbox.services.naming import container_id, part_name
 from worker.sandbox.services.users import image_user
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

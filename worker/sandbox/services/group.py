@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
 from worker.job_record import ServiceRecord
 from worker.sandbox.logs import JobLog, OutputSink
@@ -30,7 +31,6 @@ from worker.sandbox.services.logs import OutputPump, ServiceOutput, SharedJobLog
 from worker.sandbox.services.naming import log_name
 from worker.sandbox.services.ports import listening_here, wanted_ports
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.images import Image, ImageStore
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 
+from worker import TYPE_CHECKING
 from worker.sandbox.instance import instance_names
 from worker.sandbox.network.pool.layout import (
     DIR_FLAGS,
@@ -38,7 +39,6 @@ from worker.sandbox.network.pool.layout import (
     remove_entry,
 )
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.settings import Settings
 

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 
+from worker import TYPE_CHECKING
 from worker.sandbox.network.pool.layout import (
     REFILL_FAILED,
     REFILL_LOCK,
@@ -29,7 +30,6 @@ from worker.sandbox.network.pool.layout import (
     open_private_dir,
 )
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.sandbox.network.pool.claim import PooledNetwork
 
