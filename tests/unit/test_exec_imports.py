@@ -47,7 +47,7 @@ def heavy_among(modules: list[str]) -> list[str]:
     """The modules of ``modules`` that ``exec`` must not import."""
     found = [m for m in modules if m.partition(".")[0] in HEAVY]
     found += [m for m in modules if m not in ALLOWED_OWN
-              and any(m == own.rstrip(".") and not own.endswith(".") or m.startswith(own) for own in HEAVY_OWN)]
+              and any((m == own.rstrip(".") and not own.endswith(".")) or m.startswith(own) for own in HEAVY_OWN)]
     return sorted(set(found))
 
 
