@@ -149,7 +149,7 @@ def approve_run(session: Session, run_id: str, approved_by: str, now: dt.datetim
 def _give_back(connection: sa.Connection, ids: Sequence[str], status: str, now: dt.datetime | None) -> list[str]:
     if not ids:
         return []
-    still = set(connection.execute(_STILL_CREATED, {"p_ids": list(ids)}).scalars())
+    still: set[str] = set(connection.execute(_STILL_CREATED, {"p_ids": list(ids)}).scalars())
     connection.execute(_GIVE_BACK, {"p_ids": list(ids), "p_status": status, "p_now": now})
     return [job_id for job_id in ids if job_id in still]
 

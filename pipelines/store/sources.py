@@ -91,6 +91,6 @@ def ended_runs(session: Session, run_ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
     connection = session.connection()
-    ended = set(connection.execute(_ENDED, {"p_ids": ids}).scalars())
-    known = set(connection.execute(_KNOWN, {"p_ids": ids}).scalars())
+    ended: set[str] = set(connection.execute(_ENDED, {"p_ids": ids}).scalars())
+    known: set[str] = set(connection.execute(_KNOWN, {"p_ids": ids}).scalars())
     return ended | (set(ids) - known)

@@ -147,8 +147,8 @@ def watched_runs(session: Session, limit: int = 200) -> list[WatchedRun]:
     rows = connection.execute(_WATCHED, {"p_limit": limit}).all()
     counts: dict[str, dict[str, int]] = {}
     if rows:
-        for run_id, status, count in connection.execute(_JOB_COUNTS, {"p_ids": [r.run_id for r in rows]}):
-            counts.setdefault(run_id, {})[status] = int(count)
+        for row in connection.execute(_JOB_COUNTS, {"p_ids": [r.run_id for r in rows]}):
+            counts.setdefault(str(row[0]), {})[str(row[1])] = int(row[2])
     return [WatchedRun(r.run_id, StatusTarget(r.repo_id, r.sha, r.project, r.context, r.target_url), r.state,
                        r.run_status, counts.get(r.run_id, {})) for r in rows]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,41 @@ def test_refused_sources(user: httpx.Client, body: dict, status: int, error: str
     """Each unusable source is refused with its own status and code, and creates nothing."""
     answer = user.post("/api/v1/runs", json=body)
     assert (answer.status_code, answer.json()["error"]) == (status, error), answer.text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sandpit_submit_sends_the_work_tree(api: LiveServer, engine: Engine, tmp_path: Path) -> None:
+    """`sandpit submit` from a git work tree sends its tracked and untracked-but-not-ignored files
+    (never the ignored ones), with the file's path as the entry, so its include resolves; with
+    --no-tree it sends the file alone."""
+    import subprocess
+    import sys
+
+    from tests.integration.forges.gitserver import git
+
+    work = tmp_path / "work"
+    (work / "ci").mkdir(parents=True)
+    git(work, "init", "-q")
+    (work / ".gitignore").write_text("secret.env\n")
+    (work / "secret.env").write_text("TOKEN=do-not-send\n")
+    (work / "ci" / "pipeline.yml").write_text("include: ci/more.yml\nt: {script: [make]}\n")
+    (work / "ci" / "more.yml").write_text("u: {script: [make check]}\n")
+    git(work, "add", ".gitignore", "ci/pipeline.yml")
+    env = {"PATH": os.environ["PATH"], "SANDPIT_API_URL": api.url, "SANDPIT_TOKEN": USER_TOKEN,
+           "SANDPIT_STATE_DIR": str(tmp_path / "cli")}
+    sent = subprocess.run([sys.executable, "-m", "worker", "submit", str(work / "ci" / "pipeline.yml")], env=env,
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    run_id = sent.stdout.split()[1].rstrip(":")
+    with read_scope(engine) as session:
+        recorded = run_source(session, run_id)
+        assert recorded is not None and recorded.kind == "archive"
+        data = archive_bytes(session, recorded.archive_sha256 or "")
+        jobs = sorted(job.name for job in planned_jobs(session, run_id))
+    assert jobs == ["t", "u"]
+    with tarfile.open(fileobj=io.BytesIO(data or b""), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == [".gitignore", "ci/more.yml", "ci/pipeline.yml"]
+    alone = subprocess.run([sys.executable, "-m", "worker", "submit", "--no-tree", str(work / "ci" / "pipeline.yml")],
+                           env=env, cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True,
+                           timeout=120)
+    assert alone.returncode != 0 and "include" in alone.stderr  # its include is not in the repository it names
