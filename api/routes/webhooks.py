@@ -26,12 +26,15 @@ FORGES = ("github", "gitlab", "gitea")
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "`pong` (ping) or `cancelled` (a closed pull/merge request's runs)"},
     201: {"description": "`created`: a run was created (`run_id`)"},
-    202: {"description": "accepted, nothing created: `ignored_event`, `ref_deleted`, `skip_ci`, `needs_approval`, "
-          "`fork_refused`, `no_pipeline_created`"},
+    202: {"description": "`needs_approval`: a fork's run stored held (`run_id`) until an admin approves it; "
+          "accepted, nothing created: `ignored_event`, `ref_deleted`, `skip_ci`, `fork_refused`, "
+          "`no_pipeline_created`"},
     401: {"description": "`bad_signature`, `missing_signature`, `stale_timestamp`"},
     404: {"description": "`unknown_repository`, `unknown_forge`, `wrong_forge`"},
     413: {"description": "`too_large`: the body is over SANDPIT_API_MAX_BODY"},
-    422: {"description": "`wrong_repository`, `no_pipeline_file`, `invalid_pipeline`, `over_policy`"},
+    422: {"description": "`wrong_repository`, `no_pipeline_file`, `invalid_pipeline`, `over_policy` (the last "
+          "three also put a failed status on the commit)"},
+    502: {"description": "`fetch_failed`: the commit could not be fetched (a redelivery is acted on afresh)"},
 }
 
 
