@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
         if args.command == "exec":
+            # lazy, as every command's module here: each command loads only what it needs (exec the
+            # engine, not the language or the store; tests/unit/test_exec_imports.py holds it to that)
             from worker.cli_exec import exec_command
 
             return exec_command(args, settings)

@@ -17,6 +17,8 @@ from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
 from worker.exec_options import SANDBOX_FAILED
 from worker.job_record import JobRecord, Reason, Status, Verdict
+from worker.local_records import record_exec
+from worker.retention import spawn_if_due
 from worker.sandbox.engine import Engine, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
@@ -66,8 +68,6 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     except InvalidRequest as exc:  # the same record and exit status as a refusal by the engine
         req, refused = None, str(exc)
     writer = OutputWriter(out_fd=2 if args.json else 1)
-    from worker.retention import spawn_if_due
-
     spawn_if_due(settings)  # old logs and artifacts of exec and local runs go (a stat, unless due)
     cancel = threading.Event()
     install_signal_cancel(cancel)
@@ -96,8 +96,6 @@ def _keep_record(settings: Settings, record: dict[str, object]) -> None:
     ``sandpit artifacts`` finds them and retention removes them in time; never fails the command."""
     if not record.get("log") and not record.get("artifacts"):
         return  # refused before anything was written
-    from worker.local_records import record_exec
-
     try:
         record_exec(settings.state_dir, record)
     except (OSError, ValueError):

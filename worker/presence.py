@@ -30,6 +30,7 @@ from pipelines.store.db import session_scope
 from pipelines.store.job_tokens import prune_job_tokens
 from pipelines.store.workers import WorkerInfo, beat, register_worker, stop_worker
 from worker import TYPE_CHECKING
+from worker.sandbox.runtime import PREFERENCE, runtime_problem
 
 if TYPE_CHECKING:
     from worker.service import ServiceContext
@@ -52,8 +53,6 @@ def sandpit_version() -> str:
 
 def working_runtimes() -> tuple[str, ...]:
     """The OCI runtimes that can run jobs on this host, in sandpit's order of preference."""
-    from worker.sandbox.runtime import PREFERENCE, runtime_problem
-
     return tuple(name for name in PREFERENCE if runtime_problem(name) is None)
 
 

@@ -30,20 +30,19 @@ from pipelines.names import run_events_channel
 from pipelines.store.db import make_engine, migrate, session_scope
 from pipelines.store.models import Job
 from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
-from pipelines.store.retention import expire_artifacts
+from pipelines.store.retention import blob_referenced, expire_artifacts
 from pipelines.store.transitions import expire_leases
-from worker import TYPE_CHECKING
 from worker.executor import WorkerContext, execute_job, utcnow
 from worker.job_files import LocalTransport, Transport, make_transport
 from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
+from worker.presence import Presence, start_presence
 from worker.run_sources import RunSources
+from worker.sandbox.blobs import remove_if_unused
 from worker.sandbox.engine import Engine
+from worker.sandbox.reaper import reap
 from worker.settings import Settings
-
-if TYPE_CHECKING:
-    from worker.presence import Presence
 
 log = logging.getLogger("sandpit.worker")
 REAP_EVERY_S = 60.0
@@ -182,8 +181,6 @@ class ServiceContext:
         self.sources.sweep()  # the checked-out commits of runs that have ended
 
     def _sweep_loop(self) -> None:
-        from worker.sandbox.reaper import reap
-
         rounds = 0
         reap_every = max(1, int(REAP_EVERY_S / self.settings.sweep_s))
         while not self.stop.wait(self.settings.sweep_s):
@@ -201,9 +198,6 @@ class ServiceContext:
 def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
     """Remove an expired artifact's stored file unless another row (or a job storing the same bytes
     right now) still uses it: worker/sandbox/blobs.py ``remove_if_unused``."""
-    from pipelines.store.retention import blob_referenced
-    from worker.sandbox.blobs import remove_if_unused
-
     def referenced() -> bool:
         with session_scope(ctx.db) as s:
             return blob_referenced(s, sha256)
@@ -214,9 +208,6 @@ def _remove_unreferenced(ctx: ServiceContext, sha256: str) -> None:
 
 def start_service(settings: Settings, send: Publisher, concurrency: int | None = None) -> ServiceContext:
     """Reap what a dead worker left, migrate the database, start the sweeper and the heartbeat."""
-    from worker.presence import start_presence
-    from worker.sandbox.reaper import reap
-
     for line in reap(settings):
         log.info("reaped %s", line)
     url = settings.database()
