@@ -95,6 +95,9 @@ class Deployment:
     redis: RedisServer
     hosts: list[Host] = field(default_factory=list)
     api_url: str = ""
+    api_host: Host | None = None
+    api_port: int = 0
+    api_proc: subprocess.Popen[bytes] | None = None
 
     def base_env(self) -> dict[str, str]:
         return {"PATH": os.environ["PATH"], "SANDPIT_DATABASE_URL": self.db_url, "SANDPIT_REDIS_URL": self.redis.url,
@@ -112,12 +115,16 @@ class Deployment:
         return host
 
     def start_api(self, **extra: str) -> Host:
-        """The API on a host of its own (its state dir is nobody else's)."""
-        host = self.host("api")
-        port = free_port()
-        proc = host.start([sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port),
+        """The API on a host of its own (its state dir is nobody else's); again on the same port
+        when it was started before (a restart)."""
+        if self.api_host is None:
+            self.api_host = self.host("api")
+            self.api_port = free_port()
+        host = self.api_host
+        proc = host.start([sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port),
                            "--log-level", "warning"], SANDPIT_API_TOKENS=TOKENS, **extra)
-        self.api_url = f"http://127.0.0.1:{port}"
+        self.api_proc = proc
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, host.log()
@@ -128,6 +135,16 @@ class Deployment:
                 pass
             assert time.monotonic() < deadline, host.log()
             time.sleep(0.1)
+
+    def stop_api(self) -> None:
+        assert self.api_proc is not None
+        self.api_proc.send_signal(signal.SIGTERM)
+        self.api_proc.wait(timeout=30)
+
+    def http_worker(self, host: Host, concurrency: int = 1, **extra: str) -> subprocess.Popen[bytes]:
+        """A worker that shares no disk with the API: its files go over HTTP."""
+        return host.start_worker(concurrency, SANDPIT_ARTIFACT_TRANSPORT="http", SANDPIT_API_URL=self.api_url,
+                                 **extra)
 
     def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)

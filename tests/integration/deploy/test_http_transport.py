@@ -1,0 +1,148 @@
+"""Workers on hosts that share no disk with the API (``SANDPIT_ARTIFACT_TRANSPORT=http``): two
+worker hosts and an API host, each with its own state dir, sharing only Redis and the database.
+Artifacts pass between jobs that run on different workers and are downloaded from the API; a
+cache saved on one worker restores on the other; an API that is down while a job ends delays its
+result (the delivery waits in the worker's outbox) and loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from pipelines.store.db import make_engine
+from pipelines.store.reads import load_job
+from tests.integration.deploy.conftest import Deployment
+
+PIPELINE = """
+stages: [build, test]
+build:
+  stage: build
+  script:
+    - mkdir -p dist
+    - echo "built by $CI_JOB_ID" > dist/app.txt
+    - head -c 3000000 /dev/urandom > dist/blob.bin
+    - sha256sum dist/blob.bin > dist/blob.sum
+  artifacts:
+    paths: [dist]
+test:
+  stage: test
+  parallel: 4
+  script:
+    - cat dist/app.txt
+    - sha256sum -c dist/blob.sum
+    - sleep 2
+"""
+
+
+def _log(deploy: Deployment, job_id: str) -> str:
+    with deploy.client() as c:
+        response = c.get(f"/api/v1/jobs/{job_id}/log")
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_artifacts_pass_between_jobs_on_different_workers_through_the_api(deployment: Deployment) -> None:
+    """The build's artifacts reach test jobs on the other worker (their logs show the build's id
+    and the 3 MB file checks out), the API serves them for download with the right bytes, every
+    job's log is the API's copy, and no worker keeps a log once it was delivered."""
+    api = deployment.start_api()
+    one, two = deployment.host("one"), deployment.host("two")
+    deployment.http_worker(one)
+    deployment.http_worker(two)
+    deployment.wait_for("two workers", lambda: len(deployment.workers()) == 2)
+    assert {w["transport"] for w in deployment.workers()} == {"http"}
+
+    run = deployment.submit(PIPELINE)
+    ended = deployment.wait(run["id"])
+    assert ended["status"] == "succeeded", [(j["name"], j["status"], j["message"]) for j in ended["jobs"]]
+    jobs = {j["name"]: j for j in ended["jobs"]}
+    build = jobs["build"]
+    builder = deployment.attempts(build["id"])[-1].worker_id
+    elsewhere = [j for name, j in jobs.items() if name != "build"
+                 and deployment.attempts(j["id"])[-1].worker_id != builder]
+    assert elsewhere, "no test job ran on the other worker"
+    for job in elsewhere:
+        text = _log(deployment, job["id"])
+        assert f"built by {build['id']}" in text and "dist/blob.bin: OK" in text, text
+
+    with deployment.client() as c:
+        blob = c.get(f"/api/v1/jobs/{build['id']}/artifacts/dist/blob.bin")
+        sums = c.get(f"/api/v1/jobs/{build['id']}/artifacts/dist/blob.sum")
+    assert blob.status_code == 200 and len(blob.content) == 3_000_000
+    assert sums.text.split()[0] == hashlib.sha256(blob.content).hexdigest() == blob.headers["x-content-sha256"]
+
+    for job in jobs.values():
+        assert (api.state / "logs" / f"{job['id']}.jsonl").is_file()
+    for host in (one, two):
+        assert list((host.state / "logs").glob("*.jsonl")) == [], f"{host.name} kept a delivered log"
+        assert not list((host.state / "outbox").glob("*.json")) if (host.state / "outbox").exists() else True
+
+
+CACHE_WRITE = """
+seed:
+  script: [mkdir -p deps, "echo cached-by-$CI_JOB_ID > deps/v"]
+  cache: {key: deps-v1, paths: [deps]}
+"""
+CACHE_READ = """
+read:
+  script: [cat deps/v]
+  cache: {key: deps-v1, paths: [deps], policy: pull}
+"""
+
+
+def test_a_cache_saved_on_one_worker_restores_on_another(deployment: Deployment) -> None:
+    """A cache pushed by a job on host one is pulled by a job on host two, through the API."""
+    deployment.start_api()
+    one, two = deployment.host("one"), deployment.host("two")
+    deployment.http_worker(one)
+    deployment.wait_for("worker one", lambda: len(deployment.workers()) == 1)
+    first = deployment.wait(deployment.submit(CACHE_WRITE)["id"])
+    assert first["status"] == "succeeded", first["jobs"]
+    one.stop()
+    deployment.http_worker(two)
+    deployment.wait_for("worker two", lambda: any(w["state"] == "alive" for w in deployment.workers()))
+    second = deployment.wait(deployment.submit(CACHE_READ)["id"])
+    assert second["status"] == "succeeded", second["jobs"]
+    reader = second["jobs"][0]
+    assert deployment.attempts(reader["id"])[-1].worker_id != deployment.attempts(first["jobs"][0]["id"])[-1].worker_id
+    assert f"cached-by-{first['jobs'][0]['id']}" in _log(deployment, reader["id"])
+
+
+SLOW_BUILD = """
+build:
+  script: [sleep 3, mkdir dist, "echo made while the API was away > dist/out"]
+  artifacts: {paths: [dist]}
+"""
+
+
+def test_the_api_down_while_a_job_ends_delays_its_result_and_loses_nothing(deployment: Deployment) -> None:
+    """The API stops while the job runs: the job's delivery waits in the worker's outbox (a file
+    under its state dir) and the job stays running (its lease renewed); once the API is back the
+    files go through, the result is recorded, the artifact downloads, and the outbox is empty."""
+    deployment.start_api()
+    one = deployment.host("one")
+    deployment.http_worker(one)
+    deployment.wait_for("the worker", lambda: deployment.workers())
+    run = deployment.submit(SLOW_BUILD)
+    job_id = run["jobs"][0]["id"]
+    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
+    deployment.stop_api()
+
+    outbox = one.state / "outbox"
+    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
+                        timeout=30)
+    engine = make_engine(deployment.db_url)
+    try:
+        time.sleep(4)  # longer than the lease (3 s): it is renewed while the delivery waits
+        assert load_job(engine, job_id).status == "running"
+    finally:
+        engine.dispose()
+
+    deployment.start_api()
+    ended = deployment.wait(run["id"], timeout=60)
+    assert ended["status"] == "succeeded", ended["jobs"]
+    assert ended["jobs"][0]["attempt"] == 1
+    with deployment.client() as c:
+        got = c.get(f"/api/v1/jobs/{job_id}/artifacts/dist/out")
+    assert got.status_code == 200 and got.text == "made while the API was away\n"
+    assert list(outbox.glob("*.json")) == []
