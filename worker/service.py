@@ -154,17 +154,6 @@ class ServiceContext:
         self._streams: dict[str, RedisLog] = {}
         self.sources = RunSources(self.settings.state_dir, self.db)  # the runs' checked-out commits
 
-    def replay_outbox(self) -> None:
-        from worker.upload_outbox import replay
-
-        def announce(job_id: str, run_id: str, status: str) -> None:
-            RedisLog(self.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
-
-        try:
-            replay(self.worker_context(), self.files, self.publish, announce)  # type: ignore[arg-type]
-        except Exception as exc:  # the entries stay; the next start tries again
-            log.warning("replaying the outbox failed: %s", exc)
-
     def sweep_once(self, now: dt.datetime | None = None) -> None:
         now = now or utcnow()
         with session_scope(self.db) as s:
@@ -220,11 +209,13 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
         redis=redis.Redis.from_url(settings.redis_url),
         worker_id=f"{socket.gethostname()}-{os.getpid()}", send=send,
     )
+    if ctx.files.name == "http":  # before the sweeper: what a dead process of this host left in its outbox
+        from worker.upload_outbox import start_replay
+
+        start_replay(ctx)
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()
     ctx.presence = start_presence(ctx, concurrency)  # registered, then a heartbeat
-    if ctx.files.name == "http":  # deliveries a dead process of this host left in its outbox
-        threading.Thread(target=ctx.replay_outbox, name="sandpit-outbox", daemon=True).start()
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
 

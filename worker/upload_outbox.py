@@ -8,9 +8,10 @@ delivery's first try fails (the fast path writes nothing) and removed once the d
 While its worker lives, the delivery is retried by the job's own thread under the job's lease
 (:meth:`worker.remote_files.HttpTransport.send_until_done`). When the worker process died with
 entries waiting, the next one on the host (same state dir) takes them up at start
-(:func:`replay`): it takes the attempt's lease over (:func:`pipelines.store.handover.take_over_lease`),
-delivers, records the stored result, and publishes what that made ready — or drops the entry if
-the attempt was settled meanwhile. A replayed attempt's cache is not saved (a cache is an
+(:func:`take_over`, then :func:`replay`): it takes the attempt's lease over
+(:func:`pipelines.store.handover.take_over_lease`) before its sweeper could settle it, delivers,
+records the stored result, and publishes what that made ready — or drops the entry if the attempt
+was settled meanwhile. A replayed attempt's cache is not saved (a cache is an
 optimisation; the next job with that key saves it again).
 """
 
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,11 +30,12 @@ from pipelines.identifiers import is_job_id
 from pipelines.store.db import session_scope
 from pipelines.store.handover import take_over_lease
 from pipelines.store.transitions import finish_job
+from worker import TYPE_CHECKING
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from worker.executor import WorkerContext
     from worker.remote_files import Delivery, HttpTransport
+    from worker.service import ServiceContext
 
 log = logging.getLogger("sandpit.worker")
 
@@ -87,21 +90,31 @@ class UploadOutbox:
         return found
 
 
-def replay(ctx: WorkerContext, transport: HttpTransport, publish: Callable[[list[str]], None],
-           announce: Callable[[str, str, str], None]) -> int:
-    """Take up the deliveries another (dead) worker process of this host left; how many were recorded."""
-    recorded = 0
+def take_over(ctx: WorkerContext, transport: HttpTransport) -> list[Delivery]:
+    """The deliveries a dead worker process of this host left whose attempts are still running,
+    their leases now this process's (call it before the sweeper starts: a lease that expired
+    while the worker was restarted is then taken over rather than settled as worker_lost)."""
+    taken = []
     for delivery in transport.outbox.waiting():
         if delivery.worker_id == ctx.worker_id:
             continue  # this process's own, retried by its job's thread
         with session_scope(ctx.db) as s:
-            taken = take_over_lease(s, delivery.job_id, delivery.attempt, delivery.worker_id, ctx.worker_id,
-                                    ctx.now(), ctx.lease_s)
-        if not taken:
+            ok = take_over_lease(s, delivery.job_id, delivery.attempt, delivery.worker_id, ctx.worker_id,
+                                 ctx.now(), ctx.lease_s)
+        if ok:
+            taken.append(delivery)
+        else:
             log.info("outbox: attempt %d of job %s was settled meanwhile; its delivery is dropped",
                      delivery.attempt, delivery.job_id)
             transport.outbox.remove(delivery)
-            continue
+    return taken
+
+
+def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], publish: Callable[[list[str]], None],
+           announce: Callable[[str, str, str], None]) -> int:
+    """Deliver and record what :func:`take_over` took; how many results were recorded."""
+    recorded = 0
+    for delivery in taken:
         lease = ctx.leases.watch(ctx, delivery.job_id, delivery.attempt)
         try:
             outcome = transport.send_until_done(delivery, lease.lost.is_set)
@@ -117,3 +130,34 @@ def replay(ctx: WorkerContext, transport: HttpTransport, publish: Callable[[list
         recorded += 1
         log.info("outbox: job %s (attempt %d) delivered and recorded", delivery.job_id, delivery.attempt)
     return recorded
+
+
+def start_replay(ctx: ServiceContext) -> None:
+    """At a worker's start: take over what its host's outbox holds (now, before the sweeper could
+    settle those attempts), then deliver and record it on a thread of its own."""
+    from worker.remote_files import HttpTransport
+
+    transport = ctx.files
+    assert isinstance(transport, HttpTransport)
+    work = ctx.worker_context()
+    try:
+        taken = take_over(work, transport)
+    except Exception as exc:  # the entries stay; the next start tries again
+        log.warning("taking up the outbox failed: %s", exc)
+        return
+    if not taken:
+        return
+
+    def announce(job_id: str, run_id: str, status: str) -> None:  # the live log's end, as on_done sends it
+        from pipelines.names import run_events_channel
+        from worker.logstream import RedisLog
+
+        RedisLog(ctx.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
+
+    def run() -> None:
+        try:
+            replay(work, transport, taken, ctx.publish, announce)
+        except Exception as exc:
+            log.warning("replaying the outbox failed: %s", exc)
+
+    threading.Thread(target=run, name="sandpit-outbox", daemon=True).start()

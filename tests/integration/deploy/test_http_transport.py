@@ -146,3 +146,31 @@ def test_the_api_down_while_a_job_ends_delays_its_result_and_loses_nothing(deplo
         got = c.get(f"/api/v1/jobs/{job_id}/artifacts/dist/out")
     assert got.status_code == 200 and got.text == "made while the API was away\n"
     assert list(outbox.glob("*.json")) == []
+
+
+def test_a_worker_restarted_while_its_delivery_waits_takes_it_up(deployment: Deployment) -> None:
+    """The API is down when the job ends, and the worker is SIGKILLed while the delivery waits in
+    its outbox: the next worker process on that host takes the attempt's lease over, delivers
+    once the API is back, and records the first attempt's result (no worker_lost, no retry)."""
+    deployment.start_api()
+    one = deployment.host("one")
+    first = deployment.http_worker(one)
+    deployment.wait_for("the worker", lambda: deployment.workers())
+    run = deployment.submit(SLOW_BUILD)
+    job_id = run["jobs"][0]["id"]
+    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
+    deployment.stop_api()
+    outbox = one.state / "outbox"
+    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
+                        timeout=30)
+    first.kill()
+    first.wait()
+    time.sleep(4)  # the dead worker's lease (3 s) has expired: no sweeper ran to settle it
+    deployment.http_worker(one)
+    deployment.start_api()
+    ended = deployment.wait(run["id"], timeout=60)
+    assert ended["status"] == "succeeded", ended["jobs"]
+    assert [a.attempt for a in deployment.attempts(job_id)] == [1]
+    with deployment.client() as c:
+        assert c.get(f"/api/v1/jobs/{job_id}/artifacts/dist/out").text == "made while the API was away\n"
+    assert list(outbox.glob("*.json")) == []
