@@ -194,7 +194,8 @@ async def approve_run(run_id: str, request: Request, viewer: AdminDep, engine: E
     form = await csrf.read_form(request)
     csrf.check(request, form, viewer.csrf)
     await to_thread.run_sync(approve_now, engine, publisher, run_id, f"ui:{viewer.name}")
-    target = form.get("back") if form.get("back") == f"{PREFIX}/repos" else f"{PREFIX}/runs/{run_id}"
+    # the form only chooses between two of our own pages: its text never becomes the redirect
+    target = f"{PREFIX}/repos" if form.get("back") == f"{PREFIX}/repos" else f"{PREFIX}/runs/{run_id}"
     return RedirectResponse(target, status_code=303)
 
 
