@@ -14,12 +14,12 @@ Networking (``--network egress``): ``SANDPIT_RESOLVERS`` (comma-separated DNS se
 ``SANDPIT_SUBNET`` (job subnet; default: the first candidate colliding with no host route),
 ``SANDPIT_NET_ALLOW`` (comma-separated extra CIDRs jobs may reach), ``SANDPIT_NET_HOST_NETNS``
 (a network namespace file that plays "host" for the bridge and rules; default this process's own).
-Retention of local runs and ``exec`` (worker/retention.py): ``SANDPIT_RETENTION`` (their logs and
+Retention of local runs and ``exec`` (worker/local/retention.py): ``SANDPIT_RETENTION`` (their logs and
 artifacts are removed after this long; default 7d), ``SANDPIT_RETENTION_SIZE`` (and, oldest first, past
 this total; default 10G), ``SANDPIT_CACHE_SIZE`` (local runs' ``cache:``, least recently used evicted
 past this; default 5G), ``SANDPIT_GC_EVERY`` (the automatic collection at the start of ``run``/``exec``
 runs at most this often; default 10m; 0: never automatically).
-The service (worker/service.py): ``SANDPIT_DATABASE_URL`` (default SQLite in the state dir),
+The service (worker/service/context.py): ``SANDPIT_DATABASE_URL`` (default SQLite in the state dir),
 ``SANDPIT_REDIS_URL`` (default redis://127.0.0.1:6379/0), ``SANDPIT_LEASE_S`` (default 20),
 ``SANDPIT_SWEEP_S`` (default 5), ``SANDPIT_HEARTBEAT_S`` (default 10), ``SANDPIT_PUBLIC_URL`` (else
 ``SANDPIT_API_URL``: the address in ``CI_JOB_URL``), ``SANDPIT_ARTIFACT_TRANSPORT`` (local|http).

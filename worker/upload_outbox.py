@@ -35,7 +35,7 @@ from worker import TYPE_CHECKING
 if TYPE_CHECKING:
     from worker.executor import WorkerContext
     from worker.remote_files import Delivery, HttpTransport
-    from worker.service import ServiceContext
+    from worker.service.context import ServiceContext
 
 log = logging.getLogger("sandpit.worker")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.sandbox.test_cli_and_teardown import cli_env
-from worker.local_cache import repository_dir
+from worker.local.cache import repository_dir
 
 CACHE_PIPELINE = """\
 build:

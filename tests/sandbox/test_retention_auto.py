@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from tests.sandbox.test_cli_and_teardown import cli_env
-from worker import local_records
-from worker.retention import stamp_path
+from worker.local import records as local_records
+from worker.local.retention import stamp_path
 
 
 def plant_old_record(settings) -> Path:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from worker.service import Budget
+from worker.service.context import Budget
 
 GiB = 1024**3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.children import FIRST_DELAY_S, MAX_DELAY_S, STABLE_AFTER_S, next_delay
+from worker.service.children import FIRST_DELAY_S, MAX_DELAY_S, STABLE_AFTER_S, next_delay
 
 
 @pytest.mark.parametrize(("previous", "uptime", "expected"), [

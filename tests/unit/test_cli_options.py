@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from worker.cli import build_parser, parse_exec_fast
-from worker.cli_service import try_line
-from worker.local_run import _unglued, only_jobs, script_echoes
+from worker.cli.remote import try_line
+from worker.local.run import _unglued, only_jobs, script_echoes
 from worker.terminal import Paint, colour_wanted, split_sections, strip_colour
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import pytest
 
 import worker.cli
 from worker.cli import build_parser, parse_exec_fast
-from worker.exec_options import EXEC_OPTIONS, ExecOption
+from worker.cli.exec_options import EXEC_OPTIONS, ExecOption
 
 AGREE = [
     ["--", "/bin/true"],

@@ -24,7 +24,7 @@ HEAVY = (
 )
 #: sandpit's own packages exec must not load: the service, the API, the store, the pipeline language
 #: (except its quantities: sizes and durations), the network and registry layers (egress and pulls only)
-HEAVY_OWN = ("api", "pipelines.store", "pipelines.language.", "worker.service", "worker.celery_app",
+HEAVY_OWN = ("api", "pipelines.store", "pipelines.language.", "worker.service.",
              "worker.sandbox.network.", "worker.sandbox.registry.", "worker.sandbox.services.")
 ALLOWED_OWN = ("pipelines.language.quantities",)
 
@@ -33,7 +33,7 @@ import json, sys
 from worker.cli import parse_exec_fast
 ns = parse_exec_fast(["--memory", "64M", "--env", "A=1", "--", "true"])
 assert ns is not None
-import worker.cli_exec, worker.local_records, worker.retention
+import worker.cli.exec, worker.local.records, worker.local.retention
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -59,5 +59,5 @@ def test_the_check_sees_a_heavy_module() -> None:
 
 def test_exec_imports_no_heavy_module() -> None:
     modules = loaded()
-    assert "worker.sandbox.engine" in modules and "worker.cli_exec" in modules  # the probe did import exec
+    assert "worker.sandbox.engine" in modules and "worker.cli.exec" in modules  # the probe did import exec
     assert heavy_among(modules) == []

@@ -1,4 +1,4 @@
-"""``sandpit gc`` (worker/retention.py) in a state dir of the test's own, through the real process:
+"""``sandpit gc`` (worker/local/retention.py) in a state dir of the test's own, through the real process:
 records past their age or the size cap go with their logs and stored files, local caches are
 evicted least recently used first, a file something still names stays, nothing is followed."""
 
@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from worker import local_cache, local_records
+from worker.local import cache as local_cache
+from worker.local import records as local_records
 from worker.sandbox.blobs import blob_path, store_bytes
 
 REPO = Path(__file__).resolve().parents[2]

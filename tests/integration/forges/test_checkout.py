@@ -29,7 +29,7 @@ from pipelines.store.sources import record_archive_source, record_commit_source,
 from pipelines.store.transitions import cancel_run, create_run
 from tests.integration.forges.gitserver import GitServer, Link, git_server
 from worker.errors import InvalidRequest
-from worker.run_sources import RunSources
+from worker.service.run_sources import RunSources
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 CI = """\

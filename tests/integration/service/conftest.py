@@ -62,7 +62,7 @@ class Service:
     def start_worker(self, concurrency: int = 2, *, plain_celery: bool = False, **env: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)]
         if plain_celery:  # the documented plain form
-            argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "threads",
+            argv = [sys.executable, "-m", "celery", "-A", "worker.service.celery_app", "worker", "-P", "threads",
                     "-c", str(concurrency), "-l", "INFO"]
         with open(self.tmp / f"worker-{len(self.workers)}.log", "wb") as log:
             proc = subprocess.Popen(argv,

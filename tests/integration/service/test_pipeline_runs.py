@@ -152,7 +152,7 @@ def test_cancel_of_a_running_job(service: Service):
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_plain_celery_worker_form(service: Service):
-    """`celery -A worker.celery_app worker -P threads` is the same worker as `sandpit worker`."""
+    """`celery -A worker.service.celery_app worker -P threads` is the same worker as `sandpit worker`."""
     service.start_worker(plain_celery=True)
     run_id = service.submit("hello:\n  script: ['echo hi']\n")
     assert service.wait(run_id) == "succeeded"

@@ -212,7 +212,7 @@ def test_the_reader_keeps_a_log_per_service_and_copies_whole_lines_when_asked(tm
 
 def test_a_local_record_names_the_service_logs_so_retention_removes_them() -> None:
     """A local run's record lists each attempt's service logs beside its own; a planted path is not one."""
-    from worker.local_records import job_entry
+    from worker.local.records import job_entry
 
     attempt = {"log": "/s/logs/abc.jsonl", "services": [{"log": "/s/logs/abc.svc0.jsonl"}, {"log": "/etc/passwd"},
                                                          "junk"]}

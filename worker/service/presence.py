@@ -33,7 +33,7 @@ from worker import TYPE_CHECKING
 from worker.sandbox.runtime import PREFERENCE, runtime_problem
 
 if TYPE_CHECKING:
-    from worker.service import ServiceContext
+    from worker.service.context import ServiceContext
 
 log = logging.getLogger("sandpit.worker")
 

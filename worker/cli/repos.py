@@ -73,7 +73,7 @@ def _secret(path: Path | None, configured: str | None, generate: bool) -> tuple[
 
 
 def repos_command(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli_service import Client
+    from worker.cli.remote import Client
 
     client = Client(settings)
     if args.command == "approve":

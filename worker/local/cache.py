@@ -13,7 +13,7 @@ Layout: ``<state>/local/cache/<repository>/<entry>.json``; ``repository`` is a h
 tree's real path (the same repository, wherever it is run from), ``entry`` a hash of (trust, key),
 so no key (a job's text) ever becomes part of a path. An entry is written once through a unique
 temporary and a rename (a concurrent run sees the old entry or the new one, whole); its mtime is
-its last use, which is what least-recently-used eviction (:mod:`worker.retention`) sorts by.
+its last use, which is what least-recently-used eviction (:mod:`worker.local.retention`) sorts by.
 Entries of untrusted runs (``--policy untrusted``) never feed trusted ones, nor the reverse: the
 trust level is part of the entry's name and of the lookup, as in the service's store.
 """

@@ -36,11 +36,12 @@ from pipelines.store.models import Job
 from pipelines.store.reads import queued_job_ids, run_jobs, run_status
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job
-from worker import local_cache, local_records
 from worker.executor import WorkerContext, WorkspaceSource, execute_job, image_shell, utcnow
 from worker.job_record import JobRecord, Reason, Status
 from worker.jobs import JobDefaults, image_name, request_for
-from worker.run_kept import kept_lines
+from worker.local import cache as local_cache
+from worker.local import records as local_records
+from worker.local.kept import kept_lines
 from worker.sandbox.engine import Engine
 from worker.settings import Settings
 from worker.terminal import (
@@ -295,7 +296,7 @@ def run_pipeline(settings: Settings, path: Path, variables: dict[str, str], *, a
     if why is not None:
         print(f"sandpit: {why}", file=err)
         return 0
-    from worker.retention import collect_if_due
+    from worker.local.retention import collect_if_due
 
     collect_if_due(settings)  # old local runs' logs and artifacts go
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=_local_dir(settings)))

@@ -34,8 +34,8 @@ def add_local_parsers(sub: Any, common: Any, helped: Any) -> None:
 
 
 def artifacts_command(args: Any, settings: Settings) -> int:
-    from worker.artifact_export import ExportRefused, export, plan_export
-    from worker.local_records import find
+    from worker.local.artifact_export import ExportRefused, export, plan_export
+    from worker.local.records import find
 
     found = find(settings.state_dir, args.id)
     if isinstance(found, str):
@@ -69,7 +69,7 @@ def artifacts_command(args: Any, settings: Settings) -> int:
 
 def gc_command(args: Any, settings: Settings) -> int:
 
-    from worker.retention import collect
+    from worker.local.retention import collect
 
     done = collect(settings, wait=not args.auto)
     if args.auto:

@@ -37,11 +37,11 @@ from worker.job_files import LocalTransport, Transport, make_transport
 from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
-from worker.presence import Presence, start_presence
-from worker.run_sources import RunSources
 from worker.sandbox.blobs import remove_if_unused
 from worker.sandbox.engine import Engine
 from worker.sandbox.reaper import reap
+from worker.service.presence import Presence, start_presence
+from worker.service.run_sources import RunSources
 from worker.settings import Settings
 
 log = logging.getLogger("sandpit.worker")

@@ -1,12 +1,12 @@
 """Retention on this host for what local runs and ``sandpit exec`` keep (adapter): ``sandpit gc``.
 
-The service expires its own artifacts (worker/service.py); local runs and ``exec`` have no database
+The service expires its own artifacts (worker/service/context.py); local runs and ``exec`` have no database
 to expire rows from, so without this their logs and artifacts grew without bound. Each run and
-exec leaves a record (:mod:`worker.local_records`); a collection
+exec leaves a record (:mod:`worker.local.records`); a collection
 
 1. removes records older than ``SANDPIT_RETENTION`` and then, oldest first, records past
    ``SANDPIT_RETENTION_SIZE`` (their logs plus their stored files), and with each its logs;
-2. evicts local ``cache:`` entries (:mod:`worker.local_cache`), least recently used first, until
+2. evicts local ``cache:`` entries (:mod:`worker.local.cache`), least recently used first, until
    they name at most ``SANDPIT_CACHE_SIZE``;
 3. removes each stored file those named, through the blob store's own retention
    (``blobs.remove_if_unused``: renamed aside first, then kept if it is still named or was stored
@@ -37,7 +37,7 @@ from worker.record import field, record
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from worker.local_records import LocalRecord
+    from worker.local.records import LocalRecord
     from worker.settings import Settings
 
 SCRATCH_IDLE_S = 86400.0  # a local run's private store untouched this long belongs to a dead run
@@ -131,7 +131,8 @@ def collect(settings: Settings, now: float | None = None, *,
 
 
 def _collect(settings: Settings, now: float) -> Collected:
-    from worker import local_cache, local_records
+    from worker.local import cache as local_cache
+    from worker.local import records as local_records
     from worker.sandbox import blobs
 
     done = Collected()
@@ -197,7 +198,7 @@ def _collect(settings: Settings, now: float) -> Collected:
 def _leftover_writes(folder: Path, now: float, retention_s: float) -> int:
     """Remove what a writer killed mid-write left in ``folder``: its unique temporaries (after an
     hour) and files that cannot be read as a record (after the retention age); how many."""
-    from worker.local_records import read_record_file
+    from worker.local.records import read_record_file
 
     removed = 0
     try:

@@ -44,8 +44,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
 
 def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int:
     """Start redis-server (unless SANDPIT_REDIS_URL is set), a worker and the API; keep them running
-    (a child that dies is started again, with back-off: worker/children.py); stop them on Ctrl-C."""
-    from worker.children import Child, Children
+    (a child that dies is started again, with back-off: worker/service/children.py); stop them on Ctrl-C."""
+    from worker.service.children import Child, Children
 
     env = dict(os.environ)  # the children's environment (each builds its own settings from it)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def try_line(host: str, port: int, token: str, token_configured: bool) -> str:
     reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - turning a wildcard into a target
     url = f"http://[{reach}]:{port}" if ":" in reach else f"http://{reach}:{port}"
     shown_token = "<one of SANDPIT_API_TOKENS>" if token_configured else shlex.quote(token)
-    example = Path(__file__).resolve().parent.parent / "pipelines" / "examples" / "demo.yml"
+    example = Path(__file__).resolve().parents[2] / "pipelines" / "examples" / "demo.yml"
     command = "sandpit" if shutil.which("sandpit") else f"{shlex.quote(sys.executable)} -m worker"
     return (f"SANDPIT_API_URL={shlex.quote(url)} SANDPIT_TOKEN={shown_token} {command} submit "
             f"{shlex.quote(str(example))} --follow")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from worker.cli.exec_options import SANDBOX_FAILED, add_exec_parser, env_pair, parse_exec_fast
 from worker.errors import SandpitError
-from worker.exec_options import SANDBOX_FAILED, add_exec_parser, env_pair, parse_exec_fast
 from worker.settings import Settings
 
 __all__ = ["SANDBOX_FAILED", "build_parser", "main", "parse_exec_fast"]
@@ -150,10 +150,10 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     cn = sub.add_parser("cancel", parents=[common], help="cancel a run on a running service",
                         description=f"Cancel a run (environment: {client_env}).")
     cn.add_argument("run", help="the run's id")
-    from worker.cli_repos import add_repos_parser
+    from worker.cli.repos import add_repos_parser
 
     add_repos_parser(sub, common)
-    from worker.cli_workers import add_workers_parser
+    from worker.cli.workers import add_workers_parser
 
     add_workers_parser(sub, common)
 
@@ -167,7 +167,7 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
                                "the egress network and its DNS, and Redis and the database when configured "
                                "(SANDPIT_REDIS_URL, SANDPIT_DATABASE_URL). Exit status 1 when something a job "
                                "needs is broken.")
-    from worker.cli_local import add_local_parsers
+    from worker.cli.local import add_local_parsers
 
     add_local_parsers(sub, common, _helped)
 
@@ -197,13 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "exec":
             # lazy, as every command's module here: each command loads only what it needs (exec the
             # engine, not the language or the store; tests/unit/test_exec_imports.py holds it to that)
-            from worker.cli_exec import exec_command
+            from worker.cli.exec import exec_command
 
             return exec_command(args, settings)
         if args.command == "run":
             from pathlib import Path
 
-            from worker.local_run import RunOptions, run_pipeline
+            from worker.local.run import RunOptions, run_pipeline
 
             options = RunOptions(jobs=tuple(args.job), manual=tuple(args.manual), trigger=args.trigger,
                                  ref=args.ref, tag=args.tag, sha=args.sha,
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from celery.platforms import SecurityWarning
 
-            from worker.celery_app import app
+            from worker.service.celery_app import app
 
             # root is required: jobs need user namespaces, cgroups, mounts and network namespaces
             warnings.filterwarnings("ignore", category=SecurityWarning)
@@ -238,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("up", "submit", "logs", "cancel"):
             from pathlib import Path
 
-            from worker import cli_service
-
+            from worker.cli import remote as cli_service
             if args.command == "up":
                 return cli_service.up(settings, args.host, args.port, args.concurrency)
             if args.command == "submit":
@@ -249,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cli_service.logs(settings, args.job, args.follow)
             return cli_service.cancel(settings, args.run)
         if args.command == "workers":
-            from worker.cli_workers import workers_command
+            from worker.cli.workers import workers_command
 
             return workers_command(args, settings)
         if args.command in ("repos", "approve"):
-            from worker.cli_repos import repos_command
+            from worker.cli.repos import repos_command
 
             return repos_command(args, settings)
         if args.command == "reap":
@@ -271,8 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "host-prep":
             return _host_prep(settings)
         if args.command in ("artifacts", "gc"):
-            from worker import cli_local
-
+            from worker.cli import local as cli_local
             return cli_local.artifacts_command(args, settings) if args.command == "artifacts" else \
                 cli_local.gc_command(args, settings)
         if args.command == "doctor":
@@ -392,7 +390,7 @@ def _host_prep(settings: Settings) -> int:
 
 
 def _doctor(settings: Settings) -> int:
-    """``sandpit doctor`` (worker/doctor.py): every check with what to do; 1 if a job would fail."""
-    from worker.doctor import print_checks, run_checks
+    """``sandpit doctor`` (worker/cli/doctor.py): every check with what to do; 1 if a job would fail."""
+    from worker.cli.doctor import print_checks, run_checks
 
     return print_checks(run_checks(settings), sys.stdout)

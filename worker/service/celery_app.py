@@ -1,6 +1,6 @@
 """The Celery app: JSON only, late acks, reject on worker loss, prefetch 1, one queue.
 
-``celery -A worker.celery_app worker -P threads`` and ``sandpit worker`` start the same thing.
+``celery -A worker.service.celery_app worker -P threads`` and ``sandpit worker`` start the same thing.
 Nothing connects on import: the app is configured from the environment when Celery first reads
 its configuration (at the entry point), and the worker's context (engine, database, Redis,
 sweeper) is built when the worker starts (``worker_init``) and kept on the app object
@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, signals
 
 from pipelines.names import QUEUE, TASK_RUN_JOB
-from worker.service import ServiceContext, start_service, stop_service
+from worker.service.context import ServiceContext, start_service, stop_service
 from worker.settings import Settings
 
 
@@ -37,7 +37,7 @@ class SandpitCelery(Celery):
         self.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
 
 
-app = SandpitCelery("sandpit", include=["worker.tasks"])
+app = SandpitCelery("sandpit", include=["worker.service.tasks"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipelines.identifiers import artifact_path_problem
-from worker.local_records import KeptFile
+from worker.local.records import KeptFile
 from worker.sandbox import blobs
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

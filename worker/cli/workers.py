@@ -53,7 +53,7 @@ def worker_line(worker: dict[str, Any]) -> str:
 
 
 def workers_command(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli_service import Client
+    from worker.cli.remote import Client
 
     answer = Client(settings).call("GET", "/api/v1/workers")
     if args.json:

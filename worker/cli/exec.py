@@ -14,11 +14,11 @@ import os
 import threading
 
 from worker import TYPE_CHECKING
+from worker.cli.exec_options import SANDBOX_FAILED
 from worker.errors import InvalidRequest
-from worker.exec_options import SANDBOX_FAILED
 from worker.job_record import JobRecord, Reason, Status, Verdict
-from worker.local_records import record_exec
-from worker.retention import spawn_if_due
+from worker.local.records import record_exec
+from worker.local.retention import spawn_if_due
 from worker.sandbox.engine import Engine, install_signal_cancel
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.sandbox.units import parse_cpus, parse_duration, parse_size
@@ -92,7 +92,7 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _keep_record(settings: Settings, record: dict[str, object]) -> None:
-    """Name the log and artifacts this exec left in the shared stores (worker/local_records.py), so
+    """Name the log and artifacts this exec left in the shared stores (worker/local/records.py), so
     ``sandpit artifacts`` finds them and retention removes them in time; never fails the command."""
     if not record.get("log") and not record.get("artifacts"):
         return  # refused before anything was written

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.names import TASK_RUN_JOB
-from worker.celery_app import app
-from worker.service import handle_job
+from worker.service.celery_app import app
+from worker.service.context import handle_job
 
 
 @app.task(name=TASK_RUN_JOB, ignore_result=True, bind=True)
