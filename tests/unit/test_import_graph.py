@@ -7,6 +7,10 @@ Every ``import`` counts, at module level and inside functions (a function-level 
 breaks a cycle still is one), except those under ``if TYPE_CHECKING:``, which never run. An edge
 goes to the module named (``from a.b import c`` is an edge to ``a.b.c`` when that is a module of
 the tree, else to ``a.b``); the packages a dotted name passes through are not edges of their own.
+
+Inside ``worker/`` the arrows point down (docs/architecture.md): ``cli`` above ``local`` and
+``service`` (which never import each other), those above the modules they share at ``worker/``'s
+top, those above ``sandbox``, which uses only the values every room passes around.
 """
 
 from __future__ import annotations
@@ -177,6 +181,43 @@ def wall_breaches(graph: dict[str, dict[str, int]]) -> list[str]:
                   if target.partition(".")[0] in WALLS.get(module.partition(".")[0], ()))
 
 
+#: worker's rooms, top down; a room may import its own modules and those of lower ranks only
+RANKS = {"cli": 3, "local": 2, "service": 2, "shared": 1, "sandbox": 0}
+#: the shared modules the engine may use: the values every room passes around
+SANDBOX_MAY_USE = {"worker", "worker.settings", "worker.record", "worker.errors", "worker.job_record"}
+
+
+def worker_room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "worker" or module == "worker.__main__":  # the entry point stands above every room
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in RANKS else "shared"
+
+
+def room_breaches(graph: dict[str, dict[str, int]]) -> list[str]:
+    found = []
+    for module, targets in graph.items():
+        room = worker_room(module)
+        for target, line in targets.items():
+            other = worker_room(target)
+            if room is None or other is None or other == room:
+                continue
+            allowed = target in SANDBOX_MAY_USE if room == "sandbox" else RANKS[other] < RANKS[room]
+            if not allowed:
+                found.append(f"{module} ({room}) imports {target} ({other}), line {line}")
+    return sorted(found)
+
+
+def test_the_room_rule_sees_an_arrow_upward() -> None:
+    graph = {"worker.local.run": {"worker.cli.terminal": 3, "worker.executor": 4},
+             "worker.service.context": {"worker.local.records": 5}, "worker.executor": {"worker.sandbox.engine": 1},
+             "worker.sandbox.engine": {"worker.settings": 2, "worker.jobs": 7}, "worker.__main__": {"worker.cli": 1}}
+    assert room_breaches(graph) == [
+        "worker.local.run (local) imports worker.cli.terminal (cli), line 3",
+        "worker.sandbox.engine (sandbox) imports worker.jobs (shared), line 7",
+        "worker.service.context (service) imports worker.local.records (local), line 5"]
+
+
 @pytest.fixture(scope="module")
 def graph() -> dict[str, dict[str, int]]:
     return import_graph()
@@ -194,3 +235,8 @@ def test_no_import_cycle(graph: dict[str, dict[str, int]]) -> None:
 
 def test_api_and_worker_never_import_each_other_and_pipelines_neither(graph: dict[str, dict[str, int]]) -> None:
     assert wall_breaches(graph) == []
+
+
+def test_worker_rooms_import_downward_only(graph: dict[str, dict[str, int]]) -> None:
+    assert {"worker.cli.exec", "worker.local.run", "worker.service.context"} <= set(graph)
+    assert room_breaches(graph) == []
