@@ -35,7 +35,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,6 +48,7 @@ from worker.errors import SandboxError
 from worker.job_record import JobRecord, Reason, Status
 from worker.record import replace
 from worker.sandbox import blobs
+from worker.upload_outbox import Delivery, UploadOutbox
 
 log = logging.getLogger("sandpit.worker")
 
@@ -97,37 +97,6 @@ def _judge(response: httpx.Response, what: str) -> None:
     raise Refused(f"{what}: the API refused it ({response.status_code} {detail})")
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """What one attempt sends (and, while the API is away, what waits in the outbox)."""
-
-    job_id: str
-    run_id: str
-    attempt: int
-    token: str
-    worker_id: str
-    blobs: tuple[str, ...]
-    log_file: str | None  # the local log (absolute), None when the job wrote none
-    log_sha256: str | None
-    record: dict[str, object]  # the record to store once delivered (its log already the API's)
-
-    def to_json(self) -> dict[str, object]:
-        return {"job_id": self.job_id, "run_id": self.run_id, "attempt": self.attempt, "token": self.token,
-                "worker_id": self.worker_id, "blobs": list(self.blobs), "log_file": self.log_file,
-                "log_sha256": self.log_sha256, "record": self.record}
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Delivery:
-        blobs_ = data.get("blobs")
-        record = data.get("record")
-        return cls(job_id=str(data["job_id"]), run_id=str(data["run_id"]), attempt=int(str(data["attempt"])),
-                   token=str(data["token"]), worker_id=str(data["worker_id"]),
-                   blobs=tuple(str(b) for b in blobs_) if isinstance(blobs_, list) else (),
-                   log_file=str(data["log_file"]) if data.get("log_file") else None,
-                   log_sha256=str(data["log_sha256"]) if data.get("log_sha256") else None,
-                   record=dict(record) if isinstance(record, dict) else {})
-
-
 class HttpTransport:
     """One per worker process: the HTTP client (keep-alive, thread-safe) and the outbox."""
 
@@ -135,8 +104,6 @@ class HttpTransport:
 
     def __init__(self, api_url: str, store: Path, outbox_dir: Path,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        from worker.upload_outbox import UploadOutbox
-
         self.api_url = api_url.rstrip("/")
         self.store = store
         self.outbox = UploadOutbox(outbox_dir)

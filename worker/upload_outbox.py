@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import secrets
-import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.identifiers import is_job_id
@@ -34,10 +34,40 @@ from worker import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from worker.executor import WorkerContext
-    from worker.remote_files import Delivery, HttpTransport
-    from worker.service.context import ServiceContext
+    from worker.remote_files import HttpTransport
 
 log = logging.getLogger("sandpit.worker")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one attempt sends (and, while the API is away, what waits in the outbox)."""
+
+    job_id: str
+    run_id: str
+    attempt: int
+    token: str
+    worker_id: str
+    blobs: tuple[str, ...]
+    log_file: str | None  # the local log (absolute), None when the job wrote none
+    log_sha256: str | None
+    record: dict[str, object]  # the record to store once delivered (its log already the API's)
+
+    def to_json(self) -> dict[str, object]:
+        return {"job_id": self.job_id, "run_id": self.run_id, "attempt": self.attempt, "token": self.token,
+                "worker_id": self.worker_id, "blobs": list(self.blobs), "log_file": self.log_file,
+                "log_sha256": self.log_sha256, "record": self.record}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Delivery:
+        blobs_ = data.get("blobs")
+        record = data.get("record")
+        return cls(job_id=str(data["job_id"]), run_id=str(data["run_id"]), attempt=int(str(data["attempt"])),
+                   token=str(data["token"]), worker_id=str(data["worker_id"]),
+                   blobs=tuple(str(b) for b in blobs_) if isinstance(blobs_, list) else (),
+                   log_file=str(data["log_file"]) if data.get("log_file") else None,
+                   log_sha256=str(data["log_sha256"]) if data.get("log_sha256") else None,
+                   record=dict(record) if isinstance(record, dict) else {})
 
 
 class UploadOutbox:
@@ -72,8 +102,6 @@ class UploadOutbox:
 
     def waiting(self) -> list[Delivery]:
         """Every entry that reads as a delivery (one that does not is logged and left alone)."""
-        from worker.remote_files import Delivery
-
         found = []
         try:
             names = sorted(os.listdir(self.directory))
@@ -130,34 +158,3 @@ def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], 
         recorded += 1
         log.info("outbox: job %s (attempt %d) delivered and recorded", delivery.job_id, delivery.attempt)
     return recorded
-
-
-def start_replay(ctx: ServiceContext) -> None:
-    """At a worker's start: take over what its host's outbox holds (now, before the sweeper could
-    settle those attempts), then deliver and record it on a thread of its own."""
-    from worker.remote_files import HttpTransport
-
-    transport = ctx.files
-    assert isinstance(transport, HttpTransport)
-    work = ctx.worker_context()
-    try:
-        taken = take_over(work, transport)
-    except Exception as exc:  # the entries stay; the next start tries again
-        log.warning("taking up the outbox failed: %s", exc)
-        return
-    if not taken:
-        return
-
-    def announce(job_id: str, run_id: str, status: str) -> None:  # the live log's end, as on_done sends it
-        from pipelines.names import run_events_channel
-        from worker.logstream import RedisLog
-
-        RedisLog(ctx.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
-
-    def run() -> None:
-        try:
-            replay(work, transport, taken, ctx.publish, announce)
-        except Exception as exc:
-            log.warning("replaying the outbox failed: %s", exc)
-
-    threading.Thread(target=run, name="sandpit-outbox", daemon=True).start()

@@ -43,6 +43,7 @@ from worker.sandbox.reaper import reap
 from worker.service.presence import Presence, start_presence
 from worker.service.run_sources import RunSources
 from worker.settings import Settings
+from worker.upload_outbox import replay, take_over
 
 log = logging.getLogger("sandpit.worker")
 REAP_EVERY_S = 60.0
@@ -210,14 +211,40 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
         worker_id=f"{socket.gethostname()}-{os.getpid()}", send=send,
     )
     if ctx.files.name == "http":  # before the sweeper: what a dead process of this host left in its outbox
-        from worker.upload_outbox import start_replay
-
-        start_replay(ctx)
+        _start_outbox_replay(ctx)
     ctx.sweeper = threading.Thread(target=ctx._sweep_loop, name="sandpit-sweeper", daemon=True)
     ctx.sweeper.start()
     ctx.presence = start_presence(ctx, concurrency)  # registered, then a heartbeat
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
+
+
+def _start_outbox_replay(ctx: ServiceContext) -> None:
+    """At a worker's start: take over what its host's outbox holds (now, before the sweeper could
+    settle those attempts), then deliver and record it on a thread of its own."""
+    from worker.remote_files import HttpTransport  # httpx: only a worker with the http transport needs it
+
+    transport = ctx.files
+    assert isinstance(transport, HttpTransport)
+    work = ctx.worker_context()
+    try:
+        taken = take_over(work, transport)
+    except Exception as exc:  # the entries stay; the next start tries again
+        log.warning("taking up the outbox failed: %s", exc)
+        return
+    if not taken:
+        return
+
+    def announce(job_id: str, run_id: str, status: str) -> None:  # the live log's end, as on_done sends it
+        RedisLog(ctx.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
+
+    def run() -> None:
+        try:
+            replay(work, transport, taken, ctx.publish, announce)
+        except Exception as exc:
+            log.warning("replaying the outbox failed: %s", exc)
+
+    threading.Thread(target=run, name="sandpit-outbox", daemon=True).start()
 
 
 def stop_service(ctx: ServiceContext) -> None:
