@@ -15,7 +15,6 @@ Layout: ``state_dir/net/leases/<subnet>/<slot>`` containing ``"<pid> <job id>\\n
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import os
 import time
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.files.locks import lock_fd
 from worker.sandbox.network.addresses import AddressPlan
 from worker.sandbox.network.errors import AddressesExhausted
 
@@ -79,7 +79,7 @@ class LeaseStore:
         temp = self.directory / f".new-{os.getpid()}-{next(_counter)}"
         fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_fd(fd, blocking=False)  # a new file: nobody else can hold it
             os.write(fd, f"{os.getpid()} {job_id}\n".encode())
             for slot in self.plan.probe_order(start):
                 path = self.directory / str(slot)
@@ -123,9 +123,7 @@ def stale_leases(directory: Path) -> Iterator[tuple[StaleLease, int]]:
             fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_fd(fd, blocking=False):
             os.close(fd)
             continue
         try:
@@ -182,7 +180,7 @@ class ReapLock:
     def __enter__(self) -> ReapLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        lock_fd(self.fd)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,13 +20,13 @@ switched off) is removed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipelines.files.locks import lock_fd
 from worker.sandbox.network.addresses import slot_of_veth, veth_name
 from worker.sandbox.network.errors import HostNetworkError
 from worker.sandbox.network.host import host_netns_fd
@@ -142,9 +142,7 @@ def judge_entries(settings: NetworkSettings, ipr: Any, *, drain: bool) -> tuple[
                 lease = -1
             try:
                 if lease >= 0:
-                    try:
-                        fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                    if not lock_fd(lease, blocking=False):
                         kept.add(slot)  # being made or claimed right now
                         continue
                 ours = lease >= 0 and os.pread(lease, 4096, 0) == pool_lease_text(token, str(settings.pool_dir))

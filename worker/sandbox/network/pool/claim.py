@@ -22,9 +22,9 @@ reaper, like the lease of a dead worker. A namespace is never given to a second 
 
 from __future__ import annotations
 
-import fcntl
 import os
 
+from pipelines.files.locks import lock_fd
 from worker import TYPE_CHECKING
 from worker.sandbox.instance import instance_names
 from worker.sandbox.network.pool.layout import (
@@ -173,9 +173,7 @@ def _claim_entry(pool_dir: str, pool_fd: int, lease_dir_fd: int, name: str, slot
         return None
     netns = -1
     try:
-        try:
-            fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_fd(lease, blocking=False):
             return None
         if os.fstat(lease).st_nlink == 0 or os.pread(lease, 4096, 0) != pool_lease_text(token, pool_dir):
             return None  # reaped meanwhile, or already used: never twice

@@ -24,6 +24,7 @@ import json
 import os
 import zlib
 
+from pipelines.files.locks import lock_fd
 from worker.record import record
 
 META = "meta.json"
@@ -254,7 +255,7 @@ class RefillLock:
                               dir_fd=pool_fd)
         finally:
             os.close(pool_fd)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        lock_fd(self.fd)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,12 +13,12 @@ The child finds the refill lock, already locked for it, on fd 3, and works under
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
 import threading
 
+from pipelines.files.locks import lock_fd
 from worker import TYPE_CHECKING
 from worker.sandbox.network.pool.layout import (
     REFILL_FAILED,
@@ -68,9 +68,7 @@ def start_refill(request: PoolRequest) -> int | None:
         os.close(pool_fd)
         return None
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_fd(lock, blocking=False):
             return None  # a refill is already at work
         if _failed_recently(pool_fd):
             return None
@@ -122,7 +120,8 @@ def _reap_child(pid: int) -> None:
 def main(argv: list[str]) -> int:
     """The detached refill: ``argv`` is ``[PoolRequest.as_args()]``; the refill lock is on fd 3."""
     try:
-        fcntl.flock(REFILL_LOCK_FD, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not lock_fd(REFILL_LOCK_FD, blocking=False):
+            raise BlockingIOError("held by another refill")
     except OSError as exc:
         print(f"sandpit pool refill: not started holding the refill lock ({exc})", file=sys.stderr)
         return 2
