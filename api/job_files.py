@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 
 from api.errors import ApiError, BadRequest, BodyTooLarge, Forbidden, NotAuthenticated, NotFound
 from pipelines.files.digests import fd_intact
-from pipelines.files.intake import DigestMismatch, Intake, TooLarge
+from pipelines.files.intake import DigestMismatch, Intake, IntakeTooLarge
 from pipelines.identifiers import is_job_id, is_sha256_hex
 from pipelines.store.job_tokens import Grant, cache_manifest_at, grant_for, run_kept
 
@@ -93,7 +93,7 @@ async def _receive(intake: Intake, chunks: AsyncIterator[bytes]) -> None:
                 await to_thread.run_sync(intake.write, data)
         if pending:
             intake.write(bytes(pending))
-    except TooLarge:
+    except IntakeTooLarge:
         raise BodyTooLarge(f"the body is over the limit of {MAX_UPLOAD_BYTES} bytes") from None
     except BaseException:
         intake.abort()

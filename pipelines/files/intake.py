@@ -10,7 +10,7 @@ on :meth:`Intake.commit_blob` gives it its content-addressed name ``<store>/<sha
 name is replaced by the verified temporary with an atomic rename), or on :meth:`Intake.commit_as`
 a fixed name in the directory (an atomic rename over the old one: a log uploaded again replaces
 the first copy whole). A body that is longer than its cap or does not hash to the named sha256
-is dropped and nothing is stored (:class:`TooLarge`, :class:`DigestMismatch`); a writer that dies
+is dropped and nothing is stored (:class:`IntakeTooLarge`, :class:`DigestMismatch`); a writer that dies
 mid-way leaves nothing behind.
 
 The same layout and the same checks as the worker's own store (``worker.sandbox.blobs``), kept
@@ -47,7 +47,7 @@ class IntakeError(Exception):
     """Root of what an intake refuses (nothing was stored)."""
 
 
-class TooLarge(IntakeError):
+class IntakeTooLarge(IntakeError):
     """More bytes came than the cap allows."""
 
 
@@ -74,7 +74,7 @@ class Intake:
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > self.max_bytes:
             self.abort()
-            raise TooLarge(f"more than {self.max_bytes} bytes")
+            raise IntakeTooLarge(f"more than {self.max_bytes} bytes")
         view = memoryview(chunk)
         while view:
             n = os.write(self._fd, view)

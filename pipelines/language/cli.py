@@ -25,7 +25,7 @@ from pipelines.policy import TRUST_LEVELS, Policy, PolicyError, admit, describe
 from pipelines.references import InvalidReference, honoured_by
 
 
-class _Parser(argparse.ArgumentParser):
+class _LintArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(message)
 
@@ -76,8 +76,8 @@ def add_lint_arguments(parser: argparse.ArgumentParser) -> None:
                              "environment variables (default: no caps checked)")
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="sandpit lint", description="Validate a pipeline file and show its plan.")
+def _parser() -> _LintArgumentParser:
+    parser = _LintArgumentParser(prog="sandpit lint", description="Validate a pipeline file and show its plan.")
     add_lint_arguments(parser)
     return parser
 

@@ -132,7 +132,7 @@ def _compile(pattern: str, shown: str) -> Regex:
 def compile_expression(text: str) -> Expression:
     """Parse once; expressions repeat across jobs, so the result is cached by text."""
     tokens = _tokenize(text)
-    parser = _Parser(tokens, text)
+    parser = _ExpressionParser(tokens, text)
     expr = parser.parse_or()
     if parser.pos != len(tokens):
         raise ExpressionError(f"unexpected {tokens[parser.pos][1]!r} in {text!r}")
@@ -156,7 +156,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
-class _Parser:
+class _ExpressionParser:
     def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
         self.tokens = tokens
         self.text = text

@@ -215,7 +215,7 @@ def _copy_one(dir_fd: int, name: str, rel: str, store: Path, caps: Caps,
         limit = min(caps.file_bytes, caps.total_bytes - total)
         try:
             sha, size = blobs.store_fd(store, fd, limit)
-        except blobs.TooLarge:
+        except blobs.BlobTooLarge:
             if limit < caps.file_bytes:
                 return None, f"total artifact size cap ({caps.total_bytes} bytes) reached"
             return None, f"file larger than the {caps.file_bytes}-byte cap"

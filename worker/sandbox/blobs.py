@@ -53,7 +53,7 @@ def blob_path(store: Path, sha256: str) -> Path:
     return store / sha256[:2] / sha256
 
 
-class TooLarge(Exception):
+class BlobTooLarge(Exception):
     """The source had more bytes than the caller allowed (nothing was stored)."""
 
 
@@ -64,7 +64,7 @@ class SourceUnreadable(Exception):
 def store_fd(store: Path, src_fd: int, max_bytes: int) -> tuple[str, int]:
     """Copy everything readable from ``src_fd`` into the store; returns (sha256, size).
 
-    Raises :class:`TooLarge` past ``max_bytes`` (checked while reading: a file that grows is
+    Raises :class:`BlobTooLarge` past ``max_bytes`` (checked while reading: a file that grows is
     still bounded), :class:`SandboxError` when the store cannot be written.
     """
 
@@ -79,7 +79,7 @@ def store_fd(store: Path, src_fd: int, max_bytes: int) -> tuple[str, int]:
                 return
             size += len(chunk)
             if size > max_bytes:
-                raise TooLarge(size)
+                raise BlobTooLarge(size)
             yield chunk
 
     return _store(store, chunks(), expected=None)

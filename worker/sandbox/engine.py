@@ -50,7 +50,7 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from worker.sandbox.images import Image
+    from worker.sandbox.images import StoredImage
     from worker.sandbox.network import HostNetwork, NetworkSettings
     from worker.sandbox.network.egress import JobEgress
     from worker.sandbox.seed import Seed
@@ -194,7 +194,7 @@ class Engine:
         image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
         runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
-        service_images: list[Image] = []
+        service_images: list[StoredImage] = []
         if req.services:  # their images as the job's: a recipe, the store, or a pull (progress in the log)
             from worker.sandbox.services.group import refuse_runtime, resolve_images
 
@@ -295,7 +295,7 @@ class Engine:
                     reports, _refused = collect_artifacts(rootfs.workspace, report_paths, self.artifact_store, caps)
                     result.report_files = tuple(reports)
 
-    def _services(self, stack: contextlib.ExitStack, req: SandboxRequest, images: list[Image], job_id: str,
+    def _services(self, stack: contextlib.ExitStack, req: SandboxRequest, images: list[StoredImage], job_id: str,
                   job_dir: Path, disk: JobDisk, cg: JobCgroup, uid_base: int, runtime: Runtime,
                   netns_path: str | None, resolv_conf: str | None, secrets: tuple[str, ...]) -> JobServices:
         """The job's services, started in its network namespace (for ``none``, a loopback-only one

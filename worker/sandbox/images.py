@@ -90,7 +90,7 @@ class Recipe:
 
 
 @record(frozen=True)
-class Image:
+class StoredImage:
     name: str
     key: str
     rootfs: Path
@@ -267,7 +267,7 @@ class ImageStore:
         return data
 
     def get(self, reference: str, *, progress: Callable[[str], None] | None = None, policy: str | None = None,
-            cancel: threading.Event | None = None) -> Image:
+            cancel: threading.Event | None = None) -> StoredImage:
         """The image ``reference`` names: a recipe's (ImageError saying how to build it when it is
         not built), else a pulled or imported one, pulled now when the policy and the operator's
         registries allow (UnknownImage, a refusal of the request, when nothing can honour it)."""
@@ -305,7 +305,7 @@ class ImageStore:
         return (self.root / "refs" / f"{name}.json").is_file()
 
     def _registry_image(self, text: str, refusal: InvalidRequest, progress: Callable[[str], None] | None,
-                        policy: str | None, cancel: threading.Event | None) -> Image:
+                        policy: str | None, cancel: threading.Event | None) -> StoredImage:
         from pipelines.references import parse_reference
         from worker.sandbox.registry.naming import canonical, pull_allowed
 
@@ -355,19 +355,19 @@ class ImageStore:
         return f"no image {text} here: no recipe provides it ({known}), {held}, {why}; it never substitutes " \
                "another version"
 
-    def _as_image(self, ref: ImageReference, image: PulledImage) -> Image:
+    def _as_image(self, ref: ImageReference, image: PulledImage) -> StoredImage:
         layers = tuple((la.key, self.pulled.layer_rootfs(la.key)) for la in image.layers)
-        return Image(name=str(ref), key=image.digest[7:], rootfs=layers[-1][1] if layers else self.root,
+        return StoredImage(name=str(ref), key=image.digest[7:], rootfs=layers[-1][1] if layers else self.root,
                      env=image.config.env, size=image.size, built_at=image.pulled_at, layers=layers,
                      shell=image.shell, digest=image.digest, config=image.config, source=image.source)
 
     def pull(self, reference: str, progress: Callable[[str], None] = lambda _m: None,
-             cancel: threading.Event | None = None) -> Image:
+             cancel: threading.Event | None = None) -> StoredImage:
         """``sandpit images pull``: from the registry whatever the store holds (policy ``always``)."""
         return self.get(reference, progress=progress, policy="always", cancel=cancel)
 
     def import_archive(self, path: Path, tag: str | None = None,
-                       progress: Callable[[str], None] = lambda _m: None) -> list[Image]:
+                       progress: Callable[[str], None] = lambda _m: None) -> list[StoredImage]:
         from pipelines.references import parse_reference
         from worker.sandbox.registry.archive import import_archive
 
@@ -375,7 +375,7 @@ class ImageStore:
         return [self._as_image(parse_reference(ref), image) for ref, image in done]
 
     @contextlib.contextmanager
-    def hold(self, image: Image) -> Iterator[None]:
+    def hold(self, image: StoredImage) -> Iterator[None]:
         """Keep ``image``'s layers from being pruned while a job uses them: a shared flock on each
         layer's directory (:mod:`worker.sandbox.registry.pruning` removes only what it can lock
         exclusively). ImageError when a layer went away before it was held."""
@@ -433,7 +433,7 @@ class ImageStore:
             out.append((reference, digest, image.size if image else -1, used, image.source if image else "damaged"))
         return out
 
-    def _load(self, name: str) -> Image:
+    def _load(self, name: str) -> StoredImage:
         """The image whose ref is ``refs/<name>.json``: one fd on the store, and two ``openat2``
         beneath it (the ref, then the layer's rootfs) that refuse any symlink on the way."""
         assert is_recipe_name(name)
@@ -463,7 +463,7 @@ class ImageStore:
         finally:
             if root >= 0:
                 os.close(root)
-        return Image(name=name, key=key, rootfs=self.root / "layers" / key / "rootfs", env=env,
+        return StoredImage(name=name, key=key, rootfs=self.root / "layers" / key / "rootfs", env=env,
                      size=size, built_at=built_at)
 
     def _ref_names(self) -> list[str]:
@@ -477,7 +477,7 @@ class ImageStore:
             os.close(refs)
         return sorted(e[:-5] for e in entries if e.endswith(".json") and is_recipe_name(e[:-5]))
 
-    def list(self) -> list[Image]:
+    def list(self) -> list[StoredImage]:
         images = []
         for name in self._ref_names():
             try:
@@ -492,7 +492,7 @@ class ImageStore:
         except (ImageError, InvalidRequest):
             return False
 
-    def build(self, name: str, progress: Callable[[str], None] = lambda _m: None) -> tuple[Image, bool]:
+    def build(self, name: str, progress: Callable[[str], None] = lambda _m: None) -> tuple[StoredImage, bool]:
         """Build ``name`` unless its recipe's key is already in the store. Returns (image, built)."""
         recipe = self.recipe(name)
         key = recipe.key()

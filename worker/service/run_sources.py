@@ -47,7 +47,7 @@ _KNOWN_RUNS = 4096  # runs whose source (or lack of one) this process remembers
 
 
 @dataclass(frozen=True, slots=True)
-class _Tree:
+class _RunTree:
     root: Path
     entries: tuple[str, ...]
 
@@ -61,7 +61,7 @@ class RunSources:
         self.db = db
         self._lock = threading.Lock()
         self._records: OrderedDict[str, SourceRecord | None] = OrderedDict()
-        self._made: dict[tuple[str, str], _Tree] = {}
+        self._made: dict[tuple[str, str], _RunTree] = {}
         self._making: dict[tuple[str, str], threading.Lock] = {}
 
     def source_for(self, run: Run, planned: PlannedJob) -> WorkspaceSource | None:
@@ -91,7 +91,7 @@ class RunSources:
                 self._records.popitem(last=False)
         return record
 
-    def _tree(self, run_id: str, variant: str, record: SourceRecord, depth: int) -> _Tree:
+    def _tree(self, run_id: str, variant: str, record: SourceRecord, depth: int) -> _RunTree:
         if not _RUN_ID.fullmatch(run_id):
             raise SandboxError(f"run id {run_id[:80]!r} cannot name a directory")
         key = (run_id, variant)
@@ -107,13 +107,13 @@ class RunSources:
                 return made
             dest = self.trees / run_id / variant
             if dest.is_dir():
-                made = _Tree(dest, tuple(list_entries(dest)))
+                made = _RunTree(dest, tuple(list_entries(dest)))
             elif record.kind == "archive":
                 made = self._unpack(record, dest)
             else:
                 began = time.monotonic()
                 checkout = self._checkout(run_id, record, depth, dest)
-                made = _Tree(checkout.root, checkout.entries)
+                made = _RunTree(checkout.root, checkout.entries)
                 log.info("run %s: commit %s checked out (depth %d, %d files) in %.0f ms", run_id, record.sha[:12],
                          depth, checkout.files, (time.monotonic() - began) * 1000)
             with self._lock:
@@ -129,7 +129,7 @@ class RunSources:
         except MirrorError as exc:
             raise SandboxError(f"cannot check out commit {record.sha[:12]}: {exc}") from exc
 
-    def _unpack(self, record: SourceRecord, dest: Path) -> _Tree:
+    def _unpack(self, record: SourceRecord, dest: Path) -> _RunTree:
         with read_scope(self.db) as session:
             data = archive_bytes(session, record.archive_sha256 or "")
         if data is None:
@@ -151,7 +151,7 @@ class RunSources:
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
-        return _Tree(dest, tuple(list_entries(dest)))
+        return _RunTree(dest, tuple(list_entries(dest)))
 
     def sweep(self) -> list[str]:
         """Remove the trees of runs that have ended (or that the store does not know); the run ids."""

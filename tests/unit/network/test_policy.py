@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from worker.sandbox.network.errors import HostNetworkError
-from worker.sandbox.network.policy import Policy, build_policy, pick_resolvers, verdict
+from worker.sandbox.network.policy import EgressPolicy, build_policy, pick_resolvers, verdict
 from worker.sandbox.network.ruleset import render_ruleset, render_teardown
 
 N = ipaddress.IPv4Network
@@ -15,7 +15,7 @@ A = ipaddress.IPv4Address
 
 
 def make_policy(allow: tuple[str, ...] = (), resolvers: tuple[str, ...] = ("1.1.1.1",),
-                uplink: str | None = None) -> Policy:
+                uplink: str | None = None) -> EgressPolicy:
     return build_policy(table="sandpit", bridge="sandpit0", subnet=N("10.213.0.0/16"), allow=allow,
                         resolvers=resolvers, host_networks=[N("192.0.2.0/24"), N("10.97.0.0/16")],
                         uplink=uplink)

@@ -54,7 +54,7 @@ from worker.sandbox.network.netlink import (
     link_index,
     links,
 )
-from worker.sandbox.network.policy import Policy, build_policy, pick_resolvers
+from worker.sandbox.network.policy import EgressPolicy, build_policy, pick_resolvers
 from worker.sandbox.network.ruleset import render_ruleset
 from worker.sandbox.network.settings import CANDIDATE_SUBNETS, FALLBACK_RESOLVERS, NetworkSettings
 
@@ -67,7 +67,7 @@ class HostNetwork:
     """
 
     def __init__(self, settings: NetworkSettings, ns_fd: int | None, netlink: NetlinkThread,
-                 bridge_index: int, plan: AddressPlan, policy: Policy, resolvers: tuple[str, ...],
+                 bridge_index: int, plan: AddressPlan, policy: EgressPolicy, resolvers: tuple[str, ...],
                  dns_pid_file: str | None = None) -> None:
         self.settings = settings
         self.netlink = netlink

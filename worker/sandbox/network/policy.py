@@ -1,4 +1,4 @@
-"""What a job may reach (pure). ``ruleset.render_ruleset`` turns a ``Policy`` into nft; ``verdict`` is
+"""What a job may reach (pure). ``ruleset.render_ruleset`` turns a ``EgressPolicy`` into nft; ``verdict`` is
 the same decision in Python, for tests, docs and for choosing resolvers.
 
 Order of the forward decision for a packet from a job (first match wins):
@@ -42,7 +42,7 @@ Verdict = Literal["accept", "drop"]
 
 
 @dataclass(frozen=True)
-class Policy:
+class EgressPolicy:
     """Everything the nft ruleset needs, already normalised (sorted, merged)."""
 
     table: str
@@ -76,7 +76,7 @@ def parse_networks(texts: Iterable[str], what: str) -> list[IPv4Net]:
 def build_policy(*, table: str, bridge: str, subnet: IPv4Net, allow: Iterable[str],
                  resolvers: Iterable[str], host_networks: Iterable[IPv4Net],
                  uplink: str | None = None, veth_prefix: str = "spv",
-                 local_resolver: ipaddress.IPv4Address | None = None) -> Policy:
+                 local_resolver: ipaddress.IPv4Address | None = None) -> EgressPolicy:
     """Merge the special ranges with the host's own networks (its LANs) and normalise the lists.
 
     >>> p = build_policy(table="t", bridge="b", subnet=IPv4Net("10.213.0.0/16"), allow=[],
@@ -88,12 +88,12 @@ def build_policy(*, table: str, bridge: str, subnet: IPv4Net, allow: Iterable[st
     allowed = ipaddress.collapse_addresses(parse_networks(allow, "allow"))
     resolver_addrs = sorted({ipaddress.IPv4Address(net.network_address)
                              for net in parse_networks(resolvers, "resolver")})
-    return Policy(table=table, bridge=bridge, subnet=subnet, blocked=tuple(blocked),
+    return EgressPolicy(table=table, bridge=bridge, subnet=subnet, blocked=tuple(blocked),
                   allowed=tuple(allowed), resolvers=tuple(resolver_addrs), uplink=uplink,
                   veth_prefix=veth_prefix, local_resolver=local_resolver)
 
 
-def verdict(policy: Policy, destination: ipaddress.IPv4Address, *, port: int | None = None,
+def verdict(policy: EgressPolicy, destination: ipaddress.IPv4Address, *, port: int | None = None,
             to_host: bool = False) -> Verdict:
     """The decision for a TCP/UDP packet from a job to ``destination`` (``to_host``: a host address).
 

@@ -1,6 +1,6 @@
 """The nftables ruleset of the job network (pure): one ``nft -f`` document, loaded atomically.
 
-Two tables, both named after ``Policy.table``:
+Two tables, both named after ``EgressPolicy.table``:
 
 * ``inet`` — input (jobs never reach the host), forward (the policy of ``policy.py``) and the
   masquerade out of the uplink;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from worker.sandbox.network.policy import Policy
+from worker.sandbox.network.policy import EgressPolicy
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\*?$")
 
@@ -40,7 +40,7 @@ def _set(name: str, kind: str, elements: Iterable[object], interval: bool) -> li
     return lines
 
 
-def render_ruleset(policy: Policy) -> str:
+def render_ruleset(policy: EgressPolicy) -> str:
     """The nft document for ``policy``.
 
     >>> import ipaddress

@@ -198,7 +198,7 @@ class _TarStream:
         return data
 
 
-class _Tree:
+class _LayerTree:
     """The layer directory being written: directory fds reached by O_NOFOLLOW walks from its root."""
 
     def __init__(self, root_fd: int) -> None:
@@ -262,7 +262,7 @@ def unpack_layer(blob_fd: int, dest_fd: int, *, digest: str, diff_id: str | None
     else:
         decoded = io.BufferedReader(raw, _CHUNK)
     stream = _TarStream(decoded, caps.max_bytes)
-    tree = _Tree(dest_fd)
+    tree = _LayerTree(dest_fd)
     writer = _Writer(tree, caps)
     try:
         try:
@@ -305,7 +305,7 @@ def unpack_layer(blob_fd: int, dest_fd: int, *, digest: str, diff_id: str | None
 class _Writer:
     """Makes one member at a time in the tree (see the module's table)."""
 
-    def __init__(self, tree: _Tree, caps: LayerCaps) -> None:
+    def __init__(self, tree: _LayerTree, caps: LayerCaps) -> None:
         self.tree = tree
         self.caps = caps
         self.members = 0

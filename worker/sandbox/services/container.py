@@ -29,7 +29,7 @@ from worker.errors import InvalidRequest, SandboxError
 from worker.record import record
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, remove_job_cgroups
-from worker.sandbox.images import Image
+from worker.sandbox.images import StoredImage
 from worker.sandbox.request import SandboxRequest, ServiceRequest, workdir_problems
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, spawn
@@ -73,7 +73,7 @@ class ServiceContainer:
     ``start()``, killed by ``kill()``, removed by ``close()`` (idempotent; its runtime process is
     reaped by whoever reads its output, ``logs.OutputPump``)."""
 
-    def __init__(self, index: int, request: ServiceRequest, image: Image, place: ServicePlace) -> None:
+    def __init__(self, index: int, request: ServiceRequest, image: StoredImage, place: ServicePlace) -> None:
         self.index = index
         self.request = request
         self.alias = request.aliases[0]
@@ -104,7 +104,7 @@ class ServiceContainer:
             self.close()
             raise
 
-    def _config(self, image: Image) -> dict[str, Any]:
+    def _config(self, image: StoredImage) -> dict[str, Any]:
         assert self.rootfs is not None
         config = image.config
         argv = service_argv(self.request, config.entrypoint if config else (), config.cmd if config else ())

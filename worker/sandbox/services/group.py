@@ -32,7 +32,7 @@ from worker.sandbox.services.naming import log_name
 from worker.sandbox.services.ports import listening_here, wanted_ports
 
 if TYPE_CHECKING:
-    from worker.sandbox.images import Image, ImageStore
+    from worker.sandbox.images import ImageStore, StoredImage
 
 #: how often the wait looks at the namespace's listening sockets
 POLL_S = 0.02
@@ -46,7 +46,7 @@ def refuse_runtime(name: str) -> None:
 
 
 def resolve_images(store: ImageStore, services: tuple[ServiceRequest, ...], progress: Callable[[str], None],
-                   cancel: threading.Event) -> list[Image]:
+                   cancel: threading.Event) -> list[StoredImage]:
     """Each service's image, resolved as the job's is (a recipe, else the store, else a pull); its
     ``pull_policy`` entries tried in order when one cannot reach the registry (GitLab's rule)."""
     from worker.sandbox.registry.skopeo import PullError
@@ -70,7 +70,7 @@ class JobServices:
     job's egress one, or a ``ServiceNetwork``; ``netns_fd`` is its fd when the caller holds one, else
     the wait opens ``place.netns_path``), each with its own log under ``logs_dir``."""
 
-    def __init__(self, requests: tuple[ServiceRequest, ...], images: list[Image], place: ServicePlace,
+    def __init__(self, requests: tuple[ServiceRequest, ...], images: list[StoredImage], place: ServicePlace,
                  logs_dir: Path, log_bytes: int, secrets: tuple[str, ...], debug: bool,
                  netns_fd: int | None) -> None:
         self._images = images
