@@ -17,7 +17,7 @@ JSON carries the same words as before and a record compares equal to them (``Sta
 :meth:`JobRecord.not_run` for one that ended before its sandbox was made (a refused request, a
 failure around the engine), from a :class:`Verdict`.
 
-Declared with :func:`worker.record.record`, not ``dataclasses``: this module is on the start-up
+Declared with :func:`pipelines.record.record`, not ``dataclasses``: this module is on the start-up
 path of every ``sandpit exec``.
 
 >>> rec = JobRecord.not_run("build", Verdict(Status.FAILED, Reason.INVALID_SPEC, "memory must be at least 8M"))
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from worker import TYPE_CHECKING
-from worker.record import record, replace
+from pipelines.record import record, replace
+
+TYPE_CHECKING = False  # typing costs ms on exec's start-up path (see worker/__init__.py)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

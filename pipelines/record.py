@@ -21,14 +21,14 @@ order). Not supported: ``__post_init__``, ``InitVar``, ``kw_only``, ``slots``, `
 >>> p.x = 3
 Traceback (most recent call last):
 ...
-worker.record.FrozenRecordError: cannot assign to field 'x' of a frozen Point
+pipelines.record.FrozenRecordError: cannot assign to field 'x' of a frozen Point
 """
 
 from __future__ import annotations
 
 __all__ = ["FrozenRecordError", "field", "record", "replace"]
 
-from worker import TYPE_CHECKING
+TYPE_CHECKING = False  # typing costs ms on exec's start-up path (see worker/__init__.py)
 
 if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError as FrozenRecordError
