@@ -154,7 +154,7 @@ def main() -> int:
     bare = BareBundle(engine)
     netns = None
     if args.network:
-        from worker.record import replace
+        from pipelines.record import replace
 
         netns = Path("/run/netns/sandpit-bench")
         subprocess.run(["ip", "netns", "add", "sandpit-bench"], check=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipelines.record import replace  # noqa: E402
 from tests.sandbox.images.layers import member, tar_bytes  # noqa: E402
 from tests.sandbox.images.registry import SKOPEO_ENV, Layout, Registry  # noqa: E402
-from worker.record import replace  # noqa: E402
 from worker.sandbox.engine import Engine  # noqa: E402
 from worker.sandbox.images import ImageStore  # noqa: E402
 from worker.sandbox.registry.config import RegistryConfig  # noqa: E402

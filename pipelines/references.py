@@ -59,7 +59,7 @@ class InvalidReference(ValueError):
 
 class ImageReference:
     """A parsed reference. A plain class, not a dataclass: this is on ``sandpit exec``'s start-up
-    path, where importing dataclasses alone cost ~15 ms (see worker/record.py)."""
+    path, where importing dataclasses alone cost ~15 ms (see pipelines/record.py)."""
 
     __slots__ = ("digest", "domain", "path", "tag")
 

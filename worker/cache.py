@@ -33,10 +33,10 @@ from pathlib import Path
 from sqlmodel import Session
 
 from pipelines.identifiers import artifact_path_problem, cache_key_problem
+from pipelines.job_record import StoredArtifact
 from pipelines.language.model import Cache
 from pipelines.store.retention import cache_lookup, cache_store
 from worker.errors import SandboxError
-from worker.job_record import StoredArtifact
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path, match_path
 

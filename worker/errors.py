@@ -19,7 +19,7 @@ its type), the executor and local mode use the same rule, and the CLI exits 125 
 
 from __future__ import annotations
 
-from worker.job_record import Reason, Status, Verdict
+from pipelines.job_record import Reason, Status, Verdict
 
 
 class SandpitError(Exception):

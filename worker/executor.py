@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine as DbEngine
 from sqlmodel import Session
 
+from pipelines.job_record import JobRecord, Status
 from pipelines.language.model import Job as PlannedJob
 from pipelines.store.db import read_scope, session_scope
 from pipelines.store.models import Job, Run
@@ -29,7 +30,6 @@ from pipelines.store.transitions import claim_job, finish_job, renew_lease
 from worker import cache
 from worker.errors import SandboxError, SandpitError, job_outcome
 from worker.job_files import LocalTransport, Transport
-from worker.job_record import JobRecord, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.report_files import attach_test_reports
 from worker.sandbox import blobs

@@ -31,9 +31,9 @@ from typing import Protocol
 
 from sqlmodel import Session
 
+from pipelines.job_record import JobRecord
 from pipelines.store.models import Job
 from worker.errors import ConfigError
-from worker.job_record import JobRecord
 from worker.settings import Settings
 
 TRANSPORTS = ("local", "http")

@@ -42,11 +42,11 @@ from sqlmodel import Session
 
 from pipelines.files.intake import DigestMismatch, Intake, IntakeError
 from pipelines.identifiers import is_sha256_hex
+from pipelines.job_record import JobRecord, Reason, Status
+from pipelines.record import replace
 from pipelines.store.job_tokens import mint_job_token
 from pipelines.store.models import Job
 from worker.errors import SandboxError
-from worker.job_record import JobRecord, Reason, Status
-from worker.record import replace
 from worker.sandbox import blobs
 from worker.upload_outbox import Delivery, UploadOutbox
 

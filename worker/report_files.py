@@ -7,7 +7,7 @@ listed and downloadable even when ``paths`` does not name them) and are read int
 ``MAX_REPORT_BYTES`` of it, and hashed as it is read: bytes that do not match the sha256 the walk
 recorded are not parsed.
 
->>> from worker.job_record import JobRecord, Status
+>>> from pipelines.job_record import JobRecord, Status
 >>> record = attach_test_reports(JobRecord("test", Status.SUCCEEDED, None), ("out/*.xml",), Path("/nonexistent"))
 >>> record.tests["tests"], record.tests["problems"]
 (0, ['no file matched out/*.xml'])
@@ -20,9 +20,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.job_record import JobRecord, StoredArtifact
+from pipelines.job_record import JobRecord, StoredArtifact
+from pipelines.record import replace
 from worker.junit import MAX_REPORT_BYTES, TestReport, merge, parse_junit
-from worker.record import replace
 from worker.sandbox import blobs
 
 MAX_REPORT_FILES = 100

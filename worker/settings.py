@@ -37,9 +37,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipelines.record import field, record
 from worker import TYPE_CHECKING
 from worker.errors import ConfigError
-from worker.record import field, record
 from worker.sandbox.units import parse_duration, parse_size
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.job_record import JobRecord
+from pipelines.record import replace
 from tests.conftest import require, require_root
-from worker.job_record import JobRecord
-from worker.record import replace
 from worker.sandbox.engine import Engine
 from worker.sandbox.reaper import leftovers
 from worker.sandbox.request import SandboxRequest

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.files.locks import is_held
-from worker.job_record import JobRecord
+from pipelines.job_record import JobRecord
 from worker.sandbox.cgroups import cgroup_parent, v1_hierarchies
 from worker.sandbox.engine import Engine
 from worker.sandbox.instance import forget_instance, uid_registry

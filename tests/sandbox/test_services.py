@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.job_record import JobRecord
+from pipelines.record import replace
 from pipelines.references import parse_reference
 from tests.conftest import require_tools
 from tests.sandbox.conftest import MADE_LOGS, Runner
@@ -23,8 +25,6 @@ from tests.sandbox.images.conftest import debian_tar  # noqa: F401 - the fixture
 from tests.sandbox.images.registry import Registry
 from tests.sandbox.network.conftest import world  # noqa: F401 - the fixture, shared
 from tests.sandbox.services_image import REFERENCE, make_layout
-from worker.job_record import JobRecord
-from worker.record import replace
 from worker.sandbox.engine import Engine
 from worker.sandbox.images import ImageStore
 from worker.sandbox.logs import read_log

@@ -46,7 +46,7 @@ MODULES = modules_with_examples()
 def test_the_scan_finds_the_examples() -> None:
     """The scan sees the modules that carry examples (a broken scan must not pass as "all good")."""
     assert len(MODULES) >= 60
-    assert {"pipelines.names", "worker.record", "worker.job_record", "pipelines.files.locks",
+    assert {"pipelines.names", "pipelines.record", "pipelines.job_record", "pipelines.files.locks",
             "worker.sandbox.network.addresses"} <= set(MODULES)
 
 

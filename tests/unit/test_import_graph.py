@@ -184,7 +184,7 @@ def wall_breaches(graph: dict[str, dict[str, int]]) -> list[str]:
 #: worker's rooms, top down; a room may import its own modules and those of lower ranks only
 RANKS = {"cli": 3, "local": 2, "service": 2, "shared": 1, "sandbox": 0}
 #: the shared modules the engine may use: the values every room passes around
-SANDBOX_MAY_USE = {"worker", "worker.settings", "worker.record", "worker.errors", "worker.job_record"}
+SANDBOX_MAY_USE = {"worker", "worker.settings", "pipelines.record", "worker.errors", "pipelines.job_record"}
 
 
 def worker_room(module: str) -> str | None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from pipelines.job_record import JobRecord, JobUsage, Reason, RefusedArtifact, Status, StoredArtifact, Verdict
 from worker.errors import InvalidRequest, SandboxError, job_outcome
-from worker.job_record import JobRecord, JobUsage, Reason, RefusedArtifact, Status, StoredArtifact, Verdict
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -1,4 +1,4 @@
-"""``worker.record`` behaves like the dataclasses it stands in for (on the exec path)."""
+"""``pipelines.record`` behaves like the dataclasses it stands in for (on the exec path)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from worker.job_record import JobRecord, JobUsage, Status
-from worker.record import FrozenRecordError, field, record, replace
+from pipelines.job_record import JobRecord, JobUsage, Status
+from pipelines.record import FrozenRecordError, field, record, replace
 from worker.sandbox.request import Limits, SandboxRequest
 from worker.settings import Settings
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from worker.record import record
+from pipelines.record import record
 from worker.settings import Settings
 
 LOW_DISK_BYTES = 2 * 1024**3  # less free than this on the job disk: the next big job may hit ENOSPC

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import threading
 
+from pipelines.job_record import JobRecord, Reason, Status, Verdict
 from worker import TYPE_CHECKING
 from worker.cli.exec_options import SANDBOX_FAILED
 from worker.errors import InvalidRequest
-from worker.job_record import JobRecord, Reason, Status, Verdict
 from worker.local.records import record_exec
 from worker.local.retention import spawn_if_due
 from worker.sandbox.engine import Engine, install_signal_cancel

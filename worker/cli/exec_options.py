@@ -5,15 +5,15 @@ are made, so a name, a default, a set of choices or a help text cannot differ be
 Two parsers because ``exec`` is the hot path: importing argparse and building its parser cost about
 8 ms of a 50 ms command, so the usual arguments are parsed by hand and anything unusual (help, an
 abbreviation, a bad or missing value) goes to argparse, which says what is wrong in its own words.
-This module imports only ``worker.record`` (itself import-light) on the way.
+This module imports only ``pipelines.record`` (itself import-light) on the way.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
-from worker.record import record
 
 if TYPE_CHECKING:
     import argparse

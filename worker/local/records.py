@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from pipelines.identifiers import artifact_path_problem, is_job_id, is_sha256_hex
+from pipelines.record import record as frozen_record
 from worker import TYPE_CHECKING
-from worker.record import record as frozen_record
 
 if TYPE_CHECKING:  # typing and dataclasses stay off `sandpit exec`'s start-up path (it writes a record)
     from collections.abc import Iterable, Mapping, Sequence

@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.record import field, record
 from worker import TYPE_CHECKING
-from worker.record import field, record
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipelines.job_record import JobRecord, Reason, Status
 from pipelines.language.loader import load_pipeline
 from pipelines.language.model import Job as PlannedJob
 from pipelines.language.model import PipelineInputs, Plan
@@ -37,7 +38,6 @@ from pipelines.store.reads import queued_job_ids, run_jobs, run_status
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import cancel_run, create_run, play_job
 from worker.executor import WorkerContext, WorkspaceSource, execute_job, image_shell, utcnow
-from worker.job_record import JobRecord, Reason, Status
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.local import cache as local_cache
 from worker.local import records as local_records

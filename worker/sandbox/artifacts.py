@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.job_record import RefusedArtifact, StoredArtifact
+from pipelines.job_record import RefusedArtifact, StoredArtifact
 from worker.sandbox import blobs
 
 MAX_ENTRIES = 200_000  # entries examined per walk, kept or not

@@ -16,8 +16,8 @@ import os
 import signal
 from pathlib import Path
 
+from pipelines.record import record
 from worker.errors import SandboxError
-from worker.record import record
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandpit"  # the default instance's; others use ``cgroup_parent(instance_id)``

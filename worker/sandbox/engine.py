@@ -20,9 +20,7 @@ from pathlib import Path
 
 from pipelines.files.locks import try_hold
 from pipelines.identifiers import is_job_id
-from worker import TYPE_CHECKING
-from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
-from worker.job_record import (
+from pipelines.job_record import (
     JobRecord,
     JobUsage,
     Reason,
@@ -32,7 +30,9 @@ from worker.job_record import (
     StoredArtifact,
     Verdict,
 )
-from worker.record import record, replace
+from pipelines.record import record, replace
+from worker import TYPE_CHECKING
+from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch

@@ -23,8 +23,8 @@ import logging
 import subprocess
 from pathlib import Path
 
+from pipelines.record import record
 from worker.errors import SandboxError
-from worker.record import record
 from worker.sandbox.cgroups import cgroup2_mounts
 from worker.sandbox.runtime import hybrid_v2_controllers
 from worker.settings import Settings

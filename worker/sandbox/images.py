@@ -40,10 +40,10 @@ from pathlib import Path
 
 from pipelines.files.locks import hold
 from pipelines.identifiers import is_layer_key
+from pipelines.record import record
 from pipelines.references import InvalidReference, honoured_by, recipe_provides
 from worker import TYPE_CHECKING
 from worker.errors import ImageError, InvalidRequest, UnknownImage
-from worker.record import record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 
 from pipelines.files.locks import FileLock, hold, lock_fd
-from worker.record import record
+from pipelines.record import record
 
 #: the registry every instance of the host shares; /run is a tmpfs, so it starts empty at each boot,
 #: like every lock and namespace it describes

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 
+from pipelines.record import field, record
 from pipelines.references import reference_problem
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
-from worker.record import field, record
 
 if TYPE_CHECKING:
     from typing import Literal

@@ -12,8 +12,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from pipelines.record import record
 from worker.errors import RuntimeUnavailable
-from worker.record import record
 
 PREFERENCE = ("crun", "runc", "runsc")
 HYBRID_FIX = (

@@ -16,8 +16,8 @@ import json
 import posixpath
 from pathlib import Path
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
-from worker.record import record
 from worker.sandbox.request import SandboxRequest, workdir_problems
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from worker.job_record import Reason
-from worker.record import record
+from pipelines.job_record import Reason
+from pipelines.record import record
 from worker.sandbox.cgroups import JobCgroup
 from worker.sandbox.logs import JobLog
 from worker.sandbox.request import Limits

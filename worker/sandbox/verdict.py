@@ -29,8 +29,8 @@ Verdict(status=<Status.SUCCEEDED: 'succeeded'>, reason=None, message=None)
 
 from __future__ import annotations
 
+from pipelines.job_record import Reason, Status, Verdict
 from worker import TYPE_CHECKING
-from worker.job_record import Reason, Status, Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from sqlalchemy.engine import Engine as DbEngine
 
+from pipelines.job_record import JobRecord
 from pipelines.language.model import Job as PlannedJob
 from pipelines.names import run_events_channel
 from pipelines.store.db import make_engine, migrate, session_scope
@@ -34,7 +35,6 @@ from pipelines.store.retention import blob_referenced, expire_artifacts
 from pipelines.store.transitions import expire_leases
 from worker.executor import WorkerContext, execute_job, utcnow
 from worker.job_files import LocalTransport, Transport, make_transport
-from worker.job_record import JobRecord
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
 from worker.sandbox.blobs import remove_if_unused

@@ -13,7 +13,9 @@ from typing import Any, cast
 
 from sqlmodel import Session
 
+from pipelines.job_record import JobRecord, Reason, Status, Verdict
 from pipelines.language.model import AllowFailure, Artifacts, Retry
+from pipelines.record import replace
 from pipelines.store.advance import should_retry
 from pipelines.store.models import Job
 from pipelines.store.spec import spec_field
@@ -127,19 +129,10 @@ def _artifact_rows(
 
 
 def _lost_record(job: Job, status: str, reason: str, now: dt.datetime) -> dict[str, Any]:
+    """The record of an attempt its worker never reported (the sweeper's verdict), made as every
+    record is: a :class:`JobRecord`, serialised by its ``to_json``."""
     started = job.started_at or now
-    return {
-        "name": job.name,
-        "status": status,
-        "reason": reason,
-        "exit_code": None,
-        "signal": None,
-        "attempt": job.attempt,
-        "duration_s": round((now - started).total_seconds(), 3),
-        "started_at": started.isoformat(),
-        "finished_at": now.isoformat(),
-        "usage": {},
-        "artifacts": [],
-        "rejected_artifacts": [],
-        "message": "the worker stopped renewing its lease" if reason == "worker_lost" else "ran past its timeout",
-    }
+    message = "the worker stopped renewing its lease" if reason == "worker_lost" else "ran past its timeout"
+    lost = JobRecord.not_run(job.name, Verdict(Status(status), Reason(reason), message),
+                             started_at=started.isoformat(), finished_at=now.isoformat())
+    return replace(lost, attempt=job.attempt, duration_s=round((now - started).total_seconds(), 3)).to_json()

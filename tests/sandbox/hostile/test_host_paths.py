@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.record import replace
 from tests.sandbox.test_cli_and_teardown import cli_env
-from worker.record import replace
 from worker.sandbox.engine import Engine
 from worker.sandbox.images import ImageStore
 from worker.sandbox.request import SandboxRequest

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.record import replace
 from tests.conftest import require, require_tools
 from tests.sandbox.conftest import Runner
 from tests.sandbox.network.conftest import world  # noqa: F401 - the fixture, shared
-from worker.record import replace
 from worker.sandbox.engine import Engine
 from worker.sandbox.request import SandboxRequest
 from worker.sandbox.runtime import runtime_problem

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.job_record import JobRecord, ServiceRecord, Status
 from pipelines.language.model import Job, Service
 from pipelines.language.problems import Loc
 from worker.errors import InvalidRequest
-from worker.job_record import JobRecord, ServiceRecord, Status
 from worker.jobs import request_for
 from worker.sandbox.logs import JobLog, read_log
 from worker.sandbox.request import SandboxRequest, ServiceRequest, service_problems, validate_request

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.job_record import Reason, Status
+from pipelines.job_record import Reason, Status
 from worker.sandbox.verdict import classify_end
 
 R = Reason

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import threading
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
-from worker.record import record
 from worker.sandbox.network.pool.claim import PooledNetwork, claim, pool_request
 from worker.sandbox.network.pool.refill import refill_if_low
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.record import field, record
+from pipelines.record import field, record
 
 
 @record(frozen=True)

@@ -19,9 +19,9 @@ import json
 import os
 import re
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
 from worker.errors import ImageError
-from worker.record import record
 
 if TYPE_CHECKING:
     from typing import Any

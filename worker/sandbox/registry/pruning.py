@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipelines.files.locks import lock_fd
 from pipelines.identifiers import is_sha256_hex
-from worker.record import field, record
+from pipelines.record import field, record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 from worker.sandbox.registry.pulled import PulledImages
 

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from pipelines.identifiers import is_digest, is_sha256_hex
+from pipelines.record import record
 from pipelines.references import ImageReference
 from worker import TYPE_CHECKING
 from worker.errors import ImageError
-from worker.record import record
 from worker.sandbox.beneath import NotBeneath, open_beneath
 from worker.sandbox.registry.manifests import ImageConfig
 from worker.sandbox.registry.naming import name_key

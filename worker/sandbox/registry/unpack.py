@@ -51,9 +51,9 @@ import os
 import stat
 import tarfile
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
 from worker.errors import ImageError
-from worker.record import record
 from worker.sandbox.registry.config import LayerCaps
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ import os
 import signal
 from pathlib import Path
 
+from pipelines.record import record
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError
-from worker.record import record
 from worker.sandbox import spec as oci
 from worker.sandbox.cgroups import JobCgroup, remove_job_cgroups
 from worker.sandbox.images import StoredImage

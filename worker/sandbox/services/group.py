@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.job_record import ServiceRecord
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest
-from worker.job_record import ServiceRecord
 from worker.sandbox.logs import JobLog, OutputSink
 from worker.sandbox.request import ServiceRequest
 from worker.sandbox.services.container import ServiceContainer, ServicePlace

@@ -25,7 +25,7 @@ import os
 import zlib
 
 from pipelines.files.locks import lock_fd
-from worker.record import record
+from pipelines.record import record
 
 META = "meta.json"
 REFILL_LOCK = "refill.lock"
