@@ -58,7 +58,7 @@ class ForgeServer:
             return [r.body.get("state", "") for r in self.received
                     if r.sha == sha and (answered is None or r.answered == answered)]
 
-    def wait_for(self, sha: str, state: str, timeout: float = 30) -> list[Received]:
+    def wait_for(self, sha: str, state: str, timeout: float = 60) -> list[Received]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:

@@ -84,13 +84,13 @@ def test_a_push_reports_pending_running_then_success_through_a_forge_that_was_do
     assert answer.status_code == 201, answer.text
     run_id = answer.json()["run_id"]
     pending, running, success, _failure = WORDS[forge_kind]
-    first = forge.wait_for(sha, pending, timeout=20)
+    first = forge.wait_for(sha, pending, timeout=60)
     assert [r.answered for r in forge.received][:2] == [503, 201]
     _play(engine, run_id, claim_only=True)
     if running != pending:
         forge.wait_for(sha, running)
     else:  # GitHub and Gitea say "pending" again, with what runs
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not any("running" in r.body.get("description", "") for r in forge.received):
             assert time.monotonic() < deadline, forge.received
             time.sleep(0.05)
@@ -134,7 +134,7 @@ def test_a_broken_pipeline_file_fails_the_commit_and_a_bad_token_is_not_retried(
     forge.token = "a-different-token"  # the forge no longer accepts ours
     third = git.commit("app", {".gitlab-ci.yml": "unit: {script: [x]}\n"}, "fixed")
     assert _deliver(api, "github", repo, push("github", git.url("app"), "acme/app", third)).status_code == 201
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         with read_scope(engine) as session:
             rows = statuses_of_commit(session, third)
