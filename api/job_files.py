@@ -10,6 +10,8 @@ that attempt runs). What it may do:
   and kept only if they hash to the name, so an upload can add a file but never change one);
 - upload the job's final log, checked against ``X-Content-SHA256``, as ``<state>/logs/<job>.jsonl``
   (what the job's recorded ``log`` then names, relative to the API's state dir);
+- upload its small files and its log together, in one request (a *bundle*: a JSON manifest line
+  of ``[sha256, size]`` pairs, then their bytes), each checked as above;
 - fetch a file a job of its own run kept (its dependencies' artifacts), a cache manifest of its
   own trust level, or a file such a manifest lists (``?cache=<manifest sha256>``: the manifest is
   read from the API's store and must list the file). A trusted run's files never reach an
@@ -46,6 +48,8 @@ log = logging.getLogger("sandpit.api")
 MAX_UPLOAD_BYTES = 8 * 1024**3
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # as the worker's cache manifests (worker/cache.py)
 FLUSH_BYTES = 1 << 20  # received bytes are written in pieces this large, off the event loop
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024  # a bundle is read whole: small files only (the worker sends big ones alone)
+MAX_BUNDLE_FILES = 4096
 
 
 class JobNotRunning(ApiError):
@@ -60,9 +64,14 @@ class DigestMismatchError(ApiError):
 
 async def grant(engine: Engine, token: str | None, job_id: str) -> Grant:
     """The grant of ``token`` for ``job_id``, or the matching error."""
+    return await to_thread.run_sync(checked_grant, engine, token, job_id)
+
+
+def checked_grant(engine: Engine, token: str | None, job_id: str) -> Grant:
+    """:func:`grant`, on the caller's thread (one database read)."""
     if not token:
         raise NotAuthenticated("send `Authorization: Bearer <the job's token>`")
-    found = await to_thread.run_sync(grant_for, engine, token, job_id)
+    found = grant_for(engine, token, job_id)
     if found.refusal == "unknown":
         raise NotAuthenticated("the job token is not valid")
     if found.refusal == "other_job":
@@ -125,6 +134,66 @@ async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIte
     except DigestMismatch as exc:
         raise DigestMismatchError(f"the body is not the log named {sha256}: {exc}") from None
     return f"logs/{job_id}.jsonl"
+
+
+def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | None, job_id: str,
+                   body: bytes) -> dict[str, object]:
+    """A job's small files and its log in one request (see :data:`BUNDLE_HELP`): the token is
+    checked, then each file is hashed and kept under its name, the log last. One request and one
+    thread hand-off per job instead of one per file: the upload path's cost is round trips."""
+    checked_grant(engine, token, job_id)
+    head, sep, rest = body.partition(b"\n")
+    if not sep or len(head) > MAX_MANIFEST_BYTES:
+        raise BadRequest("a bundle starts with its manifest: one line of JSON, then the files' bytes")
+    files, log_entry = _bundle_manifest(head)
+    if sum(size for _sha, size in files) + (log_entry[1] if log_entry else 0) != len(rest):
+        raise BadRequest(f"the manifest names {len(files)} file(s) whose sizes do not add up to the "
+                         f"{len(rest)} bytes that follow it")
+    stored = kept = offset = 0
+    for sha256, size in files:
+        intake = Intake(store, sha256, size)
+        try:
+            intake.write(rest[offset:offset + size])
+            new = intake.commit_blob()
+        except DigestMismatch as exc:
+            raise DigestMismatchError(f"the bundle's bytes for {sha256} are not that file: {exc}") from None
+        stored, kept, offset = stored + new, kept + (not new), offset + size
+    path = None
+    if log_entry is not None:
+        if not is_job_id(job_id):
+            raise BadRequest(f"job id {job_id[:80]!r} cannot name a log file")
+        intake = Intake(logs_dir, log_entry[0], log_entry[1])
+        try:
+            intake.write(rest[offset:])
+            intake.commit_as(f"{job_id}.jsonl")
+        except DigestMismatch as exc:
+            raise DigestMismatchError(f"the bundle's log is not the one named {log_entry[0]}: {exc}") from None
+        path = f"logs/{job_id}.jsonl"
+    return {"stored": stored, "kept": kept, "log": path}
+
+
+BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"log\": [sha256, size] or null}, then "
+               "the files' bytes in that order, then the log's")
+
+
+def _bundle_manifest(head: bytes) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+    try:
+        manifest = json.loads(head)
+    except ValueError:
+        raise BadRequest(f"the bundle's manifest is not JSON; a bundle is {BUNDLE_HELP}") from None
+    entries = manifest.get("files") if isinstance(manifest, dict) else None
+    log_entry = manifest.get("log") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or len(entries) > MAX_BUNDLE_FILES:
+        raise BadRequest(f"the bundle's manifest needs `files` (at most {MAX_BUNDLE_FILES}); a bundle is {BUNDLE_HELP}")
+    files = [_entry(e) for e in entries]
+    return files, None if log_entry is None else _entry(log_entry)
+
+
+def _entry(value: object) -> tuple[str, int]:
+    if (isinstance(value, list) and len(value) == 2 and is_sha256_hex(value[0]) and isinstance(value[1], int)
+            and not isinstance(value[1], bool) and 0 <= value[1] <= MAX_BUNDLE_BYTES):
+        return str(value[0]), int(value[1])
+    raise BadRequest(f"{str(value)[:120]!r} is not [sha256, size]; a bundle is {BUNDLE_HELP}")
 
 
 def readable_file(engine: Engine, store: Path, found: Grant, sha256: str, cache: str | None) -> Path:

@@ -1,6 +1,7 @@
-"""``/api/v1/jobs/{id}/blobs/{sha256}`` and ``/api/v1/jobs/{id}/log`` (PUT): a running job's files,
-moved by a worker that shares no disk with the API, with the job's own token (see
-:mod:`api.job_files`). API tokens are not accepted here, nor job tokens anywhere else."""
+"""``/api/v1/jobs/{id}/blobs/{sha256}``, ``/api/v1/jobs/{id}/bundle`` and ``/api/v1/jobs/{id}/log``
+(PUT): a running job's files, moved by a worker that shares no disk with the API, with the job's
+own token (see :mod:`api.job_files`). API tokens are not accepted here, nor job tokens anywhere
+else."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import job_files
 from api.deps import EngineDep, SettingsDep
+from api.intake import read_capped_body
 from pipelines.store.job_tokens import Grant
 
 router = APIRouter(prefix="/jobs", tags=["job files (workers)"])
@@ -45,6 +47,19 @@ async def put_blob(job_id: str, sha256: str, request: Request, found: GrantDep,
     new = await job_files.receive_blob(settings.artifacts_dir, sha256, request.stream(),
                                        request.headers.get("content-length"))
     return Response(status_code=201 if new else 200, headers={"X-Content-SHA256": sha256})
+
+
+@router.put("/{job_id}/bundle",
+            responses={**_ERRORS, 400: {"description": "a malformed bundle (see the manifest's description)"},
+                       413: {"description": "over the bundle cap (send big files alone)"},
+                       422: {"description": "`digest_mismatch`: a file's bytes are not the file it names"}},
+            description="A job's small files and its log in one body: " + job_files.BUNDLE_HELP)
+async def put_bundle(job_id: str, request: Request, engine: EngineDep, settings: SettingsDep,
+                     credentials: JobCredentials) -> dict[str, object]:
+    body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
+    return await to_thread.run_sync(job_files.receive_bundle, engine, settings.artifacts_dir,
+                                    settings.state_dir / "logs", credentials.credentials if credentials else None,
+                                    job_id, body)
 
 
 @router.get("/{job_id}/blobs/{sha256}", response_class=FileResponse,

@@ -169,3 +169,37 @@ def test_a_damaged_stored_file_is_not_served(api: httpx.Client, engine: Engine, 
     path.write_bytes(b"evil bytes")
     _attempt, test_token = _claim(engine, test)
     assert api.get(f"/api/v1/jobs/{test}/blobs/{sha}", headers=_bearer(test_token)).status_code == 404
+
+
+def _bundle(files: list[bytes], log: bytes | None, lie: dict[int, str] | None = None) -> bytes:
+    names = [(lie or {}).get(i, _sha(f)) for i, f in enumerate(files)]
+    manifest = {"files": [[n, len(f)] for n, f in zip(names, files, strict=True)],
+                "log": [_sha(log), len(log)] if log is not None else None}
+    return json.dumps(manifest).encode() + b"\n" + b"".join(files) + (log or b"")
+
+
+def test_a_bundle_carries_small_files_and_the_log_each_checked(
+        api: httpx.Client, engine: Engine, settings: ApiSettings) -> None:  # noqa: F811
+    """One request stores every file under its name and the log as the job's; a manifest that is
+    not JSON, a size that does not add up, or a name that is not a sha256 is 400 and stores
+    nothing; a file whose bytes are not the named ones is 422 and the log is not stored."""
+    build, _test = _run(api, engine)
+    _attempt, token = _claim(engine, build)
+    files, log = [b"one", b"two" * 100], b'{"t": 1.0, "s": "out", "d": "hi\\n"}\n'
+    url = f"/api/v1/jobs/{build}/bundle"
+    for bad in (b"not json\n" + files[0], _bundle(files, log)[:-1], b'{"files": [["x", 3]], "log": null}\nabc',
+                b'{"files": [], "log": null}', b'{"files": [[' + _sha(b"a").encode() + b'", true]], "log": null}\na'):
+        refused = api.put(url, content=bad, headers=_bearer(token))
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request", (bad, refused.text)
+    lie = api.put(url, content=_bundle(files, log, {1: _sha(b"other")}), headers=_bearer(token))
+    assert lie.status_code == 422 and lie.json()["error"] == "digest_mismatch"
+    assert not (settings.state_dir / "logs" / f"{build}.jsonl").exists()
+    assert not (settings.artifacts_dir / _sha(b"other")[:2] / _sha(b"other")).exists()
+
+    good = api.put(url, content=_bundle(files, log), headers=_bearer(token))
+    assert good.status_code == 200, good.text
+    assert good.json() == {"stored": 1, "kept": 1, "log": f"logs/{build}.jsonl"}  # "one" was stored by the 422 try
+    for data in files:
+        assert (settings.artifacts_dir / _sha(data)[:2] / _sha(data)).read_bytes() == data
+    assert (settings.state_dir / "logs" / f"{build}.jsonl").read_bytes() == log
+    assert api.put(url, content=_bundle(files, None), headers=_bearer("spj_nope")).status_code == 401
