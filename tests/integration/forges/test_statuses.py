@@ -108,8 +108,14 @@ def test_a_push_reports_pending_running_then_success_through_a_forge_that_was_do
     assert final.project == "acme/app" and final.forge == forge_kind
     assert first[0].auth == {"github": f"Bearer {FORGE_TOKEN}", "gitea": f"token {FORGE_TOKEN}",
                              "gitlab": FORGE_TOKEN}[forge_kind]
-    with read_scope(engine) as session:
-        outcomes = [(s.state, s.attempts, s.outcome[:3]) for s in statuses_of_commit(session, sha)]
+    # the sender records a status's outcome after the forge has answered it: wait for that record
+    deadline = time.monotonic() + 60
+    while True:
+        with read_scope(engine) as session:
+            outcomes = [(s.state, s.attempts, s.outcome[:3]) for s in statuses_of_commit(session, sha)]
+        if (outcomes and outcomes[-1][1] > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert outcomes[0] == ("pending", 2, "201") and outcomes[-1] == ("success", 1, "201")
 
 
