@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -185,6 +186,14 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandpit-bench-workers-", dir="/var/tmp"))
     tmp.chmod(0o711)  # a job's root passes through to its job dir (tests/integration/deploy/conftest.py)
+    try:
+        run_all(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def run_all(tmp: Path, args: argparse.Namespace) -> None:
     with postgres_server() as server:
         local, http = upload_path(server, tmp, args.deliveries)
         extra = statistics.median(http) - statistics.median(local)
@@ -195,7 +204,6 @@ def main() -> int:
             rate, (pg, clients) = throughput(server, tmp, workers, args.jobs)
             print(f"(a) {workers} worker process(es) x 2 jobs at once, {args.jobs} one-job runs: {rate:.1f} jobs/s; "
                   f"{pg} PostgreSQL connections and {clients} Redis clients held (the API's included)", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
