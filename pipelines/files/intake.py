@@ -33,10 +33,10 @@ import errno
 import hashlib
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from pipelines.files.digests import fd_intact, remember_intact
+from pipelines.files.temps import link_temp, open_temp
 from pipelines.identifiers import is_sha256_hex
 
 FILE_MODE = 0o640
@@ -69,7 +69,7 @@ class Intake:
         self.directory, self.expected, self.max_bytes = directory, expected_sha256, max_bytes
         self.size = 0
         self._digest = hashlib.sha256()
-        self._fd, self._temp_name = _open_temp(directory)
+        self._fd, self._temp_name = open_temp(directory, FILE_MODE, dir_mode=0o700)
 
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > self.max_bytes:
@@ -134,32 +134,11 @@ class Intake:
         self.abort()
 
 
-def _open_temp(directory: Path) -> tuple[int, str | None]:
-    """(fd, None) for an unnamed O_TMPFILE in ``directory`` (made if missing), else (fd, name)."""
-    try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE), None
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return _open_temp(directory)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.fchmod(fd, FILE_MODE)
-    return fd, name
-
-
-def _link(fd: int, temp_name: str | None, parent: int, name: str) -> None:
-    """Give the temporary the name ``name`` in dir fd ``parent``; FileExistsError if it exists."""
-    source = f"/proc/self/fd/{fd}" if temp_name is None else temp_name
-    os.link(source, name, dst_dir_fd=parent, follow_symlinks=temp_name is None)
-
-
 def _link_aside(fd: int, temp_name: str | None, parent: int) -> str:
     while True:
         side = f".tmp-{secrets.token_hex(8)}"
         try:
-            _link(fd, temp_name, parent, side)
+            link_temp(fd, temp_name, parent, side)
             return side
         except FileExistsError:
             continue
@@ -176,7 +155,7 @@ def _place_blob(store: Path, fd: int, temp_name: str | None, sha: str) -> bool:
     try:
         for _attempt in range(3):
             try:
-                _link(fd, temp_name, parent, sha)
+                link_temp(fd, temp_name, parent, sha)
             except FileExistsError:
                 pass
             else:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipelines.files.digests import fd_intact, remember_intact
+from pipelines.files.temps import link_temp, open_temp
 from pipelines.identifiers import is_sha256_hex
 from worker.errors import SandboxError
 
@@ -106,7 +107,7 @@ def intact(path: Path, sha256: str) -> bool:
 
 def _store(store: Path, chunks: Iterator[bytes], expected: str | None) -> tuple[str, int]:
     try:
-        fd, temp_name = _open_temp(store)
+        fd, temp_name = open_temp(store, FILE_MODE)
     except OSError as exc:
         raise SandboxError(f"cannot write into the store {store}: {exc.strerror}") from exc
     try:
@@ -133,32 +134,6 @@ def _store(store: Path, chunks: Iterator[bytes], expected: str | None) -> tuple[
                 os.unlink(temp_name)
 
 
-def _open_temp(store: Path) -> tuple[int, str | None]:
-    """A fresh temporary in ``store``: (fd, None) for an unnamed O_TMPFILE, else (fd, its name)."""
-    try:
-        return os.open(store, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE), None
-    except FileNotFoundError:
-        store.mkdir(parents=True, exist_ok=True)
-        return _open_temp(store)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    import tempfile
-
-    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=store)
-    os.fchmod(fd, FILE_MODE)
-    return fd, name
-
-
-def _link_temp(fd: int, temp_name: str | None, parent: int, name: str) -> None:
-    """Give the temporary the name ``name`` in dir fd ``parent``; FileExistsError if that name
-    exists (a link never replaces)."""
-    # linkat(AT_SYMLINK_FOLLOW) on the fd's /proc link; CPython calls plain link(2), which does
-    # not follow, unless a dir fd is given (hence dst_dir_fd even when it would not be needed)
-    source = f"/proc/self/fd/{fd}" if temp_name is None else temp_name
-    os.link(source, name, dst_dir_fd=parent, follow_symlinks=temp_name is None)
-
-
 def _open_fanout(store: Path, sha: str) -> int:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -174,7 +149,7 @@ def _place(store: Path, fd: int, temp_name: str | None, sha: str) -> None:
     try:
         for _attempt in range(3):
             try:
-                _link_temp(fd, temp_name, parent, sha)
+                link_temp(fd, temp_name, parent, sha)
             except FileExistsError:
                 pass
             else:
@@ -214,7 +189,7 @@ def _replace(fd: int, temp_name: str | None, parent: int, store: Path, sha: str)
     while True:
         side = f".tmp-{secrets.token_hex(8)}"
         try:
-            _link_temp(fd, temp_name, parent, side)
+            link_temp(fd, temp_name, parent, side)
             break
         except FileExistsError:
             continue

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.files.locks import hold
+from pipelines.files.temps import write_atomic
 from pipelines.identifiers import is_layer_key
 from pipelines.record import record
 from pipelines.references import InvalidReference, honoured_by, recipe_provides
@@ -519,7 +520,7 @@ class ImageStore:
                 meta = json.loads(meta_text)
                 ref = {"name": name, "key": key, "env": meta["env"], "size": meta["size"],
                        "built_at": meta["built_at"]}
-                _write_atomic(refs, f"{name}.json", json.dumps(ref).encode())
+                write_atomic(refs, f"{name}.json", json.dumps(ref).encode(), mode=0o644)
         except (NotBeneath, OSError) as exc:
             raise ImageError(f"building image {name} failed: {_why(exc)}") from None
         finally:
@@ -613,22 +614,6 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc)
-
-
-def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
-    """``name`` in ``dir_fd`` replaced by ``data`` through a unique temporary and a rename."""
-    tmp = f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
 
 
 def _sh_quote(text: str) -> str:

@@ -32,12 +32,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipelines.files.locks import FileLock, try_hold
+from pipelines.files.temps import write_atomic
 from pipelines.references import ImageReference
 from worker.errors import ImageError
 from worker.sandbox.registry import manifests as mf
 from worker.sandbox.registry.config import LayerCaps, RegistryConfig
 from worker.sandbox.registry.naming import repository
-from worker.sandbox.registry.pulled import LayerRef, PulledImage, PulledImages, write_atomic
+from worker.sandbox.registry.pulled import LayerRef, PulledImage, PulledImages
 from worker.sandbox.registry.skopeo import PullError, Skopeo
 from worker.sandbox.registry.unpack import LayerError, UnpackedLayer, unpack_layer
 

@@ -25,6 +25,7 @@ import stat
 import time
 from pathlib import Path
 
+from pipelines.files.temps import write_atomic
 from pipelines.identifiers import is_digest, is_sha256_hex
 from pipelines.record import record
 from pipelines.references import ImageReference
@@ -290,22 +291,6 @@ class PulledImages:
         except (ValueError, UnicodeDecodeError, AttributeError):
             return 0
         return size if isinstance(size, int) else 0
-
-
-def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
-    """``name`` in ``dir_fd`` replaced by ``data`` through a unique temporary, fsync and a rename."""
-    tmp = f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
 
 
 def now() -> float:
