@@ -34,6 +34,7 @@ from pipelines.record import record, replace
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.sandbox import spec as oci
+from worker.sandbox.bundle import remove_bundle, write_private
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
 from worker.sandbox.images import ImageStore
@@ -221,7 +222,7 @@ class Engine:
             stack.callback(_unlink, owner_path)
             s.jobs_dir.mkdir(parents=True, exist_ok=True)
             job_dir.mkdir(mode=0o711)
-            stack.callback(_remove_job_dir, job_dir)
+            stack.callback(remove_bundle, job_dir)
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
             egress = self._egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
@@ -266,7 +267,7 @@ class Engine:
                 image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
                 netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts_file,
             ))
-            _write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
+            write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)
             if services is not None:  # shared with the services' reader under CI_DEBUG_SERVICES
                 joblog = services.job_log(log_path, req.limits.log_bytes, sink, secrets)
@@ -435,36 +436,7 @@ def _write_notes(log_path: Path, lines: tuple[str, ...], sink: OutputSink | None
             sink("sys", data.encode())
 
 
-def _remove_job_dir(job_dir: Path) -> None:
-    """The job dir holds only what sandpit wrote (config.json, logs of the runtime, the emptied
-    rootfs mount point): remove those directly; anything unexpected goes through rmtree."""
-    try:
-        with os.scandir(job_dir) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    os.rmdir(entry.path)
-                else:
-                    os.unlink(entry.path)
-        os.rmdir(job_dir)
-    except FileNotFoundError:
-        return
-    except OSError:
-        import shutil
-
-        shutil.rmtree(job_dir, ignore_errors=True)
-
-
 _MS_NOEXEC = 0x8
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """A new file only root can read (0600 whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

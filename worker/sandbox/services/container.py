@@ -28,6 +28,7 @@ from pipelines.record import record
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError
 from worker.sandbox import spec as oci
+from worker.sandbox.bundle import remove_bundle, write_private
 from worker.sandbox.cgroups import JobCgroup, remove_job_cgroups
 from worker.sandbox.images import StoredImage
 from worker.sandbox.request import SandboxRequest, ServiceRequest, workdir_problems
@@ -93,7 +94,7 @@ class ServiceContainer:
             self.rootfs = JobRootfs(self.dir, list(image.layer_stack()), upper, place.uid_base, oci.ID_RANGE,
                                     place.run_dir)
             self.config = self._config(image)
-            _write_private(self.dir / "config.json", json.dumps(self.config).encode())
+            write_private(self.dir / "config.json", json.dumps(self.config).encode())
         except InvalidRequest as exc:
             self.close()
             raise InvalidRequest(f"service {self.alias} ({request.image}): {exc}") from None
@@ -188,28 +189,4 @@ class ServiceContainer:
                 cg = self.place.cgroup
                 with contextlib.suppress(OSError):
                     remove_job_cgroups(f"{cg.name}/{part_name(self.index)}", cg.root, fast=True, parent=cg.parent)
-                _remove_bundle(self.dir)
-
-
-def _remove_bundle(folder: Path) -> None:
-    """The bundle holds only what sandpit wrote (config.json, runtime.log, the emptied mount points)."""
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    os.rmdir(entry.path)
-                else:
-                    os.unlink(entry.path)
-        os.rmdir(folder)
-    except FileNotFoundError:
-        return
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """A new file only root can read: the service's config holds the job's variables, secrets too."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+                remove_bundle(self.dir)
