@@ -37,6 +37,7 @@ from pipelines.language.model import Plan
 from pipelines.store.db import session_scope
 from pipelines.store.retention import cache_lookup, cache_store
 from worker import cache
+from worker.local.records import read_small_json
 from worker.sandbox import blobs
 
 log = logging.getLogger("sandpit.cache")
@@ -127,19 +128,10 @@ def write_entry(folder: Path, key: str, trust: str, sha256: str, size: int) -> P
 
 
 def read_entry(path: Path) -> IndexEntry | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    read = read_small_json(path, MAX_ENTRY_BYTES)
+    if read is None:
         return None
-    try:
-        raw = os.read(fd, MAX_ENTRY_BYTES + 1)
-        used = os.fstat(fd).st_mtime
-    finally:
-        os.close(fd)
-    try:
-        data = json.loads(raw) if len(raw) <= MAX_ENTRY_BYTES else None
-    except ValueError:
-        return None
+    data, used = read
     if not isinstance(data, dict) or not is_sha256_hex(data.get("sha256")):
         return None
     key, trust, size = data.get("key"), data.get("trust"), data.get("size")

@@ -173,21 +173,33 @@ def read_records(state_dir: Path) -> list[LocalRecord]:
     return sorted(found, key=lambda r: r.created)
 
 
-def read_record_file(path: Path) -> LocalRecord | None:
-    """The record in ``path``; None when it is not one (torn, foreign, too large)."""
+def read_small_json(path: Path, max_bytes: int) -> tuple[object, float] | None:
+    """(the JSON in ``path``, its mtime), never through a symlink; None when it cannot be read,
+    is longer than ``max_bytes`` or is not JSON. Local records and cache index entries are such
+    files: written whole by a rename, read whole."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        raw = os.read(fd, MAX_RECORD_BYTES + 1)
-        created = os.fstat(fd).st_mtime
+        raw = os.read(fd, max_bytes + 1)
+        mtime = os.fstat(fd).st_mtime
     finally:
         os.close(fd)
+    if len(raw) > max_bytes:
+        return None
     try:
-        data = json.loads(raw) if len(raw) <= MAX_RECORD_BYTES else None
+        return json.loads(raw), mtime
     except ValueError:
-        data = None
+        return None
+
+
+def read_record_file(path: Path) -> LocalRecord | None:
+    """The record in ``path``; None when it is not one (torn, foreign, too large)."""
+    read = read_small_json(path, MAX_RECORD_BYTES)
+    if read is None:
+        return None
+    data, created = read
     if not isinstance(data, dict) or not is_job_id(data.get("id")):
         return None
     jobs = []
