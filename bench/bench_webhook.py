@@ -37,6 +37,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_service import wait_http  # noqa: E402
 from pipelines.forges.mirror import ensure_commit  # noqa: E402
 from tests.integration.forges.gitserver import git_server  # noqa: E402
 from tests.integration.forges.payloads import push, signed  # noqa: E402
@@ -45,18 +46,6 @@ from tests.integration.redis_server import free_port, redis_server  # noqa: E402
 PIPELINE = 'job:\n  image: debian\n  script: ["date +%s%N"]\n'
 SECRET = "bench-webhook-secret-0"  # noqa: S105 - a loopback test hook's
 _STAMP = re.compile(r"^(\d{19})$", re.M)
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 class Bench:
