@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from celery import Celery
 from sqlmodel import select
@@ -183,3 +184,18 @@ def service(db_url: str, redis: RedisServer, tmp_path: Path) -> Iterator[Service
             if "Traceback" in text:
                 print(f"--- {log.name}\n{text[-4000:]}")
     assert leftovers(Settings(state_dir=TEST_STATE, run_dir=TEST_RUN)) == []
+
+
+def wait_for_api(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Return once the API process ``proc`` answers ``/healthz`` at ``base`` with 200; fail if it
+    exits first or does not come up in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, "the API exited at start"
+        time.sleep(0.05)
+    raise AssertionError("the API did not come up")

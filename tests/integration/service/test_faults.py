@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.api.conftest import TOKENS, TRUSTED_TOKEN
 from tests.integration.redis_server import free_port
-from tests.integration.service.conftest import REPO, Service
+from tests.integration.service.conftest import REPO, Service, wait_for_api
 
 PIPELINE = """
 build:
@@ -51,16 +51,7 @@ class Api:
                                           "--log-level", "warning"], env=env, cwd=REPO, stdout=log,
                                          stderr=subprocess.STDOUT)
         self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, "the API exited at start"
-            time.sleep(0.05)
-        raise AssertionError("the API did not come up")
+        wait_for_api(self.base, self.proc)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import REPO, require
 from tests.integration.api.conftest import TOKENS, TRUSTED_TOKEN
 from tests.integration.redis_server import free_port
-from tests.integration.service.conftest import Service
+from tests.integration.service.conftest import Service, wait_for_api
 
 SCREENSHOTS = REPO / ".ci" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -65,16 +65,7 @@ class ApiProcess:
         self.log = open(service.tmp / "api.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(self.port), "--log-level", "warning"],
                                      env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, "the API exited at start"
-            time.sleep(0.05)
-        raise AssertionError("the API did not come up")
+        wait_for_api(self.base, self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
