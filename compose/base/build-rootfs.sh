@@ -19,6 +19,7 @@ stamp=$(cat "$0" | sha256sum | cut -c1-16)
 if [[ -f "$out" && "$(cat "$out.stamp" 2>/dev/null)" == "$stamp" ]]; then
     exit 0
 fi
+mkdir -p "$(dirname "$out")"  # a fresh host has no /var/cache/sandpit yet
 tmp="${out%.tar}.tmp$$.tar"  # mmdebstrap writes a tarball when the name ends in .tar
 trap 'rm -f "$tmp"' EXIT
 # --variant=minbase: no init system, no editors; apt's lists and caches are dropped from the image
