@@ -19,6 +19,8 @@ artifacts are removed after this long; default 7d), ``SANDPIT_RETENTION_SIZE`` (
 this total; default 10G), ``SANDPIT_CACHE_SIZE`` (local runs' ``cache:``, least recently used evicted
 past this; default 5G), ``SANDPIT_GC_EVERY`` (the automatic collection at the start of ``run``/``exec``
 runs at most this often; default 10m; 0: never automatically).
+Services (docs/services.md): ``SANDPIT_SERVICE_WAIT`` (how long a job waits for its services' ports
+before it starts anyway, GitLab Runner's ``wait_for_services_timeout``; default 30s; 0: no wait).
 The service (worker/service/context.py): ``SANDPIT_DATABASE_URL`` (default SQLite in the state dir),
 ``SANDPIT_REDIS_URL`` (default redis://127.0.0.1:6379/0), ``SANDPIT_LEASE_S`` (default 20),
 ``SANDPIT_SWEEP_S`` (default 5), ``SANDPIT_HEARTBEAT_S`` (default 10), ``SANDPIT_PUBLIC_URL`` (else
@@ -89,6 +91,8 @@ class Settings:
     pull_policy: str = "if-not-present"
     images_max_bytes: int = 0
     layer_max_bytes: int = 8 * 1024**3
+    #: SANDPIT_SERVICE_WAIT: the longest a job waits for its services' ports (0: it does not wait)
+    service_wait_s: float = 30.0
     #: the service's database; None: SQLite in the state dir (``database()``)
     database_url: str | None = None
     #: SANDPIT_REDIS_URL as given (None: unset, so ``sandpit up`` starts a redis-server of its own)
@@ -131,6 +135,7 @@ class Settings:
             pull_policy=_choice(env, "SANDPIT_PULL_POLICY", ("if-not-present", "always", "never")),
             images_max_bytes=_bytes(env, "SANDPIT_IMAGES_MAX_SIZE", 0),
             layer_max_bytes=_bytes(env, "SANDPIT_LAYER_MAX_SIZE", 8 * 1024**3),
+            service_wait_s=_seconds(env, "SANDPIT_SERVICE_WAIT", 30.0, most=3600.0),
             database_url=env.get("SANDPIT_DATABASE_URL") or None,
             redis_url_set=env.get("SANDPIT_REDIS_URL") or None,
             lease_s=_positive(env, "SANDPIT_LEASE_S", 20.0),
@@ -244,17 +249,24 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(text) if text else None
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A duration setting (``7d``, ``90m``, ``3600``); ``0`` is allowed (off)."""
+def _seconds(env: Mapping[str, str], name: str, default: float, most: float = float("inf")) -> float:
+    """A duration setting (``7d``, ``90m``, ``3600``) of at most ``most`` seconds; ``0`` is allowed (off).
+
+    >>> _seconds({"SANDPIT_SERVICE_WAIT": "1m30s"}, "SANDPIT_SERVICE_WAIT", 30.0)
+    90.0
+    """
     text = env.get(name, "").strip()
     if not text:
         return default
     if text == "0":
         return 0.0
     try:
-        return parse_duration(text)
+        value = parse_duration(text)
     except ValueError as exc:
         raise ConfigError(f"{name}={text!r}: {exc}") from None
+    if value > most:
+        raise ConfigError(f"{name}={text!r} is longer than {most:g} s")
+    return value
 
 
 def _bytes(env: Mapping[str, str], name: str, default: int) -> int:
