@@ -226,7 +226,8 @@ class Engine:
             # the job's network is made on another thread while disk, cgroup and rootfs are made here
             egress = self._egress(stack, job_id) if req.network == "egress" else None
             # lowest free slot first: its user namespace (for idmapping) is then usually cached
-            slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE, legacy_dir=s.locks_dir)
+            slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE, legacy_dir=s.locks_dir,
+                                              holder=f"/{cgroup_parent(s.instance_id)}/{job_id}")
             stack.callback(slot_lease.release)
             userns = runtime.name != "runsc"
             uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0

@@ -1,12 +1,20 @@
 """Leases that die with their holder (``flock``, :mod:`pipelines.files.locks`): a job's uid slot (no
 two live jobs of any instance on the host share host uids) and a job directory's ownership (the
 reaper only touches job directories whose owner lock is free).
+
+A lease dies with its holder, but a job's container does not: when a worker is SIGKILLed, its
+flocks are gone at once while the job it ran goes on in its cgroup until a reaper kills it. So a uid
+slot's lease file also names the job cgroup it was taken for (``holder``), and a free slot whose
+last holder's cgroup still has processes is skipped, never handed to a new job: two jobs with the
+same host uids could read and signal each other. The check costs one small read and one failed
+``open`` on the common path (the cgroup is gone).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from pipelines.files.locks import FileLock, is_held, try_hold
@@ -14,7 +22,8 @@ from worker.errors import SandboxError
 
 
 def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path | None = None,
-                   legacy_dir: Path | None = None, start: int = 0) -> tuple[int, FileLock]:
+                   legacy_dir: Path | None = None, start: int = 0, holder: str | None = None,
+                   cgroup_root: Path | None = None) -> tuple[int, FileLock]:
     """The first free uid slot (searching from ``start``), held until the lease is released: slot
     ``n`` is the host uids ``uid_base + n * range_size`` .. ``+ range_size - 1``.
 
@@ -30,6 +39,10 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
     there, where sandpit leased slots before the registry, so that while an upgrade is under way an
     older process of the same instance (``sandpit exec`` still running) and a new one never share a
     slot either way.
+
+    ``holder``: the job cgroup (``/<parent>/<job id>``) the slot is for, written into the lease
+    file; a slot whose previous holder's cgroup still has processes is skipped (the module's
+    docstring says why).
     """
     if registry is None:
         from worker.sandbox.instance import uid_registry
@@ -42,9 +55,11 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
         lease = try_hold(registry / f"{first}-{range_size}.lock")
         if lease is None:
             continue
-        if _overlaps_held(registry, first, range_size):
+        if _overlaps_held(registry, first, range_size) or _holder_still_runs(lease, cgroup_root):
             lease.release()
             continue
+        if holder is not None:
+            write_owner(lease, holder)
         if legacy_dir is not None:
             legacy_dir.mkdir(parents=True, exist_ok=True)
             old = try_hold(legacy_dir / f"uid-{slot}.lock")
@@ -54,7 +69,8 @@ def lease_uid_slot(uid_base: int, slots: int, range_size: int, *, registry: Path
             return slot, _Both(lease, old)
         return slot, lease
     raise SandboxError(f"all {slots} uid slots are in use: too many jobs at once on this host "
-                       f"(every sandpit instance of the host counts)")
+                       f"(every sandpit instance of the host counts, and so does a job whose worker died "
+                       f"until the reaper has killed it)")
 
 
 class _Both(FileLock):
@@ -89,9 +105,55 @@ def _overlaps_held(registry: Path, first: int, count: int) -> bool:
     return False
 
 
-def write_owner(lease: FileLock) -> None:
-    """Write this process's pid into the held lock file (for people reading it; the lock decides)."""
+def write_owner(lease: FileLock, holder: str | None = None) -> None:
+    """Write this process's pid into the held lock file (for people reading it; the lock decides),
+    and the job cgroup it holds the lease for, if any."""
     assert lease.fd is not None
+    line = f"{os.getpid()}\n" + (f"{holder}\n" if holder else "")
     with contextlib.suppress(OSError):
         os.ftruncate(lease.fd, 0)
-        os.pwrite(lease.fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(lease.fd, line.encode(), 0)
+
+
+# what write_owner writes as a holder: the instance's cgroup parent and a job id (worker/sandbox/instance.py)
+_HOLDER = re.compile(r"/(sandpit(?:-[0-9a-f]{1,32})?)/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})")
+
+
+def holder_cgroup(text: str) -> str | None:
+    """The job cgroup named in a lease file's text, if it is one sandpit writes (never a path to
+    follow otherwise).
+
+    >>> holder_cgroup("4242\\n/sandpit/0190d6f1-job\\n")
+    '/sandpit/0190d6f1-job'
+    >>> holder_cgroup("4242\\n/sandpit/../../etc\\n") is None, holder_cgroup("4242\\n") is None
+    (True, True)
+    """
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return None
+    found = _HOLDER.fullmatch(lines[1])
+    return None if found is None or ".." in found.group(2) else lines[1]
+
+
+def _holder_still_runs(lease: FileLock, cgroup_root: Path | None) -> bool:
+    """Whether the job cgroup the lease file names still has a process, in any of its cgroups."""
+    assert lease.fd is not None
+    try:
+        text = os.pread(lease.fd, 512, 0).decode("ascii", "replace")
+    except OSError:
+        return False
+    cgroup = holder_cgroup(text)
+    if cgroup is None:
+        return False
+    from worker.sandbox.cgroups import CGROUP_ROOT, is_v2
+
+    root = cgroup_root or CGROUP_ROOT
+    base = (root if is_v2(root) else root / "pids") / cgroup.lstrip("/")
+    for dirpath, _dirs, _files in os.walk(base):  # nothing to walk (ENOENT) when it was torn down
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
+                if f.read(16).strip():
+                    return True
+        except OSError:
+            continue
+    return False
