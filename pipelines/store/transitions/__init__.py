@@ -8,6 +8,8 @@ Job states::
        ├──► manual ──(play)──► queued
        └──► skipped (dependency_failed, or its `when` did not apply) | cancelled
 
+    succeeded | failed | error | cancelled ──(a person's retry)──► queued  (what it let skip: ► created)
+
 Every function works in the caller's session and transaction (see ``db.session_scope``); the
 caller commits and only then publishes the returned job ids. Every write is a prepared Core
 statement of :mod:`pipelines.store.statements`. The parts:
@@ -16,9 +18,10 @@ statement of :mod:`pipelines.store.statements`. The parts:
 - :mod:`~pipelines.store.transitions.leases`: ``claim_job``, ``renew_lease`` (compare-and-set);
 - :mod:`~pipelines.store.transitions.results`: ``finish_job``, ``expire_leases``;
 - :mod:`~pipelines.store.transitions.controls`: ``cancel_run``, ``cancel_job``, ``play_job``
-  and the API's ``cancel_unfinished_*``;
+  and the API's ``cancel_unfinished_*`` and ``play_manual_job``;
+- :mod:`~pipelines.store.transitions.retry`: ``retry_job`` (one finished job, a new attempt);
 - :mod:`~pipelines.store.transitions.step`: one transition of a locked run, which the last
-  two share.
+  three share.
 
 The decisions themselves are pure and live in :mod:`pipelines.store.advance` and
 :mod:`pipelines.store.frontier`; what is read lives in :mod:`pipelines.store.reads`.
@@ -32,6 +35,7 @@ from pipelines.store.transitions.controls import (
     cancel_unfinished_job,
     cancel_unfinished_run,
     play_job,
+    play_manual_job,
 )
 from pipelines.store.transitions.creation import (
     SOURCES,
@@ -45,6 +49,7 @@ from pipelines.store.transitions.creation import (
 )
 from pipelines.store.transitions.leases import DEADLINE_GRACE_S, LeaseStatus, claim_job, renew_lease
 from pipelines.store.transitions.results import REPORTED_STATUSES, expire_leases, finish_job
+from pipelines.store.transitions.retry import Retried, retry_job
 
 __all__ = [
     "DEADLINE_GRACE_S",
@@ -53,6 +58,7 @@ __all__ = [
     "TRUST_LEVELS",
     "JobLayout",
     "LeaseStatus",
+    "Retried",
     "Source",
     "StoredRun",
     "Trust",
@@ -66,5 +72,7 @@ __all__ = [
     "finish_job",
     "layout_jobs",
     "play_job",
+    "play_manual_job",
     "renew_lease",
+    "retry_job",
 ]

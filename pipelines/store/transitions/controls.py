@@ -1,11 +1,19 @@
-"""What a person does to a run: cancel it or one of its jobs, play a manual job.
+"""What a person does to a run: cancel it or one of its jobs, play a manual job (retrying one is
+:mod:`pipelines.store.transitions.retry`).
 
 Cancelling only touches what has not finished: a run that has ended (``finished_at`` set) or a
 job in a final state is left as it is, and :func:`cancel_unfinished_run` /
 :func:`cancel_unfinished_job` raise :class:`~pipelines.store.errors.RunFinished` /
 ``JobFinished`` (the API answers 409) instead of rewriting a finished run's status to
 ``cancelled``. The check and the cancel happen in one transaction under the run's row lock, so a
-run cannot finish between the two.
+run cannot finish between the two. In the same way :func:`play_manual_job` raises
+:class:`NotPlayable` (409) for a job that is not a manual job waiting to be played, where
+:func:`play_job` (local mode's) quietly does nothing.
+
+::
+
+    StoreError (pipelines.store.errors)
+    └── NotPlayable    the job cannot be played now; ``reason`` says why in a sentence
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import datetime as dt
 from sqlmodel import Session
 
 from pipelines.store.advance import FINAL_JOB_STATUSES, Standing
-from pipelines.store.errors import JobFinished, JobNotFound, RunFinished, RunNotFound
+from pipelines.store.approvals import WAITING_FOR_APPROVAL
+from pipelines.store.errors import JobFinished, JobNotFound, RunFinished, RunNotFound, StoreError
 from pipelines.store.models import Run
 from pipelines.store.progress import recount, set_counts
 from pipelines.store.statements import CANCEL_WAITING, LOCK_JOB_STATE, LOCK_RUN_STATE, REQUEST_CANCEL, WAITING
@@ -53,12 +62,49 @@ def cancel_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
     return step.finish(now)
 
 
+class NotPlayable(StoreError):
+    def __init__(self, job_id: str, status: str, reason: str) -> None:
+        super().__init__(f"job {job_id!r} cannot be played: {reason}")
+        self.job_id, self.status, self.reason = job_id, status, reason
+
+
+def play_refusal(job_status: str, run_status: str, run_cancelled: bool) -> str | None:
+    """Why a job in ``job_status`` cannot be played now; None if it can (a ``manual`` job of a live run).
+
+    >>> play_refusal("manual", "manual", False) is None
+    True
+    >>> play_refusal("succeeded", "succeeded", False)
+    'it is not a manual job waiting to be played (it is succeeded; a finished job is retried instead)'
+    """
+    if run_status == WAITING_FOR_APPROVAL:
+        return "its run is waiting for approval (approve the run first)"
+    if run_cancelled:
+        return "its run was cancelled"
+    if job_status == "manual":
+        return None
+    if job_status == "created":
+        return "it is not a manual job waiting to be played (it still waits for the jobs before it)"
+    hint = "; a finished job is retried instead" if job_status in FINAL_JOB_STATUSES - {"skipped"} else ""
+    return f"it is not a manual job waiting to be played (it is {job_status}{hint})"
+
+
 def play_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
-    """Start a ``manual`` job (GitLab's "play"); returns ``[job_id]`` if it was queued."""
+    """Start a ``manual`` job (GitLab's "play"); returns ``[job_id]`` if it was queued, ``[]``
+    (nothing changed) if it was not a manual job of a live run."""
+    try:
+        return play_manual_job(session, job_id, now)
+    except NotPlayable:
+        return []
+
+
+def play_manual_job(session: Session, job_id: str, now: dt.datetime) -> list[str]:
+    """Start a ``manual`` job; returns ``[job_id]`` (publish it after the commit).
+    :class:`NotPlayable` (nothing changed) when it is not one waiting to be played."""
     step = Step.begin(session, job_id)
     job = step.load_job(job_id)
-    if job.status != "manual" or step.run.cancelled:
-        return []
+    refusal = play_refusal(job.status, step.run.status, step.run.cancelled)
+    if refusal is not None:
+        raise NotPlayable(job_id, job.status, refusal)
     before = standing(job)
     step.queue(job, now)
     step.changed(job, before)
