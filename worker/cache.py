@@ -130,21 +130,33 @@ def entries(session: Session, caches: tuple[Cache, ...], trust: str,
 
 
 def restore(store: Path, found: tuple[tuple[str, str], ...]) -> tuple[tuple[str, Path], ...]:
-    """(path in workspace, stored file) for every intact file of the caches ``entries`` found."""
+    """(path in workspace, stored file) for every file of the caches ``entries`` found, each cache
+    whole or not at all: one of its files missing or not matching its sha256 makes that cache a
+    miss (logged), never a half-restored tree (half a ``node_modules`` fails later and worse)."""
     files: dict[str, Path] = {}
     for key, manifest_sha in found:
+        mine: dict[str, Path] = {}
+        broken = 0
         for item in manifest_items(store, manifest_sha):
             path = item.get("path")
             sha = item.get("sha256")
             if not isinstance(path, str) or not isinstance(sha, str) or len(sha) != 64:
+                broken += 1
                 continue
             if artifact_path_problem(path) is not None:
-                continue  # never outside the workspace, whatever the manifest says
+                broken += 1  # never outside the workspace, whatever the manifest says
+                continue
             stored = artifact_path(store, sha)
             if blobs.intact(stored, sha):
-                files[path] = stored
-            elif stored.exists():
-                log.error("cache %s: stored file %s does not match its sha256; not restored", key, stored)
+                mine[path] = stored
+            else:
+                broken += 1
+                if stored.exists():
+                    log.error("cache %s: stored file %s does not match its sha256", key, stored)
+        if broken:
+            log.error("cache %s: %d of its files are missing or damaged; the cache is not restored", key, broken)
+            continue
+        files.update(mine)
     return tuple(files.items())
 
 

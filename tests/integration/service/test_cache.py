@@ -99,3 +99,31 @@ def test_planted_poison_in_the_store_is_replaced(service: Service):
         assert path.read_bytes() == content.encode()
     finally:
         path.unlink(missing_ok=True)
+
+
+TWO_FILES = """
+fill:
+  cache: {key: two-v1, paths: [.deps/]}
+  script:
+    - mkdir -p .deps && echo "kept $RUN_NAME" > .deps/a.txt && echo "gone $RUN_NAME" > .deps/b.txt
+"""
+NONE_OF_THEM = """
+use:
+  cache: {key: two-v1, paths: [.deps/], policy: pull}
+  script:
+    - test ! -e .deps/a.txt
+    - test ! -e .deps/b.txt
+"""
+
+
+def test_a_cache_with_a_file_gone_is_a_miss_not_half_a_tree(service: Service):
+    """One stored file of a cache is gone (an expired artifact with the same bytes took it): the
+    next job gets none of the cache's files, never a tree with holes in it."""
+    service.start_worker()
+    name = uuid.uuid4().hex
+    assert service.wait(service.submit(TWO_FILES, variables={"RUN_NAME": name})) == "succeeded"
+    kept, gone = stored(f"kept {name}\n".encode()), stored(f"gone {name}\n".encode())
+    assert kept.is_file() and gone.is_file()
+    gone.unlink()
+    run_id = service.submit(NONE_OF_THEM)
+    assert service.wait(run_id) == "succeeded", Path(service.jobs(run_id)["use"].log_path or "").read_text()
