@@ -74,6 +74,13 @@ def may_read_logs(ui: UiSettings, viewer: Viewer, trust: str) -> bool:
     return viewer.may(needed)
 
 
+def may_start(viewer: Viewer, trust: str) -> bool:
+    """Whether a page offers play and retry on a run of ``trust``: what
+    :func:`api.routes.jobs.require_may_start` allows (a trusted run's jobs are started by a
+    trusted login only: a trusted token or an admin user)."""
+    return viewer.caller is not None and (trust != "trusted" or viewer.caller.trusted)
+
+
 def _under_ui(request: Request) -> bool:
     return request.url.path == PREFIX or request.url.path.startswith(PREFIX + "/")
 

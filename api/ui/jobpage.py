@@ -1,5 +1,5 @@
 """The job page and what hangs off it: the log (a screen of it, the live tail over SSE, the whole
-download), artifacts (one file, or all as a zip), play and cancel (entry points).
+download), artifacts (one file, or all as a zip), play, retry and cancel (entry points).
 
 The live log reuses the API's log reader (:class:`api.logs.LogReader`, the same source choice and
 resume ids as ``GET /api/v1/jobs/{id}/log``) behind the session cookie instead of a bearer token
@@ -32,9 +32,10 @@ from api import artifacts, runs
 from api.deps import EngineDep, PublisherDep, RedisDep, SettingsDep
 from api.errors import BadRequest, Forbidden, NotFound
 from api.logs import Cursor, Idle, LogEnd, LogEntry, LogReader, is_final, log_file, text_stream
+from api.routes.jobs import play_now, retry_now
 from api.settings import ApiSettings
 from api.ui import csrf, reports
-from api.ui.access import PREFIX, SignedInDep, UiDep, ViewerDep, may_read_logs
+from api.ui.access import PREFIX, SignedInDep, UiDep, ViewerDep, may_read_logs, may_start
 from api.ui.logsource import STREAM_ENTRIES, Window, file_window, is_entry_start, stream_window
 from api.ui.logview import Op, assemble, line_html
 from api.ui.sessions import Viewer
@@ -42,7 +43,7 @@ from pipelines.names import log_stream_key
 from pipelines.store.db import read_scope
 from pipelines.store.listing import JobDetail, job_detail
 from pipelines.store.models import Artifact
-from pipelines.store.transitions import play_job
+from pipelines.store.transitions.retry import RETRYABLE_STATUSES
 
 router = APIRouter(include_in_schema=False)
 KEEPALIVE_S = 15.0
@@ -138,7 +139,8 @@ async def job_page(job_id: str, request: Request, viewer: ViewerDep, ui: UiDep, 
         "window": window, "log_html": assemble(window.ops, anchors=window.anchors) if window else None,
         "note": note, "live": live, "more": more, "report": report, "spec": detail.spec,
         "sandbox": detail.spec.get("sandbox") or {}, "image": _image(detail.spec), "result": detail.result,
-        "usage": detail.usage, "refresh": None})
+        "usage": detail.usage, "refresh": None, "may_start": may_start(viewer, detail.run.trust),
+        "retryable": RETRYABLE_STATUSES})
 
 
 def _image(spec: dict[str, Any]) -> str | None:
@@ -338,21 +340,28 @@ def download_artifact(job_id: str, path: str, request: Request, viewer: ViewerDe
 @router.post(PREFIX + "/jobs/{job_id}/play")
 async def play(job_id: str, request: Request, viewer: SignedInDep, engine: EngineDep,
                publisher: PublisherDep) -> Response:
-    """Start a manual job (GitLab's play button)."""
+    """Start a manual job (GitLab's play button); one that is not waiting to be played is a 409 page."""
     form = await csrf.read_form(request)
     csrf.check(request, form, viewer.csrf)
-    detail = await to_thread.run_sync(_detail, engine, job_id)
-    await to_thread.run_sync(_play, engine, publisher, job_id)
-    back = f"{PREFIX}/jobs/{job_id}" if form.get("back") == "job" else f"{PREFIX}/runs/{detail.run.id}"
-    return RedirectResponse(back, status_code=303)
+    job = await to_thread.run_sync(play_now, engine, publisher, viewer.caller, job_id)
+    return RedirectResponse(_back(form, job_id, job.run_id), status_code=303)
 
 
-def _play(engine: Engine, publisher: Any, job_id: str) -> None:
-    from pipelines.store.db import session_scope
+@router.post(PREFIX + "/jobs/{job_id}/retry")
+async def retry(job_id: str, request: Request, viewer: SignedInDep, engine: EngineDep, publisher: PublisherDep,
+                redis: RedisDep) -> Response:
+    """Run a finished job again as a new attempt (GitLab's per-job retry; the API's
+    ``POST /api/v1/jobs/{id}/retry``); one that has not finished is a 409 page."""
+    form = await csrf.read_form(request)
+    csrf.check(request, form, viewer.csrf)
+    job = await retry_now(engine, publisher, redis, viewer.caller, job_id)
+    return RedirectResponse(_back(form, job_id, job.run_id), status_code=303)
 
-    with session_scope(engine) as session:
-        queued = play_job(session, job_id, runs.utcnow())
-    runs.publish_committed(engine, publisher, queued)
+
+def _back(form: dict[str, str], job_id: str, run_id: str) -> str:
+    """Where a job's form returns to: its own page or its run's (the form only chooses; its text
+    never becomes the address)."""
+    return f"{PREFIX}/jobs/{job_id}" if form.get("back") == "job" else f"{PREFIX}/runs/{run_id}"
 
 
 @router.post(PREFIX + "/jobs/{job_id}/cancel")

@@ -22,7 +22,7 @@ from api.routes.approvals import approve_now
 from api.routes.runs_list import encode_cursor, run_filter
 from api.schemas import RunCreate
 from api.ui import csrf
-from api.ui.access import PREFIX, AdminDep, SignedInDep, UiDep, ViewerDep, ui_state
+from api.ui.access import PREFIX, AdminDep, SignedInDep, UiDep, ViewerDep, may_start, ui_state
 from api.ui.graph import graph_layout
 from pipelines.store import repos as repo_store
 from pipelines.store.approvals import waiting_runs
@@ -35,6 +35,7 @@ from pipelines.store.listing import (
     run_detail,
     run_inputs,
 )
+from pipelines.store.transitions.retry import RETRYABLE_STATUSES
 
 router = APIRouter(include_in_schema=False)
 REFRESH_S = 5
@@ -141,8 +142,8 @@ def run_page(run_id: str, request: Request, viewer: ViewerDep, engine: EngineDep
     why_skipped = {j.id: _why_skipped(j, by_name, failed_names) for j in detail.jobs if j.status == "skipped"}
     return ui_state(request).pages.render(request, "run.html", {
         "viewer": viewer, "run": detail.summary, "detail": detail, "layout": layout, "jobs": by_name,
-        "now": _now(), "why_skipped": why_skipped,
-        "refresh": REFRESH_S if detail.summary.finished_at is None else None})
+        "now": _now(), "why_skipped": why_skipped, "may_start": may_start(viewer, detail.summary.trust),
+        "retryable": RETRYABLE_STATUSES, "refresh": REFRESH_S if detail.summary.finished_at is None else None})
 
 
 def _why_skipped(job: Any, by_name: dict[str, Any], failed: set[str]) -> str:

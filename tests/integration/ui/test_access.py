@@ -135,6 +135,42 @@ def test_a_manual_job_is_played_and_a_run_is_retried_from_their_pages(web: httpx
     assert copy["variables"] == {"A": "1"} and copy["trust"] == "trusted"
 
 
+def test_a_finished_job_is_retried_from_its_box_and_its_page(web: httpx.Client, engine: Engine) -> None:
+    """A finished job's box and page carry a Retry form (CSRF-checked); posting it queues the job
+    again and returns to the page it came from; a job not finished offers none and is a 409 page."""
+    run = new_run(web, "stages: [a, b]\nbuild:\n  stage: a\n  script: [x]\nlater:\n  stage: b\n  script: [y]\n")
+    jobs = {j["name"]: j["id"] for j in run["jobs"]}  # type: ignore[attr-defined]
+    finish(engine, jobs["build"], claim(engine, jobs["build"]), status="failed", reason="exit_code", exit_code=1)
+    login(web, TRUSTED_TOKEN)
+    page = web.get(f"/ui/runs/{run['id']}").text
+    assert f'action="/ui/jobs/{jobs["build"]}/retry"' in page and f'action="/ui/jobs/{jobs["later"]}/retry"' not in page
+    assert 'id="retry-job"' in web.get(f"/ui/jobs/{jobs['build']}").text
+    token = csrf_of(web, f"/ui/runs/{run['id']}")
+    assert web.post(f"/ui/jobs/{jobs['build']}/retry", data={"csrf": token + "x"}).status_code == 403
+    done = web.post(f"/ui/jobs/{jobs['build']}/retry", data={"csrf": token, "back": "job"})
+    assert done.status_code == 303 and done.headers["location"] == f"/ui/jobs/{jobs['build']}"
+    auth = {"Authorization": f"Bearer {TRUSTED_TOKEN}"}
+    assert web.get(f"/api/v1/jobs/{jobs['build']}", headers=auth).json()["status"] == "queued"
+    assert web.get(f"/api/v1/jobs/{jobs['later']}", headers=auth).json()["status"] == "created"
+    assert 'id="retry-job"' not in web.get(f"/ui/jobs/{jobs['build']}").text
+    again = web.post(f"/ui/jobs/{jobs['build']}/retry", data={"csrf": token})
+    assert again.status_code == 409 and "still queued" in again.text and "<html" in again.text
+
+
+def test_an_untrusted_login_is_offered_no_play_or_retry_on_a_trusted_run(web: httpx.Client, engine: Engine) -> None:
+    """A trusted run's jobs are started by trusted logins only: no buttons, and a 403 page."""
+    run = new_run(web, "stages: [a, b]\nbuild:\n  stage: a\n  script: [x]\ngate:\n  stage: b\n  when: manual\n"
+                       "  script: [y]\n")
+    jobs = {j["name"]: j["id"] for j in run["jobs"]}  # type: ignore[attr-defined]
+    finish(engine, jobs["build"], claim(engine, jobs["build"]))
+    login(web, USER_TOKEN)
+    page = web.get(f"/ui/runs/{run['id']}").text
+    assert "/retry\"" not in page.replace(f"/ui/runs/{run['id']}/retry\"", "") and "/play\"" not in page
+    token = csrf_of(web, f"/ui/runs/{run['id']}")
+    assert web.post(f"/ui/jobs/{jobs['gate']}/play", data={"csrf": token}).status_code == 403
+    assert web.post(f"/ui/jobs/{jobs['build']}/retry", data={"csrf": token}).status_code == 403
+
+
 def test_artifacts_are_downloads_never_pages(web: httpx.Client, engine: Engine, settings: ApiSettings) -> None:
     """An HTML file a job kept comes as an attachment, octet-stream, nosniff; its name is escaped
     in the page."""
