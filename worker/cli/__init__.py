@@ -150,6 +150,9 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     cn = sub.add_parser("cancel", parents=[common], help="cancel a run on a running service",
                         description=f"Cancel a run (environment: {client_env}).")
     cn.add_argument("run", help="the run's id")
+    from worker.cli.jobs import add_jobs_parsers
+
+    add_jobs_parsers(sub, common)
     from worker.cli.repos import add_repos_parser
 
     add_repos_parser(sub, common)
@@ -251,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from worker.cli.workers import workers_command
 
             return workers_command(args, settings)
+        if args.command in ("retry", "play"):
+            from worker.cli.jobs import jobs_command
+
+            return jobs_command(args, settings)
         if args.command in ("repos", "approve"):
             from worker.cli.repos import repos_command
 

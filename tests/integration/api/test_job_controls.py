@@ -4,7 +4,11 @@ the other API tests, and a real worker runs retried jobs in tests/integration/ui
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +20,7 @@ from api.settings import ApiSettings
 from pipelines.names import QUEUE, TASK_RUN_JOB, log_stream_key
 from pipelines.store.db import read_scope
 from pipelines.store.outbox import pending_outbox
+from tests.conftest import REPO
 from tests.integration.api.conftest import (
     TRUSTED_TOKEN,
     USER_TOKEN,
@@ -147,3 +152,26 @@ def test_a_retry_while_the_broker_is_down_stays_in_the_outbox(settings: ApiSetti
     assert response.status_code == 200 and response.json()["status"] == "queued"
     with read_scope(engine) as session:
         assert build in pending_outbox(session)
+
+
+def test_sandpit_retry_and_play_talk_to_the_api(live: object, client: httpx.Client, engine: Engine,
+                                                tmp_path: Path) -> None:
+    """`sandpit retry JOB` and `sandpit play JOB` print the job's new status; a refusal exits 1
+    with the API's 409 and its sentence."""
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(tmp_path), "SANDPIT_TOKEN": USER_TOKEN,
+           "SANDPIT_API_URL": live.url}  # type: ignore[attr-defined]
+    _run_id, build, _check = _failed(client, engine)
+
+    def sandpit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+
+    done = sandpit("retry", build)
+    assert done.returncode == 0 and done.stdout.strip() == f"job {build} (build): queued", done.stderr
+    refused = sandpit("retry", build)
+    assert refused.returncode == 1 and "409" in refused.stderr and "still queued" in refused.stderr
+    run = create(client, MANUAL)
+    first, gate = (job["id"] for job in run["jobs"])
+    finish(engine, first, claim(engine, first))
+    played = sandpit("play", gate)
+    assert played.returncode == 0 and played.stdout.strip() == f"job {gate} (gate): queued", played.stderr
