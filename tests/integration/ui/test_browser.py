@@ -10,26 +10,12 @@ out. Screenshots of the run and job pages go to ``.ci/screenshots/``.
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import REPO, require
-from tests.integration.api.conftest import TOKENS, TRUSTED_TOKEN
-from tests.integration.redis_server import free_port
-from tests.integration.service.conftest import Service, wait_for_api
-
-SCREENSHOTS = REPO / ".ci" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-DRIVER = "/usr/bin/chromedriver"
+from tests.integration.api.conftest import TRUSTED_TOKEN
+from tests.integration.ui.browsing import SCREENSHOTS, ApiProcess, css, log_in, wait_for
 
 PIPELINE = r"""
 stages: [build, test]
@@ -55,103 +41,13 @@ test:
 SLOW = "slow:\n  image: debian\n  script: ['sleep 120']\n"
 
 
-class ApiProcess:
-    """``python -m api`` as its own process on a free loopback port."""
-
-    def __init__(self, service: Service) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**service.env(), "SANDPIT_API_TOKENS": TOKENS}
-        self.log = open(service.tmp / "api.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(self.port), "--log-level", "warning"],
-                                     env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_api(self.base, self.proc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def submit(self, pipeline: str, **fields: Any) -> str:
-        response = httpx.post(f"{self.base}/api/v1/runs", json={"pipeline": pipeline, **fields},
-                              headers={"Authorization": f"Bearer {TRUSTED_TOKEN}"}, timeout=30)
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
-
-
-@pytest.fixture
-def api(service: Service) -> Iterator[ApiProcess]:
-    service.start_worker(concurrency=2)
-    process = ApiProcess(service)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    require(shutil.which("chromium") is not None and Path(DRIVER).exists(),
-            "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    # the driver path is given, so Selenium Manager never looks for (or downloads) a driver
-    driver = webdriver.Chrome(service=DriverService(DRIVER), options=options)
-    driver.downloads = downloads
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except Exception:  # an element not there yet, or replaced under us
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.1)
-
-
-def css(driver: Any, selector: str) -> list[Any]:
-    from selenium.webdriver.common.by import By
-
-    return list(driver.find_elements(By.CSS_SELECTOR, selector))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_person_follows_a_run_to_its_live_log(api: ApiProcess, browser: Any) -> None:
     run_id = api.submit(PIPELINE, message="Build the <app>\n\nwith a long body")
 
     # the runs list needs a login; the login form takes the token
-    browser.get(f"{api.base}/ui/runs")
-    wait_for(lambda: "/ui/login" in browser.current_url, what="the login redirect")
-    css(browser, "#token")[0].send_keys(TRUSTED_TOKEN)
-    css(browser, "#token-login button[type=submit]")[0].click()
-    wait_for(lambda: browser.current_url.endswith("/ui/runs"), what="the runs list after login")
+    log_in(browser, api.base, TRUSTED_TOKEN)
     row = wait_for(lambda: css(browser, f'tr[data-run="{run_id}"] a'), what="the run in the list")[0]
     assert row.text == "Build the <app>"  # shown as text, not markup
 
@@ -220,12 +116,3 @@ def test_a_person_follows_a_run_to_its_live_log(api: ApiProcess, browser: Any) -
 def _tick(browser: Any) -> int:
     ticks = [line.text for line in css(browser, "#log .l .c") if line.text.startswith("tick ")]
     return int(ticks[-1].split()[1]) if ticks else 0
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """chromium and httpx reach the loopback server directly, whatever proxy the machine sets."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
