@@ -77,8 +77,8 @@ def main() -> int:
             cold, copy, copy_tar, docker = [], [], [], []
             for round_ in range(args.rounds):
                 state = work / f"state-{round_}"
-                store = ImageStore(state, REPO_IMAGES, registry=RegistryConfig(allowed=(reg.host,),
-                                                                                registries_conf=conf))
+                store = ImageStore(state, REPO_IMAGES, registry=RegistryConfig(
+                    allowed=(reg.host,), registries_conf=conf, pull_dir=settings.state_dir))
                 t = time.perf_counter()
                 store.pull(ref)
                 cold.append(time.perf_counter() - t)

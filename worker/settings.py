@@ -174,7 +174,7 @@ class Settings:
         return RegistryConfig(allowed=self.registries, auth_file=self.registry_auth,
                               registries_conf=self.registries_conf, policy=self.pull_policy,
                               caps=LayerCaps(max_bytes=self.layer_max_bytes), max_store_bytes=self.images_max_bytes,
-                              run_dir=self.run_dir)
+                              run_dir=self.run_dir, uid_base=self.uid_base, uid_slots=self.uid_slots)
 
     def network(self) -> NetworkSettings:
         """Settings of the network layer (imported lazily: only egress jobs need it)."""

@@ -421,6 +421,7 @@ class ImageStore:
         from worker.sandbox.registry.pruning import GRACE_S
 
         return prune(self.pulled, recipe_keys, max_bytes=cap, keep=keep, run_dir=self.registry.run_dir,
+                     pull_dir=self.registry.pull_dir or self.root.parent,
                      grace_s=GRACE_S if grace_s is None else grace_s)
 
     def pulled_entries(self) -> list[tuple[str, str, int, float, str]]:

@@ -9,6 +9,7 @@ images sharing their first layer (not runnable: store tests only).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, require_tools
+from tests.sandbox.conftest import TEST_STATE
 from tests.sandbox.images.layers import directory, member, tar_bytes
 from tests.sandbox.images.registry import Layout, Registry
 from worker.sandbox.images import ImageStore
@@ -68,11 +70,29 @@ def registry(tmp_path_factory: pytest.TempPathFactory, layout: Layout) -> Iterat
 
 
 def store_for(tmp: Path, reg: Registry, **config: object) -> ImageStore:
-    """An image store of its own under ``tmp`` that may pull from ``reg``."""
+    """An image store of its own under ``tmp`` that may pull from ``reg``; its pulls make their
+    private directories in the suite's state dir (skopeo's uid cannot reach pytest's 0700 ``tmp``)."""
     tmp.mkdir(parents=True, exist_ok=True)
+    config.setdefault("pull_dir", TEST_STATE)
     cfg = RegistryConfig(allowed=(reg.host,), registries_conf=reg.registries_conf(tmp / "registries.conf"),
                          **config)  # type: ignore[arg-type]
     return ImageStore(tmp / "state", REPO_IMAGES, registry=cfg)
+
+
+@pytest.fixture()
+def reachable_dir() -> Iterator[Path]:
+    """A fresh directory under the suite's state dir, for a state dir of the test's own whose pulls'
+    uid must reach it (pytest's temporary directories are 0700); removed afterwards."""
+    import shutil
+    import tempfile
+
+    TEST_STATE.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=".test-", dir=TEST_STATE))
+    os.chmod(path, 0o711)  # noqa: S103 - search only, as the state dir itself
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -9,6 +10,7 @@ import threading
 import pytest
 
 from tests.conftest import require_tools
+from tests.sandbox.conftest import TEST_STATE
 from tests.sandbox.images.conftest import store_for
 from tests.sandbox.images.registry import Registry
 from worker.errors import ImageError, UnknownImage
@@ -195,7 +197,8 @@ def test_a_mirror_from_registries_conf_serves_a_registry_that_does_not_resolve(t
         '\n[[registry]]\nlocation = "registry.sandpit.invalid"\n'
         f'[[registry.mirror]]\nlocation = "{registry.host}"\ninsecure = true\n'))
     store = ImageStore(tmp_path / "state", REPO_IMAGES,
-                       registry=RegistryConfig(allowed=("registry.sandpit.invalid",), registries_conf=conf))
+                       registry=RegistryConfig(allowed=("registry.sandpit.invalid",), registries_conf=conf,
+                                               pull_dir=TEST_STATE))
     image = store.get("registry.sandpit.invalid/test/small:1")
     assert image.name == "registry.sandpit.invalid/test/small:1"
     assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
@@ -223,3 +226,76 @@ def test_a_layer_over_the_size_cap_fails_the_pull_and_leaves_nothing(tmp_path, r
     leftovers = [p.name for p in state.iterdir() if p.name.startswith((".pull-", ".tmp-"))]
     leftovers += [p.name for p in (state / "layers").iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
+
+
+def test_skopeo_runs_as_an_unprivileged_uid_in_a_box_removed_after_the_pull(tmp_path, layout):
+    """While the pull runs, what skopeo wrote (the layout, each blob) belongs to a uid of sandpit's
+    range, not root, in a 0700 directory of that uid; the credentials are a 0600 copy of that uid's
+    for the pull. Afterwards nothing of it is left."""
+    require_tools("htpasswd")
+    from worker.sandbox.registry.config import RegistryConfig
+
+    seen: list[dict[str, object]] = []
+    before = {p.name for p in TEST_STATE.glob(".pull-*")}
+    base, slots = RegistryConfig().uid_base, RegistryConfig().uid_slots
+
+    def watch(line: str) -> None:
+        if "downloaded, unpacking" not in line:
+            return
+        (box,) = [p for p in TEST_STATE.glob(".pull-*") if p.name not in before]
+        owners = {(box / "layout").stat().st_uid}
+        for blob in (box / "blobs" / "sha256").iterdir():  # another layer's may be unpacked and gone
+            with contextlib.suppress(FileNotFoundError):
+                if blob.stat().st_size > 0:  # not one of sandpit's placeholders
+                    owners.add(blob.stat().st_uid)
+        auth = box / "home" / "auth.json"
+        seen.append({"box": box.stat(), "owners": owners, "auth": auth.stat()})
+
+    with Registry(tmp_path / "reg", auth=("ci", "s3cret-pass")) as reg:
+        reg.push(layout.root, "small-1", "test/private:1")
+        original = reg.auth_json(tmp_path / "auth.json")
+        store = store_for(tmp_path / "s", reg, auth_file=original)
+        store.pull(f"{reg.host}/test/private:1", progress=watch)
+    assert seen, "no layer was downloaded"
+    for state in seen:
+        box, auth = state["box"], state["auth"]
+        uid = box.st_uid  # type: ignore[attr-defined]
+        assert base <= uid < base + slots * 65536 and (uid - base) % 65536 == 0
+        assert stat.S_IMODE(box.st_mode) == 0o700  # type: ignore[attr-defined]
+        assert state["owners"] == {uid}
+        assert (auth.st_uid, stat.S_IMODE(auth.st_mode)) == (uid, 0o600)  # type: ignore[attr-defined]
+    assert {p.name for p in TEST_STATE.glob(".pull-*")} == before
+    assert original.stat().st_uid == 0  # the operator's file itself is never handed over
+
+
+def test_what_a_pull_box_runs_has_its_uid_and_nothing_of_roots(tmp_path):
+    """A command under the box's prefix (skopeo's) runs as the leased uid and gid, with no
+    supplementary groups, no capabilities in any set and no_new_privs; a second box at the same
+    time gets another uid; closing removes the directory and frees the uid."""
+    import subprocess
+
+    from worker.sandbox.registry.pull_box import PullBox
+
+    with PullBox(TEST_STATE, uid_base=100_000_000, uid_slots=256, run_dir=None, registries_conf=None,
+                 auth_file=None) as box, PullBox(TEST_STATE, uid_base=100_000_000, uid_slots=256, run_dir=None,
+                                                 registries_conf=None, auth_file=None) as other:
+        assert box.uid != other.uid
+        text = subprocess.run([*box.argv(), "cat", "/proc/self/status"], capture_output=True, text=True,
+                              check=True).stdout
+        fields = {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+        assert fields["Uid"].split() == [str(box.uid)] * 4 and fields["Gid"].split() == [str(box.uid)] * 4
+        assert fields["Groups"] == "" and fields["NoNewPrivs"] == "1"
+        assert all(int(fields[k], 16) == 0 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+        assert box.path is not None and box.path.stat().st_uid == box.uid
+        path = box.path
+    assert not path.exists()
+
+
+def test_a_pull_dir_the_pull_uid_cannot_reach_is_named_before_skopeo_runs(tmp_path, registry):
+    """pytest's 0700 temporary directories are out of the pull uid's reach: the pull fails with a
+    sentence naming the directory in the way, and leaves nothing."""
+    store = store_for(tmp_path / "s", registry, pull_dir=tmp_path / "pulls")
+    before = registry.requests()
+    with pytest.raises(PullError, match=r"skopeo runs as uid \d+ and cannot reach .*pulls: .* is not searchable"):
+        store.get(f"{registry.host}/test/small:1")
+    assert registry.requests() == before and list((tmp_path / "pulls").iterdir()) == []

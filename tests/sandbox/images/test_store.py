@@ -128,9 +128,9 @@ def test_a_damaged_manifest_record_is_never_trusted(tmp_path, registry, damage):
     assert again.digest == image.digest and store.pulled.image(image.digest) is not None
 
 
-def test_cli_list_prune_and_rm(tmp_path, registry, settings):
+def test_cli_list_prune_and_rm(tmp_path, registry, settings, reachable_dir):
     conf = registry.registries_conf(tmp_path / "registries.conf")
-    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(tmp_path / "state"),
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(reachable_dir / "state"),
            "SANDPIT_RUN_DIR": str(settings.run_dir), "SANDPIT_REGISTRIES": registry.host,
            "SANDPIT_REGISTRIES_CONF": str(conf)}
 

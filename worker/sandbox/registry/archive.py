@@ -17,7 +17,6 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pipelines.references import InvalidReference, parse_reference
 from worker.errors import ImageError, InvalidRequest
 from worker.sandbox.registry import manifests as mf
 from worker.sandbox.registry.naming import canonical
-from worker.sandbox.registry.pull import Progress, Puller, short
+from worker.sandbox.registry.pull import Landed, Progress, Puller, short
 from worker.sandbox.registry.pulled import PulledImage
 
 _INDEX_LIMIT = 4 << 20
@@ -142,9 +141,11 @@ def _import_one(puller: Puller, source: str, reference: str, progress: Progress,
             return existing
         config_raw = _blob(out, manifest.config)
 
-        def fetch(missing: list[tuple[int, mf.Descriptor, str]],
-                  landed: Callable[[int, mf.Descriptor, str], Future[object]]) -> None:
-            futures = [landed(i, desc, str(out / desc.digest[7:])) for i, desc, _key in missing]
+        def fetch(missing: list[tuple[int, mf.Descriptor, str]], landed: Landed) -> None:
+            futures: list[Future[object]] = []
+            for i, desc, _key in missing:  # root's skopeo wrote them into root's directory
+                fd = os.open(out / desc.digest[7:], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                futures.append(landed(i, desc, fd, lambda: None))  # the folder goes at the end
             for future in futures:
                 future.result()
 

@@ -27,3 +27,8 @@ class RegistryConfig:
     caps: LayerCaps = field(default_factory=LayerCaps)
     max_store_bytes: int = 0  # SANDPIT_IMAGES_MAX_SIZE: pulled layers above this are evicted, LRU; 0: no cap
     run_dir: Path | None = None  # where layer views are mounted (dropped when a layer is removed)
+    #: the uid range a pull's skopeo takes a slot of (SANDPIT_UID_BASE, SANDPIT_UID_SLOTS: the jobs')
+    uid_base: int = 100_000_000
+    uid_slots: int = 256
+    #: where a pull's private directory is made (a path the pull's uid can reach); None: the state dir
+    pull_dir: Path | None = None

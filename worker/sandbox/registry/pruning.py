@@ -47,9 +47,11 @@ class PruneReport:
 
 
 def prune(store: PulledImages, recipe_keys: set[str], *, max_bytes: int = 0, keep: frozenset[str] = frozenset(),
-          run_dir: Path | None = None, now: float | None = None, grace_s: float = GRACE_S) -> PruneReport:
+          run_dir: Path | None = None, now: float | None = None, grace_s: float = GRACE_S,
+          pull_dir: Path | None = None) -> PruneReport:
     """Collect what nothing holds; with ``max_bytes``, evict the least recently used names first
-    (never one whose digest is in ``keep``: the image just pulled)."""
+    (never one whose digest is in ``keep``: the image just pulled). ``pull_dir``: where pulls make
+    their private directories (``.pull-*``), swept of those a dead pull left."""
     report = PruneReport()
     names = store.names()
     images = {}
@@ -106,13 +108,17 @@ def prune(store: PulledImages, recipe_keys: set[str], *, max_bytes: int = 0, kee
                     report.busy.append(entry)
             elif entry.startswith(_TEMPORARY):
                 _remove_stale(layers, entry, stamp)
-        root = os.open(store.root, _DIR)
-        try:
-            for entry in os.listdir(root):
-                if entry.startswith(_TEMPORARY):
-                    _remove_stale(root, entry, stamp)
-        finally:
-            os.close(root)
+        for folder, prefixes in ((store.root, _TEMPORARY), (pull_dir, (".pull-",))):
+            if folder is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(folder, _DIR)
+                try:
+                    for entry in os.listdir(fd):
+                        if entry.startswith(prefixes):
+                            _remove_stale(fd, entry, stamp)
+                finally:
+                    os.close(fd)
     finally:
         os.close(layers)
     return report

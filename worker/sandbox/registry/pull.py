@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ from worker.errors import ImageError
 from worker.sandbox.registry import manifests as mf
 from worker.sandbox.registry.config import LayerCaps, RegistryConfig
 from worker.sandbox.registry.naming import repository
+from worker.sandbox.registry.pull_box import PullBox
 from worker.sandbox.registry.pulled import LayerRef, PulledImage, PulledImages
 from worker.sandbox.registry.skopeo import PullError, Skopeo
 from worker.sandbox.registry.unpack import LayerError, UnpackedLayer, unpack_layer
@@ -45,6 +47,10 @@ from worker.sandbox.registry.unpack import LayerError, UnpackedLayer, unpack_lay
 __all__ = ["LayerCaps", "Puller", "RegistryConfig", "probe_shell"]
 
 Progress = Callable[[str], None]
+#: a blob that landed, (layer index, descriptor, its open fd, a callable removing its file): the
+#: unpack that it starts, on the pool
+Landed = Callable[[int, mf.Descriptor, int, Callable[[], None]], Future[object]]
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _REPORT_EVERY_S = 1.0
 
@@ -66,16 +72,32 @@ class Puller:
 
     # -- registry ----------------------------------------------------------------------------
     def pull(self, ref: ImageReference, progress: Progress, cancel: threading.Event | None = None) -> PulledImage:
-        """Pull canonical ``ref`` from its registry (or its mirror) into the store."""
+        """Pull canonical ``ref`` from its registry (or its mirror) into the store; skopeo runs as an
+        unprivileged uid in a directory of its own for the whole pull (:mod:`.pull_box`)."""
         started = time.monotonic()
+        with self._box() as box:
+            image, fetched = self._pull(ref, box, progress, cancel)
+        if fetched:
+            progress(f"pulled {ref} ({short(image.digest)}) in {time.monotonic() - started:.1f} s")
+        return image
+
+    def _box(self) -> PullBox:
+        cfg = self.config
+        return PullBox(cfg.pull_dir or self.store.root.parent, uid_base=cfg.uid_base, uid_slots=cfg.uid_slots,
+                       run_dir=cfg.run_dir, registries_conf=self.skopeo.registries_conf_bytes(),
+                       auth_file=cfg.auth_file)
+
+    def _pull(self, ref: ImageReference, box: PullBox, progress: Progress,
+              cancel: threading.Event | None) -> tuple[PulledImage, bool]:
+        """The image, and whether it was fetched (False: another pull had stored it meanwhile)."""
         source = f"docker://{ref}"
-        raw = self.skopeo.inspect(source)
+        raw = self.skopeo.inspect(source, box=box)
         digest = mf.sha256_digest(raw)
         if ref.digest is not None and digest != ref.digest:
             raise PullError(f"the registry sent a manifest for {ref} whose bytes hash to {digest} (refused)")
         if mf.media_type(raw) in mf.INDEXES:
             entry = mf.choose_platform(raw)
-            raw = self.skopeo.inspect(f"docker://{repository(ref)}@{entry.digest}")
+            raw = self.skopeo.inspect(f"docker://{repository(ref)}@{entry.digest}", box=box)
             if mf.sha256_digest(raw) != entry.digest:
                 raise PullError(f"the registry sent a manifest for {ref} that does not match its digest "
                                 f"{entry.digest} (refused)")
@@ -86,13 +108,11 @@ class Puller:
             have = self._stored(digest)
             if have is not None:
                 progress(f"{ref}: {short(digest)} is already in the store")
-                return have
-            config_raw = self.skopeo.inspect(pinned, config=True)
-            image = self.store_image(str(ref), digest, manifest, config_raw, progress, cancel,
-                                      fetch=lambda missing, report: self._download(pinned, manifest, missing,
-                                                                                    report, cancel))
-        progress(f"pulled {ref} ({short(digest)}) in {time.monotonic() - started:.1f} s")
-        return image
+                return have, False
+            config_raw = self.skopeo.inspect(pinned, config=True, box=box)
+            return self.store_image(str(ref), digest, manifest, config_raw, progress, cancel,
+                                    fetch=lambda missing, landed: self._download(
+                                        pinned, manifest, missing, landed, box, progress, cancel)), True
 
     def _stored(self, digest: str) -> PulledImage | None:
         try:
@@ -119,22 +139,30 @@ class Puller:
             yield lock
 
     def _download(self, source: str, manifest: mf.Manifest, missing: list[tuple[int, mf.Descriptor, str]],
-                  report: Callable[[int, mf.Descriptor, str], Future[object]],
-                  cancel: threading.Event | None) -> list[Future[object]]:
-        """``skopeo copy`` into a temporary OCI layout whose shared blob directory already holds an
-        empty file for every blob sandpit has; each missing blob is handed to ``report`` as it lands."""
-        tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=self.store.root))
+                  landed: Landed, box: PullBox, progress: Progress, cancel: threading.Event | None) -> None:
+        """``skopeo copy`` into an OCI layout in the pull's box whose shared blob directory already
+        holds an empty file for every blob sandpit has; each missing blob is handed to ``landed`` as
+        it lands, opened beneath the box's directory with no symlink on the way (the box is the
+        skopeo uid's: nothing in it is trusted)."""
+        from worker.sandbox.beneath import NotBeneath, open_beneath
+
         futures: list[Future[object]] = []
+        blobs = box.open_dir("blobs/sha256")
         try:
-            blobs = tmp / "blobs" / "sha256"
-            blobs.mkdir(parents=True)
             wanted = {d.digest for _i, d, _k in missing}
             for layer in (manifest.config, *manifest.layers):
-                if layer.digest not in wanted:
-                    (blobs / layer.digest[7:]).touch()  # present: skopeo does not fetch it
+                if layer.digest not in wanted:  # present: skopeo does not fetch it
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(layer.digest[7:], _NEW_FILE, 0o644, dir_fd=blobs))
             expected = sum(d.size for _i, d, _k in missing)
             pending = {d.digest: (i, d, k) for i, d, k in missing}
             last = [time.monotonic(), 0]
+
+            def remover(name: str) -> Callable[[], None]:
+                def remove() -> None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=blobs)  # the blob is not kept once its layer is unpacked
+                return remove
 
             def poll() -> None:
                 for future in futures:  # a layer refused while the others download stops the copy
@@ -142,45 +170,45 @@ class Puller:
                     if failed is not None:
                         raise failed
                 for digest_, (i, d, _k) in list(pending.items()):
-                    path = blobs / digest_[7:]
-                    with contextlib.suppress(FileNotFoundError):
-                        if os.lstat(path).st_size == d.size:
-                            del pending[digest_]
-                            futures.append(report(i, d, str(path)))
-                landed = sum(d.size for d in manifest.layers if d.digest in wanted and d.digest not in pending)
-                partial = 0
-                with contextlib.suppress(FileNotFoundError):
-                    for entry in os.scandir(tmp / "layout"):
-                        if entry.name.startswith("oci-put-blob"):
-                            with contextlib.suppress(FileNotFoundError):
-                                partial += entry.stat(follow_symlinks=False).st_size
-                if landed + partial > expected + (1 << 20) + expected // 10:
+                    try:
+                        if os.stat(digest_[7:], dir_fd=blobs, follow_symlinks=False).st_size != d.size:
+                            continue  # not there yet (skopeo renames a whole blob into place)
+                        fd = open_beneath(blobs, digest_[7:], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                    except (FileNotFoundError, NotBeneath):
+                        continue
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.close(fd)
+                        raise PullError(f"skopeo left something other than a file for {short(digest_)} (refused)")
+                    del pending[digest_]
+                    futures.append(landed(i, d, fd, remover(digest_[7:])))
+                got = sum(d.size for d in manifest.layers if d.digest in wanted and d.digest not in pending)
+                partial = _partial_bytes(box)
+                if got + partial > expected + (1 << 20) + expected // 10:
                     raise PullError(f"the registry sent more than the {expected} bytes the manifest names (refused)")
                 now = time.monotonic()
-                if now - last[0] >= _REPORT_EVERY_S and landed + partial != last[1]:
-                    last[0], last[1] = now, landed + partial
-                    report(-1, manifest.config, f"downloaded {_mb(landed + partial)} of {_mb(expected)}")
+                if now - last[0] >= _REPORT_EVERY_S and got + partial != last[1]:
+                    last[0], last[1] = now, got + partial
+                    progress(f"  downloaded {_mb(got + partial)} of {_mb(expected)}")
 
-            self.skopeo.copy(source, f"oci:{tmp / 'layout'}",
-                             ("--preserve-digests", "--dest-shared-blob-dir", str(tmp / "blobs")),
-                             poll=poll, cancel=cancel, log=tmp / "skopeo.log")
+            assert box.path is not None
+            self.skopeo.copy(source, f"oci:{box.path / 'layout'}",
+                             ("--preserve-digests", "--dest-shared-blob-dir", str(box.path / "blobs")),
+                             poll=poll, cancel=cancel, box=box)
             poll()
             if pending:
                 raise PullError("skopeo finished without " + ", ".join(short(d) for d in pending))
             for future in futures:
                 future.result()
-            return futures
         finally:
             for future in futures:  # an unpack still reading a blob keeps the directory until it is done
                 with contextlib.suppress(Exception):
                     future.result()
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(blobs)
 
     # -- shared by pull and import ---------------------------------------------------------
     def store_image(self, reference: str, digest: str, manifest: mf.Manifest, config_raw: bytes,
                      progress: Progress, cancel: threading.Event | None,
-                     fetch: Callable[[list[tuple[int, mf.Descriptor, str]],
-                                      Callable[[int, mf.Descriptor, str], Future[object]]], object],
+                     fetch: Callable[[list[tuple[int, mf.Descriptor, str]], Landed], object],
                      source: str = "registry") -> PulledImage:
         if mf.sha256_digest(config_raw) != manifest.config.digest:
             raise PullError(f"the config of {reference} does not match its digest {manifest.config.digest} (refused)")
@@ -204,14 +232,9 @@ class Puller:
                 missing.append((i, desc, diff_id[7:]))
         if missing:
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandpit-unpack") as pool:
-                def landed(i: int, desc: mf.Descriptor, path: str) -> Future[object]:
-                    if i < 0:
-                        progress(f"  {path}")  # a download total
-                        done: Future[object] = Future()
-                        done.set_result(None)
-                        return done
+                def landed(i: int, desc: mf.Descriptor, fd: int, remove: Callable[[], None]) -> Future[object]:
                     progress(f"  layer {i + 1}/{n} {short(desc.digest)} {_mb(desc.size)}: downloaded, unpacking")
-                    return pool.submit(self._unpack_file, i, n, desc, config.diff_ids[i], path, progress)
+                    return pool.submit(self._unpack_file, i, n, desc, config.diff_ids[i], fd, remove, progress)
 
                 for i, desc, _key in missing:
                     progress(f"  layer {i + 1}/{n} {short(desc.digest)} {_mb(desc.size)}: fetching")
@@ -225,16 +248,15 @@ class Puller:
         self.store.save_image(image)
         return image
 
-    def _unpack_file(self, i: int, n: int, desc: mf.Descriptor, diff_id: str, path: str,
+    def _unpack_file(self, i: int, n: int, desc: mf.Descriptor, diff_id: str, fd: int, remove: Callable[[], None],
                      progress: Progress) -> None:
+        """Unpack the blob open at ``fd`` (closed here), then ``remove`` its file."""
         started = time.monotonic()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             layer = self.unpack_blob(fd, desc, diff_id)
         finally:
             os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # the blob is not kept once its layer is unpacked
+            remove()
         if layer is not None:
             progress(f"  layer {i + 1}/{n} {short(desc.digest)}: unpacked {layer.members} entries, "
                      f"{_mb(layer.size)} in {time.monotonic() - started:.1f} s"
@@ -281,6 +303,23 @@ class Puller:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(tmp_name, dir_fd=layers)
             os.close(layers)
+
+
+def _partial_bytes(box: PullBox) -> int:
+    """Bytes of the blobs skopeo is still writing (``oci-put-blob*`` in its layout), for progress."""
+    total = 0
+    try:
+        layout = box.open_dir("layout")
+    except (OSError, ValueError):
+        return 0  # not made yet (or not a plain directory: then nothing to count)
+    try:
+        for entry in os.scandir(layout):
+            if entry.name.startswith("oci-put-blob"):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_size
+    finally:
+        os.close(layout)
+    return total
 
 
 def probe_shell(layers: list[Path], scratch: Path) -> str:

@@ -11,14 +11,17 @@ shared blob directory in which the layers sandpit already holds are present as e
 skopeo fetched is checked again by sandpit before use (the manifest's sha256 here, every blob by
 the unpacker), so a fault in either is caught by the other.
 
-Its configuration is sandpit's alone: skopeo runs with an empty environment (plus the worker's
-proxy variables) and ``HOME=<store>/.skopeo`` (0700), so the operator's ``~/.docker/config.json``
-and XDG auth files are never read. Credentials come only from the auth file the settings name
-(``SANDPIT_REGISTRY_AUTH``), never from a pipeline; ``registries.conf`` is ``SANDPIT_REGISTRIES_CONF``
-copied to ``$HOME/.config/containers/registries.conf`` (skopeo 1.9 ignores
-``CONTAINERS_REGISTRIES_CONF``; measured), else the host's ``/etc/containers/registries.conf``. The
-signature policy is a file of sandpit's own that accepts any image: sandpit pins content by digest
-and does not verify signatures.
+A pull's skopeo runs as an unprivileged uid of sandpit's range, in a directory of its own that
+holds its home, its temporary files and what it downloads (:mod:`worker.sandbox.registry.pull_box`);
+an import of an archive on the worker's disk (no network, no credentials) runs it as root with
+``HOME=<store>/.skopeo`` (0700). Its configuration is sandpit's alone: skopeo runs with an empty
+environment (plus the worker's proxy variables) and that home, so the operator's
+``~/.docker/config.json`` and XDG auth files are never read. Credentials come only from the auth
+file the settings name (``SANDPIT_REGISTRY_AUTH``, copied into the pull's directory for the pull),
+never from a pipeline; ``registries.conf`` is ``SANDPIT_REGISTRIES_CONF`` copied to
+``$HOME/.config/containers/registries.conf`` (skopeo 1.9 ignores ``CONTAINERS_REGISTRIES_CONF``;
+measured), else the host's ``/etc/containers/registries.conf``. The signature policy is a file of
+sandpit's own that accepts any image: sandpit pins content by digest and does not verify signatures.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from worker import TYPE_CHECKING
 from worker.errors import ImageError, UnknownImage
 
-_POLICY = b'{"default": [{"type": "insecureAcceptAnything"}]}\n'
+if TYPE_CHECKING:
+    from worker.sandbox.registry.pull_box import PullBox
+
+POLICY = b'{"default": [{"type": "insecureAcceptAnything"}]}\n'
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 MANIFEST_LIMIT = 4 << 20  # a manifest, index or config larger than this is refused
 _REFUSED = re.compile(r"manifest unknown|name unknown|not found|unauthorized|authentication required|denied|"
@@ -72,44 +80,59 @@ class Skopeo:
             os.chmod(self.home, 0o700)
             conf_dir = self.home / ".config" / "containers"
             conf_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write(self.home / "policy.json", _POLICY)
+            _write(self.home / "policy.json", POLICY)
             user_conf = conf_dir / "registries.conf"
-            if self.registries_conf is not None:
-                try:
-                    text = self.registries_conf.read_bytes()
-                except OSError as exc:
-                    raise PullError(f"cannot read the registries configuration {self.registries_conf}: "
-                                    f"{exc.strerror}") from None
+            text = self.registries_conf_bytes()
+            if text is not None:
                 _write(user_conf, text)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     user_conf.unlink()
             self._prepared = True
 
-    def _env(self) -> dict[str, str]:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.home), "TMPDIR": str(self.home)}
+    def registries_conf_bytes(self) -> bytes | None:
+        """The operator's ``registries.conf`` (None: skopeo reads the host's)."""
+        if self.registries_conf is None:
+            return None
+        try:
+            return self.registries_conf.read_bytes()
+        except OSError as exc:
+            raise PullError(f"cannot read the registries configuration {self.registries_conf}: "
+                            f"{exc.strerror}") from None
+
+    def _run_as(self, box: PullBox | None) -> tuple[list[str], dict[str, str], Path]:
+        """(argv prefix, environment, home) of one skopeo process: in the pull's box as its uid, or
+        (an import) as root in the store's own home."""
+        if box is None:
+            self._prepare()
+            home, prefix, tmp = self.home, [self.binary], self.home
+        else:
+            if shutil.which(self.binary) is None:
+                raise PullError("skopeo is not installed (apt-get install skopeo): sandpit pulls images with it")
+            home, prefix = box.home, [*box.argv(), self.binary]
+            assert box.path is not None
+            tmp = box.path / "tmp"
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "TMPDIR": str(tmp)}
         env.update({k: v for k, v in os.environ.items() if k in _PROXY_VARS})
-        return env
+        return [*prefix, "--policy", str(home / "policy.json"), "--tmpdir", str(tmp)], env, home
 
-    def _base(self) -> list[str]:
-        return [self.binary, "--policy", str(self.home / "policy.json"), "--tmpdir", str(self.home)]
-
-    def _auth(self, flag: str) -> list[str]:
-        if self.auth_file is None:
-            return [flag, str(self.home / "no-auth.json")]  # an absent file: anonymous, and no default file read
-        return [flag, str(self.auth_file)]
+    def _auth(self, flag: str, box: PullBox | None, home: Path) -> list[str]:
+        auth = self.auth_file if box is None else box.auth_path
+        if auth is None:
+            return [flag, str(home / "no-auth.json")]  # an absent file: anonymous, and no default file read
+        return [flag, str(auth)]
 
     # -- what sandpit asks -----------------------------------------------------------------
-    def inspect(self, image: str, *, config: bool = False) -> bytes:
+    def inspect(self, image: str, *, config: bool = False, box: PullBox | None = None) -> bytes:
         """The raw manifest (or, with ``config``, the raw config) of ``image`` (``docker://...``)."""
-        self._prepare()
-        cmd = [*self._base(), "inspect", "--raw", "--retry-times", "2", *self._auth("--authfile")]
+        base, env, home = self._run_as(box)
+        cmd = [*base, "inspect", "--raw", "--retry-times", "2", *self._auth("--authfile", box, home)]
         if config:
             cmd.append("--config")
         cmd.append(image)
         try:
-            proc = subprocess.run(cmd, env=self._env(), stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=min(self.timeout_s, 300.0), check=False)
+            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=min(self.timeout_s, 300.0), check=False, start_new_session=True)
         except subprocess.TimeoutExpired:
             raise PullError(f"reading {_shown(image)} took longer than 300 s") from None
         if proc.returncode != 0:
@@ -120,15 +143,16 @@ class Skopeo:
         return proc.stdout
 
     def copy(self, source: str, dest: str, args: tuple[str, ...] = (), *, poll: Callable[[], None] = lambda: None,
-             cancel: threading.Event | None = None, log: Path | None = None) -> None:
+             cancel: threading.Event | None = None, log: Path | None = None, box: PullBox | None = None) -> None:
         """``skopeo copy SOURCE DEST``, calling ``poll`` about five times a second while it runs (it
-        may raise to stop the copy); ``cancel`` stops it too."""
-        self._prepare()
-        cmd = [*self._base(), "copy", "--quiet", "--retry-times", "2", *self._auth("--src-authfile"), *args,
+        may raise to stop the copy); ``cancel`` stops it too. Its stderr goes to ``log``, else to a
+        file with no name, read for the error message."""
+        base, env, home = self._run_as(box)
+        cmd = [*base, "copy", "--quiet", "--retry-times", "2", *self._auth("--src-authfile", box, home), *args,
                source, dest]
-        err_path = log or (self.home / f"copy-{os.getpid()}-{threading.get_ident()}.log")
-        with open(err_path, "w+b") as err:
-            proc = subprocess.Popen(cmd, env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # stderr: the log asked for, else a file with no name (nothing is left behind, nothing to swap)
+        with open(log, "w+b") if log is not None else tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=err, start_new_session=True)
             deadline = time.monotonic() + self.timeout_s
             try:
@@ -149,9 +173,6 @@ class Skopeo:
                     proc.wait()
             err.seek(0)
             text = err.read(64 * 1024)
-        if log is None:
-            with contextlib.suppress(FileNotFoundError):
-                err_path.unlink()
         if proc.returncode != 0:
             raise translate(source, text)
 
