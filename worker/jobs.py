@@ -115,6 +115,7 @@ def request_for(job: Job, *, defaults: JobDefaults = JobDefaults(), extra_env: t
         artifact_exclude=exclude,
         artifacts_when=when,
         services=tuple(service_request(service, env) for service in job.services),
+        entrypoint=job.image.entrypoint if job.image is not None else None,
     )
 
 

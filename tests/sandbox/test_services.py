@@ -139,17 +139,31 @@ def test_service_from_a_recipe_with_command_and_healthcheck_port(srun: Runner):
     assert '"GET / HTTP/1.0" 200' in service_log(rec)
 
 
-def test_service_that_never_opens_its_port(srun: Runner, registry: Registry):
-    """The job starts after the wait with GitLab's warning in its log; the record says not ready."""
+def test_service_that_never_opens_its_port(pulling: Settings, runtime: str, engine: Engine, registry: Registry,
+                                           no_leftovers):
+    """The job starts after the operator's wait (SANDPIT_SERVICE_WAIT, here 1 s) with GitLab's
+    warning in its log; the record says not ready."""
     svc = server(registry, entrypoint=("sleep", "600"))
     started = time.monotonic()
-    rec, out, err = srun("echo", "job ran", services=(svc,), services_timeout_s=1.0)
+    srun = ServiceRunner(Engine(replace(pulling, service_wait_s=1.0)), runtime)
+    rec, out, err = srun("echo", "job ran", services=(svc,))
     assert rec.status == "succeeded" and out == "job ran\n"
     assert time.monotonic() - started >= 1.0
     warning = "WARNING: service web (" + svc.image + ") probably did not start properly: no port of 8080/tcp " \
               "was open after 1s; the job starts anyway"
     assert warning in err and warning in job_log(rec)
     assert rec.services[0].ready is False
+
+
+def test_a_wait_of_zero_starts_the_job_at_once(pulling: Settings, runtime: str, engine: Engine, registry: Registry,
+                                               no_leftovers):
+    """SANDPIT_SERVICE_WAIT=0: the job does not wait for a port that never opens, and says so."""
+    svc = server(registry, entrypoint=("sleep", "600"))
+    srun = ServiceRunner(Engine(replace(pulling, service_wait_s=0.0)), runtime)
+    rec, out, err = srun("echo", "job ran", services=(svc,))
+    assert rec.status == "succeeded" and out == "job ran\n"
+    assert "not waited for (the wait for services is off on this worker)" in err
+    assert "probably did not start properly" not in err and rec.services[0].ready is None
 
 
 def test_service_that_exits_early(srun: Runner, registry: Registry):

@@ -37,6 +37,7 @@ from worker.sandbox import spec as oci
 from worker.sandbox.bundle import remove_bundle, write_private
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
+from worker.sandbox.image_process import job_process
 from worker.sandbox.images import ImageStore
 from worker.sandbox.leases import lease_uid_slot, write_owner
 from worker.sandbox.logs import JobLog, OutputSink
@@ -245,11 +246,19 @@ class Engine:
             rootfs = JobRootfs(job_dir, list(image.layer_stack()), disk.path, uid_base, oci.ID_RANGE,
                                s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
             stack.callback(rootfs.close)
+            # the image's Entrypoint and User (worker/sandbox/image_process.py); the workspace is its user's
+            process = job_process(req, image.config, str(rootfs.path))
+            ws_uid = process.user.uid if process.user else oci.STRICT_UID if req.profile == "strict" else 0
+            if process.user is not None:
+                try:
+                    os.chown(rootfs.workspace, uid_base + ws_uid, uid_base + process.user.gid)
+                except OSError as exc:
+                    raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
             if seed is not None:
                 from worker.sandbox.seed import plant_seed
 
                 try:
-                    plant_seed(seed, rootfs.workspace, uid_base + (oci.STRICT_UID if req.profile == "strict" else 0))
+                    plant_seed(seed, rootfs.workspace, uid_base + ws_uid)
                 except OSError as exc:
                     raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
             netns_path = resolv_conf = hosts_file = None
@@ -260,13 +269,17 @@ class Engine:
                 services = self._services(stack, req, service_images, job_id, job_dir, disk, cg, uid_base, runtime,
                                           netns_path, resolv_conf, secrets)
                 netns_path, hosts_file = services.place.netns_path, services.place.hosts_file
-                _write_notes(log_path, tuple(services.wait_ready(req.services_timeout_s, cancel)), sink)
+                wait_s = s.service_wait_s if req.services_timeout_s is None else req.services_timeout_s
+                _write_notes(log_path, tuple(services.wait_ready(wait_s, cancel)), sink)
                 result.services = services.records()
+            user = process.user
             config = oci.build_spec(oci.SpecInputs(
-                request=req, rootfs=str(rootfs.path), workspace=str(rootfs.workspace),
-                uid_base=uid_base, cgroups_path=cg.runtime_path, seccomp=self._seccomp,
-                image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
+                request=req if process.argv == req.argv else replace(req, argv=process.argv), rootfs=str(rootfs.path),
+                workspace=str(rootfs.workspace), uid_base=uid_base, cgroups_path=cg.runtime_path,
+                seccomp=self._seccomp, image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
                 netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts_file,
+                user=(user.uid, user.gid) if user else None, home=user.home if user else None,
+                groups=user.groups if user else (),
             ))
             write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)

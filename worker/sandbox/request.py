@@ -76,8 +76,11 @@ class SandboxRequest:
     artifacts_when: str = "always"
     services: tuple[ServiceRequest, ...] = ()
     #: how long the job waits for its services' ports before it starts anyway (GitLab Runner's
-    #: ``wait_for_services_timeout``, 30 s by default)
-    services_timeout_s: float = 30.0
+    #: ``wait_for_services_timeout``); None: the operator's ``SANDPIT_SERVICE_WAIT``
+    services_timeout_s: float | None = None
+    #: ``image:entrypoint``: replaces the image's Entrypoint, which ``argv`` is given to as arguments
+    #: (``("",)``: none; None or empty: the image's; worker/sandbox/image_process.py)
+    entrypoint: tuple[str, ...] | None = None
 
 
 ARTIFACTS_WHENS = ("on_success", "on_failure", "always")
@@ -105,8 +108,8 @@ def validate_request(req: SandboxRequest) -> list[str]:
     problems: list[str] = []
     if not req.argv:
         problems.append("no command given: put the command after --")
-    if any("\0" in arg for arg in req.argv):
-        problems.append("the command contains a NUL byte")
+    if any("\0" in arg for arg in (*req.argv, *(req.entrypoint or ()))):
+        problems.append("the command or entrypoint contains a NUL byte")
     for name, value in req.env:
         if not re.match(_ENV_NAME, name):
             problems.append(f"environment name {name!r} is not valid: use letters, digits and _")
@@ -136,7 +139,7 @@ def validate_request(req: SandboxRequest) -> list[str]:
         problems.append(f"artifacts when {req.artifacts_when!r} is not one of {', '.join(ARTIFACTS_WHENS)}")
     if req.services:
         problems.extend(service_problems(req.services))
-        if req.services_timeout_s < 0:
+        if req.services_timeout_s is not None and req.services_timeout_s < 0:
             problems.append("the services' wait must not be negative")
     return problems
 

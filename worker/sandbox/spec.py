@@ -81,8 +81,11 @@ class SpecInputs:
     netns_path: str | None = None  # None: the runtime makes a fresh one (loopback only)
     resolv_conf: str | None = None  # host file bind-mounted read-only at /etc/resolv.conf
     hosts_file: str | None = None  # host file bind-mounted read-only at /etc/hosts (a job with services)
-    #: (uid, gid) inside the container instead of the profile's (a service runs as its image's User)
+    #: (uid, gid) inside the container instead of the profile's (the image's User), its $HOME unless
+    #: the image's Env or the request sets one, and its supplementary groups
     user: tuple[int, int] | None = None
+    home: str | None = None
+    groups: tuple[int, ...] = ()
     hostname: str = "sandpit"
     cpu_period_us: int = 100_000
     userns: bool = True  # False only for runsc, whose own kernel is the boundary (no host userns)
@@ -97,7 +100,8 @@ def load_seccomp() -> dict[str, Any]:
 
 
 def job_env(inputs: SpecInputs) -> list[str]:
-    """Allow-listed base, then the image's env, then the request's, later names winning.
+    """Allow-listed base (and the user's HOME), then the image's env, then the request's, later names
+    winning.
 
     >>> from worker.sandbox.request import SandboxRequest
     >>> env = job_env(SpecInputs(SandboxRequest(argv=("x",), env=(("A", "1"),)), "/r", "/w", 1, "/c", {}))
@@ -105,7 +109,10 @@ def job_env(inputs: SpecInputs) -> list[str]:
     True
     """
     merged: dict[str, str] = dict(BASE_ENV)
-    merged["HOME"] = "/root" if inputs.request.profile == "default" else "/workspace"
+    if inputs.home is not None:
+        merged["HOME"] = inputs.home
+    else:
+        merged["HOME"] = "/root" if inputs.request.profile == "default" else "/workspace"
     merged["HOSTNAME"] = inputs.hostname
     merged.update(inputs.image_env)
     merged.update(inputs.request.env)
@@ -206,7 +213,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": uid, "gid": gid, "additionalGids": []},
+            "user": {"uid": uid, "gid": gid, "additionalGids": list(inputs.groups)},
             "args": list(req.argv),
             "env": job_env(inputs),
             "cwd": posixpath.normpath(req.workdir),

@@ -142,6 +142,7 @@ class Layout:
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
         self.index: list[dict[str, object]] = []
+        self._compressed: dict[tuple[str, str], dict[str, object]] = {}
 
     def blob(self, data: bytes) -> dict[str, object]:
         digest = sha(data)
@@ -151,15 +152,25 @@ class Layout:
         return {"digest": digest, "size": len(data)}
 
     def image(self, raw_layers: list[tuple[bytes, str]], *, env: tuple[str, ...] = (), arch: str = "amd64",
-              entrypoint: list[str] | None = None, cmd: list[str] | None = None) -> dict[str, object]:
+              entrypoint: list[str] | None = None, cmd: list[str] | None = None, user: str | None = None,
+              workdir: str | None = None, path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+              ) -> dict[str, object]:
         """A manifest over ``raw_layers`` ((uncompressed tar, compression) each); its descriptor."""
         layers, diff_ids = [], []
         for raw, how in raw_layers:
-            layers.append({"mediaType": LAYER_TYPES[how], **self.blob(compress(raw, how))})
-            diff_ids.append(sha(raw))
+            digest = sha(raw)
+            if (digest, how) not in self._compressed:  # the same layer in several images: compressed once
+                self._compressed[digest, how] = self.blob(compress(raw, how))
+            layers.append({"mediaType": LAYER_TYPES[how], **self._compressed[digest, how]})
+            diff_ids.append(digest)
+        settings: dict[str, object] = {"Env": [f"PATH={path}", *env], "Entrypoint": entrypoint,
+                                       "Cmd": cmd or ["/bin/sh"], "ExposedPorts": {"8080/tcp": {}}}
+        if user is not None:
+            settings["User"] = user
+        if workdir is not None:
+            settings["WorkingDir"] = workdir
         config = {"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                  "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *env],
-                             "Entrypoint": entrypoint, "Cmd": cmd or ["/bin/sh"], "ExposedPorts": {"8080/tcp": {}}}}
+                  "config": settings}
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                     "config": {"mediaType": OCI_CONFIG, **self.blob(json.dumps(config).encode())},
                     "layers": layers}

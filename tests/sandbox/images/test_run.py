@@ -16,6 +16,7 @@ from pipelines.references import parse_reference
 from tests.conftest import REPO
 from tests.sandbox.images.registry import Registry
 from worker.sandbox.images import ImageStore
+from worker.sandbox.logs import read_log
 from worker.settings import REPO_IMAGES
 
 CHECKS = [
@@ -130,3 +131,79 @@ def test_pull_policy_of_a_job(settings, layout, env, tmp_path, no_leftovers):
         store = ImageStore(settings.state_dir, REPO_IMAGES, registry=settings.registry())
         store.pulled.remove_name(parse_reference(f"{reg.host}/test/multilayer:1"))
         store.prune(max_bytes=0, grace_s=0)
+
+
+# -- the image's config applied to the job, as GitLab Runner's Docker executor applies it ------------
+
+ENTRY = b"""#!/bin/sh
+echo "entrypoint ran as $(id -u):$(id -g) with $# arguments"
+export FROM_ENTRYPOINT=yes
+exec "$@"
+"""
+OTHER_ENTRY = b'#!/bin/sh\necho "the other entrypoint ran"\nexec "$@"\n'
+TOOL = b'#!/bin/sh\necho "tool from the image PATH"\n'
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\nbuilder:x:1500:1501::/home/builder:/bin/sh\n"
+GROUP = b"root:x:0:\nbuilder:x:1501:\ndocker:x:1600:builder\n"
+
+
+@pytest.fixture(scope="module")
+def configured(layout, debian_tar: bytes, registry: Registry) -> dict[str, str]:
+    """Two images over the suite's Debian layer (shared: pushed and unpacked once) with a config
+    as real ones have: ``user:1`` (User 1234, not in its passwd), ``builder:1`` (User builder from
+    its own passwd and group); both with an Entrypoint script, a PATH and Env of their own and a
+    WorkingDir the job must not use."""
+    from tests.sandbox.images.layers import directory, member, tar_bytes
+
+    extra = tar_bytes([directory("opt"), member("opt/entry.sh", ENTRY, mode=0o755),
+                       member("opt/other.sh", OTHER_ENTRY, mode=0o755), directory("opt/tool"),
+                       directory("opt/tool/bin"), member("opt/tool/bin/image-tool", TOOL, mode=0o755),
+                       directory("srv/app")])
+    env = ("IMAGE_VAR=from the image", "OVERRIDDEN=by the image")
+    path = "/opt/tool/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    common = {"env": env, "path": path, "entrypoint": ["/opt/entry.sh"], "workdir": "/srv/app"}
+    layout.tag("user-1", layout.image([(debian_tar, "zstd"), (extra, "gzip")], user="1234", **common))
+    users = tar_bytes([member("etc/passwd", PASSWD), member("etc/group", GROUP),
+                       directory("home"), member("home/builder", kind=b"5", mode=0o755, uid=1500, gid=1501)])
+    layout.tag("builder-1", layout.image([(debian_tar, "zstd"), (extra, "gzip"), (users, "gzip")],
+                                         user="builder", **common))
+    registry.push(layout.root, "user-1", "test/user:1")
+    registry.push(layout.root, "builder-1", "test/builder:1")
+    return {"user": f"{registry.host}/test/user:1", "builder": f"{registry.host}/test/builder:1"}
+
+
+SHOW = ['echo "id: $(id -u):$(id -g) groups: $(id -G)"', 'echo "home: $HOME pwd: $(pwd)"',
+        'echo "entry: ${FROM_ENTRYPOINT:-none} var: $IMAGE_VAR overridden: $OVERRIDDEN"', "image-tool",
+        "touch made-by-the-job", 'echo "owners: $(stat -c %u made-by-the-job) $(stat -c %u ci.yml)"']
+
+
+def test_a_job_runs_through_the_image_entrypoint_as_its_user_with_its_env(settings, configured, env, tmp_path,
+                                                                           no_leftovers):
+    """As GitLab Runner's Docker executor: the script goes through the image's Entrypoint (replaced
+    by ``image:entrypoint``, removed by ``[""]``); the job runs as the image's User (numeric, or a
+    name from the image's own passwd with its group, supplementary groups and home), owns its
+    workspace and source; the image's PATH and Env apply under the pipeline's variables; the job
+    runs in /workspace whatever the image's WorkingDir."""
+    script = "".join(f"    - {json.dumps(c)}\n" for c in SHOW)
+    jobs = {"plain": configured["user"],
+            "cleared": f"{{name: '{configured['user']}', entrypoint: ['']}}",
+            "other": f"{{name: '{configured['user']}', entrypoint: [/opt/other.sh]}}",
+            "named": configured["builder"]}
+    text = "variables:\n  OVERRIDDEN: by the pipeline\n" + "".join(
+        f"{name}:\n  image: {image}\n  script:\n{script}" for name, image in jobs.items())
+    (tmp_path / "ci.yml").write_text(text)
+    p = subprocess.run([sys.executable, "-m", "worker", "run", str(tmp_path / "ci.yml"), "--json"], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    records = {j["name"]: j for j in json.loads(p.stdout)["jobs"]}
+    logs = {name: "".join(text for _t, _s, text in read_log(Path(job["log"]))) for name, job in records.items()}
+    assert all(job["status"] == "succeeded" for job in records.values()), logs
+    for name, log in logs.items():
+        assert "pwd: /workspace" in log, name  # not the image's WorkingDir
+        assert "tool from the image PATH" in log and "var: from the image overridden: by the pipeline" in log, name
+    assert "entrypoint ran as 1234:0 with 3 arguments" in logs["plain"]  # the shell, -c, the script
+    assert "id: 1234:0 groups: 0\n" in logs["plain"] and "home: / " in logs["plain"]  # runc's defaults
+    assert "entry: yes" in logs["plain"] and "owners: 1234 1234" in logs["plain"]
+    assert "entrypoint ran" not in logs["cleared"] and "entry: none" in logs["cleared"]
+    assert "the other entrypoint ran" in logs["other"] and "entry: none" in logs["other"]
+    assert "entrypoint ran as 1500:1501" in logs["named"] and "id: 1500:1501 groups: 1501 1600" in logs["named"]
+    assert "home: /home/builder " in logs["named"] and "owners: 1500 1500" in logs["named"]

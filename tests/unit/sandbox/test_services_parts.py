@@ -1,5 +1,5 @@
 """The pure parts of a job's services (tables of cases): ports waited for and read from the socket
-table, an image's User, what a service runs, names on the host, the hosts file, the request's
+table, names on the host, the hosts file, the request's
 checks, request_for, the record's JSON; and the output reader on real pipes of a child process."""
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import pytest
 from pipelines.job_record import JobRecord, ServiceRecord, Status
 from pipelines.language.model import Job, Service
 from pipelines.language.problems import Loc
-from worker.errors import InvalidRequest
 from worker.jobs import request_for
 from worker.sandbox.logs import JobLog, read_log
 from worker.sandbox.request import SandboxRequest, ServiceRequest, service_problems, validate_request
-from worker.sandbox.services.container import service_argv
 from worker.sandbox.services.hosts import hosts_text
 from worker.sandbox.services.logs import OutputPump, ServiceOutput, debug_services
 from worker.sandbox.services.naming import container_id, job_of_container, log_name
 from worker.sandbox.services.ports import listening_ports, wanted_ports
-from worker.sandbox.services.users import parse_user
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1 1 0 100 0 0 10 0
@@ -62,46 +59,6 @@ def test_wanted_ports(exposed, env, ports, problem) -> None:
     got, said = wanted_ports(exposed, env)
     assert got == ports
     assert (said is None) if problem is None else (problem in (said or ""))
-
-
-USERS = ("root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\nbroken:x:abc:1::/:/bin/sh\n"
-         "pg:x:70:70::/:/bin/sh\n")
-GROUPS = "root:x:0:\nstaff:x:50:pg\nnogroup:x:65534:\n"
-
-
-@pytest.mark.parametrize(("user", "ids"), [
-    ("", (0, 0)), ("root", (0, 0)), ("nobody", (65534, 65534)), ("65534", (65534, 65534)),
-    ("pg", (70, 70)), ("pg:staff", (70, 50)), ("pg:7", (70, 7)), ("1234", (1234, 0)), ("1234:55", (1234, 55)),
-])
-def test_image_user_as_docker_reads_it(user: str, ids: tuple[int, int]) -> None:
-    """A name or uid, optionally with a group, looked up in the image's own files."""
-    assert parse_user(user, USERS, GROUPS) == ids
-
-
-@pytest.mark.parametrize(("user", "words"), [
-    ("postgres", "'postgres' is not in its /etc/passwd"),
-    ("broken", "not in its /etc/passwd"),  # a damaged line never matches
-    ("pg:wheel", "group 'wheel' is not in its /etc/group"),
-    (":staff", "names a group but no user"),
-    ("70000", "outside the ids a job has"),
-])
-def test_bad_image_users_are_refused(user: str, words: str) -> None:
-    with pytest.raises(InvalidRequest, match=words):
-        parse_user(user, USERS, GROUPS)
-
-
-@pytest.mark.parametrize(("entrypoint", "command", "argv"), [
-    (None, None, ("docker-entrypoint.sh", "postgres")),
-    (None, ("postgres", "-c", "fsync=off"), ("docker-entrypoint.sh", "postgres", "-c", "fsync=off")),
-    (("redis-server",), None, ("redis-server",)),  # an entrypoint of its own drops the image's Cmd
-    (("redis-server",), ("--port", "7000"), ("redis-server", "--port", "7000")),
-    (("",), None, ()),
-    (("",), ("sleep", "9"), ("sleep", "9")),
-])
-def test_what_a_service_runs(entrypoint, command, argv) -> None:
-    """docker run's rule for Entrypoint and Cmd."""
-    request = ServiceRequest("postgres:16", entrypoint=entrypoint, command=command)
-    assert service_argv(request, ("docker-entrypoint.sh",), ("postgres",)) == argv
 
 
 def test_names_on_the_host() -> None:

@@ -7,13 +7,7 @@ no host mounts), with what makes it a service: the image's Entrypoint and Cmd (o
 network namespace and /etc/hosts, and the cgroup ``<job cgroup>/svc<N>``. Its bundle is
 ``<job dir>/svc<N>`` and its upper dir ``<job disk>/svc<N>``: under the job's own objects.
 
->>> from worker.sandbox.request import ServiceRequest
->>> service_argv(ServiceRequest("postgres:16"), ("docker-entrypoint.sh",), ("postgres",))
-('docker-entrypoint.sh', 'postgres')
->>> service_argv(ServiceRequest("x", entrypoint=("sh",), command=("-c", "sleep 1")), ("init",), ("serve",))
-('sh', '-c', 'sleep 1')
->>> service_argv(ServiceRequest("x", entrypoint=("",)), ("init",), ("serve",))
-()
+What it runs and as whom is decided as for the job, by :mod:`worker.sandbox.image_process`.
 """
 
 from __future__ import annotations
@@ -30,24 +24,15 @@ from worker.errors import InvalidRequest, SandboxError
 from worker.sandbox import spec as oci
 from worker.sandbox.bundle import remove_bundle, write_private
 from worker.sandbox.cgroups import JobCgroup, remove_job_cgroups
+from worker.sandbox.image_process import image_user, service_argv
 from worker.sandbox.images import StoredImage
 from worker.sandbox.request import SandboxRequest, ServiceRequest, workdir_problems
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, spawn
 from worker.sandbox.services.naming import container_id, part_name
-from worker.sandbox.services.users import image_user
 
 if TYPE_CHECKING:
     from typing import Any
-
-
-def service_argv(request: ServiceRequest, entrypoint: tuple[str, ...], cmd: tuple[str, ...]) -> tuple[str, ...]:
-    """What the service runs, as ``docker run`` decides it: ``entrypoint`` replaces the image's
-    Entrypoint and then drops its Cmd; ``command`` replaces the Cmd; ``[""]`` is no entrypoint."""
-    if request.entrypoint is not None:
-        entry = tuple(a for a in request.entrypoint if a) if request.entrypoint == ("",) else request.entrypoint
-        return entry + (request.command or ())
-    return entrypoint + (request.command if request.command is not None else cmd)
 
 
 @record(frozen=True)
@@ -108,7 +93,8 @@ class ServiceContainer:
     def _config(self, image: StoredImage) -> dict[str, Any]:
         assert self.rootfs is not None
         config = image.config
-        argv = service_argv(self.request, config.entrypoint if config else (), config.cmd if config else ())
+        argv = service_argv(self.request.entrypoint, self.request.command, config.entrypoint if config else (),
+                            config.cmd if config else ())
         if not argv:
             raise InvalidRequest("it has nothing to run: its image declares no Entrypoint or Cmd; give it a "
                                  "`command:`")
@@ -125,7 +111,7 @@ class ServiceContainer:
             cgroups_path=f"/{place.cgroup.parent}/{place.cgroup.name}/{part_name(self.index)}",
             seccomp=place.seccomp, image_env=image.env, hostname=self.alias if len(self.alias) <= 63 else "service",
             nofile=place.nofile, userns=True, netns_path=place.netns_path, resolv_conf=place.resolv_conf,
-            hosts_file=place.hosts_file, user=user,
+            hosts_file=place.hosts_file, user=(user.uid, user.gid), home=user.home, groups=user.groups,
         ))
 
     def start(self) -> tuple[int, int, int]:

@@ -103,7 +103,8 @@ class JobServices:
     # -- before the job ---------------------------------------------------------------------
     def wait_ready(self, timeout_s: float, cancel: threading.Event) -> list[str]:
         """Wait until every service that exposes ports listens on one of them, has exited, or
-        ``timeout_s`` has passed (or the job is cancelled); the lines to open the job's log with."""
+        ``timeout_s`` has passed (or the job is cancelled; 0: no wait at all); the lines to open the
+        job's log with."""
         notes: list[str] = []
         waiting: dict[int, tuple[int, ...]] = {}
         for index, (container, image) in enumerate(zip(self.containers, self._images, strict=True)):
@@ -113,6 +114,9 @@ class JobServices:
                 notes.append(f"WARNING: service {container.alias}: {problem}")
             if ports:
                 waiting[index] = ports
+        off: list[int] = []
+        if timeout_s <= 0:  # the operator turned the wait off (SANDPIT_SERVICE_WAIT=0)
+            off, waiting = list(waiting), {}
         started = time.monotonic()
         ready_at: dict[int, float] = {}
         if waiting:
@@ -137,10 +141,14 @@ class JobServices:
             shown = ", ".join(f"{p}/tcp" for p in ports)
             output = self.pump.outputs[index]
             log_path = self._logs[index][0]
-            if not ports:
+            if index in off:
+                notes.append(f"service {container.alias} ({container.request.image}): not waited for (the wait "
+                             "for services is off on this worker)")
+                ready: bool | None = None
+            elif not ports:
                 notes.append(f"service {container.alias} ({container.request.image}) exposes no port: not waited "
                              "for (set HEALTHCHECK_TCP_PORT in its variables to wait for one)")
-                ready: bool | None = None
+                ready = None
             elif index in ready_at:
                 notes.append(f"service {container.alias} ({container.request.image}): port "
                              f"{shown if len(ports) == 1 else 'of ' + shown} open after {ready_at[index]:.2f}s")
