@@ -190,7 +190,7 @@ def _draft(
             allow_failure=allow,
             retry=job.retry,
             timeout_seconds=job.timeout_seconds,
-            interruptible=job.interruptible,
+            interruptible=job.interruptible if outcome.interruptible is None else outcome.interruptible,
             artifacts=artifacts,
             caches=caches,
             sandbox=job.sandbox,

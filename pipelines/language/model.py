@@ -20,6 +20,10 @@ Trigger = Literal["push", "merge_request", "web", "api", "schedule"]
 RefKind = Literal["branch", "tag"]
 When = Literal["on_success", "on_failure", "always", "manual", "delayed"]
 TRIGGERS: tuple[str, ...] = ("push", "merge_request", "web", "api", "schedule")
+OnNewCommit = Literal["conservative", "interruptible", "none"]
+OnJobFailure = Literal["all", "none"]
+ON_NEW_COMMIT: tuple[str, ...] = ("conservative", "interruptible", "none")
+ON_JOB_FAILURE: tuple[str, ...] = ("all", "none")
 
 GITLAB_DEFAULT_STAGES: tuple[str, ...] = (".pre", "build", "test", "deploy", ".post")
 
@@ -183,6 +187,25 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoCancel:
+    """GitLab's ``workflow:auto_cancel`` as the run keeps it (``workflow:rules:auto_cancel`` of the
+    deciding rule merged over it, key by key). ``on_new_commit``: what a newer pipeline of the same
+    branch or merge request does to this one (``conservative``: cancel it only while no
+    non-interruptible job has started; ``interruptible``: cancel its interruptible jobs only;
+    ``none``: nothing). ``on_job_failure``: ``all`` cancels the rest of this run when a job fails.
+
+    >>> AutoCancel().is_default(), AutoCancel(on_job_failure="all").is_default()
+    (True, False)
+    """
+
+    on_new_commit: OnNewCommit = "conservative"
+    on_job_failure: OnJobFailure = "none"
+
+    def is_default(self) -> bool:
+        return self.on_new_commit == "conservative" and self.on_job_failure == "none"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The planned run: stages in order, jobs in stage order, and the warnings met on the way.
     ``created`` is False when ``workflow: rules`` decided not to run this pipeline."""
@@ -192,6 +215,7 @@ class Plan:
     warnings: tuple[Problem, ...] = ()
     created: bool = True
     variables: tuple[tuple[str, str], ...] = ()
+    auto_cancel: AutoCancel = AutoCancel()
 
     def nothing_to_run(self) -> str | None:
         """Why this plan runs no job, in GitLab's words, or None when it runs some.

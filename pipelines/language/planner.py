@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pipelines.language.auto_cancel import merge_auto_cancel, read_auto_cancel
 from pipelines.language.extends import RESERVED, resolve_extends
 from pipelines.language.graph import GraphNode, build_graph
 from pipelines.language.includes import compose_sources
 from pipelines.language.instances import JobContext, JobDraft, expand_job
 from pipelines.language.jobs import ReadOptions, VariableDef, apply_defaults, read_job, read_variables
-from pipelines.language.model import GITLAB_DEFAULT_STAGES, Job, Need, PipelineInputs, Plan, SandboxPolicy
+from pipelines.language.model import (
+    GITLAB_DEFAULT_STAGES,
+    AutoCancel,
+    Job,
+    Need,
+    PipelineInputs,
+    Plan,
+    SandboxPolicy,
+)
 from pipelines.language.problems import Loc, Problems, ProblemSink
 from pipelines.language.reader import check_name, flatten_items, read_map, read_str, wrong_type
 from pipelines.language.rules import RuleContext, first_match, read_rules
@@ -67,7 +76,7 @@ def plan(
     variables_node = config.get("variables")
     global_vars = () if variables_node is None else read_variables(variables_node, "variables", sink)
     defaults = _read_defaults(config, sink)
-    created, workflow_vars = _workflow(config.get("workflow"), ctx, inputs, global_vars, sink)
+    created, workflow_vars, auto_cancel = _workflow(config.get("workflow"), ctx, inputs, global_vars, sink)
     global_vars = _override(global_vars, workflow_vars)
 
     options = ReadOptions(policy, cause)
@@ -111,7 +120,7 @@ def plan(
     if sink.has_errors():
         return Problems(sink.problems())
     if not created:
-        return Plan(stages, (), sink.problems(), created=False)
+        return Plan(stages, (), sink.problems(), created=False, auto_cancel=auto_cancel)
     edges = build_graph(graph_nodes, defined, sink, cause)
     if sink.has_errors():
         return Problems(sink.problems())
@@ -120,7 +129,7 @@ def plan(
     ]
     final.sort(key=lambda job: stage_index[job.stage])
     globals_resolved = resolve_variables({v.name: (v.value, v.expand) for v in global_vars})
-    return Plan(stages, tuple(final), sink.problems(), True, tuple(globals_resolved.items()))
+    return Plan(stages, tuple(final), sink.problems(), True, tuple(globals_resolved.items()), auto_cancel)
 
 
 def _with_edges(draft: JobDraft, node: GraphNode, edges: tuple[Need, ...] | tuple[str, ...]) -> Job:
@@ -164,16 +173,20 @@ def _workflow(
     inputs: PipelineInputs,
     global_vars: tuple[VariableDef, ...],
     sink: ProblemSink,
-) -> tuple[bool, tuple[tuple[str, str], ...]]:
+) -> tuple[bool, tuple[tuple[str, str], ...], AutoCancel]:
+    """Whether the pipeline is created, the deciding rule's variables, and the run's auto-cancel
+    settings (``workflow:auto_cancel`` with the deciding rule's merged over it)."""
     if node is None:
-        return True, ()
+        return True, (), AutoCancel()
     mapping = read_map(node, "workflow", sink, "workflow: {rules: [...]}")
     if mapping is None:
-        return True, ()
+        return True, (), AutoCancel()
     check_keys(mapping, "workflow", sink)
+    auto_cancel_node = mapping.get("auto_cancel")
+    auto_cancel = () if auto_cancel_node is None else read_auto_cancel(auto_cancel_node, "workflow", sink)
     rules_node = mapping.get("rules")
     if rules_node is None:
-        return True, ()
+        return True, (), merge_auto_cancel(auto_cancel, ())
     rules = read_rules(rules_node, "workflow:rules", sink, "workflow_rule")
     resolved = resolve_variables(
         {
@@ -184,7 +197,7 @@ def _workflow(
     )
     wf_ctx = RuleContext(resolved, ctx.changed_files, ctx.existing_files, ctx.trigger, ctx.ref, ctx.ref_kind)
     outcome = first_match(rules, wf_ctx, default_when="always")
-    return outcome.when != "never", outcome.variables
+    return outcome.when != "never", outcome.variables, merge_auto_cancel(auto_cancel, outcome.auto_cancel)
 
 
 def _override(

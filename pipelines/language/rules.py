@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipelines.language.auto_cancel import Given, read_auto_cancel
 from pipelines.language.expressions import (
     Expression,
     ExpressionError,
@@ -69,6 +70,10 @@ class Rule:
     allow_failure: bool | None = None
     variables: tuple[tuple[str, str], ...] = ()
     start_in_seconds: int | None = None
+    #: a job rule's ``interruptible`` (GitLab 16.10): None leaves the job's own
+    interruptible: bool | None = None
+    #: a workflow rule's ``auto_cancel`` settings, merged over ``workflow:auto_cancel``
+    auto_cancel: Given = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class RuleOutcome:
     variables: tuple[tuple[str, str], ...] = ()
     start_in_seconds: int | None = None
     from_rule: bool = True
+    interruptible: bool | None = None
+    auto_cancel: Given = ()
 
 
 NEVER = RuleOutcome("never")
@@ -122,8 +129,9 @@ def read_rules(node: YNode, what: str, sink: ProblemSink, table: str) -> tuple[R
 def _read_rule(node: YMap, what: str, sink: ProblemSink, table: str) -> Rule:
     check_keys(node, table, sink)
     allowed_whens = WORKFLOW_WHENS if table == "workflow_rule" else RULE_WHENS
-    condition = changes = exists = when = allow_failure = start_in = None
+    condition = changes = exists = when = allow_failure = start_in = interruptible = None
     variables: tuple[tuple[str, str], ...] = ()
+    auto_cancel: Given = ()
     for key, value in node.items():
         if key == "if":
             condition = read_expression(value, f"{what}:if", sink)
@@ -147,7 +155,12 @@ def _read_rule(node: YMap, what: str, sink: ProblemSink, table: str) -> Rule:
             variables = read_simple_variables(value, f"{what}:variables", sink)
         elif key == "start_in":
             start_in = read_duration(value, f"{what}:start_in", sink)
-    return Rule(node.loc, condition, changes, exists, when, allow_failure, variables, start_in)
+        elif key == "interruptible" and table == "rule":
+            interruptible = read_bool(value, f"{what}:interruptible", sink)
+        elif key == "auto_cancel" and table == "workflow_rule":
+            auto_cancel = read_auto_cancel(value, what, sink)
+    return Rule(node.loc, condition, changes, exists, when, allow_failure, variables, start_in, interruptible,
+                auto_cancel)
 
 
 def read_duration(node: YNode, what: str, sink: ProblemSink) -> int | None:
@@ -204,9 +217,8 @@ def first_match(rules: tuple[Rule, ...], ctx: RuleContext, default_when: str = "
     """The outcome of the first rule that holds; NEVER when none does."""
     for rule in rules:
         if rule_holds(rule, ctx):
-            return RuleOutcome(
-                rule.when or default_when, rule.allow_failure, rule.variables, rule.start_in_seconds
-            )
+            return RuleOutcome(rule.when or default_when, rule.allow_failure, rule.variables, rule.start_in_seconds,
+                               interruptible=rule.interruptible, auto_cancel=rule.auto_cancel)
     return NEVER
 
 

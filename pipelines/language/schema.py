@@ -134,21 +134,19 @@ KEYS: dict[str, KeyTable] = {
     "retry": _table("retry", "max when exit_codes"),
     "rule": _table(
         "a rule",
-        "if changes exists when allow_failure variables start_in",
-        ignored={"interruptible": "sandpit reads `interruptible` from the job, not from its rules"},
+        "if changes exists when allow_failure variables start_in interruptible",
         refused={"needs": "put the `needs` on the job and mark them `optional: true`"},
     ),
     "workflow": _table(
         "workflow",
-        "rules",
-        ignored={"name": "sandpit names runs by their ref",
-                 "auto_cancel": "sandpit always auto-cancels as GitLab's default (`on_new_commit: conservative`)"},
+        "rules auto_cancel",
+        ignored={"name": "sandpit names runs by their ref"},
     ),
     "workflow_rule": _table(
         "a workflow rule",
-        "if changes exists when variables",
-        ignored={"auto_cancel": "sandpit always auto-cancels as GitLab's default (`on_new_commit: conservative`)"},
+        "if changes exists when variables auto_cancel",
     ),
+    "auto_cancel": _table("auto_cancel", "on_new_commit on_job_failure"),
     "need": _table(
         "a need",
         "job artifacts optional parallel",

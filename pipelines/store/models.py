@@ -14,6 +14,7 @@
   statuses (``status_watch``, the ``commit_status`` outbox).
 - ``worker``: workers as they announce themselves (heartbeat); ``job_token``: the hashed per-job
   tokens workers that share no disk with the API upload and fetch a job's files with.
+- ``run_auto_cancel``: a run's ``workflow:auto_cancel`` settings, when they are not GitLab's defaults.
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 Schema changes go through an Alembic revision in ``migrations/versions``.
@@ -167,6 +168,8 @@ class JobAttempt(SQLModel, table=True):
 
 class Artifact(SQLModel, table=True):
     __tablename__ = "artifact"
+    # retention asks which stored files rows still name (revision 0010)
+    __table_args__ = (sa.Index("ix_artifact_sha256", "sha256"),)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")
@@ -273,7 +276,7 @@ class RunSource(SQLModel, table=True):
                                 ondelete="SET NULL")
     clone_url: str = Field(default="", sa_type=sa.Text)
     sha: str = Field(default="", max_length=64)
-    archive_sha256: str | None = Field(default=None, max_length=64)
+    archive_sha256: str | None = Field(default=None, max_length=64, index=True)  # index: revision 0010
 
 
 class SourceArchive(SQLModel, table=True):
@@ -379,3 +382,16 @@ class JobToken(SQLModel, table=True):
     attempt: int
     worker_id: str = Field(default="", max_length=255, index=True)
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class RunAutoCancel(SQLModel, table=True):
+    """A run's ``workflow:auto_cancel`` (revision 0010), written with the run and only when it is
+    not GitLab's default (``on_new_commit: conservative``, ``on_job_failure: none``): what a newer
+    run of its branch may cancel of it (:mod:`pipelines.store.superseding`), and whether a failed
+    job cancels the rest (:mod:`pipelines.store.auto_cancel`)."""
+
+    __tablename__ = "run_auto_cancel"
+
+    run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
+    on_new_commit: str = Field(default="conservative", max_length=16)  # conservative | interruptible | none
+    on_job_failure: str = Field(default="none", max_length=16)  # all | none

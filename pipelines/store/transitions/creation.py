@@ -20,6 +20,7 @@ from sqlmodel import Session
 from pipelines.language.model import Job as PlannedJob
 from pipelines.language.model import Plan
 from pipelines.store.advance import RunCounts, Standing
+from pipelines.store.auto_cancel import record_auto_cancel
 from pipelines.store.frontier import MemoryGraph, Waiting, advance
 from pipelines.store.ids import new_id
 from pipelines.store.models import Job, Run
@@ -112,6 +113,7 @@ def create_run(
     set_counts(run, counts, now)
     connection = session.connection()
     connection.execute(INSERT_RUN, [{c.name: getattr(run, c.name) for c in RUNS.columns}])
+    record_auto_cancel(session, run.id, plan.auto_cancel)
     if layout.jobs:
         INSERT_NEW_JOBS.execute(connection, [vars(job) for job in layout.jobs])
     INSERT_EDGES.execute(

@@ -2,7 +2,9 @@
 
 Either way the attempt is recorded (``job_attempt``), retried when the job's ``retry`` allows
 (:func:`pipelines.store.advance.should_retry`), else settled with its artifacts kept, and the run
-advanced (:class:`~pipelines.store.transitions.step.Step`).
+advanced (:class:`~pipelines.store.transitions.step.Step`). A failure in a run whose
+``workflow:auto_cancel:on_job_failure`` is ``all`` then cancels the rest of the run
+(:func:`pipelines.store.auto_cancel.cancel_rest_on_failure`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pipelines.job_record import JobRecord, Reason, Status, Verdict
 from pipelines.language.model import AllowFailure, Artifacts, Retry
 from pipelines.record import replace
 from pipelines.store.advance import should_retry
+from pipelines.store.auto_cancel import cancel_rest_on_failure
 from pipelines.store.models import Job
 from pipelines.store.spec import spec_field
 from pipelines.store.statements import OVERDUE
@@ -34,7 +37,8 @@ def finish_job(session: Session, job_id: str, attempt: int, record: Mapping[str,
     if job.status != "running" or job.attempt != attempt:
         return []
     retried = _record_result(step, job, dict(record), now)
-    return retried + step.finish(now)
+    newly = retried + step.finish(now)
+    return [] if cancel_rest_on_failure(session, job, now) else newly
 
 
 def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[str]:
@@ -51,8 +55,10 @@ def expire_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[
         if job.status != "running" or not (lease_gone or past_deadline):
             continue  # renewed or finished while we looked
         status, reason = ("error", "worker_lost") if lease_gone else ("failed", "timeout")
-        newly += _record_result(step, job, _lost_record(job, status, reason, now), now)
-        newly += step.finish(now)
+        settled = _record_result(step, job, _lost_record(job, status, reason, now), now) + step.finish(now)
+        if cancel_rest_on_failure(session, job, now):
+            settled = []
+        newly += settled
     return newly
 
 

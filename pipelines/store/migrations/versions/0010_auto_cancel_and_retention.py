@@ -1,0 +1,47 @@
+"""A run's auto-cancel settings, and the indexes retention asks with.
+
+``run_auto_cancel`` holds a run's ``workflow:auto_cancel`` when it is not GitLab's default (no row:
+``on_new_commit: conservative``, ``on_job_failure: none``, which every run before this revision
+had). ``ix_artifact_sha256`` and ``ix_run_source_archive_sha256`` let retention ask which stored
+files and uploaded trees rows still name without reading every row.
+
+Revision ID: 0010
+Revises: 0009 (0008 while no 0009 exists)
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0010"
+# Revision 0009 is being written beside this one; until it lands this follows 0008, after that
+# 0009, so the chain has one head either way. Pin it to "0009" once 0009 is in the tree.
+down_revision: str | Sequence[str] | None = "0009" if any(Path(__file__).parent.glob("0009_*.py")) else "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    op.create_table(
+        "run_auto_cancel",
+        sa.Column("run_id", sa.String(length=36), nullable=False),
+        sa.Column("on_new_commit", sa.String(length=16), nullable=False),
+        sa.Column("on_job_failure", sa.String(length=16), nullable=False),
+        sa.ForeignKeyConstraint(["run_id"], ["run.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("run_id"),
+    )
+    op.create_index("ix_artifact_sha256", "artifact", ["sha256"], unique=False)
+    op.create_index("ix_run_source_archive_sha256", "run_source", ["archive_sha256"], unique=False)
+
+
+def downgrade() -> None:
+    """Downgrade schema (runs keep GitLab's default auto-cancel)."""
+    op.drop_index("ix_run_source_archive_sha256", table_name="run_source")
+    op.drop_index("ix_artifact_sha256", table_name="artifact")
+    op.drop_table("run_auto_cancel")
