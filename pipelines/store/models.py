@@ -15,6 +15,7 @@
 - ``worker``: workers as they announce themselves (heartbeat); ``job_token``: the hashed per-job
   tokens workers that share no disk with the API upload and fetch a job's files with.
 - ``run_auto_cancel``: a run's ``workflow:auto_cancel`` settings, when they are not GitLab's defaults.
+- ``expired_blob``: stored files no row names any more, for every host's copy to be removed.
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 Schema changes go through an Alembic revision in ``migrations/versions``.
@@ -395,3 +396,16 @@ class RunAutoCancel(SQLModel, table=True):
     run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
     on_new_commit: str = Field(default="conservative", max_length=16)  # conservative | interruptible | none
     on_job_failure: str = Field(default="none", max_length=16)  # all | none
+
+
+class ExpiredBlob(SQLModel, table=True):
+    """A stored file the store stopped naming (revision 0010): an expired artifact, a replaced
+    cache archive. Every host that keeps copies (the API's store over HTTP, each worker's) reads
+    these in ``id`` order from a cursor of its own and removes its copy unless a row names the
+    file again (:mod:`pipelines.retention`); they are pruned after a week."""
+
+    __tablename__ = "expired_blob"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64)
+    expired_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)

@@ -1,9 +1,11 @@
-"""A run's auto-cancel settings, and the indexes retention asks with.
+"""A run's auto-cancel settings, the files the store stopped naming, and the indexes retention asks with.
 
-``run_auto_cancel`` holds a run's ``workflow:auto_cancel`` when it is not GitLab's default (no row:
-``on_new_commit: conservative``, ``on_job_failure: none``, which every run before this revision
-had). ``ix_artifact_sha256`` and ``ix_run_source_archive_sha256`` let retention ask which stored
-files and uploaded trees rows still name without reading every row.
+``run_auto_cancel`` holds a run's ``workflow:auto_cancel`` when it is not GitLab's default (no
+row: ``on_new_commit: conservative``, ``on_job_failure: none``, which every run before this
+revision had). ``expired_blob`` lists stored files no row names any more (an expired artifact, a
+replaced cache archive), for each host to remove its copy. ``ix_artifact_sha256`` and
+``ix_run_source_archive_sha256`` let retention ask which stored files and uploaded trees rows
+still name without reading every row.
 
 Revision ID: 0010
 Revises: 0009 (0008 while no 0009 exists)
@@ -36,6 +38,14 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["run.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id"),
     )
+    op.create_table(
+        "expired_blob",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("expired_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_expired_blob_expired_at", "expired_blob", ["expired_at"], unique=False)
     op.create_index("ix_artifact_sha256", "artifact", ["sha256"], unique=False)
     op.create_index("ix_run_source_archive_sha256", "run_source", ["archive_sha256"], unique=False)
 
@@ -44,4 +54,6 @@ def downgrade() -> None:
     """Downgrade schema (runs keep GitLab's default auto-cancel)."""
     op.drop_index("ix_run_source_archive_sha256", table_name="run_source")
     op.drop_index("ix_artifact_sha256", table_name="artifact")
+    op.drop_index("ix_expired_blob_expired_at", table_name="expired_blob")
+    op.drop_table("expired_blob")
     op.drop_table("run_auto_cancel")
