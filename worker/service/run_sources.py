@@ -25,18 +25,21 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from pipelines.files.tarballs import TarballRefused, unpack_tarball
-from pipelines.forges.checkout import Checkout, checkout_commit, list_entries
-from pipelines.forges.mirror import MirrorError, ensure_commit
-from pipelines.forges.strategy import git_options
+from pipelines.forges.checkout import Checkout, SubmoduleRequest, checkout_commit, list_entries
+from pipelines.forges.mirror import MirrorError
+from pipelines.forges.strategy import GitOptions, git_options
+from pipelines.forges.submodules import Registered, SubmoduleRefused, canonical_url
 from pipelines.language.model import Job as PlannedJob
 from pipelines.store.db import read_scope
 from pipelines.store.models import Run
+from pipelines.store.repos import list_repositories
 from pipelines.store.sources import SourceRecord, archive_bytes, ended_runs, run_source
 from worker.errors import InvalidRequest, SandboxError
 from worker.executor import WorkspaceSource
@@ -74,8 +77,8 @@ class RunSources:
             raise InvalidRequest(options)
         if not options.checkout:
             return None
-        variant = "archive" if record.kind == "archive" else f"depth-{options.depth}"
-        tree = self._tree(run.id, variant, record, options.depth)
+        variant = "archive" if record.kind == "archive" else options.variant
+        tree = self._tree(run, variant, record, options)
         return WorkspaceSource(root=tree.root, files=tree.entries)
 
     def _record(self, run_id: str) -> SourceRecord | None:
@@ -91,7 +94,8 @@ class RunSources:
                 self._records.popitem(last=False)
         return record
 
-    def _tree(self, run_id: str, variant: str, record: SourceRecord, depth: int) -> _RunTree:
+    def _tree(self, run: Run, variant: str, record: SourceRecord, options: GitOptions) -> _RunTree:
+        run_id = run.id
         if not _RUN_ID.fullmatch(run_id):
             raise SandboxError(f"run id {run_id[:80]!r} cannot name a directory")
         key = (run_id, variant)
@@ -112,22 +116,37 @@ class RunSources:
                 made = self._unpack(record, dest)
             else:
                 began = time.monotonic()
-                checkout = self._checkout(run_id, record, depth, dest)
+                checkout = self._checkout(run, record, options, dest)
                 made = _RunTree(checkout.root, checkout.entries)
-                log.info("run %s: commit %s checked out (depth %d, %d files) in %.0f ms", run_id, record.sha[:12],
-                         depth, checkout.files, (time.monotonic() - began) * 1000)
+                log.info("run %s: commit %s checked out (depth %d, %d files%s) in %.0f ms", run_id, record.sha[:12],
+                         options.depth, checkout.files,
+                         f", submodules {' '.join(checkout.submodules)}" if checkout.submodules else "",
+                         (time.monotonic() - began) * 1000)
             with self._lock:
                 self._made[key] = made
             return made
 
-    def _checkout(self, run_id: str, record: SourceRecord, depth: int, dest: Path) -> Checkout:
+    def _checkout(self, run: Run, record: SourceRecord, options: GitOptions, dest: Path) -> Checkout:
         # a run whose repository was removed since keeps a mirror of its own
-        mirror_name = record.repo_id or f"run-{run_id}"
+        mirror_name = record.repo_id or f"run-{run.id}"
+        request = None
+        if options.submodules.wanted:
+            own = (record.repo_id or mirror_name) if run.trust != "trusted" else None
+            request = SubmoduleRequest(options.submodules, self._registered(), own)
         try:
-            mirror = ensure_commit(self.mirrors, mirror_name, record.clone_url, record.sha, depth)
-            return checkout_commit(mirror, record.sha, depth, dest, record.clone_url)
+            return checkout_commit(self.mirrors, mirror_name, record.clone_url, record.sha, options.depth, dest,
+                                   submodules=request)
+        except SubmoduleRefused as exc:
+            raise InvalidRequest(f"GIT_SUBMODULE_STRATEGY {options.submodules.strategy}: {exc}") from exc
         except MirrorError as exc:
             raise SandboxError(f"cannot check out commit {record.sha[:12]}: {exc}") from exc
+
+    def _registered(self) -> Callable[[str], Registered | None]:
+        """The repositories a submodule may come from, by canonical clone URL (read when a job
+        asks for submodules, so a repository registered since is found)."""
+        with read_scope(self.db) as session:
+            known = {canonical_url(r.clone_url): Registered(r.id, r.clone_url) for r in list_repositories(session)}
+        return known.get
 
     def _unpack(self, record: SourceRecord, dest: Path) -> _RunTree:
         with read_scope(self.db) as session:

@@ -74,7 +74,7 @@ def test_fetch_depth_checkout_and_symlinks(server: GitServer, tmp_path: Path) ->
     assert len(subprocess.run(["git", "--git-dir", str(mirror), "rev-list", sha], capture_output=True, text=True,
                               check=True).stdout.split()) == 2
     ensure_commit(mirrors, "app", server.url("app"), sha, depth=4)
-    tree = checkout_commit(mirror, sha, 3, tmp_path / "tree", server.url("app"))
+    tree = checkout_commit(mirrors, "app", server.url("app"), sha, 3, tmp_path / "tree")
     root = tree.root
     assert (root / "Makefile").read_text() == "all:\n"
     assert os.readlink(root / "outside") == "/etc/passwd" and (root / "outside").is_symlink()
@@ -94,9 +94,9 @@ def test_caps_and_bad_commits_are_refused(server: GitServer, tmp_path: Path) -> 
     """A tree over the file cap is refused before anything is written; a commit the server does
     not have is a FetchFailed with git's words."""
     sha = _head(server, "app")
-    mirror = ensure_commit(tmp_path / "m", "app", server.url("app"), sha, depth=1)
+    ensure_commit(tmp_path / "m", "app", server.url("app"), sha, depth=1)
     with pytest.raises(CheckoutRefused, match="caps"):
-        checkout_commit(mirror, sha, 1, tmp_path / "tree", max_files=3)
+        checkout_commit(tmp_path / "m", "app", server.url("app"), sha, 1, tmp_path / "tree", max_files=3)
     assert not (tmp_path / "tree").exists()
     with pytest.raises(FetchFailed):
         ensure_commit(tmp_path / "m", "app", server.url("app"), "f" * 40, depth=1)
@@ -192,7 +192,9 @@ def test_run_sources_make_each_tree_once_and_sweep_ended_runs(server: GitServer,
     with pytest.raises(InvalidRequest, match="GIT_DEPTH"):
         sources.source_for(run, _job(GIT_DEPTH="lots"))
     with pytest.raises(InvalidRequest, match="GIT_SUBMODULE_STRATEGY"):
-        sources.source_for(run, _job(GIT_SUBMODULE_STRATEGY="recursive"))
+        sources.source_for(run, _job(GIT_SUBMODULE_STRATEGY="sometimes"))
+    with pytest.raises(InvalidRequest, match="GIT_LFS_SKIP_SMUDGE 0 asks for Git LFS objects"):
+        sources.source_for(run, _job(GIT_LFS_SKIP_SMUDGE="0"))
     unpacked = sources.source_for(archived, _job())
     assert unpacked is not None and (unpacked.root / "src/main.c").read_text() == "int"
     assert sources.sweep() == []
