@@ -178,6 +178,8 @@ def _submodule_options(env: Mapping[str, str], depth: int) -> SubmoduleOptions |
     while at < len(words):
         word, at = words[at], at + 1
         flag, _eq, value = word.partition("=")
+        if word.startswith("-j") and len(word) > 2:  # -j8, as git's option parser takes it
+            flag, value = "-j", word[2:]
         if flag in _NO_OP_FLAGS and not value:
             continue
         if flag in _NO_OP_WITH_VALUE or flag == "--depth":

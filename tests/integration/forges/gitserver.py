@@ -1,8 +1,9 @@
 """A real ``git daemon`` on a free loopback port serving bare repositories the test writes.
 
 :class:`GitServer` makes repositories (``create``) and commits to them (``commit``: files to
-write, symlinks as ``Link(target)``, ``None`` to delete) through a work tree of its own, pushed
-to the bare repository the daemon serves; each commit's id is returned. The daemon is stopped by
+write, symlinks as ``Link(target)``, submodules as ``Gitlink(sha)``, ``None`` to delete) through
+a work tree of its own, pushed to the bare repository the daemon serves; each commit's id is
+returned. The daemon is stopped by
 pid when the block ends.
 """
 
@@ -25,6 +26,13 @@ from tests.conftest import require
 @dataclass(frozen=True)
 class Link:
     target: str
+
+
+@dataclass(frozen=True)
+class Gitlink:
+    """A submodule entry of the tree: the commit ``sha`` recorded at that path."""
+
+    sha: str
 
 
 def free_port() -> int:
@@ -57,13 +65,16 @@ class GitServer:
         git(work, "remote", "add", "origin", str(self.root / f"{name}.git"))
         self.works[name] = work
 
-    def commit(self, name: str, files: Mapping[str, str | Link | None], message: str = "change",
+    def commit(self, name: str, files: Mapping[str, str | Link | Gitlink | None], message: str = "change",
                branch: str = "main", executable: tuple[str, ...] = ()) -> str:
         work = self.works[name]
         for path, content in files.items():
             target = work / path
             if content is None:
                 git(work, "rm", "-q", "-r", "--", path)
+                continue
+            if isinstance(content, Gitlink):
+                git(work, "update-index", "--add", "--cacheinfo", f"160000,{content.sha},{path}")
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_symlink() or target.exists():
