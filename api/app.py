@@ -39,6 +39,7 @@ from api.settings import ApiSettings
 from api.statuses import StatusSender
 from api.ui.install import install_ui
 from api.webhooks import sealer_for
+from pipelines.retention import RetentionLoop
 from pipelines.store.db import make_engine
 
 API_PREFIX = "/api/v1"
@@ -57,9 +58,13 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, sta
         app.state.status_sender = sender
         if sender is not None:
             sender.start()
+        # the API's copies of uploaded files (http transport), its mirrors, the forge rows
+        retention = RetentionLoop(services.engine, settings.state_dir, settings.retention)
+        retention.start()
         try:
             yield
         finally:
+            retention.stop()
             if sender is not None:
                 sender.stop()
             await services.redis.aclose()

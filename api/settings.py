@@ -34,6 +34,7 @@ from pathlib import Path
 
 from api.ui.settings import UiSettings, UiSettingsError
 from pipelines.policy import Policy, PolicyError
+from pipelines.retention import RetentionConfigError, RetentionSettings
 from pipelines.store.db import default_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -68,6 +69,7 @@ class ApiSettings:
     ui: UiSettings = field(default_factory=UiSettings)  # SANDPIT_UI_* (see api.ui.settings)
     public_url: str | None = None
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE
+    retention: RetentionSettings = field(default_factory=RetentionSettings)  # SANDPIT_*_RETENTION, pipelines/retention
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -87,7 +89,8 @@ class ApiSettings:
             raise SettingsError(str(exc)) from None
         try:
             ui = UiSettings.from_env(env)
-        except UiSettingsError as exc:
+            retention = RetentionSettings.from_env(env)
+        except (UiSettingsError, RetentionConfigError) as exc:
             raise SettingsError(str(exc)) from None
         return cls(
             database_url=env.get("SANDPIT_DATABASE_URL") or default_url(state_dir),
@@ -100,6 +103,7 @@ class ApiSettings:
             ui=ui,
             public_url=public_url,
             max_archive_bytes=int(max_archive),
+            retention=retention,
         )
 
     @property

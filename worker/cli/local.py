@@ -27,7 +27,12 @@ def add_local_parsers(sub: Any, common: Any, helped: Any) -> None:
                         description="Remove what local runs and `sandpit exec` kept past its retention (environment: "
                                     "SANDPIT_RETENTION, default 7d; SANDPIT_RETENTION_SIZE, default 10G; "
                                     "SANDPIT_CACHE_SIZE, default 5G). `run` and `exec` do this by themselves at "
-                                    "most once per SANDPIT_GC_EVERY (default 10m; 0: never).")
+                                    "most once per SANDPIT_GC_EVERY (default 10m; 0: never). Where this state dir "
+                                    "serves the service's database (SANDPIT_DATABASE_URL, else <state>/sandpit.db), "
+                                    "then also what the service keeps past its retention: old commit statuses and "
+                                    "web-hook deliveries, uploaded trees, this host's copies of expired files, trees "
+                                    "of ended runs, mirrors of removed or idle repositories, services' logs "
+                                    "(docs/deployment.md, Retention); workers and the API do that by themselves.")
     gc.add_argument("--auto", action="store_true",
                     help=helped("quiet, and nothing if a collection is running; what `sandpit exec` starts in the "
                                 "background", "off"))
@@ -82,4 +87,42 @@ def gc_command(args: Any, settings: Settings) -> int:
     print(f"removed {done.records} record(s), {done.logs} log(s), {done.files} stored file(s), "
           f"{done.cache_entries} cache entr{'y' if done.cache_entries == 1 else 'ies'}, {done.scratch} dead run "
           f"store(s): {done.bytes_freed / 1e6:.1f} MB freed")
+    return _service_gc(settings)
+
+
+def _service_gc(settings: Settings) -> int:
+    """The service's collection for this state dir, when it serves a database (pipelines/retention.py)."""
+    import datetime as dt
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipelines.retention import RetentionConfigError, RetentionSettings, collect
+    from pipelines.store.db import make_engine, migrate
+    from pipelines.store.errors import StoreError
+
+    url = settings.database_url
+    if not url:
+        default = settings.state_dir / "sandpit.db"
+        if not default.exists():
+            return 0
+        url = f"sqlite:///{default}"
+    try:
+        retention = RetentionSettings.from_env(os.environ)
+    except RetentionConfigError as exc:
+        print(f"sandpit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        migrate(url)
+        db = make_engine(url)
+        try:
+            done = collect(db, settings.state_dir, retention, dt.datetime.now(dt.UTC), wait=True)
+        finally:
+            db.dispose()
+    except (StoreError, SQLAlchemyError) as exc:  # the local part is done; the service's waits for next time
+        print(f"sandpit: the service's database did not answer; nothing of the service's was collected "
+              f"({quote_for_terminal(str(exc).splitlines()[0], quotes=False)})", file=sys.stderr)
+        return 0
+    if done is not None:
+        print(f"service: {done.summary()}")
     return 0
