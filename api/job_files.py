@@ -10,7 +10,9 @@ that attempt runs). What it may do:
   and kept only if they hash to the name, so an upload can add a file but never change one);
 - upload the job's final log, checked against ``X-Content-SHA256``, as ``<state>/logs/<job>.jsonl``
   (what the job's recorded ``log`` then names, relative to the API's state dir);
-- upload its small files and its log together, in one request (a *bundle*: a JSON manifest line
+- upload the log of its service N, checked the same way, as ``<state>/logs/<job>.svc<N>.jsonl``
+  (what its record's ``services[N].log`` then names);
+- upload its small files and its logs together, in one request (a *bundle*: a JSON manifest line
   of ``[sha256, size]`` pairs, then their bytes), each checked as above;
 - fetch a file a job of its own run kept (its dependencies' artifacts), a cache manifest of its
   own trust level, or a file such a manifest lists (``?cache=<manifest sha256>``: the manifest is
@@ -50,6 +52,7 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # as the worker's cache manifests (worker
 FLUSH_BYTES = 1 << 20  # received bytes are written in pieces this large, off the event loop
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024  # a bundle is read whole: small files only (the worker sends big ones alone)
 MAX_BUNDLE_FILES = 4096
+MAX_SERVICES = 100  # a service's log is <job>.svc<N>.jsonl with N of one or two digits (worker/sandbox/services)
 
 
 class JobNotRunning(ApiError):
@@ -120,73 +123,109 @@ async def receive_blob(store: Path, sha256: str, chunks: AsyncIterator[bytes], c
         raise DigestMismatchError(f"the body is not the file named {sha256}: {exc}") from None
 
 
-async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIterator[bytes],
-                      content_length: str | None) -> str:
-    """Store the body as the job's log if it hashes to ``sha256``; the path to record, relative
-    to the state dir."""
+def log_name(job_id: str, service: int | None = None) -> str:
+    """The file name of a job's log, or of its service ``service``'s, in the logs dir (the
+    worker's names, worker/sandbox/services/naming.py); a job id or index that could not name
+    one is a bad request.
+
+    >>> log_name("6885fcfd0ec5"), log_name("6885fcfd0ec5", 1)
+    ('6885fcfd0ec5.jsonl', '6885fcfd0ec5.svc1.jsonl')
+    """
     if not is_job_id(job_id):  # it becomes a file name
         raise BadRequest(f"job id {job_id[:80]!r} cannot name a log file")
+    if service is None:
+        return f"{job_id}.jsonl"
+    if not 0 <= service < MAX_SERVICES:
+        raise BadRequest(f"service {service} is not one a job can have (0 to {MAX_SERVICES - 1})")
+    return f"{job_id}.svc{service}.jsonl"
+
+
+async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIterator[bytes],
+                      content_length: str | None, service: int | None = None) -> str:
+    """Store the body as the job's log (or its service ``service``'s) if it hashes to
+    ``sha256``; the path to record, relative to the state dir."""
+    name = log_name(job_id, service)
     _declared_size(content_length)
     intake = await to_thread.run_sync(Intake, logs_dir, sha256, MAX_UPLOAD_BYTES)
     await _receive(intake, chunks)
     try:
-        await to_thread.run_sync(intake.commit_as, f"{job_id}.jsonl")
+        await to_thread.run_sync(intake.commit_as, name)
     except DigestMismatch as exc:
         raise DigestMismatchError(f"the body is not the log named {sha256}: {exc}") from None
-    return f"logs/{job_id}.jsonl"
+    return f"logs/{name}"
 
 
 def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | None, job_id: str,
                    body: bytes) -> dict[str, object]:
-    """A job's small files and its log in one request (see :data:`BUNDLE_HELP`): the token is
-    checked, then each file is hashed and kept under its name, the log last. One request and one
-    thread hand-off per job instead of one per file: the upload path's cost is round trips."""
+    """A job's small files and its logs in one request (see :data:`BUNDLE_HELP`): the token is
+    checked, then each file is hashed and kept under its name, its services' logs next, the job's
+    log last. One request and one thread hand-off per job instead of one per file: the upload
+    path's cost is round trips."""
     checked_grant(engine, token, job_id)
     head, sep, rest = body.partition(b"\n")
     if not sep or len(head) > MAX_MANIFEST_BYTES:
         raise BadRequest("a bundle starts with its manifest: one line of JSON, then the files' bytes")
-    files, log_entry = _bundle_manifest(head)
-    if sum(size for _sha, size in files) + (log_entry[1] if log_entry else 0) != len(rest):
-        raise BadRequest(f"the manifest names {len(files)} file(s) whose sizes do not add up to the "
+    files, services, log_entry = _bundle_manifest(head)
+    logs = [(log_name(job_id, index), sha, size) for index, sha, size in services]
+    if log_entry is not None:
+        logs.append((log_name(job_id), *log_entry))
+    sizes = [size for _sha, size in files] + [size for _name, _sha, size in logs]
+    if sum(sizes) != len(rest):
+        raise BadRequest(f"the manifest names {len(sizes)} file(s) whose sizes do not add up to the "
                          f"{len(rest)} bytes that follow it")
+    view = memoryview(rest)
     stored = kept = offset = 0
     for sha256, size in files:
         intake = Intake(store, sha256, size)
         try:
-            intake.write(rest[offset:offset + size])
+            intake.write(view[offset:offset + size])
             new = intake.commit_blob()
         except DigestMismatch as exc:
             raise DigestMismatchError(f"the bundle's bytes for {sha256} are not that file: {exc}") from None
         stored, kept, offset = stored + new, kept + (not new), offset + size
-    path = None
-    if log_entry is not None:
-        if not is_job_id(job_id):
-            raise BadRequest(f"job id {job_id[:80]!r} cannot name a log file")
-        intake = Intake(logs_dir, log_entry[0], log_entry[1])
+    paths = []
+    for name, sha256, size in logs:
+        intake = Intake(logs_dir, sha256, size)
         try:
-            intake.write(rest[offset:])
-            intake.commit_as(f"{job_id}.jsonl")
+            intake.write(view[offset:offset + size])
+            intake.commit_as(name)
         except DigestMismatch as exc:
-            raise DigestMismatchError(f"the bundle's log is not the one named {log_entry[0]}: {exc}") from None
-        path = f"logs/{job_id}.jsonl"
-    return {"stored": stored, "kept": kept, "log": path}
+            raise DigestMismatchError(f"the bundle's log {name} is not the one named {sha256}: {exc}") from None
+        paths.append(f"logs/{name}")
+        offset += size
+    return {"stored": stored, "kept": kept, "log": paths[-1] if log_entry is not None else None,
+            "services": paths[:len(services)]}
 
 
-BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"log\": [sha256, size] or null}, then "
-               "the files' bytes in that order, then the log's")
+BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"services\": [[index, sha256, size], ...] "
+               "(optional: the services' logs), \"log\": [sha256, size] or null}, then the files' bytes in that "
+               "order, then the services' logs', then the job's log's")
 
 
-def _bundle_manifest(head: bytes) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+def _bundle_manifest(head: bytes) -> tuple[list[tuple[str, int]], list[tuple[int, str, int]], tuple[str, int] | None]:
     try:
         manifest = json.loads(head)
     except ValueError:
         raise BadRequest(f"the bundle's manifest is not JSON; a bundle is {BUNDLE_HELP}") from None
     entries = manifest.get("files") if isinstance(manifest, dict) else None
+    services = manifest.get("services", []) if isinstance(manifest, dict) else None
     log_entry = manifest.get("log") if isinstance(manifest, dict) else None
     if not isinstance(entries, list) or len(entries) > MAX_BUNDLE_FILES:
         raise BadRequest(f"the bundle's manifest needs `files` (at most {MAX_BUNDLE_FILES}); a bundle is {BUNDLE_HELP}")
-    files = [_entry(e) for e in entries]
-    return files, None if log_entry is None else _entry(log_entry)
+    if not isinstance(services, list) or len(services) > MAX_SERVICES:
+        raise BadRequest(f"the bundle's `services` is a list of at most {MAX_SERVICES}; a bundle is {BUNDLE_HELP}")
+    indexed = [_service_entry(e) for e in services]
+    if len({index for index, _sha, _size in indexed}) != len(indexed):
+        raise BadRequest("the bundle's `services` names a service twice")
+    return [_entry(e) for e in entries], indexed, None if log_entry is None else _entry(log_entry)
+
+
+def _service_entry(value: object) -> tuple[int, str, int]:
+    if (isinstance(value, list) and len(value) == 3 and isinstance(value[0], int) and not isinstance(value[0], bool)
+            and 0 <= value[0] < MAX_SERVICES):
+        sha256, size = _entry(value[1:])
+        return int(value[0]), sha256, size
+    raise BadRequest(f"{str(value)[:120]!r} is not [service index, sha256, size]; a bundle is {BUNDLE_HELP}")
 
 
 def _entry(value: object) -> tuple[str, int]:

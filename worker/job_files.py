@@ -33,6 +33,7 @@ from sqlmodel import Session
 
 from pipelines.job_record import JobRecord
 from pipelines.store.models import Job
+from worker.cache import SavedCache
 from worker.errors import ConfigError
 from worker.settings import Settings
 
@@ -50,11 +51,12 @@ class JobFiles(Protocol):
     def fetch_caches(self, found: Sequence[tuple[str, str]]) -> None:
         """Fetch the (key, manifest sha256) caches ``cache.entries`` found, manifests and files."""
 
-    def deliver(self, record: JobRecord, extra: Sequence[str], lost: Callable[[], bool]) -> JobRecord | None:
-        """Put what the attempt kept (its artifacts, reports, cache files, ``extra`` files such as
-        cache manifests, and its log) where the API serves it; returns the record to store, or
-        None when the attempt is no longer this worker's (``lost()``, or the API says it ended):
-        then nothing is recorded, as after a lost lease."""
+    def deliver(self, record: JobRecord, caches: Sequence[SavedCache], lost: Callable[[], bool]) -> JobRecord | None:
+        """Put what the attempt kept (its artifacts, reports, cache files, the manifests of the
+        ``caches`` it pushes, its services' logs and its log) where the API serves it; returns the
+        record to store, or None when the attempt is no longer this worker's (``lost()``, or the
+        API says it ended): then nothing is recorded, as after a lost lease. The caches' keys are
+        named by the caller, after this."""
 
 
 class Transport(Protocol):
@@ -76,7 +78,7 @@ class LocalFiles:
     def fetch_caches(self, found: Sequence[tuple[str, str]]) -> None:
         return None
 
-    def deliver(self, record: JobRecord, extra: Sequence[str], lost: Callable[[], bool]) -> JobRecord | None:
+    def deliver(self, record: JobRecord, caches: Sequence[SavedCache], lost: Callable[[], bool]) -> JobRecord | None:
         return record
 
 

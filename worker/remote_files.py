@@ -10,12 +10,16 @@ with the job's own token (adapter; the seam is :mod:`worker.job_files`).
   hashed as it arrives and kept only if it is the named file (:mod:`pipelines.files.intake`).
   Files already here (a job before it ran on this worker) cost no request.
 - **Delivery** (after it ran, before its result is recorded, under its lease): the files it kept
-  up to 1 MiB each and its log go in one ``PUT /api/v1/jobs/{id}/bundle`` (a manifest line of
-  ``[sha256, size]``, then their bytes; more bundles past 8 MiB); a bigger file alone, streamed
-  from the local store, with ``PUT /api/v1/jobs/{id}/blobs/{sha256}`` (a log over 8 MiB with
-  ``PUT /api/v1/jobs/{id}/log``). The API hashes every file and refuses one that is not the named
-  bytes. The record then names the log as ``logs/<job>.jsonl``, the API's copy, and the local log
-  is removed.
+  up to 1 MiB each, its services' logs and its log go in one ``PUT /api/v1/jobs/{id}/bundle`` (a
+  manifest line of ``[sha256, size]``, then their bytes; more bundles past 8 MiB, the job's log in
+  the last); a bigger file alone, streamed from the local store, with ``PUT
+  /api/v1/jobs/{id}/blobs/{sha256}`` (a log over 8 MiB with ``PUT /api/v1/jobs/{id}/log``, a
+  service's with ``PUT /api/v1/jobs/{id}/services/{n}/log``). The API hashes every file and
+  refuses one that is not the named bytes. The record then names the logs as
+  ``logs/<job>.jsonl`` and ``logs/<job>.svc<N>.jsonl``, the API's copies, and the local ones are
+  removed. The caches it pushed travel as their manifests (and the files they list); their keys
+  are named in the database by the caller once the delivery is done, or, after a restart, by
+  the outbox's replay.
 - **Retries.** A refused connection, a timeout or a 5xx/429 answer is retried with doubling
   back-off (0.2 s up to 10 s). If the first try of a delivery fails, the delivery is written to
   the worker's outbox first (:mod:`worker.upload_outbox`, under the state dir, fsynced) and then
@@ -27,7 +31,8 @@ with the job's own token (adapter; the seam is :mod:`worker.job_files`).
 
 Why bundles: the cost of the upload path is its round trips, not its bytes. One request per file
 and one for the log cost two to three requests per job; a bundle makes it one, with one token check
-and one thread hand-off on the API side (bench/bench_workers.py measures it).
+and one thread hand-off on the API side (bench/bench_workers.py measures it). The requests
+themselves are :mod:`worker.file_requests`'s.
 """
 
 from __future__ import annotations
@@ -39,20 +44,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from sqlmodel import Session
 
-from pipelines.files.intake import DigestMismatch, Intake, IntakeError
 from pipelines.identifiers import is_sha256_hex
 from pipelines.job_record import JobRecord, Reason, Status
 from pipelines.record import replace
 from pipelines.store.job_tokens import mint_job_token
 from pipelines.store.models import Job
+from worker.cache import SavedCache
 from worker.errors import SandboxError
+from worker.file_requests import BUNDLE_TYPE, AttemptOver, FileRequests, Refused, Transient
 from worker.sandbox import blobs
-from worker.upload_outbox import Delivery, UploadOutbox
+from worker.sandbox.services.naming import log_name
+from worker.upload_outbox import Delivery, LogCopy, UploadOutbox
 
 log = logging.getLogger("sandpit.worker")
 
@@ -60,21 +67,6 @@ BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0)  # then 10 s between tries
 FETCH_GIVE_UP_S = 60.0  # a fetch before the job runs gives up after this long (the job ends infra_error)
 SMALL_BYTES = 1 << 20  # files up to this size travel in a bundle; bigger ones alone, streamed
 BUNDLE_BYTES = 8 * 1024 * 1024  # under the API's cap of 16 MiB (api/job_files.py)
-BUNDLE_TYPE = "application/x-sandpit-bundle"
-MAX_FETCH_BYTES = 8 * 1024**3
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-
-
-class Transient(Exception):
-    """The API could not be reached or answered 5xx/429: try again later."""
-
-
-class AttemptOver(Exception):
-    """The API refuses the token (401/403/409): this attempt no longer runs."""
-
-
-class Refused(Exception):
-    """The API refused a request for good (a damaged local file, a bad request)."""
 
 
 def backoff() -> Iterator[float]:
@@ -88,23 +80,46 @@ def backoff() -> Iterator[float]:
         yield BACKOFF_S[-1]
 
 
-def _judge(response: httpx.Response, what: str) -> None:
-    if response.status_code < 300:
-        return
-    if response.status_code >= 500 or response.status_code == 429:
-        raise Transient(f"{what}: the API answered {response.status_code}")
-    try:
-        body = response.json()
-        detail = f"{body.get('error')}: {body.get('message')}"
-    except ValueError:
-        detail = response.text[:200]
-    if response.status_code in (401, 403, 409):
-        raise AttemptOver(f"{what}: {detail}")
-    raise Refused(f"{what}: the API refused it ({response.status_code} {detail})")
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One file of a delivery as it travels: a kept file (``kind`` ``file``), service ``index``'s
+    log (``service``) or the job's log (``log``)."""
+
+    kind: str
+    sha256: str
+    size: int
+    path: str
+    index: int = -1
+
+
+def plan_requests(pieces: Sequence[Piece], small: int = SMALL_BYTES,
+                  bundle: int = BUNDLE_BYTES) -> list[Piece | list[Piece]]:
+    """The requests that carry ``pieces``, in order: a kept file over ``small`` or a log over
+    ``bundle`` alone (a :class:`Piece`), the rest in bundles of at most ``bundle`` bytes (lists);
+    the job's log travels last, in the last bundle when it fits.
+
+    >>> plan = plan_requests([Piece("file", "a", 5, "p"), Piece("file", "b", 50, "p"), Piece("log", "c", 3, "p")],
+    ...                      small=10, bundle=20)
+    >>> [[q.sha256 for q in p] if isinstance(p, list) else p.sha256 for p in plan]
+    ['b', ['a', 'c']]
+    """
+    alone = [p for p in pieces if p.size > (small if p.kind == "file" else bundle)]
+    bundles: list[list[Piece]] = [[]]
+    room = bundle
+    for piece in sorted((p for p in pieces if p not in alone), key=lambda p: p.kind == "log"):
+        if piece.size > room and bundles[-1]:
+            bundles.append([])
+            room = bundle
+        bundles[-1].append(piece)
+        room -= piece.size
+    last_log = [p for p in alone if p.kind == "log"]
+    first: list[Piece | list[Piece]] = [p for p in alone if p.kind != "log"]
+    return first + [b for b in bundles if b] + list(last_log)
 
 
 class HttpTransport:
-    """One per worker process: the HTTP client (keep-alive, thread-safe) and the outbox."""
+    """One per worker process: the API's connection pool (keep-alive, shared by the job threads)
+    and the outbox."""
 
     name = "http"
 
@@ -114,123 +129,81 @@ class HttpTransport:
         self.store = store
         self.outbox = UploadOutbox(outbox_dir)
         self.sleep = sleep
-        self.http = httpx.Client(base_url=self.api_url, timeout=TIMEOUT,
-                                 limits=httpx.Limits(max_keepalive_connections=16, keepalive_expiry=30))
+        self.requests = FileRequests(self.api_url)
 
     def claimed(self, session: Session, job: Job, worker_id: str, now: dt.datetime) -> HttpFiles:
         token = mint_job_token(session, job.id, job.attempt, worker_id, now)
         return HttpFiles(self, job.id, job.run_id, job.attempt, token, worker_id)
 
     def close(self) -> None:
-        self.http.close()
-
-    # -- the requests -------------------------------------------------------------------
-    def _auth(self, token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
+        self.requests.close()
 
     def download(self, job_id: str, token: str, sha256: str, cache: str | None) -> bool:
         """Fetch ``sha256`` into the local store; False when the API has no such file for this job."""
-        params = {"cache": cache} if cache else None
-        try:
-            with self.http.stream("GET", f"/api/v1/jobs/{job_id}/blobs/{sha256}", params=params,
-                                  headers=self._auth(token)) as response:
-                if response.status_code == 404:
-                    return False
-                _judge(response, f"fetching {sha256[:12]}")
-                with Intake(self.store, sha256, MAX_FETCH_BYTES) as intake:
-                    for chunk in response.iter_bytes(1 << 20):
-                        intake.write(chunk)
-                    intake.commit_blob()
-            return True
-        except httpx.TransportError as exc:
-            raise Transient(f"fetching {sha256[:12]}: {exc}") from exc
-        except DigestMismatch as exc:
-            raise Refused(f"the API sent other bytes than {sha256}: {exc}") from exc
-        except IntakeError as exc:
-            raise Refused(f"fetching {sha256[:12]}: {exc}") from exc
+        return self.requests.download(job_id, token, sha256, cache, self.store)
 
-    def upload_blob(self, delivery: Delivery, sha256: str) -> None:
-        path = blobs.blob_path(self.store, sha256)
-        url = f"/api/v1/jobs/{delivery.job_id}/blobs/{sha256}"
+    # -- delivery -----------------------------------------------------------------------
+    def pieces(self, delivery: Delivery) -> list[Piece]:
+        """What ``delivery`` sends, each with its size now (a kept file missing from the local
+        store, or a log gone, is refused: the delivery cannot be made whole)."""
+        found = []
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                content: bytes | object = f.read() if size <= SMALL_BYTES else f
-                response = self.http.put(url, content=content, headers=self._auth(delivery.token))  # type: ignore[arg-type]
-        except FileNotFoundError:
-            raise Refused(f"the kept file {sha256} is missing from the local store") from None
-        except httpx.TransportError as exc:
-            raise Transient(f"uploading {sha256[:12]}: {exc}") from exc
-        _judge(response, f"uploading {sha256[:12]}")
-
-    def upload_log(self, delivery: Delivery) -> None:
-        assert delivery.log_file is not None and delivery.log_sha256 is not None
-        headers = {**self._auth(delivery.token), "X-Content-SHA256": delivery.log_sha256}
-        try:
-            with open(delivery.log_file, "rb") as f:
-                response = self.http.put(f"/api/v1/jobs/{delivery.job_id}/log", content=f, headers=headers)
-        except FileNotFoundError:
-            raise Refused(f"the job's log {delivery.log_file} is missing") from None
-        except httpx.TransportError as exc:
-            raise Transient(f"uploading the log: {exc}") from exc
-        _judge(response, "uploading the log")
-
-    def upload_bundle(self, delivery: Delivery, sha256s: Sequence[str], with_log: bool) -> None:
-        """Small files (and the log) in one request: a manifest line, then their bytes."""
-        parts = []
-        try:
-            for sha256 in sha256s:
-                parts.append(blobs.blob_path(self.store, sha256).read_bytes())
-            log_bytes = b""
-            if with_log:
-                assert delivery.log_file is not None
-                log_bytes = Path(delivery.log_file).read_bytes()
+            for sha256 in delivery.blobs:
+                path = blobs.blob_path(self.store, sha256)
+                found.append(Piece("file", sha256, path.stat().st_size, str(path)))
+            for index, copy in delivery.service_logs:
+                found.append(Piece("service", copy.sha256, os.path.getsize(copy.path), copy.path, index))
+            if delivery.log_file is not None and delivery.log_sha256 is not None:
+                found.append(Piece("log", delivery.log_sha256, os.path.getsize(delivery.log_file),
+                                   delivery.log_file))
         except FileNotFoundError as exc:
-            raise Refused(f"a kept file is missing from the local store: {exc.filename}") from None
-        manifest = {"files": [[sha, len(data)] for sha, data in zip(sha256s, parts, strict=True)],
-                    "log": [delivery.log_sha256, len(log_bytes)] if with_log else None}
-        body = b"".join([json.dumps(manifest).encode(), b"\n", *parts, log_bytes])
-        try:
-            response = self.http.put(f"/api/v1/jobs/{delivery.job_id}/bundle", content=body,
-                                     headers={**self._auth(delivery.token), "Content-Type": BUNDLE_TYPE})
-        except httpx.TransportError as exc:
-            raise Transient(f"uploading {len(sha256s)} file(s): {exc}") from exc
-        _judge(response, f"uploading {len(sha256s)} file(s)")
+            raise Refused(f"a file of the delivery is missing here: {exc.filename}") from None
+        return found
 
     def send(self, delivery: Delivery) -> None:
-        """Every file of ``delivery`` and its log: big files alone (streamed), the small ones and a
-        small log in bundles of at most BUNDLE_BYTES (one request for a typical job); each answer
-        judged."""
-        small: list[list[str]] = [[]]
-        room = BUNDLE_BYTES
-        for sha256 in delivery.blobs:
-            try:
-                size = blobs.blob_path(self.store, sha256).stat().st_size
-            except FileNotFoundError:
-                raise Refused(f"the kept file {sha256} is missing from the local store") from None
-            if size > SMALL_BYTES:
-                self.upload_blob(delivery, sha256)
-                continue
-            if size > room:
-                small.append([])
-                room = BUNDLE_BYTES
-            small[-1].append(sha256)
-            room -= size
-        log_size = os.path.getsize(delivery.log_file) if delivery.log_file else None
-        log_bundled = log_size is not None and log_size <= BUNDLE_BYTES
-        if log_bundled and log_size is not None and log_size > room:
-            small.append([])
-        for i, batch in enumerate(small):
-            last = i == len(small) - 1
-            if batch or (last and log_bundled):
-                self.upload_bundle(delivery, batch, with_log=last and log_bundled)
-        if delivery.log_file is not None and not log_bundled:
-            self.upload_log(delivery)
+        """Every file of ``delivery`` and its logs (:func:`plan_requests`: one request for a
+        typical job); each answer judged."""
+        for request in plan_requests(self.pieces(delivery)):
+            if isinstance(request, list):
+                self._bundle(delivery, request)
+            else:
+                self._alone(delivery, request)
+
+    def _bundle(self, delivery: Delivery, pieces: Sequence[Piece]) -> None:
+        parts = []
+        try:
+            for piece in pieces:
+                with open(piece.path, "rb") as f:
+                    parts.append(f.read())
+        except FileNotFoundError as exc:
+            raise Refused(f"a file of the delivery is missing here: {exc.filename}") from None
+        manifest = {"files": [[p.sha256, len(b)] for p, b in zip(pieces, parts, strict=True) if p.kind == "file"],
+                    "services": [[p.index, p.sha256, len(b)] for p, b in zip(pieces, parts, strict=True)
+                                 if p.kind == "service"],
+                    "log": next(([p.sha256, len(b)] for p, b in zip(pieces, parts, strict=True) if p.kind == "log"),
+                                None)}
+        # the manifest's order is the bytes' order: files, then services' logs, then the job's log
+        order = {"file": 0, "service": 1, "log": 2}
+        ordered = [b for _p, b in sorted(zip(pieces, parts, strict=True), key=lambda pb: order[pb[0].kind])]
+        self.requests.put(f"/api/v1/jobs/{delivery.job_id}/bundle", delivery.token,
+                          b"".join([json.dumps(manifest).encode(), b"\n", *ordered]),
+                          f"uploading {len(pieces)} file(s)", headers={"Content-Type": BUNDLE_TYPE})
+
+    def _alone(self, delivery: Delivery, piece: Piece) -> None:
+        route = {"file": f"blobs/{piece.sha256}", "log": "log", "service": f"services/{piece.index}/log"}[piece.kind]
+        headers = {} if piece.kind == "file" else {"X-Content-SHA256": piece.sha256}
+        try:
+            with open(piece.path, "rb") as f:
+                self.requests.put(f"/api/v1/jobs/{delivery.job_id}/{route}", delivery.token, f,
+                                  f"uploading {route}", size=os.fstat(f.fileno()).st_size, headers=headers)
+        except FileNotFoundError:
+            raise Refused(f"a file of the delivery is missing here: {piece.path}") from None
 
     def delivered(self, delivery: Delivery) -> None:
-        """The API has the log: the local copy goes (nobody reads a worker's logs but its API)."""
-        if delivery.log_file:
-            _remove_quietly(delivery.log_file)
+        """The API has the logs: the local copies go (nobody reads a worker's logs but its API)."""
+        for path in (delivery.log_file, *(copy.path for _i, copy in delivery.service_logs)):
+            if path:
+                _remove_quietly(path)
 
     def send_until_done(self, delivery: Delivery, lost: Callable[[], bool]) -> str:
         """Send, and while the API is away keep the delivery in the outbox and try again until it
@@ -310,23 +283,45 @@ class HttpFiles:
             listed = [str(i.get("sha256")) for i in manifest_items(self.transport.store, manifest)]
             self.fetch(listed, cache=manifest)
 
-    def deliver(self, record: JobRecord, extra: Sequence[str], lost: Callable[[], bool]) -> JobRecord | None:
+    def deliver(self, record: JobRecord, caches: Sequence[SavedCache], lost: Callable[[], bool]) -> JobRecord | None:
         kept = [a.sha256 for a in (*record.artifacts, *record.report_files, *record.cache_files)]
-        shas = tuple(dict.fromkeys(s for s in (*kept, *extra) if is_sha256_hex(s)))
+        shas = tuple(dict.fromkeys(s for s in (*kept, *(c.sha256 for c in caches)) if is_sha256_hex(s)))
         log_file = record.log_path if record.log_path and os.path.isfile(record.log_path) else None
-        stored = replace(record, log_path=f"logs/{self.job_id}.jsonl" if log_file else None)
+        service_logs, services = [], []
+        for index, service in enumerate(record.services):
+            if _is_service_log(service.log_path, record.log_path, index):
+                name = log_name(self.job_id, index)  # the API's name: the job's id, not its sandbox's
+                service_logs.append((index, LogCopy(name, service.log_path, _file_sha256(service.log_path))))
+                service = replace(service, log_path=f"logs/{name}")
+            services.append(service)
+        stored = replace(record, log_path=f"logs/{self.job_id}.jsonl" if log_file else None, services=tuple(services))
         delivery = Delivery(job_id=self.job_id, run_id=self.run_id, attempt=self.attempt, token=self.token,
                             worker_id=self.worker_id, blobs=shas, log_file=log_file,
-                            log_sha256=_file_sha256(log_file) if log_file else None, record=stored.to_json())
+                            log_sha256=_file_sha256(log_file) if log_file else None, record=stored.to_json(),
+                            service_logs=tuple(service_logs),
+                            caches=tuple((c.key, c.sha256, c.size) for c in caches))
         outcome = self.transport.send_until_done(delivery, lost)
         if outcome == "delivered":
             return stored
         if outcome in ("lost", "over"):
             return None
         log.error("job %s: its files were refused by the API: %s", self.job_id, outcome)
-        return replace(stored, status=Status.ERROR, reason=Reason.INFRA_ERROR, artifacts=(), report_files=(),
+        return replace(record, status=Status.ERROR, reason=Reason.INFRA_ERROR, artifacts=(), report_files=(),
                        cache_files=(), tests=None, log_path=None,
                        message=f"sandpit could not deliver the job's files to the API ({outcome[9:][:300]})")
+
+
+def _is_service_log(path: str, job_log: str | None, index: int) -> bool:
+    """Whether ``path`` is service ``index``'s log beside the job's log ``job_log`` (the engine
+    names both after the job's sandbox: worker/sandbox/services/naming.py), and is there.
+
+    >>> _is_service_log("/l/e0d3.svc1.jsonl", "/l/e0d3.jsonl", 1), _is_service_log("/etc/x", "/l/e0d3.jsonl", 1)
+    (False, False)
+    """
+    if not job_log or not job_log.endswith(".jsonl"):
+        return False
+    parent, stem = os.path.split(job_log[:-len(".jsonl")])
+    return path == os.path.join(parent, log_name(stem, index)) and os.path.isfile(path)
 
 
 def _file_sha256(path: str) -> str:

@@ -10,9 +10,10 @@ While its worker lives, the delivery is retried by the job's own thread under th
 entries waiting, the next one on the host (same state dir) takes them up at start
 (:func:`take_over`, then :func:`replay`): it takes the attempt's lease over
 (:func:`pipelines.store.handover.take_over_lease`) before its sweeper could settle it, delivers,
-records the stored result, and publishes what that made ready — or drops the entry if the attempt
-was settled meanwhile. A replayed attempt's cache is not saved (a cache is an
-optimisation; the next job with that key saves it again).
+names the caches it pushed (their manifests were delivered with its files), records the stored
+result, and publishes what that made ready — or drops the entry if the attempt was settled
+meanwhile. The entry carries all of that (the record, the caches' keys, its logs'
+local copies), so the new process needs nothing the dead one knew.
 """
 
 from __future__ import annotations
@@ -29,14 +30,29 @@ from pathlib import Path
 from pipelines.identifiers import is_job_id
 from pipelines.store.db import session_scope
 from pipelines.store.handover import take_over_lease
+from pipelines.store.reads import read_run_row
 from pipelines.store.transitions import finish_job
 from worker import TYPE_CHECKING
+from worker.cache import SavedCache, record_caches
 
 if TYPE_CHECKING:
     from worker.executor import WorkerContext
     from worker.remote_files import HttpTransport
 
 log = logging.getLogger("sandpit.worker")
+
+
+@dataclass(frozen=True)
+class LogCopy:
+    """A log a delivery carries: the local file, its sha256, and the name the API keeps it under
+    (``<job>.jsonl`` for the job's, ``<job>.svc<N>.jsonl`` for service N's)."""
+
+    name: str
+    path: str
+    sha256: str
+
+    def to_json(self) -> list[str]:
+        return [self.name, self.path, self.sha256]
 
 
 @dataclass(frozen=True)
@@ -51,23 +67,34 @@ class Delivery:
     blobs: tuple[str, ...]
     log_file: str | None  # the local log (absolute), None when the job wrote none
     log_sha256: str | None
-    record: dict[str, object]  # the record to store once delivered (its log already the API's)
+    record: dict[str, object]  # the record to store once delivered (its logs already the API's)
+    #: its services' logs, service N's as ``(N, copy)``
+    service_logs: tuple[tuple[int, LogCopy], ...] = ()
+    #: the caches it pushes, ``(key, manifest sha256, size)``: named in the database once delivered
+    caches: tuple[tuple[str, str, int], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {"job_id": self.job_id, "run_id": self.run_id, "attempt": self.attempt, "token": self.token,
                 "worker_id": self.worker_id, "blobs": list(self.blobs), "log_file": self.log_file,
-                "log_sha256": self.log_sha256, "record": self.record}
+                "log_sha256": self.log_sha256, "record": self.record,
+                "service_logs": [[index, *copy.to_json()] for index, copy in self.service_logs],
+                "caches": [list(c) for c in self.caches]}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Delivery:
         blobs_ = data.get("blobs")
         record = data.get("record")
+        services = data.get("service_logs")
+        caches = data.get("caches")
         return cls(job_id=str(data["job_id"]), run_id=str(data["run_id"]), attempt=int(str(data["attempt"])),
                    token=str(data["token"]), worker_id=str(data["worker_id"]),
                    blobs=tuple(str(b) for b in blobs_) if isinstance(blobs_, list) else (),
                    log_file=str(data["log_file"]) if data.get("log_file") else None,
                    log_sha256=str(data["log_sha256"]) if data.get("log_sha256") else None,
-                   record=dict(record) if isinstance(record, dict) else {})
+                   record=dict(record) if isinstance(record, dict) else {},
+                   service_logs=tuple((int(i), LogCopy(str(n), str(p), str(h)))
+                                      for i, n, p, h in (services if isinstance(services, list) else ())),
+                   caches=tuple((str(k), str(h), int(z)) for k, h, z in (caches if isinstance(caches, list) else ())))
 
 
 class UploadOutbox:
@@ -151,6 +178,8 @@ def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], 
         if outcome != "delivered" or lease.lost.is_set():
             log.warning("outbox: job %s was not delivered (%s)", delivery.job_id, outcome)
             continue
+        if delivery.caches:
+            _name_caches(ctx, delivery)
         with session_scope(ctx.db) as s:
             newly = finish_job(s, delivery.job_id, delivery.attempt, delivery.record, ctx.now())
         publish(newly)
@@ -158,3 +187,17 @@ def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], 
         recorded += 1
         log.info("outbox: job %s (attempt %d) delivered and recorded", delivery.job_id, delivery.attempt)
     return recorded
+
+
+def _name_caches(ctx: WorkerContext, delivery: Delivery) -> None:
+    """Point the delivered attempt's cache keys at its manifests, at its run's trust level, as the
+    job's own thread does before its result is recorded; a cache that cannot be named is logged
+    and costs nothing else (worker/executor.py ``_record_result``)."""
+    saved = [SavedCache(key, sha256, size) for key, sha256, size in delivery.caches]
+    try:
+        with session_scope(ctx.db) as s:
+            run = read_run_row(s, delivery.run_id)
+            if run is not None:
+                record_caches(s, saved, run.trust, ctx.now())
+    except Exception as exc:
+        log.warning("outbox: job %s: its cache was not saved: %s", delivery.job_id, exc)

@@ -1,7 +1,7 @@
-"""``/api/v1/jobs/{id}/blobs/{sha256}``, ``/api/v1/jobs/{id}/bundle`` and ``/api/v1/jobs/{id}/log``
-(PUT): a running job's files, moved by a worker that shares no disk with the API, with the job's
-own token (see :mod:`api.job_files`). API tokens are not accepted here, nor job tokens anywhere
-else."""
+"""``/api/v1/jobs/{id}/blobs/{sha256}``, ``/api/v1/jobs/{id}/bundle``, ``/api/v1/jobs/{id}/log`` and
+``/api/v1/jobs/{id}/services/{n}/log`` (PUT): a running job's files, moved by a worker that shares
+no disk with the API, with the job's own token (see :mod:`api.job_files`). API tokens are not
+accepted here, nor job tokens anywhere else."""
 
 from __future__ import annotations
 
@@ -82,4 +82,17 @@ async def put_log(job_id: str, request: Request, found: GrantDep, settings: Sett
     sha256 = job_files.checked_sha(x_content_sha256)
     path = await job_files.receive_log(settings.state_dir / "logs", job_id, sha256, request.stream(),
                                        request.headers.get("content-length"))
+    return {"log": path, "sha256": sha256}
+
+
+@router.put("/{job_id}/services/{index}/log", status_code=201,
+            responses={**_ERRORS, 400: {"description": "no or a malformed X-Content-SHA256, or not a service index"},
+                       413: {"description": "over the upload cap"},
+                       422: {"description": "`digest_mismatch`: the body does not hash to X-Content-SHA256"}})
+async def put_service_log(job_id: str, index: int, request: Request, found: GrantDep, settings: SettingsDep,
+                          x_content_sha256: Annotated[str, Header(description="the log's sha256")] = ""
+                          ) -> dict[str, str]:
+    sha256 = job_files.checked_sha(x_content_sha256)
+    path = await job_files.receive_log(settings.state_dir / "logs", job_id, sha256, request.stream(),
+                                       request.headers.get("content-length"), service=index)
     return {"log": path, "sha256": sha256}

@@ -1,4 +1,5 @@
-"""``/api/v1/jobs/{id}/log``: plain text, followed live, or Server-Sent Events (resumable)."""
+"""``/api/v1/jobs/{id}/log``: plain text, followed live, or Server-Sent Events (resumable);
+``/api/v1/jobs/{id}/services/{n}/log``: the log of the job's service ``n`` (:mod:`api.service_logs`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import CallerDep, EngineDep, RedisDep, SettingsDep
 from api.logs import Cursor, LogReader, sse_stream, text_stream
 from api.runs import load_job
+from api.service_logs import open_service_log, service_log_text
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
@@ -44,3 +46,19 @@ async def get_log(
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(sse_stream(reader.entries()), media_type="text/event-stream", headers=headers)
     return StreamingResponse(text_stream(reader.entries()), media_type="text/plain; charset=utf-8")
+
+
+@router.get(
+    "/{job_id}/services/{index}/log",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}}},
+               400: {"description": "not a service index a job can have"},
+               404: {"description": "no such job, or no log of that service here"}},
+)
+async def get_service_log(job_id: str, index: int, _caller: CallerDep, settings: SettingsDep,
+                          engine: EngineDep) -> StreamingResponse:
+    """The output of service ``index`` (its place in the job's ``services:``, from 0), as text.
+    Kept beside the job's log; not streamed live."""
+    job = await to_thread.run_sync(load_job, engine, job_id)
+    handle = await to_thread.run_sync(open_service_log, job, index, settings.state_dir)
+    return StreamingResponse(service_log_text(handle), media_type="text/plain; charset=utf-8")

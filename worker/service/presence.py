@@ -112,7 +112,7 @@ class Presence:
                 self._images = images = current
         with session_scope(self.db) as s:
             known = beat(s, self.worker_id, self.now(), images)
-            prune_job_tokens(s, self.worker_id)
+            prune_job_tokens(s)
         if not known:  # its row was dropped (or it was marked stopped by a namesake): announce again
             self._register()
 

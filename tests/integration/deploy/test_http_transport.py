@@ -9,7 +9,11 @@ from __future__ import annotations
 import hashlib
 import time
 
-from pipelines.store.db import make_engine
+import pytest
+from sqlmodel import select
+
+from pipelines.store.db import make_engine, session_scope
+from pipelines.store.models import CacheEntry
 from pipelines.store.reads import load_job
 from tests.integration.deploy.conftest import Deployment
 
@@ -174,3 +178,97 @@ def test_a_worker_restarted_while_its_delivery_waits_takes_it_up(deployment: Dep
     with deployment.client() as c:
         assert c.get(f"/api/v1/jobs/{job_id}/artifacts/dist/out").text == "made while the API was away\n"
     assert list(outbox.glob("*.json")) == []
+
+
+CACHE_AFTER_RESTART = """
+seed:
+  script: [sleep 3, mkdir -p deps, "echo cached-by-$CI_JOB_ID > deps/v"]
+  cache: {key: deps-restart, paths: [deps]}
+"""
+CACHE_RESTORE = """
+read:
+  script: [cat deps/v]
+  cache: {key: deps-restart, paths: [deps], policy: pull}
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the database plays no part here
+def test_a_restarted_workers_delivery_saves_the_attempts_cache_too(deployment: Deployment) -> None:
+    """The worker is SIGKILLed while a cache-pushing job's delivery waits in its outbox (the API
+    down): the next worker process on that host delivers and records it, the cache's key names the
+    delivered manifest, and a job on another worker host restores that cache through the API."""
+    deployment.start_api()
+    one, two = deployment.host("one"), deployment.host("two")
+    first = deployment.http_worker(one)
+    deployment.wait_for("the worker", lambda: deployment.workers())
+    run = deployment.submit(CACHE_AFTER_RESTART)
+    job_id = run["jobs"][0]["id"]
+    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
+    deployment.stop_api()
+    outbox = one.state / "outbox"
+    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
+                        timeout=30)
+    first.kill()
+    first.wait()
+    deployment.http_worker(one)
+    deployment.start_api()
+    ended = deployment.wait(run["id"], timeout=60)
+    assert ended["status"] == "succeeded", ended["jobs"]
+    assert [a.attempt for a in deployment.attempts(job_id)] == [1]
+    engine = make_engine(deployment.db_url)
+    try:
+        with session_scope(engine) as s:
+            entry = s.exec(select(CacheEntry).where(CacheEntry.key == "deps-restart")).first()
+            assert entry is not None, "the replayed delivery did not name its cache"
+            manifest = entry.sha256
+    finally:
+        engine.dispose()
+    api = deployment.api_host
+    assert api is not None and (api.state / "artifacts" / manifest[:2] / manifest).is_file()
+
+    one.stop()
+    deployment.http_worker(two)
+    deployment.wait_for("worker two", lambda: any(w["state"] == "alive" for w in deployment.workers()))
+    read = deployment.wait(deployment.submit(CACHE_RESTORE)["id"])
+    assert read["status"] == "succeeded", read["jobs"]
+    assert f"cached-by-{job_id}" in _log(deployment, read["jobs"][0]["id"])
+
+
+SERVICE_JOB = """
+test:
+  image: debian
+  variables: {CI_DEBUG_SERVICES: "true"}
+  services:
+    - name: python
+      alias: web
+      command: [python3, -m, http.server, "8000"]
+      variables: {HEALTHCHECK_TCP_PORT: "8000"}
+  script:
+    - 'exec 3<>/dev/tcp/web/8000 && printf "GET /from-the-job HTTP/1.0\\r\\n\\r\\n" >&3 && head -1 <&3'
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the database plays no part here
+def test_service_logs_reach_the_api_like_artifacts(deployment: Deployment) -> None:
+    """With the http transport a job's service log is delivered with its files: the API serves it
+    at /services/0/log, the record names the API's copy, the worker keeps no copy; with
+    CI_DEBUG_SERVICES the service's lines are in the job's log too."""
+    api = deployment.start_api()
+    one = deployment.host("one")
+    deployment.http_worker(one)
+    deployment.wait_for("the worker", lambda: deployment.workers())
+    ended = deployment.wait(deployment.submit(SERVICE_JOB)["id"])
+    assert ended["status"] == "succeeded", ended["jobs"]
+    job = ended["jobs"][0]
+    with deployment.client() as c:
+        served = c.get(f"/api/v1/jobs/{job['id']}/services/0/log")
+    engine = make_engine(deployment.db_url)
+    try:
+        result = load_job(engine, job["id"]).result
+    finally:
+        engine.dispose()
+    assert served.status_code == 200 and '"GET /from-the-job HTTP/1.0"' in served.text, served.text
+    assert result["services"][0]["log"] == f"logs/{job['id']}.svc0.jsonl"
+    assert (api.state / "logs" / f"{job['id']}.svc0.jsonl").is_file()
+    assert list((one.state / "logs").glob("*.jsonl")) == [], "the worker kept a delivered log"
+    assert "[service:web]" in _log(deployment, job["id"])

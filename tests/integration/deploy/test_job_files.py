@@ -171,11 +171,15 @@ def test_a_damaged_stored_file_is_not_served(api: httpx.Client, engine: Engine, 
     assert api.get(f"/api/v1/jobs/{test}/blobs/{sha}", headers=_bearer(test_token)).status_code == 404
 
 
-def _bundle(files: list[bytes], log: bytes | None, lie: dict[int, str] | None = None) -> bytes:
+def _bundle(files: list[bytes], log: bytes | None, lie: dict[int, str] | None = None,
+            services: dict[int, bytes] | None = None) -> bytes:
     names = [(lie or {}).get(i, _sha(f)) for i, f in enumerate(files)]
-    manifest = {"files": [[n, len(f)] for n, f in zip(names, files, strict=True)],
-                "log": [_sha(log), len(log)] if log is not None else None}
-    return json.dumps(manifest).encode() + b"\n" + b"".join(files) + (log or b"")
+    manifest: dict[str, object] = {"files": [[n, len(f)] for n, f in zip(names, files, strict=True)],
+                                   "log": [_sha(log), len(log)] if log is not None else None}
+    if services is not None:
+        manifest["services"] = [[i, _sha(b), len(b)] for i, b in services.items()]
+    return (json.dumps(manifest).encode() + b"\n" + b"".join(files) + b"".join((services or {}).values())
+            + (log or b""))
 
 
 def test_a_bundle_carries_small_files_and_the_log_each_checked(
@@ -198,8 +202,58 @@ def test_a_bundle_carries_small_files_and_the_log_each_checked(
 
     good = api.put(url, content=_bundle(files, log), headers=_bearer(token))
     assert good.status_code == 200, good.text
-    assert good.json() == {"stored": 1, "kept": 1, "log": f"logs/{build}.jsonl"}  # "one" was stored by the 422 try
+    assert good.json() == {"stored": 1, "kept": 1, "log": f"logs/{build}.jsonl",  # "one" was stored by the 422 try
+                           "services": []}
     for data in files:
         assert (settings.artifacts_dir / _sha(data)[:2] / _sha(data)).read_bytes() == data
     assert (settings.state_dir / "logs" / f"{build}.jsonl").read_bytes() == log
     assert api.put(url, content=_bundle(files, None), headers=_bearer("spj_nope")).status_code == 401
+
+
+def _entries(*lines: str) -> bytes:
+    return b"".join(json.dumps({"t": 1.0, "s": "out", "d": line}).encode() + b"\n" for line in lines)
+
+
+def test_services_logs_travel_in_the_bundle_and_the_api_serves_them(
+        api: httpx.Client, engine: Engine, settings: ApiSettings) -> None:  # noqa: F811
+    """A bundle's services' logs are kept as ``logs/<job>.svc<N>.jsonl`` (each checked like a file:
+    a lie is 422 and keeps nothing), a big one comes alone with PUT .../services/N/log; an API
+    token reads each as text at GET .../services/N/log; an index no job can have is 400, a
+    service with no log 404, and a symlink planted under a service log's name is not followed."""
+    build, _test = _run(api, engine)
+    attempt, token = _claim(engine, build)
+    url = f"/api/v1/jobs/{build}/bundle"
+    db_log, log = _entries("database system is ready\n"), _entries("job output\n")
+    lie = json.dumps({"files": [], "services": [[0, _sha(b"other"), len(db_log)]], "log": None}).encode()
+    refused = api.put(url, content=lie + b"\n" + db_log, headers=_bearer(token))
+    assert refused.status_code == 422 and not (settings.state_dir / "logs" / f"{build}.svc0.jsonl").exists()
+    twice = json.dumps({"files": [], "services": [[0, _sha(db_log), len(db_log)]] * 2, "log": None}).encode()
+    assert api.put(url, content=twice + b"\n" + db_log * 2, headers=_bearer(token)).status_code == 400
+
+    sent = api.put(url, content=_bundle([], log, services={0: db_log}), headers=_bearer(token))
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["services"] == [f"logs/{build}.svc0.jsonl"] and sent.json()["log"] == f"logs/{build}.jsonl"
+    web_log = _entries("GET / 200\n") * 3
+    alone = api.put(f"/api/v1/jobs/{build}/services/1/log", content=web_log,
+                    headers={**_bearer(token), "X-Content-SHA256": _sha(web_log)})
+    assert alone.status_code == 201 and alone.json()["log"] == f"logs/{build}.svc1.jsonl"
+    assert api.put(f"/api/v1/jobs/{build}/services/100/log", content=web_log,
+                   headers={**_bearer(token), "X-Content-SHA256": _sha(web_log)}).status_code == 400
+    services = [{"name": "postgres", "alias": "db", "log": f"logs/{build}.svc0.jsonl", "ready": True, "waited_s": 0.1},
+                {"name": "python", "alias": "web", "log": f"logs/{build}.svc1.jsonl", "ready": True, "waited_s": 0.1},
+                {"name": "redis", "alias": "cache", "log": f"logs/{build}.svc2.jsonl", "ready": None, "waited_s": 0}]
+    finish(engine, build, attempt, log=f"logs/{build}.jsonl", services=services)
+    (settings.state_dir / "logs" / f"{build}.svc2.jsonl").symlink_to(settings.state_dir / "logs" / f"{build}.jsonl")
+
+    api.headers["Authorization"] = f"Bearer {USER_TOKEN}"
+    got = api.get(f"/api/v1/jobs/{build}/services/0/log")
+    assert got.status_code == 200 and got.text == "database system is ready\n"
+    assert got.headers["content-type"].startswith("text/plain")
+    assert api.get(f"/api/v1/jobs/{build}/services/1/log").text == "GET / 200\n" * 3
+    planted = api.get(f"/api/v1/jobs/{build}/services/2/log")
+    assert planted.status_code == 404 and planted.json()["error"] == "not_found"
+    assert api.get(f"/api/v1/jobs/{build}/services/3/log").status_code == 404
+    assert api.get(f"/api/v1/jobs/{build}/services/-1/log").status_code == 400
+    assert api.get(f"/api/v1/jobs/{build}/services/x/log").status_code in (400, 422)
+    del api.headers["Authorization"]
+    assert api.get(f"/api/v1/jobs/{build}/services/0/log").status_code == 401
