@@ -242,7 +242,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         record = attach_test_reports(result.for_attempt(attempt), _junit_globs(planned), store)
         saved = _store_caches(planned, store, record, source_root, job_id)
         # still under the lease: the API has every file before the record names it (http transport)
-        delivered = job_files.deliver(record, [c.sha256 for c in saved], lease.lost.is_set)
+        delivered = job_files.deliver(record, saved, lease.lost.is_set)
     finally:
         ctx.leases.unwatch(lease)
     if delivered is None or lease.lost.is_set():
