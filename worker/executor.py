@@ -62,6 +62,8 @@ class WorkerContext:
     source_for: Callable[[Run, PlannedJob], WorkspaceSource | None] = lambda _run, _job: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
     on_done: Callable[[Job, JobRecord], None] = lambda _job, _record: None
+    #: instead of ``on_done`` for an attempt whose ``retry:`` queued the job again (None: on_done)
+    on_retried: Callable[[Job, JobRecord], None] | None = None
     # wraps the sandbox run: the service waits here for room in its memory/cpu budget
     admit: Callable[[PlannedJob], AbstractContextManager[object]] = lambda _planned: nullcontext()
     now: Callable[[], dt.datetime] = utcnow
@@ -249,8 +251,9 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         return []
     record = delivered
     newly = _record_result(ctx, job_id, attempt, record, trust, saved)
+    done = ctx.on_retried if ctx.on_retried is not None and job_id in newly else ctx.on_done
     try:
-        ctx.on_done(job, record)
+        done(job, record)
     except Exception as exc:  # the live stream's end marker is a courtesy; the record is stored
         logging.getLogger("sandpit.worker").warning("job %s: could not announce its end: %s", job_id, exc)
     return newly

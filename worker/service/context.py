@@ -29,9 +29,12 @@ from pipelines.job_record import JobRecord
 from pipelines.language.model import Job as PlannedJob
 from pipelines.names import run_events_channel
 from pipelines.retention import RetentionSettings, collect_if_due
-from pipelines.store.db import make_engine, migrate, session_scope
+from pipelines.store.advance import FINAL_JOB_STATUSES
+from pipelines.store.db import make_engine, migrate, read_scope, session_scope
+from pipelines.store.errors import StoreError
 from pipelines.store.models import Job
 from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
+from pipelines.store.reads import job_row
 from pipelines.store.retention import blob_referenced, expire_artifacts
 from pipelines.store.transitions import expire_leases
 from worker.executor import WorkerContext, execute_job, utcnow
@@ -128,12 +131,18 @@ class ServiceContext:
     def _make_worker_context(self) -> WorkerContext:
         def sink_for(job: Job) -> Any:
             stream = RedisLog(self.redis, job.id)
+            stream.resume(job.attempt)
             self._streams[job.id] = stream
             return stream.sink()
 
         def on_done(job: Job, record: JobRecord) -> None:
             stream = self._streams.pop(job.id, None) or RedisLog(self.redis, job.id)
             stream.end(str(record.status), announce=(run_events_channel(job.run_id), job.id))
+
+        def on_retried(job: Job, record: JobRecord) -> None:  # the stream goes on into the next attempt
+            stream = self._streams.pop(job.id, None) or RedisLog(self.redis, job.id)
+            stream.next_attempt(job.attempt, str(record.status), None if record.reason is None else str(record.reason),
+                                record.exit_code, announce=(run_events_channel(job.run_id), job.id))
 
         @contextlib.contextmanager
         def admit(planned: PlannedJob) -> Iterator[object]:
@@ -151,8 +160,9 @@ class ServiceContext:
             return f"{public_url.rstrip('/')}/api/v1/jobs/{job_id}" if public_url else f"sandpit://jobs/{job_id}"
 
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.settings.lease_s,
-                             defaults=self.defaults, sink_for=sink_for, on_done=on_done, admit=admit,
-                             job_url=job_url, source_for=self.sources.source_for, files=self.files)
+                             defaults=self.defaults, sink_for=sink_for, on_done=on_done, on_retried=on_retried,
+                             admit=admit, job_url=job_url, source_for=self.sources.source_for,
+                             files=self.files)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
@@ -245,7 +255,14 @@ def _start_outbox_replay(ctx: ServiceContext) -> None:
         return
 
     def announce(job_id: str, run_id: str, status: str) -> None:  # the live log's end, as on_done sends it
-        RedisLog(ctx.redis, job_id).end(status, announce=(run_events_channel(run_id), job_id))
+        stream, channel = RedisLog(ctx.redis, job_id), (run_events_channel(run_id), job_id)
+        delivery = next((d for d in taken if d.job_id == job_id), None)
+        if delivery is not None and _queued_again(ctx, job_id):  # as on_retried: on into the next attempt
+            reason, code = delivery.record.get("reason"), delivery.record.get("exit_code")
+            stream.next_attempt(delivery.attempt, status, None if reason is None else str(reason),
+                                code if isinstance(code, int) else None, announce=channel)
+        else:
+            stream.end(status, announce=channel)
 
     def run() -> None:
         try:
@@ -254,6 +271,15 @@ def _start_outbox_replay(ctx: ServiceContext) -> None:
             log.warning("replaying the outbox failed: %s", exc)
 
     threading.Thread(target=run, name="sandpit-outbox", daemon=True).start()
+
+
+def _queued_again(ctx: ServiceContext, job_id: str) -> bool:
+    """Whether the result just recorded for ``job_id`` was retried (its status is not final)."""
+    try:
+        with read_scope(ctx.db) as s:
+            return job_row(s, job_id).status not in FINAL_JOB_STATUSES
+    except StoreError:  # the run is gone: nothing follows
+        return False
 
 
 def stop_service(ctx: ServiceContext) -> None:
