@@ -2,7 +2,11 @@
 
 Sources (see :mod:`pipelines.names`): while a job runs, its worker appends entries
 ``{"t", "s", "d"}`` to the Redis stream ``log_stream_key(job_id)`` and ends it with
-``{"eof": "1", "status": ...}``; the same entries go to the JSON-lines file at ``Job.log_path``.
+``{"eof": "1", "status": ...}`` when its last attempt ends; the same entries go to the JSON-lines
+file at ``Job.log_path``. An attempt its ``retry:`` tries again ends with no ``eof``: the worker
+adds a ``sys`` entry (``[sandpit] attempt 1 failed (exit_code 3); retry: attempt 2 follows``, with
+``attempt`` and ``status`` fields) and the next attempt writes on (:mod:`worker.logstream`). It is
+read as any entry, so a follower goes on into the next attempt and stops at the one ``eof``.
 
 Which source a reader gets:
 
