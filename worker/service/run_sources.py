@@ -39,6 +39,7 @@ from pipelines.forges.submodules import Registered, SubmoduleRefused, canonical_
 from pipelines.language.model import Job as PlannedJob
 from pipelines.store.db import read_scope
 from pipelines.store.models import Run
+from pipelines.store.reads import read_run_row
 from pipelines.store.repos import list_repositories
 from pipelines.store.sources import SourceRecord, archive_bytes, ended_runs, run_source
 from worker.errors import InvalidRequest, SandboxError
@@ -47,6 +48,7 @@ from worker.executor import WorkspaceSource
 log = logging.getLogger("sandpit.worker")
 _RUN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 _KNOWN_RUNS = 4096  # runs whose source (or lack of one) this process remembers
+UNKNOWN_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,8 @@ class RunSources:
         return _RunTree(dest, tuple(list_entries(dest)))
 
     def sweep(self) -> list[str]:
-        """Remove the trees of runs that have ended (or that the store does not know); the run ids."""
+        """Remove the trees of runs that have ended (or that the store does not know, once their
+        directory is an hour old); the run ids."""
         try:
             names = [p.name for p in self.trees.iterdir() if _RUN_ID.fullmatch(p.name)]
         except FileNotFoundError:
@@ -182,6 +185,10 @@ class RunSources:
             return []
         with read_scope(self.db) as session:
             gone = ended_runs(session, names)
+            # a tree of a run this store does not know is left for a while: another worker with
+            # another database may share the state dir (tests do), and its run is not over
+            young = {r for r in gone if _age_s(self.trees / r) < UNKNOWN_GRACE_S}
+            gone -= {r for r in young if read_run_row(session, r) is None}
         for run_id in sorted(gone):
             with self._lock:
                 for key in [k for k in self._made if k[0] == run_id]:
@@ -192,3 +199,10 @@ class RunSources:
             shutil.rmtree(self.trees / run_id, ignore_errors=True)
             log.info("removed the checked-out source of ended run %s", run_id)
         return sorted(gone)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0

@@ -155,7 +155,8 @@ def _job(**env: str) -> PlannedJob:
 def test_run_sources_make_each_tree_once_and_sweep_ended_runs(server: GitServer, db: Engine, tmp_path: Path) -> None:
     """Jobs of one run share one checkout per GIT_DEPTH (made once however many ask at once);
     GIT_STRATEGY none is an empty workspace, a bad GIT_* fails the job; an uploaded tree is
-    unpacked; the trees of a cancelled run go at the next sweep."""
+    unpacked; the trees of a cancelled run go at the next sweep, a tree of a run the store does
+    not know once it is an hour old."""
     sha = _head(server, "app")
     with session_scope(db) as session:
         repo_id = repos.add_repository(session, repos.NewRepository("acme/app", "github", server.url("app"), "s"),
@@ -197,9 +198,13 @@ def test_run_sources_make_each_tree_once_and_sweep_ended_runs(server: GitServer,
         sources.source_for(run, _job(GIT_LFS_SKIP_SMUDGE="0"))
     unpacked = sources.source_for(archived, _job())
     assert unpacked is not None and (unpacked.root / "src/main.c").read_text() == "int"
-    assert sources.sweep() == []
+    stranger = tmp_path / "state/sources/0000-not-this-store"  # another database's worker shares the dir
+    (stranger / "depth-20").mkdir(parents=True)
+    assert sources.sweep() == [] and stranger.is_dir()
     with session_scope(db) as session:
         cancel_run(session, run_id, NOW)
     assert sources.sweep() == [run_id]
+    os.utime(stranger, (0, 0))  # an hour and more: its run is not coming back
+    assert sources.sweep() == [stranger.name] and not stranger.exists()
     assert not (tmp_path / "state/sources" / run_id).exists()
     assert (tmp_path / "state/sources" / archive_run).exists()

@@ -1,6 +1,6 @@
 """Push → run → status with real processes: the API (``python -m api``), a worker (``sandpit worker``:
-containers, the hardened checkout), redis-server, SQLite, a ``git daemon`` and a loopback server
-speaking GitHub's status endpoint. Needs root (jobs run in real sandboxes)."""
+containers, the hardened checkout), redis-server, SQLite and PostgreSQL, a ``git daemon`` and a
+loopback server speaking GitHub's status endpoint. Needs root (jobs run in real sandboxes)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.forges.forge_server import ForgeServer, forge_server
-from tests.integration.forges.gitserver import GitServer, Link, git_server
+from tests.integration.forges.gitserver import Gitlink, GitServer, Link, git_server
 from tests.integration.forges.payloads import github_pull_request, push, signed
 from tests.integration.redis_server import free_port
 from tests.integration.service.conftest import REPO, Service, redis, service  # noqa: F401 - fixtures
@@ -29,7 +29,7 @@ SECRET = "end-to-end-hook-secret"
 FORGE_TOKEN = "e2e-forge-token-42"
 ADMIN = "e2e-admin-token-1234"
 PUBLIC = "http://sandpit.test"
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
 
 PIPELINE = """\
 stages: [check, report]
@@ -53,6 +53,14 @@ empty:
   stage: check
   variables: {GIT_STRATEGY: none}
   script: [test -z "$(ls -A)"]
+submodules:
+  stage: check
+  image: python
+  variables: {GIT_SUBMODULE_STRATEGY: normal}
+  script:
+    - test "$(cat vendor/lib/lib.txt)" = "lib, recorded"
+    - test -z "$(git status --porcelain)"
+    - git submodule status | grep -q "^ $LIB_SHA vendor/lib"
 report:
   stage: report
   script:
@@ -152,25 +160,32 @@ def test_a_signed_push_checks_the_commit_out_in_every_job_and_reports_on_it(
 ) -> None:
     """The run is on the pushed commit; each job finds the repository in /workspace (files,
     symlink as a link, .git at GIT_DEPTH, HEAD at the commit) with GitLab's CI_* variables, its own
-    copy (one job's change is not the next one's), GIT_STRATEGY none an empty one; the forge gets
+    copy (one job's change is not the next one's), GIT_STRATEGY none an empty one, GIT_SUBMODULE_STRATEGY
+    normal the registered submodule at its recorded commit; the forge gets
     pending then success with the count and the run's page; the checkout goes when the run ends."""
     api, git, forge = stack
+    git.create("lib")
+    lib_sha = git.commit("lib", {"lib.txt": "lib, recorded\n"}, "lib")
+    git.commit("lib", {"lib.txt": "lib, newer\n"}, "lib tip")
     git.create("app")
     git.commit("app", {"README": "first\n"}, "first")
     before = git.commit("app", {"marker.txt": "from the commit\n"}, "second")
-    sha = git.commit("app", {".gitlab-ci.yml": PIPELINE, "outside": Link("/etc/passwd")}, "third")
+    sha = git.commit("app", {".gitlab-ci.yml": PIPELINE.replace("$LIB_SHA", lib_sha), "outside": Link("/etc/passwd"),
+                             "vendor/lib": Gitlink(lib_sha),
+                             ".gitmodules": '[submodule "lib"]\n\tpath = vendor/lib\n\turl = ../lib.git\n'}, "third")
     repo = _register(api, git, forge, "acme/app")
+    _register(api, git, forge, "acme/lib", clone_url=git.url("lib"))
     answer = api.deliver(repo, push("github", git.url("app"), "acme/app", sha, before=before, message="third"))
     assert answer.status_code == 201, answer.text
     run = api.wait(answer.json()["run_id"])
     jobs = {job["name"]: job for job in run["jobs"]}
     assert run["status"] == "succeeded", {n: (j["status"], j["message"], api.log(j["id"])[-2000:])
-                                          for n, j in jobs.items()}
+                                          for n, j in jobs.items() if j["status"] != "succeeded"}
     assert run["sha"] == sha and run["trust"] == "trusted"
     assert "CHECKOUT-OK third" in api.log(jobs["check"]["id"])
     assert "SECRET=none" in api.log(jobs["report"]["id"])
     got = forge.wait_for(sha, "success")
-    assert got[0].body["state"] == "pending" and got[-1].body["description"] == "4 passed"
+    assert got[0].body["state"] == "pending" and got[-1].body["description"] == "5 passed"
     assert got[-1].body["target_url"] == f"{PUBLIC}/ui/runs/{run['id']}"
     assert _sources_gone(run["id"]), "the checked-out tree of an ended run was not removed"
 
