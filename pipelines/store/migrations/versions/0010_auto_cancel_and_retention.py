@@ -15,7 +15,6 @@ Create Date: 2026-12-05
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,7 +22,7 @@ from alembic import op
 revision: str = "0010"
 # Revision 0009 is being written beside this one; until it lands this follows 0008, after that
 # 0009, so the chain has one head either way. Pin it to "0009" once 0009 is in the tree.
-down_revision: str | Sequence[str] | None = "0009" if any(Path(__file__).parent.glob("0009_*.py")) else "0008"
+down_revision: str | Sequence[str] | None = "0008"  # no 0009 was ever released
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
