@@ -28,7 +28,7 @@ from pipelines.store.reads import artifact_inputs, read_run_row, stop_requested
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, renew_lease
 from worker import cache
-from worker.errors import SandboxError, SandpitError, job_outcome
+from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.job_files import LocalTransport, Transport
 from worker.jobs import JobDefaults, image_name, request_for
 from worker.report_files import attach_test_reports
@@ -158,10 +158,20 @@ def _same_job(name: str, wanted: str) -> bool:
     return name == wanted or name.startswith((wanted + " ", wanted + ":"))
 
 
-def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...],
-            store: Path) -> tuple[tuple[str, Path, str], ...]:
-    """Artifacts of the named jobs of this run, as (path in workspace, stored file, its sha256)."""
-    return tuple((path, artifact_path(store, sha), sha) for path, sha in artifact_inputs(session, run_id, dependencies))
+def _inputs(session: Session, run_id: str, dependencies: tuple[str, ...], store: Path,
+            now: dt.datetime) -> tuple[tuple[tuple[str, Path, str], ...], tuple[str, ...]]:
+    """Artifacts of the named jobs of this run, as (path in workspace, stored file, its sha256),
+    and the names of those whose artifacts expired (:class:`pipelines.store.reads.ArtifactInputs`)."""
+    found = artifact_inputs(session, run_id, dependencies, now)
+    return tuple((path, artifact_path(store, sha), sha) for path, sha in found.files), found.expired
+
+
+def _refuse_expired(expired: tuple[str, ...]) -> None:
+    """GitLab's missing_dependency_failure: the job fails before it starts (``failed``/``invalid_spec``)."""
+    if expired:
+        names = ", ".join(repr(name[:100]) for name in expired[:10]) + (", ..." if len(expired) > 10 else "")
+        raise InvalidRequest(f"this job depends on jobs whose artifacts expired or were removed: {names}; "
+                             "retry them, then this job, to make the artifacts again")
 
 
 def _checked_inputs(inputs: tuple[tuple[str, Path, str], ...]) -> tuple[tuple[str, Path], ...]:
@@ -202,7 +212,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         planned = job_from_spec(job.spec)
         trust = run.trust
         store = ctx.engine.artifact_store
-        inputs = _inputs(s, run.id, artifact_sources(planned), store)
+        inputs, expired = _inputs(s, run.id, artifact_sources(planned), store, ctx.now())
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
         job_files = ctx.files.claimed(s, job, ctx.worker_id, ctx.now())  # http: the job's token, minted here
@@ -211,6 +221,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     source_root: Path | None = None
     try:
         try:
+            _refuse_expired(expired)
             source = ctx.source_for(run, planned)
             source_root = source.root if source else None
             found = _cache_entries(ctx, planned, trust, source_root)

@@ -12,6 +12,7 @@ returns a job gives it back whole (:func:`restored_job`), so no caller sees the 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from pipelines.store.spec import job_from_spec, leading_jobs, restore_spec
 from pipelines.store.statements import (
     ARTIFACT_AT,
     ARTIFACT_INPUTS,
+    ARTIFACTS_GONE,
     ARTIFACTS_OF_JOB,
     CANCEL_REQUESTED,
     FIRST_NAMES,
@@ -209,12 +211,28 @@ def artifact_at(session: Session, job_id: str, path: str) -> Artifact | None:
     return None if row is None else Artifact(**row._mapping)
 
 
-def artifact_inputs(session: Session, run_id: str, job_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(path, sha256) of every artifact the named jobs of the run kept: what a job starts with."""
+@dataclass(frozen=True, slots=True)
+class ArtifactInputs:
+    """What a job starts with from the jobs it takes artifacts from: each of their artifacts that
+    has not expired as (path, sha256), and ``expired``: the names of those whose artifacts all
+    expired or were removed. GitLab fails such a job before it starts
+    (``missing_dependency_failure``: "This job depends on other jobs with expired/erased
+    artifacts"), whether its dependencies are named (``dependencies``, ``needs``) or are its
+    earlier stages; a dependency that kept no artifacts is no reason to fail."""
+
+    files: tuple[tuple[str, str], ...] = ()
+    expired: tuple[str, ...] = ()
+
+
+def artifact_inputs(session: Session, run_id: str, job_names: Sequence[str], now: dt.datetime) -> ArtifactInputs:
+    """The artifacts the named jobs of the run kept that are still there at ``now`` (never one
+    the sweeper is removing), and which of those jobs had artifacts that are gone."""
     if not job_names:
-        return []
-    rows = session.connection().execute(ARTIFACT_INPUTS, {"p_run_id": run_id, "p_names": list(job_names)})
-    return [(row.path, row.sha256) for row in rows]
+        return ArtifactInputs()
+    params = {"p_run_id": run_id, "p_names": list(job_names), "p_now": now}
+    connection = session.connection()
+    files = tuple((row.path, row.sha256) for row in connection.execute(ARTIFACT_INPUTS, params))
+    return ArtifactInputs(files, tuple(connection.execute(ARTIFACTS_GONE, params).scalars()))
 
 
 # --- the service as a whole ----------------------------------------------------------------

@@ -411,12 +411,23 @@ ARTIFACT_AT = (
     .order_by(ARTIFACTS.c.id.desc())
     .limit(1)
 )
-# the artifacts a job starts with: those of the named jobs of its run
+_LIVE_ARTIFACT = sa.or_(ARTIFACTS.c.expires_at.is_(None), ARTIFACTS.c.expires_at > _at("p_now"))
+_NAMED_JOBS = (JOBS.c.run_id == sa.bindparam("p_run_id"), JOBS.c.name.in_(sa.bindparam("p_names", expanding=True)))
+# the artifacts a job starts with: those of the named jobs of its run, unless expired (the sweeper
+# removes them, maybe while this job starts)
 ARTIFACT_INPUTS = (
     sa.select(ARTIFACTS.c.path, ARTIFACTS.c.sha256)
     .join(JOBS, JOBS.c.id == ARTIFACTS.c.job_id)
-    .where(JOBS.c.run_id == sa.bindparam("p_run_id"), JOBS.c.name.in_(sa.bindparam("p_names", expanding=True)))
+    .where(*_NAMED_JOBS, _LIVE_ARTIFACT)
     .order_by(ARTIFACTS.c.id)
+)
+# the named jobs whose result lists artifacts of which no row is live (expired, or removed by the
+# sweeper): a job taking artifacts from them fails, as GitLab's missing_dependency_failure
+ARTIFACTS_GONE = (
+    sa.select(JOBS.c.name)
+    .where(*_NAMED_JOBS, sa.func.json_array_length(JOBS.c.result["artifacts"]) > 0,
+           ~sa.exists().where(ARTIFACTS.c.job_id == JOBS.c.id, _LIVE_ARTIFACT))
+    .order_by(JOBS.c.position)
 )
 RUNS_BY_STATUS = sa.select(RUNS.c.status, sa.func.count()).group_by(RUNS.c.status)
 JOBS_BY_STATUS = sa.select(JOBS.c.status, sa.func.count()).group_by(JOBS.c.status)
