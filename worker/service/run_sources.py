@@ -5,7 +5,9 @@ transaction, under the job's lease). A run with a recorded commit
 (:mod:`pipelines.store.sources`) is fetched into this worker's mirror of its repository
 (``<state_dir>/mirrors``, shared with an API on the same host: the web-hook's fetch warms it)
 and checked out once per run and ``GIT_DEPTH`` into ``<state_dir>/sources/<run id>/depth-<n>``
-(:mod:`pipelines.forges.checkout`); an uploaded tree is unpacked once into
+(:mod:`pipelines.forges.checkout`; a job asking for ``GIT_SUBMODULE_STRATEGY`` gets a tree of
+its own, its submodules from the repositories registered in the store, none from another
+repository for an untrusted run); an uploaded tree is unpacked once into
 ``<state_dir>/sources/<run id>/archive`` (:mod:`pipelines.files.tarballs`). Each job then gets
 its own copy in ``/workspace`` through the same seed as ``sandpit run``'s work tree
 (:mod:`worker.sandbox.seed`: symlinks copied as links, never followed), so one job cannot change
