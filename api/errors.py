@@ -2,24 +2,52 @@
 
 ::
 
-    ApiError                    anything the API itself reports (a JSON body, never a traceback)
-    ├── BadRequest          400 a body or parameter the API cannot read
-    ├── BodyTooLarge        413 a body over ``SANDPIT_API_MAX_BODY``
-    ├── NotAuthenticated    401 no bearer token, or one that is not configured
-    ├── Forbidden           403 the token may not do this (e.g. ask for a trusted run)
-    ├── NotFound            404 an artifact path the job did not keep (unknown ids are store errors)
-    ├── UnsupportedMedia    415 a run body that is neither YAML nor JSON
-    ├── PipelineInvalid     422 the pipeline has problems; each with file, line, col, code, hint
-    │   └── OverPolicy      422 the pipeline plans more than the run's trust level allows
-    ├── InputInvalid        422 a field of the request holds what no run may hold (control characters)
-    ├── NothingToRun        422 the pipeline is valid but its workflow:rules create no run
-    ├── TooManyRuns         429 the submitter has as many runs in flight as its policy allows
-    └── Unavailable         503 the database or Redis cannot be reached
+    ApiError                       anything the API itself reports (a JSON body, never a traceback)
+    ├── BadRequest             400 ``bad_request``: a body or parameter the API cannot read
+    ├── NotAuthenticated       401 ``unauthenticated``: no bearer token, or one that is not configured
+    ├── Forbidden              403 ``forbidden``: the token may not do this (e.g. ask for a trusted run)
+    ├── NotFound               404 ``not_found``: an artifact path the job did not keep (unknown ids
+    │                              are store errors)
+    ├── JobControlRefused      409 the job is not in a state the control applies to; with its ``status``
+    │   │                          (``api/routes/jobs.py``)
+    │   ├── JobNotPlayable     409 ``not_playable``: play of a job that is not manual and waiting, or
+    │   │                          of a cancelled run or one waiting for approval
+    │   └── JobNotRetryable    409 ``not_retryable``: retry of a job that has not ended, was skipped,
+    │                              or is of a run waiting for approval
+    ├── NotWaitingForApproval  409 ``not_waiting``: approval of a run that is not held
+    │                              (``api/routes/approvals.py``)
+    ├── JobNotRunning          409 ``job_not_running``: a job token whose attempt has ended
+    │                              (``api/job_files.py``)
+    ├── BodyTooLarge           413 ``body_too_large``: a body over ``SANDPIT_API_MAX_BODY``
+    ├── UnsupportedMedia       415 ``unsupported_media_type``: a run body that is neither YAML nor JSON
+    ├── PipelineInvalid        422 ``invalid_pipeline``: the pipeline has problems; each with file,
+    │   │                          line, col, code, hint
+    │   └── OverPolicy         422 ``over_policy``: the pipeline plans more than the run's trust allows
+    ├── InputInvalid           422 ``invalid_input``: a request field holds what no run may hold
+    │                              (control characters)
+    ├── NothingToRun           422 ``no_pipeline_created``: the pipeline is valid but its
+    │                              workflow:rules create no run
+    ├── SourceRefused          422 ``bad_source``: a run's source with no pipeline file, or an archive
+    │                              sandpit refuses (``api/sources.py``)
+    ├── DigestMismatchError    422 ``digest_mismatch``: an upload that is not the file it names
+    │                              (``api/job_files.py``)
+    ├── TooManyRuns            429 ``too_many_runs``: the submitter has as many runs in flight as its
+    │                              policy allows
+    ├── ArtifactCorrupt        500 ``artifact_corrupt``: a stored file that does not hash to its
+    │                              recorded sha256 (``api/artifacts.py``)
+    ├── SourceUnavailable      502 ``fetch_failed``: a run's commit could not be fetched
+    │                              (``api/sources.py``)
+    └── Unavailable            503 ``unavailable``: the database or Redis cannot be reached
 
-Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404, ``RepositoryNotFound`` →
-404 ``unknown_repository``, ``RepositoryExists`` → 409, ``RunFinished``/
-``JobFinished`` → 409 (a cancel of something that has ended), other ``StoreError`` → 500), as
-are FastAPI's own parameter errors (→ 400) and anything unexpected (→ 500 with no detail; the
+The subclasses defined beside their routes are listed here so this is the whole tree; the
+web-hook receiver answers with a vocabulary of its own (``api/webhooks.py``, docs/forges.md).
+
+Store errors are mapped here too (``RunNotFound``/``JobNotFound`` → 404 ``not_found``,
+``RepositoryNotFound`` → 404 ``unknown_repository``, ``RepositoryExists`` → 409
+``repository_exists``, ``RunFinished``/``JobFinished`` → 409 ``run_finished``/``job_finished``
+(a cancel of something that has ended; with its ``status``), other ``StoreError`` → 500), as are
+FastAPI's own parameter errors (→ 400), a route or method it does not have (→ 404 ``not_found``,
+405 ``method_not_allowed``) and anything unexpected (→ 500 ``internal`` with no detail; the
 traceback goes to the server log only). Every error body is ``{"error": code, "message": ...}``.
 """
 
