@@ -48,6 +48,7 @@ from pipelines.files.locks import hold, try_hold
 from pipelines.files.removal import entries, opened_dir, remove_blob_if_unused, remove_entry
 from pipelines.files.temps import write_atomic
 from pipelines.language.quantities import parse_duration
+from pipelines.store.cache_blobs import forget_unnamed_manifests
 from pipelines.store.db import read_scope, session_scope
 from pipelines.store.retention import (
     blob_referenced,
@@ -215,6 +216,7 @@ def _expire_rows(db: Engine, settings: RetentionSettings, now: dt.datetime, done
                                                    stored_before=_ago(now, ARCHIVE_GRACE_S))
     with session_scope(db) as session:
         prune_expired_blobs(session, _ago(now, EXPIRED_KEPT_S))
+        forget_unnamed_manifests(session)  # member rows of caches that were replaced
 
 
 def _read_cursor(gc_dir: Path) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from pipelines.identifiers import artifact_path_problem, cache_key_problem
+from pipelines.identifiers import artifact_path_problem, cache_key_problem, is_sha256_hex
 from pipelines.job_record import StoredArtifact
 from pipelines.language.model import Cache
 from pipelines.store.retention import cache_lookup, cache_store
@@ -189,6 +189,7 @@ class SavedCache:
     key: str
     sha256: str
     size: int
+    members: tuple[str, ...] = ()  # the stored files it lists (empty: read from the manifest)
 
 
 def store_manifests(caches: tuple[Cache, ...], store: Path, files: Sequence[StoredArtifact], job_status: str,
@@ -211,14 +212,20 @@ def store_manifests(caches: tuple[Cache, ...], store: Path, files: Sequence[Stor
         except SandboxError as exc:  # a cache is an optimisation: losing one never fails the job
             log.error("cache %s not saved: %s", key, exc)
             continue
-        saved.append(SavedCache(key, sha, sum(f.size for f in mine)))
+        saved.append(SavedCache(key, sha, sum(f.size for f in mine), tuple(f.sha256 for f in mine)))
     return saved
 
 
-def record_caches(session: Session, saved: Sequence[SavedCache], trust: str, now: dt.datetime) -> list[str]:
-    """Point each cache's key (at ``trust``) at its new manifest; returns the keys."""
+def record_caches(session: Session, saved: Sequence[SavedCache], trust: str, now: dt.datetime,
+                  store: Path | None = None) -> list[str]:
+    """Point each cache's key (at ``trust``) at its new manifest, with the files it lists (from
+    ``store`` when the entry does not carry them: an outbox replay); returns the keys."""
     for entry in saved:
-        cache_store(session, entry.key, trust, entry.sha256, entry.size, now)  # type: ignore[arg-type]
+        members = entry.members
+        if not members and store is not None:
+            listed = manifest_items(store, entry.sha256)
+            members = tuple(str(i["sha256"]) for i in listed if is_sha256_hex(i.get("sha256")))
+        cache_store(session, entry.key, trust, entry.sha256, entry.size, now, members)  # type: ignore[arg-type]
     return [entry.key for entry in saved]
 
 

@@ -16,6 +16,7 @@
   tokens workers that share no disk with the API upload and fetch a job's files with.
 - ``run_auto_cancel``: a run's ``workflow:auto_cancel`` settings, when they are not GitLab's defaults.
 - ``expired_blob``: stored files no row names any more, for every host's copy to be removed.
+- ``cache_blob``: the stored files each cache manifest lists, so expiry keeps what a live cache holds.
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 Schema changes go through an Alembic revision in ``migrations/versions``.
@@ -396,6 +397,16 @@ class RunAutoCancel(SQLModel, table=True):
     run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
     on_new_commit: str = Field(default="conservative", max_length=16)  # conservative | interruptible | none
     on_job_failure: str = Field(default="none", max_length=16)  # all | none
+
+
+class CacheBlob(SQLModel, table=True):
+    """A stored file a cache manifest lists (revision 0011): what keeps it from expiring with an
+    artifact of the same bytes while a cache entry names the manifest (pipelines/store/cache_blobs.py)."""
+
+    __tablename__ = "cache_blob"
+
+    manifest_sha256: str = Field(primary_key=True, max_length=64)
+    blob_sha256: str = Field(primary_key=True, max_length=64, index=True)
 
 
 class ExpiredBlob(SQLModel, table=True):

@@ -16,6 +16,7 @@ it) read those from a cursor of their own (:func:`expired_blobs_after`) and remo
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from pipelines.store.cache_blobs import LIVE_MEMBER, members_of_unnamed, record_members
 from pipelines.store.models import CacheEntry, ExpiredBlob, UTCDateTime
 from pipelines.store.statements import (
     ARTIFACT_WITH_BLOB,
@@ -104,20 +106,24 @@ def cache_lookup(session: Session, key: str, trust: Trust) -> CacheEntry | None:
     return None if row is None else CacheEntry(**row._mapping)
 
 
-def cache_store(session: Session, key: str, trust: Trust, sha256: str, size: int, now: dt.datetime) -> CacheEntry:
-    """Record (or replace) the cache archive saved under (``key``, ``trust``)."""
+def cache_store(session: Session, key: str, trust: Trust, sha256: str, size: int, now: dt.datetime,
+                members: Sequence[str] = ()) -> CacheEntry:
+    """Record (or replace) the cache archive saved under (``key``, ``trust``); ``members``: the
+    stored files its manifest lists (:mod:`pipelines.store.cache_blobs`)."""
     _check_trust(trust)
     connection = session.connection()
     values = {"p_key": key, "p_trust": trust, "p_sha256": sha256, "p_size": size, "p_now": now}
+    record_members(session, sha256, members)
     before = connection.execute(CACHE_ENTRY, {"p_key": key, "p_trust": trust}).first()
-    if before is not None and before.sha256 != sha256:
-        _note_expired(session, [before.sha256], now)  # the archive it replaces: other hosts drop their copies
     if connection.execute(UPDATE_CACHE_ENTRY, values).rowcount == 0:
         try:
             with connection.begin_nested():
                 connection.execute(INSERT_CACHE_ENTRY, values)
         except IntegrityError:  # another job saved the same key at that moment: the later one wins
             connection.execute(UPDATE_CACHE_ENTRY, values)
+    if before is not None and before.sha256 != sha256:
+        # the archive it replaces, and the files only it listed: other hosts drop their copies
+        _note_expired(session, [before.sha256, *members_of_unnamed(session, before.sha256)], now)
     return CacheEntry(key=key, trust=trust, sha256=sha256, size=size, created_at=now)
 
 
@@ -127,9 +133,10 @@ def _check_trust(trust: str) -> None:
 
 
 def blob_referenced(session: Session, sha256: str) -> bool:
-    """Whether any artifact row or cache entry still names the stored file ``sha256`` (retention
-    asks before it removes the file)."""
+    """Whether any artifact row or cache entry still names the stored file ``sha256``, or it is a
+    file of a manifest a cache entry names (retention asks before it removes the file)."""
     connection = session.connection()
-    if connection.execute(ARTIFACT_WITH_BLOB, {"p_sha256": sha256}).first() is not None:
-        return True
-    return connection.execute(CACHE_WITH_BLOB, {"p_sha256": sha256}).first() is not None
+    for statement in (ARTIFACT_WITH_BLOB, CACHE_WITH_BLOB, LIVE_MEMBER):
+        if connection.execute(statement, {"p_sha256": sha256}).first() is not None:
+            return True
+    return False
