@@ -5,15 +5,16 @@ accepted here, nor job tokens anywhere else."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import job_files
-from api.deps import EngineDep, SettingsDep
+from api.deps import EngineDep, Services, SettingsDep, get_services
 from api.intake import read_capped_body
 from pipelines.store.job_tokens import Grant
 
@@ -35,6 +36,7 @@ async def _grant(job_id: str, engine: EngineDep, credentials: JobCredentials) ->
 
 
 GrantDep = Annotated[Grant, Depends(_grant)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 @router.put("/{job_id}/blobs/{sha256}", status_code=201,
@@ -49,17 +51,21 @@ async def put_blob(job_id: str, sha256: str, request: Request, found: GrantDep,
     return Response(status_code=201 if new else 200, headers={"X-Content-SHA256": sha256})
 
 
-@router.put("/{job_id}/bundle",
-            responses={**_ERRORS, 400: {"description": "a malformed bundle (see the manifest's description)"},
+@router.put("/{job_id}/bundle", response_class=JSONResponse,
+            responses={**_ERRORS, 200: {"description": "every file and log of the bundle is kept"},
+                       400: {"description": "a malformed bundle (see the manifest's description)"},
                        413: {"description": "over the bundle cap (send big files alone)"},
                        422: {"description": "`digest_mismatch`: a file's bytes are not the file it names"}},
-            description="A job's small files and its log in one body: " + job_files.BUNDLE_HELP)
-async def put_bundle(job_id: str, request: Request, engine: EngineDep, settings: SettingsDep,
-                     credentials: JobCredentials) -> dict[str, object]:
+            description="A job's small files and its logs in one body: " + job_files.BUNDLE_HELP)
+async def put_bundle(job_id: str, request: Request, services: ServicesDep, credentials: JobCredentials) -> Response:
+    # one dependency for the engine and the settings, and the answer written here rather than
+    # validated against a model: this route is on every job's path (bench/bench_workers.py)
     body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
-    return await to_thread.run_sync(job_files.receive_bundle, engine, settings.artifacts_dir,
+    settings = services.settings
+    kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
                                     settings.state_dir / "logs", credentials.credentials if credentials else None,
                                     job_id, body)
+    return Response(json.dumps(kept).encode(), media_type="application/json")
 
 
 @router.get("/{job_id}/blobs/{sha256}", response_class=FileResponse,
