@@ -18,6 +18,7 @@ a plain ``postgresql://`` URL is given the psycopg 3 driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from collections.abc import Iterator
@@ -84,19 +85,22 @@ def make_engine(url: str, **options: Any) -> Engine:
 def _owner_only(path: str | None) -> None:
     """Make (or keep) the SQLite file readable by its owner only: it holds every run's pipeline,
     variables and secrets. SQLite gives its -wal and -shm files the database file's mode, so they
-    follow. A file that cannot be made or changed here is left to SQLite to report."""
+    follow. A file that cannot be made or changed here is left to SQLite to report.
+
+    An existing file is changed by its path and never opened: closing any descriptor of a file
+    drops every POSIX lock the process holds on it, so an open-and-close here would silently drop
+    the locks of this process's live SQLite connections (a second ``make_engine`` in one process),
+    and another process could then reset the side files under them and leave them reading an old
+    snapshot. Only a file that did not exist yet (so nothing of this process can hold it) is made."""
     if not path or path == ":memory:":
         return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
     except OSError:
         return
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _READ_ONLY = "sandpit_read_only"
