@@ -3,13 +3,19 @@
     (a) throughput: N one-job runs (each keeps a 1 KiB artifact), queued first, through 1, 2 and 4
         worker processes (2 jobs at once each) that share one Redis and one PostgreSQL, each with
         a state dir of its own and SANDPIT_ARTIFACT_TRANSPORT=http (as separate hosts would be),
-        an API host of its own; and the PostgreSQL connections and Redis clients they hold
+        an API host of its own; the PostgreSQL connections and Redis clients they hold, and per
+        job: PostgreSQL transactions (committed and rolled back, every client's, the background
+        loops' included), Redis commands, and the bytes the API keeps (what the uploads carried)
     (b) the upload path per job, in-process against a live API on PostgreSQL: the claim with the
         job token minted in its transaction, then the delivery of a 1 KiB artifact and a small
-        log (two PUTs), against the shared-disk path (the claim alone, nothing delivered)
+        log (one bundle PUT), against the shared-disk path (the claim alone, nothing delivered),
+        the two interleaved so that the machine's load falls on both alike; with the mint and
+        the request timed apart. ``--pure-python-api`` runs the API without httptools and uvloop
+        (uvicorn falls back to h11 and asyncio), to see what the C parser and loop give.
 
 Starts its own redis-server, PostgreSQL, API and workers (loopback only), stops them by pid.
-Usage (root): .venv/bin/python bench/bench_workers.py [--jobs 60] [--workers 1,2,4] [--deliveries 300]
+Usage (root): .venv/bin/python bench/bench_workers.py [--parts a,b] [--jobs 60] [--workers 1,2,4]
+              [--deliveries 300] [--pure-python-api]
 Goal: (b) the upload path costs <= 2 ms per job for small artifacts.
 """
 
@@ -24,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +72,20 @@ def fresh_database(server: object, name: str) -> str:
     return url
 
 
-def connections(url: str, redis_url: str) -> tuple[int, int]:
-    """(PostgreSQL connections to the database, Redis clients) right now, the bench's own excluded."""
+@dataclass
+class Counters:
+    """Totals read from the shared services at one moment."""
+
+    pg_connections: int
+    redis_clients: int
+    pg_transactions: int
+    redis_commands: int
+
+
+def counters(url: str, redis_url: str) -> Counters:
+    """The shared services' counts now (the bench's own connection excluded from the held ones).
+    PostgreSQL's transaction counts are flushed by each backend about once a second: read them
+    a little after the work being counted."""
     import redis as redis_lib
 
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.pool.NullPool)
@@ -74,20 +93,37 @@ def connections(url: str, redis_url: str) -> tuple[int, int]:
         with engine.connect() as conn:
             pg = int(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                           "AND pid <> pg_backend_pid()").scalar_one())
+            xacts = int(conn.exec_driver_sql("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                             "WHERE datname = current_database()").scalar_one())
     finally:
         engine.dispose()
     client = redis_lib.Redis.from_url(redis_url)
     try:
-        clients = len(client.client_list()) - 1
+        clients = len(list(client.client_list())) - 1  # type: ignore[arg-type]  # a sync client
+        commands = int(client.info("stats")["total_commands_processed"])  # type: ignore[index]
     finally:
         client.close()
-    return pg, clients
+    return Counters(pg, clients, xacts, commands)
 
 
-def throughput(server: object, tmp: Path, workers: int, jobs: int) -> tuple[float, tuple[int, int]]:
+def _kept_bytes(state: Path) -> int:
+    return sum(f.stat().st_size for d in ("artifacts", "logs") for f in (state / d).rglob("*") if f.is_file())
+
+
+@dataclass
+class Throughput:
+    jobs_per_s: float
+    held: Counters
+    pg_transactions_per_job: float
+    redis_commands_per_job: float
+    kept_bytes_per_job: float
+
+
+def throughput(server: object, tmp: Path, workers: int, jobs: int) -> Throughput:
     """jobs/s of ``workers`` worker processes, from the first job's start to the last one's end (the
     runs are queued before the workers start, so the API's submissions are not what is measured),
-    and the (PostgreSQL, Redis) connections the deployment holds while they run (the API's included)."""
+    the (PostgreSQL, Redis) connections the deployment holds while they run (the API's included),
+    and what each job cost the shared services from the workers' start to the last result."""
     url = fresh_database(server, f"bench_workers_{workers}")
     root = tmp / f"w{workers}"
     root.mkdir(mode=0o711)
@@ -95,7 +131,7 @@ def throughput(server: object, tmp: Path, workers: int, jobs: int) -> tuple[floa
     with redis_server(root / "redis") as redis:
         deploy = Deployment(root, url, redis)
         try:
-            deploy.start_api()
+            api = deploy.start_api()
             hosts = [deploy.host(f"worker{i}") for i in range(workers)]
 
             def start_workers() -> None:
@@ -110,14 +146,22 @@ def throughput(server: object, tmp: Path, workers: int, jobs: int) -> tuple[floa
             for host in hosts:
                 host.stop()
             runs = [deploy.submit(ONE_JOB)["id"] for _ in range(jobs)]
+            time.sleep(1.5)  # the submissions' transactions flushed to the statistics
+            kept_before = _kept_bytes(api.state)
+            before = counters(url, redis.url)
             start_workers()
             ended = [deploy.wait(run_id, timeout=600) for run_id in runs]
             assert all(run["status"] == "succeeded" for run in ended), ended
-            held = connections(url, redis.url)
+            held = counters(url, redis.url)
+            time.sleep(1.5)
+            after = counters(url, redis.url)
             times = [(dt.datetime.fromisoformat(j["started_at"]), dt.datetime.fromisoformat(j["finished_at"]))
                      for run in ended for j in run["jobs"]]
             span = (max(end for _s, end in times) - min(start for start, _e in times)).total_seconds()
-            return jobs / span, held
+            # the bench's own reads (one run per wait poll, the counters) are in the totals: an upper bound
+            return Throughput(jobs / span, held, (after.pg_transactions - before.pg_transactions) / jobs,
+                              (after.redis_commands - before.redis_commands) / jobs,
+                              (_kept_bytes(api.state) - kept_before) / jobs)
         finally:
             for host in reversed(deploy.hosts):
                 host.stop()
@@ -125,27 +169,49 @@ def throughput(server: object, tmp: Path, workers: int, jobs: int) -> tuple[floa
                 _clean_host(host)
 
 
-def upload_path(server: object, tmp: Path, deliveries: int) -> tuple[list[float], list[float]]:
-    """Per-job milliseconds: (shared disk: the claim), (http: the claim with its token + delivery)."""
+PURE_PYTHON = {"httptools": "raise ImportError('left out by bench_workers --pure-python-api')\n",
+               "uvloop": "raise ImportError('left out by bench_workers --pure-python-api')\n"}
+
+
+def _cpu_s(pid: int) -> float:
+    """The user and system CPU seconds process ``pid`` has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: bool = False) -> dict[str, list[float]]:
+    """Per-job milliseconds: ``local`` (shared disk: the claim), ``http`` (the claim with its
+    token, and the delivery), and of the latter ``mint`` (the token's INSERT in the claim's
+    transaction) and ``request`` (the delivery: one bundle)."""
     url = fresh_database(server, "bench_upload")
     root = tmp / "upload"
     root.mkdir(mode=0o711)
     (root / "redis").mkdir()
+    extra_env = {}
+    if pure_python_api:
+        shadow = root / "pure-python"
+        shadow.mkdir()
+        for name, text in PURE_PYTHON.items():
+            (shadow / f"{name}.py").write_text(text)
+        extra_env["PYTHONPATH"] = str(shadow)
     planned = plan({".gitlab-ci.yml": 'job:\n  script: ["true"]\n'})
     assert isinstance(planned, Plan)
     with redis_server(root / "redis") as redis:
         deploy = Deployment(root, url, redis)
-        api = deploy.start_api()
+        api = deploy.start_api(**extra_env)
         engine = make_engine(url)
         store = root / "worker-store"
         transport = HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox")
         local = LocalTransport()
-        timings: dict[str, list[float]] = {"local": [], "http": []}
+        timings: dict[str, list[float]] = {"local": [], "http": [], "mint": [], "request": [], "cpu local": [],
+                                           "cpu http": [], "api cpu": []}
         try:
             for i in range(2 * deliveries + 20):
+                if i == 20:
+                    api_cpu = _cpu_s(deploy.api_proc.pid)  # type: ignore[union-attr]
                 kind = "http" if i % 2 else "local"
                 with session_scope(engine) as s:
-                    run_id = create_run(s, planned, trust="trusted", source="api", variables={},  # type: ignore[arg-type]
+                    run_id = create_run(s, planned, trust="trusted", source="api", variables={},
                                         now=dt.datetime.now(dt.UTC), pipeline="").run.id
                 with session_scope(engine) as s:
                     job_id = queued_job_ids(s, run_id)[0]
@@ -155,19 +221,28 @@ def upload_path(server: object, tmp: Path, deliveries: int) -> tuple[list[float]
                 log.write_text('{"t": 1.0, "s": "out", "d": "hello\\n"}\n')
                 record = JobRecord(name="job", status=Status.SUCCEEDED, reason=None, exit_code=0, job_id=job_id,
                                    artifacts=(StoredArtifact("out/a.bin", 1024, sha),), log_path=str(log))
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.thread_time()
                 with session_scope(engine) as s:
                     job = claim_job(s, job_id, "bench-worker", dt.datetime.now(dt.UTC), 30)
                     assert job is not None
+                    claimed = time.perf_counter()
                     files = (transport if kind == "http" else local).claimed(s, job, "bench-worker",
                                                                               dt.datetime.now(dt.UTC))
+                    minted = time.perf_counter()
+                sending = time.perf_counter()
                 delivered = files.deliver(record, (), lambda: False)
-                took = (time.perf_counter() - started) * 1000
+                ended, cpu_ended = time.perf_counter(), time.thread_time()
                 assert delivered is not None
                 if kind == "http":
                     assert hashlib.sha256((api.state / "artifacts" / sha[:2] / sha).read_bytes()).hexdigest() == sha
                 if i >= 20:  # the first ones warm the connections and the API's caches
-                    timings[kind].append(took)
+                    timings[kind].append((ended - started) * 1000)
+                    timings[f"cpu {kind}"].append((cpu_ended - cpu_started) * 1000)
+                    if kind == "http":
+                        timings["mint"].append((minted - claimed) * 1000)
+                        timings["request"].append((ended - sending) * 1000)
+            # every thread of the API process, over the measured deliveries (clock ticks: 10 ms each)
+            timings["api cpu"] = [(_cpu_s(deploy.api_proc.pid) - api_cpu) * 1000 / deliveries]  # type: ignore[union-attr]
         finally:
             transport.close()
             engine.dispose()
@@ -175,14 +250,16 @@ def upload_path(server: object, tmp: Path, deliveries: int) -> tuple[list[float]
                 host.stop()
             for host in deploy.hosts:
                 _clean_host(host)
-    return timings["local"], timings["http"]
+    return timings
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="a,b", help="a: throughput and costs per job; b: the upload path")
     ap.add_argument("--jobs", type=int, default=60)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--deliveries", type=int, default=300)
+    ap.add_argument("--pure-python-api", action="store_true", help="(b) without httptools and uvloop in the API")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandpit-bench-workers-", dir="/var/tmp"))
     tmp.chmod(0o711)  # a job's root passes through to its job dir (tests/integration/deploy/conftest.py)
@@ -193,17 +270,30 @@ def main() -> int:
     return 0
 
 
+def _ms(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ms ({p90(values):.2f})"
+
+
 def run_all(tmp: Path, args: argparse.Namespace) -> None:
+    parts = set(args.parts.split(","))
     with postgres_server() as server:
-        local, http = upload_path(server, tmp, args.deliveries)
-        extra = statistics.median(http) - statistics.median(local)
-        print(f"(b) per job, median (p90): shared disk {statistics.median(local):.2f} ms ({p90(local):.2f}), "
-              f"http {statistics.median(http):.2f} ms ({p90(http):.2f}); the upload path adds {extra:.2f} ms "
-              f"(goal <= 2 ms: {'met' if extra <= 2 else 'NOT met'})", flush=True)
-        for workers in (int(n) for n in args.workers.split(",")):
-            rate, (pg, clients) = throughput(server, tmp, workers, args.jobs)
-            print(f"(a) {workers} worker process(es) x 2 jobs at once, {args.jobs} one-job runs: {rate:.1f} jobs/s; "
-                  f"{pg} PostgreSQL connections and {clients} Redis clients held (the API's included)", flush=True)
+        if "b" in parts:
+            t = upload_path(server, tmp, args.deliveries, args.pure_python_api)
+            extra = statistics.median(t["http"]) - statistics.median(t["local"])
+            api = "h11 + asyncio" if args.pure_python_api else "httptools + uvloop"
+            cpu = statistics.median(t["cpu http"]) - statistics.median(t["cpu local"])
+            print(f"(b) per job, median (p90), API on {api}: shared disk {_ms(t['local'])}, http {_ms(t['http'])} "
+                  f"(of which the token's mint {_ms(t['mint'])}, the bundle request {_ms(t['request'])}); the upload "
+                  f"path adds {extra:.2f} ms (goal <= 2 ms: {'met' if extra <= 2 else 'NOT met'}); CPU it adds: "
+                  f"{cpu:.2f} ms in the worker's thread, {t['api cpu'][0]:.2f} ms in the API process", flush=True)
+        if "a" in parts:
+            for workers in (int(n) for n in args.workers.split(",")):
+                r = throughput(server, tmp, workers, args.jobs)
+                print(f"(a) {workers} worker process(es) x 2 jobs at once, {args.jobs} one-job runs: "
+                      f"{r.jobs_per_s:.1f} jobs/s; {r.held.pg_connections} PostgreSQL connections and "
+                      f"{r.held.redis_clients} Redis clients held (the API's included); per job "
+                      f"{r.pg_transactions_per_job:.1f} PostgreSQL transactions, {r.redis_commands_per_job:.0f} "
+                      f"Redis commands, {r.kept_bytes_per_job / 1024:.1f} KiB kept by the API", flush=True)
 
 
 if __name__ == "__main__":
