@@ -121,18 +121,18 @@ def checkout_commit(mirrors: Path, repo_id: str, clone_url: str, sha: str, depth
     budget = _Budget(max_files, max_bytes)
     mirror, tree, history = _commit(mirrors, repo_id, clone_url, sha, depth)
     budget.take(tree, f"commit {sha[:12]}")
+    request = submodules if submodules is not None and submodules.options.wanted else None
+    planned = _plan(mirror, sha, tree, clone_url, request, 1) if request is not None else []
     temporary = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.mkdir(temporary, 0o700)
     try:
         done: list[str] = []
-        wanted = submodules is not None and submodules.options.wanted
-        planned = _plan(mirror, sha, tree, clone_url, submodules, 1) if submodules is not None and wanted else []
         materialise(mirror, sha, history, temporary, temporary / ".git",
                     git_config(public_url(clone_url), "", tuple((sub.name, sub.url) for sub in planned)))
         for sub in planned:
-            assert submodules is not None
-            _check_out_submodule(mirrors, sub, temporary, temporary / ".git" / "modules" / sub.name, submodules,
+            assert request is not None
+            _check_out_submodule(mirrors, sub, temporary, temporary / ".git" / "modules" / sub.name, request,
                                  budget, 1, "", done)
         entries = tuple(list_entries(temporary))
         try:
