@@ -15,6 +15,7 @@ the body cap, ≈ 0.5 MB) it does not need.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -396,18 +397,23 @@ _JOB_VIEW_COLUMNS = (
 RUN_VIEW_JOBS = sa.select(*_JOB_VIEW_COLUMNS).where(JOBS.c.run_id == sa.bindparam("p_run_id")).order_by(
     JOBS.c.position)
 _ARTIFACT_VIEW_COLUMNS = (ARTIFACTS.c.job_id, ARTIFACTS.c.path, ARTIFACTS.c.size, ARTIFACTS.c.sha256)
+# what the API and the UI show and serve: an artifact past its expires_at is gone for readers at
+# once (as on GitLab), not when the sweeper gets to its row; "now" is the time of the read, taken
+# when the statement runs, so the readers' signatures need no clock
+_SHOWN = sa.or_(ARTIFACTS.c.expires_at.is_(None), ARTIFACTS.c.expires_at > sa.bindparam(
+    "p_read_now", type_=UTCDateTime(), callable_=lambda: dt.datetime.now(dt.UTC)))
 RUN_VIEW_ARTIFACTS = (
     sa.select(*_ARTIFACT_VIEW_COLUMNS)
     .join(JOBS, JOBS.c.id == ARTIFACTS.c.job_id)
-    .where(JOBS.c.run_id == sa.bindparam("p_run_id"))
+    .where(JOBS.c.run_id == sa.bindparam("p_run_id"), _SHOWN)
     .order_by(ARTIFACTS.c.path)
 )
 JOB_ROW = sa.select(JOBS).where(JOBS.c.id == sa.bindparam("p_job_id"))
-ARTIFACTS_OF_JOB = sa.select(ARTIFACTS).where(ARTIFACTS.c.job_id == sa.bindparam("p_job_id")).order_by(
+ARTIFACTS_OF_JOB = sa.select(ARTIFACTS).where(ARTIFACTS.c.job_id == sa.bindparam("p_job_id"), _SHOWN).order_by(
     ARTIFACTS.c.path)
 ARTIFACT_AT = (
     sa.select(ARTIFACTS)
-    .where(ARTIFACTS.c.job_id == sa.bindparam("p_job_id"), ARTIFACTS.c.path == sa.bindparam("p_path"))
+    .where(ARTIFACTS.c.job_id == sa.bindparam("p_job_id"), ARTIFACTS.c.path == sa.bindparam("p_path"), _SHOWN)
     .order_by(ARTIFACTS.c.id.desc())
     .limit(1)
 )

@@ -137,3 +137,26 @@ def test_symlink_at_the_stored_name_is_not_followed(
     response = client.get(f"/api/v1/jobs/{job_with_artifacts}/artifacts/dist/app.tar")
     assert response.status_code in (404, 500), response.text
     assert b"do not serve" not in response.content
+
+
+def test_an_expired_artifact_is_gone_before_the_sweeper_runs(
+    client: httpx.Client, engine: Engine, job_with_artifacts: str
+) -> None:
+    """Past its expires_at an artifact is no longer listed, in the job, in the run, nor served,
+    though its row and file are still there for the sweeper (as GitLab: expired is gone)."""
+    import datetime as dt
+
+    from sqlmodel import Session, select
+
+    from pipelines.store.models import Artifact
+
+    with Session(engine) as session:
+        for row in session.exec(select(Artifact).where(Artifact.job_id == job_with_artifacts)):
+            row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            session.add(row)
+        session.commit()
+    assert client.get(f"/api/v1/jobs/{job_with_artifacts}/artifacts").json()["artifacts"] == []
+    assert client.get(f"/api/v1/jobs/{job_with_artifacts}").json()["artifacts"] == []
+    assert client.get(f"/api/v1/jobs/{job_with_artifacts}/artifacts/dist/app.tar").status_code == 404
+    run_id = client.get(f"/api/v1/jobs/{job_with_artifacts}").json()["run_id"]
+    assert all(job["artifacts"] == [] for job in client.get(f"/api/v1/runs/{run_id}").json()["jobs"])
