@@ -2,7 +2,9 @@
 
 The API never imports the worker: it publishes ``TASK_RUN_JOB`` by name on ``QUEUE`` with the job
 id as the only argument. Live logs go to one Redis stream per job; the worker appends chunks as
-``{"t": seconds, "s": "out"|"err"|"sys", "d": text}`` and a final ``{"eof": "1", "status": ...}``.
+``{"t": seconds, "s": "out"|"err"|"sys", "d": text}`` and a final ``{"eof": "1", "status": ...}``,
+written by the job's last attempt only (an attempt ``retry:`` tries again ends with a ``sys``
+entry saying the next attempt follows).
 """
 
 QUEUE = "sandpit.jobs"
