@@ -14,6 +14,7 @@ from tests.sandbox.conftest import TEST_STATE
 from tests.sandbox.images.conftest import store_for
 from tests.sandbox.images.registry import Registry
 from worker.errors import ImageError, UnknownImage
+from worker.sandbox.images import ImageStore
 from worker.sandbox.registry.skopeo import PullError, PullRefused
 
 
@@ -79,14 +80,16 @@ def test_concurrent_pulls_of_one_image_share_one_download(tmp_path, layout):
         reg.push(layout.root, "1", "test/multilayer:1")
         store = store_for(tmp_path, reg)
         results, errors, said = [], [], []
+        # one store each, made before the threads start (store_for rewrites the registries.conf they read)
+        stores = [store_for(tmp_path, reg) for _ in range(4)]
 
-        def pull() -> None:
+        def pull(mine: ImageStore) -> None:
             try:
-                results.append(store_for(tmp_path, reg).get(f"{reg.host}/test/multilayer:1", progress=said.append))
+                results.append(mine.get(f"{reg.host}/test/multilayer:1", progress=said.append))
             except Exception as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=pull) for _ in range(4)]
+        threads = [threading.Thread(target=pull, args=(mine,)) for mine in stores]
         for t in threads:
             t.start()
         for t in threads:
