@@ -16,6 +16,9 @@ A pull, step by step (every byte checked before it is used):
 5. The shell a job would use is found once (on a read-only overlay of the layers), and the
    manifest record and the name are written.
 
+Every skopeo of a pull runs as an unprivileged uid in a directory of its own (:mod:`.pull_box`);
+what it wrote is read by fd beneath that directory, never by a path it could have redirected.
+
 Per-layer progress goes to ``progress`` (``sandpit images pull`` prints it; a job's log holds it).
 """
 
