@@ -17,9 +17,10 @@ check never waits for SQLite's writer).
 
 Why a random token and a row rather than a token the worker signs (job id, attempt, expiry and
 an HMAC, checked by the API without a row): it would take the mint's ``INSERT`` off the claim
-(≈ 0.35 ms of it, measured) but not the check's read, which stays to revoke the token when the
-attempt ends, and it needs a signing key that every worker host and the API share, one more
-secret to deploy and rotate; the row costs one statement in a transaction that is open anyway.
+(0.42 ms at low load, 0.8-0.9 ms on a loaded host: bench/bench_workers.py) but not the check's
+read, which stays to revoke the token when the attempt ends, and it needs a signing key that
+every worker host and the API share, one more secret to deploy and rotate; the row costs one
+statement in a transaction that is open anyway.
 
 >>> token_digest("spj_abc") == token_digest("spj_abc") != token_digest("spj_abd")
 True
