@@ -97,9 +97,13 @@ def isolated_dockerd(root: Path) -> Iterator[Dockerd]:
         for argv in (["addr", "add", f"{engine_address}/30", "dev", engine_end], ["link", "set", engine_end, "up"],
                      ["link", "set", "lo", "up"]):
             _run(["ip", "-n", namespace, *argv])
+        # a configuration of its own: the host's /etc/docker/daemon.json (.ci/setup writes one with these
+        # same settings for the system dockerd) would be read too, and dockerd refuses a setting given twice
+        (root / "daemon.json").write_text("{}\n")
         with open(root / "dockerd.log", "wb") as log:
             proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{namespace}", "--", DOCKERD, "--data-root", str(root / "data"),
+                ["nsenter", f"--net=/run/netns/{namespace}", "--", DOCKERD, "--config-file", str(root / "daemon.json"),
+                 "--data-root", str(root / "data"),
                  "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
                  "-H", f"unix://{root}/docker.sock", "--bridge=none", "--iptables=false", "--ip6tables=false",
                  "--ip-masq=false", "--ip-forward=false", "--default-address-pool", ADDRESS_POOL,
