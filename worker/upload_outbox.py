@@ -198,6 +198,7 @@ def _name_caches(ctx: WorkerContext, delivery: Delivery) -> None:
         with session_scope(ctx.db) as s:
             run = read_run_row(s, delivery.run_id)
             if run is not None:
-                record_caches(s, saved, run.trust, ctx.now())
+                # the members come from the manifests in this worker's store (an entry carries none)
+                record_caches(s, saved, run.trust, ctx.now(), store=ctx.engine.artifact_store)
     except Exception as exc:
         log.warning("outbox: job %s: its cache was not saved: %s", delivery.job_id, exc)

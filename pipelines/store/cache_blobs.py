@@ -51,6 +51,12 @@ def record_members(session: Session, manifest_sha256: str, members: Iterable[str
         pass
 
 
+def manifest_members(session: Session, manifest_sha256: str) -> list[str]:
+    """The files recorded for ``manifest_sha256``, sorted."""
+    rows = session.connection().execute(_MEMBERS, {"p_manifest": manifest_sha256})
+    return sorted(row.blob_sha256 for row in rows)
+
+
 def members_of_unnamed(session: Session, manifest_sha256: str) -> list[str]:
     """The files of ``manifest_sha256`` if no cache entry names it any more (after a replace)."""
     connection = session.connection()

@@ -221,6 +221,10 @@ def test_a_restarted_workers_delivery_saves_the_attempts_cache_too(deployment: D
             entry = s.exec(select(CacheEntry).where(CacheEntry.key == "deps-restart")).first()
             assert entry is not None, "the replayed delivery did not name its cache"
             manifest = entry.sha256
+            # and its files, read from the worker's copy of the manifest, so expiry keeps them
+            from pipelines.store.cache_blobs import manifest_members
+
+            assert len(manifest_members(s, manifest)) == 1
     finally:
         engine.dispose()
     api = deployment.api_host
