@@ -51,8 +51,10 @@ def test_two_workers_share_the_queue_and_no_job_runs_twice(service: Service):
     service.start_worker(concurrency=2)
     jobs_yaml = "\n".join(f"j{i}:\n  script: [sleep 0.2]" for i in range(12))
     run_id = service.submit(jobs_yaml)
-    assert service.wait(run_id) == "succeeded"
+    ended = service.wait(run_id)
     jobs = service.jobs(run_id)
+    assert ended == "succeeded", {name: (j.status, (j.result or {}).get("reason"), (j.result or {}).get("message"))
+                                  for name, j in jobs.items()}
     assert len(jobs) == 12
     for job in jobs.values():
         assert job.attempt == 1 and len(service.attempts(job.id)) == 1
