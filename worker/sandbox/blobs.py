@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipelines.files.digests import fd_intact, remember_intact
+from pipelines.files.removal import GRACE_S, remove_blob_if_unused
 from pipelines.files.temps import link_temp, open_temp
 from pipelines.identifiers import is_sha256_hex
 from worker.errors import SandboxError
@@ -202,7 +203,6 @@ def _replace(fd: int, temp_name: str | None, parent: int, store: Path, sha: str)
     remember_intact(sha, os.fstat(fd))
 
 
-GRACE_S = 3600.0  # a stored file written or kept this recently is never removed by retention
 
 
 def remove_if_unused(store: Path, sha256: str, referenced: Callable[[], bool], grace_s: float = GRACE_S) -> bool:
@@ -212,29 +212,7 @@ def remove_if_unused(store: Path, sha256: str, referenced: Callable[[], bool], g
     seconds later, so the file is first renamed aside (atomically: a writer then finds no file and
     links its own), and only then are its age (every write or keep touches it) and ``referenced()``
     judged: a file touched within ``grace_s`` or still referenced is put back, unless a new copy
-    took its name meanwhile (same content: that one stays).
+    took its name meanwhile (same content: that one stays). One protocol for every store of this
+    layout, the API's copies too: :func:`pipelines.files.removal.remove_blob_if_unused`.
     """
-    import time
-
-    if not is_sha256_hex(sha256):
-        return False
-    try:
-        parent = os.open(store / sha256[:2], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        side = f".gc-{secrets.token_hex(8)}"
-        try:
-            os.rename(sha256, side, src_dir_fd=parent, dst_dir_fd=parent)
-        except FileNotFoundError:
-            return False
-        st = os.stat(side, dir_fd=parent, follow_symlinks=False)
-        if time.time() - st.st_mtime < grace_s or referenced():
-            with contextlib.suppress(FileExistsError):
-                os.link(side, sha256, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
-            os.unlink(side, dir_fd=parent)
-            return False
-        os.unlink(side, dir_fd=parent)
-        return True
-    finally:
-        os.close(parent)
+    return remove_blob_if_unused(store, sha256, referenced, grace_s)
