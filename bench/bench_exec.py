@@ -98,36 +98,66 @@ class BareBundle:
 
 
 class Docker:
-    """dockerd started by the bench (no bridge, no iptables changes), stopped by pid at the end."""
+    """A dockerd of the bench's own (the host's Docker, if any, is not touched): config file,
+    data-root, exec-root, pidfile and socket in a temporary directory under /tmp, no bridge, no
+    iptables changes; stopped by pid at the end, its mounts and directory removed. (The host's
+    /etc/docker/daemon.json may set the same options as flags, which dockerd refuses.)"""
 
     def __init__(self, rootfs: Path) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-            if shutil.which("dockerd") is None:
-                raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
-            self.proc = subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(150):
-                if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.2)
-            else:
-                self.close()
-                raise RuntimeError("dockerd did not start")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", "sandpit-bench-debian"], stdin=tar.stdout, check=True,
-                       capture_output=True)
-        tar.wait()
+        if shutil.which("dockerd") is None:
+            raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
+        self.dir = Path(tempfile.mkdtemp(prefix="sandpit-bench-docker-", dir="/tmp"))
+        self.socket = f"unix://{self.dir}/docker.sock"
+        (self.dir / "daemon.json").write_text("{}")
+        self.log = open(self.dir / "dockerd.log", "wb")
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
+             "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"), "-H", self.socket,
+             "--bridge=none", "--iptables=false", "--ip6tables=false", "--storage-driver", "overlay2"],
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(150):
+            if self.docker("info", check=False).returncode == 0 or self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        if self.docker("info", check=False).returncode != 0:
+            tail = (self.dir / "dockerd.log").read_text(errors="replace")[-1500:]
+            self.close()
+            raise RuntimeError(f"dockerd did not start: {tail}")
+        try:
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "-H", self.socket, "import", "-", "sandpit-bench-debian"], stdin=tar.stdout,
+                           check=True, capture_output=True)
+            tar.wait()
+        except BaseException:
+            self.close()
+            raise
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["docker", "-H", self.socket, *args], capture_output=True, check=check,
+                              stdin=subprocess.DEVNULL)
 
     def run(self) -> None:
-        subprocess.run(["docker", "run", "--rm", "--network", "none", "sandpit-bench-debian", "/bin/true"],
-                       check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(["docker", "-H", self.socket, "run", "--rm", "--network", "none", "sandpit-bench-debian",
+                        "/bin/true"], check=True, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
-        subprocess.run(["docker", "rmi", "-f", "sandpit-bench-debian"], capture_output=True)
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            if self.proc.poll() is None:
+                self.docker("rmi", "-f", "sandpit-bench-debian", check=False)
+                os.kill(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.proc = None
+            self.log.close()
+        # whatever dockerd left mounted under its directory goes before the directory itself
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if line.split()[4].startswith(str(self.dir) + "/")]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main() -> int:
