@@ -6,9 +6,16 @@
     (b2) (b) and then GNU ``tar -xzf`` of each layer into a directory of its own: what the same work
         costs with the standard tools (no whiteout mapping, no path checks)
     (c) ``docker pull`` of the same image from the same registry: a dockerd the bench starts for
-        itself (its own data-root, exec-root and socket under /tmp, the registry in its
-        insecure-registries, no bridge, no iptables rules; stopped by pid and removed at the end),
-        the image removed between rounds (``--no-docker`` leaves it out)
+        itself, a fresh one each round (its own data-root, exec-root and socket under /tmp, the
+        registry in its insecure-registries, no bridge, no iptables rules; stopped by pid, removed
+        at the end) (``--no-docker`` leaves it out)
+
+Nothing a round writes is removed before the last round has run, and each measure starts after a
+``sync``: on an ext4 without a journal (these machines') the kernel skips inodes freed in the last
+minute when it allocates new ones, so a tree of 7,000 files deleted just before a pull made that
+pull's file creations up to twice as slow (``recently_deleted`` in the kernel's profile). Removing
+between rounds had each tool pay for whatever the one before it deleted; now none does. The order
+of the three rotates from round to round.
 
     (d) warm start of a job on the pulled image: ``Engine.run`` of /bin/true, image in the store
     (e) the same on the recipe image ``debian``
@@ -21,7 +28,6 @@ Debian's docker-registry on a free port with its storage in a temporary director
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -57,13 +63,15 @@ def image_layers(settings: Settings) -> list[tuple[bytes, str]]:
 
 
 class PrivateDocker:
-    """A dockerd of the bench's own: data-root, exec-root, pidfile and socket in a temporary directory
-    under /tmp (the host's own Docker, if any, is not touched), the loopback registry insecure."""
+    """A dockerd of the bench's own: data-root, exec-root, pidfile and socket in ``home`` (the
+    host's own Docker, if any, is not touched), the loopback registry insecure. ``stop`` ends the
+    daemon and keeps what it wrote; ``close`` also removes it."""
 
-    def __init__(self, registry: str) -> None:
+    def __init__(self, registry: str, home: Path) -> None:
         if shutil.which("dockerd") is None:
             raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
-        self.dir = Path(tempfile.mkdtemp(prefix="sandpit-bench-docker-", dir="/tmp"))
+        self.dir = home
+        self.dir.mkdir(parents=True)
         self.socket = f"unix://{self.dir}/docker.sock"
         (self.dir / "daemon.json").write_text("{}")
         self.log = open(self.dir / "dockerd.log", "wb")
@@ -90,7 +98,7 @@ class PrivateDocker:
     def storage_driver(self) -> str:
         return json.loads(self.docker("info", "--format", "{{json .Driver}}").stdout)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGTERM)
@@ -101,55 +109,82 @@ class PrivateDocker:
                     self.proc.wait()
             self.proc = None
             self.log.close()
-        # whatever dockerd left mounted under its directory goes before the directory itself
+        # whatever dockerd left mounted under its directory goes with it
         points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
                   if line.split()[4].startswith(str(self.dir) + "/")]
         for point in sorted(points, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_rounds(rounds: int, work: Path, reg: Registry, ref: str, conf: Path, settings: Settings,
-               dockerd: PrivateDocker | None, cold: list[float], copy: list[float], copy_tar: list[float],
-               docker: list[float]) -> None:
-    """The cold pulls, interleaved round by round: sandpit, skopeo copy (and tar), docker pull; each
-    starts after what the one before wrote or removed is on disk (``sync``), so none pays for another."""
-    for round_ in range(rounds):
-        os.sync()
-        state = work / f"state-{round_}"
-        store = ImageStore(state, REPO_IMAGES, registry=RegistryConfig(
+               docker_dir: Path | None, times: dict[str, list[float]], notes: dict[str, str]) -> None:
+    """The cold pulls, round by round, the order of the three rotating: sandpit, skopeo copy (and
+    tar), docker pull (a fresh dockerd each round); each starts after a ``sync``, and everything
+    stays on disk until the caller removes ``work`` (see the module's note on deleted inodes)."""
+
+    def sandpit(round_: int) -> None:
+        store = ImageStore(work / f"state-{round_}", REPO_IMAGES, registry=RegistryConfig(
             allowed=(reg.host,), registries_conf=conf, pull_dir=settings.state_dir))
+        os.sync()
         t = time.perf_counter()
         store.pull(ref)
-        cold.append(time.perf_counter() - t)
-        shutil.rmtree(state)
+        times["sandpit"].append(time.perf_counter() - t)
+
+    def skopeo(round_: int) -> None:
         out = work / f"copy-{round_}"
         os.sync()
         t = time.perf_counter()
         subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
                         f"docker://{ref}", f"oci:{out}"], check=True, env=SKOPEO_ENV)
-        copy.append(time.perf_counter() - t)
+        times["copy"].append(time.perf_counter() - t)
         manifest = json.loads((out / "blobs" / "sha256" / json.loads((out / "index.json").read_text())[
             "manifests"][0]["digest"][7:]).read_text())
         for n, layer in enumerate(manifest["layers"]):
             (out / f"layer{n}").mkdir()
             blob = out / "blobs" / "sha256" / layer["digest"][7:]
             subprocess.run(["tar", "--numeric-owner", "-xzf", str(blob), "-C", str(out / f"layer{n}")], check=True)
-        copy_tar.append(time.perf_counter() - t)
-        shutil.rmtree(out)
-        if dockerd is not None:
+        times["copy_tar"].append(time.perf_counter() - t)
+
+    def docker(round_: int) -> None:
+        assert docker_dir is not None
+        try:
+            dockerd = PrivateDocker(reg.host, docker_dir / f"round-{round_}")
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            notes["docker"] = f"unavailable: {exc}"
+            return
+        try:
+            notes["docker"] = f"dockerd {dockerd.storage_driver()}, a fresh data-root each round"
             os.sync()
             t = time.perf_counter()
             dockerd.docker("pull", "-q", ref)
-            docker.append(time.perf_counter() - t)
-            dockerd.docker("rmi", "-f", ref)  # and its layers: the next round's pull is cold again
-        print(f"round {round_ + 1}: sandpit {cold[-1]:.2f} s, skopeo copy {copy[-1]:.2f} s, "
-              f"skopeo copy + tar -x {copy_tar[-1]:.2f} s"
-              + (f", docker pull {docker[-1]:.2f} s" if dockerd is not None else ""), flush=True)
+            times["docker"].append(time.perf_counter() - t)
+        finally:
+            dockerd.stop()
+
+    steps = [sandpit, skopeo] + ([docker] if docker_dir is not None else [])
+    for round_ in range(rounds):
+        for step in steps[round_ % len(steps):] + steps[:round_ % len(steps)]:
+            step(round_)
+        print(f"round {round_ + 1}: sandpit {times['sandpit'][-1]:.2f} s, skopeo copy {times['copy'][-1]:.2f} s, "
+              f"skopeo copy + tar -x {times['copy_tar'][-1]:.2f} s"
+              + (f", docker pull {times['docker'][-1]:.2f} s" if times["docker"] else ""), flush=True)
 
 
 def median_ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f} ms" if values else "not measured"
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def p90_ms(values: list[float]) -> str:
+    return f"{p90(values) * 1000:.0f} ms" if values else "-"
 
 
 def main() -> int:
@@ -171,25 +206,24 @@ def main() -> int:
             ref = f"{reg.host}/bench/image:1"
             conf = reg.registries_conf(work / "registries.conf")
             print(f"image {ref}: 3 layers, {size / 1e6:.0f} MB compressed", flush=True)
-            cold: list[float] = []
-            copy: list[float] = []
-            copy_tar: list[float] = []
-            docker: list[float] = []
-            engine_note = "left out (--no-docker)"
-            with contextlib.ExitStack() as stack:
-                dockerd = None
-                if not args.no_docker:
-                    try:
-                        dockerd = PrivateDocker(reg.host)
-                        stack.callback(dockerd.close)
-                        engine_note = f"dockerd {dockerd.storage_driver()}"
-                    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-                        engine_note = f"unavailable: {exc}"
-                run_rounds(args.rounds, work, reg, ref, conf, settings, dockerd, cold, copy, copy_tar, docker)
-            print(f"(a) cold pull, sandpit (download + verify + unpack): {median_ms(cold)}")
-            print(f"(b) skopeo copy to an OCI layout (download + verify):  {median_ms(copy)}")
-            print(f"(b2) skopeo copy, then tar -xzf of each layer:        {median_ms(copy_tar)}")
-            print(f"(c) docker pull ({engine_note}): {median_ms(docker)}")
+            times: dict[str, list[float]] = {"sandpit": [], "copy": [], "copy_tar": [], "docker": []}
+            notes = {"docker": "left out (--no-docker)"}
+            docker_dir = None if args.no_docker else Path(tempfile.mkdtemp(prefix="sandpit-bench-docker-",
+                                                                            dir="/tmp"))
+            try:
+                run_rounds(args.rounds, work, reg, ref, conf, settings, docker_dir, times, notes)
+            finally:
+                if docker_dir is not None:
+                    shutil.rmtree(docker_dir, ignore_errors=True)
+            print(f"(a) cold pull, sandpit (download + verify + unpack): {median_ms(times['sandpit'])}"
+                  f" (p90 {p90_ms(times['sandpit'])})")
+            print(f"(b) skopeo copy to an OCI layout (download + verify):  {median_ms(times['copy'])}")
+            print(f"(b2) skopeo copy, then tar -xzf of each layer:        {median_ms(times['copy_tar'])}"
+                  f" (p90 {p90_ms(times['copy_tar'])})")
+            print(f"(c) docker pull ({notes['docker']}): {median_ms(times['docker'])}"
+                  f" (p90 {p90_ms(times['docker'])})")
+            if times["docker"]:
+                print(f"(a)/(c): {statistics.median(times['sandpit']) / statistics.median(times['docker']):.2f}")
 
             # warm starts: the pulled image in the real store, beside the recipe image
             local = replace(settings, registries=(reg.host,), registries_conf=conf)

@@ -256,3 +256,22 @@ def test_concatenated_gzip_members_are_one_stream(area):
 def test_garbage_is_refused_with_a_sentence(area):
     with pytest.raises(LayerError, match="not a valid gzip tar archive"):
         unpack(area, b"\x1f\x8b" + os.urandom(200))
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_stream_damaged_mid_member_is_refused_and_its_decoder_ends(area, damage):
+    """The decoding thread meets the damage while a member is being written: the writer gets the
+    error at that point of the stream, as a sentence, and no decoding thread outlives the layer."""
+    import threading
+
+    raw = tar_bytes([member("a", os.urandom(3 << 20)), member("b", b"2")])
+    blob = compress(raw)
+    if damage == "cut":
+        blob, expected = blob[: len(blob) // 2], "cut short"
+    else:
+        middle = len(blob) // 2
+        blob, expected = blob[:middle] + bytes(b ^ 0xFF for b in blob[middle:middle + 64]) + blob[middle + 64:], \
+            "not a valid gzip tar archive"
+    with pytest.raises(LayerError, match=expected):
+        unpack(area, blob, diff_id=digest(raw))
+    assert not [t for t in threading.enumerate() if t.name == "sandpit-inflate"]
