@@ -11,11 +11,13 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.sandbox.conftest import TEST_STATE
 from tests.sandbox.images.conftest import store_for
 from tests.sandbox.images.registry import SKOPEO_ENV
 from worker.errors import ImageError, InvalidRequest, UnknownImage
 from worker.sandbox.images import ImageStore
 from worker.sandbox.registry.archive import ArchiveError
+from worker.sandbox.registry.config import RegistryConfig
 from worker.settings import REPO_IMAGES
 
 
@@ -24,9 +26,15 @@ def archive(layout, tag: str, dest: str) -> None:
                    env=SKOPEO_ENV, capture_output=True, timeout=120)
 
 
+def air_gapped(tmp_path) -> ImageStore:
+    """A store with no registry at all, as an air-gapped site has; its imports' skopeo works in the
+    suite's state dir (its uid cannot reach pytest's 0700 ``tmp_path``)."""
+    return ImageStore(tmp_path / "state", REPO_IMAGES, registry=RegistryConfig(pull_dir=TEST_STATE))
+
+
 def test_import_a_docker_save_archive_under_its_repo_tags(tmp_path, layout, lines):
     archive(layout, "small-1", f"docker-archive:{tmp_path / 'saved.tar'}:team/tool:1.0")
-    store = ImageStore(tmp_path / "state", REPO_IMAGES)  # no registry at all: an air-gapped site
+    store = air_gapped(tmp_path)
     (image,) = store.import_archive(tmp_path / "saved.tar", progress=lines.append)
     assert image.name == "docker.io/team/tool:1.0" and image.source == "archive"
     again = store.get("team/tool:1.0", policy="never")
@@ -37,7 +45,7 @@ def test_import_a_docker_save_archive_under_its_repo_tags(tmp_path, layout, line
 
 def test_import_an_oci_archive_needs_a_name_when_it_gives_only_a_tag(tmp_path, layout):
     archive(layout, "small-2", f"oci-archive:{tmp_path / 'image.tar'}:2")
-    store = ImageStore(tmp_path / "state", REPO_IMAGES)
+    store = air_gapped(tmp_path)
     with pytest.raises(InvalidRequest, match="--tag"):
         store.import_archive(tmp_path / "image.tar")
     (image,) = store.import_archive(tmp_path / "image.tar", tag="registry.sandpit.invalid/team/two:2")
@@ -47,7 +55,7 @@ def test_import_an_oci_archive_needs_a_name_when_it_gives_only_a_tag(tmp_path, l
 
 def test_importing_what_is_not_an_image_archive_says_so(tmp_path):
     (tmp_path / "x.tar").write_bytes(b"not a tar at all" * 100)
-    store = ImageStore(tmp_path / "state", REPO_IMAGES)
+    store = air_gapped(tmp_path)
     with pytest.raises(ArchiveError, match="not a readable tar archive"):
         store.import_archive(tmp_path / "x.tar")
 

@@ -1,7 +1,9 @@
-"""The unprivileged side of one pull: the host uid skopeo runs as and the directory it writes into (adapter).
+"""The unprivileged side of a pull or an import: the uid skopeo runs as and the directory it writes into (adapter).
 
 skopeo talks to registries sandpit does not control (TLS, HTTP, JSON, compressed blobs) with the
-operator's credentials in hand, so it does not run as root. Each pull:
+operator's credentials in hand, and parses archives whoever made them, so it does not run as root.
+Each pull (and each ``sandpit images import``, :mod:`.archive`, which gives the uid a copy of the
+archive, :meth:`PullBox.copy_in`, and no credentials):
 
 1. leases a uid slot from sandpit's own range (``SANDPIT_UID_BASE``, ``SANDPIT_UID_SLOTS``), with
    the host-wide lease jobs use (:func:`worker.sandbox.leases.lease_uid_slot`), and runs skopeo as
@@ -35,6 +37,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -150,6 +153,55 @@ class PullBox:
 
         assert self._fd is not None
         return open_beneath(self._fd, name, os.O_RDONLY | os.O_DIRECTORY)
+
+    def open_file(self, name: str) -> int:
+        """An fd of the regular file ``name`` (relative to the box) that skopeo wrote, opened beneath
+        the box's fd with no symlink on the way; anything else is refused (PullError) and never read:
+        the box is the uid's, so what lies in it proves nothing."""
+        from worker.sandbox.beneath import NotBeneath, open_beneath
+
+        assert self._fd is not None
+        try:
+            fd = open_beneath(self._fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except NotBeneath:
+            raise PullError(f"skopeo left a symlink at {name} in its directory (refused, not followed)") from None
+        except FileNotFoundError:
+            raise PullError(f"skopeo finished without writing {name}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PullError(f"skopeo left something other than a regular file at {name} (refused)")
+        return fd
+
+    def copy_in(self, name: str, source_fd: int) -> Path:
+        """A copy of the open file ``source_fd`` as ``name`` in the box, 0400 and the uid's: how skopeo
+        gets a file of the operator's without being able to open it, or anything beside it, itself.
+
+        Why a copy and not the file itself (measured with skopeo 1.9 here): ``/proc/self/fd/N`` is
+        opened again by skopeo, and that open is checked against the file's owner and mode (a 0600
+        archive of root's is refused to the uid); ``oci-archive:`` resolves it to the file's path
+        and opens that path (which the importing user may change meanwhile); ``docker-archive:``
+        opens its path again for every member, so a pipe cannot stand in; a hard link or a bind
+        mount keeps the owner and mode too. ``copy_file_range`` makes the copy in the kernel (a
+        reflink where the filesystem has them), ``sendfile`` where it cannot cross filesystems."""
+        assert self._fd is not None and self.path is not None
+        fd = os.open(name, _FILE, 0o400, dir_fd=self._fd)
+        try:
+            size, offset = os.fstat(source_fd).st_size, 0
+            while offset < size:
+                try:
+                    n = os.copy_file_range(source_fd, fd, size - offset, offset, offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    n = os.sendfile(fd, source_fd, offset, size - offset)
+                if n == 0:
+                    break  # the file shrank meanwhile: skopeo reads what there was
+                offset += n
+            os.fchown(fd, self.uid, self.uid)
+        finally:
+            os.close(fd)
+        return self.path / name
 
     def argv(self) -> list[str]:
         return setpriv_argv(self.uid)
