@@ -11,12 +11,12 @@ shared blob directory in which the layers sandpit already holds are present as e
 skopeo fetched is checked again by sandpit before use (the manifest's sha256 here, every blob by
 the unpacker), so a fault in either is caught by the other.
 
-A pull's skopeo runs as an unprivileged uid of sandpit's range, in a directory of its own that
-holds its home, its temporary files and what it downloads (:mod:`worker.sandbox.registry.pull_box`);
-an import of an archive on the worker's disk (no network, no credentials) runs it as root with
-``HOME=<store>/.skopeo`` (0700). Its configuration is sandpit's alone: skopeo runs with an empty
-environment (plus the worker's proxy variables) and that home, so the operator's
-``~/.docker/config.json`` and XDG auth files are never read. Credentials come only from the auth
+A pull's skopeo, and an import's, runs as an unprivileged uid of sandpit's range, in a directory
+of its own that holds its home, its temporary files and what it downloads or unpacks
+(:mod:`worker.sandbox.registry.pull_box`; an import gets a copy of the archive there). Its
+configuration is sandpit's alone: skopeo runs with an empty environment (plus the worker's proxy
+variables) and that home, so the operator's ``~/.docker/config.json`` and XDG auth files are never
+read. Credentials come only from the auth
 file the settings name (``SANDPIT_REGISTRY_AUTH``, copied into the pull's directory for the pull),
 never from a pipeline; ``registries.conf`` is ``SANDPIT_REGISTRIES_CONF`` copied to
 ``$HOME/.config/containers/registries.conf`` (skopeo 1.9 ignores ``CONTAINERS_REGISTRIES_CONF``;
