@@ -50,6 +50,7 @@ from pipelines.files.temps import write_atomic
 from pipelines.language.quantities import parse_duration
 from pipelines.store.cache_blobs import forget_unnamed_manifests
 from pipelines.store.db import read_scope, session_scope
+from pipelines.store.outbox import prune_outbox
 from pipelines.store.retention import (
     blob_referenced,
     expired_blobs_after,
@@ -68,6 +69,7 @@ log = logging.getLogger("sandpit.retention")
 DAY = 86400.0
 MIN_DELIVERY_RETENTION_S = 7 * DAY
 EXPIRED_KEPT_S = 7 * DAY  # how long the list of expired files is kept for hosts to read
+OUTBOX_KEPT_S = DAY  # a published outbox row is read only seconds after it was written
 FILE_GRACE_S = 3600.0  # an expired file is looked at this long after, a leftover this long after
 ARCHIVE_GRACE_S = 3600.0  # a tree uploaded this recently may belong to a run not committed yet
 _RUN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -215,6 +217,7 @@ def _expire_rows(db: Engine, settings: RetentionSettings, now: dt.datetime, done
             done.archives = expire_source_archives(session, ended_before=_ago(now, settings.sources_s),
                                                    stored_before=_ago(now, ARCHIVE_GRACE_S))
     with session_scope(db) as session:
+        prune_outbox(session, _ago(now, OUTBOX_KEPT_S))  # else it keeps a row for every job ever queued
         prune_expired_blobs(session, _ago(now, EXPIRED_KEPT_S))
         forget_unnamed_manifests(session)  # member rows of caches that were replaced
 

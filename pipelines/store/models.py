@@ -59,15 +59,22 @@ def _json(default: Any) -> Any:
 
 class Run(SQLModel, table=True):
     __tablename__ = "run"
-    # the runs in flight of one submitter are counted on every API submission (revision 0003)
-    __table_args__ = (sa.Index("ix_run_submitter_finished_at", "submitter", "finished_at"),)
+    __table_args__ = (
+        # the runs in flight of one submitter are counted on every API submission (revision 0003)
+        sa.Index("ix_run_submitter_finished_at", "submitter", "finished_at"),
+        # a run list filtered by status, ref or source reads its page newest first from one of
+        # these, whatever the history holds (revision 0012: ix_run_status was their first column)
+        sa.Index("ix_run_status_created_at", "status", "created_at", "id"),
+        sa.Index("ix_run_ref_created_at", "ref", "created_at", "id"),
+        sa.Index("ix_run_source_created_at", "source", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     finished_at: dt.datetime | None = _time()
     # 32 wide since revision 0007 (`waiting_for_approval`); SQLite enforces no length, and its
     # declared 16 stays (changing it needs a copy of the table, see revision 0004)
-    status: str = Field(default="created", sa_type=sa.String(32).with_variant(sa.String(16), "sqlite"), index=True)
+    status: str = Field(default="created", sa_type=sa.String(32).with_variant(sa.String(16), "sqlite"))
     cancelled: bool = Field(default=False)
     trust: str = Field(max_length=16)  # trusted | untrusted
     source: str = Field(max_length=16)  # cli | api | webhook
@@ -187,13 +194,18 @@ class CacheEntry(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=512)
     trust: str = Field(primary_key=True, max_length=16)
-    sha256: str = Field(max_length=64)
+    # index: retention asks which entry names a stored file or manifest (revision 0012)
+    sha256: str = Field(max_length=64, index=True)
     size: int = Field(default=0, sa_type=sa.BigInteger)
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class Outbox(SQLModel, table=True):
     __tablename__ = "outbox"
+    # the rows still to publish, oldest first: the sweeper's and /metrics' read, which a walk of
+    # every published row made as long as the history (revision 0012)
+    __table_args__ = (sa.Index("ix_outbox_pending", "id", sqlite_where=sa.text("published_at IS NULL"),
+                               postgresql_where=sa.text("published_at IS NULL")),)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="job.id", index=True, max_length=36, ondelete="CASCADE")

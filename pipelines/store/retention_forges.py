@@ -37,12 +37,14 @@ def _at(name: str) -> Any:
     return sa.bindparam(name, type_=UTCDateTime())
 
 
+# oldest first on ix_commit_status_due (in id order the database read every status kept)
 _DONE_STATUSES = (sa.select(_STATUSES.c.id)
                   .where(_STATUSES.c.sent_at.is_not(None), _STATUSES.c.sent_at < _at("p_before"))
-                  .order_by(_STATUSES.c.id).limit(sa.bindparam("p_limit")))
+                  .order_by(_STATUSES.c.sent_at).limit(sa.bindparam("p_limit")))
 _DELETE_STATUSES = sa.delete(_STATUSES).where(_STATUSES.c.id.in_(sa.bindparam("p_ids", expanding=True)))
+# oldest first on the cut-off's own index (in id order the database read every delivery kept)
 _OLD_DELIVERIES = (sa.select(_DELIVERIES.c.id).where(_DELIVERIES.c.received_at < _at("p_before"))
-                   .order_by(_DELIVERIES.c.id).limit(sa.bindparam("p_limit")))
+                   .order_by(_DELIVERIES.c.received_at).limit(sa.bindparam("p_limit")))
 _DELETE_DELIVERIES = sa.delete(_DELIVERIES).where(_DELIVERIES.c.id.in_(sa.bindparam("p_ids", expanding=True)))
 _STILL_NEEDED = (
     sa.select(_SOURCES.c.run_id)
