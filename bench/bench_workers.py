@@ -23,11 +23,13 @@ Goal: (b) the upload path costs <= 2 ms per job for small artifacts.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import hashlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from pipelines.job_record import JobRecord, Status, StoredArtifact  # noqa: E402
@@ -46,9 +49,9 @@ from pipelines.store.advance import FINAL_JOB_STATUSES  # noqa: E402
 from pipelines.store.db import make_engine, migrate, session_scope  # noqa: E402
 from pipelines.store.reads import queued_job_ids  # noqa: E402
 from pipelines.store.transitions import claim_job, create_run  # noqa: E402
-from tests.integration.deploy.conftest import Deployment, _clean_host  # noqa: E402
+from tests.integration.deploy.conftest import TOKENS, Deployment, _clean_host  # noqa: E402
 from tests.integration.postgres import postgres_server  # noqa: E402
-from tests.integration.redis_server import redis_server  # noqa: E402
+from tests.integration.redis_server import free_port, redis_server  # noqa: E402
 from worker.job_files import LocalTransport  # noqa: E402
 from worker.remote_files import HttpTransport  # noqa: E402
 from worker.sandbox import blobs  # noqa: E402
@@ -212,10 +215,37 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: bool = False) -> dict[str, list[float]]:
-    """Per-job milliseconds: ``local`` (shared disk: the claim), ``http`` (the claim with its
-    token, and the delivery), and of the latter ``mint`` (the token's INSERT in the claim's
-    transaction) and ``request`` (the delivery: one bundle)."""
+def _start_baseline_api(deploy: Deployment, tree: Path,
+                        extra_env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """Another tree's API (``python -m api`` run from ``tree``, e.g. an older commit's ``git
+    archive``) on a host of its own, on the same database and Redis: its URL, process and state."""
+    host = deploy.host("api-baseline")
+    port = free_port()
+    with open(host.root / "proc-0.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port),
+                                 "--log-level", "warning"], env=host.env(SANDPIT_API_TOKENS=TOKENS, **extra_env),
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tree)
+    host.procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, host.log()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return url, proc, host.state
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, host.log()
+        time.sleep(0.1)
+
+
+def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: bool = False,
+                baseline: Path | None = None) -> dict[str, list[float]]:
+    """Per-job milliseconds by kind: ``local`` (shared disk: the claim), ``http`` (the claim with
+    its token, and the delivery), and, with ``baseline``, ``baseline`` (the same delivery to the
+    API of another tree, this tree's worker side); of the http kinds ``mint <kind>`` (the
+    token's INSERT in the claim's transaction) and ``request <kind>`` (the delivery: one bundle),
+    ``cpu <kind>`` (the worker thread's) and ``api cpu <kind>`` (the API process's, per delivery)."""
     url = fresh_database(server, "bench_upload")
     root = tmp / "upload"
     root.mkdir(mode=0o711)
@@ -235,15 +265,24 @@ def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: boo
         warm_store(api.state / "artifacts")
         engine = make_engine(url)
         store = root / "worker-store"
-        transport = HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox")
+        transports = {"http": HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox")}
+        pids = {"http": deploy.api_proc.pid}  # type: ignore[union-attr]
+        states = {"http": api.state}
+        kinds = ["local", "http"]
+        if baseline is not None:
+            base_url, base_proc, states["baseline"] = _start_baseline_api(deploy, baseline, extra_env)
+            warm_store(states["baseline"] / "artifacts")
+            transports["baseline"] = HttpTransport(base_url, store, outbox_dir=root / "outbox-baseline")
+            pids["baseline"] = base_proc.pid
+            kinds.append("baseline")
         local = LocalTransport()
-        timings: dict[str, list[float]] = {"local": [], "http": [], "mint": [], "request": [], "cpu local": [],
-                                           "cpu http": [], "api cpu": []}
+        timings: dict[str, list[float]] = collections.defaultdict(list)
+        api_cpu: dict[str, float] = {}
         try:
-            for i in range(2 * deliveries + 20):
-                if i == 20:
-                    api_cpu = _cpu_s(deploy.api_proc.pid)  # type: ignore[union-attr]
-                kind = "http" if i % 2 else "local"
+            for i in range(len(kinds) * (deliveries + 10)):
+                if i == len(kinds) * 10:
+                    api_cpu = {kind: _cpu_s(pid) for kind, pid in pids.items()}
+                kind = kinds[i % len(kinds)]
                 with session_scope(engine) as s:
                     run_id = create_run(s, planned, trust="trusted", source="api", variables={},
                                         now=dt.datetime.now(dt.UTC), pipeline="").run.id
@@ -260,25 +299,27 @@ def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: boo
                     job = claim_job(s, job_id, "bench-worker", dt.datetime.now(dt.UTC), 30)
                     assert job is not None
                     claimed = time.perf_counter()
-                    files = (transport if kind == "http" else local).claimed(s, job, "bench-worker",
-                                                                              dt.datetime.now(dt.UTC))
+                    files = transports.get(kind, local).claimed(s, job, "bench-worker", dt.datetime.now(dt.UTC))
                     minted = time.perf_counter()
                 sending = time.perf_counter()
                 delivered = files.deliver(record, (), lambda: False)
                 ended, cpu_ended = time.perf_counter(), time.thread_time()
                 assert delivered is not None
-                if kind == "http":
-                    assert hashlib.sha256((api.state / "artifacts" / sha[:2] / sha).read_bytes()).hexdigest() == sha
-                if i >= 20:  # the first ones warm the connections and the API's caches
+                if kind != "local":
+                    kept = states[kind] / "artifacts" / sha[:2] / sha
+                    assert hashlib.sha256(kept.read_bytes()).hexdigest() == sha
+                if i >= len(kinds) * 10:  # the first ones warm the connections and the API's caches
                     timings[kind].append((ended - started) * 1000)
                     timings[f"cpu {kind}"].append((cpu_ended - cpu_started) * 1000)
-                    if kind == "http":
-                        timings["mint"].append((minted - claimed) * 1000)
-                        timings["request"].append((ended - sending) * 1000)
-            # every thread of the API process, over the measured deliveries (clock ticks: 10 ms each)
-            timings["api cpu"] = [(_cpu_s(deploy.api_proc.pid) - api_cpu) * 1000 / deliveries]  # type: ignore[union-attr]
+                    if kind != "local":
+                        timings[f"mint {kind}"].append((minted - claimed) * 1000)
+                        timings[f"request {kind}"].append((ended - sending) * 1000)
+            # every thread of each API process, over the measured deliveries (clock ticks: 10 ms each)
+            for kind, pid in pids.items():
+                timings[f"api cpu {kind}"] = [(_cpu_s(pid) - api_cpu[kind]) * 1000 / deliveries]
         finally:
-            transport.close()
+            for transport in transports.values():
+                transport.close()
             engine.dispose()
             for host in deploy.hosts:
                 host.stop()
@@ -294,6 +335,8 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--deliveries", type=int, default=300)
     ap.add_argument("--pure-python-api", action="store_true", help="(b) without httptools and uvloop in the API")
+    ap.add_argument("--baseline-tree", help="(b) also deliver, in turns with the others, to the API of this tree "
+                    "(another commit's `git archive`), with this tree's worker side")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sandpit-bench-workers-", dir="/var/tmp"))
     tmp.chmod(0o711)  # a job's root passes through to its job dir (tests/integration/deploy/conftest.py)
@@ -312,14 +355,18 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
     parts = set(args.parts.split(","))
     with postgres_server() as server:
         if "b" in parts:
-            t = upload_path(server, tmp, args.deliveries, args.pure_python_api)
-            extra = statistics.median(t["http"]) - statistics.median(t["local"])
+            baseline = Path(args.baseline_tree).resolve() if args.baseline_tree else None
+            t = upload_path(server, tmp, args.deliveries, args.pure_python_api, baseline)
             api = "h11 + asyncio" if args.pure_python_api else "httptools + uvloop"
-            cpu = statistics.median(t["cpu http"]) - statistics.median(t["cpu local"])
-            print(f"(b) per job, median (p90), API on {api}: shared disk {_ms(t['local'])}, http {_ms(t['http'])} "
-                  f"(of which the token's mint {_ms(t['mint'])}, the bundle request {_ms(t['request'])}); the upload "
-                  f"path adds {extra:.2f} ms (goal <= 2 ms: {'met' if extra <= 2 else 'NOT met'}); CPU it adds: "
-                  f"{cpu:.2f} ms in the worker's thread, {t['api cpu'][0]:.2f} ms in the API process", flush=True)
+            for kind in ("http", "baseline") if baseline else ("http",):
+                extra = statistics.median(t[kind]) - statistics.median(t["local"])
+                cpu = statistics.median(t[f"cpu {kind}"]) - statistics.median(t["cpu local"])
+                whose = f"the API of {baseline}" if kind == "baseline" else "this tree's API"
+                print(f"(b) per job, median (p90), {whose} on {api}: shared disk {_ms(t['local'])}, http "
+                      f"{_ms(t[kind])} (of which the token's mint {_ms(t[f'mint {kind}'])}, the bundle request "
+                      f"{_ms(t[f'request {kind}'])}); the upload path adds {extra:.2f} ms (goal <= 2 ms: "
+                      f"{'met' if extra <= 2 else 'NOT met'}); CPU it adds: {cpu:.2f} ms in the worker's thread, "
+                      f"{t[f'api cpu {kind}'][0]:.2f} ms in the API process", flush=True)
         if "a" in parts:
             for workers in (int(n) for n in args.workers.split(",")):
                 r = throughput(server, tmp, workers, args.jobs)

@@ -1,7 +1,14 @@
 """``/api/v1/jobs/{id}/blobs/{sha256}``, ``/api/v1/jobs/{id}/bundle``, ``/api/v1/jobs/{id}/log`` and
 ``/api/v1/jobs/{id}/services/{n}/log`` (PUT): a running job's files, moved by a worker that shares
 no disk with the API, with the job's own token (see :mod:`api.job_files`). API tokens are not
-accepted here, nor job tokens anywhere else."""
+accepted here, nor job tokens anywhere else.
+
+The bundle's ``PUT`` is on every job's path (bench/bench_workers.py), so it is a plain Starlette
+route, matched before the others: FastAPI's request handling (its dependency solving, the exit
+stack, the response model machinery) cost more than the route's own work on a small bundle,
+measured with py-spy in the API process (docs/deployment.md). The FastAPI declaration under it
+stays for the OpenAPI description only (and would serve the same answers if it were reached).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import job_files
-from api.deps import EngineDep, Services, SettingsDep, get_services
+from api.deps import EngineDep, Services, SettingsDep
 from api.intake import read_capped_body
 from pipelines.store.job_tokens import Grant
 
@@ -36,7 +43,43 @@ async def _grant(job_id: str, engine: EngineDep, credentials: JobCredentials) ->
 
 
 GrantDep = Annotated[Grant, Depends(_grant)]
-ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header, as FastAPI's ``HTTPBearer`` reads
+    them (the scheme in any case; anything else is no token).
+
+    >>> bearer_token("bearer spj_x"), bearer_token("Basic dTpw"), bearer_token(None)
+    ('spj_x', None, None)
+    """
+    scheme, _, credentials = (authorization or "").partition(" ")
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+async def put_bundle(request: Request) -> Response:
+    """``PUT /api/v1/jobs/{job_id}/bundle``: the token's check starts first, the body is read
+    meanwhile, and one thread hashes and names the files once the check has answered."""
+    services: Services = request.app.state.services
+    job_id = request.path_params["job_id"]
+    check = job_files.check_soon(services.engine, bearer_token(request.headers.get("authorization")), job_id)
+    body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
+    settings = services.settings
+    kept = await to_thread.run_sync(job_files.receive_bundle, settings.artifacts_dir, settings.state_dir / "logs",
+                                    job_id, body, check)
+    return Response(json.dumps(kept).encode(), media_type="application/json")
+
+
+router.add_route(router.prefix + "/{job_id}/bundle", put_bundle, methods=["PUT"], include_in_schema=False)
+
+
+@router.put("/{job_id}/bundle", response_class=JSONResponse,
+            responses={**_ERRORS, 200: {"description": "every file and log of the bundle is kept"},
+                       400: {"description": "a malformed bundle (see the manifest's description)"},
+                       413: {"description": "over the bundle cap (send big files alone)"},
+                       422: {"description": "`digest_mismatch`: a file's bytes are not the file it names"}},
+            description="A job's small files and its logs in one body: " + job_files.BUNDLE_HELP)
+async def put_bundle_described(job_id: str, request: Request, credentials: JobCredentials) -> Response:
+    return await put_bundle(request)  # the plain route above answers first; this one describes it
 
 
 @router.put("/{job_id}/blobs/{sha256}", status_code=201,
@@ -49,23 +92,6 @@ async def put_blob(job_id: str, sha256: str, request: Request, found: GrantDep,
     new = await job_files.receive_blob(settings.artifacts_dir, sha256, request.stream(),
                                        request.headers.get("content-length"))
     return Response(status_code=201 if new else 200, headers={"X-Content-SHA256": sha256})
-
-
-@router.put("/{job_id}/bundle", response_class=JSONResponse,
-            responses={**_ERRORS, 200: {"description": "every file and log of the bundle is kept"},
-                       400: {"description": "a malformed bundle (see the manifest's description)"},
-                       413: {"description": "over the bundle cap (send big files alone)"},
-                       422: {"description": "`digest_mismatch`: a file's bytes are not the file it names"}},
-            description="A job's small files and its logs in one body: " + job_files.BUNDLE_HELP)
-async def put_bundle(job_id: str, request: Request, services: ServicesDep, credentials: JobCredentials) -> Response:
-    # one dependency for the engine and the settings, and the answer written here rather than
-    # validated against a model: this route is on every job's path (bench/bench_workers.py)
-    body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
-    settings = services.settings
-    kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
-                                    settings.state_dir / "logs", credentials.credentials if credentials else None,
-                                    job_id, body)
-    return Response(json.dumps(kept).encode(), media_type="application/json")
 
 
 @router.get("/{job_id}/blobs/{sha256}", response_class=FileResponse,
