@@ -109,10 +109,15 @@ def write_owner(lease: FileLock, holder: str | None = None) -> None:
     """Write this process's pid into the held lock file (for people reading it; the lock decides),
     and the job cgroup it holds the lease for, if any."""
     assert lease.fd is not None
-    line = f"{os.getpid()}\n" + (f"{holder}\n" if holder else "")
+    data = (f"{os.getpid()}\n" + (f"{holder}\n" if holder else "")).encode()
     with contextlib.suppress(OSError):
-        os.ftruncate(lease.fd, 0)
-        os.pwrite(lease.fd, line.encode(), 0)
+        # written over the old text, then cut to its length only if the old text was longer: a
+        # uid slot's file is reused by every job and usually holds a line as long, and truncating
+        # a file with data costs a journal transaction on the host's disk (about 1 ms measured
+        # here, /run on ext4), a rewrite in place none
+        os.pwrite(lease.fd, data, 0)
+        if os.fstat(lease.fd).st_size > len(data):
+            os.ftruncate(lease.fd, len(data))
 
 
 # what write_owner writes as a holder: the instance's cgroup parent and a job id (worker/sandbox/instance.py)

@@ -48,7 +48,7 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     runtime_log = bundle / "runtime.log"
     try:
-        pid = spawn(runtime.run_argv(bundle, container_id, runtime_log), out_w, err_w)
+        pid = spawn(runtime.run_argv(bundle, container_id, runtime_log), out_w, err_w, runtime.run_env())
     finally:
         os.close(out_w)
         os.close(err_w)

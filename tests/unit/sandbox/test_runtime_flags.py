@@ -36,3 +36,15 @@ def test_crun_and_runc_take_no_network_flag(name, network):
 def test_unknown_network_mode_is_refused():
     with pytest.raises(ValueError):
         Runtime("crun", "/usr/bin/crun", Path("/r")).for_network("host")
+
+
+def test_a_runtime_with_a_read_only_view_starts_from_it_and_says_so():
+    """``run`` execs the view, with the clone marker in its environment; without a view, the
+    binary and no marker (the runtime then clones itself)."""
+    rt = Runtime("crun", "/usr/bin/crun", Path("/r"), launch="/run/sandpit/bin/crun")
+    assert rt.run_argv(Path("/b"), "sandpit-x", Path("/l"))[0] == "/run/sandpit/bin/crun"
+    assert rt.run_env()["_LIBCONTAINER_CLONED_BINARY"] == "1"
+    assert rt.for_network("egress").launch == "/run/sandpit/bin/crun"
+    plain = Runtime("crun", "/usr/bin/crun", Path("/r"))
+    assert plain.run_argv(Path("/b"), "sandpit-x", Path("/l"))[0] == "/usr/bin/crun"
+    assert "_LIBCONTAINER_CLONED_BINARY" not in plain.run_env()

@@ -119,7 +119,8 @@ class ServiceContainer:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = spawn(self.place.runtime.run_argv(self.dir, self.id, self.dir / "runtime.log"), out_w, err_w)
+            pid = spawn(self.place.runtime.run_argv(self.dir, self.id, self.dir / "runtime.log"), out_w, err_w,
+                        self.place.runtime.run_env())
         except OSError as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
