@@ -8,15 +8,18 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.sandbox.conftest import TEST_STATE
 from tests.sandbox.images.registry import SKOPEO_ENV
 from worker.errors import ImageError, InvalidRequest, UnknownImage
 from worker.sandbox.images import ImageStore
 from worker.sandbox.registry.config import RegistryConfig
+from worker.sandbox.registry.pull_box import setpriv_argv
 from worker.settings import REPO_IMAGES
 
 FORMATS = {"docker-archive": "docker-archive:{file}:team/tool:1.0", "oci-archive": "oci-archive:{file}:team/tool:1.0"}
@@ -75,7 +78,8 @@ def test_an_imports_skopeo_runs_as_the_pull_uid_on_a_copy_of_a_root_only_archive
     assert copy.st_size == (tmp_path / "image.tar").stat().st_size  # type: ignore[attr-defined]
     original = (tmp_path / "image.tar").stat()
     assert (original.st_uid, stat.S_IMODE(original.st_mode)) == (0, 0o600)
-    assert stat.S_IMODE(tmp_path.stat().st_mode) & 0o001 == 0  # the uid cannot even enter its directory
+    refused = subprocess.run([*setpriv_argv(uid), "cat", str(tmp_path / "image.tar")], capture_output=True)
+    assert refused.returncode != 0 and refused.stdout == b""  # the uid cannot read the operator's file itself
     assert image.name == "docker.io/team/tool:1.0" and image.source == "archive"
     assert (image.layer_stack()[1][1] / "one").read_text() == "1\n"
     assert boxes() == before
@@ -140,3 +144,24 @@ def test_a_file_that_is_no_image_archive_never_reaches_the_uid(tmp_path, layout)
     os.symlink(tmp_path / "image.tar", tmp_path / "link.tar")
     (image,) = store.import_archive(tmp_path / "link.tar")
     assert image.name == "docker.io/team/tool:1.0"
+
+
+def test_the_cli_imports_as_the_uid_and_says_what_it_refuses(tmp_path, layout, settings, reachable_dir):
+    """``sandpit images import FILE`` prints the name and digest of what it stored; a FIFO given as
+    FILE is a one-line refusal (exit 125, no traceback) that does not wait for a writer."""
+    make_archive(layout, "docker-archive", tmp_path / "image.tar")
+    os.mkfifo(tmp_path / "fifo")
+    env = {"PATH": os.environ["PATH"], "SANDPIT_STATE_DIR": str(reachable_dir / "state"),
+           "SANDPIT_RUN_DIR": str(settings.run_dir)}
+
+    def sandpit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "worker", "images", *args], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=REPO)
+
+    before = boxes()
+    p = sandpit("import", str(tmp_path / "image.tar"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("docker.io/team/tool:1.0\tsha256:") and "layer 2/2" in p.stderr
+    p = sandpit("import", str(tmp_path / "fifo"))
+    assert p.returncode == 125 and "not a regular file" in p.stderr and "Traceback" not in p.stderr
+    assert boxes() == before

@@ -126,7 +126,10 @@ def import_archive(puller: Puller, path: Path, tag: str | None, progress: Progre
             assert box.path is not None
             if ":" in str(box.path):
                 raise ArchiveError(f"{box.path}: a directory with ':' in its path cannot be named to skopeo")
-            copy = box.copy_in("archive", fd)
+            try:
+                copy = box.copy_in("archive", fd)
+            except OSError as exc:
+                raise ArchiveError(f"{path}: cannot copy it into {box.path} for skopeo: {exc.strerror}") from None
             for i, (selector, refs) in enumerate(planned):
                 image = _import_one(puller, box, i, (f"{transport}:{copy}{selector}",
                                     f"{transport}:{path}{selector}"), str(refs[0]), progress, cancel)
