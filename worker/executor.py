@@ -261,6 +261,8 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     if delivered is None or lease.lost.is_set():
         return []
     record = delivered
+    if record.status not in CACHED_STATUSES:  # the API refused the delivery: its caches' files are not there
+        saved = []
     newly = _record_result(ctx, job_id, attempt, record, trust, saved)
     done = ctx.on_retried if ctx.on_retried is not None and job_id in newly else ctx.on_done
     try:
@@ -271,12 +273,13 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
 
 
 RECORD_RETRY_S = (0.1, 0.3, 1.0, 3.0)  # a database hiccup while recording waits this long, then the lease decides
+CACHED_STATUSES = (Status.SUCCEEDED, Status.FAILED)  # an attempt that ended otherwise names no cache
 
 
 def _store_caches(planned: PlannedJob, store: Path, record: JobRecord, source_root: Path | None,
                   job_id: str) -> list[cache.SavedCache]:
     """The manifests of the caches this attempt pushes, stored (the database names them later)."""
-    if not planned.caches or record.status not in (Status.SUCCEEDED, Status.FAILED):
+    if not planned.caches or record.status not in CACHED_STATUSES:
         return []
     try:
         return cache.store_manifests(planned.caches, store, record.cache_files, record.status, source_root)

@@ -27,7 +27,9 @@ with the job's own token (adapter; the seam is :mod:`worker.job_files`).
   it does not lose it, and a worker restarted meanwhile takes the delivery up again. A token the
   API no longer accepts (401/403/409: the attempt was settled elsewhere) ends the delivery;
   nothing is recorded, as when a lease is lost. A body the API calls damaged (422: the local copy
-  does not hash to its name) makes the job ``error``/``infra_error`` without its artifacts.
+  does not hash to its name) makes the job ``error``/``infra_error`` without its artifacts, and
+  the caches it pushed are not named (the caller names caches only for a succeeded or failed
+  record: worker/executor.py ``CACHED_STATUSES``), so no job is pointed at files the API lacks.
 
 Why bundles: the cost of the upload path is its round trips, not its bytes. One request per file
 and one for the log cost two to three requests per job; a bundle makes it one, with one token check
