@@ -70,7 +70,7 @@ class Puller:
     def __init__(self, store: PulledImages, config: RegistryConfig) -> None:
         self.store = store
         self.config = config
-        self.skopeo = Skopeo(store.root / ".skopeo", auth_file=config.auth_file,
+        self.skopeo = Skopeo(auth_file=config.auth_file,
                              registries_conf=config.registries_conf)
 
     # -- registry ----------------------------------------------------------------------------

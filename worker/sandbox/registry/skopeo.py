@@ -26,7 +26,6 @@ sandpit's own that accepts any image: sandpit pins content by digest and does no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -59,36 +58,15 @@ class PullRefused(UnknownImage):
 
 
 class Skopeo:
-    def __init__(self, home: Path, *, auth_file: Path | None = None, registries_conf: Path | None = None,
+    """skopeo, always in a pull's box as its unprivileged uid (:mod:`.pull_box`): there is no way to
+    run it as root here, for a pull or an import."""
+
+    def __init__(self, *, auth_file: Path | None = None, registries_conf: Path | None = None,
                  timeout_s: float = 3600.0, binary: str = "skopeo") -> None:
-        self.home = home
         self.auth_file = auth_file
         self.registries_conf = registries_conf
         self.timeout_s = timeout_s
         self.binary = binary
-        self._prepared = False
-        self._lock = threading.Lock()
-
-    # -- configuration -------------------------------------------------------------------
-    def _prepare(self) -> None:
-        with self._lock:
-            if self._prepared:
-                return
-            if shutil.which(self.binary) is None:
-                raise PullError("skopeo is not installed (apt-get install skopeo): sandpit pulls images with it")
-            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.home, 0o700)
-            conf_dir = self.home / ".config" / "containers"
-            conf_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write(self.home / "policy.json", POLICY)
-            user_conf = conf_dir / "registries.conf"
-            text = self.registries_conf_bytes()
-            if text is not None:
-                _write(user_conf, text)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    user_conf.unlink()
-            self._prepared = True
 
     def registries_conf_bytes(self) -> bytes | None:
         """The operator's ``registries.conf`` (None: skopeo reads the host's)."""
@@ -100,30 +78,25 @@ class Skopeo:
             raise PullError(f"cannot read the registries configuration {self.registries_conf}: "
                             f"{exc.strerror}") from None
 
-    def _run_as(self, box: PullBox | None) -> tuple[list[str], dict[str, str], Path]:
-        """(argv prefix, environment, home) of one skopeo process: in the pull's box as its uid, or
-        (an import) as root in the store's own home."""
-        if box is None:
-            self._prepare()
-            home, prefix, tmp = self.home, [self.binary], self.home
-        else:
-            if shutil.which(self.binary) is None:
-                raise PullError("skopeo is not installed (apt-get install skopeo): sandpit pulls images with it")
-            home, prefix = box.home, [*box.argv(), self.binary]
-            assert box.path is not None
-            tmp = box.path / "tmp"
+    def _run_as(self, box: PullBox) -> tuple[list[str], dict[str, str], Path]:
+        """(argv prefix, environment, home) of one skopeo process: in the box, as its uid."""
+        if shutil.which(self.binary) is None:
+            raise PullError("skopeo is not installed (apt-get install skopeo): sandpit pulls images with it")
+        home, prefix = box.home, [*box.argv(), self.binary]
+        assert box.path is not None
+        tmp = box.path / "tmp"
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "TMPDIR": str(tmp)}
         env.update({k: v for k, v in os.environ.items() if k in _PROXY_VARS})
         return [*prefix, "--policy", str(home / "policy.json"), "--tmpdir", str(tmp)], env, home
 
-    def _auth(self, flag: str, box: PullBox | None, home: Path) -> list[str]:
-        auth = self.auth_file if box is None else box.auth_path
-        if auth is None:
+    @staticmethod
+    def _auth(flag: str, box: PullBox, home: Path) -> list[str]:
+        if box.auth_path is None:
             return [flag, str(home / "no-auth.json")]  # an absent file: anonymous, and no default file read
-        return [flag, str(auth)]
+        return [flag, str(box.auth_path)]
 
     # -- what sandpit asks -----------------------------------------------------------------
-    def inspect(self, image: str, *, config: bool = False, box: PullBox | None = None) -> bytes:
+    def inspect(self, image: str, *, box: PullBox, config: bool = False) -> bytes:
         """The raw manifest (or, with ``config``, the raw config) of ``image`` (``docker://...``)."""
         base, env, home = self._run_as(box)
         cmd = [*base, "inspect", "--raw", "--retry-times", "2", *self._auth("--authfile", box, home)]
@@ -142,8 +115,9 @@ class Skopeo:
                             f"{MANIFEST_LIMIT} bytes (refused)")
         return proc.stdout
 
-    def copy(self, source: str, dest: str, args: tuple[str, ...] = (), *, poll: Callable[[], None] = lambda: None,
-             cancel: threading.Event | None = None, log: Path | None = None, box: PullBox | None = None) -> None:
+    def copy(self, source: str, dest: str, args: tuple[str, ...] = (), *, box: PullBox,
+             poll: Callable[[], None] = lambda: None, cancel: threading.Event | None = None,
+             log: Path | None = None) -> None:
         """``skopeo copy SOURCE DEST``, calling ``poll`` about five times a second while it runs (it
         may raise to stop the copy); ``cancel`` stops it too. Its stderr goes to ``log``, else to a
         file with no name, read for the error message."""
@@ -199,12 +173,3 @@ def translate(image: str, stderr: bytes) -> ImageError:
 def _shown(text: str) -> str:
     return repr(text if len(text) <= 200 else text[:197] + "...")
 
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
