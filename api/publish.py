@@ -76,6 +76,19 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
+class NoResult:
+    """What ``send_task`` hands back instead of an ``AsyncResult``: sandpit never reads a task's
+    result (the database owns the job), and an ``AsyncResult`` looks up the app's result backend,
+    which Celery keeps per thread and builds from the package entry points on each new thread
+    (3.5 % of the API's CPU under load, py-spy, bench/bench_service.py --profile)."""
+
+    __slots__ = ("id", "ignored")
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.ignored = True
+
+
 class CeleryPublisher:
     """Publishes through a Celery app configured only as a producer (it runs no tasks)."""
 
@@ -92,7 +105,8 @@ class CeleryPublisher:
     def publish(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             try:
-                self._app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE, serializer="json")
+                self._app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE, serializer="json",
+                                    ignore_result=True, result_cls=NoResult)
             except Exception as exc:  # kombu/redis raise many kinds; all mean "not sent"
                 in_a_row, total = self.failures.failed()
                 raise PublishFailed(f"could not publish job {job_id}: {one_line(exc)}", in_a_row=in_a_row,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -34,10 +35,18 @@ from pipelines.store.inflight import count_runs_in_flight, record_submitter
 from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.outbox import mark_published, mark_unpublished
 from pipelines.store.transitions import cancel_unfinished_job, cancel_unfinished_run, create_run
+from pipelines.store.transitions.creation import StoredRun
 
 PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
 log = logging.getLogger("sandpit.api")
 
+#: how many requests plan and store a run at once; the others wait asleep. With 50 clients the
+#: API's 40 request threads all planned and wrote at once: the one holding the database's write
+#: turn shared the GIL with 39 others, so every write took many switch intervals (5 ms each) and
+#: the POST p99 was past a second (bench/bench_service.py --clients 50). Two keep a core busy
+#: while the other waits on SQLite or Redis.
+SUBMIT_AT_ONCE = 2
+_submitting = threading.BoundedSemaphore(SUBMIT_AT_ONCE)
 
 
 def utcnow() -> dt.datetime:
@@ -113,6 +122,25 @@ def submit_run(
     """
     trust = run_trust(caller, request.trust)
     level = policy.level(trust)
+    with _submitting:
+        planned, stored = _plan_and_store(engine, request, caller, trust, level, run_id)
+    # a new run has no artifacts; the objects stay readable after the commit
+    created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
+    if before_publish is not None:
+        before_publish()
+    if stored.queued:
+        try:
+            publisher.publish(stored.queued)
+        except PublishFailed as exc:
+            _log_publish_failure(len(stored.queued), exc)
+            with session_scope(engine) as session:
+                mark_unpublished(session, list(stored.queued))
+    warnings = [ProblemPublic.model_validate(p.as_dict()) for p in planned.warnings]
+    return RunCreated(**created.model_dump(), warnings=warnings)
+
+
+def _plan_and_store(engine: Engine, request: RunCreate, caller: ApiToken, trust: TrustLevel, level: LevelPolicy,
+                    run_id: str | None) -> tuple[Plan, StoredRun]:
     planned = plan_request(request, level)
     submitter = submitter_of(caller)
     with session_scope(engine) as session:
@@ -133,19 +161,7 @@ def submit_run(
             mark_sent=True,  # undone below if sending fails (see outbox.py)
         )
         record_submitter(session, stored.run.id, submitter)
-    # a new run has no artifacts; the objects stay readable after the commit
-    created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
-    if before_publish is not None:
-        before_publish()
-    if stored.queued:
-        try:
-            publisher.publish(stored.queued)
-        except PublishFailed as exc:
-            _log_publish_failure(len(stored.queued), exc)
-            with session_scope(engine) as session:
-                mark_unpublished(session, list(stored.queued))
-    warnings = [ProblemPublic.model_validate(p.as_dict()) for p in planned.warnings]
-    return RunCreated(**created.model_dump(), warnings=warnings)
+    return planned, stored
 
 
 def publish_committed(engine: Engine, publisher: Publisher, job_ids: Sequence[str]) -> None:

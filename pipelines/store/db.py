@@ -34,6 +34,7 @@ from sqlmodel import Session
 
 from pipelines.files.locks import hold
 from pipelines.store.errors import MigrationFailed
+from pipelines.store.writer_turn import WriterTurn, turn_for
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -113,14 +114,33 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
     Objects stay readable after the commit (``expire_on_commit=False``), so a caller can use
     what a transition returned once the session is gone.
+    On a SQLite file the writers of all sandpit processes take turns first
+    (:mod:`pipelines.store.writer_turn`): a queue instead of SQLite's sleeping busy-wait.
     """
-    with Session(engine, expire_on_commit=False) as session:
+    turn = _turn_of(engine)
+    with turn.held() if turn is not None else contextlib.nullcontext(), \
+            Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+_engine_turns: weakref.WeakKeyDictionary[Engine, WriterTurn | None] = weakref.WeakKeyDictionary()
+
+
+def _turn_of(engine: Engine) -> WriterTurn | None:
+    try:
+        return _engine_turns[engine]
+    except KeyError:
+        pass
+    url = engine.url
+    database = url.database if url.get_backend_name() == "sqlite" else None
+    memory = not database or database == ":memory:" or database.startswith("file:")
+    found = _engine_turns[engine] = None if memory else turn_for(str(database), SQLITE_BUSY_TIMEOUT_MS / 1000)
+    return found
 
 
 @contextmanager

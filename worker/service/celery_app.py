@@ -34,7 +34,15 @@ class SandpitCelery(Celery):
 
     def publish_job(self, job_id: str) -> None:
         """The job publisher handed to the service: one message, the job id and nothing else."""
-        self.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
+        # no AsyncResult: it would look up the result backend (see api/publish.py ``NoResult``)
+        self.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE, ignore_result=True, result_cls=_NoResult)
+
+
+class _NoResult:
+    __slots__ = ("id", "ignored")
+
+    def __init__(self, task_id: str) -> None:
+        self.id, self.ignored = task_id, True
 
 
 app = SandpitCelery("sandpit", include=["worker.service.tasks"])
