@@ -57,15 +57,14 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 async def put_bundle(request: Request) -> Response:
-    """``PUT /api/v1/jobs/{job_id}/bundle``: the token's check starts first, the body is read
-    meanwhile, and one thread hashes and names the files once the check has answered."""
+    """``PUT /api/v1/jobs/{job_id}/bundle``: the body read whole (capped), then one thread hand-off
+    for the token's check and the files (:func:`api.job_files.receive_bundle`)."""
     services: Services = request.app.state.services
-    job_id = request.path_params["job_id"]
-    check = job_files.check_soon(services.engine, bearer_token(request.headers.get("authorization")), job_id)
     body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
     settings = services.settings
-    kept = await to_thread.run_sync(job_files.receive_bundle, settings.artifacts_dir, settings.state_dir / "logs",
-                                    job_id, body, check)
+    kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
+                                    settings.state_dir / "logs", bearer_token(request.headers.get("authorization")),
+                                    request.path_params["job_id"], body)
     return Response(json.dumps(kept).encode(), media_type="application/json")
 
 

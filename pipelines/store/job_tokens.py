@@ -13,9 +13,7 @@ a job's files (adapter). GitLab's job-token model, narrowed to the worker:
 
 The statements are built once here; the checks read through :class:`_Checks` (on PostgreSQL a
 pool of their own, in autocommit, see there; on SQLite the read-only connections, so an upload's
-check never waits for SQLite's writer). :func:`grant_soon` starts a check on a thread of the checks'
-own and returns at once, so that the API reads, hashes and writes a body while the check's round
-trip to the database is under way (api/job_files.py: nothing is named before its answer is in).
+check never waits for SQLite's writer).
 
 Why a random token and a row rather than a token the worker signs (job id, attempt, expiry and
 an HMAC, checked by the API without a row): it would take the mint's ``INSERT`` off the claim
@@ -33,10 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-import threading
 import weakref
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,17 +126,6 @@ def grant_for(engine: sa.Engine, token: str, job_id: str) -> Grant:
     return Grant(None, job_id=row.job_id, attempt=int(row.attempt), run_id=row.run_id, trust=row.trust)
 
 
-def grant_soon(engine: sa.Engine, token: str, job_id: str) -> Future[Grant]:
-    """:func:`grant_for`, started now on a thread of the checks' own and answered later: the
-    caller overlaps the database's round trip with its own work (reading, hashing and writing a
-    body) and takes the answer with ``.result()`` before anything it received is named.
-
-    Why a thread and not libpq's pipeline mode on the caller's thread (tried): psycopg's pipeline
-    ends with a ``Sync`` and waits for its answer, a second round trip, and sending the query
-    ahead and reading it later needs psycopg's internals."""
-    return _checks(engine).submit(grant_for, engine, token, job_id)
-
-
 class _Checks:
     """Where the token check reads. On SQLite, the store's read-only connections (a check never
     waits for the writer). On PostgreSQL, a small pool of its own in autocommit and without the
@@ -151,25 +135,14 @@ class _Checks:
     consistent snapshot, so it needs no transaction around it. What the pre-ping guarded against
     (a connection the server closed, as at a PostgreSQL restart) costs one retry on a fresh
     connection instead (SQLAlchemy invalidates the whole pool on a disconnect). The pool goes
-    when its store engine is disposed, and with it the threads :func:`grant_soon` runs checks on
-    (as many as the pool has connections: a check there never waits for a connection)."""
-
-    THREADS = 16  # the pool's 4 + 12 overflow
+    when its store engine is disposed."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.pool: sa.Engine | None = None
-        self.threads: ThreadPoolExecutor | None = None
-        self.lock = threading.Lock()
         if engine.dialect.name == "postgresql":
             self.pool = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=12)
-        sa.event.listen(engine, "engine_disposed", lambda _engine: self.close())
-
-    def submit(self, check: Callable[..., Grant], *args: object) -> Future[Grant]:
-        with self.lock:
-            if self.threads is None:  # made on the first use: a process that never checks starts none
-                self.threads = ThreadPoolExecutor(self.THREADS, thread_name_prefix="sandpit-token-check")
-            return self.threads.submit(check, *args)
+            sa.event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     def read(self, statement: Any, params: dict[str, object]) -> Any:
         if self.pool is None:
@@ -185,9 +158,6 @@ class _Checks:
         return None  # not reached
 
     def close(self) -> None:
-        with self.lock:
-            if self.threads is not None:
-                self.threads.shutdown(wait=False)
         if self.pool is not None:
             self.pool.dispose()
         _checkers.pop(self.engine, None)
