@@ -13,10 +13,14 @@
         the two interleaved so that the machine's load falls on both alike; with the mint and
         the request timed apart. ``--pure-python-api`` runs the API without httptools and uvloop
         (uvicorn falls back to h11 and asyncio), to see what the C parser and loop give.
+        ``--baseline-tree DIR`` starts a second API from DIR (another commit's tree, e.g. ``git
+        archive <commit> | tar -x -C DIR``) on the same database and delivers to it in turns with
+        the others, with this tree's worker side: a change to the API's side measured before and
+        after in one run, under the same load.
 
 Starts its own redis-server, PostgreSQL, API and workers (loopback only), stops them by pid.
 Usage (root): .venv/bin/python bench/bench_workers.py [--parts a,b] [--jobs 60] [--workers 1,2,4]
-              [--deliveries 300] [--pure-python-api]
+              [--deliveries 300] [--pure-python-api] [--baseline-tree DIR]
 Goal: (b) the upload path costs <= 2 ms per job for small artifacts.
 """
 
