@@ -8,7 +8,7 @@ replaced cache archive), for each host to remove its copy. ``ix_artifact_sha256`
 still name without reading every row.
 
 Revision ID: 0010
-Revises: 0009 (0008 while no 0009 exists)
+Revises: 0008 (there is no revision 0009: the number was never released)
 Create Date: 2026-12-05
 """
 
@@ -20,9 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-# Revision 0009 is being written beside this one; until it lands this follows 0008, after that
-# 0009, so the chain has one head either way. Pin it to "0009" once 0009 is in the tree.
-down_revision: str | Sequence[str] | None = "0008"  # no 0009 was ever released
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
