@@ -13,7 +13,7 @@ import pytest
 
 from worker.sandbox.cgroups import cgroup2_mounts
 from worker.sandbox.mounts import MS_REMOUNT, mount
-from worker.sandbox.reaper import containers, leftovers
+from worker.sandbox.reaper import leftovers
 
 SANDPIT = [sys.executable, "-m", "worker"]
 
@@ -81,28 +81,25 @@ def test_unbuilt_image_says_how_to_build(cli, settings, tmp_path):
 
 
 def _spawn_exec(settings, runtime, *cmd: str) -> subprocess.Popen[str]:
-    _KNOWN[:] = containers(settings)  # other jobs on the machine: not the one this test waits for
     return subprocess.Popen([*SANDPIT, "exec", "--timeout", "60s", "--", *cmd], env=cli_env(settings, runtime),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-_KNOWN: list[str] = []
+def _wait_for_job(proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    """Until the job _spawn_exec started says it runs (its first line): a new container on the
+    host may be another job's, whose sandpit started later and got further (the machine is shared),
+    while this one is still importing."""
+    import select
 
-
-def _wait_for_job(settings, timeout: float = 20) -> None:
-    """Until the container of the job _spawn_exec started exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if set(containers(settings)) - set(_KNOWN):
-            return
-        time.sleep(0.02)
-    raise AssertionError("the job never started")
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready and proc.stdout.readline() == "started\n", "the job never started"
 
 
 def test_ctrl_c_tears_everything_down(settings, runtime, no_leftovers):
     """SIGINT to sandpit exec stops the job (reason cancelled) and removes every kernel object."""
     proc = _spawn_exec(settings, runtime, "sh", "-c", "echo started; sleep 60")
-    _wait_for_job(settings)
+    _wait_for_job(proc)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode != 0
@@ -113,8 +110,8 @@ def test_ctrl_c_tears_everything_down(settings, runtime, no_leftovers):
 def test_sigkilled_exec_is_cleaned_by_reap(settings, runtime, no_leftovers):
     """A SIGKILLed sandpit leaves objects behind; `sandpit reap` removes them, and only them."""
     marker = f"60.{os.getpid()}"  # a sleep duration no other process on the host uses
-    proc = _spawn_exec(settings, runtime, "sh", "-c", f"sleep {marker} & sleep {marker}")
-    _wait_for_job(settings)
+    proc = _spawn_exec(settings, runtime, "sh", "-c", f"sleep {marker} & echo started; sleep {marker}")
+    _wait_for_job(proc)
     live = subprocess.Popen([*SANDPIT, "exec", "--timeout", "60s", "--", "sleep", "5"],
                             env=cli_env(settings, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.kill()
