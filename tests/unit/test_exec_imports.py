@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCHER = ROOT / "worker" / "cli" / "sandpit"
 
 HEAVY = (
     "argparse", "typing", "dataclasses", "inspect", "ast", "asyncio", "logging", "subprocess", "tempfile",
@@ -71,63 +67,22 @@ def test_exec_imports_no_heavy_module() -> None:
 
 
 def whole_exec_imports(tmp_path: Path) -> list[str]:
-    """Every module a whole ``sandpit exec`` process imports, started as the installed launcher
-    starts it (``python -I -S``), up to a refusal by the engine's own check of the request (an
-    artifact path out of the workspace): the CLI, the settings, the engine built, its run begun."""
+    """Every module a whole ``sandpit exec`` process imports up to a refusal by the engine's own
+    check of the request (an artifact path out of the workspace): the CLI, the settings, the
+    engine built (its image store and pull settings), its run begun."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SANDPIT_STATE_DIR": str(tmp_path / "state"),
            "SANDPIT_RUN_DIR": str(tmp_path / "run"), "SANDPIT_GC_EVERY": "0"}
-    out = subprocess.run([sys.executable, "-X", "importtime", "-I", "-S", str(LAUNCHER), "exec", "--artifact",
-                          "../x", "--", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-P", "-m", "worker", "exec", "--artifact", "../x",
+                          "--", "true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 125 and "\nsandpit: " in out.stderr, out.stderr[-2000:]
     return [line.rpartition("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")
             and "self [us]" not in line]
 
 
-def test_the_whole_exec_process_imports_no_heavy_module_and_no_site(tmp_path):
-    """Through the launcher, ``exec`` runs without ``site`` (nor setuptools' distutils shim that a
-    .pth file imports) and loads none of the heavy modules."""
+def test_the_whole_exec_process_imports_no_heavy_module(tmp_path):
+    """Past the probe above: building the engine and starting a run load none of the heavy modules
+    either (the store, the language, the network and pull layers stay out)."""
     modules = whole_exec_imports(tmp_path)
-    assert "worker.sandbox.engine" in modules and "worker.cli.exec" in modules
-    assert "site" not in modules and "_distutils_hack" not in modules
+    assert "worker.sandbox.engine" in modules and "worker.cli.exec" in modules and "worker.settings" in modules
     assert heavy_among(modules) == []
-
-
-@pytest.fixture()
-def venv(tmp_path: Path) -> Path:
-    """A virtual environment with the launcher installed and this checkout on its path through a
-    .pth file (as an editable install has it), and a second .pth whose code would exit 7."""
-    folder = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-    packages = folder / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    (packages / "__editable__.sandpit.pth").write_text(f"{ROOT}\n")
-    (packages / "zz-exits.pth").write_text("import sys; sys.exit(7)\n")
-    shutil.copy(LAUNCHER, folder / "bin" / "sandpit")
-    return folder
-
-
-def test_the_launcher_finds_the_package_through_the_pth_paths_without_running_pth_code(venv, tmp_path):
-    """``exec``: the .pth file's folder is on the path (the command runs: a bad size is refused
-    with 125), and the other .pth file's code is not run; any other command goes through ``site``
-    as usual, which runs that code (exit 7)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SANDPIT_STATE_DIR": str(tmp_path / "state"),
-           "SANDPIT_RUN_DIR": str(tmp_path / "run"), "SANDPIT_GC_EVERY": "0"}
-    refused = subprocess.run([str(venv / "bin" / "sandpit"), "exec", "--memory", "lots", "--", "true"], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 125 and "not a size" in refused.stderr, refused.stderr
-    other = subprocess.run([str(venv / "bin" / "sandpit"), "lint", "--help"], env=env, capture_output=True,
-                           text=True, timeout=60)
-    assert other.returncode == 7
-
-
-def test_the_launcher_uses_site_for_an_environment_sharing_the_systems_packages(venv, tmp_path):
-    """A virtual environment made with --system-site-packages takes its libraries from the system's
-    folders, which only ``site`` knows: ``exec`` goes through it too (the .pth code runs: exit 7)."""
-    config = venv / "pyvenv.cfg"
-    config.write_text(config.read_text().replace("include-system-site-packages = false",
-                                                 "include-system-site-packages = true"))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SANDPIT_STATE_DIR": str(tmp_path / "state"),
-           "SANDPIT_RUN_DIR": str(tmp_path / "run"), "SANDPIT_GC_EVERY": "0"}
-    done = subprocess.run([str(venv / "bin" / "sandpit"), "exec", "--memory", "lots", "--", "true"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 7
+    assert "selectors" not in modules  # the supervisor's epoll set is its own (worker/sandbox/supervise.py)
