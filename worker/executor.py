@@ -60,6 +60,9 @@ class WorkerContext:
     defaults: JobDefaults = field(default_factory=JobDefaults)
     # called outside the claim's transaction, under the lease: it may fetch and check out a commit
     source_for: Callable[[Run, PlannedJob], WorkspaceSource | None] = lambda _run, _job: None
+    #: called in the claim's transaction with the claimed job's run (the service reads what
+    #: ``source_for`` needs there, instead of in a transaction of its own)
+    on_claim: Callable[[Session, Run], None] = lambda _session, _run: None
     sink_for: Callable[[Job], OutputSink | None] = lambda _job: None
     on_done: Callable[[Job, JobRecord], None] = lambda _job, _record: None
     #: instead of ``on_done`` for an attempt whose ``retry:`` queued the job again (None: on_done)
@@ -216,6 +219,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         secrets = tuple(str(v) for v in (getattr(run, "secrets", None) or {}).values())
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
         job_files = ctx.files.claimed(s, job, ctx.worker_id, ctx.now())  # http: the job's token, minted here
+        ctx.on_claim(s, run)
     lease = ctx.leases.watch(ctx, job_id, attempt)
     slot = ctx.slots.take()
     source_root: Path | None = None

@@ -162,6 +162,7 @@ class ServiceContext:
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.settings.lease_s,
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, on_retried=on_retried,
                              admit=admit, job_url=job_url, source_for=self.sources.source_for,
+                             on_claim=self.sources.prime,
                              files=self.files)
 
     def __post_init__(self) -> None:
