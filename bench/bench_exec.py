@@ -12,7 +12,9 @@
     both medians and what egress adds to a whole `sandpit exec` process
 
 Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker] [--network] [--egress-vs-none 200]
-Goals: (b) <= 1.5 x (c); (a) <= 0.3 x (d); egress adds <= 8 ms over none (whole process: (f) - (a)).
+Goals (issue 18): (b) <= 1.15 x (c); (a) <= 0.15 x (d); egress adds <= 8 ms over none (whole process:
+(f) - (a)). The machine is shared and noisy: run it several times, alternated with a baseline tree's
+copy of this file, and compare medians and p90 within one sitting.
 With --network, sandpit's bridge and rules live in a namespace the bench makes (`ip netns add
 sandpit-bench`, deleted at the end), which has no uplink: nothing can leave it.
 """
@@ -241,13 +243,13 @@ def main() -> int:
         p90 = sorted(v)[int(0.9 * (len(v) - 1))] * 1000
         print(f"| {k} | {med[k]:.1f} | {p90:.1f} |")
     b_over_c = med["(b) engine only"] / med["(c) bare crun run"]
-    print(f"\n(b)/(c) = {b_over_c:.2f} (goal <= 1.5)")
+    print(f"\n(b)/(c) = {b_over_c:.2f} (goal <= 1.15)")
     e = med.get("(e) engine only, --network egress")
     if e:
         print(f"egress adds {e - med['(b) engine only']:.1f} ms to a job over none (goal <= 8)")
     d = med.get("(d) docker run --rm --network none")
     if d:
-        print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.2f} (goal <= 0.3)")
+        print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.3f} (goal <= 0.15)")
     else:
         print(f"(d) docker: {docker_note}")
     if pair_times:
