@@ -2,7 +2,9 @@
 
     (a) `sandpit exec -- /bin/true` as a whole process
     (b) the engine's own time for the same job (Engine.run in a warm process)
-    (c) bare `crun run` of a prepared bundle: the same config.json and rootfs the engine makes
+    (c) bare `crun run` of a prepared bundle: the same config.json and rootfs the engine makes,
+        run as a user would run it (`crun` from PATH, which clones itself on every run; the engine
+        starts it from a read-only view instead: worker/sandbox/runtime.py)
     (d) `docker run --rm --network none` of the same rootfs (with --docker; starts dockerd itself)
 
     (e) the engine with `--network egress`, (f) `sandpit exec --network egress` (with --network)
@@ -54,6 +56,16 @@ def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and of its waited-for descendants (crun, a whole sandpit
+    process and its crun): a load-robust companion to wall time on a shared machine. dockerd is no
+    descendant, so (d) has none."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class BareBundle:
@@ -215,13 +227,16 @@ def main() -> int:
         cases["(e) engine only, --network egress"] = eng_egress
         cases["(f) sandpit exec --network egress"] = cli_egress
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     pair_times: dict[str, list[float]] = {}
     try:
         for fn in cases.values():  # warm up
             fn()
         for _ in range(args.runs):
             for name, fn in cases.items():
+                before = cpu_now()
                 times[name].append(timed(fn))
+                cpu[name].append(cpu_now() - before)
         if args.egress_vs_none:
             pair_times = egress_vs_none(args.egress_vs_none, net_settings, cli, cli_egress)
     finally:
@@ -237,11 +252,12 @@ def main() -> int:
             subprocess.run(["ip", "netns", "del", "sandpit-bench"], check=False)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(f"\n{args.runs} rounds, interleaved; runtime {engine.runtime(args.runtime).name}\n")
-    print("| case | median ms | p90 ms |")
-    print("|---|---:|---:|")
+    print("| case | median ms | p90 ms | CPU median ms |")
+    print("|---|---:|---:|---:|")
     for k, v in times.items():
         p90 = sorted(v)[int(0.9 * (len(v) - 1))] * 1000
-        print(f"| {k} | {med[k]:.1f} | {p90:.1f} |")
+        used = "—" if k.startswith("(d)") else f"{statistics.median(cpu[k]) * 1000:.1f}"
+        print(f"| {k} | {med[k]:.1f} | {p90:.1f} | {used} |")
     b_over_c = med["(b) engine only"] / med["(c) bare crun run"]
     print(f"\n(b)/(c) = {b_over_c:.2f} (goal <= 1.15)")
     e = med.get("(e) engine only, --network egress")
