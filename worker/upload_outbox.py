@@ -12,7 +12,9 @@ entries waiting, the next one on the host (same state dir) takes them up at star
 (:func:`pipelines.store.handover.take_over_lease`) before its sweeper could settle it, delivers,
 names the caches it pushed (their manifests were delivered with its files), records the stored
 result, and publishes what that made ready — or drops the entry if the attempt was settled
-meanwhile. The entry carries all of that (the record, the caches' keys, its logs'
+meanwhile. A delivery the API refuses for good (422: a file that is not its name) is recorded
+``error``/``infra_error`` without its files, and its caches are not named, as on the job's own
+thread. The entry carries all of that (the record, the caches' keys, its logs'
 local copies), so the new process needs nothing the dead one knew.
 """
 
@@ -175,18 +177,42 @@ def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], 
             outcome = transport.send_until_done(delivery, lease.lost.is_set)
         finally:
             ctx.leases.unwatch(lease)
-        if outcome != "delivered" or lease.lost.is_set():
+        refused = outcome.startswith("refused: ")
+        if not (outcome == "delivered" or refused) or lease.lost.is_set():
             log.warning("outbox: job %s was not delivered (%s)", delivery.job_id, outcome)
             continue
-        if delivery.caches:
+        record = delivery.record
+        if refused:  # as the job's own thread records it: error/infra_error, and no cache named
+            log.error("outbox: job %s: its files were refused by the API: %s", delivery.job_id, outcome)
+            record = refused_record(record, outcome[len("refused: "):])
+        elif delivery.caches:
             _name_caches(ctx, delivery)
         with session_scope(ctx.db) as s:
-            newly = finish_job(s, delivery.job_id, delivery.attempt, delivery.record, ctx.now())
+            newly = finish_job(s, delivery.job_id, delivery.attempt, record, ctx.now())
         publish(newly)
-        announce(delivery.job_id, delivery.run_id, str(delivery.record.get("status")))
+        announce(delivery.job_id, delivery.run_id, str(record.get("status")))
         recorded += 1
         log.info("outbox: job %s (attempt %d) delivered and recorded", delivery.job_id, delivery.attempt)
     return recorded
+
+
+def refused_record(record: dict[str, object], why: str) -> dict[str, object]:
+    """The record of an attempt whose delivery the API refused for good (a file the worker sent
+    did not hash to its name): ``error``/``infra_error``, none of its files or logs named, as
+    :meth:`worker.remote_files.HttpFiles.deliver` records it on the job's own thread.
+
+    >>> refused_record({"status": "succeeded", "artifacts": [{"path": "a"}], "log": "logs/j.jsonl",
+    ...                 "tests": {"total": 1}}, "digest_mismatch")["status"]
+    'error'
+    """
+    services = record.get("services")
+    refused: dict[str, object] = {
+        **{k: v for k, v in record.items() if k != "tests"}, "status": "error", "reason": "infra_error",
+        "artifacts": [], "log": None,
+        "message": f"sandpit could not deliver the job's files to the API ({why[:300]})"}
+    if isinstance(services, list):
+        refused["services"] = [{**s, "log": None} if isinstance(s, dict) else s for s in services]
+    return refused
 
 
 def _name_caches(ctx: WorkerContext, delivery: Delivery) -> None:

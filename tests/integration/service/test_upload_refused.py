@@ -54,3 +54,42 @@ def test_a_refused_delivery_names_none_of_its_caches(deployment: Deployment) -> 
             assert s.exec(select(CacheEntry).where(CacheEntry.key == "deps-refused")).first() is None
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the database plays no part here
+def test_a_refused_replayed_delivery_is_recorded_as_the_jobs_thread_records_it(
+        deployment: Deployment) -> None:  # noqa: F811
+    """The worker is SIGKILLed while the delivery waits in its outbox, and the cache's manifest is
+    damaged meanwhile: the next worker process on the host takes the attempt over and replays the
+    delivery, the API answers 422, and the attempt is recorded error/infra_error at once (not left
+    to its lease's expiry), without its artifacts, and the key names no cache."""
+    deployment.start_api()
+    one = deployment.host("one")
+    first = deployment.http_worker(one)
+    deployment.wait_for("the worker", lambda: deployment.workers())
+    run = deployment.submit(CACHE_JOB)
+    job_id = run["jobs"][0]["id"]
+    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
+    deployment.stop_api()
+    outbox = one.state / "outbox"
+    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
+                        timeout=30)
+    first.kill()
+    first.wait()
+    entry = json.loads(next(outbox.glob("*.json")).read_text())
+    [(_key, manifest, _size)] = entry["caches"]
+    (one.state / "artifacts" / manifest[:2] / manifest).write_bytes(b"[]")
+    deployment.http_worker(one)
+    deployment.start_api()
+    ended = deployment.wait(run["id"], timeout=60)
+    [job] = ended["jobs"]
+    assert (job["status"], job["reason"], job["artifacts"]) == ("error", "infra_error", []), job
+    assert "digest_mismatch" in job["message"]
+    assert [a.attempt for a in deployment.attempts(job_id)] == [1]
+    assert list(outbox.glob("*.json")) == []
+    engine = make_engine(deployment.db_url)
+    try:
+        with session_scope(engine) as s:
+            assert s.exec(select(CacheEntry).where(CacheEntry.key == "deps-refused")).first() is None
+    finally:
+        engine.dispose()
