@@ -3,8 +3,9 @@
 A worker on another host (``SANDPIT_ARTIFACT_TRANSPORT=http``) uploads what a job kept — artifact
 and report files, cache manifests and the files they list, the final log — and fetches what a job
 starts with — its dependencies' artifacts, its caches. Every request carries the job's own token
-(:mod:`pipelines.store.job_tokens`: minted at the claim, stored hashed, good for that job while
-that attempt runs). What it may do:
+(:mod:`pipelines.store.job_tokens`: minted at the claim and stored hashed, or signed with the key
+the API and the workers share, ``SANDPIT_JOB_TOKEN_KEY_FILE``; good for that job while that
+attempt runs). What it may do:
 
 - upload any content under its sha256 (content-addressed: the bytes are hashed as they arrive
   and kept only if they hash to the name, so an upload can add a file but never change one);
@@ -31,7 +32,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from anyio import to_thread
@@ -65,18 +66,19 @@ class DigestMismatchError(ApiError):
     code = "digest_mismatch"
 
 
-async def grant(engine: Engine, token: str | None, job_id: str) -> Grant:
-    """The grant of ``token`` for ``job_id``, or the matching error."""
-    return await to_thread.run_sync(checked_grant, engine, token, job_id)
+async def grant(engine: Engine, token: str | None, job_id: str, keys: Sequence[bytes] = ()) -> Grant:
+    """The grant of ``token`` for ``job_id`` (``keys``: what signed tokens are checked with), or
+    the matching error."""
+    return await to_thread.run_sync(checked_grant, engine, token, job_id, keys)
 
 
-def checked_grant(engine: Engine, token: str | None, job_id: str) -> Grant:
+def checked_grant(engine: Engine, token: str | None, job_id: str, keys: Sequence[bytes] = ()) -> Grant:
     """:func:`grant`, on the caller's thread (one database read)."""
     if not token:
         raise NotAuthenticated("send `Authorization: Bearer <the job's token>`")
     if not looks_like_token(token):
         raise NotAuthenticated("the job token is not valid")
-    found = grant_for(engine, token, job_id)
+    found = grant_for(engine, token, job_id, keys)
     if found.refusal == "unknown":
         raise NotAuthenticated("the job token is not valid")
     if found.refusal == "other_job":
@@ -158,7 +160,7 @@ async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIte
 
 
 def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | None, job_id: str,
-                   body: bytes) -> dict[str, object]:
+                   body: bytes, keys: Sequence[bytes] = ()) -> dict[str, object]:
     """A job's small files and its logs in one request (see :data:`BUNDLE_HELP`): the token is
     checked, then each file is hashed and kept under its name, its services' logs next, the job's
     log last. One request and one thread hand-off per job instead of one per file: the upload
@@ -169,7 +171,7 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
     the bundle no faster here (bench/bench_workers.py --baseline-tree, in turns: 0.14 ms slower
     at load 3.7-5), the second thread's wake-up costing what the overlap saved; and first, a
     refused token costs the API no write at all."""
-    checked_grant(engine, token, job_id)
+    checked_grant(engine, token, job_id, keys)
     head, sep, rest = body.partition(b"\n")
     if not sep or len(head) > MAX_MANIFEST_BYTES:
         raise BadRequest("a bundle starts with its manifest: one line of JSON, then the files' bytes")

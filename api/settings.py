@@ -18,6 +18,9 @@ Recognised variables:
   link of each commit status a forge shows (``<url>/ui/runs/<id>``); unset: statuses carry no link.
 - ``SANDPIT_API_MAX_ARCHIVE`` (bytes, default 16 MiB): the largest uploaded tree ``POST /runs``
   takes (``source.archive``, before base64).
+- ``SANDPIT_JOB_TOKEN_KEY_FILE``: the file of keys (one per line, the first signs) the workers
+  sign their jobs' tokens with, the same file on every host: the API then takes signed tokens
+  too (see :mod:`pipelines.store.job_tokens`); unset: row tokens only.
 - ``SANDPIT_POLICY_<LEVEL>_<CAP>``: the caps and defaults of each trust level (see
   :mod:`pipelines.policy` and README "Policy"); a bad or unknown one stops the API at start-up.
 
@@ -36,6 +39,7 @@ from api.ui.settings import UiSettings, UiSettingsError
 from pipelines.policy import Policy, PolicyError
 from pipelines.retention import RetentionConfigError, RetentionSettings
 from pipelines.store.db import default_url
+from pipelines.store.job_tokens import read_token_keys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -70,6 +74,7 @@ class ApiSettings:
     public_url: str | None = None
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE
     retention: RetentionSettings = field(default_factory=RetentionSettings)  # SANDPIT_*_RETENTION, pipelines/retention
+    job_token_keys: tuple[bytes, ...] = field(default=(), repr=False)  # SANDPIT_JOB_TOKEN_KEY_FILE's
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -92,6 +97,11 @@ class ApiSettings:
             retention = RetentionSettings.from_env(env)
         except (UiSettingsError, RetentionConfigError) as exc:
             raise SettingsError(str(exc)) from None
+        key_file = env.get("SANDPIT_JOB_TOKEN_KEY_FILE")
+        try:
+            job_token_keys = read_token_keys(Path(key_file)) if key_file else ()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             database_url=env.get("SANDPIT_DATABASE_URL") or default_url(state_dir),
             redis_url=env.get("SANDPIT_REDIS_URL") or DEFAULT_REDIS_URL,
@@ -104,6 +114,7 @@ class ApiSettings:
             public_url=public_url,
             max_archive_bytes=int(max_archive),
             retention=retention,
+            job_token_keys=job_token_keys,
         )
 
     @property

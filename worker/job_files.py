@@ -104,6 +104,11 @@ def make_transport(settings: Settings, artifact_store: Path) -> Transport:
         return LocalTransport()
     if not settings.api_url.startswith(("http://", "https://")):
         raise ConfigError(f"SANDPIT_API_URL must be an http:// or https:// URL, not {settings.api_url[:80]!r}")
+    from pipelines.store.job_tokens import read_token_keys
     from worker.remote_files import HttpTransport
 
-    return HttpTransport(settings.api_url, artifact_store, outbox_dir=settings.state_dir / "outbox")
+    try:
+        keys = read_token_keys(settings.job_token_key_file) if settings.job_token_key_file else ()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return HttpTransport(settings.api_url, artifact_store, outbox_dir=settings.state_dir / "outbox", token_keys=keys)

@@ -2,6 +2,7 @@
 with the job's own token (adapter; the seam is :mod:`worker.job_files`).
 
 - **Token.** Minted in the claim's transaction (:func:`pipelines.store.job_tokens.mint_job_token`),
+  or signed with the shared key where ``SANDPIT_JOB_TOKEN_KEY_FILE`` names one (no statement),
   held in this process only (never in the job's environment), good for this job while this
   attempt runs.
 - **Fetch** (before the job runs): each file the job starts with that the local store lacks —
@@ -54,7 +55,7 @@ from sqlmodel import Session
 from pipelines.identifiers import is_sha256_hex
 from pipelines.job_record import JobRecord, Reason, Status
 from pipelines.record import replace
-from pipelines.store.job_tokens import mint_job_token
+from pipelines.store.job_tokens import mint_job_token, sign_job_token
 from pipelines.store.models import Job
 from worker.cache import SavedCache
 from worker.errors import SandboxError
@@ -126,15 +127,19 @@ class HttpTransport:
     name = "http"
 
     def __init__(self, api_url: str, store: Path, outbox_dir: Path,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, token_keys: Sequence[bytes] = ()) -> None:
         self.api_url = api_url.rstrip("/")
+        self.token_keys = tuple(token_keys)
         self.store = store
         self.outbox = UploadOutbox(outbox_dir)
         self.sleep = sleep
         self.requests = FileRequests(self.api_url)
 
     def claimed(self, session: Session, job: Job, worker_id: str, now: dt.datetime) -> HttpFiles:
-        token = mint_job_token(session, job.id, job.attempt, worker_id, now)
+        if self.token_keys:  # signed: no statement in the claim's transaction
+            token = sign_job_token(self.token_keys[0], job.id, job.attempt)
+        else:
+            token = mint_job_token(session, job.id, job.attempt, worker_id, now)
         return HttpFiles(self, job.id, job.run_id, job.attempt, token, worker_id)
 
     def close(self) -> None:

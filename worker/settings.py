@@ -24,7 +24,8 @@ before it starts anyway, GitLab Runner's ``wait_for_services_timeout``; default 
 The service (worker/service/context.py): ``SANDPIT_DATABASE_URL`` (default SQLite in the state dir),
 ``SANDPIT_REDIS_URL`` (default redis://127.0.0.1:6379/0), ``SANDPIT_LEASE_S`` (default 20),
 ``SANDPIT_SWEEP_S`` (default 5), ``SANDPIT_HEARTBEAT_S`` (default 10), ``SANDPIT_PUBLIC_URL`` (else
-``SANDPIT_API_URL``: the address in ``CI_JOB_URL``), ``SANDPIT_ARTIFACT_TRANSPORT`` (local|http).
+``SANDPIT_API_URL``: the address in ``CI_JOB_URL``), ``SANDPIT_ARTIFACT_TRANSPORT`` (local|http),
+``SANDPIT_JOB_TOKEN_KEY_FILE`` (http: the key file jobs' tokens are signed with, the API's too).
 The API's clients (``submit``, ``repos``, ...): ``SANDPIT_API_URL`` (default http://127.0.0.1:8000),
 ``SANDPIT_TOKEN``, ``SANDPIT_WEBHOOK_SECRET``, ``SANDPIT_FORGE_TOKEN`` (kept as :class:`Secret`, which
 a ``repr`` of the settings does not show).
@@ -103,6 +104,9 @@ class Settings:
     public_url: str | None = None
     artifact_transport: str = "local"
     api_url: str = DEFAULT_API_URL
+    #: SANDPIT_JOB_TOKEN_KEY_FILE: the keys jobs' tokens are signed with (http transport; read
+    #: when the transport is made); None: tokens are rows (pipelines/store/job_tokens.py)
+    job_token_key_file: Path | None = None
     api_token: Secret | None = None
     webhook_secret: Secret | None = None
     forge_token: Secret | None = None
@@ -144,6 +148,8 @@ class Settings:
             public_url=env.get("SANDPIT_PUBLIC_URL") or env.get("SANDPIT_API_URL") or None,
             artifact_transport=env.get("SANDPIT_ARTIFACT_TRANSPORT") or "local",
             api_url=(env.get("SANDPIT_API_URL") or DEFAULT_API_URL).rstrip("/"),
+            job_token_key_file=Path(env["SANDPIT_JOB_TOKEN_KEY_FILE"]) if env.get("SANDPIT_JOB_TOKEN_KEY_FILE")
+            else None,
             api_token=_secret(env, "SANDPIT_TOKEN"),
             webhook_secret=_secret(env, "SANDPIT_WEBHOOK_SECRET"),
             forge_token=_secret(env, "SANDPIT_FORGE_TOKEN"),

@@ -38,8 +38,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-async def _grant(job_id: str, engine: EngineDep, credentials: JobCredentials) -> Grant:
-    return await job_files.grant(engine, credentials.credentials if credentials else None, job_id)
+async def _grant(job_id: str, engine: EngineDep, settings: SettingsDep, credentials: JobCredentials) -> Grant:
+    return await job_files.grant(engine, credentials.credentials if credentials else None, job_id,
+                                 settings.job_token_keys)
 
 
 GrantDep = Annotated[Grant, Depends(_grant)]
@@ -64,7 +65,7 @@ async def put_bundle(request: Request) -> Response:
     settings = services.settings
     kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
                                     settings.state_dir / "logs", bearer_token(request.headers.get("authorization")),
-                                    request.path_params["job_id"], body)
+                                    request.path_params["job_id"], body, settings.job_token_keys)
     return Response(json.dumps(kept).encode(), media_type="application/json")
 
 

@@ -15,12 +15,20 @@ The statements are built once here; the checks read through :class:`_Checks` (on
 pool of their own, in autocommit, see there; on SQLite the read-only connections, so an upload's
 check never waits for SQLite's writer).
 
-Why a random token and a row rather than a token the worker signs (job id, attempt, expiry and
-an HMAC, checked by the API without a row): it would take the mint's ``INSERT`` off the claim
-(0.42 ms at low load, 0.8-0.9 ms on a loaded host: bench/bench_workers.py) but not the check's
-read, which stays to revoke the token when the attempt ends, and it needs a signing key that
-every worker host and the API share, one more secret to deploy and rotate; the row costs one
-statement in a transaction that is open anyway.
+Or, where the API and the workers share a key (``SANDPIT_JOB_TOKEN_KEY_FILE``, the same file on
+every host), a *signed* token: ``spjs_<job id>.<attempt>.<HMAC-SHA256 of both>``, made by the
+worker at the claim without a statement (:func:`sign_job_token`) and checked by the API without
+the token's row (:func:`grant_for`): a token whose signature no key makes is 401, one naming
+another job 403 — neither reads the database — and the attempt's liveness is still read from the
+job's row on every request (one primary-key read, as the row token's check is one indexed read),
+so a signed token is dead the moment its attempt ends, exactly as a row token: 409
+``job_not_running`` is answered before anything of the request is stored. No expiry is signed in:
+liveness is read per request, and a leaked token of an attempt that ended grants nothing. The
+key file holds one key per line; the first signs, every one is accepted (rotation: add the new
+key first on every host, restart, later remove the old). What it saves: the mint's ``INSERT``
+on every claim (0.2-0.3 ms measured, bench/bench_workers.py) and the heartbeats' pruning of
+dead rows; what it costs: a secret on every worker host and the API. Without a key file, row
+tokens as above (the embedded and single-host set-ups need no secret).
 
 >>> token_digest("spj_abc") == token_digest("spj_abc") != token_digest("spj_abd")
 True
@@ -28,11 +36,15 @@ True
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import secrets
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +70,11 @@ GRANT = (
     .select_from(TOKENS.join(_JOBS, _JOBS.c.id == TOKENS.c.job_id).join(_RUNS, _RUNS.c.id == _JOBS.c.run_id))
     .where(TOKENS.c.token_sha256 == sa.bindparam("p_sha"))
 )
+LIVE_ATTEMPT = (
+    sa.select(_JOBS.c.status, _JOBS.c.attempt, _JOBS.c.run_id, _RUNS.c.trust)
+    .select_from(_JOBS.join(_RUNS, _RUNS.c.id == _JOBS.c.run_id))
+    .where(_JOBS.c.id == sa.bindparam("p_job_id"))
+)
 # the tokens of attempts that no longer run, whoever's worker minted them (a worker that died
 # never prunes its own); a new attempt's mint no longer deletes the old ones: the check refuses
 # them by their attempt already, and one statement less is on every claim's path
@@ -71,13 +88,68 @@ _TOKEN_LENGTH = len(TOKEN_PREFIX) + len(secrets.token_urlsafe(TOKEN_BYTES))
 
 def looks_like_token(token: str) -> bool:
     """Whether ``token`` has the form a minted token has (the prefix, then 43 URL-safe base64
-    characters): what has not is refused without a read.
+    characters) or a signed one's: what has neither is refused without a read.
 
     >>> looks_like_token("spj_" + "A" * 43), looks_like_token("spj_made-up"), looks_like_token("glpat-x")
     (True, False, False)
     """
+    if token.startswith(SIGNED_PREFIX):
+        return len(token) <= MAX_SIGNED_LENGTH and _SIGNED_CHARS.issuperset(token[len(SIGNED_PREFIX):])
     return (len(token) == _TOKEN_LENGTH and token.startswith(TOKEN_PREFIX)
             and _TOKEN_CHARS.issuperset(token[len(TOKEN_PREFIX):]))
+
+
+SIGNED_PREFIX = "spjs_"
+MAX_SIGNED_LENGTH = 200
+MIN_KEY_BYTES = 32
+_SIGNED_CHARS = _TOKEN_CHARS | {"."}
+
+
+def _signature(key: bytes, job_id: str, attempt: int) -> str:
+    mac = hmac.new(key, f"sandpit job token\0{job_id}\0{attempt}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def sign_job_token(key: bytes, job_id: str, attempt: int) -> str:
+    """The signed token of attempt ``attempt`` of ``job_id`` (see the module docstring).
+
+    >>> sign_job_token(b"k" * 32, "j1", 2)[:10]
+    'spjs_j1.2.'
+    """
+    return f"{SIGNED_PREFIX}{job_id}.{attempt}.{_signature(key, job_id, attempt)}"
+
+
+def signed_claims(keys: Sequence[bytes], token: str) -> tuple[str, int] | None:
+    """The (job id, attempt) a signed token names, if one of ``keys`` made its signature; None
+    for anything else (compared in constant time).
+
+    >>> keys, token = (b"n" * 32, b"o" * 32), sign_job_token(b"o" * 32, "j1", 2)
+    >>> signed_claims(keys, token), signed_claims(keys[:1], token), signed_claims(keys, token[:-1] + "x")
+    (('j1', 2), None, None)
+    """
+    if not token.startswith(SIGNED_PREFIX) or len(token) > MAX_SIGNED_LENGTH:
+        return None
+    job_id, _, rest = token[len(SIGNED_PREFIX):].partition(".")
+    attempt, _, signature = rest.partition(".")
+    if not job_id or not attempt.isdigit() or len(attempt) > 9 or not signature:
+        return None
+    if not any(hmac.compare_digest(_signature(key, job_id, int(attempt)), signature) for key in keys):
+        return None
+    return job_id, int(attempt)
+
+
+def read_token_keys(path: Path) -> tuple[bytes, ...]:
+    """The signing keys in the file ``path`` (one per line, each at least 32 characters; the
+    first signs); ValueError with the reason when it holds none that will do."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ValueError(f"SANDPIT_JOB_TOKEN_KEY_FILE {str(path)[:200]!r} cannot be read: {exc.strerror}") from None
+    keys = tuple(line.strip() for line in lines if line.strip())
+    if not keys or any(len(key) < MIN_KEY_BYTES for key in keys):
+        raise ValueError(f"SANDPIT_JOB_TOKEN_KEY_FILE {str(path)[:200]!r} must hold one key per line, each at least "
+                         f"{MIN_KEY_BYTES} characters (e.g. `openssl rand -base64 48`)")
+    return keys
 
 
 def token_digest(token: str) -> str:
@@ -113,9 +185,21 @@ class Grant:
     trust: str = ""
 
 
-def grant_for(engine: sa.Engine, token: str, job_id: str) -> Grant:
+def grant_for(engine: sa.Engine, token: str, job_id: str, keys: Sequence[bytes] = ()) -> Grant:
     """Whether ``token`` may move files of job ``job_id`` now (see :class:`Grant`): one indexed
-    read (the token's row joined to its job and run), on every upload's and fetch's path."""
+    read (the token's row joined to its job and run), on every upload's and fetch's path; for a
+    signed token (``keys``: the API's), its signature first, then one primary-key read of the
+    job's row and its run's, only when it names ``job_id``."""
+    if token.startswith(SIGNED_PREFIX):
+        claims = signed_claims(keys, token)
+        if claims is None:
+            return Grant("unknown")
+        if claims[0] != job_id:
+            return Grant("other_job")
+        live = _checks(engine).read(LIVE_ATTEMPT, {"p_job_id": job_id})
+        if live is None or live.status != "running" or live.attempt != claims[1]:
+            return Grant("not_running", job_id=job_id, attempt=claims[1])
+        return Grant(None, job_id=job_id, attempt=claims[1], run_id=live.run_id, trust=live.trust)
     row = _checks(engine).read(GRANT, {"p_sha": token_digest(token)})
     if row is None:
         return Grant("unknown")
