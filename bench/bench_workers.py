@@ -8,10 +8,12 @@
         less what the same workers' background loops (heartbeat, sweeps) cost while idle for as
         long, and the bytes the API keeps (what the uploads carried)
     (b) the upload path per job, in-process against a live API on PostgreSQL: the claim with the
-        job token minted in its transaction, then the delivery of a 1 KiB artifact and a small
-        log (one bundle PUT), against the shared-disk path (the claim alone, nothing delivered),
-        the two interleaved so that the machine's load falls on both alike; with the mint and
-        the request timed apart. ``--pure-python-api`` runs the API without httptools and uvloop
+        job token minted in its transaction (``http``: a row token) or signed without a statement
+        (``signed``: SANDPIT_JOB_TOKEN_KEY_FILE, the API given the same key), then the delivery
+        of a 1 KiB artifact and a small log (one bundle PUT), against the shared-disk path (the
+        claim alone, nothing delivered), the kinds interleaved so that the machine's load falls on
+        all alike; with the mint and the request timed apart (the API's CPU is shared out over
+        the two token kinds it serves). ``--pure-python-api`` runs the API without httptools and uvloop
         (uvicorn falls back to h11 and asyncio), to see what the C parser and loop give.
         ``--baseline-tree DIR`` starts a second API from DIR (another commit's tree, e.g. ``git
         archive <commit> | tar -x -C DIR``) on the same database and delivers to it in turns with
@@ -31,6 +33,7 @@ import collections
 import datetime as dt
 import hashlib
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -51,6 +54,7 @@ from pipelines.language.model import Plan  # noqa: E402
 from pipelines.language.planner import plan  # noqa: E402
 from pipelines.store.advance import FINAL_JOB_STATUSES  # noqa: E402
 from pipelines.store.db import make_engine, migrate, session_scope  # noqa: E402
+from pipelines.store.job_tokens import read_token_keys  # noqa: E402
 from pipelines.store.reads import queued_job_ids  # noqa: E402
 from pipelines.store.transitions import claim_job, create_run  # noqa: E402
 from tests.integration.deploy.conftest import TOKENS, Deployment, _clean_host  # noqa: E402
@@ -265,14 +269,18 @@ def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: boo
     assert isinstance(planned, Plan)
     with redis_server(root / "redis") as redis:
         deploy = Deployment(root, url, redis)
-        api = deploy.start_api(**extra_env)
+        key_file = root / "job-token-keys"
+        key_file.write_text(secrets.token_urlsafe(48) + "\n")
+        api = deploy.start_api(SANDPIT_JOB_TOKEN_KEY_FILE=str(key_file), **extra_env)
         warm_store(api.state / "artifacts")
         engine = make_engine(url)
         store = root / "worker-store"
-        transports = {"http": HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox")}
+        transports = {"http": HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox"),
+                      "signed": HttpTransport(deploy.api_url, store, outbox_dir=root / "outbox",
+                                              token_keys=read_token_keys(key_file))}
         pids = {"http": deploy.api_proc.pid}  # type: ignore[union-attr]
-        states = {"http": api.state}
-        kinds = ["local", "http"]
+        states = {"http": api.state, "signed": api.state}
+        kinds = ["local", "http", "signed"]
         if baseline is not None:
             base_url, base_proc, states["baseline"] = _start_baseline_api(deploy, baseline, extra_env)
             warm_store(states["baseline"] / "artifacts")
@@ -321,6 +329,8 @@ def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: boo
             # every thread of each API process, over the measured deliveries (clock ticks: 10 ms each)
             for kind, pid in pids.items():
                 timings[f"api cpu {kind}"] = [(_cpu_s(pid) - api_cpu[kind]) * 1000 / deliveries]
+            # the one API served both kinds of token: its CPU is shared out over both
+            timings["api cpu signed"] = timings["api cpu http"] = [timings["api cpu http"][0] / 2]
         finally:
             for transport in transports.values():
                 transport.close()
@@ -362,10 +372,11 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
             baseline = Path(args.baseline_tree).resolve() if args.baseline_tree else None
             t = upload_path(server, tmp, args.deliveries, args.pure_python_api, baseline)
             api = "h11 + asyncio" if args.pure_python_api else "httptools + uvloop"
-            for kind in ("http", "baseline") if baseline else ("http",):
+            for kind in ("http", "signed", "baseline") if baseline else ("http", "signed"):
                 extra = statistics.median(t[kind]) - statistics.median(t["local"])
                 cpu = statistics.median(t[f"cpu {kind}"]) - statistics.median(t["cpu local"])
-                whose = f"the API of {baseline}" if kind == "baseline" else "this tree's API"
+                whose = {"baseline": f"the API of {baseline} (row tokens)", "signed": "this tree's API, signed tokens",
+                         "http": "this tree's API, row tokens"}[kind]
                 print(f"(b) per job, median (p90), {whose} on {api}: shared disk {_ms(t['local'])}, http "
                       f"{_ms(t[kind])} (of which the token's mint {_ms(t[f'mint {kind}'])}, the bundle request "
                       f"{_ms(t[f'request {kind}'])}); the upload path adds {extra:.2f} ms (goal <= 2 ms: "
