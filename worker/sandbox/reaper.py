@@ -12,8 +12,14 @@ job of their own), their cgroups ``svc<N>`` under the job's, their bundles and r
 the job dir, their upper dirs on the job's disk; a ``none`` job's shared namespace is held by fds
 only, so it ends with its last process.
 
-Liveness is judged by the owner leases of this instance's run dir, so the reaper looks only at
-objects only this instance makes: its cgroup parent, its runtime roots, its state dir, its bridge.
+Liveness is judged by the owner leases of this instance's run dir, each object's job at the moment
+that object is judged, never from a list taken before: a job takes its lease before it makes any
+object and releases it after it has removed them all, so an object whose lease is free *after*
+the object was seen is a dead job's. (A list of live jobs taken at the start of a reap left out
+every job that started during the reap, and the reap then killed it and removed its directory; and
+a job that finished between the listing of its directory and the look at its lease looked like a
+leftover.) The reaper looks only at objects only this instance makes: its cgroup parent, its
+runtime roots, its state dir, its bridge.
 Another instance on the host (another ``SANDPIT_RUN_DIR``/``SANDPIT_STATE_DIR``) names all of those
 differently (``worker/sandbox/instance.py``), so its live jobs are never seen here, let alone killed.
 """
@@ -49,30 +55,25 @@ def _runtimes(settings: Settings) -> list[Runtime]:
     return found
 
 
-def live_job_ids(settings: Settings) -> set[str]:
-    ids = set()
-    if settings.jobs_dir.is_dir():
-        for d in settings.jobs_dir.iterdir():
-            if is_held(settings.locks_dir / f"job-{d.name}.lock"):
-                ids.add(d.name)
-    return ids
+def is_live(settings: Settings, job_id: str) -> bool:
+    """Whether a process holds job ``job_id``'s owner lease now."""
+    return is_held(settings.locks_dir / f"job-{job_id}.lock")
 
 
 def reap(settings: Settings) -> list[str]:
     """Remove everything dead sandpit processes left behind; returns a line per object removed."""
     claim_instance(settings.run_dir, settings.state_dir)  # never judge a state dir another run dir uses
     done: list[str] = []
-    live = live_job_ids(settings)
     for rt in _runtimes(settings):
         for cid in rt.containers():
-            if job_of_container(cid) not in live:
+            if not is_live(settings, job_of_container(cid)):
                 rt.kill(cid, "KILL")
                 rt.delete(cid)
                 rt.forget(cid)
                 done.append(f"container {cid} ({rt.name})")
     parent = cgroup_parent(settings.instance_id)
     for name in _cgroup_job_names(parent):
-        if name not in live:
+        if not is_live(settings, name):
             _kill_cgroup_tasks(parent, name)
             try:
                 removed = remove_job_cgroups(name, parent=parent)
@@ -82,7 +83,7 @@ def reap(settings: Settings) -> list[str]:
             done.extend(f"cgroup {path}" for path in removed)
     if settings.jobs_dir.is_dir():
         for job_dir in sorted(settings.jobs_dir.iterdir()):
-            if job_dir.name in live:
+            if is_live(settings, job_dir.name):
                 continue
             try:
                 done.extend(f"mount {point}" for point in unmount_all(job_dir))
@@ -91,15 +92,14 @@ def reap(settings: Settings) -> list[str]:
                 continue
             shutil.rmtree(job_dir, ignore_errors=True)
             done.append(f"job dir {job_dir}")
-    done.extend(_reap_disks(settings, live))
+    done.extend(_reap_disks(settings))
     if settings.network().net_dir.is_dir():
         from worker.sandbox.network import reap_networks
 
         done.extend(reap_networks(settings.network()))
     if settings.locks_dir.is_dir():
         for lock in settings.locks_dir.glob("job-*.lock"):
-            job_id = lock.name[4:-5]
-            if job_id not in live and not is_held(lock):
+            if not is_held(lock):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
     for line in done:
@@ -107,7 +107,7 @@ def reap(settings: Settings) -> list[str]:
     return done
 
 
-def _reap_disks(settings: Settings, live: set[str]) -> list[str]:
+def _reap_disks(settings: Settings) -> list[str]:
     """Job disks of dead jobs, with every subvolume nested in them (found in the btrfs tree, not
     by walking what the job left in its directories; deepest first, see worker/sandbox/disk.py)."""
     done: list[str] = []
@@ -115,7 +115,7 @@ def _reap_disks(settings: Settings, live: set[str]) -> list[str]:
     if not is_mounted(scratch):
         return done
     for name, subvol_id in sorted(subvolumes(scratch).items()):
-        if name in live or name.startswith("."):
+        if name.startswith(".") or is_live(settings, name):
             continue
         try:
             deleted = destroy_subvolume_tree(scratch, subvol_id)
@@ -158,23 +158,36 @@ def containers(settings: Settings) -> list[str]:
 def leftovers(settings: Settings) -> list[str]:
     """What of sandpit's is still on the host and belongs to no running job (used by tests: must be
     empty between jobs). A job whose owner lease is held is running, here or in another process, so
-    its objects are not leftovers: tests stay exact while other jobs run on the machine."""
+    its objects are not leftovers: tests stay exact while other jobs run on the machine. Each object
+    seen is judged by its job's lease *after* it was seen, and counts only if it is still there
+    then: a job removes its objects before it releases its lease, so one that finished meanwhile
+    is not taken for a leftover (the module's docstring)."""
     claim_instance(settings.run_dir, settings.state_dir)
 
     def dead(job_id: str) -> bool:
         return not is_held(settings.locks_dir / f"job-{job_id}.lock")
 
+    def mount_points() -> set[str]:
+        with open("/proc/self/mountinfo") as f:
+            return {line.split()[4] for line in f}
+
     found = []
-    found += [f"container {c}" for c in containers(settings) if dead(job_of_container(c))]
-    found += [f"cgroup {n}" for n in _cgroup_job_names(cgroup_parent(settings.instance_id)) if dead(n)]
+    for rt in _runtimes(settings):
+        found += [f"container {c}" for c in rt.containers() if dead(job_of_container(c)) and rt.has_state(c)]
+    parent = cgroup_parent(settings.instance_id)
+    found += [f"cgroup {n}" for n in sorted(_cgroup_job_names(parent)) if dead(n) and n in _cgroup_job_names(parent)]
     if settings.jobs_dir.is_dir():
-        found += [f"job dir {d.name}" for d in settings.jobs_dir.iterdir() if dead(d.name)]
-    with open("/proc/self/mountinfo") as f:
-        prefix = str(settings.jobs_dir) + "/"
-        points = [line.split()[4] for line in f]
-    found += [f"mount {p}" for p in points if p.startswith(prefix) and dead(p[len(prefix):].split("/", 1)[0])]
+        found += [f"job dir {d.name}" for d in sorted(settings.jobs_dir.iterdir()) if dead(d.name) and d.is_dir()]
+    prefix = str(settings.jobs_dir) + "/"
+    seen = [p for p in sorted(mount_points()) if p.startswith(prefix) and dead(p[len(prefix):].split("/", 1)[0])]
+    still = mount_points()
+    found += [f"mount {p}" for p in seen if p in still]
     if is_mounted(settings.scratch_dir):
         # what sandpit made there (subvolumes, from the btrfs tree) and anything else left in it
-        names = {p.name for p in settings.scratch_dir.iterdir()} | set(subvolumes(settings.scratch_dir))
-        found += [f"disk {name}" for name in sorted(names) if dead(name)]
+        def names() -> set[str]:
+            return {p.name for p in settings.scratch_dir.iterdir()} | set(subvolumes(settings.scratch_dir))
+
+        gone = [name for name in sorted(names()) if dead(name)]
+        now = names()
+        found += [f"disk {name}" for name in gone if name in now]
     return found
