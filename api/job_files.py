@@ -28,10 +28,12 @@ the job may not read, or that is not stored, 404.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -40,7 +42,8 @@ from sqlalchemy.engine import Engine
 
 from api.errors import ApiError, BadRequest, BodyTooLarge, Forbidden, NotAuthenticated, NotFound
 from pipelines.files.digests import fd_intact
-from pipelines.files.intake import DigestMismatch, Intake, IntakeTooLarge
+from pipelines.files.intake import FILE_MODE, DigestMismatch, Intake, IntakeTooLarge
+from pipelines.files.temps import open_temp
 from pipelines.identifiers import is_job_id, is_sha256_hex
 from pipelines.store.job_tokens import Grant, cache_manifest_at, grant_for, looks_like_token, run_kept
 
@@ -186,7 +189,7 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
     view = memoryview(rest)
     stored = kept = offset = 0
     for sha256, size in files:
-        intake = Intake(store, sha256, size)
+        intake = Intake(store, sha256, size, made_ahead(store).take())
         try:
             intake.write(view[offset:offset + size])
             new = intake.commit_blob()
@@ -195,7 +198,7 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
         stored, kept, offset = stored + new, kept + (not new), offset + size
     paths = []
     for name, sha256, size in logs:
-        intake = Intake(logs_dir, sha256, size)
+        intake = Intake(logs_dir, sha256, size, made_ahead(logs_dir).take())
         try:
             intake.write(view[offset:offset + size])
             intake.commit_as(name)
@@ -205,6 +208,65 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
         offset += size
     return {"stored": stored, "kept": kept, "log": paths[-1] if log_entry is not None else None,
             "services": paths[:len(services)]}
+
+
+class MadeAhead:
+    """Unnamed temporaries made ahead in one directory (adapter), so that a bundle's files take
+    one each instead of allocating an inode on the request's path: the ``O_TMPFILE`` open was
+    the costliest call of a small file's intake here (0.15-0.17 ms of its 0.23 ms median, under
+    ``perf trace`` on this ext4, and 0.5-1 ms when the disk is busy). The pool is refilled after
+    the answer is sent (:func:`refill_temporaries`). Only unnamed ones are kept: on a filesystem
+    without ``O_TMPFILE`` a named temporary could outlive the process, so there none is made
+    ahead. One that is never used goes with the process (it has no name)."""
+
+    SIZE = 8
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ready: list[tuple[int, str | None]] = []
+        self.lock = threading.Lock()
+        self.named = False  # this filesystem has no O_TMPFILE: nothing is made ahead
+
+    def take(self) -> tuple[int, str | None] | None:
+        with self.lock:
+            return self.ready.pop() if self.ready else None
+
+    def refill(self) -> None:
+        while not self.named:
+            with self.lock:
+                if len(self.ready) >= self.SIZE:
+                    return
+            fd, name = open_temp(self.directory, FILE_MODE, dir_mode=0o700)
+            if name is not None:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+                self.named = True
+                return
+            with self.lock:
+                self.ready.append((fd, None))
+
+
+_ahead: dict[Path, MadeAhead] = {}
+_ahead_lock = threading.Lock()
+
+
+def made_ahead(directory: Path) -> MadeAhead:
+    with _ahead_lock:
+        found = _ahead.get(directory)
+        if found is None:
+            found = _ahead[directory] = MadeAhead(directory)
+        return found
+
+
+def refill_temporaries(*directories: Path) -> None:
+    """Make the temporaries the bundles took, after the answer went out (a failure here costs
+    the next bundle only the inodes it then makes itself)."""
+    for directory in directories:
+        try:
+            made_ahead(directory).refill()
+        except OSError as exc:
+            log.warning("could not make temporaries ahead in %s: %s", directory, exc.strerror)
 
 
 BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"services\": [[index, sha256, size], ...] "

@@ -19,6 +19,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.background import BackgroundTask
 
 from api import job_files
 from api.deps import EngineDep, Services, SettingsDep
@@ -66,7 +67,9 @@ async def put_bundle(request: Request) -> Response:
     kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
                                     settings.state_dir / "logs", bearer_token(request.headers.get("authorization")),
                                     request.path_params["job_id"], body, settings.job_token_keys)
-    return Response(json.dumps(kept).encode(), media_type="application/json")
+    return Response(json.dumps(kept).encode(), media_type="application/json",
+                    background=BackgroundTask(job_files.refill_temporaries, settings.artifacts_dir,
+                                              settings.state_dir / "logs"))
 
 
 router.add_route(router.prefix + "/{job_id}/bundle", put_bundle, methods=["PUT"], include_in_schema=False)

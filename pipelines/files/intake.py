@@ -63,13 +63,16 @@ class Intake:
     """One file being received into ``directory`` (see the module docstring). Use as a context
     manager, or call :meth:`abort` on every path that does not commit."""
 
-    def __init__(self, directory: Path, expected_sha256: str, max_bytes: int) -> None:
+    def __init__(self, directory: Path, expected_sha256: str, max_bytes: int,
+                 temporary: tuple[int, str | None] | None = None) -> None:
+        """``temporary``: an empty one :func:`open_temp` made ahead in ``directory`` (FILE_MODE),
+        which the intake then owns."""
         if not is_sha256_hex(expected_sha256):
             raise ValueError(f"{expected_sha256[:80]!r} is not a sha256 (64 lowercase hex digits)")
         self.directory, self.expected, self.max_bytes = directory, expected_sha256, max_bytes
         self.size = 0
         self._digest = hashlib.sha256()
-        self._fd, self._temp_name = open_temp(directory, FILE_MODE, dir_mode=0o700)
+        self._fd, self._temp_name = temporary or open_temp(directory, FILE_MODE, dir_mode=0o700)
 
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > self.max_bytes:
