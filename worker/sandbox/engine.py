@@ -45,6 +45,7 @@ from worker.sandbox.private_state import make_private
 from worker.sandbox.request import SandboxRequest, keeps_artifacts, validate_request
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, choose_runtime
+from worker.sandbox.seccomp_cache import add_compiled_filter
 from worker.sandbox.supervise import RunEnd, supervise
 from worker.sandbox.verdict import classify_end
 from worker.settings import Settings
@@ -111,8 +112,10 @@ class Engine:
     """One per process; ``run()`` may be called from several threads at once."""
 
     def __init__(self, settings: Settings, network: NetworkSettings | None = None,
-                 host_network: HostNetwork | None = None) -> None:
+                 host_network: HostNetwork | None = None, *, compiled_seccomp: bool = True) -> None:
         self.settings = settings
+        #: crun gets its compiled seccomp filter with the spec (worker/sandbox/seccomp_cache.py)
+        self.compiled_seccomp = compiled_seccomp
         make_private(settings.state_dir, settings.run_dir)  # and fixes what an older sandpit left open
         self._network_settings = network
         self._host_network: HostNetwork | None = host_network
@@ -281,6 +284,8 @@ class Engine:
                 user=(user.uid, user.gid) if user else None, home=user.home if user else None,
                 groups=user.groups if user else (),
             ))
+            if self.compiled_seccomp:
+                add_compiled_filter(config, runtime, s.run_dir)
             write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)
             if services is not None:  # shared with the services' reader under CI_DEBUG_SERVICES

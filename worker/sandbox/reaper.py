@@ -93,6 +93,7 @@ def reap(settings: Settings) -> list[str]:
             shutil.rmtree(job_dir, ignore_errors=True)
             done.append(f"job dir {job_dir}")
     done.extend(_reap_disks(settings))
+    done.extend(_reap_seccomp_probes(settings))
     if settings.network().net_dir.is_dir():
         from worker.sandbox.network import reap_networks
 
@@ -127,6 +128,36 @@ def _reap_disks(settings: Settings) -> list[str]:
             done.append(f"disk {scratch / name}{nested}")
     if ensure_quota_consistent(scratch):
         done.append(f"quota rescan of {scratch} (qgroups were inconsistent)")
+    return done
+
+
+#: a probe of the seccomp cache takes a few ms; one this old belongs to a process that died
+PROBE_STALE_S = 300.0
+
+
+def _reap_seccomp_probes(settings: Settings) -> list[str]:
+    """Probes of the seccomp cache (worker/sandbox/seccomp_cache.py) left by a process that died
+    while making one: their container (created, never started) is deleted, their folder removed."""
+    import subprocess
+    import time
+
+    folder = settings.run_dir / "seccomp"
+    if not folder.is_dir():
+        return []
+    done = []
+    binary = shutil.which("crun")
+    for probe in sorted(folder.glob(".probe-*")):
+        try:
+            if probe.is_symlink() or time.time() - probe.lstat().st_mtime < PROBE_STALE_S:
+                continue
+            state = probe / "state"
+            for name in os.listdir(state) if binary and state.is_dir() else []:
+                subprocess.run([binary, "--cgroup-manager=disabled", f"--root={state}", "delete", "--force", name],
+                               capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        shutil.rmtree(probe, ignore_errors=True)
+        done.append(f"seccomp probe {probe.name}")
     return done
 
 
