@@ -281,16 +281,16 @@ def upload_path(server: object, tmp: Path, deliveries: int, pure_python_api: boo
         pids = {"http": deploy.api_proc.pid}  # type: ignore[union-attr]
         states = {"http": api.state, "signed": api.state}
         kinds = ["local", "http", "signed"]
-        if baseline is not None:
-            base_url, base_proc, states["baseline"] = _start_baseline_api(deploy, baseline, extra_env)
-            warm_store(states["baseline"] / "artifacts")
-            transports["baseline"] = HttpTransport(base_url, store, outbox_dir=root / "outbox-baseline")
-            pids["baseline"] = base_proc.pid
-            kinds.append("baseline")
         local = LocalTransport()
         timings: dict[str, list[float]] = collections.defaultdict(list)
         api_cpu: dict[str, float] = {}
         try:
+            if baseline is not None:  # inside the try: an API that does not start stops the others too
+                base_url, base_proc, states["baseline"] = _start_baseline_api(deploy, baseline, extra_env)
+                warm_store(states["baseline"] / "artifacts")
+                transports["baseline"] = HttpTransport(base_url, store, outbox_dir=root / "outbox-baseline")
+                pids["baseline"] = base_proc.pid
+                kinds.append("baseline")
             for i in range(len(kinds) * (deliveries + 10)):
                 if i == len(kinds) * 10:
                     api_cpu = {kind: _cpu_s(pid) for kind, pid in pids.items()}
