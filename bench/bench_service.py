@@ -97,10 +97,11 @@ def machine_cpu() -> float:
     return (sum(parts) - parts[3] - parts[4]) / TICK
 
 
-def host_cpu(mine: set[int]) -> tuple[float, float]:
-    """CPU seconds so far of the kernel's threads, and of the live processes not in ``mine`` (other
-    tenants; what exits in between is not seen and lands in the unattributed rest)."""
-    kernel = others = 0.0
+def host_cpu(mine: set[int]) -> tuple[float, dict[int, float]]:
+    """CPU seconds so far of the kernel's threads, and of each live process not in ``mine``
+    (other tenants, counted only when alive at both ends of a case: what exits in between is
+    not seen and lands in the unattributed rest)."""
+    kernel, others = 0.0, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
@@ -112,7 +113,7 @@ def host_cpu(mine: set[int]) -> tuple[float, float]:
         if fields[1] == "2" or entry.name == "2":
             kernel += used
         else:
-            others += used
+            others[int(entry.name)] = used
     return kernel, others
 
 
@@ -157,7 +158,8 @@ class Service:
                                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         self.stack.callback(self.client.close)
         for _ in range(5):  # warm up (and wait for the workers)
-            assert self.one()["status"] == "succeeded"
+            run = self.one()
+            assert run["status"] == "succeeded", run
 
     def __exit__(self, *_exc: object) -> None:
         for proc in reversed(self.procs):
@@ -247,7 +249,8 @@ def throughput(svc: Service, n: int, profile: Path | None = None, label: str = "
            "cpu: runtime+job user": used("worker", 2), "cpu: runtime+job sys": used("worker", 3),
            "cpu: api": used("api", 0) + used("api", 1), "cpu: redis": used("redis", 0) + used("redis", 1),
            "cpu: bench": used("bench", 0) + used("bench", 1),
-           "cpu: kernel threads": (h1[0] - h0[0]) * 1000 / n, "cpu: other processes": (h1[1] - h0[1]) * 1000 / n,
+           "cpu: kernel threads": (h1[0] - h0[0]) * 1000 / n,
+           "cpu: other processes": sum(v - h0[1][p] for p, v in h1[1].items() if p in h0[1]) * 1000 / n,
            "cpu: machine": (m1 - m0) * 1000 / n}
     named = sum(v for k, v in out.items() if k.startswith("cpu: ") and k != "cpu: machine")
     out["cpu: unattributed (irq, exited processes)"] = out["cpu: machine"] - named
@@ -264,12 +267,18 @@ def clients(svc: Service, count: int, each: int) -> dict[str, float]:
             got.append((time.perf_counter() - t, run["id"]))
         return got
 
+    api0 = proc_cpu(svc.api.pid)
+    t = time.perf_counter()
     with cf.ThreadPoolExecutor(count) as pool:
         done = [x for part in pool.map(client, range(count)) for x in part]
+    elapsed = time.perf_counter() - t
+    api1 = proc_cpu(svc.api.pid)
     svc.settle([run_id for _t, run_id in done])
     times = [t for t, _id in done]
     return {"POST p50 ms": statistics.median(times) * 1000, "POST p90 ms": pct(times, 0.9) * 1000,
-            "POST p99 ms": pct(times, 0.99) * 1000}
+            "POST p99 ms": pct(times, 0.99) * 1000, "POSTs/s": len(done) / elapsed,
+            # load-robust: the API's own CPU per POST (the worker ran jobs meanwhile, its share in)
+            "API CPU per POST ms": (api1[0] + api1[1] - api0[0] - api0[1]) * 1000 / len(done)}
 
 
 def latency(svc: Service, runs: int, docker: Any) -> dict[str, list[float]]:
@@ -298,7 +307,7 @@ def main() -> int:
     ap.add_argument("--against", type=Path, default=None, help="a checkout of the earlier code, run in turns")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--slots", default="", help="comma-separated worker concurrencies for the scaling table")
-    ap.add_argument("--two-workers", action="store_true")
+    ap.add_argument("--two-workers", action="count", default=0, help="given N times: N rounds of it")
     ap.add_argument("--profile", type=Path, default=None)
     args = ap.parse_args()
     trees = {"after": REPO} if args.against is None else {"before": args.against.resolve(), "after": REPO}
@@ -345,8 +354,7 @@ def main() -> int:
                 keep(name, {"worker RSS after warm-up, MiB": rss_10[name],
                             f"worker RSS after {args.memory_jobs} more jobs, MiB": rss_mib(svc.worker_procs[0].pid)})
         scaling = [(f"{s} slots", 1, s) for s in (int(v) for v in args.slots.split(",") if v)]
-        if args.two_workers:
-            scaling.append(("two workers", 2, None))
+        scaling += [("two workers", 2, None)] * args.two_workers
         for label, workers, slots in scaling:
             with contextlib.ExitStack() as up:
                 services = {name: up.enter_context(Service(tree, workers=workers, slots=slots))
