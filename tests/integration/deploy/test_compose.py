@@ -167,7 +167,8 @@ def stack() -> Iterator[Stack]:
             secrets_dir = root / "secrets"
             secrets_dir.mkdir(mode=0o700)
             for name, value in (("postgres_password", secrets.token_urlsafe(18)),
-                                ("redis_password", secrets.token_urlsafe(18)), ("api_tokens", f"ci:{ADMIN}:trusted")):
+                                ("redis_password", secrets.token_urlsafe(18)), ("api_tokens", f"ci:{ADMIN}:trusted"),
+                                ("job_token_key", secrets.token_urlsafe(48))):
                 (secrets_dir / name).write_text(value + "\n")
             _seed_images(root / "seed")
             env = {**engine.env, "SANDPIT_SECRETS_DIR": str(secrets_dir), "SANDPIT_API_ADDRESS": engine.address,
