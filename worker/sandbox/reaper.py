@@ -145,13 +145,13 @@ def _reap_seccomp_probes(settings: Settings) -> list[str]:
     if not folder.is_dir():
         return []
     done = []
-    binary = shutil.which("crun")
+    binary = shutil.which("crun") or "crun"
     for probe in sorted(folder.glob(".probe-*")):
         try:
             if probe.is_symlink() or time.time() - probe.lstat().st_mtime < PROBE_STALE_S:
                 continue
             state = probe / "state"
-            for name in os.listdir(state) if binary and state.is_dir() else []:
+            for name in os.listdir(state) if state.is_dir() else []:
                 subprocess.run([binary, "--cgroup-manager=disabled", f"--root={state}", "delete", "--force", name],
                                capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
