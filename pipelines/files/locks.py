@@ -14,6 +14,15 @@ mirror locks) is one. This module is the one place that opens such a file and ta
   open directory.
 - :func:`lock_fd` takes the lock on an fd the caller owns (the lock then lives as long as that
   fd); :func:`is_held` asks whether a live process holds a lock file, without creating one.
+- A lock file may be removed, but only by a holder of its lock (the owner at its end, a reaper
+  that took a dead owner's lock). A taker checks, once it holds the lock, that the name still
+  names the file it locked, and takes the lock again on what the name names now when it does
+  not: between its open and its lock the file may have been unlinked by such a holder, and a
+  lock on an unlinked file would be a lease nobody else can see (the reaper then took a starting
+  job for a dead one).
+- :func:`is_held` looks by taking the lock for a moment, so a taker that comes at that moment is
+  told the lock is busy: a taker that must not fail for a look retries for a few milliseconds
+  (:func:`take_own`).
 
 >>> import os, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "a.lock")
@@ -30,7 +39,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-__all__ = ["FileLock", "hold", "is_held", "lock_fd", "try_hold"]
+__all__ = ["FileLock", "hold", "is_held", "lock_fd", "take_own", "try_hold"]
 
 _OPEN = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -105,19 +114,47 @@ def is_held(path: str | os.PathLike[str]) -> bool:
     try:
         return not lock_fd(fd, blocking=False)
     finally:
-        os.close(fd)  # drops the probe's own lock, if it got one
+        os.close(fd)  # drops the look's own lock, if it got one
+
+
+def take_own(path: str | os.PathLike[str], *, attempts: int = 50, pause_s: float = 0.001,
+             mode: int = 0o600) -> FileLock | None:
+    """The exclusive lock on a file only this caller should hold (a fresh job's owner lock), or None
+    when someone else holds it: retried for a few milliseconds, so that :func:`is_held`'s
+    momentary look is not taken for an owner."""
+    import time
+
+    for _ in range(attempts):
+        lock = try_hold(path, mode=mode)
+        if lock is not None:
+            return lock
+        time.sleep(pause_s)
+    return None
 
 
 def _take(path: str | os.PathLike[str], *, shared: bool, blocking: bool, create: bool, mode: int,
           dir_fd: int | None) -> FileLock | None:
     flags = _OPEN | os.O_CREAT if create else _OPEN
-    fd = os.open(path, flags, mode, dir_fd=dir_fd)
+    while True:
+        fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        try:
+            taken = lock_fd(fd, shared=shared, blocking=blocking)
+            if taken and not _still_named(fd, path, dir_fd):
+                os.close(fd)  # unlinked by a holder between the open and the lock: the name's file now
+                continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if not taken:
+            os.close(fd)
+            return None
+        return FileLock(fd, path)
+
+
+def _still_named(fd: int, path: str | os.PathLike[str], dir_fd: int | None) -> bool:
+    here = os.fstat(fd)
     try:
-        taken = lock_fd(fd, shared=shared, blocking=blocking)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not taken:
-        os.close(fd)
-        return None
-    return FileLock(fd, path)
+        named = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (named.st_dev, named.st_ino)

@@ -94,20 +94,19 @@ def test_an_entry_is_used_only_for_its_own_rules(settings, tmp_path):
     entry = seccomp_cache._entry(folder, identity, text)
     for planted in ({"rules": text.replace("exit_group", "execve"), "bpf": "AAAAAAAAAAA="},
                     {"rules": text, "bpf": "AAAA"}):
-        seccomp_cache._known.clear()
         folder.mkdir(exist_ok=True)
         entry.write_text(json.dumps(planted))
         got = seccomp_cache._cached(folder, identity, text, crun)
         assert got is not None and got != planted["bpf"]
         assert json.loads(entry.read_text()) == {"rules": text, "bpf": got}
-    seccomp_cache._known.clear()
 
 
 def test_runc_gets_no_program(settings):
     """Only crun reads the annotation: any other runtime's spec is left as it was."""
     require(runtime_problem("runc") is None, f"runc: {runtime_problem('runc')}")
     spec = {"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}}}
-    assert not seccomp_cache.add_compiled_filter(spec, choose_runtime("runc", settings.run_dir), settings.run_dir)
+    filters = seccomp_cache.CompiledFilters(settings.run_dir)
+    assert not filters.add(spec, choose_runtime("runc", settings.run_dir))
     assert "annotations" not in spec
 
 
@@ -115,48 +114,71 @@ def test_the_program_check():
     assert seccomp_cache.valid_program(bytes(8 * 4096)) and not seccomp_cache.valid_program(bytes(8 * 4097))
 
 
-def test_reap_removes_a_probe_left_by_a_dead_process(settings):
-    """A probe whose maker died (its container created, never started nor deleted) goes with the
-    next reap once it is old; a fresh one (a probe under way) is left alone."""
+_MAKER = """
+import os, subprocess, sys, time
+from pathlib import Path
+from worker.sandbox import seccomp_cache
+from worker.sandbox.runtime import choose_runtime
+real = subprocess.run
+def run(argv, *a, **k):
+    done = real(argv, *a, **k)
+    if "create" in argv:  # the probe's container is created: say so, and never get to delete it
+        os.write(1, b"created\\n")
+        time.sleep(600)
+    return done
+subprocess.run = run
+seccomp_cache.compile_with(choose_runtime("crun", Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3]))
+"""
+
+
+def test_a_probe_whose_maker_died_is_a_leftover_and_reap_removes_it_at_once(settings, tmp_path):
+    """A process SIGKILLed between the probe's ``crun create`` and its ``delete`` leaves a created
+    container whose init waits for ever (and keeps the runtime's read-only view busy): while its
+    maker lives it is nobody's leftover; once the maker is dead the leftover check names it and
+    ``reap`` deletes the container and removes the probe, however young it is."""
+    import signal
     import subprocess
+    import sys
     import time
 
-    from worker.sandbox.reaper import PROBE_STALE_S, reap
+    from worker.sandbox.reaper import _reap_seccomp_probes, leftovers
+    from worker.settings import Settings
 
     require(runtime_problem("crun") is None, f"crun: {runtime_problem('crun')}")
-    crun = choose_runtime("crun", settings.run_dir)
-    folder = settings.run_dir / "seccomp"
-    stale, fresh = folder / f".probe-{os.urandom(6).hex()}", folder / f".probe-{os.urandom(6).hex()}"
-    for probe in (stale, fresh):
-        (probe / "rootfs" / "dev").mkdir(parents=True)
-        (probe / "rootfs" / "probe").touch(mode=0o700)
-        config = {"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["/probe"], "cwd": "/"},
-                  "root": {"path": "rootfs", "readonly": True}, "mounts": [],
-                  "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}, {"type": "network"}]}}
-        (probe / "config.json").write_text(json.dumps(config))
-    made = subprocess.run([crun.binary, "--cgroup-manager=disabled", f"--root={stale / 'state'}", "create",
-                           "--bundle", str(stale), "left"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, timeout=30)
+    text = json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+                       "syscalls": [{"names": ["exit_group"], "action": "SCMP_ACT_ALLOW"}]},
+                      sort_keys=True, separators=(",", ":"))
+    host = Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run")
+    folder = host.run_dir / "seccomp"
+    maker = subprocess.Popen([sys.executable, "-c", _MAKER, str(settings.run_dir), text, str(folder)],
+                             stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    inits: list[int] = []
     try:
-        assert made.returncode == 0
-        state = subprocess.run([crun.binary, f"--root={stale / 'state'}", "state", "left"], capture_output=True,
-                               text=True, timeout=30)
-        init = json.loads(state.stdout)["pid"]
-        old = time.time() - PROBE_STALE_S - 60
-        os.utime(stale, (old, old))
-        done = reap(settings)
-        assert f"seccomp probe {stale.name}" in done and not stale.exists()
-        for _ in range(100):  # the probe's init was killed (and reaped by whoever adopted it)
-            if _gone(init):
+        assert maker.stdout is not None and maker.stdout.readline() == b"created\n"
+        probes = [p for p in folder.iterdir() if p.is_dir()]
+        assert len(probes) == 1 and (folder / (probes[0].name + ".lock")).exists()
+        state = probes[0] / "state"
+        inits = [int(json.loads((state / name / "status").read_text())["pid"]) for name in os.listdir(state)]
+        assert inits and not any(_gone(pid) for pid in inits)
+        assert not [x for x in leftovers(host) if "seccomp probe" in x]  # its maker lives
+        maker.send_signal(signal.SIGKILL)
+        maker.wait(timeout=30)
+        assert f"seccomp probe {probes[0].name}" in leftovers(host)
+        assert _reap_seccomp_probes(host) == [f"seccomp probe {probes[0].name}"]
+        for _ in range(100):  # killed by the delete (and reaped by whoever adopted it)
+            if all(_gone(pid) for pid in inits):
                 break
             time.sleep(0.05)
         else:
-            raise AssertionError(f"the probe's init {init} still runs")
-        assert fresh.is_dir() and f"seccomp probe {fresh.name}" not in done
+            raise AssertionError(f"the probe's init {inits} still runs")
+        assert list(folder.iterdir()) == []
+        assert not [x for x in leftovers(host) if "seccomp probe" in x]
     finally:
-        subprocess.run([crun.binary, "--cgroup-manager=disabled", f"--root={stale / 'state'}", "delete", "--force",
-                        "left"], capture_output=True, timeout=30)
-        import shutil
-
-        shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(fresh, ignore_errors=True)
+        if maker.poll() is None:
+            maker.kill()
+            maker.wait()
+        assert maker.stdout is not None
+        maker.stdout.close()
+        for pid in inits:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)

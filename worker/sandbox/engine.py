@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines.files.locks import try_hold
+from pipelines.files.locks import take_own
 from pipelines.identifiers import is_job_id
 from pipelines.job_record import (
     JobRecord,
@@ -45,7 +45,7 @@ from worker.sandbox.private_state import make_private
 from worker.sandbox.request import SandboxRequest, keeps_artifacts, validate_request
 from worker.sandbox.rootfs import JobRootfs
 from worker.sandbox.runtime import Runtime, choose_runtime
-from worker.sandbox.seccomp_cache import add_compiled_filter
+from worker.sandbox.seccomp_cache import CompiledFilters
 from worker.sandbox.supervise import RunEnd, supervise
 from worker.sandbox.verdict import classify_end
 from worker.settings import Settings
@@ -116,6 +116,7 @@ class Engine:
         self.settings = settings
         #: crun gets its compiled seccomp filter with the spec (worker/sandbox/seccomp_cache.py)
         self.compiled_seccomp = compiled_seccomp
+        self._filters = CompiledFilters(settings.run_dir)
         make_private(settings.state_dir, settings.run_dir)  # and fixes what an older sandpit left open
         self._network_settings = network
         self._host_network: HostNetwork | None = host_network
@@ -218,7 +219,7 @@ class Engine:
             # the owner lease comes first: the reaper treats a job dir whose lease is free as dead
             s.locks_dir.mkdir(parents=True, exist_ok=True)
             owner_path = s.locks_dir / f"job-{job_id}.lock"
-            owner = try_hold(owner_path)
+            owner = take_own(owner_path)  # a reaper's or a leftover check's look holds it a moment
             if owner is None:
                 raise SandboxError(f"job id {job_id} is already in use")
             write_owner(owner)
@@ -285,7 +286,7 @@ class Engine:
                 groups=user.groups if user else (),
             ))
             if self.compiled_seccomp:
-                add_compiled_filter(config, runtime, s.run_dir)
+                self._filters.add(config, runtime)
             write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
             stack.callback(_delete_container, runtime, container_id)
             if services is not None:  # shared with the services' reader under CI_DEBUG_SERVICES

@@ -32,7 +32,8 @@ import os
 import shutil
 import signal
 
-from pipelines.files.locks import is_held
+from pipelines.files.locks import is_held, try_hold
+from worker import TYPE_CHECKING
 from worker.errors import SandboxError
 from worker.sandbox.cgroups import cgroup_parent, remove_job_cgroups, v1_hierarchies
 from worker.sandbox.disk import destroy_subvolume_tree, ensure_quota_consistent, is_mounted, subvolumes
@@ -41,6 +42,9 @@ from worker.sandbox.rootfs import unmount_all
 from worker.sandbox.runtime import PREFERENCE, Runtime
 from worker.sandbox.services.naming import job_of_container
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger("sandpit.reaper")
 
@@ -99,10 +103,14 @@ def reap(settings: Settings) -> list[str]:
 
         done.extend(reap_networks(settings.network()))
     if settings.locks_dir.is_dir():
-        for lock in settings.locks_dir.glob("job-*.lock"):
-            if not is_held(lock):
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
+        for path in settings.locks_dir.glob("job-*.lock"):
+            try:  # removed only by a holder of its lock (pipelines/files/locks.py): a starting job's is kept
+                lock = try_hold(path, create=False)
+            except OSError:
+                continue
+            if lock is not None:
+                with lock, contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     for line in done:
         log.info("reaped %s", line)
     return done
@@ -131,32 +139,55 @@ def _reap_disks(settings: Settings) -> list[str]:
     return done
 
 
-#: a probe of the seccomp cache takes a few ms; one this old belongs to a process that died
-PROBE_STALE_S = 300.0
-
-
-def _reap_seccomp_probes(settings: Settings) -> list[str]:
-    """Probes of the seccomp cache (worker/sandbox/seccomp_cache.py) left by a process that died
-    while making one: their container (created, never started) is deleted, their folder removed."""
-    import subprocess
-    import time
+def _dead_seccomp_probes(settings: Settings) -> list[Path]:
+    """Probes of the seccomp cache (worker/sandbox/seccomp_cache.py) whose maker died: the lock it
+    holds for a probe's whole life (taken before the probe's directory exists) is free."""
+    from worker.sandbox.seccomp_cache import PROBE_PREFIX, probe_lock
 
     folder = settings.run_dir / "seccomp"
     if not folder.is_dir():
         return []
+    found = []
+    for probe in sorted(folder.iterdir()):
+        if not probe.name.startswith(PROBE_PREFIX) or probe.name.endswith(".lock"):
+            continue
+        try:
+            if probe.is_symlink() or not probe.is_dir() or is_held(probe_lock(probe)):
+                continue
+        except OSError:
+            continue
+        found.append(probe)
+    return found
+
+
+def _reap_seccomp_probes(settings: Settings) -> list[str]:
+    """Dead probes of the seccomp cache: their container (created, never started: its init waits
+    for a ``start`` that never comes, from the runtime's read-only view) is deleted, their folder
+    and lock file removed. The probe is judged again under its lock, taken here."""
+    import subprocess
+
+    from worker.sandbox.seccomp_cache import probe_lock
+
     done = []
     binary = shutil.which("crun") or "crun"
-    for probe in sorted(folder.glob(".probe-*")):
+    for probe in _dead_seccomp_probes(settings):
         try:
-            if probe.is_symlink() or time.time() - probe.lstat().st_mtime < PROBE_STALE_S:
-                continue
-            state = probe / "state"
-            for name in os.listdir(state) if state.is_dir() else []:
-                subprocess.run([binary, "--cgroup-manager=disabled", f"--root={state}", "delete", "--force", name],
-                               capture_output=True, timeout=30, check=False)
-        except (OSError, subprocess.SubprocessError):
+            lock = try_hold(probe_lock(probe))
+        except OSError:
             continue
-        shutil.rmtree(probe, ignore_errors=True)
+        if lock is None:
+            continue  # taken meanwhile: a live maker (it never reuses a name, but be exact)
+        with lock:
+            try:
+                state = probe / "state"
+                for name in os.listdir(state) if state.is_dir() else []:
+                    subprocess.run([binary, "--cgroup-manager=disabled", f"--root={state}", "delete", "--force",
+                                    name], capture_output=True, timeout=30, check=False)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            shutil.rmtree(probe, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe_lock(probe))
         done.append(f"seccomp probe {probe.name}")
     return done
 
@@ -221,4 +252,5 @@ def leftovers(settings: Settings) -> list[str]:
         gone = [name for name in sorted(names()) if dead(name)]
         now = names()
         found += [f"disk {name}" for name in gone if name in now]
+    found += [f"seccomp probe {probe.name}" for probe in _dead_seccomp_probes(settings) if probe.is_dir()]
     return found

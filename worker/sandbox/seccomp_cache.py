@@ -38,30 +38,39 @@ if TYPE_CHECKING:
 
 ANNOTATION = "run.oci.seccomp_bpf_data"
 BPF_MAX_BYTES = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
-_lock = threading.Lock()
-_known: dict[tuple[str, str], str | None] = {}  # (binary identity, rules text) -> base64, or None: refused
+PROBE_PREFIX = ".probe-"
 
 
-def add_compiled_filter(spec: dict[str, Any], runtime: Runtime, run_dir: Path) -> bool:
-    """Add crun's compiled filter for ``spec``'s seccomp rules to ``spec``'s annotations (made on
-    first use, then from the cache); False, and ``spec`` as it was, when there is none to add."""
-    rules = spec.get("linux", {}).get("seccomp")
-    if runtime.name != "crun" or not rules:
-        return False
-    text = json.dumps(rules, sort_keys=True, separators=(",", ":"))
-    try:
-        st = os.stat(runtime.binary)
-    except OSError:
-        return False
-    identity = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
-    with _lock:
-        if (identity, text) not in _known:
-            _known[identity, text] = _cached(run_dir / "seccomp", identity, text, runtime)
-        data = _known[identity, text]
-    if data is None:
-        return False
-    spec.setdefault("annotations", {})[ANNOTATION] = data
-    return True
+class CompiledFilters:
+    """The programs this process has looked up, by crun binary and rules text (one per engine:
+    the entry point owns it, as it owns the engine)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = run_dir / "seccomp"
+        self._lock = threading.Lock()
+        #: (binary identity, rules text) -> base64, or None: refused
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    def add(self, spec: dict[str, Any], runtime: Runtime) -> bool:
+        """Add crun's compiled filter for ``spec``'s seccomp rules to ``spec``'s annotations (made
+        on first use, then from the cache); False, and ``spec`` as it was, when there is none."""
+        rules = spec.get("linux", {}).get("seccomp")
+        if runtime.name != "crun" or not rules:
+            return False
+        text = json.dumps(rules, sort_keys=True, separators=(",", ":"))
+        try:
+            st = os.stat(runtime.binary)
+        except OSError:
+            return False
+        identity = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+        with self._lock:
+            if (identity, text) not in self._known:
+                self._known[identity, text] = _cached(self.folder, identity, text, runtime)
+            data = self._known[identity, text]
+        if data is None:
+            return False
+        spec.setdefault("annotations", {})[ANNOTATION] = data
+        return True
 
 
 def _entry(folder: Path, identity: str, text: str) -> Path:
@@ -122,11 +131,33 @@ def _write(path: Path, data: bytes) -> None:
 def compile_with(runtime: Runtime, text: str, folder: Path) -> bytes | None:
     """The program crun compiles for the seccomp rules ``text`` (a probe container, created and
     deleted; its bundle and state in a fresh directory under ``folder``, removed after), or None."""
+    from pipelines.files.locks import hold
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    probe = folder / f"{PROBE_PREFIX}{os.urandom(6).hex()}"
+    # held for the probe's whole life, taken before its directory exists: a probe whose lock is
+    # free belongs to a process that died between create and delete (its init waits for ever),
+    # and the reaper removes it at once (worker/sandbox/reaper.py)
+    try:
+        lock = hold(probe_lock(probe))
+    except OSError:
+        return None
+    with lock:
+        try:
+            return _probe(runtime, text, probe)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe_lock(probe))  # while it is held: no reaper ever finds it free
+
+
+def probe_lock(probe: Path) -> Path:
+    return probe.with_name(probe.name + ".lock")
+
+
+def _probe(runtime: Runtime, text: str, probe: Path) -> bytes | None:
     import shutil
     import subprocess
 
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    probe = folder / f".probe-{os.urandom(6).hex()}"
     name = f"seccomp-probe-{os.urandom(6).hex()}"
     binary = runtime.launch or runtime.binary
     base = [binary, "--cgroup-manager=disabled", f"--root={probe / 'state'}"]

@@ -157,3 +157,38 @@ def test_the_lock_dies_with_a_killed_holder(tmp_path: Path) -> None:
         if holder.stdout is not None:
             holder.stdout.close()
     assert not is_held(path)
+
+
+def test_a_taker_whose_file_was_unlinked_before_it_locked_takes_the_one_the_name_names(tmp_path: Path) -> None:
+    """A waiter opened the lock file, then its holder removed it (an owner at its end, a reaper
+    that took a dead owner's lock) and released: the waiter's lock would be on a file no one else
+    can see, so it takes the lock on what the name names now, and a look at the name sees it held."""
+    path = tmp_path / "job.lock"
+    first = hold(path)
+    got: list[FileLock] = []
+    waiter = threading.Thread(target=lambda: got.append(hold(path)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter has opened the file and waits for the lock
+    path.unlink()
+    first.release()
+    waiter.join(5)
+    assert got and got[0].held
+    assert got[0].fd is not None and os.fstat(got[0].fd).st_ino == os.stat(path).st_ino
+    assert is_held(path)
+    got[0].release()
+    assert not is_held(path)
+
+
+def test_take_own_rides_out_a_momentary_look(tmp_path: Path) -> None:
+    """``is_held`` takes the lock for a moment to look; an owner taking its fresh lock then is not
+    told it is someone else's (``take_own`` retries a few milliseconds), while a real holder keeps
+    it refused."""
+    from pipelines.files.locks import take_own
+
+    path = tmp_path / "owner.lock"
+    look = hold(path)  # what is_held does, held here across the owner's first tries
+    threading.Timer(0.01, look.release).start()
+    mine = take_own(path)
+    assert mine is not None and mine.held
+    assert take_own(path, attempts=3) is None  # a live holder: refused
+    mine.release()
