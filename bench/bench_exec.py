@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.dockerd import PrivateDocker  # noqa: E402
 from pipelines.files.locks import try_hold  # noqa: E402
 from worker.sandbox import spec as oci  # noqa: E402
 from worker.sandbox.cgroups import JobCgroup  # noqa: E402
@@ -111,32 +111,11 @@ class BareBundle:
             os.unlink(self.owner.path)
 
 
-class Docker:
-    """A dockerd of the bench's own (the host's Docker, if any, is not touched): config file,
-    data-root, exec-root, pidfile and socket in a temporary directory under /tmp, no bridge, no
-    iptables changes; stopped by pid at the end, its mounts and directory removed. (The host's
-    /etc/docker/daemon.json may set the same options as flags, which dockerd refuses.)"""
+class Docker(PrivateDocker):
+    """The bench's own dockerd (:mod:`bench.dockerd`) holding the engine's rootfs as an image."""
 
     def __init__(self, rootfs: Path) -> None:
-        if shutil.which("dockerd") is None:
-            raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
-        self.dir = Path(tempfile.mkdtemp(prefix="sandpit-bench-docker-", dir="/tmp"))
-        self.socket = f"unix://{self.dir}/docker.sock"
-        (self.dir / "daemon.json").write_text("{}")
-        self.log = open(self.dir / "dockerd.log", "wb")
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
-             "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"), "-H", self.socket,
-             "--bridge=none", "--iptables=false", "--ip6tables=false", "--storage-driver", "overlay2"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(150):
-            if self.docker("info", check=False).returncode == 0 or self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        if self.docker("info", check=False).returncode != 0:
-            tail = (self.dir / "dockerd.log").read_text(errors="replace")[-1500:]
-            self.close()
-            raise RuntimeError(f"dockerd did not start: {tail}")
+        super().__init__(Path(tempfile.mkdtemp(prefix="sandpit-bench-docker-", dir="/tmp")))
         try:
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
             subprocess.run(["docker", "-H", self.socket, "import", "-", "sandpit-bench-debian"], stdin=tar.stdout,
@@ -146,32 +125,14 @@ class Docker:
             self.close()
             raise
 
-    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["docker", "-H", self.socket, *args], capture_output=True, check=check,
-                              stdin=subprocess.DEVNULL)
-
     def run(self) -> None:
         subprocess.run(["docker", "-H", self.socket, "run", "--rm", "--network", "none", "sandpit-bench-debian",
                         "/bin/true"], check=True, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.docker("rmi", "-f", "sandpit-bench-debian", check=False)
-                os.kill(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
-            self.proc = None
-            self.log.close()
-        # whatever dockerd left mounted under its directory goes before the directory itself
-        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if line.split()[4].startswith(str(self.dir) + "/")]
-        for point in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.proc is not None and self.proc.poll() is None:
+            self.docker("rmi", "-f", "sandpit-bench-debian", check=False)
+        super().close()
 
 
 def main() -> int:

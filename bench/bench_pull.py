@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.dockerd import PrivateDocker  # noqa: E402
 from pipelines.record import replace  # noqa: E402
 from tests.sandbox.images.layers import member, tar_bytes  # noqa: E402
 from tests.sandbox.images.registry import SKOPEO_ENV, Layout, Registry  # noqa: E402
@@ -60,64 +60,6 @@ def image_layers(settings: Settings) -> list[tuple[bytes, str]]:
     noise = [member(f"opt/data/blob{i}", os.urandom(5 << 20)) for i in range(6)]
     more = [member("opt/data/.wh.blob0"), *(member(f"srv/more{i}", os.urandom(5 << 20)) for i in range(3))]
     return [(debian, "gzip"), (tar_bytes(noise), "gzip"), (tar_bytes(more), "gzip")]
-
-
-class PrivateDocker:
-    """A dockerd of the bench's own: data-root, exec-root, pidfile and socket in ``home`` (the
-    host's own Docker, if any, is not touched), the loopback registry insecure. ``stop`` ends the
-    daemon and keeps what it wrote; ``close`` also removes it."""
-
-    def __init__(self, registry: str, home: Path) -> None:
-        if shutil.which("dockerd") is None:
-            raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
-        self.dir = home
-        self.dir.mkdir(parents=True)
-        self.socket = f"unix://{self.dir}/docker.sock"
-        (self.dir / "daemon.json").write_text("{}")
-        self.log = open(self.dir / "dockerd.log", "wb")
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["dockerd", "--config-file", str(self.dir / "daemon.json"), "--data-root", str(self.dir / "data"),
-             "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "docker.pid"), "-H", self.socket,
-             "--bridge=none", "--iptables=false", "--ip6tables=false", "--insecure-registry", registry,
-             "--storage-driver", "overlay2"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(150):
-            if self.docker("info", check=False).returncode == 0:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        tail = (self.dir / "dockerd.log").read_text(errors="replace")[-1500:]
-        self.close()
-        raise RuntimeError(f"dockerd did not start: {tail}")
-
-    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["docker", "-H", self.socket, *args], capture_output=True, check=check,
-                              stdin=subprocess.DEVNULL)
-
-    def storage_driver(self) -> str:
-        return json.loads(self.docker("info", "--format", "{{json .Driver}}").stdout)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
-            self.proc = None
-            self.log.close()
-        # whatever dockerd left mounted under its directory goes with it
-        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if line.split()[4].startswith(str(self.dir) + "/")]
-        for point in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_rounds(rounds: int, work: Path, reg: Registry, ref: str, conf: Path, settings: Settings,
@@ -152,7 +94,7 @@ def run_rounds(rounds: int, work: Path, reg: Registry, ref: str, conf: Path, set
     def docker(round_: int) -> None:
         assert docker_dir is not None
         try:
-            dockerd = PrivateDocker(reg.host, docker_dir / f"round-{round_}")
+            dockerd = PrivateDocker(docker_dir / f"round-{round_}", insecure_registry=reg.host)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
             notes["docker"] = f"unavailable: {exc}"
             return
