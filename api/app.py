@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.job_files import BundleTemporaries
 from api.publish import CeleryPublisher, Publisher
 from api.routes import (
     approvals,
@@ -102,4 +103,5 @@ def _start_services(settings: ApiSettings, make_publisher: Callable[[], Publishe
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         health_check_interval=30,
     )
-    return Services(settings, make_engine(settings.database_url), make_publisher(), redis)
+    return Services(settings, make_engine(settings.database_url), make_publisher(), redis,
+                    BundleTemporaries(settings.artifacts_dir, settings.state_dir / "logs"))

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.errors import NotAuthenticated
+from api.job_files import BundleTemporaries
 from api.publish import Publisher
 from api.settings import ApiSettings, ApiToken
 from pipelines.store.db import read_scope
@@ -36,6 +37,7 @@ class Services:
     engine: Engine
     publisher: Publisher
     redis: aioredis.Redis
+    temporaries: BundleTemporaries  # the bundles' temporaries made ahead (api/job_files.py)
 
 
 async def get_services(request: Request) -> Services:

@@ -162,7 +162,7 @@ async def receive_log(logs_dir: Path, job_id: str, sha256: str, chunks: AsyncIte
     return f"logs/{name}"
 
 
-def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | None, job_id: str,
+def receive_bundle(engine: Engine, ahead: BundleTemporaries, token: str | None, job_id: str,
                    body: bytes, keys: Sequence[bytes] = ()) -> dict[str, object]:
     """A job's small files and its logs in one request (see :data:`BUNDLE_HELP`): the token is
     checked, then each file is hashed and kept under its name, its services' logs next, the job's
@@ -189,7 +189,7 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
     view = memoryview(rest)
     stored = kept = offset = 0
     for sha256, size in files:
-        intake = Intake(store, sha256, size, made_ahead(store).take())
+        intake = Intake(ahead.store.directory, sha256, size, ahead.store.take())
         try:
             intake.write(view[offset:offset + size])
             new = intake.commit_blob()
@@ -198,7 +198,7 @@ def receive_bundle(engine: Engine, store: Path, logs_dir: Path, token: str | Non
         stored, kept, offset = stored + new, kept + (not new), offset + size
     paths = []
     for name, sha256, size in logs:
-        intake = Intake(logs_dir, sha256, size, made_ahead(logs_dir).take())
+        intake = Intake(ahead.logs.directory, sha256, size, ahead.logs.take())
         try:
             intake.write(view[offset:offset + size])
             intake.commit_as(name)
@@ -215,7 +215,7 @@ class MadeAhead:
     one each instead of allocating an inode on the request's path: the ``O_TMPFILE`` open was
     the costliest call of a small file's intake here (0.15-0.17 ms of its 0.23 ms median, under
     ``perf trace`` on this ext4, and 0.5-1 ms when the disk is busy). The pool is refilled after
-    the answer is sent (:func:`refill_temporaries`). Only unnamed ones are kept: on a filesystem
+    the answer is sent (:meth:`BundleTemporaries.refill`). Only unnamed ones are kept: on a filesystem
     without ``O_TMPFILE`` a named temporary could outlive the process, so there none is made
     ahead. One that is never used goes with the process (it has no name)."""
 
@@ -247,26 +247,22 @@ class MadeAhead:
                 self.ready.append((fd, None))
 
 
-_ahead: dict[Path, MadeAhead] = {}
-_ahead_lock = threading.Lock()
+class BundleTemporaries:
+    """What bundles take their files' temporaries from: a pool for the artifact store and one for
+    the logs (made with the API's services, so one per process; refilled after each answer)."""
 
+    def __init__(self, store: Path, logs_dir: Path) -> None:
+        self.store = MadeAhead(store)
+        self.logs = MadeAhead(logs_dir)
 
-def made_ahead(directory: Path) -> MadeAhead:
-    with _ahead_lock:
-        found = _ahead.get(directory)
-        if found is None:
-            found = _ahead[directory] = MadeAhead(directory)
-        return found
-
-
-def refill_temporaries(*directories: Path) -> None:
-    """Make the temporaries the bundles took, after the answer went out (a failure here costs
-    the next bundle only the inodes it then makes itself)."""
-    for directory in directories:
-        try:
-            made_ahead(directory).refill()
-        except OSError as exc:
-            log.warning("could not make temporaries ahead in %s: %s", directory, exc.strerror)
+    def refill(self) -> None:
+        """Make the temporaries the bundles took, after the answer went out (a failure here costs
+        the next bundle only the inodes it then makes itself)."""
+        for pool in (self.store, self.logs):
+            try:
+                pool.refill()
+            except OSError as exc:
+                log.warning("could not make temporaries ahead in %s: %s", pool.directory, exc.strerror)
 
 
 BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"services\": [[index, sha256, size], ...] "

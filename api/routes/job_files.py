@@ -64,12 +64,11 @@ async def put_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_capped_body(request, job_files.MAX_BUNDLE_BYTES + job_files.MAX_MANIFEST_BYTES)
     settings = services.settings
-    kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, settings.artifacts_dir,
-                                    settings.state_dir / "logs", bearer_token(request.headers.get("authorization")),
+    kept = await to_thread.run_sync(job_files.receive_bundle, services.engine, services.temporaries,
+                                    bearer_token(request.headers.get("authorization")),
                                     request.path_params["job_id"], body, settings.job_token_keys)
     return Response(json.dumps(kept).encode(), media_type="application/json",
-                    background=BackgroundTask(job_files.refill_temporaries, settings.artifacts_dir,
-                                              settings.state_dir / "logs"))
+                    background=BackgroundTask(services.temporaries.refill))
 
 
 router.add_route(router.prefix + "/{job_id}/bundle", put_bundle, methods=["PUT"], include_in_schema=False)
