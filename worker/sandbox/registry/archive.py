@@ -122,7 +122,7 @@ def import_archive(puller: Puller, path: Path, tag: str | None, progress: Progre
         planned = [(selector, _references(path, (tag,) if tag is not None else names))
                    for selector, names in images]
         done = []
-        with _import_box(puller) as box:
+        with puller.box(registry=False) as box:
             assert box.path is not None
             if ":" in str(box.path):
                 raise ArchiveError(f"{box.path}: a directory with ':' in its path cannot be named to skopeo")
@@ -161,14 +161,6 @@ def _references(path: Path, chosen: tuple[str, ...]) -> list[ImageReference]:
         return [canonical(parse_reference(text)) for text in chosen]
     except InvalidReference as exc:
         raise InvalidRequest(f"{path}: {exc}") from None
-
-
-def _import_box(puller: Puller) -> PullBox:
-    """A pull's box for the import: the same uid range and directory, no registry configuration
-    and no credentials (an archive needs neither)."""
-    cfg = puller.config
-    return PullBox(cfg.pull_dir or puller.store.root.parent, uid_base=cfg.uid_base, uid_slots=cfg.uid_slots,
-                   run_dir=cfg.run_dir, registries_conf=None, auth_file=None)
 
 
 def _import_one(puller: Puller, box: PullBox, n: int, sources: tuple[str, str], reference: str,

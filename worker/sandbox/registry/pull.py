@@ -78,17 +78,19 @@ class Puller:
         """Pull canonical ``ref`` from its registry (or its mirror) into the store; skopeo runs as an
         unprivileged uid in a directory of its own for the whole pull (:mod:`.pull_box`)."""
         started = time.monotonic()
-        with self._box() as box:
+        with self.box() as box:
             image, fetched = self._pull(ref, box, progress, cancel)
         if fetched:
             progress(f"pulled {ref} ({short(image.digest)}) in {time.monotonic() - started:.1f} s")
         return image
 
-    def _box(self) -> PullBox:
+    def box(self, *, registry: bool = True) -> PullBox:
+        """A box for skopeo (:mod:`.pull_box`); ``registry=False`` (an import): without the registry
+        configuration and the credentials, which an archive needs neither of."""
         cfg = self.config
         return PullBox(cfg.pull_dir or self.store.root.parent, uid_base=cfg.uid_base, uid_slots=cfg.uid_slots,
-                       run_dir=cfg.run_dir, registries_conf=self.skopeo.registries_conf_bytes(),
-                       auth_file=cfg.auth_file)
+                       run_dir=cfg.run_dir, registries_conf=self.skopeo.registries_conf_bytes() if registry else None,
+                       auth_file=cfg.auth_file if registry else None)
 
     def _pull(self, ref: ImageReference, box: PullBox, progress: Progress,
               cancel: threading.Event | None) -> tuple[PulledImage, bool]:
