@@ -139,44 +139,36 @@ def _reap_disks(settings: Settings) -> list[str]:
     return done
 
 
-def _dead_seccomp_probes(settings: Settings) -> list[Path]:
-    """Probes of the seccomp cache (worker/sandbox/seccomp_cache.py) whose maker died: the lock it
-    holds for a probe's whole life (taken before the probe's directory exists) is free."""
-    from worker.sandbox.seccomp_cache import PROBE_PREFIX, probe_lock
+def _seccomp_probes(settings: Settings) -> list[Path]:
+    """The probe directories of the seccomp cache (worker/sandbox/seccomp_cache.py), each with a
+    lock its maker holds for the probe's whole life, taken before the directory exists: a probe
+    whose lock is free is a dead maker's."""
+    from worker.sandbox.seccomp_cache import PROBE_PREFIX
 
     folder = settings.run_dir / "seccomp"
     if not folder.is_dir():
         return []
-    found = []
-    for probe in sorted(folder.iterdir()):
-        if not probe.name.startswith(PROBE_PREFIX) or probe.name.endswith(".lock"):
-            continue
-        try:
-            if probe.is_symlink() or not probe.is_dir() or is_held(probe_lock(probe)):
-                continue
-        except OSError:
-            continue
-        found.append(probe)
-    return found
+    return [probe for probe in sorted(folder.iterdir()) if probe.name.startswith(PROBE_PREFIX)
+            and not probe.name.endswith(".lock") and not probe.is_symlink() and probe.is_dir()]
 
 
 def _reap_seccomp_probes(settings: Settings) -> list[str]:
-    """Dead probes of the seccomp cache: their container (created, never started: its init waits
-    for a ``start`` that never comes, from the runtime's read-only view) is deleted, their folder
-    and lock file removed. The probe is judged again under its lock, taken here."""
+    """Dead makers' probes of the seccomp cache: their container (created, never started: its
+    init waits for a ``start`` that never comes, from the runtime's read-only view) is deleted,
+    their folder and lock file removed, under the probe's lock, taken here."""
     import subprocess
 
     from worker.sandbox.seccomp_cache import probe_lock
 
     done = []
     binary = shutil.which("crun") or "crun"
-    for probe in _dead_seccomp_probes(settings):
+    for probe in _seccomp_probes(settings):
         try:
             lock = try_hold(probe_lock(probe))
         except OSError:
             continue
         if lock is None:
-            continue  # taken meanwhile: a live maker (it never reuses a name, but be exact)
+            continue  # its maker lives
         with lock:
             try:
                 state = probe / "state"
@@ -237,7 +229,9 @@ def leftovers(settings: Settings) -> list[str]:
     for rt in _runtimes(settings):
         found += [f"container {c}" for c in rt.containers() if dead(job_of_container(c)) and rt.has_state(c)]
     parent = cgroup_parent(settings.instance_id)
-    found += [f"cgroup {n}" for n in sorted(_cgroup_job_names(parent)) if dead(n) and n in _cgroup_job_names(parent)]
+    dead_cgroups = [n for n in sorted(_cgroup_job_names(parent)) if dead(n)]
+    still_cgroups = _cgroup_job_names(parent)
+    found += [f"cgroup {n}" for n in dead_cgroups if n in still_cgroups]
     if settings.jobs_dir.is_dir():
         found += [f"job dir {d.name}" for d in sorted(settings.jobs_dir.iterdir()) if dead(d.name) and d.is_dir()]
     prefix = str(settings.jobs_dir) + "/"
@@ -252,5 +246,8 @@ def leftovers(settings: Settings) -> list[str]:
         gone = [name for name in sorted(names()) if dead(name)]
         now = names()
         found += [f"disk {name}" for name in gone if name in now]
-    found += [f"seccomp probe {probe.name}" for probe in _dead_seccomp_probes(settings) if probe.is_dir()]
+    from worker.sandbox.seccomp_cache import probe_lock
+
+    dead_probes = [probe for probe in _seccomp_probes(settings) if not is_held(probe_lock(probe))]
+    found += [f"seccomp probe {probe.name}" for probe in dead_probes if probe.is_dir()]
     return found

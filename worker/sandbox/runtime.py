@@ -211,9 +211,6 @@ def choose_runtime(requested: str | None, run_dir: Path) -> Runtime:
     raise RuntimeUnavailable("no OCI runtime works on this host:\n  " + "\n  ".join(problems))
 
 
-_ST_RDONLY = 1
-
-
 def _is_view_of(view: str, source: os.stat_result) -> bool:
     """Whether ``view`` is a read-only mount of the very file ``source`` describes: a bind of a
     file has its inode; a package upgrade replaces the binary (a new inode), so an old view no
@@ -221,7 +218,7 @@ def _is_view_of(view: str, source: os.stat_result) -> bool:
     try:
         st = os.stat(view)
         return (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino) and bool(
-            os.statvfs(view).f_flag & _ST_RDONLY)
+            os.statvfs(view).f_flag & os.ST_RDONLY)
     except OSError:
         return False
 
@@ -255,9 +252,9 @@ def read_only_view(binary: str, view: Path) -> str | None:
         return None
 
 
-def spawn(argv: list[str], stdout_fd: int, stderr_fd: int, env: dict[str, str] | None = None) -> int:
-    """posix_spawn the runtime with stdin /dev/null, the given output fds and ``env`` (by default
-    a fixed minimal one); returns its pid."""
+def spawn(argv: list[str], stdout_fd: int, stderr_fd: int, env: dict[str, str]) -> int:
+    """posix_spawn the runtime with stdin /dev/null, the given output fds and ``env``
+    (:meth:`Runtime.run_env`); returns its pid."""
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         actions = [
@@ -265,7 +262,6 @@ def spawn(argv: list[str], stdout_fd: int, stderr_fd: int, env: dict[str, str] |
             (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
             (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
         ]
-        return os.posix_spawn(argv[0], argv, RUNTIME_ENV if env is None else env, file_actions=actions,
-                              setsigdef=(2, 15))
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsigdef=(2, 15))
     finally:
         os.close(devnull)

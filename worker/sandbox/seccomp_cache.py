@@ -92,6 +92,18 @@ def _cached(folder: Path, identity: str, text: str, runtime: Runtime) -> str | N
     return data
 
 
+def _write(path: Path, data: bytes) -> None:
+    """``path`` replaced whole (:func:`pipelines.files.temps.write_atomic` in its directory)."""
+    from pipelines.files.temps import write_atomic
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        write_atomic(folder, path.name, data)
+    finally:
+        os.close(folder)
+
+
 def valid_program(program: bytes) -> bool:
     """Whole 8-byte instructions, at least one, at most the kernel's limit.
 
@@ -115,17 +127,6 @@ def _read(path: Path, text: str) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = path.parent / f".tmp-{os.urandom(8).hex()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
 
 
 def compile_with(runtime: Runtime, text: str, folder: Path) -> bytes | None:
