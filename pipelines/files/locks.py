@@ -39,7 +39,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-__all__ = ["FileLock", "hold", "is_held", "lock_fd", "take_own", "try_hold"]
+__all__ = ["FileLock", "hold", "is_held", "lock_fd", "open_lock_file", "take_own", "try_hold", "unlock_fd"]
 
 _OPEN = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -86,6 +86,18 @@ def lock_fd(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def unlock_fd(fd: int) -> None:
+    """Let go of the lock taken on ``fd`` with :func:`lock_fd`, keeping the fd open (for a lock
+    taken and released many times through one kept file)."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def open_lock_file(path: str | os.PathLike[str], mode: int = 0o600) -> int:
+    """An fd of the lock file ``path`` (made ``mode`` if missing, a symlink refused), for
+    :func:`lock_fd`/:func:`unlock_fd` by a caller that keeps it."""
+    return os.open(path, _OPEN | os.O_CREAT, mode)
 
 
 def hold(path: str | os.PathLike[str], *, shared: bool = False, create: bool = True, mode: int = 0o600,

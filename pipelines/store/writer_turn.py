@@ -24,12 +24,13 @@ never written; it is not the database file, whose POSIX locks a close would drop
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from pipelines.files.locks import lock_fd, open_lock_file, unlock_fd
 
 POLL_FIRST_S = 0.0001
 POLL_MAX_S = 0.002
@@ -62,7 +63,7 @@ class WriterTurn:
             finally:
                 self._depth -= 1
                 if self._depth == 0 and flocked and self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    unlock_fd(self._fd)
         finally:
             self._lock.release()
 
@@ -74,21 +75,20 @@ class WriterTurn:
             self._fd, self._pid = None, os.getpid()
         if self._fd is None:
             try:
-                self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._fd = open_lock_file(self.lock_path)
             except OSError:
                 return False  # a read-only state dir: SQLite's busy handler orders the writers
         delay = POLL_FIRST_S
         while True:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(delay)
-                delay = min(POLL_MAX_S, delay * 2)
+                if lock_fd(self._fd, blocking=False):
+                    return True
             except OSError:
                 return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(POLL_MAX_S, delay * 2)
 
 
 _turns: dict[str, WriterTurn] = {}
