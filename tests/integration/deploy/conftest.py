@@ -146,6 +146,20 @@ class Deployment:
         return host.start_worker(concurrency, SANDPIT_ARTIFACT_TRANSPORT="http", SANDPIT_API_URL=self.api_url,
                                  **extra)
 
+    def delivery_waiting(self, host: Host, yaml_text: str) -> tuple[dict[str, Any], subprocess.Popen[bytes], Path]:
+        """An http worker on ``host``, a one-job run of ``yaml_text``, and the API stopped while
+        that job runs: returns once the job's delivery waits in the worker's outbox (the run, the
+        worker's process, the outbox)."""
+        worker = self.http_worker(host)
+        self.wait_for("the worker", lambda: self.workers())
+        run = self.submit(yaml_text)
+        self.wait_for("the job running", lambda: self.run(run["id"])["jobs"][0]["status"] == "running")
+        self.stop_api()
+        outbox = host.state / "outbox"
+        self.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
+                      timeout=30)
+        return run, worker, outbox
+
     def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 

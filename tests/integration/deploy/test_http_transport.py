@@ -125,16 +125,8 @@ def test_the_api_down_while_a_job_ends_delays_its_result_and_loses_nothing(deplo
     files go through, the result is recorded, the artifact downloads, and the outbox is empty."""
     deployment.start_api()
     one = deployment.host("one")
-    deployment.http_worker(one)
-    deployment.wait_for("the worker", lambda: deployment.workers())
-    run = deployment.submit(SLOW_BUILD)
+    run, _worker, outbox = deployment.delivery_waiting(one, SLOW_BUILD)
     job_id = run["jobs"][0]["id"]
-    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
-    deployment.stop_api()
-
-    outbox = one.state / "outbox"
-    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
-                        timeout=30)
     engine = make_engine(deployment.db_url)
     try:
         time.sleep(4)  # longer than the lease (3 s): it is renewed while the delivery waits
@@ -158,15 +150,8 @@ def test_a_worker_restarted_while_its_delivery_waits_takes_it_up(deployment: Dep
     once the API is back, and records the first attempt's result (no worker_lost, no retry)."""
     deployment.start_api()
     one = deployment.host("one")
-    first = deployment.http_worker(one)
-    deployment.wait_for("the worker", lambda: deployment.workers())
-    run = deployment.submit(SLOW_BUILD)
+    run, first, outbox = deployment.delivery_waiting(one, SLOW_BUILD)
     job_id = run["jobs"][0]["id"]
-    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
-    deployment.stop_api()
-    outbox = one.state / "outbox"
-    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
-                        timeout=30)
     first.kill()
     first.wait()
     time.sleep(4)  # the dead worker's lease (3 s) has expired: no sweeper ran to settle it
@@ -199,15 +184,8 @@ def test_a_restarted_workers_delivery_saves_the_attempts_cache_too(deployment: D
     delivered manifest, and a job on another worker host restores that cache through the API."""
     deployment.start_api()
     one, two = deployment.host("one"), deployment.host("two")
-    first = deployment.http_worker(one)
-    deployment.wait_for("the worker", lambda: deployment.workers())
-    run = deployment.submit(CACHE_AFTER_RESTART)
+    run, first, _outbox = deployment.delivery_waiting(one, CACHE_AFTER_RESTART)
     job_id = run["jobs"][0]["id"]
-    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
-    deployment.stop_api()
-    outbox = one.state / "outbox"
-    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
-                        timeout=30)
     first.kill()
     first.wait()
     deployment.http_worker(one)

@@ -30,14 +30,7 @@ def test_a_refused_delivery_names_none_of_its_caches(deployment: Deployment) -> 
     names no cache (no worker could restore files the API does not have)."""
     deployment.start_api()
     one = deployment.host("one")
-    deployment.http_worker(one)
-    deployment.wait_for("the worker", lambda: deployment.workers())
-    run = deployment.submit(CACHE_JOB)
-    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
-    deployment.stop_api()
-    outbox = one.state / "outbox"
-    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
-                        timeout=30)
+    run, _worker, outbox = deployment.delivery_waiting(one, CACHE_JOB)
     entry = json.loads(next(outbox.glob("*.json")).read_text())
     [(key, manifest, _size)] = entry["caches"]
     assert key == "deps-refused" and manifest in entry["blobs"]
@@ -48,12 +41,7 @@ def test_a_refused_delivery_names_none_of_its_caches(deployment: Deployment) -> 
     [job] = ended["jobs"]
     assert (job["status"], job["reason"], job["artifacts"]) == ("error", "infra_error", []), job
     assert "digest_mismatch" in job["message"]
-    engine = make_engine(deployment.db_url)
-    try:
-        with session_scope(engine) as s:
-            assert s.exec(select(CacheEntry).where(CacheEntry.key == "deps-refused")).first() is None
-    finally:
-        engine.dispose()
+    assert not _cache_named(deployment, "deps-refused")
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the database plays no part here
@@ -65,15 +53,8 @@ def test_a_refused_replayed_delivery_is_recorded_as_the_jobs_thread_records_it(
     to its lease's expiry), without its artifacts, and the key names no cache."""
     deployment.start_api()
     one = deployment.host("one")
-    first = deployment.http_worker(one)
-    deployment.wait_for("the worker", lambda: deployment.workers())
-    run = deployment.submit(CACHE_JOB)
+    run, first, outbox = deployment.delivery_waiting(one, CACHE_JOB)
     job_id = run["jobs"][0]["id"]
-    deployment.wait_for("the job running", lambda: deployment.run(run["id"])["jobs"][0]["status"] == "running")
-    deployment.stop_api()
-    outbox = one.state / "outbox"
-    deployment.wait_for("the delivery in the outbox", lambda: outbox.is_dir() and list(outbox.glob("*.json")),
-                        timeout=30)
     first.kill()
     first.wait()
     entry = json.loads(next(outbox.glob("*.json")).read_text())
@@ -87,9 +68,14 @@ def test_a_refused_replayed_delivery_is_recorded_as_the_jobs_thread_records_it(
     assert "digest_mismatch" in job["message"]
     assert [a.attempt for a in deployment.attempts(job_id)] == [1]
     assert list(outbox.glob("*.json")) == []
-    engine = make_engine(deployment.db_url)
+    assert not _cache_named(deployment, "deps-refused")
+
+
+def _cache_named(deploy: Deployment, key: str) -> bool:
+    """Whether the database names a cache under ``key`` (what a restore on any worker reads)."""
+    engine = make_engine(deploy.db_url)
     try:
         with session_scope(engine) as s:
-            assert s.exec(select(CacheEntry).where(CacheEntry.key == "deps-refused")).first() is None
+            return s.exec(select(CacheEntry).where(CacheEntry.key == key)).first() is not None
     finally:
         engine.dispose()

@@ -35,15 +35,6 @@ from tests.integration.api.conftest import (  # noqa: F401 - fixtures
 from tests.integration.deploy.conftest import Deployment, deployment, hosts_root, redis  # noqa: F401 - fixtures
 
 KEY, OTHER_KEY = b"k" * 48, b"z" * 48
-PIPELINE = """\
-stages: [build, test]
-build:
-  stage: build
-  script: [make]
-test:
-  stage: test
-  script: [make check]
-"""
 
 
 def _sha(data: bytes) -> str:
@@ -64,7 +55,7 @@ def signing(settings: ApiSettings) -> Iterator[tuple[httpx.Client, ApiSettings]]
 
 def _jobs(api: httpx.Client, engine: Engine) -> list[str]:  # noqa: F811
     api.headers["Authorization"] = f"Bearer {USER_TOKEN}"
-    run = create(api, PIPELINE)
+    run = create(api)  # the two-job pipeline of the API tests
     del api.headers["Authorization"]
     return jobs_of(engine, run["id"])
 
