@@ -67,6 +67,17 @@ def _status(browser: Any) -> str:
     return str(css(browser, "h1 .st")[0].text)
 
 
+def _replaced(element: Any) -> bool:
+    """Whether the page ``element`` was on has been replaced by another (a form's answer)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    return False
+
+
 def _box(browser: Any, name: str) -> Any:
     return next(li for li in css(browser, ".graph li.box") if css(li, "a")[0].text == name)
 
@@ -96,8 +107,11 @@ def test_a_person_approves_retries_and_plays(service: Service, api: ApiProcess, 
     assert not css(_box(browser, "after"), "form.retry")  # skipped: nothing to retry
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "run-failed.png"))
+    before = css(browser, "h1 .st")[0]
     css(_box(browser, "flaky"), "form.retry button")[0].click()
-    wait_for(lambda: browser.current_url.endswith(f"/ui/runs/{run_id}"), what="back on the run page")
+    # the form posts from this very page and comes back to it: wait for the page to be replaced
+    wait_for(lambda: _replaced(before) and browser.current_url.endswith(f"/ui/runs/{run_id}"),
+             what="back on the run page, after the retry")
     assert _status(browser) == "running"
     assert "st-created" in _box(browser, "after").get_attribute("class")
     wait_for(lambda: (browser.refresh(), "st-succeeded" in _box(browser, "after").get_attribute("class"))[1],
