@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import build_parser, parse_exec_fast
+from worker.cli.commands import build_parser, parse_exec_fast
 from worker.cli.remote import try_line
 from worker.local.run import _unglued, only_jobs, script_echoes
 from worker.terminal import Paint, colour_wanted, split_sections, strip_colour
@@ -104,7 +104,7 @@ def test_options_name_the_environment_that_sets_them() -> None:
 def test_exec_fast_path_is_unchanged_and_imports_no_argparse() -> None:
     ns = parse_exec_fast(["--memory", "64M", "--", "true"])
     assert ns is not None and ns.memory == "64M" and ns.argv == ["--", "true"]
-    probe = ("import sys; from worker.cli import parse_exec_fast; parse_exec_fast(['--', 'true']); "
+    probe = ("import sys; from worker.cli.commands import parse_exec_fast; parse_exec_fast(['--', 'true']); "
              "print('argparse' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -112,7 +112,7 @@ def test_exec_fast_path_is_unchanged_and_imports_no_argparse() -> None:
 
 def test_verbose_shows_sandpits_steps_not_alembics(tmp_path: Path) -> None:
     """`-v` after the sub-command turns on sandpit's INFO lines; alembic's go to WARNING."""
-    probe = ("import logging, sys; from worker.cli import _verbose_logging; _verbose_logging(); "
+    probe = ("import logging, sys; from worker.cli.commands import _verbose_logging; _verbose_logging(); "
              "from pipelines.store.db import migrate; migrate(sys.argv[1]); "
              "logging.getLogger('sandpit.run').info('a step of sandpit')")
     p = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{tmp_path / 'db'}"], cwd=REPO,

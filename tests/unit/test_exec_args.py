@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import worker.cli
-from worker.cli import build_parser, parse_exec_fast
+from worker.cli.commands import build_parser, parse_exec_fast
 from worker.cli.exec_options import EXEC_OPTIONS, ExecOption
 
 AGREE = [

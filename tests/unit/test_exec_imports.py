@@ -33,7 +33,7 @@ ALLOWED_OWN = ("pipelines.language.quantities", "worker.sandbox.registry.config"
 
 PROBE = """
 import json, sys
-from worker.cli import parse_exec_fast
+from worker.cli.commands import parse_exec_fast
 ns = parse_exec_fast(["--memory", "64M", "--env", "A=1", "--", "true"])
 assert ns is not None
 import worker.cli.exec, worker.local.records, worker.local.retention
@@ -86,3 +86,26 @@ def test_the_whole_exec_process_imports_no_heavy_module(tmp_path):
     assert "worker.sandbox.engine" in modules and "worker.cli.exec" in modules and "worker.settings" in modules
     assert heavy_among(modules) == []
     assert "selectors" not in modules  # the supervisor's epoll set is its own (worker/sandbox/supervise.py)
+
+
+def test_a_resident_engines_client_imports_only_builtin_modules(tmp_path):
+    """What a ``sandpit exec`` served by a resident engine imports before it hands the job over
+    (worker/cli/resident_client.py): the CLI's entry and the client, none of the commands, and no
+    module of the standard library's Python half (``socket``, ``signal``, ``enum``, ``pathlib``,
+    ``array``...: ≈ 12 ms together). Here no engine serves, so it goes on in-process after that: the
+    modules between ``worker`` (the package, imported by ``-m``) and the client's own are the
+    client's (``_socket`` is C too, a shared object; ``__future__`` aside: 0.1 ms, and every module of
+    sandpit's has it)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SANDPIT_STATE_DIR": str(tmp_path / "state"),
+           "SANDPIT_RUN_DIR": str(tmp_path / "run"), "SANDPIT_GC_EVERY": "0"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-P", "-m", "worker", "exec", "--artifact", "../x",
+                          "--", "true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 125, out.stderr[-2000:]
+    modules = [line.rpartition("|")[2].strip() for line in out.stderr.splitlines()
+               if line.startswith("import time:") and "self [us]" not in line]
+    # -X importtime lists a module when its import ends, so its own imports come before it
+    client = modules[modules.index("worker") + 1:modules.index("worker.cli.resident_client") + 1]
+    assert "worker.cli.commands" not in client and "_socket" in client
+    python_half = [m for m in client if m not in sys.builtin_module_names
+                   and m not in ("_socket", "__future__", "worker.cli", "worker.cli.resident_client")]
+    assert python_half == []

@@ -225,7 +225,7 @@ def graph() -> dict[str, dict[str, int]]:
 
 def test_the_tree_is_read(graph: dict[str, dict[str, int]]) -> None:
     assert {"worker.cli", "worker.sandbox.engine", "api.app", "pipelines.store.db"} <= set(graph)
-    assert "worker.settings" in graph["worker.cli"]
+    assert "worker.settings" in graph["worker.cli.commands"]
 
 
 def test_no_import_cycle(graph: dict[str, dict[str, int]]) -> None:

@@ -62,19 +62,30 @@ def request_from_args(args: argparse.Namespace) -> SandboxRequest:
 
 
 def exec_command(args: argparse.Namespace, settings: Settings) -> int:
+    spawn_if_due(settings)  # old logs and artifacts of exec and local runs go (a stat, unless due)
+    cancel = threading.Event()
+    install_signal_cancel(cancel)
+    status = run_exec(args, settings, OutputWriter(1, 2, json=args.json), cancel)
+    # everything is torn down and written: skip the interpreter's slow finalisation (and its
+    # flush of a stdout whose reader may be gone)
+    os._exit(status)
+
+
+def run_exec(args: argparse.Namespace, settings: Settings, writer: OutputWriter, cancel: threading.Event,
+             engine: Engine | None = None) -> int:
+    """One ``sandpit exec``: run the job, keep its record, say what sandpit has to say on the
+    writer's stderr, and return exec's exit status. The same for a job run in this process and
+    one a resident engine runs for a client (worker/cli/resident.py, which passes its own engine),
+    with the client's fds."""
     try:
         req: SandboxRequest | None = request_from_args(args)
         refused = ""
     except InvalidRequest as exc:  # the same record and exit status as a refusal by the engine
         req, refused = None, str(exc)
-    writer = OutputWriter(out_fd=2 if args.json else 1)
-    spawn_if_due(settings)  # old logs and artifacts of exec and local runs go (a stat, unless due)
-    cancel = threading.Event()
-    install_signal_cancel(cancel)
     if req is None:
         result = JobRecord.not_run("exec", Verdict(Status.FAILED, Reason.INVALID_SPEC, refused))
     else:
-        result = Engine(settings).run(req, sink=writer.sink, cancel=cancel)
+        result = (engine or Engine(settings)).run(req, sink=writer.sink, cancel=cancel)
     if writer.blocked_fd is not None:
         writer.say("sandpit: not all of the job's output was delivered: its reader stopped reading")
     record = result.to_json()
@@ -82,13 +93,9 @@ def exec_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         import json
 
-        writer.emit(1, json.dumps(record).encode() + b"\n")
+        writer.emit(writer.stdout, json.dumps(record).encode() + b"\n")
     status = exit_status(result, args, writer)
-    if 1 in writer.gone:
-        status = READER_GONE
-    # everything is torn down and written: skip the interpreter's slow finalisation (and its
-    # flush of a stdout whose reader may be gone)
-    os._exit(status)
+    return READER_GONE if writer.stdout in writer.gone else status
 
 
 def _keep_record(settings: Settings, record: dict[str, object]) -> None:
@@ -111,13 +118,14 @@ class OutputWriter:
     or raising: their reader may be stalled (the same pipe as the job's output) or gone.
     """
 
-    def __init__(self, out_fd: int) -> None:
-        self.out_fd = out_fd
+    def __init__(self, stdout: int, stderr: int, *, json: bool = False) -> None:
+        self.stdout, self.stderr = stdout, stderr
+        self.out_fd = stderr if json else stdout  # with --json the record alone is on stdout
         self.blocked_fd: int | None = None  # set while a write of the job's output is under way
         self.gone: set[int] = set()  # fds whose reader went away (EPIPE)
 
     def sink(self, stream: str, data: bytes) -> None:
-        fd = self.out_fd if stream == "out" else 2
+        fd = self.out_fd if stream == "out" else self.stderr
         self.blocked_fd = fd
         try:
             view = memoryview(data)
@@ -145,7 +153,7 @@ class OutputWriter:
             return
 
     def say(self, line: str) -> None:
-        self.emit(2, (line + "\n").encode(errors="backslashreplace"))
+        self.emit(self.stderr, (line + "\n").encode(errors="backslashreplace"))
 
 
 def exit_status(result: JobRecord, args: argparse.Namespace, writer: OutputWriter) -> int:
