@@ -8,15 +8,20 @@
     (d) `docker run --rm --network none` of the same rootfs (with --docker; starts dockerd itself)
 
     (e) the engine with `--network egress`, (f) `sandpit exec --network egress` (with --network)
+    (g) `sandpit exec -- /bin/true` as a whole process, served by a resident engine (`sandpit engine`,
+        which the bench starts with --resident; its CPU counted with the client's). (a) always runs
+        with SANDPIT_RESIDENT=off, so it stays the in-process command.
 
     --egress-vs-none N: afterwards, N more jobs each of (a) and (f), interleaved (which one goes first
     alternates), with the pool of ready egress namespaces filled first and drained at the end; prints
     both medians and what egress adds to a whole `sandpit exec` process
 
 Usage (root): .venv/bin/python bench/bench_exec.py [--runs 30] [--docker] [--network] [--egress-vs-none 200]
-Goals (issue 18): (b) <= 1.15 x (c); (a) <= 0.15 x (d); egress adds <= 8 ms over none (whole process:
-(f) - (a)). The machine is shared and noisy: run it several times, alternated with a baseline tree's
-copy of this file, and compare medians and p90 within one sitting.
+                                                 [--resident]
+Goals (issue 18): (b) <= 1.15 x (c); (a) or, with a resident engine, (g) <= 0.15 x (d); egress adds
+<= 8 ms over none (whole process: (f) - (a)). The machine is shared and noisy: run it several
+times, alternated with a baseline tree's copy of this file, and compare medians and p90 within one
+sitting.
 With --network, sandpit's bridge and rules live in a namespace the bench makes (`ip netns add
 sandpit-bench`, deleted at the end), which has no uplink: nothing can leave it.
 """
@@ -135,12 +140,36 @@ class Docker(PrivateDocker):
         super().close()
 
 
+class Resident:
+    """A `sandpit engine` the bench starts (and stops, by its pid) for case (g)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([SANDPIT, "engine"], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if "serving sandpit exec" not in line:
+            self.close()
+            raise RuntimeError(f"sandpit engine did not start: {line.strip()}")
+
+    def cpu(self) -> float:
+        """The engine's CPU seconds and its waited-for children's (crun and the jobs)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--docker", action="store_true")
     ap.add_argument("--runtime", default=None)
     ap.add_argument("--network", action="store_true")
+    ap.add_argument("--resident", action="store_true", help="also (g): exec served by a resident engine")
     ap.add_argument("--egress-vs-none", type=int, default=0, metavar="N",
                     help="N interleaved whole-process jobs each of --network none and egress (implies --network)")
     args = ap.parse_args()
@@ -149,8 +178,12 @@ def main() -> int:
     engine = Engine(settings)
     req = SandboxRequest(argv=("/bin/true",), runtime=args.runtime)
     env = {**os.environ, "SANDPIT_RUNTIME": args.runtime or ""}
+    in_process = {**env, "SANDPIT_RESIDENT": "off"}
 
     def cli() -> None:
+        subprocess.run([SANDPIT, "exec", "--", "/bin/true"], check=True, env=in_process)
+
+    def cli_resident() -> None:
         subprocess.run([SANDPIT, "exec", "--", "/bin/true"], check=True, env=env)
 
     def eng() -> None:
@@ -172,7 +205,8 @@ def main() -> int:
             assert net_engine.run(egress_req).status == "succeeded"
 
         def cli_egress() -> None:
-            subprocess.run([SANDPIT, "exec", "--network", "egress", "--", "/bin/true"], check=True, env=net_env)
+            subprocess.run([SANDPIT, "exec", "--network", "egress", "--", "/bin/true"], check=True,
+                           env={**net_env, "SANDPIT_RESIDENT": "off"})
 
     docker = None
     docker_note = "not run (pass --docker)"
@@ -181,12 +215,15 @@ def main() -> int:
             docker = Docker(engine.images.get("debian").rootfs)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             docker_note = f"unavailable: {exc}"
+    resident = Resident(env) if args.resident else None
     cases = {"(a) sandpit exec, whole process": cli, "(b) engine only": eng, "(c) bare crun run": bare.run}
     if docker is not None:
         cases["(d) docker run --rm --network none"] = docker.run
     if netns is not None:
         cases["(e) engine only, --network egress"] = eng_egress
         cases["(f) sandpit exec --network egress"] = cli_egress
+    if resident is not None:
+        cases["(g) sandpit exec, resident engine"] = cli_resident
     times: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     pair_times: dict[str, list[float]] = {}
@@ -195,13 +232,16 @@ def main() -> int:
             fn()
         for _ in range(args.runs):
             for name, fn in cases.items():
-                before = cpu_now()
+                before = cpu_now() + (resident.cpu() if name.startswith("(g)") and resident else 0.0)
                 times[name].append(timed(fn))
-                cpu[name].append(cpu_now() - before)
+                after = cpu_now() + (resident.cpu() if name.startswith("(g)") and resident else 0.0)
+                cpu[name].append(after - before)
         if args.egress_vs_none:
             pair_times = egress_vs_none(args.egress_vs_none, net_settings, cli, cli_egress)
     finally:
         bare.close()
+        if resident is not None:
+            resident.close()
         if docker is not None:
             docker.close()
         if netns is not None:
@@ -227,6 +267,9 @@ def main() -> int:
     d = med.get("(d) docker run --rm --network none")
     if d:
         print(f"(a)/(d) = {med['(a) sandpit exec, whole process'] / d:.3f} (goal <= 0.15)")
+        g = med.get("(g) sandpit exec, resident engine")
+        if g:
+            print(f"(g)/(d) = {g / d:.3f} (goal <= 0.15)")
     else:
         print(f"(d) docker: {docker_note}")
     if pair_times:
