@@ -36,6 +36,7 @@ from pipelines.store.models import Artifact, Job, Run
 from pipelines.store.outbox import mark_published, mark_unpublished
 from pipelines.store.transitions import cancel_unfinished_job, cancel_unfinished_run, create_run
 from pipelines.store.transitions.creation import StoredRun
+from pipelines.trace import mark
 
 PIPELINE_FILE = "pipeline.yml"  # the name problems are reported against
 log = logging.getLogger("sandpit.api")
@@ -120,10 +121,12 @@ def submit_run(
     the first job is announced) let a caller listen for the run's events before any of its jobs
     can run. The answer is built from what was stored, without reading it back.
     """
+    mark("submit_in")
     trust = run_trust(caller, request.trust)
     level = policy.level(trust)
     with _submitting:
         planned, stored = _plan_and_store(engine, request, caller, trust, level, run_id)
+    mark("committed")
     # a new run has no artifacts; the objects stay readable after the commit
     created = run_public(stored.run, [job_public(job, []) for job in stored.jobs])
     if before_publish is not None:
@@ -131,6 +134,7 @@ def submit_run(
     if stored.queued:
         try:
             publisher.publish(stored.queued)
+            mark("published")
         except PublishFailed as exc:
             _log_publish_failure(len(stored.queued), exc)
             with session_scope(engine) as session:

@@ -47,5 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.tokens:
         print("sandpit api: warning: SANDPIT_API_TOKENS is empty; every /api/v1 request will be refused",
               file=sys.stderr)
+    if settings.trace_file is not None:
+        from pipelines import trace
+
+        trace.configure(settings.trace_file)
     serve(settings, args.host, args.port, log_level=args.log_level)
     return 0

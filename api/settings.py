@@ -75,6 +75,7 @@ class ApiSettings:
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE
     retention: RetentionSettings = field(default_factory=RetentionSettings)  # SANDPIT_*_RETENTION, pipelines/retention
     job_token_keys: tuple[bytes, ...] = field(default=(), repr=False)  # SANDPIT_JOB_TOKEN_KEY_FILE's
+    trace_file: Path | None = None  # SANDPIT_TRACE_FILE: the API's step marks (pipelines/trace.py); None: off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -115,6 +116,7 @@ class ApiSettings:
             max_archive_bytes=int(max_archive),
             retention=retention,
             job_token_keys=job_token_keys,
+            trace_file=Path(env["SANDPIT_TRACE_FILE"]) if env.get("SANDPIT_TRACE_FILE") else None,
         )
 
     @property

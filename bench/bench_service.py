@@ -11,6 +11,9 @@
     slots: with --slots 1,2,4,8 the throughput case again at each worker concurrency, and with
         --two-workers at two workers of the default concurrency
     memory: the worker's RSS after the warm-up and after --memory-jobs jobs
+    trace: with --trace, where each millisecond of the (a) runs went: the API, the worker and the
+        engine append step marks (pipelines/trace.py, SANDPIT_TRACE_FILE), and the median gap between
+        consecutive marks of a run is printed per tree
 
 Before/after in one sitting: ``--against DIR`` (a checkout of the earlier code, e.g. made with
 ``git archive <rev> | tar -x -C DIR``) runs every case on both trees, alternating tree by tree for
@@ -20,7 +23,7 @@ and the API during each throughput case, as collapsed stacks.
 
 Starts its own redis-server, SQLite database, worker(s) and API (loopback only), stops them by pid.
 Usage (root): .venv/bin/python bench/bench_service.py [--runs 50] [--throughput 450] [--clients 50]
-    [--docker] [--against DIR --rounds 2] [--slots 1,2,4,8] [--two-workers] [--profile DIR]
+    [--docker] [--against DIR --rounds 2] [--slots 1,2,4,8] [--two-workers] [--profile DIR] [--trace]
 Goals: (a) <= 0.10 x (b); >= 100 jobs/s with one worker; 50 clients' POST p99 <= 500 ms;
 RSS(1000) - RSS(10) <= 50 MiB. Throughput stays under ~450 runs: past the policy's 500 runs in
 flight per submitter the API answers 429.
@@ -32,6 +35,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
+import itertools
 import os
 import secrets
 import shutil
@@ -124,6 +128,7 @@ class Service:
     tree: Path
     workers: int = 1
     slots: int | None = None
+    trace: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -145,6 +150,9 @@ class Service:
         env = {**os.environ, "SANDPIT_REDIS_URL": redis.url,
                "SANDPIT_DATABASE_URL": f"sqlite:///{self.tmp / 'db.sqlite'}",
                "SANDPIT_API_TOKENS": f"bench:{token}:trusted", "PYTHONPATH": str(self.tree)}
+        self.trace_file = self.tmp / "trace.log"
+        if self.trace:
+            env["SANDPIT_TRACE_FILE"] = str(self.trace_file)
         self.api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--log-level", "warning"],
                                     env=env, cwd=self.tree)
         self.procs.append(self.api)
@@ -281,8 +289,37 @@ def clients(svc: Service, count: int, each: int) -> dict[str, float]:
             "API CPU per POST ms": (api1[0] + api1[1] - api0[0] - api0[1]) * 1000 / len(done)}
 
 
+#: the marks of one run, in the order they are made (pipelines/trace.py's callers)
+TRACE_STEPS = ("api_in", "submit_in", "committed", "published", "api_submitted", "task", "claimed", "engine_in",
+               "runtime_in", "runtime_out", "engine_out", "delivered", "recorded", "announced", "api_event",
+               "api_read", "api_out")
+
+
+def trace_gaps(path: Path, offset: int) -> list[tuple[str, float]]:
+    """The median gap (ms) between consecutive marks of the runs traced past ``offset`` of ``path``
+    (a run's marks start at its api_in; runs here are one at a time), and the whole of a run."""
+    runs: list[dict[str, int]] = []
+    with path.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode().splitlines():
+            ns, _pid, label = line.split()
+            if label == "api_in":
+                runs.append({})
+            if runs:
+                runs[-1].setdefault(label, int(ns))
+    gaps: dict[str, list[float]] = {}
+    for marks in runs:
+        seen = [step for step in TRACE_STEPS if step in marks]
+        for before, after in itertools.pairwise(seen):
+            gaps.setdefault(f"{before} -> {after}", []).append((marks[after] - marks[before]) / 1e6)
+        if seen:
+            gaps.setdefault("api_in -> api_out (the handler)", []).append((marks[seen[-1]] - marks[seen[0]]) / 1e6)
+    return [(step, statistics.median(times)) for step, times in gaps.items()]
+
+
 def latency(svc: Service, runs: int, docker: Any) -> dict[str, list[float]]:
     api_times, docker_times = [], []
+    trace_from = svc.trace_file.stat().st_size if svc.trace else 0
     for _ in range(runs):
         t = time.perf_counter()
         run = svc.one()
@@ -292,6 +329,11 @@ def latency(svc: Service, runs: int, docker: Any) -> dict[str, list[float]]:
             t = time.perf_counter()
             docker.run()
             docker_times.append(time.perf_counter() - t)
+    if svc.trace:
+        print(f"\nwhere a one-job run's time went ({svc.tree}, medians of {runs} runs):\n")
+        print("| step | ms |\n|---|---:|")
+        for step, ms in trace_gaps(svc.trace_file, trace_from):
+            print(f"| {step} | {ms:.2f} |")
     return {"api": api_times, "docker": docker_times}
 
 
@@ -309,6 +351,7 @@ def main() -> int:
     ap.add_argument("--slots", default="", help="comma-separated worker concurrencies for the scaling table")
     ap.add_argument("--two-workers", action="count", default=0, help="given N times: N rounds of it")
     ap.add_argument("--profile", type=Path, default=None)
+    ap.add_argument("--trace", action="store_true", help="print where each millisecond of the (a) runs went")
     args = ap.parse_args()
     trees = {"after": REPO} if args.against is None else {"before": args.against.resolve(), "after": REPO}
     docker = None
@@ -329,7 +372,8 @@ def main() -> int:
             # every tree's service is up at once and the cases alternate tree by tree (the order
             # flips each round): the machine is shared, so paired measures are taken minutes apart
             # at most; the idle service costs its sweeper's and heartbeat's ticks
-            services = {name: up.enter_context(Service(tree, slots=args.concurrency)) for name, tree in trees.items()}
+            services = {name: up.enter_context(Service(tree, slots=args.concurrency, trace=args.trace))
+                        for name, tree in trees.items()}
             rss_10 = {name: rss_mib(svc.worker_procs[0].pid) for name, svc in services.items()}
             for round_no in range(args.rounds):
                 order = list(services.items()) if round_no % 2 == 0 else list(reversed(services.items()))

@@ -27,6 +27,7 @@ from pipelines.store.models import Job, Run
 from pipelines.store.reads import artifact_inputs, read_run_row, stop_requested
 from pipelines.store.spec import job_from_spec
 from pipelines.store.transitions import claim_job, finish_job, renew_lease
+from pipelines.trace import mark
 from worker import cache
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.job_files import LocalTransport, Transport
@@ -220,6 +221,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
         secret_env = tuple((str(k), str(v)) for k, v in (getattr(run, "secrets", None) or {}).items())
         job_files = ctx.files.claimed(s, job, ctx.worker_id, ctx.now())  # http: the job's token, minted here
         ctx.on_claim(s, run)
+    mark("claimed")
     lease = ctx.leases.watch(ctx, job_id, attempt)
     slot = ctx.slots.take()
     source_root: Path | None = None
@@ -241,6 +243,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
                               shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))
             seed = Seed(source_dir=source.root if source else None,
                         source_files=source.files if source else None, files=files)
+            mark("engine_in")
             with ctx.admit(planned):
                 result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
                                         seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches),
@@ -253,6 +256,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
                 logging.getLogger("sandpit.worker").exception("job %s ended by an unexpected error", job_id)
     finally:
         ctx.slots.give(slot)
+    mark("engine_out")
     try:
         if lease.lost.is_set():
             return []  # the lease went to someone else; their record counts, not ours
@@ -267,12 +271,15 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     record = delivered
     if record.status not in CACHED_STATUSES:  # the API refused the delivery: its caches' files are not there
         saved = []
+    mark("delivered")
     newly = _record_result(ctx, job_id, attempt, record, trust, saved)
+    mark("recorded")
     done = ctx.on_retried if ctx.on_retried is not None and job_id in newly else ctx.on_done
     try:
         done(job, record)
     except Exception as exc:  # the live stream's end marker is a courtesy; the record is stored
         logging.getLogger("sandpit.worker").warning("job %s: could not announce its end: %s", job_id, exc)
+    mark("announced")
     return newly
 
 

@@ -113,6 +113,8 @@ class Settings:
     #: the SANDPIT_POLICY_* variables (pipelines/policy.py reads them: ``policy()``)
     policy_env: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: SANDPIT_TRACE_FILE: where the worker appends its step marks (pipelines/trace.py); None: off
+    trace_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -154,6 +156,7 @@ class Settings:
             webhook_secret=_secret(env, "SANDPIT_WEBHOOK_SECRET"),
             forge_token=_secret(env, "SANDPIT_FORGE_TOKEN"),
             policy_env={name: value for name, value in env.items() if name.startswith("SANDPIT_POLICY_")},
+            trace_file=Path(env["SANDPIT_TRACE_FILE"]) if env.get("SANDPIT_TRACE_FILE") else None,
         )
 
     def policy(self) -> Policy:

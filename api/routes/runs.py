@@ -22,6 +22,7 @@ from api.routes import answer_head
 from api.schemas import ProblemList, RunCreate, RunCreated, RunPublic
 from api.settings import MAX_WAIT_S
 from pipelines.names import run_events_channel
+from pipelines.trace import mark
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -66,6 +67,7 @@ async def create_run(
     trust: Annotated[Literal["trusted", "untrusted"] | None, Query(
         description="the run's trust level, as the JSON body's `trust` (for YAML bodies)")] = None,
 ) -> RunCreated:
+    mark("api_in")
     content_type = request.headers.get("content-type", "")
     # a JSON body may carry an uploaded tree (source.archive, base64): its own cap on top
     room = settings.max_archive_bytes * 4 // 3 + 4 if content_type.split(";")[0].strip() == "application/json" else 0
@@ -92,6 +94,7 @@ async def create_run(
     try:
         submit = functools.partial(submitting, run_id=run_id, before_publish=listener.wait_subscribed)
         created = await to_thread.run_sync(submit)
+        mark("api_submitted")
         await subscribing
         if created.finished_at is not None:
             return created
@@ -100,6 +103,7 @@ async def create_run(
         await listener.close(subscribing)
     if latest is None:
         latest = await to_thread.run_sync(runs.read_run, engine, created.id)
+    mark("api_out")
     return RunCreated(**latest.model_dump(), warnings=created.warnings)
 
 
@@ -156,12 +160,14 @@ async def _wait_until_settled(
         if listener.active:
             try:
                 await listener.next_event(min(WAIT_EVENT_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
+                mark("api_event")
             except RedisError:
                 listener.active = False  # read now (a message may be lost), then poll
         else:
             await asyncio.sleep(interval)
             interval = min(WAIT_POLL_MAX_S, interval * 1.5)
         latest = await to_thread.run_sync(runs.read_run, engine, run_id)
+        mark("api_read")
         if latest.finished_at is not None:
             return latest
     return None

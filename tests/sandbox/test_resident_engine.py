@@ -346,3 +346,12 @@ def test_idle_engine_stops_by_itself(settings, env, tmp_path, no_leftovers):
             proc.wait()
     assert "idle for 1s, stopping" in log.read_text()
     assert not (Path(settings.state_dir) / ENGINE_DIR / SOCKET_NAME).exists()
+
+
+def test_a_declined_clients_names_reach_the_engines_log_escaped(resident, env):
+    """The names of a declined client's settings are its data: a terminal sequence in one is shown
+    escaped, never sent to the terminal the engine logs to."""
+    p, pid = sandpit_exec({**env, "SANDPIT_X\x1b]0;owned\x07": "1"}, "--", "true")
+    assert p.returncode == 0 and resident.served(pid) == []
+    assert "\x1b" not in resident.log() and "\x07" not in resident.log()
+    assert f"declined pid {pid}: other settings ('SANDPIT_X\\x1b]0;owned\\x07')" in resident.log()

@@ -320,7 +320,9 @@ class ResidentEngine:
         if env != self.env:
             names = sorted({k for k, _ in env} ^ {k for k, _ in self.env}
                            | {k for k, v in env if (k, v) not in self.env})
-            return f"other settings ({', '.join(names)[:200]})"
+            # the client's names reach this engine's log (a terminal, maybe): shown only as plain words
+            shown = [name if name.isascii() and name.replace("_", "").isalnum() else ascii(name) for name in names]
+            return f"other settings ({', '.join(shown)[:200]})"
         if needs_cwd(env) and cwd != self.cwd:
             return "a relative setting and another working directory"
         return ""

@@ -31,6 +31,7 @@ from pipelines.job_record import (
     Verdict,
 )
 from pipelines.record import record, replace
+from pipelines.trace import mark
 from worker import TYPE_CHECKING
 from worker.errors import InvalidRequest, SandboxError, SandpitError, job_outcome
 from worker.sandbox import spec as oci
@@ -294,7 +295,9 @@ class Engine:
             else:
                 joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
+            mark("runtime_in")
             end = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
+            mark("runtime_out")
             _judge(result, end, cg.usage(), disk)
             if req.network == "none" and result.verdict.status is Status.FAILED:
                 _hint_offline(result, joblog, log_path, sink)

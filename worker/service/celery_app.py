@@ -30,6 +30,10 @@ class SandpitCelery(Celery):
         (when Celery reads its configuration at the entry point) and kept on the app."""
         if self._settings is None:
             self._settings = Settings.from_env(os.environ)
+            if self._settings.trace_file is not None:
+                from pipelines import trace
+
+                trace.configure(self._settings.trace_file)
         return self._settings
 
     def publish_job(self, job_id: str) -> None:

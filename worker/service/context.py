@@ -37,6 +37,7 @@ from pipelines.store.outbox import mark_published, pending_outbox, requeue_stale
 from pipelines.store.reads import job_row
 from pipelines.store.retention import blob_referenced, expire_artifacts
 from pipelines.store.transitions import expire_leases
+from pipelines.trace import mark
 from worker.executor import WorkerContext, execute_job, utcnow
 from worker.job_files import LocalTransport, Transport, make_transport
 from worker.jobs import JobDefaults
@@ -293,4 +294,5 @@ def stop_service(ctx: ServiceContext) -> None:
 
 def handle_job(ctx: ServiceContext, job_id: str) -> None:
     """The task body: claim and run the job (waiting for room in the budget), publish what became ready."""
+    mark("task")
     ctx.publish(execute_job(ctx.worker_context(), job_id))
