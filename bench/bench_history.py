@@ -236,7 +236,7 @@ def fill(engine: Engine, jobs: int, seed: int = 7) -> int:
                 batch[name].append(new)
         if webhook:
             batch["repository_run"].append({"run_id": run_id, "repo_id": repo_id, "kind": "push", "ref": run["ref"],
-                                            "merge_request_iid": None, "from_fork": False})
+                                            "merge_request_iid": None, "from_fork": False, "created_at": created})
             batch["webhook_delivery"].append({
                 "repo_id": repo_id, "delivery_id": str(uuid.uuid4()), "body_sha256": uuid.uuid4().hex * 2,
                 "event": "push", "verdict": "accepted", "status_code": 201, "message": "", "run_id": run_id,

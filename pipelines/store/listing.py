@@ -49,6 +49,8 @@ _SUMMARY_COLUMNS = (
 )
 _SUMMARY_FROM = _RUNS.outerjoin(_LINKS, _LINKS.c.run_id == _RUNS.c.id).outerjoin(
     _REPOS, _REPOS.c.id == _LINKS.c.repo_id)
+# one repository's runs: from its links (the index on repo_id, created_at), each to its run
+_REPOSITORY_FROM = _LINKS.join(_RUNS, _RUNS.c.id == _LINKS.c.run_id).join(_REPOS, _REPOS.c.id == _LINKS.c.repo_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +153,23 @@ def list_runs(session: Session, wanted: RunFilter) -> RunPage:
     """One page of runs matching ``wanted``, newest first, and the cursor of the next page."""
     limit = max(1, min(wanted.limit, MAX_PAGE))
     query = sa.select(*_SUMMARY_COLUMNS).select_from(_SUMMARY_FROM)
+    newest = (_RUNS.c.created_at, _RUNS.c.id)
     if wanted.repository:
-        query = query.where(sa.or_(_REPOS.c.id == wanted.repository, _REPOS.c.name == wanted.repository))
+        # the repository first (its id or its name, each unique), then its links newest first from
+        # (repo_id, created_at, run_id): one index range, however many runs other repositories have
+        repo_id = session.connection().execute(sa.select(_REPOS.c.id).where(
+            sa.or_(_REPOS.c.id == wanted.repository, _REPOS.c.name == wanted.repository))).scalar()
+        if repo_id is None:
+            return RunPage((), None)
+        query = sa.select(*_SUMMARY_COLUMNS).select_from(_REPOSITORY_FROM).where(_LINKS.c.repo_id == repo_id)
+        newest = (_LINKS.c.created_at, _LINKS.c.run_id)
     if wanted.ref:
         query = query.where(_RUNS.c.ref == wanted.ref)
     if wanted.created_since is not None:
         query = query.where(_RUNS.c.created_at >= wanted.created_since)
     if wanted.before is not None:
         at, run_id = wanted.before
-        query = query.where(sa.or_(_RUNS.c.created_at < at, sa.and_(_RUNS.c.created_at == at, _RUNS.c.id < run_id)))
+        query = query.where(sa.or_(newest[0] < at, sa.and_(newest[0] == at, newest[1] < run_id)))
     # One page per status (and per source) asked for, each read newest first from its own
     # (status|source, created_at, id) index, then merged: an IN over several values made the
     # database read every run of those statuses and sort them (revision 0012).
@@ -170,14 +180,15 @@ def list_runs(session: Session, wanted: RunFilter) -> RunPage:
     for column, values in ((_RUNS.c.status, wanted.statuses), (_RUNS.c.source, wanted.sources)):
         if len(values) > 1:
             parts = [part.where(column == value) for part in parts for value in values]
-    rows = session.connection().execute(_newest(parts, limit + 1)).all()
+    rows = session.connection().execute(_newest(parts, limit + 1, newest)).all()
     runs = tuple(_summary(row) for row in rows[:limit])
     return RunPage(runs, runs[-1].cursor if len(rows) > limit else None)
 
 
-def _newest(parts: list[Any], count: int) -> Any:
-    """The ``count`` newest rows of the union of ``parts`` (each read newest first, ``count`` at most)."""
-    ordered = [part.order_by(_RUNS.c.created_at.desc(), _RUNS.c.id.desc()).limit(count) for part in parts]
+def _newest(parts: list[Any], count: int, newest: tuple[Any, Any]) -> Any:
+    """The ``count`` newest rows of the union of ``parts`` (each read newest first by the columns
+    ``newest``, the run's creation time and id or its link's copy of them, ``count`` at most)."""
+    ordered = [part.order_by(newest[0].desc(), newest[1].desc()).limit(count) for part in parts]
     if len(ordered) == 1:
         return ordered[0]
     union = sa.union_all(*(sa.select(part.subquery()) for part in ordered)).subquery()

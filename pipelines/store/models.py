@@ -266,10 +266,16 @@ class RepositoryRun(SQLModel, table=True):
     closed pull request cancels its runs, a later push will supersede the older run's."""
 
     __tablename__ = "repository_run"
-    __table_args__ = (sa.Index("ix_repository_run_repo_mr", "repo_id", "merge_request_iid"),)
+    __table_args__ = (
+        sa.Index("ix_repository_run_repo_mr", "repo_id", "merge_request_iid"),
+        # a repository's run list, newest first, one index range (revision 0013)
+        sa.Index("ix_repository_run_repo_created_at", "repo_id", "created_at", "run_id"),
+    )
 
     run_id: str = Field(foreign_key="run.id", primary_key=True, max_length=36, ondelete="CASCADE")
-    repo_id: str = Field(foreign_key="repository.id", index=True, max_length=36, ondelete="CASCADE")
+    repo_id: str = Field(foreign_key="repository.id", max_length=36, ondelete="CASCADE")
+    #: the run's created_at, copied when the link is made (revision 0013; never NULL since)
+    created_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     kind: str = Field(max_length=16)  # push | merge_request
     ref: str = Field(default="", max_length=255)
     merge_request_iid: int | None = None

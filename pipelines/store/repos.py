@@ -222,8 +222,8 @@ def link_run(
 ) -> None:
     """Record that a web-hook of ``repo_id`` created ``run_id`` (in the run's own transaction)."""
     session.connection().execute(INSERT_RUN_LINK, [{
-        "run_id": run_id, "repo_id": repo_id, "kind": kind, "ref": ref, "merge_request_iid": merge_request_iid,
-        "from_fork": from_fork,
+        "run_id": run_id, "p_run": run_id, "repo_id": repo_id, "kind": kind, "ref": ref,
+        "merge_request_iid": merge_request_iid, "from_fork": from_fork,
     }])
 
 

@@ -353,7 +353,9 @@ LATEST_DELIVERIES = (
     .order_by(DELIVERIES.c.received_at.desc(), DELIVERIES.c.id.desc())
     .limit(sa.bindparam("p_limit"))
 )
-INSERT_RUN_LINK = sa.insert(REPOSITORY_RUNS)
+# the link carries its run's created_at: a repository's run list reads one index range (0013)
+INSERT_RUN_LINK = sa.insert(REPOSITORY_RUNS).values(
+    created_at=sa.select(RUNS.c.created_at).where(RUNS.c.id == sa.bindparam("p_run")).scalar_subquery())
 UNFINISHED_MERGE_REQUEST_RUNS = (
     sa.select(REPOSITORY_RUNS.c.run_id)
     .join(RUNS, RUNS.c.id == REPOSITORY_RUNS.c.run_id)

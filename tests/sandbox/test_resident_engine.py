@@ -355,3 +355,17 @@ def test_a_declined_clients_names_reach_the_engines_log_escaped(resident, env):
     assert p.returncode == 0 and resident.served(pid) == []
     assert "\x1b" not in resident.log() and "\x07" not in resident.log()
     assert f"declined pid {pid}: other settings ('SANDPIT_X\\x1b]0;owned\\x07')" in resident.log()
+
+
+def test_doctor_says_whether_an_engine_serves(settings, env, tmp_path, no_leftovers):
+    def line() -> str:
+        out = subprocess.run([*SANDPIT, "doctor"], env=env, capture_output=True, text=True, timeout=120).stdout
+        return next(text for text in out.splitlines() if text.startswith("resident engine"))
+
+    engine = Resident(settings, env, tmp_path / "engine.log")
+    try:
+        assert line().split()[2] == "ok"
+    finally:
+        assert engine.stop() == 0
+    assert line().split()[2] == "skip"
+    assert "dropped a request" not in engine.log()  # the doctor looked without connecting

@@ -37,13 +37,32 @@ class Check:
     hint: str = ""
 
 
+def _resident(settings: Settings) -> list[Check]:
+    """Whether a resident engine (``sandpit engine``) serves this state dir: its lock is held. Looked
+    at without connecting, so the engine's log gets no line for it."""
+    from pipelines.files.locks import is_held
+    from worker.cli.resident import LOCK_NAME
+    from worker.cli.resident_client import ENGINE_DIR, SOCKET_NAME
+
+    folder = settings.state_dir / ENGINE_DIR
+    if is_held(folder / LOCK_NAME):
+        return [Check("resident engine", "ok", f"`sandpit engine` serves {settings.state_dir}: exec hands its jobs "
+                                               "to it (SANDPIT_RESIDENT=off: never)")]
+    if (folder / SOCKET_NAME).exists():
+        return [Check("resident engine", "warn", f"{folder / SOCKET_NAME} was left by an engine that is gone: exec "
+                                                 "runs its jobs itself", "`sandpit engine` replaces it")]
+    return [Check("resident engine", "skip", "none serves this state dir: exec runs its jobs in its own process "
+                                             "(`sandpit engine` keeps one warm: optional)")]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order a person would fix them; a check that raises is a ``fail``
     naming the error (the doctor itself never ends in a traceback)."""
     checks: list[Check] = []
     steps: list[Callable[[], list[Check]]] = [
         _runtimes, _host_prep, lambda: _job_disk(settings), lambda: _images(settings),
-        lambda: _network(settings), lambda: _egress_dns(settings), lambda: _services(settings)]
+        lambda: _network(settings), lambda: _egress_dns(settings), lambda: _services(settings),
+        lambda: _resident(settings)]
     for step in steps:
         try:
             checks += step()

@@ -57,6 +57,40 @@ def test_downgrade_to_base_removes_the_tables(db_url: str) -> None:
         engine.dispose()
 
 
+def test_0013_gives_the_links_stored_their_runs_creation_time(db_url: str) -> None:
+    """A web-hook run linked before revision 0013 gets its run's created_at on the link, so the
+    repository's list (read from the link's index) still shows it, in its place."""
+    config = alembic_config(db_url)
+    command.upgrade(config, "0012")
+    engine = make_engine(db_url)
+    created = "2026-11-30 12:00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO repository (id, name, forge, clone_url, secret_sealed, pipeline_path, default_branch, "
+                "fork_policy, created_at) VALUES ('r1', 'acme/app', 'gitea', 'http://127.0.0.1:9/x.git', 'x', "
+                "'.gitlab-ci.yml', 'main', 'approve', :at)"), {"at": created})
+            conn.execute(sa.text(
+                "INSERT INTO run (id, created_at, status, cancelled, trust, source, pipeline, variables, stages, ref, "
+                "sha, message) VALUES ('run-1', :at, 'succeeded', false, 'trusted', 'webhook', '', '{}', '[]', "
+                "'main', '', '')"),
+                {"at": created})
+            conn.execute(sa.text("INSERT INTO repository_run (run_id, repo_id, kind, ref, from_fork) "
+                                 "VALUES ('run-1', 'r1', 'push', 'main', false)"))
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            got = conn.execute(sa.text("SELECT created_at FROM repository_run WHERE run_id = 'run-1'")).scalar()
+        assert str(got)[:19] == created
+        from pipelines.store import listing
+        from pipelines.store.db import session_scope
+
+        with session_scope(engine) as session:
+            page = listing.list_runs(session, listing.RunFilter(repository="acme/app"))
+        assert [run.id for run in page.runs] == ["run-1"]
+    finally:
+        engine.dispose()
+
+
 _COLD_START = """
 import pathlib, sys, time
 from pipelines.store.db import migrate

@@ -80,6 +80,31 @@ def test_repository_filter_and_repository_runs(client: httpx.Client, engine: Eng
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_repository"
 
 
+def test_a_repositorys_runs_come_in_keyed_pages_newest_first(client: httpx.Client, engine: Engine) -> None:
+    """A repository's runs, between other repositories' and unlinked ones, read from its links
+    (revision 0013): every run once, newest first, pages of two, with a status filter of two
+    values too; an unknown repository's list is empty."""
+    mine: list[str] = []
+    for i in range(5):
+        run_id = create(client, message=f"mine {i}")["id"]
+        _link(engine, run_id)
+        mine.append(run_id)
+        _link(engine, create(client)["id"], name="acme/other")
+        create(client)
+    client.post(f"/api/v1/runs/{mine[1]}/cancel")
+    for params in ({"repository": "acme/app"}, {"repository": "acme/app", "status": "running,cancelled"}):
+        seen: list[str] = []
+        page = client.get("/api/v1/runs", params={**params, "limit": 2}).json()
+        while True:
+            seen += [r["id"] for r in page["runs"]]
+            assert len(page["runs"]) <= 2 and all(r["repository"] == "acme/app" for r in page["runs"])
+            if page["next"] is None:
+                break
+            page = client.get("/api/v1/runs", params={**params, "limit": 2, "before": page["next"]}).json()
+        assert seen == list(reversed(mine)), params
+    assert client.get("/api/v1/runs", params={"repository": "nobody/nothing"}).json()["runs"] == []
+
+
 def test_bad_filters_get_a_precise_400(client: httpx.Client) -> None:
     """An unknown status, a bad time, a forged cursor: 400 naming the value, no traceback."""
     cases = {"status": "bogus", "source": "ftp", "created_since": "yesterday", "before": "not-a-cursor"}
