@@ -41,8 +41,7 @@ def _resident(settings: Settings) -> list[Check]:
     """Whether a resident engine (``sandpit engine``) serves this state dir: its lock is held. Looked
     at without connecting, so the engine's log gets no line for it."""
     from pipelines.files.locks import is_held
-    from worker.cli.resident import LOCK_NAME
-    from worker.cli.resident_client import ENGINE_DIR, SOCKET_NAME
+    from worker.cli.resident_client import ENGINE_DIR, LOCK_NAME, SOCKET_NAME
 
     folder = settings.state_dir / ENGINE_DIR
     if is_held(folder / LOCK_NAME):

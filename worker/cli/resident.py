@@ -49,6 +49,7 @@ from worker.cli.resident_client import (
     CANCEL,
     DECLINED,
     ENGINE_DIR,
+    LOCK_NAME,
     MAGIC,
     MAX_REQUEST,
     SOCKET_NAME,
@@ -241,12 +242,12 @@ class ResidentEngine:
 
     def _idle_over(self) -> bool:
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
             return self.idle_s > 0 and not self._jobs and time.monotonic() - self._last_job > self.idle_s
 
     def _start_client(self, conn: socket.socket) -> None:
         thread = threading.Thread(target=self._client, args=(conn,), name="sandpit-exec-client", daemon=True)
         with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]  # the ended clients' go
             self._threads.append(thread)
         thread.start()
 
@@ -346,9 +347,6 @@ class ResidentEngine:
 
         threading.Thread(target=run, name="sandpit-gc", daemon=True).start()
 
-
-#: the lock that makes one engine per state dir, beside the socket
-LOCK_NAME = "lock"
 
 
 def _send(conn: socket.socket, data: bytes) -> bool:

@@ -42,6 +42,8 @@ MAGIC = b"SPX1"
 #: the engine's directory in the state dir, and its socket's name there
 ENGINE_DIR = "engine"
 SOCKET_NAME = "sock"
+#: the lock beside the socket that makes one engine per state dir
+LOCK_NAME = "lock"
 #: SANDPIT_RESIDENT=off: never ask a resident engine (the variable itself is not compared)
 RESIDENT_VAR = "SANDPIT_RESIDENT"
 ACCEPTED, DECLINED, STATUS, CANCEL = b"A", b"D", b"S", b"C"
