@@ -8,8 +8,9 @@
     where the CPU went during the throughput case, per job: the worker process itself (user, sys),
         what it ran (crun and the jobs: its reaped children), the API, redis-server, this bench, the
         rest of the machine (kernel threads, interrupts, other tenants)
-    slots: with --slots 1,2,4,8 the throughput case again at each worker concurrency, and with
-        --two-workers at two workers of the default concurrency
+    slots: with --slots 1,2,4,8 the throughput case again at each worker concurrency (2/2: two slots
+        in two processes, `sandpit worker --processes 2`), and with --two-workers at two workers of
+        the default concurrency; --scaling-rounds R runs those cases R times in turns
     memory: the worker's RSS after the warm-up and after --memory-jobs jobs
     trace: with --trace, where each millisecond of the (a) runs went: the API, the worker and the
         engine append step marks (pipelines/trace.py, SANDPIT_TRACE_FILE), and the median gap between
@@ -128,6 +129,7 @@ class Service:
     tree: Path
     workers: int = 1
     slots: int | None = None
+    processes: int = 1  # `sandpit worker --processes`: each worker's slots spread over this many processes
     trace: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -158,6 +160,7 @@ class Service:
         self.procs.append(self.api)
         wait_http(f"http://127.0.0.1:{port}/healthz")
         cmd = [sys.executable, "-m", "worker", "worker"] + (["--concurrency", str(self.slots)] if self.slots else [])
+        cmd += ["--processes", str(self.processes)] if self.processes != 1 else []
         self.worker_procs = [subprocess.Popen(cmd, env=env, cwd=self.tree, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL) for _ in range(self.workers)]
         self.procs += self.worker_procs
@@ -168,6 +171,15 @@ class Service:
         for _ in range(5):  # warm up (and wait for the workers)
             run = self.one()
             assert run["status"] == "succeeded", run
+        if self.processes != 1:  # the supervisors' children do the work (their CPU is theirs until they exit)
+            for _ in range(100):
+                self.worker_pids = [int(c) for p in self.worker_procs
+                                    for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+                if len(self.worker_pids) == self.workers * self.processes:
+                    break
+                time.sleep(0.1)
+        else:
+            self.worker_pids = [p.pid for p in self.worker_procs]
 
     def __exit__(self, *_exc: object) -> None:
         for proc in reversed(self.procs):
@@ -215,7 +227,7 @@ def profiled(svc: Service, where: Path | None, label: str) -> Iterator[None]:
     spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-r", "200", "--gil", "--nonblocking", "-f", "raw",
                                "-o", str(where / f"{label}-{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for name, pid in (("worker", svc.worker_procs[0].pid), ("api", svc.api.pid))]
+             for name, pid in (("worker", svc.worker_pids[0]), ("api", svc.api.pid))]
     time.sleep(0.5)
     try:
         yield
@@ -228,7 +240,7 @@ def profiled(svc: Service, where: Path | None, label: str) -> Iterator[None]:
 
 def throughput(svc: Service, n: int, profile: Path | None = None, label: str = "") -> dict[str, float]:
     """N runs at once; jobs/s, the runs' own times in the service, the CPU split per job."""
-    pids = {"worker": [p.pid for p in svc.worker_procs], "api": [svc.api.pid], "redis": [svc.redis_pid],
+    pids = {"worker": svc.worker_pids, "api": [svc.api.pid], "redis": [svc.redis_pid],
             "bench": [os.getpid()]}
     with profiled(svc, profile, label):
         mine = {p for v in pids.values() for p in v}
@@ -302,7 +314,7 @@ def trace_gaps(path: Path, offset: int) -> list[tuple[str, float]]:
     with path.open("rb") as f:
         f.seek(offset)
         for line in f.read().decode().splitlines():
-            ns, _pid, label = line.split()
+            ns, _pid, label = line.split()[:3]
             if label == "api_in":
                 runs.append({})
             if runs:
@@ -348,7 +360,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=None, help="worker threads (default: the worker's own)")
     ap.add_argument("--against", type=Path, default=None, help="a checkout of the earlier code, run in turns")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--slots", default="", help="comma-separated worker concurrencies for the scaling table")
+    ap.add_argument("--slots", default="",
+                    help="comma-separated worker concurrencies for the scaling table; N/P: N slots in P processes")
+    ap.add_argument("--scaling-rounds", type=int, default=1, help="rounds of the scaling cases, in turns")
+    ap.add_argument("--processes", type=int, default=1, help="the worker's --processes for the main cases")
     ap.add_argument("--two-workers", action="count", default=0, help="given N times: N rounds of it")
     ap.add_argument("--profile", type=Path, default=None)
     ap.add_argument("--trace", action="store_true", help="print where each millisecond of the (a) runs went")
@@ -372,9 +387,10 @@ def main() -> int:
             # every tree's service is up at once and the cases alternate tree by tree (the order
             # flips each round): the machine is shared, so paired measures are taken minutes apart
             # at most; the idle service costs its sweeper's and heartbeat's ticks
-            services = {name: up.enter_context(Service(tree, slots=args.concurrency, trace=args.trace))
+            services = {name: up.enter_context(Service(tree, slots=args.concurrency, trace=args.trace,
+                                                              processes=args.processes))
                         for name, tree in trees.items()}
-            rss_10 = {name: rss_mib(svc.worker_procs[0].pid) for name, svc in services.items()}
+            rss_10 = {name: rss_mib(svc.worker_pids[0]) for name, svc in services.items()}
             for round_no in range(args.rounds):
                 order = list(services.items()) if round_no % 2 == 0 else list(reversed(services.items()))
                 for name, svc in order if args.runs else ():
@@ -396,12 +412,13 @@ def main() -> int:
                 with cf.ThreadPoolExecutor(8) as pool:
                     list(pool.map(lambda _i: svc.one(wait=60), range(args.memory_jobs)))  # noqa: B023
                 keep(name, {"worker RSS after warm-up, MiB": rss_10[name],
-                            f"worker RSS after {args.memory_jobs} more jobs, MiB": rss_mib(svc.worker_procs[0].pid)})
-        scaling = [(f"{s} slots", 1, s) for s in (int(v) for v in args.slots.split(",") if v)]
-        scaling += [("two workers", 2, None)] * args.two_workers
-        for label, workers, slots in scaling:
+                            f"worker RSS after {args.memory_jobs} more jobs, MiB": rss_mib(svc.worker_pids[0])})
+        cases = [(int(n), int(p or 1)) for n, _, p in (v.partition("/") for v in args.slots.split(",") if v)]
+        scaling = [(f"{n} slots" + (f" in {p} processes" if p > 1 else ""), 1, n, p) for n, p in cases]
+        scaling += [("two workers", 2, None, 1)] * args.two_workers
+        for label, workers, slots, processes in scaling * args.scaling_rounds:
             with contextlib.ExitStack() as up:
-                services = {name: up.enter_context(Service(tree, workers=workers, slots=slots))
+                services = {name: up.enter_context(Service(tree, workers=workers, slots=slots, processes=processes))
                             for name, tree in trees.items()}
                 for name, svc in services.items():
                     got = throughput(svc, args.throughput)

@@ -2,15 +2,17 @@
 
 Off unless a process's entry point calls :func:`configure` with a file (``SANDPIT_TRACE_FILE``, read
 by the API's and the worker's settings): then every :func:`mark` appends one line, ``<wall-clock ns>
-<pid> <label>``, to it with ``O_APPEND`` (one ``write`` each, so the processes' lines never tear).
+<pid> <label> <thread>``, to it with ``O_APPEND`` (one ``write`` each, so the processes' lines never tear).
 ``bench/bench_service.py --trace`` sets it for the processes it starts and prints the median gap
-between consecutive marks of each one-job run. Off, a mark costs one global read and a call
+between consecutive marks of each one-job run; the thread pairs the marks of one job under load,
+when a worker's slots interleave theirs. Off, a mark costs one global read and a call
 (≈ 0.05 µs): it stays in the hot paths for the next profile.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _fd: int | None = None
@@ -28,4 +30,4 @@ def configure(path: os.PathLike[str] | str | None) -> None:
 
 def mark(label: str) -> None:
     if _fd is not None:
-        os.write(_fd, f"{time.time_ns()} {os.getpid()} {label}\n".encode())
+        os.write(_fd, f"{time.time_ns()} {os.getpid()} {label} {threading.get_ident()}\n".encode())

@@ -83,13 +83,14 @@ class ConcurrentSlots:
     """CI_CONCURRENT_ID: the lowest number no other running job of this worker holds (GitLab: "a
     unique ID of build execution within a single executor"), so a job can name a per-slot path."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = 0) -> None:
         self._held: set[int] = set()
         self._lock = threading.Lock()
+        self.first = first  # a worker of several processes numbers each one's slots on from the last's
 
     def take(self) -> int:
         with self._lock:
-            slot = next(i for i in range(len(self._held) + 1) if i not in self._held)
+            slot = next(i for i in range(self.first, self.first + len(self._held) + 1) if i not in self._held)
             self._held.add(slot)
             return slot
 

@@ -124,6 +124,9 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     wk = sub.add_parser("worker", parents=[common], help="start a worker (Celery, threads pool) for the service")
     wk.add_argument("--concurrency", type=int, default=None,
                     help=_helped("jobs at once (the memory/cpu budget still applies)", "the host's cores"))
+    wk.add_argument("--processes", type=int, default=1,
+                    help=_helped("processes the job slots are spread over (each its own interpreter; "
+                                 "worker/service/processes.py)", "1"))
 
     eng = sub.add_parser("engine", parents=[common], help="keep an engine resident for `sandpit exec` (optional)",
                          description="Serve `sandpit exec` from this process: a client with the same settings "
@@ -250,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=SecurityWarning)
 
             concurrency = args.concurrency or os.cpu_count() or 1
+            if args.processes != 1:
+                from worker.service.processes import run_processes
+
+                return run_processes(concurrency, args.processes, args.verbose)
             # app.Worker rather than app.worker_main: worker_main drops the worker's exit code, so a
             # worker stopped by an unrecoverable error exited 0 and its supervisor saw a clean stop
             worker = app.Worker(pool="threads", concurrency=concurrency, queues=["sandpit.jobs"],

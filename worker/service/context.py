@@ -38,7 +38,8 @@ from pipelines.store.reads import job_row
 from pipelines.store.retention import blob_referenced, expire_artifacts
 from pipelines.store.transitions import expire_leases
 from pipelines.trace import mark
-from worker.executor import WorkerContext, execute_job, utcnow
+from worker.errors import ConfigError
+from worker.executor import ConcurrentSlots, WorkerContext, execute_job, utcnow
 from worker.job_files import LocalTransport, Transport, make_transport
 from worker.jobs import JobDefaults
 from worker.logstream import RedisLog
@@ -46,6 +47,7 @@ from worker.sandbox.blobs import remove_if_unused
 from worker.sandbox.engine import Engine
 from worker.sandbox.reaper import reap
 from worker.service.presence import Presence, start_presence
+from worker.service.processes import ID_BASE_ENV, SHARE_ENV, parse_share
 from worker.service.run_sources import RunSources
 from worker.settings import Settings
 from worker.upload_outbox import replay, take_over
@@ -77,11 +79,12 @@ class Budget:
             self.cond.notify_all()
 
 
-def host_budget() -> Budget:
+def host_budget(parts: int = 1) -> Budget:
     """80 % of memory (never over-committed: memory is not compressible) and twice the cores (CPU
-    is: an over-subscribed job runs slower, it does not fail)."""
+    is: an over-subscribed job runs slower, it does not fail); a ``parts``-th of that for each
+    process of a worker of several (worker/service/processes.py)."""
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return Budget(int(pages * 0.8), 2.0 * (os.cpu_count() or 1))
+    return Budget(int(pages * 0.8) // parts, 2.0 * (os.cpu_count() or 1) / parts)
 
 
 #: sends one job id to the queue (raises when the broker is away)
@@ -105,6 +108,8 @@ class ServiceContext:
     files: Transport = field(default_factory=LocalTransport)
     #: what the sweeper's periodic collection keeps how long (pipelines/retention.py)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    #: CI_CONCURRENT_ID of this process's first slot (a worker of several processes: processes.py)
+    first_concurrent_id: int = 0
     _worker_context: WorkerContext | None = field(default=None, init=False, repr=False)
 
     def publish(self, job_ids: list[str]) -> None:
@@ -163,7 +168,7 @@ class ServiceContext:
         return WorkerContext(engine=self.engine, db=self.db, worker_id=self.worker_id, lease_s=self.settings.lease_s,
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, on_retried=on_retried,
                              admit=admit, job_url=job_url, source_for=self.sources.source_for,
-                             on_claim=self.sources.prime,
+                             on_claim=self.sources.prime, slots=ConcurrentSlots(self.first_concurrent_id),
                              files=self.files)
 
     def __post_init__(self) -> None:
@@ -224,8 +229,10 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
     engine = Engine(settings)
+    _index, parts = parse_share(os.environ.get(SHARE_ENV, ""))
     ctx = ServiceContext(
-        settings=settings, engine=engine, db=make_engine(url),
+        settings=settings, engine=engine, db=make_engine(url), budget=host_budget(parts),
+        first_concurrent_id=_int_env(ID_BASE_ENV),
         files=make_transport(settings, engine.artifact_store),
         retention=RetentionSettings.from_env(os.environ),
         redis=redis.Redis.from_url(settings.redis_url),
@@ -238,6 +245,13 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
     ctx.presence = start_presence(ctx, concurrency)  # registered, then a heartbeat
     log.info("worker %s ready (runtime %s)", ctx.worker_id, ctx.engine.runtime(None).name)
     return ctx
+
+
+def _int_env(name: str) -> int:
+    text = os.environ.get(name, "").strip() or "0"
+    if not text.isdigit():
+        raise ConfigError(f"{name} must be a whole number, not {text!r}")
+    return int(text)
 
 
 def _start_outbox_replay(ctx: ServiceContext) -> None:

@@ -60,8 +60,9 @@ class Service:
                 "SANDPIT_DATABASE_URL": self.db_url, "SANDPIT_REDIS_URL": self.redis.url,
                 "SANDPIT_LEASE_S": "2", "SANDPIT_SWEEP_S": "0.5", "SANDPIT_SCRATCH_SIZE": str(8 * 1024**3)}
 
-    def start_worker(self, concurrency: int = 2, *, plain_celery: bool = False, **env: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)]
+    def start_worker(self, concurrency: int = 2, *, plain_celery: bool = False, args: tuple[str, ...] = (),
+                     **env: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency), *args]
         if plain_celery:  # the documented plain form
             argv = [sys.executable, "-m", "celery", "-A", "worker.service.celery_app", "worker", "-P", "threads",
                     "-c", str(concurrency), "-l", "INFO"]
