@@ -257,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from worker.service.processes import run_processes
 
                 return run_processes(concurrency, args.processes, args.verbose)
+            from worker.service.processes import follow_parent
+
+            if not follow_parent(os.environ):
+                print("sandpit: this worker process's supervisor is gone; not starting", file=sys.stderr)
+                return 1
             # app.Worker rather than app.worker_main: worker_main drops the worker's exit code, so a
             # worker stopped by an unrecoverable error exited 0 and its supervisor saw a clean stop
             worker = app.Worker(pool="threads", concurrency=concurrency, queues=["sandpit.jobs"],

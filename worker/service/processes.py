@@ -33,6 +33,8 @@ from worker.service.children import Child, Children
 
 SHARE_ENV = "SANDPIT_WORKER_SHARE"
 ID_BASE_ENV = "SANDPIT_CONCURRENT_ID_BASE"
+PARENT_ENV = "SANDPIT_WORKER_PARENT"
+PR_SET_PDEATHSIG = 1
 
 
 def split(concurrency: int, processes: int) -> list[int]:
@@ -81,10 +83,24 @@ def children_of(argv: Sequence[str], concurrency: int, processes: int,
     child's slots and share (pure: nothing is started)."""
     out, base = [], 0
     for index, slots in enumerate(split(concurrency, processes)):
-        child_env = {**env, SHARE_ENV: f"{index}/{processes}", ID_BASE_ENV: str(base)}
+        child_env = {**env, SHARE_ENV: f"{index}/{processes}", ID_BASE_ENV: str(base), PARENT_ENV: str(os.getpid())}
         out.append(Child(f"worker process {index + 1}/{processes}", [*argv, "--concurrency", str(slots)], child_env))
         base += slots
     return out
+
+
+def follow_parent(env: Mapping[str, str]) -> bool:
+    """In a child of a worker of several processes: a SIGTERM (a warm shutdown: its running jobs
+    finish and are recorded) once the supervisor is gone, whatever ended it (``kill -9``, the OOM
+    killer), so no part of a stopped worker goes on taking jobs. False when the supervisor is
+    already gone (the child should not start)."""
+    parent = env.get(PARENT_ENV, "")
+    if not parent:
+        return True
+    import ctypes  # only here: a worker's child pays its ≈ 4 ms import once
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return str(os.getppid()) == parent  # checked after the prctl: a parent that died before it is seen
 
 
 def supervise(argv: Sequence[str], concurrency: int, processes: int, env: Mapping[str, str]) -> int:

@@ -69,3 +69,21 @@ def test_a_child_that_dies_is_started_again(service: Service) -> None:
     assert "exited with status -9" in service.worker_log(0)
     run_id = service.submit("\n".join(f"j{i}:\n  script: ['true']" for i in range(4)))
     assert service.wait(run_id) == "succeeded"
+
+
+def test_the_processes_stop_when_the_worker_is_killed(service: Service) -> None:
+    """``kill -9`` of the worker (nothing can pass a signal on) still stops its processes: each
+    gets a SIGTERM from the kernel (PR_SET_PDEATHSIG) and shuts down warm."""
+    worker = service.start_worker(concurrency=2, args=("--processes", "2"))
+    deadline = time.monotonic() + 30
+    while len(_children(worker.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = _children(worker.pid)
+    run_id = service.submit("warm:\n  script: ['true']")
+    assert service.wait(run_id) == "succeeded"
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children)
