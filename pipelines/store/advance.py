@@ -64,6 +64,11 @@ FAILURE_KINDS: dict[str, str] = {
     "infra_error": "runner_system_failure",
     "invalid_spec": "unmet_prerequisites",
 }
+#: failures another attempt cannot mend, so no ``retry:`` tries them again (``always`` included):
+#: a refused request (``invalid_spec``: an image the store does not have, a bad variable, artifacts
+#: it takes that expired) is refused the same way the next time. GitLab likewise stopped
+#: auto-retrying its missing_dependency_failure, which only spawned the same failure again.
+NEVER_RETRIED = frozenset({"invalid_spec"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +298,11 @@ def should_retry(retry: Retry, *, status: str, reason: str | None, exit_code: in
     >>> should_retry(Retry(1, ("script_failure",), (137,)), status="failed", reason="exit_code",
     ...              exit_code=137, attempt=1)
     True
+    >>> should_retry(Retry(2, ("always",), ()), status="failed", reason="invalid_spec",
+    ...              exit_code=None, attempt=1)
+    False
     """
-    if status not in FAILED_JOB_STATUSES or attempt > retry.max:
+    if status not in FAILED_JOB_STATUSES or attempt > retry.max or reason in NEVER_RETRIED:
         return False
     if "always" not in retry.when and failure_kind(reason) not in retry.when:
         return False

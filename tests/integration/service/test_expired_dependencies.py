@@ -25,6 +25,7 @@ deploy:
   stage: deploy
   when: manual
   dependencies: [build]
+  retry: {max: 2, when: always}
   script: [cat dist/app]
 notes:
   stage: deploy
@@ -78,4 +79,5 @@ def test_a_job_whose_dependencys_artifacts_expired_fails_before_it_starts(servic
     assert deploy.result["message"] == ("this job depends on jobs whose artifacts expired or were removed: 'build'; "
                                         "retry them, then this job, to make the artifacts again")
     assert not deploy.result.get("log")
+    assert deploy.attempt == 1 and len(service.attempts(deploy.id)) == 1
     assert (notes.status, notes.exit_code) == ("succeeded", 0)
