@@ -7,7 +7,8 @@ worker's job threads, its lease keeper and sweeper, all writing the same file) m
 latency was that sleeping: the 50-client POST p99 was 1.9 s with ~1 ms transactions.
 
 So the store's write transactions (:func:`pipelines.store.db.session_scope`) first take a turn:
-a lock per process (a waiting thread wakes the moment the holder lets go), then an ``flock`` on
+a lock per process, handed to its waiting threads first come first served the moment the holder
+lets go (so a thread writing in a loop never keeps the others out), then an ``flock`` on
 ``<db>.write.lock`` beside the database between processes (a waiting process polls it every
 0.1-2 ms instead of SQLite's up to 100 ms). The turn orders writers and nothing else: SQLite's own
 lock still guards the data, so a writer that does not take turns (a migration, another tool) is
@@ -24,6 +25,7 @@ never written; it is not the database file, whose POSIX locks a close would drop
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -36,13 +38,58 @@ POLL_FIRST_S = 0.0001
 POLL_MAX_S = 0.002
 
 
+class _FifoLock:
+    """A re-entrant lock handed to its waiters in the order they came (``threading.RLock`` is
+    not: a thread that lets go and asks again at once usually wins, so a thread writing in a loop,
+    one transaction after the other, could keep the turn from a waiting one for as long as its loop
+    lasts). ``release`` hands the lock to the first waiter directly."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._waiters:
+                self._owner, self._depth = me, 1
+                return True
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiters.append((me, gate))
+        if gate.acquire(timeout=max(timeout, 0.0)):
+            return True  # handed over: owner and depth were set by the releaser
+        with self._mutex:
+            if (me, gate) in self._waiters:
+                self._waiters.remove((me, gate))
+                return False
+        return True  # handed over just as the wait ran out
+
+    def release(self) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiters:
+                owner, gate = self._waiters.popleft()
+                self._owner, self._depth = owner, 1
+                gate.release()
+            else:
+                self._owner = None
+
+
 class WriterTurn:
     """The turn of one database file in this process (see the module docstring)."""
 
     def __init__(self, lock_path: str, timeout_s: float) -> None:
         self.lock_path = lock_path
         self.timeout_s = timeout_s
-        self._lock = threading.RLock()
+        self._lock = _FifoLock()
         self._fd: int | None = None
         self._pid = os.getpid()
         self._depth = 0  # how deep the thread holding the turn has nested it

@@ -117,3 +117,57 @@ def test_engines_of_one_file_share_one_turn_and_writes_commit(tmp_path: Path) ->
     finally:
         first.dispose()
         second.dispose()
+
+
+def _queued(turn: WriterTurn, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(turn._lock._waiters) < count:  # the queue is what is tested
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.001)
+
+
+def test_waiting_threads_get_the_turn_in_the_order_they_came(tmp_path: Path) -> None:
+    """A holder that lets go and asks again at once goes behind the threads already waiting
+    (with a plain lock it usually won, and a writing loop could keep the others out)."""
+    turn = WriterTurn(str(tmp_path / "db.write.lock"), 5.0)
+    order: list[str] = []
+
+    def write(name: str) -> None:
+        with turn.held():
+            order.append(name)
+
+    with turn.held():
+        threads = []
+        for i, name in enumerate(("b", "c")):
+            threads.append(threading.Thread(target=write, args=(name,)))
+            threads[-1].start()
+            _queued(turn, i + 1)
+    write("a")  # the holder again, straight away: after b and c
+    for t in threads:
+        t.join(timeout=5)
+    assert order == ["b", "c", "a"]
+
+
+def test_a_waiter_that_gives_up_leaves_the_queue(tmp_path: Path) -> None:
+    """A waiter whose timeout runs out goes on without the turn and is not handed it later; the
+    next waiter is."""
+    turn = WriterTurn(str(tmp_path / "db.write.lock"), 0.2)
+    got: dict[str, bool] = {}
+    patient = WriterTurn(str(tmp_path / "db.write.lock"), 5.0)
+    patient._lock = turn._lock  # two timeouts on one queue
+
+    def wait(name: str, which: WriterTurn) -> None:
+        with which.held() as had:
+            got[name] = had
+
+    with turn.held():
+        quick = threading.Thread(target=wait, args=("quick", turn))
+        quick.start()
+        _queued(turn, 1)
+        slow = threading.Thread(target=wait, args=("slow", patient))
+        slow.start()
+        _queued(turn, 2)
+        quick.join(timeout=5)
+        assert got == {"quick": False} and len(turn._lock._waiters) == 1
+    slow.join(timeout=5)
+    assert got == {"quick": False, "slow": True} and not turn._lock._waiters
