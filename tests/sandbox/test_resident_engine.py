@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -23,19 +24,20 @@ from worker.cli.resident_client import ENGINE_DIR, MAGIC, SOCKET_NAME, encode_re
 from worker.sandbox.reaper import leftovers
 
 SANDPIT = [sys.executable, "-m", "worker"]
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 
 class Resident:
     """A ``sandpit -v engine`` process on the test state dir, its log in a file."""
 
-    def __init__(self, settings, env: dict[str, str], log: Path) -> None:
+    def __init__(self, settings, env: dict[str, str], log: Path, cwd: Path | None = None) -> None:
         self.settings, self.env, self.log_path = settings, env, log
         self.dir = Path(settings.state_dir) / ENGINE_DIR
         self.sock = self.dir / SOCKET_NAME
         with log.open("wb") as sink:  # the child has its own copy of the fd
             self.proc = subprocess.Popen([*SANDPIT, "-v", "engine"], env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=sink)
+                                         stdout=subprocess.DEVNULL, stderr=sink, cwd=cwd)
         deadline = time.monotonic() + 30
         while "serving sandpit exec" not in self.log():
             assert self.proc.poll() is None, f"the engine exited: {self.log()}"
@@ -123,9 +125,9 @@ def test_reader_going_away_exits_141(resident, env):
     assert b"Broken pipe" in err
 
 
-def _started(env, *cmd: str) -> subprocess.Popen[str]:
+def _started(env, *cmd: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*SANDPIT, "exec", "--timeout", "60s", "--", *cmd], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=cwd)
     import select
 
     assert proc.stdout is not None
@@ -369,3 +371,29 @@ def test_doctor_says_whether_an_engine_serves(settings, env, tmp_path, no_leftov
         assert engine.stop() == 0
     assert line().split()[2] == "skip"
     assert "dropped a request" not in engine.log()  # the doctor looked without connecting
+
+
+def test_an_engine_whose_code_changed_declines_and_retires(settings, env, tmp_path, no_leftovers):
+    """An upgrade under a running engine (here: a file of a copy of sandpit's tree that the
+    engine runs from, rewritten): the next client is declined and runs the job with the code on
+    disk; the job the engine already runs is not cancelled but finishes; then the engine exits 0
+    by itself, its socket gone, so no job ever runs on code older than what is installed."""
+    code = tmp_path / "code"
+    for package in ("worker", "pipelines"):
+        shutil.copytree(REPO / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copied = {**env, "PYTHONPATH": str(code), "SANDPIT_IMAGES_DIR": str(REPO / "images")}
+    engine = Resident(settings, copied, tmp_path / "engine.log", cwd=code)  # `-m` puts the cwd first
+    try:
+        running = _started(copied, "sh", "-c", "echo started; sleep 2; echo finished", cwd=code)
+        edited = code / "worker" / "cli" / "exec_options.py"
+        edited.write_text(edited.read_text() + "\n# upgraded\n")
+        p, pid = sandpit_exec(copied, "--", "sh", "-c", "echo here", cwd=code)
+        assert (p.returncode, p.stdout) == (0, "here\n")
+        assert f"declined pid {pid}: sandpit's files changed since this engine started" in engine.log()
+        out, _ = running.communicate(timeout=30)
+        assert (running.returncode, out) == (0, "finished\n")  # its first line was read by _started
+        assert engine.served(running.pid) == [("0", "")]  # the engine ran it, to its end
+        assert engine.proc.wait(timeout=30) == 0
+        assert "stopping once its jobs end" in engine.log() and not engine.sock.exists()
+    finally:
+        engine.stop()

@@ -18,7 +18,11 @@ engine were there), before anything runs:
   means something else elsewhere);
 - only arguments the fast parser takes (``exec_options.parse_exec_fast``): help, a bad option or a
   bad value is for the client's own argparse to word;
-- exactly two fds and a well-formed request of at most ``MAX_REQUEST`` bytes, sent within 5 s.
+- exactly two fds and a well-formed request of at most ``MAX_REQUEST`` bytes, sent within 5 s;
+- nothing once sandpit's own files changed on disk since it started (an upgrade, a checkout of
+  another commit: :func:`code_stamp`, taken again for each request, ≈ 0.2 ms): the client runs the
+  job with the new code, and the engine stops once its running jobs have ended, so a resident
+  engine never runs a job with code older than what is installed (a supervisor starts it again).
 
 A cancel from the client (its Ctrl-C, SIGTERM or SIGHUP), or its connection closing (it was
 killed), cancels the job, which is then torn down as every cancelled job. SIGTERM/SIGINT/SIGHUP of
@@ -159,6 +163,29 @@ def _recv_some(conn: socket.socket) -> bytes:
     return chunk
 
 
+_PACKAGES = ("worker", "pipelines")  # the code an exec job runs (the API's is not)
+
+
+def code_stamp(root: str | None = None) -> tuple[tuple[str, int, int, int], ...]:
+    """The identity of sandpit's source and data files (``.py``, ``.json``) under ``root`` (the
+    checkout or site-packages this process runs from): name, inode, size and mtime of each, so a
+    replaced, rewritten, added or removed file changes it."""
+    base = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = []
+    for package in _PACKAGES:
+        for folder, dirs, files in os.walk(os.path.join(base, package)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".py", ".json")):
+                    path = os.path.join(folder, name)
+                    try:
+                        st = os.stat(path, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 class ResidentEngine:
     """The engine process: one listening socket, a thread per client connection."""
 
@@ -168,7 +195,9 @@ class ResidentEngine:
         self.cwd = os.getcwd()
         self.idle_s = idle_s
         self.engine = Engine(settings)
+        self.code = code_stamp()
         self.stopping = threading.Event()
+        self.retiring = threading.Event()  # declines every job; ends once those it runs have
         self._lock = threading.Lock()
         self._jobs: dict[int, threading.Event] = {}  # client thread's ident -> its job's cancel
         self._threads: list[threading.Thread] = []
@@ -222,7 +251,7 @@ class ResidentEngine:
         srv.settimeout(TICK_S)
         log.warning("serving sandpit exec for %s (pid %d)", self.settings.state_dir, os.getpid())
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not self._retired():
                 try:
                     conn, _ = srv.accept()
                 except TimeoutError:
@@ -239,6 +268,10 @@ class ResidentEngine:
                 pass
             self._stop_jobs()
         return 0
+
+    def _retired(self) -> bool:
+        with self._lock:
+            return self.retiring.is_set() and not self._jobs
 
     def _idle_over(self) -> bool:
         with self._lock:
@@ -289,7 +322,7 @@ class ResidentEngine:
             return
         args: Any = parse_exec_fast(argv)  # the same namespace in-process exec gets (worker/cli/commands.py)
         why = self._declined(env, cwd) or ("" if args is not None else "arguments for argparse to word")
-        if why or args is None or self.stopping.is_set():
+        if why or args is None or self.stopping.is_set() or self.retiring.is_set():
             log.info("declined pid %d: %s", pid, why or "stopping")
             _send(conn, DECLINED)
             return
@@ -318,6 +351,11 @@ class ResidentEngine:
                 pass
 
     def _declined(self, env: list[tuple[str, str]], cwd: str) -> str:
+        if code_stamp() != self.code:
+            if not self.retiring.is_set():
+                log.warning("sandpit's files changed since this engine started: stopping once its jobs end")
+                self.retiring.set()
+            return "sandpit's files changed since this engine started"
         if env != self.env:
             names = sorted({k for k, _ in env} ^ {k for k, _ in self.env}
                            | {k for k, v in env if (k, v) not in self.env})
