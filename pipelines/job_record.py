@@ -119,11 +119,12 @@ class RefusedArtifact:
 class ServiceRecord:
     """One of the job's ``services:``: its image, its first host name, its own log (its output is
     not in the job's unless ``CI_DEBUG_SERVICES``), and whether its port opened before the job
-    started (None: it exposes no port, so it was not waited for), after how long."""
+    started (None: it exposes no port, so it was not waited for), after how long. ``log_path``
+    None: its log is not kept (a delivery the API refused)."""
 
     image: str
     alias: str
-    log_path: str
+    log_path: str | None
     ready: bool | None = None
     waited_s: float = 0.0
 

@@ -296,9 +296,10 @@ class HttpFiles:
         log_file = record.log_path if record.log_path and os.path.isfile(record.log_path) else None
         service_logs, services = [], []
         for index, service in enumerate(record.services):
-            if _is_service_log(service.log_path, record.log_path, index):
+            local = service.log_path
+            if local is not None and _is_service_log(local, record.log_path, index):
                 name = log_name(self.job_id, index)  # the API's name: the job's id, not its sandbox's
-                service_logs.append((index, LogCopy(name, service.log_path, _file_sha256(service.log_path))))
+                service_logs.append((index, LogCopy(name, local, _file_sha256(local))))
                 service = replace(service, log_path=f"logs/{name}")
             services.append(service)
         stored = replace(record, log_path=f"logs/{self.job_id}.jsonl" if log_file else None, services=tuple(services))
@@ -313,9 +314,18 @@ class HttpFiles:
         if outcome in ("lost", "over"):
             return None
         log.error("job %s: its files were refused by the API: %s", self.job_id, outcome)
-        return replace(record, status=Status.ERROR, reason=Reason.INFRA_ERROR, artifacts=(), report_files=(),
-                       cache_files=(), tests=None, log_path=None,
-                       message=f"sandpit could not deliver the job's files to the API ({outcome[9:][:300]})")
+        return refused(record, outcome[len("refused: "):])
+
+
+def refused(record: JobRecord, why: str) -> JobRecord:
+    """The record of an attempt whose delivery the API refused for good: ``error``/``infra_error``,
+    none of its files or logs named (its services' neither: they were not delivered), as the outbox
+    records a refused replay (worker/upload_outbox.py ``refused_record``, the same fields from the
+    stored JSON)."""
+    return replace(record, status=Status.ERROR, reason=Reason.INFRA_ERROR, artifacts=(), report_files=(),
+                   cache_files=(), tests=None, log_path=None,
+                   services=tuple(replace(s, log_path=None) for s in record.services),
+                   message=f"sandpit could not deliver the job's files to the API ({why[:300]})")
 
 
 def _is_service_log(path: str, job_log: str | None, index: int) -> bool:

@@ -199,7 +199,7 @@ def replay(ctx: WorkerContext, transport: HttpTransport, taken: list[Delivery], 
 def refused_record(record: dict[str, object], why: str) -> dict[str, object]:
     """The record of an attempt whose delivery the API refused for good (a file the worker sent
     did not hash to its name): ``error``/``infra_error``, none of its files or logs named, as
-    :meth:`worker.remote_files.HttpFiles.deliver` records it on the job's own thread.
+    the job's own thread records it (worker/remote_files.py ``refused``, on its ``JobRecord``).
 
     >>> refused_record({"status": "succeeded", "artifacts": [{"path": "a"}], "log": "logs/j.jsonl",
     ...                 "tests": {"total": 1}}, "digest_mismatch")["status"]
