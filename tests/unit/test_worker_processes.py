@@ -3,6 +3,10 @@ and slot numbers, without starting anything."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from worker.errors import ConfigError
@@ -41,3 +45,14 @@ def test_slots_are_numbered_from_the_process_base() -> None:
     a, b = slots.take(), slots.take()
     slots.give(a)
     assert (a, b, slots.take(), slots.take()) == (3, 4, 3, 5)
+
+
+@pytest.mark.parametrize("command", ["worker", "up"])
+def test_the_commands_refuse_an_impossible_split_before_starting_anything(command: str) -> None:
+    """``sandpit worker``/``up --processes 3 --concurrency 2``: exit 2 with the reason, nothing started
+    (``up`` would otherwise restart a worker that cannot start, with back-off, for ever)."""
+    argv = [sys.executable, "-m", "worker", command, "--processes", "3", "--concurrency", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SANDPIT_STATE_DIR": "/nonexistent/sandpit"})
+    assert done.returncode == 2
+    assert done.stderr == "sandpit: --processes 3 needs at least 3 job slots (--concurrency 2)\n"

@@ -146,6 +146,9 @@ def _add_others(sub: Any, common: argparse.ArgumentParser, language: bool = True
     upp.add_argument("--port", type=int, default=8000, help=_helped("the API's port", 8000))
     upp.add_argument("--concurrency", type=int, default=None,
                      help=_helped("the worker's jobs at once", "the host's cores"))
+    upp.add_argument("--processes", type=int, default=1,
+                     help=_helped("processes the worker's job slots are spread over (`sandpit worker --processes`)",
+                                  "1"))
     client_env = "SANDPIT_API_URL, SANDPIT_TOKEN"
     sb = sub.add_parser("submit", parents=[common], help="send a pipeline to a running service",
                         description=f"Send a pipeline to a running service (environment: {client_env}).")
@@ -276,7 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from worker.cli import remote as cli_service
             if args.command == "up":
-                return cli_service.up(settings, args.host, args.port, args.concurrency)
+                if args.processes != 1:  # refused here, not by a worker restarted with back-off for ever
+                    from worker.service.processes import split
+
+                    try:
+                        split(args.concurrency or os.cpu_count() or 1, args.processes)
+                    except SandpitError as exc:
+                        print(f"sandpit: {exc}", file=sys.stderr)
+                        return 2
+                return cli_service.up(settings, args.host, args.port, args.concurrency, args.processes)
             if args.command == "submit":
                 return cli_service.submit(settings, Path(args.file), dict(args.var), args.follow,
                                           tree=not args.no_tree)

@@ -42,7 +42,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise SystemExit(f"sandpit: {what} did not start within {timeout:.0f}s")
 
 
-def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int:
+def up(settings: Settings, host: str, port: int, concurrency: int | None, processes: int = 1) -> int:
     """Start redis-server (unless SANDPIT_REDIS_URL is set), a worker and the API; keep them running
     (a child that dies is started again, with back-off: worker/service/children.py); stop them on Ctrl-C."""
     from worker.service.children import Child, Children
@@ -84,6 +84,8 @@ def up(settings: Settings, host: str, port: int, concurrency: int | None) -> int
         worker_cmd = [sys.executable, "-m", "worker", "worker"]
         if concurrency:
             worker_cmd += ["--concurrency", str(concurrency)]
+        if processes != 1:
+            worker_cmd += ["--processes", str(processes)]
         children.start(Child("the worker", worker_cmd, env))
         children.start(Child("the API", [sys.executable, "-m", "api", "--host", host, "--port", str(port),
                                          "--log-level", "warning"], env,
