@@ -72,6 +72,7 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, sta
             if publisher is None:
                 services.publisher.close()
             services.engine.dispose()
+            services.temporaries.close()
 
     app = FastAPI(
         title="sandpit",

@@ -217,7 +217,8 @@ class MadeAhead:
     ``perf trace`` on this ext4, and 0.5-1 ms when the disk is busy). The pool is refilled after
     the answer is sent (:meth:`BundleTemporaries.refill`). Only unnamed ones are kept: on a filesystem
     without ``O_TMPFILE`` a named temporary could outlive the process, so there none is made
-    ahead. One that is never used goes with the process (it has no name)."""
+    ahead. Those never used are closed when the API stops (:meth:`close`), or go with the process
+    (they have no name)."""
 
     SIZE = 8
 
@@ -226,6 +227,7 @@ class MadeAhead:
         self.ready: list[tuple[int, str | None]] = []
         self.lock = threading.Lock()
         self.named = False  # this filesystem has no O_TMPFILE: nothing is made ahead
+        self.closed = False
 
     def take(self) -> tuple[int, str | None] | None:
         with self.lock:
@@ -234,7 +236,7 @@ class MadeAhead:
     def refill(self) -> None:
         while not self.named:
             with self.lock:
-                if len(self.ready) >= self.SIZE:
+                if self.closed or len(self.ready) >= self.SIZE:
                     return
             fd, name = open_temp(self.directory, FILE_MODE, dir_mode=0o700)
             if name is not None:
@@ -244,7 +246,19 @@ class MadeAhead:
                 self.named = True
                 return
             with self.lock:
+                if self.closed:
+                    os.close(fd)
+                    return
                 self.ready.append((fd, None))
+
+    def close(self) -> None:
+        """Close the temporaries not taken (an API that stops in a process that goes on: the tests,
+        an embedding) and make no more."""
+        with self.lock:
+            self.closed = True
+            ready, self.ready = self.ready, []
+        for fd, _name in ready:
+            os.close(fd)
 
 
 class BundleTemporaries:
@@ -263,6 +277,10 @@ class BundleTemporaries:
                 pool.refill()
             except OSError as exc:
                 log.warning("could not make temporaries ahead in %s: %s", pool.directory, exc.strerror)
+
+    def close(self) -> None:
+        self.store.close()
+        self.logs.close()
 
 
 BUNDLE_HELP = ("one line of JSON, {\"files\": [[sha256, size], ...], \"services\": [[index, sha256, size], ...] "

@@ -105,7 +105,7 @@ def _owner_only(path: str | None) -> None:
 
 
 _READ_ONLY = "sandpit_read_only"
-_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READER_ATTRIBUTE = "_sandpit_reader"
 
 
 @contextmanager
@@ -158,9 +158,13 @@ def read_scope(engine: Engine) -> Iterator[Session]:
 def reader(engine: Engine) -> Engine:
     """``engine`` for reading only: its transactions are those of :func:`read_scope` (for Core
     statements: ``with reader(engine).connect() as connection``)."""
-    found = _readers.get(engine)
+    found: Engine | None = getattr(engine, _READER_ATTRIBUTE, None)
     if found is None:
-        found = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
+        found = engine.execution_options(**{_READ_ONLY: True})
+        # kept on the engine, not in a weak-keyed map: the reader refers to its engine, so as a
+        # map's value it would keep its own key (and the engine's pool and its connections, and
+        # the database's writer turn) alive for as long as the process lives
+        setattr(engine, _READER_ATTRIBUTE, found)
     return found
 
 

@@ -20,7 +20,9 @@ got before (SQLite's busy timeout), never a deadlock of its own making.
 
 The lock file is opened once per process per database, kept open (close-on-exec), made 0600 and
 never written; it is not the database file, whose POSIX locks a close would drop (see
-``pipelines/store/db.py`` ``_owner_only``).
+``pipelines/store/db.py`` ``_owner_only``). It is closed when the last engine on that database
+is gone (the turns are held only by their engines), so a process that opens many databases over
+its life (the test suite, a tool walking state dirs) does not keep a descriptor for each.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import collections
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -93,6 +96,7 @@ class WriterTurn:
         self._fd: int | None = None
         self._pid = os.getpid()
         self._depth = 0  # how deep the thread holding the turn has nested it
+        self._closer: weakref.finalize[..., WriterTurn] | None = None  # closes _fd when the turn goes
 
     @contextmanager
     def held(self) -> Iterator[bool]:
@@ -118,13 +122,17 @@ class WriterTurn:
         """Take the file's flock (polling with a short backoff); False when it could not be had."""
         if self._fd is not None and self._pid != os.getpid():
             # a forked child shares the parent's open file description, and with it the flock:
-            # it needs a description of its own
+            # it needs a description of its own (closing its copy of the parent's leaves the
+            # parent's flock alone: that goes only with the description's last descriptor)
+            if self._closer is not None:
+                self._closer()
             self._fd, self._pid = None, os.getpid()
         if self._fd is None:
             try:
                 self._fd = open_lock_file(self.lock_path)
             except OSError:
                 return False  # a read-only state dir: SQLite's busy handler orders the writers
+            self._closer = weakref.finalize(self, os.close, self._fd)
         delay = POLL_FIRST_S
         while True:
             try:
@@ -138,7 +146,9 @@ class WriterTurn:
             delay = min(POLL_MAX_S, delay * 2)
 
 
-_turns: dict[str, WriterTurn] = {}
+# held by the engines that use them (pipelines/store/db.py), not here: a turn whose engines are
+# all gone goes too, and its lock file's descriptor with it
+_turns: weakref.WeakValueDictionary[str, WriterTurn] = weakref.WeakValueDictionary()
 _turns_lock = threading.Lock()
 
 
@@ -149,5 +159,6 @@ def turn_for(database: str, timeout_s: float) -> WriterTurn:
     with _turns_lock:
         found = _turns.get(path)
         if found is None:
-            found = _turns[path] = WriterTurn(f"{path}.write.lock", timeout_s)
+            found = WriterTurn(f"{path}.write.lock", timeout_s)
+            _turns[path] = found
         return found

@@ -4,6 +4,7 @@ way of a commit."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipelines.store.db import make_engine, session_scope
+from pipelines.store.db import make_engine, read_scope, session_scope
 from pipelines.store.writer_turn import WriterTurn, turn_for
 
 _HOLD_IN_ANOTHER_PROCESS = """
@@ -171,3 +172,41 @@ def test_a_waiter_that_gives_up_leaves_the_queue(tmp_path: Path) -> None:
         assert got == {"quick": False} and len(turn._lock._waiters) == 1
     slow.join(timeout=5)
     assert got == {"quick": False, "slow": True} and not turn._lock._waiters
+
+
+def _open_lock_files(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += (fds / fd.name).readlink() == Path(f"{path}.write.lock")
+        except OSError:
+            continue
+    return count
+
+
+def test_a_databases_lock_file_is_closed_with_its_last_engine(tmp_path: Path) -> None:
+    """The turn's lock file stays open while an engine on the database lives, and is closed when
+    the last one is gone: a process that opens database after database keeps no descriptor for
+    each (the test suite ran out of descriptors that way)."""
+    path = tmp_path / "db.sqlite"
+
+    def write(engine: sa.Engine, sql: str) -> None:
+        with session_scope(engine) as session:
+            session.connection().exec_driver_sql(sql)
+        with read_scope(engine) as session:  # a reader of the engine does not keep it alive
+            session.connection().exec_driver_sql("SELECT count(*) FROM t")
+
+    first, second = make_engine(f"sqlite:///{path}"), make_engine(f"sqlite:///{path}")
+    write(first, "CREATE TABLE t (x INTEGER)")
+    write(second, "INSERT INTO t VALUES (0)")
+    assert _open_lock_files(path) == 1  # one per process and database, shared by its engines
+    first.dispose()
+    del first
+    gc.collect()
+    assert _open_lock_files(path) == 1  # the second engine still writes with it
+    write(second, "INSERT INTO t VALUES (1)")
+    second.dispose()
+    del second
+    gc.collect()
+    assert _open_lock_files(path) == 0
