@@ -4,7 +4,7 @@ pool) with its part of the job slots and of the host's memory/CPU budget.
 Why processes: a job costs the worker ≈ 6 ms of interpreter time (the engine's set-up and
 teardown, the claim and the record, Celery's own loop), so at full load two job slots of one
 process hold the GIL half the time and each waits for the other's turn at every step. Measured
-side by side (``bench/bench_service.py --processes 1,2``, 2 cores, 400 one-job runs): one process
+side by side (``bench/bench_service.py --slots 2,2/2``, 2 cores, 400 one-job runs): one process
 of 2 slots against two of 1 slot each, see the README.
 
 Each child is the ordinary worker (``sandpit worker --concurrency k``) started with two internal
