@@ -47,8 +47,9 @@ from worker.sandbox.blobs import remove_if_unused
 from worker.sandbox.engine import Engine
 from worker.sandbox.reaper import reap
 from worker.service.presence import Presence, start_presence
-from worker.service.processes import ID_BASE_ENV, SHARE_ENV, parse_share
+from worker.service.processes import ID_BASE_ENV, PARENT_ENV, SHARE_ENV, parse_share
 from worker.service.run_sources import RunSources
+from worker.service.shared_budget import SharedBudget, ledger_directory
 from worker.settings import Settings
 from worker.upload_outbox import replay, take_over
 
@@ -79,12 +80,12 @@ class Budget:
             self.cond.notify_all()
 
 
-def host_budget(parts: int = 1) -> Budget:
+def host_budget() -> Budget:
     """80 % of memory (never over-committed: memory is not compressible) and twice the cores (CPU
-    is: an over-subscribed job runs slower, it does not fail); a ``parts``-th of that for each
-    process of a worker of several (worker/service/processes.py)."""
+    is: an over-subscribed job runs slower, it does not fail). The processes of a worker of several
+    share one (worker/service/shared_budget.py)."""
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return Budget(int(pages * 0.8) // parts, 2.0 * (os.cpu_count() or 1) / parts)
+    return Budget(int(pages * 0.8), 2.0 * (os.cpu_count() or 1))
 
 
 #: sends one job id to the queue (raises when the broker is away)
@@ -99,7 +100,7 @@ class ServiceContext:
     redis: redis.Redis
     worker_id: str
     send: Publisher
-    budget: Budget = field(default_factory=host_budget)
+    budget: Budget | SharedBudget = field(default_factory=host_budget)
     defaults: JobDefaults = field(default_factory=JobDefaults)
     stop: threading.Event = field(default_factory=threading.Event)
     sweeper: threading.Thread | None = None
@@ -229,9 +230,14 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
     engine = Engine(settings)
-    _index, parts = parse_share(os.environ.get(SHARE_ENV, ""))
+    index, parts = parse_share(os.environ.get(SHARE_ENV, ""))
+    budget: Budget | SharedBudget = host_budget()
+    if parts > 1:  # a process of a worker of several: one budget for them all
+        supervisor = _int_env(PARENT_ENV) or os.getppid()
+        budget = SharedBudget(ledger_directory(settings.state_dir, supervisor), index, parts, budget.memory_bytes,
+                              budget.cpus)
     ctx = ServiceContext(
-        settings=settings, engine=engine, db=make_engine(url), budget=host_budget(parts),
+        settings=settings, engine=engine, db=make_engine(url), budget=budget,
         first_concurrent_id=_int_env(ID_BASE_ENV),
         files=make_transport(settings, engine.artifact_store),
         retention=RetentionSettings.from_env(os.environ),

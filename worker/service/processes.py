@@ -1,5 +1,5 @@
 """``sandpit worker --processes N``: one worker made of N processes, each a Celery worker (threads
-pool) with its part of the job slots and of the host's memory/CPU budget.
+pool) with its part of the job slots, all admitting within one memory/CPU budget.
 
 Why processes: a job costs the worker ≈ 6 ms of interpreter time (the engine's set-up and
 teardown, the claim and the record, Celery's own loop), so at full load two job slots of one
@@ -8,11 +8,10 @@ side by side (``bench/bench_service.py --slots 2,2/2``, 2 cores, 400 one-job run
 of 2 slots against two of 1 slot each, see the README.
 
 Each child is the ordinary worker (``sandpit worker --concurrency k``) started with two internal
-variables: ``SANDPIT_WORKER_SHARE`` (``i/n``: it admits jobs within 1/n of the host's budget, so
-the children together never admit more than one worker would) and
-``SANDPIT_CONCURRENT_ID_BASE`` (its first ``CI_CONCURRENT_ID``, so the ids of the worker's running
-jobs stay distinct across its children). A job larger than a child's share still runs, alone in
-that child (as a job larger than the whole budget runs alone in a one-process worker).
+variables: ``SANDPIT_WORKER_SHARE`` (``i/n``: its place in the worker, whose one memory/CPU budget the
+children keep together in a ledger, worker/service/shared_budget.py, so together they admit exactly
+what one process would) and ``SANDPIT_CONCURRENT_ID_BASE`` (its first ``CI_CONCURRENT_ID``, so the
+ids of the worker's running jobs stay distinct across its children).
 
 This process only supervises: a child that dies is started again with the back-off of
 ``sandpit up`` (worker/service/children.py); SIGTERM or SIGINT is passed on to every child (a first

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.integration.service.conftest import Service
+from worker.service.context import host_budget
 
 
 def _children(pid: int) -> list[int]:
@@ -87,3 +88,30 @@ def test_the_processes_stop_when_the_worker_is_killed(service: Service) -> None:
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(c) for c in children)
+
+
+def test_the_processes_admit_jobs_within_one_budget(service: Service) -> None:
+    """Two jobs that each ask for 60 % of the host's CPU budget (more than one process's half),
+    taken by the two processes of a worker: the one budget they share lets only one run at a time,
+    as in a one-process worker (split into fixed halves, each would have run in its own process at
+    once, together 120 % of the budget)."""
+    worker = service.start_worker(concurrency=2, args=("--processes", "2"))
+    deadline = time.monotonic() + 30
+    while len(_children(worker.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    warm = service.submit("\n".join(f"w{i}:\n  script: ['sleep 0.3']" for i in range(2)))
+    assert service.wait(warm) == "succeeded", service.worker_log(0)
+    cpus = round(host_budget().cpus * 0.6, 2)
+    clock = "date +%s.%N"
+    run_id = service.submit("\n".join(
+        f"big{i}:\n  sandbox: {{cpus: {cpus}}}\n  script: ['{clock}', 'sleep 1', '{clock}']" for i in range(2)))
+    assert service.wait(run_id) == "succeeded", service.worker_log(0)
+    jobs = list(service.jobs(run_id).values())
+    assert len({str(service.attempts(job.id)[0].worker_id) for job in jobs}) == 2  # one in each process
+    spans = []
+    for job in jobs:
+        stamps = [float(t) for t in re.findall(r"(?<!\d)(\d{10}\.\d{9})(?!\d)", Path(str(job.log_path)).read_text())]
+        assert len(stamps) == 2, Path(str(job.log_path)).read_text()
+        spans.append(stamps)
+    first, second = sorted(spans)
+    assert first[1] <= second[0], spans  # the second began only after the first had ended
