@@ -18,7 +18,8 @@ ledger instead, with exactly one worker's rule:
   replacement; supervisors' directories whose pid is gone are removed by the next that starts.
 
 Every open is ``O_NOFOLLOW`` under a directory descriptor. Cost: one flock and P small reads and
-one write per ``take`` and per ``give`` (≈ 0.03 ms here), against ≈ 20 ms of CPU per job.
+one write per ``take`` and per ``give``: 0.009 ms for the two here (5,000 of each), against ≈ 20 ms
+of CPU per job.
 """
 
 from __future__ import annotations
