@@ -51,3 +51,18 @@ def test_a_temporary_whose_bytes_are_not_their_name_stores_nothing(tmp_path: Pat
     assert os.listdir(tmp_path) == []
     while (left := ahead.take()) is not None:
         os.close(left[0])
+
+
+def test_an_api_that_stops_closes_the_temporaries_it_made_ahead(tmp_path: Path) -> None:
+    """``close`` (the API's lifespan end) closes every temporary not taken and a later refill makes
+    none: an API stopped in a process that goes on keeps no descriptor."""
+    ahead = MadeAhead(tmp_path)
+    ahead.refill()
+    fds = [fd for fd, _name in ahead.ready]
+    assert len(fds) == MadeAhead.SIZE
+    ahead.close()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    ahead.refill()
+    assert ahead.ready == [] and ahead.take() is None

@@ -121,10 +121,10 @@ def ledger_directory(state_dir: Path, supervisor: int) -> Path:
     """This worker's ledger; removes those of supervisors that are gone (their last process has
     ended: nothing reads them any more)."""
     parent = state_dir / "admission"
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(parent):
-            if entry.name.isdigit() and int(entry.name) != supervisor and not _alive(int(entry.name)) \
-                    and entry.is_dir(follow_symlinks=False):
+    with contextlib.suppress(FileNotFoundError), os.scandir(parent) as entries:
+        for entry in entries:
+            if entry.name.isdigit() and int(entry.name) != supervisor \
+                    and not os.path.exists(f"/proc/{int(entry.name)}") and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
     return parent / str(supervisor)
 
@@ -132,13 +132,3 @@ def ledger_directory(state_dir: Path, supervisor: int) -> Path:
 def _close(*fds: int) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

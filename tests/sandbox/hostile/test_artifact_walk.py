@@ -107,8 +107,8 @@ def test_huge_directory_walk_is_bounded_in_memory(crowded: Path, pattern: str) -
 
 def test_many_directories_do_not_exhaust_file_descriptors(scratch: Path) -> None:
     """More sibling directories than the process may open files (its soft limit lowered to 512
-    above what it has open for the test), each with one file: all are collected, with one open directory per level of
-    depth rather than one per directory found."""
+    above what it has open for the test), each with one file: all are collected, with one open
+    directory per level of depth rather than one per directory found."""
     ws = scratch / "many"
     top = ws / "d"
     top.mkdir(parents=True)
