@@ -40,6 +40,7 @@ from api.settings import ApiSettings
 from api.statuses import StatusSender
 from api.ui.install import install_ui
 from api.webhooks import sealer_for
+from pipelines.heap import settle as settle_heap
 from pipelines.retention import RetentionLoop
 from pipelines.store.db import make_engine
 
@@ -47,9 +48,13 @@ API_PREFIX = "/api/v1"
 REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
-def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, statuses: bool = True) -> FastAPI:
+def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, statuses: bool = True,
+               settle: bool = False) -> FastAPI:
     """The API for ``settings``; ``publisher`` defaults to Celery on ``settings.redis_url``;
-    ``statuses``: run the commit status sender (:mod:`api.statuses`) beside the handlers."""
+    ``statuses``: run the commit status sender (:mod:`api.statuses`) beside the handlers;
+    ``settle``: the process serves only this app, so its start-up heap is settled once the
+    services are up (:mod:`pipelines.heap`; never in a process that builds apps again and again,
+    such as a test run, whose frozen objects would stay for good)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +67,8 @@ def create_app(settings: ApiSettings, *, publisher: Publisher | None = None, sta
         # the API's copies of uploaded files (http transport), its mirrors, the forge rows
         retention = RetentionLoop(services.engine, settings.state_dir, settings.retention)
         retention.start()
+        if settle:
+            settle_heap()  # every module and table is loaded by now
         try:
             yield
         finally:

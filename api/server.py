@@ -27,9 +27,8 @@ def serve(
     if settings.database_url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
-    config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False
-    )
+    config = uvicorn.Config(create_app(settings, settle=True), host=host, port=port, log_level=log_level,
+                            proxy_headers=False, server_header=False)
     uvicorn.Server(config).run()
 
 

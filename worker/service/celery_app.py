@@ -90,6 +90,13 @@ def _start_worker_context(sender: Any = None, **_kw: Any) -> None:
         raise SystemExit(f"sandpit: the worker cannot start: {exc}") from exc
 
 
+@signals.worker_ready.connect
+def _settle_heap(**_kw: Any) -> None:
+    from pipelines.heap import settle
+
+    settle()  # the consumer is up: every module and table is loaded
+
+
 @signals.worker_shutdown.connect
 def _stop_worker_context(sender: Any = None, **_kw: Any) -> None:
     owner = getattr(sender, "app", None) or app
