@@ -324,8 +324,8 @@ def _remove_mirrors(db: Engine, mirrors: Path, settings: RetentionSettings, now:
 def _remove_service_logs(logs: Path, settings: RetentionSettings, now: float) -> int:
     if settings.service_logs_s <= 0:
         return 0
-    old = [name for name, st in entries(logs) if _SERVICE_LOG.fullmatch(name) and stat.S_ISREG(st.st_mode)
-           and now - st.st_mtime > settings.service_logs_s]
+    old = [name for name, st in entries(logs, _SERVICE_LOG.fullmatch)
+           if stat.S_ISREG(st.st_mode) and now - st.st_mtime > settings.service_logs_s]
     return sum(remove_entry(logs, name) for name in old)
 
 

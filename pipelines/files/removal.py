@@ -55,15 +55,18 @@ def opened_dir(path: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
-def entries(path: Path) -> list[tuple[str, os.stat_result]]:
+def entries(path: Path, wanted: Callable[[str], object] | None = None) -> list[tuple[str, os.stat_result]]:
     """The names in directory ``path`` with their own ``lstat`` (a symlink is described, not
-    followed); nothing when it is missing."""
+    followed); nothing when it is missing. With ``wanted``, only the names it accepts, and only
+    those are looked at (a directory of every job's log holds far more names than it matches)."""
     found: list[tuple[str, os.stat_result]] = []
     with opened_dir(path) as fd:
         if fd is None:
             return found
         with os.scandir(fd) as scan:
             for item in scan:
+                if wanted is not None and not wanted(item.name):
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     found.append((item.name, item.stat(follow_symlinks=False)))
     return found

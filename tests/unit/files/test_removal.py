@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def test_missing_things_are_nothing_to_do(tmp_path: Path) -> None:
     assert remove_entry(tmp_path / "none", "x") is False
     assert remove_entry(tmp_path, "x") is False
     assert remove_blob_if_unused(tmp_path, SHA, lambda: False) is False
+
+
+def test_entries_looks_only_at_the_names_it_is_asked_for(tmp_path: Path) -> None:
+    """A filtered listing holds only the names its filter accepts, a link described as a link."""
+    (tmp_path / "a.svc0.jsonl").write_text("x")
+    (tmp_path / "job.jsonl").write_text("x")
+    (tmp_path / "b.svc1.jsonl").symlink_to("/etc/passwd")
+    found = dict(entries(tmp_path, lambda name: ".svc" in name))
+    assert sorted(found) == ["a.svc0.jsonl", "b.svc1.jsonl"]
+    assert stat.S_ISREG(found["a.svc0.jsonl"].st_mode) and stat.S_ISLNK(found["b.svc1.jsonl"].st_mode)
+    assert sorted(name for name, _st in entries(tmp_path)) == ["a.svc0.jsonl", "b.svc1.jsonl", "job.jsonl"]
 
 
 def _blob(store: Path, age_s: float) -> Path:
