@@ -41,6 +41,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -145,6 +146,7 @@ class Service:
     def _start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="sandpit-bench-"))
         self.stack.callback(shutil.rmtree, self.tmp, True)
+        self.stack.callback(remove_job_logs, self.tmp / "db.sqlite")  # after the processes stopped
         redis = self.stack.enter_context(redis_server(self.tmp))
         self.redis_pid = redis.proc.pid if redis.proc is not None else 0
         token = secrets.token_urlsafe(16)
@@ -209,6 +211,20 @@ class Service:
                 time.sleep(0.1)
             out.append(run)
         return out
+
+
+def remove_job_logs(db: Path) -> None:
+    """The logs the bench's jobs left in the state directory (shared with every other use of this
+    host's default settings, which would otherwise keep them for the retention period and walk
+    them on each collection); only the paths its own database names."""
+    if not db.exists():
+        return
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        paths = [row[0] for row in conn.execute("SELECT log_path FROM job WHERE log_path IS NOT NULL")]
+    for path in paths:
+        if Path(path).parent.name == "logs" and path.endswith(".jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def seconds_in_service(run: dict[str, Any]) -> float:
