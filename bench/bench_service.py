@@ -168,7 +168,10 @@ class Service:
         self.procs += self.worker_procs
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                                    headers={"Authorization": f"Bearer {token}"},
-                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+                                   # a connection idle past 2 s is not reused: uvicorn closes one idle for
+                                   # 5 s, httpx's default expiry, and a POST sent as it closes is reset
+                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=64,
+                                                       keepalive_expiry=2.0))
         self.stack.callback(self.client.close)
         for _ in range(5):  # warm up (and wait for the workers)
             run = self.one()
