@@ -38,6 +38,7 @@ from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine
 from worker.sandbox.logs import OutputSink
 from worker.sandbox.seed import Seed
+from worker.sandbox.warm import Afterwards
 
 
 def utcnow() -> dt.datetime:
@@ -206,7 +207,17 @@ def _junit_globs(planned: PlannedJob) -> tuple[str, ...]:
 
 
 def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
-    """Run job ``job_id`` if this worker wins the claim; returns the ids it made ready."""
+    """Run job ``job_id`` if this worker wins the claim; returns the ids it made ready. Its sandbox
+    is torn down (and a warm one made for the next job like it) once its result is recorded and
+    announced: the run's answer does not wait for either."""
+    afterwards = Afterwards()
+    try:
+        return _execute_job(ctx, job_id, afterwards)
+    finally:
+        ctx.engine.finish(afterwards)
+
+
+def _execute_job(ctx: WorkerContext, job_id: str, afterwards: Afterwards) -> list[str]:
     with session_scope(ctx.db) as s:
         job = claim_job(s, job_id, ctx.worker_id, ctx.now(), ctx.lease_s)
         if job is None:
@@ -248,7 +259,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
             with ctx.admit(planned):
                 result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
                                         seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches),
-                                        report_paths=_junit_globs(planned), notes=notes)
+                                        report_paths=_junit_globs(planned), notes=notes, afterwards=afterwards)
         except Exception as exc:  # a claimed job ends with a record, never stays running
             # the same mapping as Engine.run's (worker/errors.py): a refusal is failed/invalid_spec,
             # anything else of sandpit's own is error/infra_error, with its message

@@ -82,6 +82,10 @@ class Settings:
     net_host_netns: Path | None = None
     #: ready egress network namespaces kept for jobs (0: none; see docs/network.md)
     net_pool: int = 16
+    #: warm sandboxes the service worker keeps (worker/sandbox/warm.py); None: one per job slot, 0: none
+    warm_sandboxes: int | None = None
+    #: the longest a warm sandbox waits for a job before it is closed
+    warm_idle_s: float = 60.0
     retention_s: float = 7 * 86400.0
     retention_bytes: int = 10 * 1024**3
     cache_bytes: int = 5 * 1024**3
@@ -131,6 +135,9 @@ class Settings:
             net_allow=_csv(env.get("SANDPIT_NET_ALLOW", "")),
             net_host_netns=Path(env["SANDPIT_NET_HOST_NETNS"]) if env.get("SANDPIT_NET_HOST_NETNS") else None,
             net_pool=_int(env, "SANDPIT_NET_POOL", 16),
+            warm_sandboxes=_int(env, "SANDPIT_WARM_SANDBOXES", 0) if env.get("SANDPIT_WARM_SANDBOXES", "").strip()
+            else None,
+            warm_idle_s=_positive(env, "SANDPIT_WARM_IDLE", 60.0, most=86400.0),
             retention_s=_seconds(env, "SANDPIT_RETENTION", 7 * 86400.0),
             retention_bytes=_bytes(env, "SANDPIT_RETENTION_SIZE", 10 * 1024**3),
             cache_bytes=_bytes(env, "SANDPIT_CACHE_SIZE", 5 * 1024**3),

@@ -38,7 +38,7 @@ from worker.sandbox import spec as oci
 from worker.sandbox.bundle import remove_bundle, write_private
 from worker.sandbox.cgroups import JobCgroup, Usage, cgroup_parent
 from worker.sandbox.disk import JobDisk, ensure_scratch
-from worker.sandbox.image_process import job_process
+from worker.sandbox.image_process import JobProcess, job_process
 from worker.sandbox.images import ImageStore
 from worker.sandbox.leases import lease_uid_slot, write_owner
 from worker.sandbox.logs import JobLog, OutputSink
@@ -53,12 +53,14 @@ from worker.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from worker.sandbox.images import StoredImage
     from worker.sandbox.network import HostNetwork, NetworkSettings
     from worker.sandbox.network.egress import JobEgress
     from worker.sandbox.seed import Seed
     from worker.sandbox.services.group import JobServices
+    from worker.sandbox.warm import Afterwards, WarmPool, WarmSandbox
 
 
 @record
@@ -87,6 +89,20 @@ class _JobDraft:
             runtime=self.runtime, log_path=self.log_path, message=self.verdict.message, cache_files=self.cache_files,
             report_files=self.report_files, services=self.services,
         )
+
+
+@record
+class Box:
+    """A sandbox's host side (made by ``Engine._box``): what a job's container runs in."""
+
+    job_dir: Path
+    uid_base: int
+    userns: bool
+    disk: JobDisk
+    cg: JobCgroup
+    rootfs: JobRootfs
+    process: JobProcess
+    ws_uid: int
 
 
 def _now() -> str:
@@ -126,6 +142,8 @@ class Engine:
         self._scratch: Path | None = None
         self._runtimes: dict[str | None, Runtime] = {}
         self._lock = threading.Lock()
+        #: sandboxes made and started ahead of the jobs that take them (the service worker sets it)
+        self.warm: WarmPool | None = None
 
     # -- host preparation ----------------------------------------------------------------
     def scratch(self) -> Path:
@@ -156,6 +174,8 @@ class Engine:
             return self._host_network
 
     def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
         if self._host_network is not None:
             self._host_network.close()
             self._host_network = None
@@ -172,7 +192,11 @@ class Engine:
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
             secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = (),
-            report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> JobRecord:
+            report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = (),
+            afterwards: Afterwards | None = None) -> JobRecord:
+        """Run one job to its record. With ``afterwards``, the sandbox's teardown is left in it for
+        the caller to finish (:meth:`finish`) once the record is out; without it, everything is gone
+        when this returns."""
         job_id = job_id or os.urandom(6).hex()
         if not is_job_id(job_id):  # it names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup, a disk
             return JobRecord.not_run(name, Verdict(Status.FAILED, Reason.INVALID_SPEC, (
@@ -186,16 +210,30 @@ class Engine:
             if problems:
                 raise InvalidRequest("; ".join(problems))
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths,
-                      report_paths, notes)
+                      report_paths, notes, afterwards)
         except Exception as exc:  # one mapping for every path (worker/errors.py); never a traceback
             result.verdict = job_outcome(exc)
             if not isinstance(exc, SandpitError):
                 _log_exception("job %s ended by an unexpected error", job_id)
         return result.seal(name, job_id, started_at, round(time.monotonic() - t0, 6))
 
+    def finish(self, afterwards: Afterwards) -> None:
+        """What :meth:`run` left in ``afterwards``: the sandbox's teardown (a failure is logged: the
+        job's record is out, and a sandbox left behind is the reaper's), then a warm sandbox for
+        the next job like it (worker/sandbox/warm.py)."""
+        while afterwards.stacks:
+            try:
+                afterwards.stacks.pop().close()
+            except Exception:
+                _log_exception("a job's teardown failed; the reaper removes what is left")
+        shape, afterwards.shape = afterwards.shape, None
+        if shape is not None and self.warm is not None and self.warm.make_room():
+            self._make_warm(*shape)
+
     def _run(self, req: SandboxRequest, job_id: str, result: _JobDraft, sink: OutputSink | None,
              cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
-             cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> None:
+             cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = (),
+             afterwards: Afterwards | None = None) -> None:
         s = self.settings
         pulled: list[str] = []  # a pull's progress (when the store lacks the image): live, then first in the log
         image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
@@ -214,110 +252,203 @@ class Engine:
         if notes or pulled:
             _write_notes(log_path, notes, sink)
             _write_notes(log_path, tuple(pulled), None)  # its reader has had them
-        container_id = f"sandpit-{job_id}"
-        job_dir = s.jobs_dir / job_id
+        warmable = False
+        if self.warm is not None:  # a service worker's engine (worker/sandbox/warm.py)
+            from worker.sandbox.warm import warm_eligible
+
+            warmable = warm_eligible(req, runtime.name, seed)
         with contextlib.ExitStack() as stack:
             # the owner lease comes first: the reaper treats a job dir whose lease is free as dead
-            s.locks_dir.mkdir(parents=True, exist_ok=True)
-            owner_path = s.locks_dir / f"job-{job_id}.lock"
-            owner = take_own(owner_path)  # a reaper's or a leftover check's look holds it a moment
-            if owner is None:
-                raise SandboxError(f"job id {job_id} is already in use")
-            write_owner(owner)
-            stack.callback(owner.release)
-            stack.callback(_unlink, owner_path)
-            s.jobs_dir.mkdir(parents=True, exist_ok=True)
-            job_dir.mkdir(mode=0o711)
-            stack.callback(remove_bundle, job_dir)
-            # the job's network is made on another thread while disk, cgroup and rootfs are made here
-            egress = self._egress(stack, job_id) if req.network == "egress" else None
-            # lowest free slot first: its user namespace (for idmapping) is then usually cached
-            slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE, legacy_dir=s.locks_dir,
-                                              holder=f"/{cgroup_parent(s.instance_id)}/{job_id}")
-            stack.callback(slot_lease.release)
-            userns = runtime.name != "runsc"
-            uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
-            (job_dir / "slot").write_text(str(slot))
-            # the runtime resolves <job>/rootfs and the bind sources as the job's root (host uid_base),
-            # so the job dir must let it through; its group and 0710 keep every other local user out
-            os.chown(job_dir, 0, uid_base)
-            os.chmod(job_dir, 0o710)  # noqa: S103 - search for the job's group only, nothing for others
-            disk = JobDisk(scratch, job_id, req.limits.disk_bytes)
-            stack.callback(disk.close)
-            cg = JobCgroup(job_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
-                           pids=req.limits.pids, parent=cgroup_parent(s.instance_id))
-            stack.callback(cg.close)
-            stack.enter_context(self.images.hold(image))  # no prune removes its layers while it runs
-            rootfs = JobRootfs(job_dir, list(image.layer_stack()), disk.path, uid_base, oci.ID_RANGE,
-                               s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
-            stack.callback(rootfs.close)
-            # the image's Entrypoint and User (worker/sandbox/image_process.py); the workspace is its user's
-            process = job_process(req, image.config, str(rootfs.path))
-            ws_uid = process.user.uid if process.user else oci.STRICT_UID if req.profile == "strict" else 0
-            if process.user is not None:
-                try:
-                    os.chown(rootfs.workspace, uid_base + ws_uid, uid_base + process.user.gid)
-                except OSError as exc:
-                    raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
-            if seed is not None:
-                from worker.sandbox.seed import plant_seed
+            job_dir = self._own(stack, job_id, make_dir=not warmable)
+            warm, process = self._take_warm(req, image, runtime) if warmable else (None, None)
+            services: JobServices | None = None
+            if warm is not None and process is not None:
+                stack.enter_context(warm.stack)  # the warm sandbox's teardown, before the job id's lease
+                box, container_id, started = warm.box, warm.container_id, warm.started
+            else:
+                if warmable:
+                    job_dir.mkdir(mode=0o711)
+                    stack.callback(remove_bundle, job_dir)
+                container_id, started = f"sandpit-{job_id}", None
+                # the job's network is made on another thread while disk, cgroup and rootfs are made here
+                egress = self._egress(stack, job_id) if req.network == "egress" else None
+                box = self._box(stack, req, job_id, job_dir, scratch, image, runtime)
+                process = box.process
+                if seed is not None:
+                    from worker.sandbox.seed import plant_seed
 
-                try:
-                    plant_seed(seed, rootfs.workspace, uid_base + ws_uid)
-                except OSError as exc:
-                    raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
-            netns_path = resolv_conf = hosts_file = None
-            if egress is not None:
-                netns_path, resolv_conf = self._egress_ready(egress, stack, job_dir)
-            services = None
-            if req.services:  # started, and waited for, before the job (worker/sandbox/services)
-                services = self._services(stack, req, service_images, job_id, job_dir, disk, cg, uid_base, runtime,
-                                          netns_path, resolv_conf, secrets)
-                netns_path, hosts_file = services.place.netns_path, services.place.hosts_file
-                wait_s = s.service_wait_s if req.services_timeout_s is None else req.services_timeout_s
-                _write_notes(log_path, tuple(services.wait_ready(wait_s, cancel)), sink)
-                result.services = services.records()
-            user = process.user
-            config = oci.build_spec(oci.SpecInputs(
-                request=req if process.argv == req.argv else replace(req, argv=process.argv), rootfs=str(rootfs.path),
-                workspace=str(rootfs.workspace), uid_base=uid_base, cgroups_path=cg.runtime_path,
-                seccomp=self._seccomp, image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=userns,
-                netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts_file,
-                user=(user.uid, user.gid) if user else None, home=user.home if user else None,
-                groups=user.groups if user else (),
-            ))
-            if self.compiled_seccomp:
-                self._filters.add(config, runtime)
-            write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
-            stack.callback(_delete_container, runtime, container_id)
+                    try:
+                        plant_seed(seed, box.rootfs.workspace, box.uid_base + box.ws_uid)
+                    except OSError as exc:
+                        raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
+                netns_path = resolv_conf = hosts_file = None
+                if egress is not None:
+                    netns_path, resolv_conf = self._egress_ready(egress, stack, job_dir)
+                if req.services:  # started, and waited for, before the job (worker/sandbox/services)
+                    services = self._services(stack, req, service_images, job_id, job_dir, box.disk, box.cg,
+                                              box.uid_base, runtime, netns_path, resolv_conf, secrets)
+                    netns_path, hosts_file = services.place.netns_path, services.place.hosts_file
+                    wait_s = s.service_wait_s if req.services_timeout_s is None else req.services_timeout_s
+                    _write_notes(log_path, tuple(services.wait_ready(wait_s, cancel)), sink)
+                    result.services = services.records()
+                config = self._config(req, box, process, image, runtime, netns_path, resolv_conf, hosts_file)
+                write_private(job_dir / "config.json", json.dumps(config).encode())  # it holds the job's secrets
+                stack.callback(_delete_container, runtime, container_id)
             if services is not None:  # shared with the services' reader under CI_DEBUG_SERVICES
                 joblog = services.job_log(log_path, req.limits.log_bytes, sink, secrets)
             else:
                 joblog = JobLog(log_path, req.limits.log_bytes, sink, secrets=secrets)
             stack.callback(joblog.close)
             mark("runtime_in")
-            end = supervise(runtime, job_dir, container_id, cg, joblog, req.limits, cancel)
+            end = supervise(runtime, box.job_dir, container_id, box.cg, joblog, req.limits, cancel, started)
             mark("runtime_out")
-            _judge(result, end, cg.usage(), disk)
-            if req.network == "none" and result.verdict.status is Status.FAILED:
-                _hint_offline(result, joblog, log_path, sink)
-            keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.verdict.status)
-            if keep or cache_paths or report_paths:
-                cg.kill_all()  # files are read only once nothing of the job can still write
-                from worker.sandbox.artifacts import Caps, collect_artifacts
+            self._after_run(result, req, end, box, joblog, log_path, sink, cache_paths, report_paths)
+            if afterwards is not None:
+                afterwards.stacks.append(stack.pop_all())
+                if warmable and process.argv == req.argv:  # the job's own shell first: a launcher
+                    afterwards.shape = (req, image, process.argv[0])
 
-                caps = Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
-                            req.limits.artifact_total_bytes)
-                if keep:
-                    kept, refused = collect_artifacts(
-                        rootfs.workspace, req.artifacts, self.artifact_store, caps, req.artifact_exclude)
-                    result.artifacts, result.rejected_artifacts = tuple(kept), tuple(refused)
-                if cache_paths:
-                    cached, _refused = collect_artifacts(rootfs.workspace, cache_paths, self.artifact_store, caps)
-                    result.cache_files = tuple(cached)
-                if report_paths:  # test reports are kept whatever the job's outcome (as GitLab does)
-                    reports, _refused = collect_artifacts(rootfs.workspace, report_paths, self.artifact_store, caps)
-                    result.report_files = tuple(reports)
+    def _own(self, stack: contextlib.ExitStack, sandbox_id: str, *, make_dir: bool = True) -> Path:
+        """The owner lease of ``sandbox_id`` (a job's id, or a warm sandbox's), and its job dir."""
+        s = self.settings
+        s.locks_dir.mkdir(parents=True, exist_ok=True)
+        owner_path = s.locks_dir / f"job-{sandbox_id}.lock"
+        owner = take_own(owner_path)  # a reaper's or a leftover check's look holds it a moment
+        if owner is None:
+            raise SandboxError(f"job id {sandbox_id} is already in use")
+        write_owner(owner)
+        stack.callback(owner.release)
+        stack.callback(_unlink, owner_path)
+        s.jobs_dir.mkdir(parents=True, exist_ok=True)
+        job_dir = s.jobs_dir / sandbox_id
+        if make_dir:
+            job_dir.mkdir(mode=0o711)
+            stack.callback(remove_bundle, job_dir)
+        return job_dir
+
+    def _box(self, stack: contextlib.ExitStack, req: SandboxRequest, sandbox_id: str, job_dir: Path,
+             scratch: Path, image: StoredImage, runtime: Runtime) -> Box:
+        """A sandbox's host side on ``stack``: uid slot, disk, cgroup, the image held, rootfs, and
+        the job's process (its image's Entrypoint and User) with its workspace owned by that user."""
+        s = self.settings
+        # lowest free slot first: its user namespace (for idmapping) is then usually cached
+        slot, slot_lease = lease_uid_slot(s.uid_base, s.uid_slots, oci.ID_RANGE, legacy_dir=s.locks_dir,
+                                          holder=f"/{cgroup_parent(s.instance_id)}/{sandbox_id}")
+        stack.callback(slot_lease.release)
+        userns = runtime.name != "runsc"
+        uid_base = s.uid_base + slot * oci.ID_RANGE if userns else 0
+        (job_dir / "slot").write_text(str(slot))
+        # the runtime resolves <job>/rootfs and the bind sources as the job's root (host uid_base),
+        # so the job dir must let it through; its group and 0710 keep every other local user out
+        os.chown(job_dir, 0, uid_base)
+        os.chmod(job_dir, 0o710)  # noqa: S103 - search for the job's group only, nothing for others
+        disk = JobDisk(scratch, sandbox_id, req.limits.disk_bytes)
+        stack.callback(disk.close)
+        cg = JobCgroup(sandbox_id, memory_bytes=req.limits.memory_bytes, cpus=req.limits.cpus,
+                       pids=req.limits.pids, parent=cgroup_parent(s.instance_id))
+        stack.callback(cg.close)
+        stack.enter_context(self.images.hold(image))  # no prune removes its layers while it runs
+        rootfs = JobRootfs(job_dir, list(image.layer_stack()), disk.path, uid_base, oci.ID_RANGE,
+                           s.run_dir, owner_uid=oci.STRICT_UID if req.profile == "strict" else None)
+        stack.callback(rootfs.close)
+        # the image's Entrypoint and User (worker/sandbox/image_process.py); the workspace is its user's
+        process = job_process(req, image.config, str(rootfs.path))
+        ws_uid = process.user.uid if process.user else oci.STRICT_UID if req.profile == "strict" else 0
+        if process.user is not None:
+            try:
+                os.chown(rootfs.workspace, uid_base + ws_uid, uid_base + process.user.gid)
+            except OSError as exc:
+                raise SandboxError(f"cannot prepare the job's workspace: {exc}") from exc
+        return Box(job_dir, uid_base, userns, disk, cg, rootfs, process, ws_uid)
+
+    def _config(self, req: SandboxRequest, box: Box, process: JobProcess, image: StoredImage, runtime: Runtime,
+                netns_path: str | None = None, resolv_conf: str | None = None,
+                hosts_file: str | None = None) -> dict[str, Any]:
+        """The OCI config of ``req`` run as ``process`` in ``box`` (and crun's compiled filter)."""
+        user = process.user
+        config = oci.build_spec(oci.SpecInputs(
+            request=req if process.argv == req.argv else replace(req, argv=process.argv), rootfs=str(box.rootfs.path),
+            workspace=str(box.rootfs.workspace), uid_base=box.uid_base, cgroups_path=box.cg.runtime_path,
+            seccomp=self._seccomp, image_env=image.env, hostname="sandpit", nofile=_nofile(), userns=box.userns,
+            netns_path=netns_path, resolv_conf=resolv_conf, hosts_file=hosts_file,
+            user=(user.uid, user.gid) if user else None, home=user.home if user else None,
+            groups=user.groups if user else (),
+        ))
+        if self.compiled_seccomp:
+            self._filters.add(config, runtime)
+        return config
+
+    def _after_run(self, result: _JobDraft, req: SandboxRequest, end: RunEnd, box: Box, joblog: JobLog,
+                   log_path: Path, sink: OutputSink | None, cache_paths: tuple[str, ...],
+                   report_paths: tuple[str, ...]) -> None:
+        """The verdict and usage of a run that ended ``end``; the files it keeps."""
+        _judge(result, end, box.cg.usage(), box.disk)
+        if req.network == "none" and result.verdict.status is Status.FAILED:
+            _hint_offline(result, joblog, log_path, sink)
+        keep = bool(req.artifacts) and keeps_artifacts(req.artifacts_when, result.verdict.status)
+        if keep or cache_paths or report_paths:
+            box.cg.kill_all()  # files are read only once nothing of the job can still write
+            from worker.sandbox.artifacts import Caps, collect_artifacts
+
+            caps = Caps(req.limits.artifact_file_bytes, req.limits.artifact_count,
+                        req.limits.artifact_total_bytes)
+            workspace = box.rootfs.workspace
+            if keep:
+                kept, refused = collect_artifacts(
+                    workspace, req.artifacts, self.artifact_store, caps, req.artifact_exclude)
+                result.artifacts, result.rejected_artifacts = tuple(kept), tuple(refused)
+            if cache_paths:
+                cached, _refused = collect_artifacts(workspace, cache_paths, self.artifact_store, caps)
+                result.cache_files = tuple(cached)
+            if report_paths:  # test reports are kept whatever the job's outcome (as GitLab does)
+                reports, _refused = collect_artifacts(workspace, report_paths, self.artifact_store, caps)
+                result.report_files = tuple(reports)
+
+    # -- warm sandboxes (worker/sandbox/warm.py) -----------------------------------------
+    def _make_warm(self, req: SandboxRequest, image: StoredImage, launcher: str) -> None:
+        """One warm sandbox for jobs like ``req`` into the pool: never a cost to a job (a failure is
+        logged and leaves nothing)."""
+        from worker.sandbox.warm import box_key, start_warm
+
+        assert self.warm is not None
+        sandbox_id = f"warm-{os.urandom(6).hex()}"
+        try:
+            with contextlib.ExitStack() as stack:
+                runtime = self.runtime(req.runtime).for_network(req.network)
+                job_dir = self._own(stack, sandbox_id)
+                # nothing of the job's own: the next job's command and variables are set as it starts
+                base = replace(req, argv=(launcher,), env=(), artifacts=())
+                box = self._box(stack, base, sandbox_id, job_dir, self.scratch(), image, runtime)
+                process = replace(box.process, argv=(launcher, "-s"))
+                config = self._config(base, box, process, image, runtime)
+                write_private(job_dir / "config.json", json.dumps(config).encode())
+                container_id = f"sandpit-{sandbox_id}"
+                stack.callback(_delete_container, runtime, container_id)
+                made = start_warm(stack, runtime, box, process, config, container_id,
+                                  box_key(image.key, runtime.name, req))
+                made.stack = stack.pop_all()  # the sandbox's own from here: the pool's, or closed now
+            if not self.warm.add(made):
+                made.close()
+        except Exception as exc:
+            _log_info("no warm sandbox made: %s", exc)
+
+    def _take_warm(self, req: SandboxRequest, image: StoredImage,
+                   runtime: Runtime) -> tuple[WarmSandbox, JobProcess] | tuple[None, None]:
+        """A warm sandbox this job can start in, its launcher fed the job's command and variables,
+        and the job's process; Nones: the job is made from the start (none waits, or none matches)."""
+        from worker.sandbox.warm import box_key
+
+        assert self.warm is not None
+        while (warm := self.warm.take(box_key(image.key, runtime.name, req))) is not None:
+            try:
+                process = job_process(req, image.config, str(warm.box.rootfs.path))
+                config = self._config(req, warm.box, process, image, runtime)
+                if warm.feed_job(config, process):
+                    return warm, process
+            except Exception as exc:
+                _log_info("warm sandbox %s not used: %s", warm.container_id, exc)
+            warm.close()
+        return None, None
 
     def _services(self, stack: contextlib.ExitStack, req: SandboxRequest, images: list[StoredImage], job_id: str,
                   job_dir: Path, disk: JobDisk, cg: JobCgroup, uid_base: int, runtime: Runtime,

@@ -252,13 +252,13 @@ def read_only_view(binary: str, view: Path) -> str | None:
         return None
 
 
-def spawn(argv: list[str], stdout_fd: int, stderr_fd: int, env: dict[str, str]) -> int:
-    """posix_spawn the runtime with stdin /dev/null, the given output fds and ``env``
-    (:meth:`Runtime.run_env`); returns its pid."""
+def spawn(argv: list[str], stdout_fd: int, stderr_fd: int, env: dict[str, str], stdin_fd: int | None = None) -> int:
+    """posix_spawn the runtime with stdin ``stdin_fd`` (None: /dev/null), the given output fds and
+    ``env`` (:meth:`Runtime.run_env`); returns its pid."""
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         actions = [
-            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, devnull if stdin_fd is None else stdin_fd, 0),
             (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
             (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
         ]

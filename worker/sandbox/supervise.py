@@ -43,16 +43,41 @@ class RunEnd:
     runtime_error: str | None = None  # the runtime's own failure (it could not start the job)
 
 
-def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, joblog: JobLog,
-              limits: Limits, cancel: threading.Event) -> RunEnd:
+@record(frozen=True)
+class Started:
+    """A runtime process running a container in the foreground: its pid and the read ends of the
+    container's stdout and stderr."""
+
+    pid: int
+    out_r: int
+    err_r: int
+
+
+def start(runtime: Runtime, bundle: Path, container_id: str, stdin_fd: int | None = None) -> Started:
+    """``runtime run`` of ``bundle``, its stdin ``stdin_fd`` (None: /dev/null)."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    runtime_log = bundle / "runtime.log"
     try:
-        pid = spawn(runtime.run_argv(bundle, container_id, runtime_log), out_w, err_w, runtime.run_env())
+        pid = spawn(runtime.run_argv(bundle, container_id, bundle / "runtime.log"), out_w, err_w,
+                    runtime.run_env(), stdin_fd)
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
     finally:
         os.close(out_w)
         os.close(err_w)
+    return Started(pid, out_r, err_r)
+
+
+def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, joblog: JobLog,
+              limits: Limits, cancel: threading.Event, started: Started | None = None) -> RunEnd:
+    """Run the container (or watch the one ``started`` runs: the limits and the deadline count
+    from now) to its end."""
+    if started is None:
+        started = start(runtime, bundle, container_id)
+    pid, out_r, err_r = started.pid, started.out_r, started.err_r
+    runtime_log = bundle / "runtime.log"
     pidfd = os.pidfd_open(pid)
     sel = _Watch()
     streams = {out_r: "out", err_r: "err"}
@@ -66,12 +91,12 @@ def supervise(runtime: Runtime, bundle: Path, container_id: str, cg: JobCgroup, 
     if wake_fd is not None:
         sel.register(wake_fd, "delivery")
     reason: Reason | None = None
-    started = time.monotonic()
-    deadline = started + limits.timeout_s
+    began = time.monotonic()
+    deadline = began + limits.timeout_s
     kill_at: float | None = None
     exited_at: float | None = None
     status: int | None = None
-    next_poll = started + POLL_S
+    next_poll = began + POLL_S
     open_pipes = set(streams)
     paused = False  # the live reader is behind: the job's pipes are not read, so its writes block
     try:

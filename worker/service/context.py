@@ -202,6 +202,8 @@ class ServiceContext:
         while not self.stop.wait(self.settings.sweep_s):
             rounds += 1
             try:
+                if self.engine.warm is not None:
+                    self.engine.warm.expire()
                 self.sweep_once()
                 if rounds % reap_every == 0:
                     # kernel objects of another worker on this host that died (its leases are free)
@@ -230,6 +232,11 @@ def start_service(settings: Settings, send: Publisher, concurrency: int | None =
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     migrate(url)
     engine = Engine(settings)
+    warm = settings.warm_sandboxes if settings.warm_sandboxes is not None else concurrency or 0
+    if warm > 0:  # sandboxes made ahead, one per job slot unless told (worker/sandbox/warm.py)
+        from worker.sandbox.warm import WarmPool
+
+        engine.warm = WarmPool(warm, settings.warm_idle_s)
     index, parts = parse_share(os.environ.get(SHARE_ENV, ""))
     budget: Budget | SharedBudget = host_budget()
     if parts > 1:  # a process of a worker of several: one budget for them all
