@@ -78,6 +78,9 @@ class WorkerContext:
     slots: ConcurrentSlots = field(default_factory=lambda: ConcurrentSlots())
     #: how a job's files reach the API (worker/job_files.py): the shared state dir, or HTTP
     files: Transport = field(default_factory=lambda: LocalTransport())
+    #: whether no job waits for a worker: only then is a warm sandbox made after a job (under load the
+    #: next job comes at once, and its launcher would cost more than the sandbox saves)
+    idle: Callable[[], bool] = lambda: True
 
 
 class ConcurrentSlots:
@@ -214,7 +217,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> list[str]:
     try:
         return _execute_job(ctx, job_id, afterwards)
     finally:
-        ctx.engine.finish(afterwards)
+        ctx.engine.finish(afterwards, warm=afterwards.shape is not None and ctx.idle())
 
 
 def _execute_job(ctx: WorkerContext, job_id: str, afterwards: Afterwards) -> list[str]:

@@ -21,8 +21,10 @@ from worker.sandbox.warm import Afterwards, WarmPool, WarmSandbox
 from worker.settings import Settings
 
 #: what a job shows of itself: everything a warm start must keep as a cold one has it
-PROBE = ("env | sort; echo cwd=$(pwd); id; ulimit -n; ulimit -u; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status;"
-         " tr '\\0' ' ' < /proc/1/cmdline; echo; hostname; ls -A /workspace | wc -l; echo $0 $$")
+PROBE = ("env | sort; echo cwd=$(pwd) shlvl=$SHLVL; id; ulimit -n; ulimit -u; umask;"
+         " grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status;"
+         " tr '\\0' '\\n' < /proc/1/environ | sort;"
+         " tr '\\0' ' ' < /proc/1/cmdline; echo; hostname; ls -A /workspace | wc -l; echo $0 $$; trap")
 
 
 @pytest.fixture()
@@ -35,10 +37,10 @@ def warm_engine(settings: Settings, no_leftovers: None) -> Iterator[Engine]:
         engine.close()  # the pool's sandboxes too: no_leftovers checks after this
 
 
-def job(engine: Engine, script: str, **kw: object) -> tuple[JobRecord, str]:
-    """Run ``sh -c script`` as the service worker does (teardown, then a warm sandbox, afterwards)."""
+def job(engine: Engine, script: str, shell: str = "/bin/sh", **kw: object) -> tuple[JobRecord, str]:
+    """Run ``shell -c script`` as the service worker does (teardown, then a warm sandbox, afterwards)."""
     out: list[bytes] = []
-    req = replace(SandboxRequest(argv=("/bin/sh", "-c", script), runtime="crun"), **kw)  # type: ignore[arg-type]
+    req = replace(SandboxRequest(argv=(shell, "-c", script), runtime="crun"), **kw)  # type: ignore[arg-type]
     afterwards = Afterwards()
     record = engine.run(req, sink=lambda _s, data: out.append(data), afterwards=afterwards)
     engine.finish(afterwards)
@@ -74,18 +76,19 @@ def started_warm(token: str | None, out: str) -> bool:
     return token is not None and last == f"mark={token}"
 
 
-def test_a_warm_start_is_the_job_a_cold_start_runs(warm_engine: Engine):
+@pytest.mark.parametrize("shell", ["/bin/sh", "/usr/bin/bash"])  # dash, and what GitLab jobs get on debian
+def test_a_warm_start_is_the_job_a_cold_start_runs(warm_engine: Engine, shell: str):
     assert waiting(warm_engine) is None
-    cold, cold_out = job(warm_engine, probe(PROBE), env=(("A", "1"),))
+    cold, cold_out = job(warm_engine, probe(PROBE), shell, env=(("A", "1"),))
     before = waiting(warm_engine)
     root = mark_waiting(warm_engine)  # made for the next job like this one
     assert root is not None and cold_out.endswith("mark=\n")
-    warm, warm_out = job(warm_engine, probe(PROBE), env=(("A", "1"),))
+    warm, warm_out = job(warm_engine, probe(PROBE), shell, env=(("A", "1"),))
     assert (cold.status, warm.status) == ("succeeded", "succeeded")
     assert started_warm(root, warm_out)
     assert waiting(warm_engine) not in (None, before)  # and a warm job leaves one for the next too
     assert warm_out.splitlines()[:-1] == cold_out.splitlines()[:-1]
-    assert "A=1" in warm_out and "cwd=/workspace" in warm_out and "/bin/sh -c env | sort" in warm_out
+    assert "A=1" in warm_out and "cwd=/workspace" in warm_out and f"{shell} -c env | sort" in warm_out
 
 
 def test_nothing_of_the_job_before_reaches_the_next(warm_engine: Engine):

@@ -217,17 +217,17 @@ class Engine:
                 _log_exception("job %s ended by an unexpected error", job_id)
         return result.seal(name, job_id, started_at, round(time.monotonic() - t0, 6))
 
-    def finish(self, afterwards: Afterwards) -> None:
+    def finish(self, afterwards: Afterwards, *, warm: bool = True) -> None:
         """What :meth:`run` left in ``afterwards``: the sandbox's teardown (a failure is logged: the
         job's record is out, and a sandbox left behind is the reaper's), then a warm sandbox for
-        the next job like it (worker/sandbox/warm.py)."""
+        the next job like it unless ``warm`` is False (worker/sandbox/warm.py)."""
         while afterwards.stacks:
             try:
                 afterwards.stacks.pop().close()
             except Exception:
                 _log_exception("a job's teardown failed; the reaper removes what is left")
         shape, afterwards.shape = afterwards.shape, None
-        if shape is not None and self.warm is not None and self.warm.make_room():
+        if warm and shape is not None and self.warm is not None and self.warm.make_room():
             self._make_warm(*shape)
 
     def _run(self, req: SandboxRequest, job_id: str, result: _JobDraft, sink: OutputSink | None,
@@ -405,10 +405,10 @@ class Engine:
                 result.report_files = tuple(reports)
 
     # -- warm sandboxes (worker/sandbox/warm.py) -----------------------------------------
-    def _make_warm(self, req: SandboxRequest, image: StoredImage, launcher: str) -> None:
+    def _make_warm(self, req: SandboxRequest, image: StoredImage, argv0: str) -> None:
         """One warm sandbox for jobs like ``req`` into the pool: never a cost to a job (a failure is
         logged and leaves nothing)."""
-        from worker.sandbox.warm import box_key, start_warm
+        from worker.sandbox.warm import box_key, launcher_for, start_warm
 
         assert self.warm is not None
         sandbox_id = f"warm-{os.urandom(6).hex()}"
@@ -417,14 +417,14 @@ class Engine:
                 runtime = self.runtime(req.runtime).for_network(req.network)
                 job_dir = self._own(stack, sandbox_id)
                 # nothing of the job's own: the next job's command and variables are set as it starts
-                base = replace(req, argv=(launcher,), env=(), artifacts=())
+                base = replace(req, argv=(argv0,), env=(), artifacts=())
                 box = self._box(stack, base, sandbox_id, job_dir, self.scratch(), image, runtime)
-                process = replace(box.process, argv=(launcher, "-s"))
+                process = replace(box.process, argv=(launcher_for(image.rootfs, argv0), "-s"))
                 config = self._config(base, box, process, image, runtime)
                 write_private(job_dir / "config.json", json.dumps(config).encode())
                 container_id = f"sandpit-{sandbox_id}"
                 stack.callback(_delete_container, runtime, container_id)
-                made = start_warm(stack, runtime, box, process, config, container_id,
+                made = start_warm(stack, runtime, box, process, argv0, config, container_id,
                                   box_key(image.key, runtime.name, req))
                 made.stack = stack.pop_all()  # the sandbox's own from here: the pool's, or closed now
             if not self.warm.add(made):

@@ -5,16 +5,17 @@ cgroup, rootfs, config: ~2 ms) and the runtime's start of the container (~6 of c
 Once a job has run, the service worker makes one more sandbox like it while the slot is idle, and
 starts its container; the next job like it only has to be told what to run:
 
-- The container's process is a *launcher*: the job's own first program (``/bin/sh``: the image's
-  shell, the same file the job execs next) run as ``<shell> -s``, reading its commands from a pipe
-  only sandpit writes. The sandbox holds nothing of any job: its variables are the image's and
-  sandpit's, never those of the job before it.
+- The container's process is a *launcher*: the image's ``/bin/sh`` (or, without one, the job's
+  own shell) run as ``sh -s``, reading its commands from a pipe only sandpit writes. The sandbox
+  holds nothing of any job: its variables are the image's and sandpit's, never those of the job
+  before it.
 - A job takes a warm sandbox only when the sandbox was made for its :func:`box_key` (image,
   runtime, profile, and the limits of its cgroup and disk, which no config carries), the OCI config
   sandpit would make for it in that very sandbox is the warm one's, the process's ``args`` and
   ``env`` aside (so user, mounts, namespaces, seccomp, capabilities and rlimits are the same), and
-  its first program is the launcher's. Jobs with services, a network, files to plant in the
-  workspace, or another runtime than crun never take one, nor make one.
+  its first program is the one the job before it ran (its shell: so the ``exec`` finds it). Jobs
+  with services, a network, files to plant in the workspace, or another runtime than crun never
+  take one, nor make one.
 - The launcher is then fed (:func:`launch_text`): ``unset`` of the sandbox's variables the job
   lacks, ``export`` of each of the job's variables, ``exec`` of the job's argv with stdin
   ``/dev/null``. Every name is checked and every value single-quoted, so no job data is ever shell
@@ -23,10 +24,11 @@ starts its container; the next job like it only has to be told what to run:
 - From there the job is the cold path's: the same supervisor (limits and deadline counted from
   the feed), log, verdict, artifacts and teardown.
 
-What differs, as a job can see it: its process had a shell as its parent image for a moment
-(same pid 1, argv, cwd, uid, limits), and its environment's order is the shell's rather than
-sandpit's (the names and values are the same). Not warm: jobs whose argv[0] is not their image's
-shell (``sandpit exec`` of a program, which never uses the pool anyway).
+What differs, as a job can see it: for a moment its pid 1 was its image's ``/bin/sh`` (then the
+same pid 1, argv, cwd, uid and limits), and the order of its environment is that shell's rather
+than sandpit's (the same names and values). In an image without ``/bin/sh`` the launcher is the
+job's shell; when that is bash, ``/proc/1/environ`` also holds ``_`` and ``SHLVL=0`` (bash's own
+for the program it execs; the job's bash then sets both as it would anyway).
 
 The pool keeps at most one sandbox per job slot (a full pool closes its oldest for the latest
 job's kind), and a sandbox waits at most ``idle_s`` (the sweeper closes older ones). A warm sandbox
@@ -63,7 +65,7 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: the shells a launcher may be (each reads commands from its stdin with ``-s``)
 SHELLS = ("sh", "bash", "dash", "ash", "ksh", "mksh", "zsh")
 #: what the launcher shell sets for itself and a job's process would not have
-SHELL_OWN = ("PWD", "OLDPWD")
+SHELL_OWN = ("PWD", "OLDPWD", "SHLVL")
 STOP_WAIT_S = 2.0
 
 
@@ -95,6 +97,31 @@ def warm_eligible(req: SandboxRequest, runtime_name: str, seed: Seed | None) -> 
             and len(req.argv) >= 2 and req.argv[1] == "-c" and os.path.basename(req.argv[0]) in SHELLS)
 
 
+def launcher_for(rootfs: str | os.PathLike[str], argv0: str) -> str:
+    """The launcher of a sandbox for jobs that start ``argv0`` (a shell) in the image tree
+    ``rootfs``: its ``/bin/sh`` when that is an executable file (dash, busybox: neither sets a
+    variable of its own for the program it execs, as bash does with ``SHLVL`` and ``_``), else
+    ``argv0`` itself. Resolved inside the image, never following a link out of it."""
+    import stat
+
+    from worker.sandbox.beneath import open_in_root
+
+    root = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_in_root(root, "/bin/sh", os.O_PATH)
+    except OSError:
+        return argv0
+    finally:
+        os.close(root)
+    if fd is None:
+        return argv0
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return "/bin/sh" if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 else argv0
+
+
 def box_key(image_key: str, runtime_name: str, req: SandboxRequest) -> tuple[object, ...]:
     """What a job's sandbox is made from besides its OCI config: the image, the runtime, and every
     field of the request ``Engine._box`` reads (the cgroup's and the disk's limits, the profile)."""
@@ -106,7 +133,7 @@ def launch_text(argv: Iterable[str], env: list[str], sandbox_env: list[str]) -> 
     """The launcher's input that makes it the job: None when a name is not a shell name.
 
     >>> print(launch_text(["/bin/sh", "-c", "echo $A"], ["A=x'y", "PATH=/bin"], ["PATH=/bin", "B=1"]).decode(), end="")
-    unset B PWD OLDPWD
+    unset B PWD OLDPWD SHLVL
     export A='x'"'"'y'
     export PATH=/bin
     exec /bin/sh -c 'echo $A' </dev/null
@@ -133,7 +160,8 @@ def _without_process(config: dict[str, Any]) -> dict[str, Any]:
 class WarmSandbox:
     stack: contextlib.ExitStack
     box: Box
-    process: JobProcess  # the launcher: the job's first program, run as ``<it> -s``
+    process: JobProcess  # the launcher: the image's /bin/sh (or the job's shell), run as ``<it> -s``
+    argv0: str  # the first program of the jobs it is for (their shell, run by the job before)
     config: dict[str, Any]
     container_id: str
     key: tuple[object, ...]  # :func:`box_key` of the jobs it is for
@@ -141,10 +169,6 @@ class WarmSandbox:
     feed: int | None  # the launcher's stdin, written once
     made_at: float = field(default_factory=time.monotonic)
     handed: bool = False  # a job's supervisor owns the process now
-
-    @property
-    def launcher(self) -> str:
-        return self.process.argv[0]
 
     def alive(self) -> bool:
         try:  # WNOWAIT: the supervisor still gets the status
@@ -155,7 +179,7 @@ class WarmSandbox:
     def feed_job(self, config: dict[str, Any], process: JobProcess) -> bool:
         """Tell the launcher to become the job whose config (made in this sandbox) is ``config``;
         False, and the sandbox untouched, when the job cannot start here."""
-        if self.feed is None or not process.argv or process.argv[0] != self.launcher:
+        if self.feed is None or not process.argv or process.argv[0] != self.argv0:
             return False
         if _without_process(config) != _without_process(self.config):
             return False
@@ -199,7 +223,7 @@ class WarmSandbox:
         self.stack.close()
 
 
-def start_warm(stack: contextlib.ExitStack, runtime: Runtime, box: Box, process: JobProcess,
+def start_warm(stack: contextlib.ExitStack, runtime: Runtime, box: Box, process: JobProcess, argv0: str,
                config: dict[str, Any], container_id: str, key: tuple[object, ...]) -> WarmSandbox:
     """The container of ``box`` (its config.json written) started with its launcher waiting on a
     pipe; ``stack`` then stops it first when it closes."""
@@ -212,7 +236,7 @@ def start_warm(stack: contextlib.ExitStack, runtime: Runtime, box: Box, process:
     finally:
         os.close(feed_r)
     os.set_blocking(feed_w, False)
-    warm = WarmSandbox(stack, box, process, config, container_id, key, started, feed_w)
+    warm = WarmSandbox(stack, box, process, argv0, config, container_id, key, started, feed_w)
     stack.callback(warm._stop)
     return warm
 

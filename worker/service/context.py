@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from pipelines.job_record import JobRecord
 from pipelines.language.model import Job as PlannedJob
-from pipelines.names import run_events_channel
+from pipelines.names import QUEUE, run_events_channel
 from pipelines.retention import RetentionSettings, collect_if_due
 from pipelines.store.advance import FINAL_JOB_STATUSES
 from pipelines.store.db import make_engine, migrate, read_scope, session_scope
@@ -161,6 +161,12 @@ class ServiceContext:
             finally:
                 self.budget.give(*taken)
 
+        def idle() -> bool:  # no job waits in the queue for a worker (one LLEN; Redis away: not idle)
+            try:
+                return self.redis.llen(QUEUE) == 0
+            except redis.RedisError:
+                return False
+
         public_url = self.settings.public_url
 
         def job_url(job_id: str) -> str:
@@ -170,7 +176,7 @@ class ServiceContext:
                              defaults=self.defaults, sink_for=sink_for, on_done=on_done, on_retried=on_retried,
                              admit=admit, job_url=job_url, source_for=self.sources.source_for,
                              on_claim=self.sources.prime, slots=ConcurrentSlots(self.first_concurrent_id),
-                             files=self.files)
+                             files=self.files, idle=idle)
 
     def __post_init__(self) -> None:
         self._streams: dict[str, RedisLog] = {}
