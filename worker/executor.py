@@ -36,6 +36,7 @@ from worker.report_files import attach_test_reports
 from worker.sandbox import blobs
 from worker.sandbox.artifacts import artifact_path
 from worker.sandbox.engine import Engine
+from worker.sandbox.images import StoredImage
 from worker.sandbox.logs import OutputSink
 from worker.sandbox.seed import Seed
 from worker.sandbox.warm import Afterwards
@@ -103,26 +104,28 @@ class ConcurrentSlots:
             self._held.discard(slot)
 
 
-def image_shell(engine: Engine, reference: str) -> str:
-    """The shell the job's image runs scripts with (found once per image); /bin/sh when the store
-    does not have the image: the engine then refuses the job with its own message. Never pulls
-    (:func:`pull_image` does, first)."""
+def image_shell(engine: Engine, reference: str, image: StoredImage | None = None) -> str:
+    """The shell the job's image (``image``, when the caller has it already) runs scripts with
+    (found once per image); /bin/sh when the store does not have the image: the engine then
+    refuses the job with its own message. Never pulls (:func:`pull_image` does, first)."""
     from worker.errors import ImageError
     from worker.sandbox.shell import shell_for_image
 
-    try:
-        image = engine.images.get(reference, policy="never")
-    except (ImageError, OSError):
-        return "/bin/sh"
+    if image is None:
+        try:
+            image = engine.images.get(reference, policy="never")
+        except (ImageError, OSError):
+            return "/bin/sh"
     return image.shell or shell_for_image(image.key, image.rootfs)
 
 
 def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = None,
-               policies: tuple[str, ...] | None = None) -> tuple[str, ...]:
+               policies: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], StoredImage]:
     """Get the job's image into the store when it is not there (pulled as the pull policy says,
-    before the shell is chosen: the shell is the image's); the progress lines, for the job's log.
-    ``policies`` is the job's ``image:pull_policy`` (GitLab's: each one is tried when the one
-    before could not reach the registry); None: the worker's default."""
+    before the shell is chosen: the shell is the image's); the progress lines, for the job's log,
+    and the image (which the shell and the engine then take as it is, rather than each looking it
+    up again). ``policies`` is the job's ``image:pull_policy`` (GitLab's: each one is tried when
+    the one before could not reach the registry); None: the worker's default."""
     from worker.sandbox.registry.skopeo import PullError
 
     lines: list[str] = []
@@ -135,13 +138,12 @@ def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = 
     tries = policies or (None,)
     for i, policy in enumerate(tries):
         try:
-            engine.images.get(reference, progress=say, policy=policy, cancel=cancel)
-            break
+            return tuple(lines), engine.images.get(reference, progress=say, policy=policy, cancel=cancel)
         except PullError as exc:
             if i == len(tries) - 1:
                 raise
             say(f"pull_policy {policy} failed ({exc}); trying {tries[i + 1]}")
-    return tuple(lines)
+    raise AssertionError("unreachable: the last policy's failure is raised")
 
 
 def artifact_sources(planned: PlannedJob) -> tuple[str, ...]:
@@ -251,18 +253,19 @@ def _execute_job(ctx: WorkerContext, job_id: str, afterwards: Afterwards) -> lis
             # cache first, then the dependencies' artifacts (which win where both name a file)
             files = cache.restore(store, found) + _checked_inputs(inputs)
             job_env = (("CI_JOB_ID", job_id), ("CI_JOB_URL", ctx.job_url(job_id)), ("CI_CONCURRENT_ID", str(slot)))
-            notes = pull_image(ctx.engine, image_name(planned, ctx.defaults.image), lease.cancel,
-                               planned.image.pull_policy if planned.image is not None else None)
-            req = request_for(planned, defaults=ctx.defaults,
-                              extra_env=job_env + secret_env,
-                              shell=image_shell(ctx.engine, image_name(planned, ctx.defaults.image)))
+            reference = image_name(planned, ctx.defaults.image)
+            notes, image = pull_image(ctx.engine, reference, lease.cancel,
+                                      planned.image.pull_policy if planned.image is not None else None)
+            req = request_for(planned, defaults=ctx.defaults, extra_env=job_env + secret_env,
+                              shell=image_shell(ctx.engine, reference, image))
             seed = Seed(source_dir=source.root if source else None,
                         source_files=source.files if source else None, files=files)
             mark("engine_in")
             with ctx.admit(planned):
                 result = ctx.engine.run(req, name=planned.name, sink=ctx.sink_for(job), cancel=lease.cancel,
                                         seed=seed, secrets=secrets, cache_paths=cache.cache_paths(planned.caches),
-                                        report_paths=_junit_globs(planned), notes=notes, afterwards=afterwards)
+                                        report_paths=_junit_globs(planned), notes=notes, image=image,
+                                        afterwards=afterwards)
         except Exception as exc:  # a claimed job ends with a record, never stays running
             # the same mapping as Engine.run's (worker/errors.py): a refusal is failed/invalid_spec,
             # anything else of sandpit's own is error/infra_error, with its message

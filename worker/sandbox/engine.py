@@ -192,11 +192,12 @@ class Engine:
     def run(self, req: SandboxRequest, *, name: str = "exec", sink: OutputSink | None = None,
             cancel: threading.Event | None = None, job_id: str | None = None, seed: Seed | None = None,
             secrets: tuple[str, ...] = (), cache_paths: tuple[str, ...] = (),
-            report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = (),
+            report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = (), image: StoredImage | None = None,
             afterwards: Afterwards | None = None) -> JobRecord:
-        """Run one job to its record. With ``afterwards``, the sandbox's teardown is left in it for
-        the caller to finish (:meth:`finish`) once the record is out; without it, everything is gone
-        when this returns."""
+        """Run one job to its record (``image``: the store's image of ``req.image``, when the caller
+        has just got it). With ``afterwards``, the sandbox's teardown is left in it for the caller
+        to finish (:meth:`finish`) once the record is out; without it, everything is gone when this
+        returns."""
         job_id = job_id or os.urandom(6).hex()
         if not is_job_id(job_id):  # it names <state>/jobs/<id>, logs/<id>.jsonl, a lock, a cgroup, a disk
             return JobRecord.not_run(name, Verdict(Status.FAILED, Reason.INVALID_SPEC, (
@@ -210,7 +211,7 @@ class Engine:
             if problems:
                 raise InvalidRequest("; ".join(problems))
             self._run(req, job_id, result, sink, cancel or threading.Event(), seed, secrets, cache_paths,
-                      report_paths, notes, afterwards)
+                      report_paths, notes, image, afterwards)
         except Exception as exc:  # one mapping for every path (worker/errors.py); never a traceback
             result.verdict = job_outcome(exc)
             if not isinstance(exc, SandpitError):
@@ -233,10 +234,11 @@ class Engine:
     def _run(self, req: SandboxRequest, job_id: str, result: _JobDraft, sink: OutputSink | None,
              cancel: threading.Event, seed: Seed | None, secrets: tuple[str, ...],
              cache_paths: tuple[str, ...], report_paths: tuple[str, ...] = (), notes: tuple[str, ...] = (),
-             afterwards: Afterwards | None = None) -> None:
+             image: StoredImage | None = None, afterwards: Afterwards | None = None) -> None:
         s = self.settings
         pulled: list[str] = []  # a pull's progress (when the store lacks the image): live, then first in the log
-        image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
+        if image is None:
+            image = self.images.get(req.image, progress=_live_notes(pulled, sink), cancel=cancel)
         runtime = self.runtime(req.runtime).for_network(req.network)
         result.runtime = runtime.name
         service_images: list[StoredImage] = []
