@@ -3,6 +3,7 @@ start would have run, holds nothing of the job before it, and everything is torn
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from worker.sandbox.warm import Afterwards, WarmPool, WarmSandbox
 from worker.settings import Settings
 
 #: what a job shows of itself: everything a warm start must keep as a cold one has it
-PROBE = ("env | sort; echo cwd=$(pwd) shlvl=$SHLVL; id; ulimit -n; ulimit -u; umask;"
+PROBE = ("exec 2>&1; env | sort; echo cwd=$(pwd) shlvl=$SHLVL; id; ulimit -a; umask;"
          " grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status;"
          " tr '\\0' '\\n' < /proc/1/environ | sort;"
          " tr '\\0' ' ' < /proc/1/cmdline; echo; hostname; ls -A /workspace | wc -l; echo $0 $$; trap")
@@ -88,7 +89,7 @@ def test_a_warm_start_is_the_job_a_cold_start_runs(warm_engine: Engine, shell: s
     assert started_warm(root, warm_out)
     assert waiting(warm_engine) not in (None, before)  # and a warm job leaves one for the next too
     assert warm_out.splitlines()[:-1] == cold_out.splitlines()[:-1]
-    assert "A=1" in warm_out and "cwd=/workspace" in warm_out and f"{shell} -c env | sort" in warm_out
+    assert "A=1" in warm_out and "cwd=/workspace" in warm_out and f"{shell} -c exec 2>&1; env | sort" in warm_out
 
 
 def test_nothing_of_the_job_before_reaches_the_next(warm_engine: Engine):
@@ -198,3 +199,29 @@ def test_a_program_that_is_not_a_shell_never_launches(warm_engine: Engine):
     if record.log_path:
         MADE_LOGS.append(Path(record.log_path))
     assert record.status == "succeeded" and waiting(warm_engine) is None
+
+
+def test_the_log_is_whole_before_the_teardown_that_waits(warm_engine: Engine):
+    """With the teardown left for later, the job's log file and its live reader already have every
+    byte when ``run`` returns: the record that says the job ended never comes before its output."""
+    assert whole_before_teardown(warm_engine) == "cold"
+    assert whole_before_teardown(warm_engine) == "warm"
+
+
+def whole_before_teardown(engine: Engine) -> str:
+    out: list[bytes] = []
+    afterwards = Afterwards()
+    token = mark_waiting(engine)
+    req = SandboxRequest(argv=("/bin/sh", "-c", probe("seq 1 20000; echo tail-line >&2")), runtime="crun")
+    record = engine.run(req, sink=lambda _s, d: out.append(d), afterwards=afterwards)
+    try:
+        assert record.status == "succeeded" and record.log_path and afterwards.stacks
+        live = b"".join(out).decode()
+        stored = "".join(json.loads(line)["d"] for line in Path(record.log_path).read_text().splitlines())
+        for text in (live, stored):
+            assert text.startswith("1\n2\n") and "\n20000\n" in text and "tail-line" in text
+        return "warm" if started_warm(token, live) else "cold"
+    finally:
+        engine.finish(afterwards)
+        if record.log_path:
+            MADE_LOGS.append(Path(record.log_path))

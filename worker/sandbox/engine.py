@@ -305,6 +305,8 @@ class Engine:
             end = supervise(runtime, box.job_dir, container_id, box.cg, joblog, req.limits, cancel, started)
             mark("runtime_out")
             self._after_run(result, req, end, box, joblog, log_path, sink, cache_paths, report_paths)
+            # the log is whole, and its live reader has had all of it, before the job's record says it ended
+            joblog.close()
             if afterwards is not None:
                 afterwards.stacks.append(stack.pop_all())
                 if warmable and process.argv == req.argv:  # the job's own shell first: a launcher
