@@ -307,7 +307,8 @@ class Engine:
             self._after_run(result, req, end, box, joblog, log_path, sink, cache_paths, report_paths)
             # the log is whole, and its live reader has had all of it, before the job's record says it ended
             joblog.close()
-            if afterwards is not None:
+            # later, unless services ran: their log files are whole only once they are stopped
+            if afterwards is not None and services is None:
                 afterwards.stacks.append(stack.pop_all())
                 if warmable and process.argv == req.argv:  # the job's own shell first: a launcher
                     afterwards.shape = (req, image, process.argv[0])
