@@ -23,8 +23,17 @@ def test_subnet_is_canonical_and_pool_can_be_off() -> None:
     assert s.subnet == "10.213.0.0/16" and s.net_pool == 0 and s.network().pool_size == 0
 
 
+def test_warm_sandboxes_are_one_per_slot_unless_told() -> None:
+    assert Settings.from_env({}).warm_sandboxes is None and Settings.from_env({}).warm_idle_s == 60.0
+    s = Settings.from_env({"SANDPIT_WARM_SANDBOXES": "0", "SANDPIT_WARM_IDLE": "5"})
+    assert (s.warm_sandboxes, s.warm_idle_s) == (0, 5.0)
+    assert Settings.from_env({"SANDPIT_WARM_SANDBOXES": " 3 "}).warm_sandboxes == 3
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("SANDPIT_NET_POOL", "many", "SANDPIT_NET_POOL='many' is not a whole number >= 0"),
+    ("SANDPIT_WARM_SANDBOXES", "-2", "SANDPIT_WARM_SANDBOXES='-2' is not a whole number >= 0"),
+    ("SANDPIT_WARM_IDLE", "0", "SANDPIT_WARM_IDLE"),
     ("SANDPIT_UID_SLOTS", "-1", "SANDPIT_UID_SLOTS='-1' is not a whole number >= 0"),
     ("SANDPIT_SUBNET", "10.5.0.1/16", "SANDPIT_SUBNET='10.5.0.1/16' is not an IPv4 network"),
     ("SANDPIT_SUBNET", "fd00::/64", "is not an IPv4 network"),
