@@ -138,11 +138,13 @@ def pull_image(engine: Engine, reference: str, cancel: threading.Event | None = 
     tries = policies or (None,)
     for i, policy in enumerate(tries):
         try:
-            return tuple(lines), engine.images.get(reference, progress=say, policy=policy, cancel=cancel)
+            image = engine.images.get(reference, progress=say, policy=policy, cancel=cancel)
         except PullError as exc:
             if i == len(tries) - 1:
                 raise
             say(f"pull_policy {policy} failed ({exc}); trying {tries[i + 1]}")
+            continue
+        return tuple(lines), image  # the pull's progress lines, once it has said them all
     raise AssertionError("unreachable: the last policy's failure is raised")
 
 
