@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from tests.integration.service.conftest import Service
+from tests.sandbox.conftest import test_settings
+from worker.sandbox.reaper import leftovers
 from worker.service.context import host_budget
 
 
@@ -68,6 +70,12 @@ def test_a_child_that_dies_is_started_again(service: Service) -> None:
     now = _children(worker.pid)
     assert len(now) == 2 and victim not in now, service.worker_log(0)
     assert "exited with status -9" in service.worker_log(0)
+    # what the killed process left (the warm sandbox it made after its job) is reaped by its
+    # replacement as that starts; a SIGKILL leaves everything to a reaper
+    deadline = time.monotonic() + 60
+    while (left := leftovers(test_settings())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
     run_id = service.submit("\n".join(f"j{i}:\n  script: ['true']" for i in range(4)))
     assert service.wait(run_id) == "succeeded"
 
