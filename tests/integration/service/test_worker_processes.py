@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from tests.integration.service.conftest import Service
-from tests.sandbox.conftest import test_settings
+from tests.sandbox.conftest import TEST_RUN, TEST_STATE
 from worker.sandbox.reaper import leftovers
 from worker.service.context import host_budget
+from worker.settings import Settings
 
 
 def _children(pid: int) -> list[int]:
@@ -73,7 +74,7 @@ def test_a_child_that_dies_is_started_again(service: Service) -> None:
     # what the killed process left (the warm sandbox it made after its job) is reaped by its
     # replacement as that starts; a SIGKILL leaves everything to a reaper
     deadline = time.monotonic() + 60
-    while (left := leftovers(test_settings())) and time.monotonic() < deadline:
+    while (left := leftovers(Settings(state_dir=TEST_STATE, run_dir=TEST_RUN))) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
     run_id = service.submit("\n".join(f"j{i}:\n  script: ['true']" for i in range(4)))
