@@ -36,21 +36,30 @@ def detect_shell(rootfs: str | os.PathLike[str]) -> str:
     root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for candidate in BASH_CANDIDATES:
-            try:
-                fd = open_in_root(root_fd, candidate, os.O_PATH)
-            except OSError:
-                continue
-            if fd is None:
+            found = is_executable(root_fd, candidate)
+            if found is None:
                 return SH  # no openat2 on this kernel: never resolve an image's links on the host
-            try:
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            if found:
                 return candidate
         return SH
     finally:
         os.close(root_fd)
+
+
+def is_executable(root_fd: int, path: str) -> bool | None:
+    """Whether ``path``, resolved inside the image tree ``root_fd`` (never out of it), is an
+    executable regular file; None when this kernel cannot resolve it so (no openat2)."""
+    try:
+        fd = open_in_root(root_fd, path, os.O_PATH)
+    except OSError:
+        return False
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
 
 
 def shell_for_image(key: str, rootfs: str | os.PathLike[str]) -> str:

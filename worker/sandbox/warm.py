@@ -102,24 +102,13 @@ def launcher_for(rootfs: str | os.PathLike[str], argv0: str) -> str:
     ``rootfs``: its ``/bin/sh`` when that is an executable file (dash, busybox: neither sets a
     variable of its own for the program it execs, as bash does with ``SHLVL`` and ``_``), else
     ``argv0`` itself. Resolved inside the image, never following a link out of it."""
-    import stat
-
-    from worker.sandbox.beneath import open_in_root
+    from worker.sandbox.shell import is_executable
 
     root = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = open_in_root(root, "/bin/sh", os.O_PATH)
-    except OSError:
-        return argv0
+        return "/bin/sh" if is_executable(root, "/bin/sh") else argv0
     finally:
         os.close(root)
-    if fd is None:
-        return argv0
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    return "/bin/sh" if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 else argv0
 
 
 def box_key(image_key: str, runtime_name: str, req: SandboxRequest) -> tuple[object, ...]:
